@@ -1,0 +1,85 @@
+"""The example's commands: what a back-office client can ask for."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated
+
+from pydantic import Field, StringConstraints
+
+from example_app.corporate_actions import Terms
+from example_app.securities import Isin
+from framework import Command
+
+__all__ = [
+    "AnnounceCorporateAction",
+    "CancelCorporateAction",
+    "CreditHoldings",
+    "DebitHoldings",
+    "OpenAccount",
+    "RegisterSecurity",
+    "RejectCorporateAction",
+    "TransferHoldings",
+    "ValidateCorporateAction",
+]
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Code = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+Quantity = Annotated[int, Field(gt=0, le=10**15)]
+Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+
+
+class RegisterSecurity(Command):
+    isin: Isin
+    name: Name
+    currency: Currency
+
+
+class OpenAccount(Command):
+    account_number: Code
+    holder_name: Name
+
+
+class CreditHoldings(Command):
+    account_number: Code
+    isin: Isin
+    quantity: Quantity
+    reference: Code | None = None
+
+
+class DebitHoldings(Command):
+    account_number: Code
+    isin: Isin
+    quantity: Quantity
+    reference: Code | None = None
+
+
+class TransferHoldings(Command):
+    from_account: Code
+    to_account: Code
+    isin: Isin
+    quantity: Quantity
+    reference: Code | None = None
+
+
+class AnnounceCorporateAction(Command):
+    action_id: Code
+    isin: Isin
+    record_date: date
+    payment_date: date | None = None
+    terms: Terms
+
+
+class ValidateCorporateAction(Command):
+    action_id: Code
+
+
+class RejectCorporateAction(Command):
+    action_id: Code
+    reasons: Annotated[list[Reason], Field(min_length=1, max_length=20)]
+
+
+class CancelCorporateAction(Command):
+    action_id: Code
+    reason: Reason

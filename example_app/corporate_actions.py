@@ -1,0 +1,139 @@
+"""Corporate actions: announced with a record date and terms, then validated or rejected, maybe cancelled."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from framework import Aggregate, Event, InvalidTransition, RuleViolation, event
+
+__all__ = [
+    "ActionStatus",
+    "CashTerms",
+    "CorporateAction",
+    "CorporateActionAnnounced",
+    "CorporateActionCancelled",
+    "CorporateActionRejected",
+    "CorporateActionValidated",
+    "SplitTerms",
+    "Terms",
+]
+
+
+class CashTerms(BaseModel):
+    """A cash distribution per unit held: a dividend on shares, a coupon on bonds."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kind: Literal["cash_dividend", "coupon"]
+    amount_per_unit: Annotated[Decimal, Field(gt=0, max_digits=18, decimal_places=6)]
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+
+
+class SplitTerms(BaseModel):
+    """``new_units`` for every ``old_units`` held."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kind: Literal["stock_split"]
+    new_units: Annotated[int, Field(gt=0)]
+    old_units: Annotated[int, Field(gt=0)]
+
+
+Terms = Annotated[CashTerms | SplitTerms, Field(discriminator="kind")]
+
+
+class ActionStatus(StrEnum):
+    NONE = "none"
+    ANNOUNCED = "announced"
+    VALIDATED = "validated"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+
+
+class CorporateActionAnnounced(Event):
+    action_id: str
+    isin: str
+    record_date: date
+    payment_date: date | None
+    terms: Terms
+
+
+class CorporateActionValidated(Event):
+    action_id: str
+
+
+class CorporateActionRejected(Event):
+    action_id: str
+    reasons: list[str]
+
+
+class CorporateActionCancelled(Event):
+    action_id: str
+    reason: str
+
+
+class CorporateAction(Aggregate):
+    action_id: str = ""
+    isin: str = ""
+    record_date: date | None = None
+    payment_date: date | None = None
+    terms: Terms | None = None
+    status: ActionStatus = ActionStatus.NONE
+
+    @classmethod
+    def announce(
+        cls, action_id: str, isin: str, record_date: date, payment_date: date | None, terms: Terms
+    ) -> CorporateAction:
+        if payment_date is not None and payment_date < record_date:
+            raise RuleViolation(
+                f"payment date {payment_date} is before record date {record_date}",
+                reason="payment_before_record_date",
+            )
+        action = cls.blank(cls.id_for(action_id))
+        action._announced(
+            action_id=action_id, isin=isin, record_date=record_date,
+            payment_date=payment_date, terms=terms,
+        )
+        return action
+
+    def validate_action(self) -> None:
+        self._require(ActionStatus.ANNOUNCED, "validate")
+        self._validated(action_id=self.action_id)
+
+    def reject(self, reasons: list[str]) -> None:
+        self._require(ActionStatus.ANNOUNCED, "reject")
+        self._rejected(action_id=self.action_id, reasons=reasons)
+
+    def cancel(self, reason: str) -> None:
+        self._require(ActionStatus.ANNOUNCED, "cancel", also=ActionStatus.VALIDATED)
+        self._cancelled(action_id=self.action_id, reason=reason)
+
+    def _require(self, status: ActionStatus, verb: str, also: ActionStatus | None = None) -> None:
+        if self.status not in (status, also):
+            raise InvalidTransition(
+                f"cannot {verb} corporate action {self.action_id}: it is {self.status}",
+                reason=f"action_{self.status}",
+            )
+
+    @event(CorporateActionAnnounced)
+    def _announced(
+        self, action_id: str, isin: str, record_date: date, payment_date: date | None, terms: Terms
+    ) -> None:
+        self.action_id, self.isin, self.terms = action_id, isin, terms
+        self.record_date, self.payment_date = record_date, payment_date
+        self.status = ActionStatus.ANNOUNCED
+
+    @event(CorporateActionValidated)
+    def _validated(self, action_id: str) -> None:
+        self.status = ActionStatus.VALIDATED
+
+    @event(CorporateActionRejected)
+    def _rejected(self, action_id: str, reasons: list[str]) -> None:
+        self.status = ActionStatus.REJECTED
+
+    @event(CorporateActionCancelled)
+    def _cancelled(self, action_id: str, reason: str) -> None:
+        self.status = ActionStatus.CANCELLED

@@ -1,0 +1,103 @@
+"""Every command of the example and the handler that carries it out: the whole routing table."""
+
+from __future__ import annotations
+
+from example_app.accounts import Account
+from example_app.commands import (
+    AnnounceCorporateAction,
+    CancelCorporateAction,
+    CreditHoldings,
+    DebitHoldings,
+    OpenAccount,
+    RegisterSecurity,
+    RejectCorporateAction,
+    TransferHoldings,
+    ValidateCorporateAction,
+)
+from example_app.corporate_actions import CorporateAction
+from example_app.securities import Security
+from framework import CommandRouter, RuleViolation, UnitOfWork
+
+__all__ = ["router"]
+
+router = CommandRouter()
+
+
+def _security(unit: UnitOfWork, isin: str) -> Security:
+    return unit.get(Security, Security.id_for(isin), label=isin)
+
+
+def _account(unit: UnitOfWork, number: str) -> Account:
+    return unit.get(Account, Account.id_for(number), label=number)
+
+
+def _action(unit: UnitOfWork, action_id: str) -> CorporateAction:
+    return unit.get(CorporateAction, CorporateAction.id_for(action_id), label=action_id)
+
+
+@router.handles
+def register_security(command: RegisterSecurity, unit: UnitOfWork) -> Security:
+    security = Security.register(command.isin, command.name, command.currency)
+    return unit.add(security, label=command.isin)
+
+
+@router.handles
+def open_account(command: OpenAccount, unit: UnitOfWork) -> Account:
+    account = Account.open(command.account_number, command.holder_name)
+    return unit.add(account, label=command.account_number)
+
+
+@router.handles
+def credit_holdings(command: CreditHoldings, unit: UnitOfWork) -> Account:
+    _security(unit, command.isin)
+    account = _account(unit, command.account_number)
+    account.credit(command.isin, command.quantity, command.reference)
+    return account
+
+
+@router.handles
+def debit_holdings(command: DebitHoldings, unit: UnitOfWork) -> Account:
+    account = _account(unit, command.account_number)
+    account.debit(command.isin, command.quantity, command.reference)
+    return account
+
+
+@router.handles
+def transfer_holdings(command: TransferHoldings, unit: UnitOfWork) -> Account:
+    if command.from_account == command.to_account:
+        raise RuleViolation("cannot transfer to the same account", reason="same_account")
+    source = _account(unit, command.from_account)
+    target = _account(unit, command.to_account)
+    source.debit(command.isin, command.quantity, command.reference)
+    target.credit(command.isin, command.quantity, command.reference)
+    return source
+
+
+@router.handles
+def announce_corporate_action(command: AnnounceCorporateAction, unit: UnitOfWork) -> CorporateAction:
+    _security(unit, command.isin)
+    action = CorporateAction.announce(
+        command.action_id, command.isin, command.record_date, command.payment_date, command.terms
+    )
+    return unit.add(action, label=command.action_id)
+
+
+@router.handles
+def validate_corporate_action(command: ValidateCorporateAction, unit: UnitOfWork) -> CorporateAction:
+    action = _action(unit, command.action_id)
+    action.validate_action()
+    return action
+
+
+@router.handles
+def reject_corporate_action(command: RejectCorporateAction, unit: UnitOfWork) -> CorporateAction:
+    action = _action(unit, command.action_id)
+    action.reject(command.reasons)
+    return action
+
+
+@router.handles
+def cancel_corporate_action(command: CancelCorporateAction, unit: UnitOfWork) -> CorporateAction:
+    action = _action(unit, command.action_id)
+    action.cancel(command.reason)
+    return action

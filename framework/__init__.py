@@ -1,0 +1,60 @@
+"""Eventfold: typed event sourcing and CQRS for Python.
+
+The core (this package's top level) imports no adapter: no psycopg, nats or
+strawberry. Adapters live in ``framework.adapters`` and ``framework.http``.
+"""
+
+from framework.aggregate import Aggregate, event
+from framework.bus import CommandBus, CommandContext, Executed
+from framework.commands import Command, CommandRouter
+from framework.errors import (
+    AggregateNotFound,
+    AlreadyExists,
+    CommandRejected,
+    ConcurrencyConflict,
+    ConfigurationError,
+    EventfoldError,
+    EventSchemaError,
+    IdempotencyKeyInFlight,
+    IdempotencyKeyReused,
+    InvalidCommand,
+    InvalidTransition,
+    RuleViolation,
+    StoreUnavailable,
+    UnknownCommand,
+)
+from framework.events import Event, EventEnvelope, EventMetadata
+from framework.settings import Settings
+from framework.store import CommandResult, EventStore
+from framework.unit_of_work import UnitOfWork
+
+__all__ = [
+    "Aggregate",
+    "AggregateNotFound",
+    "AlreadyExists",
+    "Command",
+    "CommandBus",
+    "CommandContext",
+    "CommandRejected",
+    "CommandResult",
+    "CommandRouter",
+    "ConcurrencyConflict",
+    "ConfigurationError",
+    "Event",
+    "EventEnvelope",
+    "EventMetadata",
+    "EventSchemaError",
+    "EventStore",
+    "EventfoldError",
+    "Executed",
+    "IdempotencyKeyInFlight",
+    "IdempotencyKeyReused",
+    "InvalidCommand",
+    "InvalidTransition",
+    "RuleViolation",
+    "Settings",
+    "StoreUnavailable",
+    "UnitOfWork",
+    "UnknownCommand",
+    "event",
+]

@@ -1,0 +1,128 @@
+"""Aggregates: consistency boundaries whose state is folded from their events.
+
+Subclass ``Aggregate``, declare its state as typed fields (with defaults, so a
+blank instance exists before its first event), and decorate the methods that
+change state with ``@event(SomeEvent)``. Calling such a method validates its
+arguments into ``SomeEvent``, runs the method body to apply it, and queues the
+event to be saved. Loading replays the same bodies, so there is exactly one
+place where each event changes state. Rules belong in plain methods that call
+the decorated ones only once the rules allow it.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar, ParamSpec, TypeVar
+from uuid import UUID, uuid5
+
+from pydantic import BaseModel, ConfigDict, PrivateAttr
+
+from framework.events import Event
+
+__all__ = ["Aggregate", "event"]
+
+P = ParamSpec("P")
+A = TypeVar("A", bound="Aggregate")
+
+_APPLIES = "__eventfold_applies__"
+_ID_NAMESPACE = UUID("0b6c7f5e-2d9f-4a57-9a8e-6f3c1f2f8e11")
+
+
+def event(event_type: type[Event]) -> Callable[[Callable[P, None]], Callable[P, None]]:
+    """Make a method record ``event_type`` built from its arguments, then apply it."""
+
+    def decorate(apply: Callable[P, None]) -> Callable[P, None]:
+        signature = inspect.signature(apply)
+
+        @functools.wraps(apply)
+        def record(*args: P.args, **kwargs: P.kwargs) -> None:
+            bound = signature.bind(*args, **kwargs)
+            self, *_ = bound.arguments.values()
+            fields = {k: v for k, v in list(bound.arguments.items())[1:]}
+            self._record(event_type.model_validate(fields))
+
+        setattr(record, _APPLIES, (event_type, apply))
+        return record
+
+    return decorate
+
+
+class Aggregate(BaseModel):
+    """Base class of event-sourced aggregates.
+
+    ``snapshot_every`` turns on snapshots for a type: one is written whenever
+    the version reaches a multiple of it. Bump ``snapshot_version`` when the
+    state's shape changes; older snapshots are then ignored, not misread.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    aggregate_name: ClassVar[str]
+    snapshot_every: ClassVar[int | None] = None
+    snapshot_version: ClassVar[int] = 1
+    _appliers: ClassVar[dict[type[Event], Callable[..., None]]]
+
+    id: UUID
+    version: int = 0
+    _pending: list[Event] = PrivateAttr(default_factory=list)
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        if "aggregate_name" not in cls.__dict__:
+            cls.aggregate_name = cls.__name__
+        cls._appliers = _collect_appliers(cls)
+
+    @classmethod
+    def id_for(cls, natural_key: str) -> UUID:
+        """A stable id derived from a natural key (an ISIN, an account number)."""
+        return uuid5(_ID_NAMESPACE, f"{cls.aggregate_name}:{natural_key}")
+
+    @classmethod
+    def blank(cls: type[A], aggregate_id: UUID) -> A:
+        """The state before any event: what the first event is applied to."""
+        return cls(id=aggregate_id)
+
+    @classmethod
+    def from_events(cls: type[A], aggregate_id: UUID, events: Iterable[Event]) -> A:
+        aggregate = cls.blank(aggregate_id)
+        aggregate.replay(events)
+        return aggregate
+
+    def replay(self, events: Iterable[Event]) -> None:
+        for stored in events:
+            self._apply(stored)
+
+    def _record(self, new_event: Event) -> None:
+        self._apply(new_event)
+        self._pending.append(new_event)
+
+    def _apply(self, applied: Event) -> None:
+        try:
+            apply = self._appliers[type(applied)]
+        except KeyError:
+            raise TypeError(f"{type(self).__name__} has no method for {applied.event_name}") from None
+        apply(self, **{name: getattr(applied, name) for name in type(applied).model_fields})
+        self.version += 1
+
+    def collect_events(self) -> list[Event]:
+        """Hand over the events recorded since the last save."""
+        pending, self._pending = self._pending, []
+        return pending
+
+    @property
+    def pending_events(self) -> tuple[Event, ...]:
+        return tuple(self._pending)
+
+
+def _collect_appliers(cls: type[Aggregate]) -> dict[type[Event], Callable[..., None]]:
+    appliers: dict[type[Event], Callable[..., None]] = {}
+    for klass in reversed(cls.__mro__):
+        for attribute in vars(klass).values():
+            marker = getattr(attribute, _APPLIES, None)
+            if marker is not None:
+                event_type, apply = marker
+                appliers[event_type] = apply
+    return appliers

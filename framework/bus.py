@@ -1,0 +1,173 @@
+"""The command bus: runs a handler, saves its events, retries on conflicts, honours idempotency keys.
+
+This is the one append path of the write side: every command's events reach
+the store through ``CommandBus._save``. A later change can batch concurrent
+commands into one transaction there without touching handlers or adapters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import time
+from dataclasses import dataclass
+from uuid import UUID, uuid4
+
+from framework.aggregate import Aggregate
+from framework.commands import Command, CommandRouter
+from framework.errors import (
+    ConcurrencyConflict,
+    EventfoldError,
+    IdempotencyKeyInFlight,
+    IdempotencyKeyReused,
+)
+from framework.events import EventMetadata
+from framework.mapper import to_stored
+from framework.snapshots import snapshot_due, to_snapshot
+from framework.store import (
+    Claimed,
+    CommandResult,
+    EventStore,
+    IdempotencyCompletion,
+    InFlight,
+    Replay,
+)
+from framework.unit_of_work import UnitOfWork
+
+__all__ = ["CommandBus", "CommandContext", "Executed"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CommandContext:
+    """Who sent a command and why; copied into every event's metadata."""
+
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    actor: str | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Executed:
+    result: CommandResult
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class _Claim:
+    key: str
+    owner: UUID
+
+
+class CommandBus:
+    def __init__(
+        self,
+        router: CommandRouter,
+        store: EventStore,
+        *,
+        max_attempts: int = 5,
+        idempotency_lease_seconds: float = 60.0,
+    ) -> None:
+        self.router = router
+        self.store = store
+        self._max_attempts = max_attempts
+        self._lease = idempotency_lease_seconds
+
+    def execute(self, command: Command, context: CommandContext | None = None) -> Executed:
+        context = context or CommandContext()
+        if context.idempotency_key is None:
+            return Executed(self._run(command, context, None))
+        return self._execute_once(command, context, context.idempotency_key)
+
+    def _execute_once(self, command: Command, context: CommandContext, key: str) -> Executed:
+        request_hash = fingerprint(command)
+        claim = _Claim(key, uuid4())
+        outcome = self.store.claim_idempotency_key(key, request_hash, claim.owner, self._lease)
+        if not isinstance(outcome, Claimed) and outcome.request_hash != request_hash:
+            raise IdempotencyKeyReused(
+                f"idempotency key {key!r} was already used for a different request"
+            )
+        if isinstance(outcome, Replay):
+            return Executed(outcome.result, replayed=True)
+        if isinstance(outcome, InFlight):
+            raise IdempotencyKeyInFlight(f"a request with idempotency key {key!r} is still running")
+        try:
+            return Executed(self._run(command, context, claim))
+        except BaseException:
+            self._release(claim)
+            raise
+
+    def _release(self, claim: _Claim) -> None:
+        try:
+            self.store.release_idempotency_key(claim.key, claim.owner)
+        except EventfoldError:
+            log.warning("could not release idempotency key %r; its lease will expire", claim.key)
+
+    def _run(self, command: Command, context: CommandContext, claim: _Claim | None) -> CommandResult:
+        handler = self.router.handler_for(command)
+        for attempt in range(1, self._max_attempts + 1):
+            unit = UnitOfWork(self.store)
+            primary = handler(command, unit)
+            try:
+                return self._save(unit, primary, context, claim)
+            except ConcurrencyConflict:
+                if attempt == self._max_attempts:
+                    break
+                time.sleep(random.uniform(0, 0.002 * attempt))  # de-synchronise the retriers
+        raise ConcurrencyConflict(
+            f"{command.command_name} conflicted with concurrent writes {self._max_attempts} times"
+        )
+
+    def _save(
+        self,
+        unit: UnitOfWork,
+        primary: Aggregate | None,
+        context: CommandContext,
+        claim: _Claim | None,
+    ) -> CommandResult:
+        metadata = EventMetadata(
+            correlation_id=context.correlation_id,
+            causation_id=context.causation_id,
+            actor=context.actor,
+        )
+        envelopes = unit.collect(metadata)
+        main = primary or _first_changed(unit)
+        completion = None
+        if claim is not None:
+            completion = IdempotencyCompletion(
+                claim.key, claim.owner, main.id if main else None, main.version if main else 0
+            )
+        positions = self.store.append([to_stored(e) for e in envelopes], completion)
+        self._snapshot(unit)
+        return CommandResult(
+            aggregate_id=main.id if main else None,
+            version=main.version if main else 0,
+            position=positions[-1] if positions else None,
+        )
+
+    def _snapshot(self, unit: UnitOfWork) -> None:
+        """Best effort: the command is already committed, so a failure only costs speed later."""
+        for touched in unit.touched:
+            if not snapshot_due(touched.aggregate, touched.loaded_version):
+                continue
+            try:
+                self.store.save_snapshot(to_snapshot(touched.aggregate))
+            except EventfoldError:
+                log.warning("snapshot of %s failed", touched.aggregate.id, exc_info=True)
+
+
+def _first_changed(unit: UnitOfWork) -> Aggregate | None:
+    for touched in unit.touched:
+        if touched.aggregate.version != touched.loaded_version:
+            return touched.aggregate
+    return unit.touched[0].aggregate if unit.touched else None
+
+
+def fingerprint(command: Command) -> str:
+    """Identifies a request's content: the command's name and its validated fields."""
+    digest = hashlib.sha256(command.command_name.encode())
+    digest.update(command.model_dump_json().encode())
+    return digest.hexdigest()

@@ -1,0 +1,90 @@
+"""Commands: pydantic models routed to handlers in one declarative table.
+
+A handler receives the command and a ``UnitOfWork``; it loads aggregates,
+calls their methods and returns the aggregate the caller should hear about.
+The bus saves what the unit of work collected, so handlers never talk to
+storage and stay trivially testable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar, TypeVar, get_type_hints
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from framework.aggregate import Aggregate
+from framework.errors import ConfigurationError, FieldError, InvalidCommand, UnknownCommand
+from framework.unit_of_work import UnitOfWork
+
+__all__ = ["Command", "CommandRouter", "Handler", "field_errors"]
+
+C = TypeVar("C", bound="Command")
+Handler = Callable[[Any, UnitOfWork], Aggregate | None]
+
+
+class Command(BaseModel):
+    """Base class of commands: imperative names, typed and validated fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    command_name: ClassVar[str]
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        if "command_name" not in cls.__dict__:
+            cls.command_name = cls.__name__
+
+
+class CommandRouter:
+    """The one place that says which handler runs each command."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[type[Command], Handler] = {}
+        self._by_name: dict[str, type[Command]] = {}
+
+    def handles(self, handler: Callable[[C, UnitOfWork], Aggregate | None]) -> Handler:
+        """Register a handler for the command type its first parameter names."""
+        hints = get_type_hints(handler)
+        command_type = next(iter(hints.values()), None)
+        if not (isinstance(command_type, type) and issubclass(command_type, Command)):
+            raise ConfigurationError(f"{handler.__name__} must annotate its command parameter")
+        self.route(command_type, handler)
+        return handler
+
+    def route(self, command_type: type[Command], handler: Handler) -> None:
+        if command_type.command_name in self._by_name:
+            raise ConfigurationError(f"command {command_type.command_name} is routed twice")
+        self._by_name[command_type.command_name] = command_type
+        self._handlers[command_type] = handler
+
+    def __iter__(self) -> Iterator[type[Command]]:
+        return iter(self._by_name.values())
+
+    def command_type(self, name: str) -> type[Command]:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise UnknownCommand(f"there is no command named {name!r}") from None
+
+    def handler_for(self, command: Command) -> Handler:
+        try:
+            return self._handlers[type(command)]
+        except KeyError:
+            raise UnknownCommand(f"no handler is routed for {command.command_name}") from None
+
+    def parse(self, name: str, payload: object) -> Command:
+        """Validate a decoded JSON payload into the named command."""
+        command_type = self.command_type(name)
+        try:
+            return command_type.model_validate(payload)
+        except ValidationError as e:
+            raise InvalidCommand(f"{name} is not valid", field_errors(e)) from None
+
+
+def field_errors(error: ValidationError) -> list[FieldError]:
+    return [
+        FieldError(path="/" + "/".join(str(p) for p in detail["loc"]), message=detail["msg"])
+        for detail in error.errors(include_url=False)
+    ]

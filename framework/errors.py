@@ -1,0 +1,130 @@
+"""Every error Eventfold raises, as one tree.
+
+Adapters translate their own exceptions (psycopg, sqlite3, ...) into these at
+the boundary (``raise StoreUnavailable(...) from e``), so callers never catch
+an adapter's exception type. Each error carries a stable ``code`` that the
+HTTP and GraphQL layers expose to clients.
+
+    EventfoldError
+    ├── CommandRejected            the command was understood but not carried out
+    │   ├── UnknownCommand
+    │   ├── InvalidCommand         payload failed validation (field errors)
+    │   ├── AggregateNotFound
+    │   ├── AlreadyExists
+    │   ├── RuleViolation          a domain rule said no
+    │   │   └── InvalidTransition  ...because of the state the aggregate is in
+    │   ├── ConcurrencyConflict    retries exhausted on concurrent writes
+    │   ├── IdempotencyKeyInFlight
+    │   └── IdempotencyKeyReused   same key, different request
+    ├── StoreUnavailable           the event store cannot be reached
+    ├── EventSchemaError           a stored event cannot be read back as its type
+    └── ConfigurationError         a setting is missing or malformed
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+__all__ = [
+    "AggregateNotFound",
+    "AlreadyExists",
+    "CommandRejected",
+    "ConcurrencyConflict",
+    "ConfigurationError",
+    "EventSchemaError",
+    "EventfoldError",
+    "FieldError",
+    "IdempotencyKeyInFlight",
+    "IdempotencyKeyReused",
+    "InvalidCommand",
+    "InvalidTransition",
+    "RuleViolation",
+    "StoreUnavailable",
+    "UnknownCommand",
+]
+
+
+class EventfoldError(Exception):
+    """Base of every error Eventfold raises on purpose."""
+
+    code: ClassVar[str] = "eventfold_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class CommandRejected(EventfoldError):
+    """The command was understood but not carried out; nothing was written."""
+
+    code = "command_rejected"
+
+
+class UnknownCommand(CommandRejected):
+    code = "unknown_command"
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One failed field: a JSON-pointer-like path and a readable message."""
+
+    path: str
+    message: str
+
+
+class InvalidCommand(CommandRejected):
+    code = "invalid_command"
+
+    def __init__(self, message: str, errors: Sequence[FieldError] = ()) -> None:
+        super().__init__(message)
+        self.errors = tuple(errors)
+
+
+class AggregateNotFound(CommandRejected):
+    code = "aggregate_not_found"
+
+
+class AlreadyExists(CommandRejected):
+    code = "already_exists"
+
+
+class RuleViolation(CommandRejected):
+    """A domain rule refused the command. ``reason`` is a stable machine code."""
+
+    code = "rule_violation"
+
+    def __init__(self, message: str, reason: str = "rule_violation") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class InvalidTransition(RuleViolation):
+    """The rule is about order: the aggregate is not in a state that allows this."""
+
+    code = "invalid_transition"
+
+
+class ConcurrencyConflict(CommandRejected):
+    code = "concurrency_conflict"
+
+
+class IdempotencyKeyInFlight(CommandRejected):
+    code = "idempotency_key_in_flight"
+
+
+class IdempotencyKeyReused(CommandRejected):
+    code = "idempotency_key_reused"
+
+
+class StoreUnavailable(EventfoldError):
+    code = "store_unavailable"
+
+
+class EventSchemaError(EventfoldError):
+    code = "event_schema_error"
+
+
+class ConfigurationError(EventfoldError):
+    code = "configuration_error"

@@ -1,0 +1,172 @@
+"""The write API: ``POST /commands/{CommandName}``, ``GET /openapi.json``, ``GET /healthz``.
+
+Requests are parsed and checked here; the command itself runs on a worker
+thread through the synchronous ``CommandBus``. Every failure leaves as
+problem details; an unexpected exception is logged with its traceback and the
+client sees only a generic 500.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+from uuid import uuid4
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from framework.bus import CommandBus, CommandContext, Executed
+from framework.errors import EventfoldError
+from framework.http.openapi import openapi_document
+from framework.http.problems import problem, problem_for
+
+__all__ = ["WriteApiOptions", "create_write_app"]
+
+log = logging.getLogger(__name__)
+
+_HEADER_VALUE = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+@dataclass(frozen=True)
+class WriteApiOptions:
+    max_body_bytes: int = 1_048_576
+    retry_after_seconds: int = 1
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, title: str, detail: str, code: str) -> None:
+        super().__init__(detail)
+        self.response = problem(status, title, detail, code)
+
+
+def create_write_app(bus: CommandBus, options: WriteApiOptions | None = None) -> Starlette:
+    options = options or WriteApiOptions()
+    openapi = openapi_document(bus.router)
+
+    async def post_command(request: Request) -> Response:
+        try:
+            return await _handle_command(request, bus, options)
+        except _BadRequest as bad:
+            return bad.response
+        except EventfoldError as error:
+            return problem_for(error, retry_after=options.retry_after_seconds)
+
+    async def get_openapi(_: Request) -> Response:
+        return JSONResponse(openapi)
+
+    async def healthz(_: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    return Starlette(
+        routes=[
+            Route("/commands/{name}", post_command, methods=["POST"]),
+            Route("/openapi.json", get_openapi, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: _http_problem, Exception: _internal_error},
+    )
+
+
+async def _handle_command(request: Request, bus: CommandBus, options: WriteApiOptions) -> Response:
+    name = request.path_params["name"]
+    command_type = bus.router.command_type(name)  # 404 before reading a body
+    _require_json(request)
+    payload = _decode(await _read_body(request, options.max_body_bytes))
+    command = bus.router.parse(command_type.command_name, payload)
+    context = _context(request)
+    executed = await run_in_threadpool(bus.execute, command, context)
+    return _accepted(executed, context)
+
+
+def _require_json(request: Request) -> None:
+    content_type = request.headers.get("content-type", "application/json")
+    media_type = content_type.split(";")[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise _BadRequest(415, "Unsupported media type", "send the command as application/json",
+                          "unsupported_media_type")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            raise _too_large(limit)
+    return bytes(body)
+
+
+def _too_large(limit: int) -> _BadRequest:
+    return _BadRequest(413, "Body too large", f"the body exceeds {limit} bytes", "body_too_large")
+
+
+def _decode(body: bytes) -> Any:
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as e:
+        raise _BadRequest(400, "Malformed JSON", f"the body is not valid JSON: {_reason(e)}",
+                          "malformed_json") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in JSON")
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, json.JSONDecodeError):
+        return f"{error.msg} at line {error.lineno} column {error.colno}"
+    return str(error) or type(error).__name__
+
+
+def _context(request: Request) -> CommandContext:
+    key = _header(request, "idempotency-key")
+    request_id = str(uuid4())
+    return CommandContext(
+        correlation_id=_header(request, "x-correlation-id") or request_id,
+        causation_id=request_id,
+        idempotency_key=key,
+    )
+
+
+def _header(request: Request, name: str) -> str | None:
+    value = request.headers.get(name)
+    if value is None:
+        return None
+    if not _HEADER_VALUE.match(value):
+        raise _BadRequest(400, "Malformed header",
+                          f"{name} must be 1 to 255 visible ASCII characters", "malformed_header")
+    return value
+
+
+def _accepted(executed: Executed, context: CommandContext) -> Response:
+    result = executed.result
+    body = {
+        "aggregate_id": str(result.aggregate_id) if result.aggregate_id else None,
+        "version": result.version,
+        "position": result.position,
+    }
+    headers = {"X-Correlation-ID": context.correlation_id or ""}
+    if executed.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(body, headers=headers)
+
+
+async def _http_problem(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "HTTP error")
+    code = title.lower().replace(" ", "_")
+    return problem(exc.status_code, title, str(exc.detail), code, headers=exc.headers)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem(500, "Internal error", "the server could not process the request", "internal_error")

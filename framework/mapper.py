@@ -1,0 +1,72 @@
+"""Turns event envelopes into ``eventsourcing`` stored events and back.
+
+The library's default mapper does not validate pydantic events when they are
+read back; this one does, after upcasting old versions to the current shape.
+The stored state is one JSON document: ``{"v", "agg", "meta", "data"}``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import Notification, StoredEvent
+from pydantic import ValidationError
+
+from framework.errors import EventSchemaError
+from framework.events import EventEnvelope, EventMetadata, event_type_named
+
+__all__ = ["from_stored", "to_stored"]
+
+
+def to_stored(envelope: EventEnvelope) -> StoredEvent:
+    event = envelope.event
+    document = {
+        "v": event.schema_version,
+        "agg": envelope.aggregate_type,
+        "meta": envelope.metadata.model_dump(mode="json"),
+        "data": event.model_dump(mode="json"),
+    }
+    return StoredEvent(
+        originator_id=envelope.aggregate_id,
+        originator_version=envelope.version,
+        topic=event.event_name,
+        state=json.dumps(document, separators=(",", ":")).encode(),
+    )
+
+
+def from_stored(stored: StoredEvent) -> EventEnvelope:
+    document = _load_document(stored)
+    event_type = event_type_named(stored.topic)
+    data = event_type.upcast(document["data"], int(document["v"]))
+    try:
+        event = event_type.model_validate(data)
+        metadata = EventMetadata.model_validate(document["meta"])
+    except ValidationError as e:
+        raise EventSchemaError(
+            f"stored {stored.topic} at {stored.originator_id}/{stored.originator_version} "
+            f"does not match its schema: {e.error_count()} error(s)"
+        ) from e
+    return EventEnvelope(
+        aggregate_type=str(document["agg"]),
+        aggregate_id=_as_uuid(stored.originator_id),
+        version=stored.originator_version,
+        event=event,
+        metadata=metadata,
+        position=stored.id if isinstance(stored, Notification) else None,
+    )
+
+
+def _load_document(stored: StoredEvent) -> dict[str, Any]:
+    try:
+        document = json.loads(stored.state)
+    except ValueError as e:
+        raise EventSchemaError(f"stored {stored.topic} is not JSON") from e
+    if not isinstance(document, dict) or not {"v", "agg", "meta", "data"} <= document.keys():
+        raise EventSchemaError(f"stored {stored.topic} is not an Eventfold event document")
+    return document
+
+
+def _as_uuid(value: UUID | str) -> UUID:
+    return value if isinstance(value, UUID) else UUID(value)

@@ -1,0 +1,144 @@
+"""Settings, read once from ``EVENTFOLD_*`` environment variables into frozen objects.
+
+Nothing else in Eventfold reads the environment: the CLI builds ``Settings``
+and passes it down. A bad value raises ``ConfigurationError`` naming the
+variable and the value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+from urllib.parse import unquote, urlsplit
+
+from framework.errors import ConfigurationError
+
+__all__ = ["PostgresSettings", "Settings"]
+
+T = TypeVar("T")
+PREFIX = "EVENTFOLD_"
+
+
+@dataclass(frozen=True)
+class PostgresSettings:
+    host: str
+    port: int
+    dbname: str
+    user: str
+    password: str
+    schema: str = "public"
+    pool_size: int = 8
+    connect_timeout: float = 2.0
+
+    @classmethod
+    def from_url(cls, url: str, *, key: str = "EVENTFOLD_DATABASE_URL") -> PostgresSettings:
+        parts = urlsplit(url)
+        if parts.scheme not in ("postgresql", "postgres") or not parts.path.strip("/"):
+            raise ConfigurationError(
+                f"{key}={_redact(url)!r} is not a postgresql://user@host:port/dbname URL"
+            )
+        try:
+            port = parts.port or 5432
+        except ValueError:
+            raise ConfigurationError(f"{key}={_redact(url)!r} has a bad port") from None
+        return cls(
+            host=parts.hostname or "localhost",
+            port=port,
+            dbname=unquote(parts.path.lstrip("/")),
+            user=unquote(parts.username or "postgres"),
+            password=unquote(parts.password or ""),
+        )
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@")
+    return url
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable, with the defaults of the embedded mode."""
+
+    database_url: str | None = None
+    sqlite_path: str = ".eventfold/events.sqlite3"
+    db_schema: str = "public"
+    db_pool_size: int = 8
+    db_connect_timeout: float = 2.0
+    app: str = "example_app.app:build_router"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body_bytes: int = 1_048_576
+    command_max_attempts: int = 5
+    idempotency_lease_seconds: float = 60.0
+    retry_after_seconds: int = 1
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        read = _Reader(env)
+        defaults = cls()
+        settings = cls(
+            database_url=read.text("DATABASE_URL", defaults.database_url),
+            sqlite_path=read.text("SQLITE_PATH", defaults.sqlite_path) or defaults.sqlite_path,
+            db_schema=read.text("DB_SCHEMA", defaults.db_schema) or defaults.db_schema,
+            db_pool_size=read.number("DB_POOL_SIZE", int, defaults.db_pool_size, minimum=1),
+            db_connect_timeout=read.number(
+                "DB_CONNECT_TIMEOUT", float, defaults.db_connect_timeout, minimum=0.1
+            ),
+            app=read.text("APP", defaults.app) or defaults.app,
+            host=read.text("HOST", defaults.host) or defaults.host,
+            port=read.number("PORT", int, defaults.port, minimum=0),
+            max_body_bytes=read.number("MAX_BODY_BYTES", int, defaults.max_body_bytes, minimum=1),
+            command_max_attempts=read.number(
+                "COMMAND_MAX_ATTEMPTS", int, defaults.command_max_attempts, minimum=1
+            ),
+            idempotency_lease_seconds=read.number(
+                "IDEMPOTENCY_LEASE_SECONDS", float, defaults.idempotency_lease_seconds, minimum=1
+            ),
+            retry_after_seconds=read.number(
+                "RETRY_AFTER_SECONDS", int, defaults.retry_after_seconds, minimum=0
+            ),
+        )
+        settings.postgres()  # a malformed URL fails here, at start-up
+        return settings
+
+    def postgres(self) -> PostgresSettings | None:
+        """The PostgreSQL connection, or None for the embedded store."""
+        if not self.database_url:
+            return None
+        parsed = PostgresSettings.from_url(self.database_url)
+        return PostgresSettings(
+            host=parsed.host,
+            port=parsed.port,
+            dbname=parsed.dbname,
+            user=parsed.user,
+            password=parsed.password,
+            schema=self.db_schema,
+            pool_size=self.db_pool_size,
+            connect_timeout=self.db_connect_timeout,
+        )
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def text(self, name: str, default: str | None) -> str | None:
+        value = self._env.get(PREFIX + name)
+        return default if value is None else value.strip()
+
+    def number(self, name: str, kind: Callable[[str], T], default: T, *, minimum: float) -> T:
+        raw = self._env.get(PREFIX + name)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            value = kind(raw.strip())
+        except ValueError:
+            raise ConfigurationError(
+                f"{PREFIX}{name}={raw!r} is not a valid {kind.__name__}"  # type: ignore[attr-defined]
+            ) from None
+        if value < minimum:  # type: ignore[operator]
+            raise ConfigurationError(f"{PREFIX}{name}={raw!r} must be at least {minimum}")
+        return value

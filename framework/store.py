@@ -1,0 +1,114 @@
+"""The event store port: what the command side needs from storage.
+
+Adapters (memory, SQLite, PostgreSQL) implement ``EventStore`` and pass the
+shared conformance suite in ``framework.testing.conformance``. ``append`` is
+the single write path: events and the idempotency record of the command that
+produced them commit in one transaction, or not at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+from uuid import UUID
+
+from eventsourcing.persistence import Notification, StoredEvent
+
+__all__ = [
+    "Claimed",
+    "ClaimOutcome",
+    "CommandResult",
+    "EventStore",
+    "IdempotencyCompletion",
+    "InFlight",
+    "Notification",
+    "Replay",
+    "StoredEvent",
+]
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a command produced: its main aggregate, new version, last position."""
+
+    aggregate_id: UUID | None
+    version: int
+    position: int | None
+
+
+@dataclass(frozen=True)
+class IdempotencyCompletion:
+    """Marks a claimed key done, inside the transaction that appends the events."""
+
+    key: str
+    owner: UUID
+    aggregate_id: UUID | None
+    version: int
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """The caller now owns the key and must complete or release it."""
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """Another request owns the key and has not finished."""
+
+    request_hash: str
+
+
+@dataclass(frozen=True)
+class Replay:
+    """The key was used before; here is that request's hash and result."""
+
+    request_hash: str
+    result: CommandResult
+
+
+ClaimOutcome = Claimed | InFlight | Replay
+
+
+class EventStore(Protocol):
+    """Append-only storage of events, with per-aggregate and global order."""
+
+    def create_schema(self) -> None:
+        """Create tables if they are missing. Idempotent."""
+
+    def append(
+        self,
+        events: Sequence[StoredEvent],
+        completion: IdempotencyCompletion | None = None,
+    ) -> list[int]:
+        """Store events atomically; return their global positions, in order.
+
+        Raises ConcurrencyConflict if any (aggregate, version) already exists,
+        IdempotencyKeyInFlight if ``completion``'s claim is no longer owned.
+        """
+
+    def read_stream(self, aggregate_id: UUID, after_version: int = 0) -> list[StoredEvent]:
+        """One aggregate's events after ``after_version``, oldest first."""
+
+    def read_all(self, after_position: int, limit: int) -> list[Notification]:
+        """Events of every aggregate after a global position, in position order."""
+
+    def head(self) -> int:
+        """The highest position written so far (0 when empty)."""
+
+    def claim_idempotency_key(
+        self, key: str, request_hash: str, owner: UUID, lease_seconds: float
+    ) -> ClaimOutcome:
+        """Take a key, or report who has it. A claim older than the lease may be taken over."""
+
+    def release_idempotency_key(self, key: str, owner: UUID) -> None:
+        """Give up an uncompleted claim (the command failed, nothing was written)."""
+
+    def save_snapshot(self, snapshot: StoredEvent) -> None:
+        """Keep a snapshot; saving the same (aggregate, version) twice is harmless."""
+
+    def latest_snapshot(self, aggregate_id: UUID) -> StoredEvent | None:
+        """The newest snapshot of an aggregate, if any."""
+
+    def close(self) -> None:
+        """Release connections."""
