@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from framework import Aggregate, Event, RuleViolation, event
 
 __all__ = ["Account", "AccountOpened", "SecuritiesCredited", "SecuritiesDebited"]
@@ -29,7 +31,7 @@ class Account(Aggregate):
 
     account_number: str = ""
     holder_name: str = ""
-    holdings: dict[str, int] = {}
+    holdings: dict[str, int] = Field(default_factory=dict)
 
     @classmethod
     def open(cls, account_number: str, holder_name: str) -> Account:

@@ -11,6 +11,7 @@ from dataclasses import replace
 
 from framework.errors import EventfoldError
 from framework.settings import Settings
+from framework.store import EventStore
 
 __all__ = ["main"]
 
@@ -90,13 +91,13 @@ def _run_init_db(settings: Settings, _: argparse.Namespace) -> int:
     return 0
 
 
-def _open(settings: Settings):  # type: ignore[no-untyped-def]
+def _open(settings: Settings) -> EventStore:
     from framework.adapters.factory import open_store
 
     return open_store(settings)
 
 
-def _serve(settings: Settings, store, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
+def _serve(settings: Settings, store: EventStore, args: argparse.Namespace) -> int:
     import uvicorn
 
     from framework.adapters.factory import load_router

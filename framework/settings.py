@@ -7,7 +7,7 @@ variable and the value.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import unquote, urlsplit
@@ -16,7 +16,7 @@ from framework.errors import ConfigurationError
 
 __all__ = ["PostgresSettings", "Settings"]
 
-T = TypeVar("T")
+N = TypeVar("N", int, float)
 PREFIX = "EVENTFOLD_"
 
 
@@ -129,7 +129,7 @@ class _Reader:
         value = self._env.get(PREFIX + name)
         return default if value is None else value.strip()
 
-    def number(self, name: str, kind: Callable[[str], T], default: T, *, minimum: float) -> T:
+    def number(self, name: str, kind: type[N], default: N, *, minimum: float) -> N:
         raw = self._env.get(PREFIX + name)
         if raw is None or raw.strip() == "":
             return default
@@ -137,8 +137,8 @@ class _Reader:
             value = kind(raw.strip())
         except ValueError:
             raise ConfigurationError(
-                f"{PREFIX}{name}={raw!r} is not a valid {kind.__name__}"  # type: ignore[attr-defined]
+                f"{PREFIX}{name}={raw!r} is not a valid {kind.__name__}"
             ) from None
-        if value < minimum:  # type: ignore[operator]
+        if value < minimum:
             raise ConfigurationError(f"{PREFIX}{name}={raw!r} must be at least {minimum}")
         return value

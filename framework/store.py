@@ -16,8 +16,8 @@ from uuid import UUID
 from eventsourcing.persistence import Notification, StoredEvent
 
 __all__ = [
-    "Claimed",
     "ClaimOutcome",
+    "Claimed",
     "CommandResult",
     "EventStore",
     "IdempotencyCompletion",

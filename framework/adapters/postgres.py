@@ -79,7 +79,7 @@ class PostgresEventStore:
             self._datastore.register_type_adapters()
             with self._datastore.transaction(commit=True) as cursor:
                 for statement in _SCHEMA:
-                    cursor.execute(statement.format(s=_quote(self._schema)))  # type: ignore[arg-type]
+                    cursor.execute(statement.format(s=_quote(self._schema)).encode())
 
     @contextmanager
     def _transaction(self) -> Iterator[Cursor[DictRow]]:

@@ -91,9 +91,19 @@ def _operation(name: str, body_schema: dict[str, Any]) -> dict[str, Any]:
     return {
         "operationId": name,
         "parameters": [
-            {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 255}},
-            {"name": "X-Correlation-ID", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 200}},
+            _header_parameter("Idempotency-Key", "replays the first result for a repeated request"),
+            _header_parameter("X-Correlation-ID", "copied into every event's metadata"),
         ],
         "requestBody": {"required": True, "content": {"application/json": {"schema": body_schema}}},
         "responses": responses,
+    }
+
+
+def _header_parameter(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "header",
+        "required": False,
+        "description": description,
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
     }

@@ -164,7 +164,7 @@ async def _http_problem(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "HTTP error")
     code = title.lower().replace(" ", "_")
-    return problem(exc.status_code, title, str(exc.detail), code, headers=exc.headers)
+    return problem(exc.status_code, title, str(exc.detail), code, headers=dict(exc.headers or {}))
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
