@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from uuid import UUID, uuid4
 
 from framework.aggregate import Aggregate
+from framework.cache import AggregateCache
 from framework.commands import Command, CommandRouter
 from framework.errors import (
     ConcurrencyConflict,
@@ -70,9 +71,11 @@ class CommandBus:
         *,
         max_attempts: int = 5,
         idempotency_lease_seconds: float = 60.0,
+        cache: AggregateCache | None = None,
     ) -> None:
         self.router = router
         self.store = store
+        self._cache = cache if cache is not None else AggregateCache()
         self._max_attempts = max_attempts
         self._lease = idempotency_lease_seconds
 
@@ -109,7 +112,7 @@ class CommandBus:
     def _run(self, command: Command, context: CommandContext, claim: _Claim | None) -> CommandResult:
         handler = self.router.handler_for(command)
         for attempt in range(1, self._max_attempts + 1):
-            unit = UnitOfWork(self.store)
+            unit = UnitOfWork(self.store, self._cache, trust_cache=attempt == 1)
             primary = handler(command, unit)
             try:
                 return self._save(unit, primary, context, claim)
@@ -141,6 +144,7 @@ class CommandBus:
                 claim.key, claim.owner, main.id if main else None, main.version if main else 0
             )
         positions = self.store.append([to_stored(e) for e in envelopes], completion)
+        unit.remember()
         self._snapshot(unit)
         return CommandResult(
             aggregate_id=main.id if main else None,
