@@ -18,6 +18,8 @@ HTTP and GraphQL layers expose to clients.
     │   └── IdempotencyKeyReused   same key, different request
     ├── StoreUnavailable           the event store cannot be reached
     ├── EventSchemaError           a stored event cannot be read back as its type
+    ├── BusUnavailable             the event bus (NATS) cannot be reached
+    ├── VersionSwitched            a projection's active version changed under a worker
     └── ConfigurationError         a setting is missing or malformed
 """
 
@@ -30,6 +32,7 @@ from typing import ClassVar
 __all__ = [
     "AggregateNotFound",
     "AlreadyExists",
+    "BusUnavailable",
     "CommandRejected",
     "ConcurrencyConflict",
     "ConfigurationError",
@@ -43,6 +46,7 @@ __all__ = [
     "RuleViolation",
     "StoreUnavailable",
     "UnknownCommand",
+    "VersionSwitched",
 ]
 
 
@@ -128,3 +132,13 @@ class EventSchemaError(EventfoldError):
 
 class ConfigurationError(EventfoldError):
     code = "configuration_error"
+
+
+class BusUnavailable(EventfoldError):
+    code = "bus_unavailable"
+
+
+class VersionSwitched(EventfoldError):
+    """A rebuilt version became active; the worker reloads its version and position."""
+
+    code = "version_switched"

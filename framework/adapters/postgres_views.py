@@ -1,0 +1,331 @@
+"""Read models in PostgreSQL: typed tables per projection version, positions and dead letters.
+
+A batch is one transaction: the staged row changes are flushed in bulk
+(executemany, pipelined by psycopg), the projection's position is advanced
+with a guard (it only moves forward), and both commit together.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import Connection, sql
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from framework.adapters.pg_columns import column_definitions, to_parameters
+from framework.errors import ConcurrencyConflict, StoreUnavailable, VersionSwitched
+from framework.readmodel import ReadModel
+from framework.settings import PostgresSettings
+from framework.staging import RowCache, StagedViews
+from framework.views import Batch, DeadLetter, ProjectionState, Views
+
+__all__ = ["PostgresViewStore"]
+
+R = TypeVar("R", bound=ReadModel)
+Conn = Connection[dict[str, Any]]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS {s}.eventfold_projection_active (
+    name text PRIMARY KEY, version int NOT NULL);
+CREATE TABLE IF NOT EXISTS {s}.eventfold_projection_positions (
+    name text NOT NULL, version int NOT NULL, position bigint NOT NULL DEFAULT 0,
+    last_event_at timestamptz, state text NOT NULL DEFAULT 'stopped', error text,
+    updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (name, version));
+CREATE TABLE IF NOT EXISTS {s}.eventfold_dead_letters (
+    id bigserial PRIMARY KEY, projection text NOT NULL, version int NOT NULL,
+    position bigint NOT NULL, event_name text NOT NULL, aggregate_id text NOT NULL,
+    error text NOT NULL, failed_at timestamptz NOT NULL DEFAULT now(),
+    retry_requested boolean NOT NULL DEFAULT false);
+"""
+
+
+class _Tables:
+    """Names and statements of one projection version's tables."""
+
+    def __init__(self, schema: str, name: str, version: int) -> None:
+        self.schema, self.prefix = schema, f"rm_{name}_v{version}_"
+        self._statements: dict[type[ReadModel], dict[str, Any]] = {}
+
+    def ident(self, model: type[ReadModel]) -> sql.Composed:
+        return sql.SQL("{}.{}").format(
+            sql.Identifier(self.schema), sql.Identifier(self.prefix + model.table)
+        )
+
+    def statements(self, model: type[ReadModel]) -> dict[str, Any]:
+        if model not in self._statements:
+            self._statements[model] = self._build(model)
+        return self._statements[model]
+
+    def _build(self, model: type[ReadModel]) -> dict[str, Any]:
+        table = self.ident(model)
+        columns = list(model.model_fields)
+        key_match = sql.SQL(" AND ").join(
+            sql.SQL("{} = %s").format(sql.Identifier(k)) for k in model.key
+        )
+        updates = [c for c in columns if c not in model.key] or list(model.key)
+        upsert = sql.SQL("INSERT INTO {t} ({c}) VALUES ({v}) ON CONFLICT ({k}) DO UPDATE SET {u}").format(
+            t=table,
+            c=sql.SQL(", ").join(map(sql.Identifier, columns)),
+            v=sql.SQL(", ").join(sql.Placeholder() * len(columns)),
+            k=sql.SQL(", ").join(map(sql.Identifier, model.key)),
+            u=sql.SQL(", ").join(sql.SQL("{0} = excluded.{0}").format(sql.Identifier(c)) for c in updates),
+        )
+        jsonb = frozenset(n for n, kind, _ in column_definitions(model) if kind == "jsonb")
+        order = sql.SQL(", ").join(map(sql.Identifier, model.key))
+        return {
+            "select": sql.SQL("SELECT * FROM {} WHERE {}").format(table, key_match),
+            "delete": sql.SQL("DELETE FROM {} WHERE {}").format(table, key_match),
+            "upsert": upsert,
+            "jsonb": jsonb,
+            "order": order,
+        }
+
+    def create(self, model: type[ReadModel]) -> list[sql.Composed]:
+        table = self.ident(model)
+        columns = sql.SQL(", ").join(
+            sql.SQL("{} {}{}").format(
+                sql.Identifier(name), sql.SQL(kind), sql.SQL("" if nullable else " NOT NULL")
+            )
+            for name, kind, nullable in column_definitions(model)
+        )
+        key = sql.SQL(", ").join(map(sql.Identifier, model.key))
+        statements = [sql.SQL("CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({}))").format(table, columns, key)]
+        for index in model.indexes:
+            index_name = f"{self.prefix}{model.table}_{'_'.join(index)}_idx"[:63]
+            statements.append(
+                sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
+                    sql.Identifier(index_name), table, sql.SQL(", ").join(map(sql.Identifier, index))
+                )
+            )
+        return statements
+
+
+class _Source:
+    def __init__(self, conn: Conn, tables: _Tables) -> None:
+        self._conn, self._tables = conn, tables
+
+    def load(self, model: type[R], key: tuple[Any, ...]) -> R | None:
+        row = self._conn.execute(self._tables.statements(model)["select"], key, prepare=True).fetchone()
+        return model.model_validate(row) if row else None
+
+    def load_where(self, model: type[R], equal: dict[str, Any]) -> list[R]:
+        where = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in equal)
+        query = sql.SQL("SELECT * FROM {}{}{} ORDER BY {}").format(
+            self._tables.ident(model),
+            sql.SQL(" WHERE ") if equal else sql.SQL(""),
+            where if equal else sql.SQL(""),
+            self._tables.statements(model)["order"],
+        )
+        return [model.model_validate(r) for r in self._conn.execute(query, list(equal.values()))]
+
+
+class _PostgresBatch(StagedViews):
+    def __init__(self, conn: Conn, tables: _Tables, cache: RowCache | None) -> None:
+        super().__init__(_Source(conn, tables), cache)
+        self.conn, self.tables = conn, tables
+        self.position: int | None = None
+        self.event_time: datetime | None = None
+        self.letters: list[DeadLetter] = []
+        self.settled: list[int] = []
+
+    def advance(self, position: int, event_time: datetime | None) -> None:
+        self.position, self.event_time = position, event_time
+
+    def park(self, letter: DeadLetter) -> None:
+        self.letters.append(letter)
+
+    def flush(self) -> None:
+        deletes: dict[type[ReadModel], list[tuple[Any, ...]]] = defaultdict(list)
+        upserts: dict[type[ReadModel], list[list[Any]]] = defaultdict(list)
+        for model, key, row in self.changes():
+            if row is None:
+                deletes[model].append(key)
+            else:
+                upserts[model].append(to_parameters(row, self.tables.statements(model)["jsonb"]))
+        with self.conn.cursor() as cursor:
+            for model, keys in deletes.items():
+                cursor.executemany(self.tables.statements(model)["delete"], keys)
+            for model, rows in upserts.items():
+                cursor.executemany(self.tables.statements(model)["upsert"], rows)
+
+
+class PostgresViewStore:
+    def __init__(self, settings: PostgresSettings, *, cache_rows: int = 100_000) -> None:
+        self._schema = settings.schema
+        self._pool: ConnectionPool[Conn] = ConnectionPool(
+            kwargs={
+                "host": settings.host, "port": settings.port, "dbname": settings.dbname,
+                "user": settings.user, "password": settings.password, "row_factory": dict_row,
+                "autocommit": True,
+            },
+            min_size=1, max_size=max(2, settings.pool_size), timeout=settings.connect_timeout,
+            open=False,
+        )
+        self._cache_rows = cache_rows
+        self._caches: dict[tuple[str, int], RowCache] = {}
+        self._s = sql.Identifier(self._schema)
+
+    @contextmanager
+    def _connection(self) -> Iterator[Conn]:
+        try:
+            self._pool.open(wait=False)
+            with self._pool.connection() as conn:
+                yield conn
+        except psycopg.OperationalError as e:
+            raise StoreUnavailable("the read-model database is unavailable") from e
+
+    def _table(self, name: str) -> sql.Composed:
+        return sql.SQL("{}.{}").format(self._s, sql.Identifier(name))
+
+    def create_schema(self) -> None:
+        with self._connection() as conn:
+            conn.execute(_SCHEMA.format(s=sql.Identifier(self._schema).as_string(conn)).encode())
+
+    def ensure_tables(self, name: str, version: int, models: Sequence[type[ReadModel]]) -> None:
+        tables = _Tables(self._schema, name, version)
+        with self._connection() as conn, conn.transaction():
+            for model in models:
+                for statement in tables.create(model):
+                    conn.execute(statement)
+            conn.execute(
+                sql.SQL("INSERT INTO {} (name, version) VALUES (%s, %s) ON CONFLICT DO NOTHING").format(
+                    self._table("eventfold_projection_active")), (name, version))
+            conn.execute(
+                sql.SQL("INSERT INTO {} (name, version) VALUES (%s, %s) ON CONFLICT DO NOTHING").format(
+                    self._table("eventfold_projection_positions")), (name, version))
+
+    def drop_tables(self, name: str, version: int, models: Sequence[type[ReadModel]]) -> None:
+        tables = _Tables(self._schema, name, version)
+        with self._connection() as conn, conn.transaction():
+            for model in models:
+                conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(tables.ident(model)))
+            conn.execute(sql.SQL("DELETE FROM {} WHERE name = %s AND version = %s").format(
+                self._table("eventfold_projection_positions")), (name, version))
+        self._caches.pop((name, version), None)
+
+    def active_version(self, name: str) -> int:
+        with self._connection() as conn:
+            row = conn.execute(sql.SQL("SELECT version FROM {} WHERE name = %s").format(
+                self._table("eventfold_projection_active")), (name,)).fetchone()
+        return int(row["version"]) if row else 1
+
+    def position(self, name: str, version: int) -> int:
+        with self._connection() as conn:
+            row = conn.execute(sql.SQL("SELECT position FROM {} WHERE name = %s AND version = %s").format(
+                self._table("eventfold_projection_positions")), (name, version)).fetchone()
+        return int(row["position"]) if row else 0
+
+    @contextmanager
+    def batch(self, name: str, version: int, *, follow_active: bool = True) -> Iterator[Batch]:
+        with self._transaction(name, version, lock="SHARE") as (conn, batch, active):
+            if follow_active and active != version:
+                raise VersionSwitched(f"{name} now serves version {active}")
+            yield batch
+            self._commit(conn, name, version, batch)
+
+    @contextmanager
+    def switch(self, name: str, version: int) -> Iterator[Batch]:
+        with self._transaction(name, version, lock="UPDATE") as (conn, batch, _):
+            yield batch
+            self._commit(conn, name, version, batch)
+            conn.execute(sql.SQL("UPDATE {} SET version = %s WHERE name = %s").format(
+                self._table("eventfold_projection_active")), (version, name))
+
+    @contextmanager
+    def _transaction(
+        self, name: str, version: int, *, lock: str
+    ) -> Iterator[tuple[Conn, _PostgresBatch, int]]:
+        cache = self._caches.setdefault((name, version), RowCache(self._cache_rows))
+        with self._connection() as conn:
+            batch = _PostgresBatch(conn, _Tables(self._schema, name, version), cache)
+            try:
+                with conn.transaction():
+                    row = conn.execute(
+                        sql.SQL("SELECT version FROM {} WHERE name = %s FOR " + lock).format(
+                            self._table("eventfold_projection_active")), (name,)).fetchone()
+                    yield conn, batch, int(row["version"]) if row else version
+            except BaseException:
+                cache.clear()  # rows read in a rolled-back batch may include its own changes
+                raise
+            batch.committed()
+
+    def _commit(self, conn: Conn, name: str, version: int, batch: _PostgresBatch) -> None:
+        batch.flush()
+        positions = self._table("eventfold_projection_positions")
+        if batch.position is not None:
+            moved = conn.execute(
+                sql.SQL("UPDATE {} SET position = %s, last_event_at = coalesce(%s, last_event_at),"
+                        " updated_at = now() WHERE name = %s AND version = %s AND position < %s").format(positions),
+                (batch.position, batch.event_time, name, version, batch.position),
+            ).rowcount
+            if moved != 1:
+                raise ConcurrencyConflict(f"{name} v{version} was advanced by another worker")
+        letters = self._table("eventfold_dead_letters")
+        for letter in batch.letters:
+            conn.execute(sql.SQL("INSERT INTO {} (projection, version, position, event_name, aggregate_id,"
+                                 " error) VALUES (%s, %s, %s, %s, %s, %s)").format(letters),
+                         (letter.projection, version, letter.position, letter.event_name,
+                          letter.aggregate_id, letter.error))
+        for letter_id in batch.settled:
+            conn.execute(sql.SQL("DELETE FROM {} WHERE id = %s").format(letters), (letter_id,))
+
+    def set_state(self, name: str, version: int, state: str, error: str | None = None) -> None:
+        with self._connection() as conn:
+            conn.execute(sql.SQL("UPDATE {} SET state = %s, error = %s, updated_at = now()"
+                                 " WHERE name = %s AND version = %s").format(
+                self._table("eventfold_projection_positions")), (state, error, name, version))
+
+    def states(self) -> list[ProjectionState]:
+        with self._connection() as conn:
+            rows = conn.execute(sql.SQL("SELECT * FROM {} ORDER BY name, version").format(
+                self._table("eventfold_projection_positions"))).fetchall()
+        return [ProjectionState(r["name"], r["version"], r["position"], r["state"], r["error"],
+                                r["last_event_at"], r["updated_at"]) for r in rows]
+
+    def dead_letters(self, name: str | None = None) -> list[DeadLetter]:
+        with self._connection() as conn:
+            rows = conn.execute(sql.SQL("SELECT * FROM {} WHERE %s::text IS NULL OR projection = %s"
+                                        " ORDER BY id").format(self._table("eventfold_dead_letters")),
+                                (name, name)).fetchall()
+        return [_letter(r) for r in rows]
+
+    def discard_dead_letter(self, letter_id: int) -> bool:
+        with self._connection() as conn:
+            return conn.execute(sql.SQL("DELETE FROM {} WHERE id = %s").format(
+                self._table("eventfold_dead_letters")), (letter_id,)).rowcount == 1
+
+    def request_retry(self, letter_id: int) -> bool:
+        with self._connection() as conn:
+            return conn.execute(sql.SQL("UPDATE {} SET retry_requested = true WHERE id = %s").format(
+                self._table("eventfold_dead_letters")), (letter_id,)).rowcount == 1
+
+    def retry_requests(self, name: str) -> list[DeadLetter]:
+        with self._connection() as conn:
+            rows = conn.execute(sql.SQL("SELECT * FROM {} WHERE projection = %s AND retry_requested"
+                                        " ORDER BY id").format(self._table("eventfold_dead_letters")),
+                                (name,)).fetchall()
+        return [_letter(r) for r in rows]
+
+    def settle_dead_letter(self, batch: Batch, letter_id: int) -> None:
+        assert isinstance(batch, _PostgresBatch)
+        batch.settled.append(letter_id)
+
+    @contextmanager
+    def read(self, name: str) -> Iterator[Views]:
+        version = self.active_version(name)
+        with self._connection() as conn:
+            yield StagedViews(_Source(conn, _Tables(self._schema, name, version)))
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def _letter(row: dict[str, Any]) -> DeadLetter:
+    return DeadLetter(row["projection"], row["position"], row["event_name"], row["aggregate_id"],
+                      row["error"], row["id"], row["failed_at"])

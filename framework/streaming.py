@@ -1,0 +1,49 @@
+"""The bus port: the ordered stream of stored events between the store and projections.
+
+The relay publishes notifications (stored events with their global
+position) in position order; workers fetch them through durable consumers and
+acknowledge after their own transaction committed. The bus is transport only:
+at-least-once, usually in order. Workers drop what they already applied and
+back-fill any gap from the event store, which stays the source of truth.
+
+Adapters: ``framework.adapters.memory_bus`` (embedded) and
+``framework.adapters.nats`` (JetStream); both pass
+``framework.testing.bus_conformance``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from framework.store import Notification
+
+__all__ = ["Delivery", "EventConsumer", "EventPublisher"]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Fetched notifications and the call that acknowledges all of them."""
+
+    notifications: Sequence[Notification]
+    ack: Callable[[], Awaitable[None]]
+
+
+class EventPublisher(Protocol):
+    async def publish(self, notifications: Sequence[Notification]) -> None:
+        """Publish in order; return once the bus acknowledged all of them, else raise."""
+
+    async def last_published_position(self) -> int:
+        """The position of the newest event on the bus (0 when empty)."""
+
+    async def close(self) -> None:
+        ...
+
+
+class EventConsumer(Protocol):
+    async def fetch(self, max_events: int, timeout: float) -> Delivery:
+        """Up to ``max_events`` notifications; an empty delivery after ``timeout``."""
+
+    async def close(self) -> None:
+        ...

@@ -1,0 +1,134 @@
+"""The read-model port: where projections keep their rows and their position.
+
+A projection works in batches. ``ViewStore.batch`` opens one transaction in
+which handlers read and change rows through ``Views`` and the batch records the
+projection's new position; both commit together or not at all, which is what
+makes a projection's effects exactly-once under crashes and redelivery.
+
+Each projection has numbered versions (blue-green rebuilds): a version owns
+its own tables and position, and one version per projection is active.
+Adapters: ``framework.adapters.memory_views`` and ``framework.adapters.postgres_views``;
+both pass ``framework.testing.views_conformance``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
+
+from framework.readmodel import ReadModel
+
+__all__ = ["Batch", "DeadLetter", "ProjectionState", "ViewStore", "Views"]
+
+R = TypeVar("R", bound=ReadModel)
+
+
+class Views(Protocol):
+    """Rows of one projection version, as seen inside the current batch."""
+
+    def get(self, model: type[R], *key: Any) -> R | None:
+        """The row with this key, including changes made earlier in the batch."""
+
+    def put(self, row: ReadModel) -> None:
+        """Insert or replace the row with the same key."""
+
+    def delete(self, model: type[ReadModel], *key: Any) -> None:
+        """Remove the row with this key, if any."""
+
+    def select(self, model: type[R], **equal: Any) -> list[R]:
+        """Rows whose fields equal the given values, ordered by key."""
+
+
+class Batch(Views, Protocol):
+    """One transaction of a projection: view changes plus its new position."""
+
+    def advance(self, position: int, event_time: datetime | None) -> None:
+        """Record that every event up to ``position`` is applied."""
+
+    def park(self, letter: DeadLetter) -> None:
+        """Keep an event whose handler kept failing, in the same transaction."""
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    projection: str
+    position: int
+    event_name: str
+    aggregate_id: str
+    error: str
+    id: int | None = None
+    failed_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ProjectionState:
+    name: str
+    version: int
+    position: int
+    state: str  # running | halted | rebuilding | stopped
+    error: str | None
+    last_event_at: datetime | None
+    updated_at: datetime | None
+
+
+class ViewStore(Protocol):
+    def create_schema(self) -> None:
+        """Bookkeeping tables (positions, versions, dead letters). Idempotent."""
+
+    def ensure_tables(self, name: str, version: int, models: Sequence[type[ReadModel]]) -> None:
+        """Create a projection version's tables if missing. Idempotent."""
+
+    def drop_tables(self, name: str, version: int, models: Sequence[type[ReadModel]]) -> None:
+        """Remove a version's tables and bookkeeping (after a switch)."""
+
+    def active_version(self, name: str) -> int:
+        """The version queries read; 1 for a projection never rebuilt."""
+
+    def position(self, name: str, version: int) -> int:
+        """The last position applied to that version (0: nothing yet)."""
+
+    def batch(
+        self, name: str, version: int, *, follow_active: bool = True
+    ) -> AbstractContextManager[Batch]:
+        """A transaction on that version; commits on normal exit.
+
+        With ``follow_active`` (live workers) it raises ``VersionSwitched`` before
+        any change when ``version`` is no longer the active one; a rebuild
+        writes its new version with ``follow_active=False``.
+        """
+
+    def switch(self, name: str, version: int) -> AbstractContextManager[Batch]:
+        """A batch on ``version`` that, on commit, makes it the active version.
+
+        Holds the projection's lock, so no live batch interleaves with the switch.
+        """
+
+    def set_state(self, name: str, version: int, state: str, error: str | None = None) -> None:
+        """Record running, halted (with the error), rebuilding or stopped."""
+
+    def states(self) -> list[ProjectionState]:
+        """Every projection version known, for ``eventfold status``."""
+
+    def dead_letters(self, name: str | None = None) -> list[DeadLetter]:
+        """Parked events, oldest first."""
+
+    def discard_dead_letter(self, letter_id: int) -> bool:
+        """Forget a parked event; False if there is no such letter."""
+
+    def request_retry(self, letter_id: int) -> bool:
+        """Ask the projection's live worker to run a parked event again."""
+
+    def retry_requests(self, name: str) -> list[DeadLetter]:
+        """Parked events of ``name`` whose retry was requested."""
+
+    def settle_dead_letter(self, batch: Batch, letter_id: int) -> None:
+        """Remove a letter inside ``batch``, after its retry succeeded there."""
+
+    def read(self, name: str) -> AbstractContextManager[Views]:
+        """Read-only access to the active version (queries)."""
+
+    def close(self) -> None:
+        ...
