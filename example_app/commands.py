@@ -7,7 +7,8 @@ from typing import Annotated
 
 from pydantic import Field, StringConstraints
 
-from example_app.corporate_actions import Terms
+from example_app.corporate_actions import Entitlement, Terms
+from example_app.notifications import NotificationKind
 from example_app.securities import Isin
 from framework import Command
 
@@ -16,7 +17,9 @@ __all__ = [
     "CancelCorporateAction",
     "CreditHoldings",
     "DebitHoldings",
+    "NotifyDepositor",
     "OpenAccount",
+    "RecordEntitlements",
     "RegisterSecurity",
     "RejectCorporateAction",
     "TransferHoldings",
@@ -83,3 +86,19 @@ class RejectCorporateAction(Command):
 class CancelCorporateAction(Command):
     action_id: Code
     reason: Reason
+
+
+class RecordEntitlements(Command):
+    """Issued by the corporate-action process once an action is validated."""
+
+    action_id: Code
+    entitlements: Annotated[list[Entitlement], Field(max_length=100_000)]
+
+
+class NotifyDepositor(Command):
+    """Issued by the corporate-action process; a second identical one is refused as a duplicate."""
+
+    account_number: Code
+    action_id: Code
+    kind: NotificationKind
+    message: Reason

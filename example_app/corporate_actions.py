@@ -19,6 +19,8 @@ __all__ = [
     "CorporateActionCancelled",
     "CorporateActionRejected",
     "CorporateActionValidated",
+    "Entitlement",
+    "EntitlementsCalculated",
     "SplitTerms",
     "Terms",
 ]
@@ -53,6 +55,17 @@ class ActionStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+class Entitlement(BaseModel):
+    """What one account is due: cash for a distribution, new units for a split."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    account_number: str
+    holding: Annotated[int, Field(gt=0)]
+    cash_amount: Decimal | None = None
+    currency: str | None = None
+    new_units: int | None = None
+
+
 class CorporateActionAnnounced(Event):
     action_id: str
     isin: str
@@ -70,6 +83,12 @@ class CorporateActionRejected(Event):
     reasons: list[str]
 
 
+class EntitlementsCalculated(Event):
+    action_id: str
+    record_date: date
+    entitlements: list[Entitlement]
+
+
 class CorporateActionCancelled(Event):
     action_id: str
     reason: str
@@ -82,6 +101,7 @@ class CorporateAction(Aggregate):
     payment_date: date | None = None
     terms: Terms | None = None
     status: ActionStatus = ActionStatus.NONE
+    entitlements_calculated: bool = False
 
     @classmethod
     def announce(
@@ -106,6 +126,23 @@ class CorporateAction(Aggregate):
     def reject(self, reasons: list[str]) -> None:
         self._require(ActionStatus.ANNOUNCED, "reject")
         self._rejected(action_id=self.action_id, reasons=reasons)
+
+    def entitle(self, holdings: dict[str, int]) -> list[Entitlement]:
+        """The entitlements of these holdings at the record date, under this action's terms."""
+        assert self.terms is not None
+        return [_entitlement(self.terms, account, held) for account, held in sorted(holdings.items())
+                if held > 0]
+
+    def record_entitlements(self, entitlements: list[Entitlement]) -> None:
+        self._require(ActionStatus.VALIDATED, "calculate entitlements of")
+        if self.entitlements_calculated:
+            raise InvalidTransition(
+                f"entitlements of {self.action_id} are already calculated", reason="already_calculated"
+            )
+        assert self.record_date is not None
+        self._entitlements_calculated(
+            action_id=self.action_id, record_date=self.record_date, entitlements=entitlements
+        )
 
     def cancel(self, reason: str) -> None:
         self._require(ActionStatus.ANNOUNCED, "cancel", also=ActionStatus.VALIDATED)
@@ -134,6 +171,21 @@ class CorporateAction(Aggregate):
     def _rejected(self, action_id: str, reasons: list[str]) -> None:
         self.status = ActionStatus.REJECTED
 
+    @event(EntitlementsCalculated)
+    def _entitlements_calculated(
+        self, action_id: str, record_date: date, entitlements: list[Entitlement]
+    ) -> None:
+        self.entitlements_calculated = True
+
     @event(CorporateActionCancelled)
     def _cancelled(self, action_id: str, reason: str) -> None:
         self.status = ActionStatus.CANCELLED
+
+
+def _entitlement(terms: Terms, account_number: str, holding: int) -> Entitlement:
+    if isinstance(terms, CashTerms):
+        amount = (terms.amount_per_unit * holding).quantize(Decimal("0.01"))
+        return Entitlement(account_number=account_number, holding=holding, cash_amount=amount,
+                           currency=terms.currency)
+    new_units = holding * terms.new_units // terms.old_units - holding
+    return Entitlement(account_number=account_number, holding=holding, new_units=new_units)

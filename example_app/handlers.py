@@ -8,13 +8,16 @@ from example_app.commands import (
     CancelCorporateAction,
     CreditHoldings,
     DebitHoldings,
+    NotifyDepositor,
     OpenAccount,
+    RecordEntitlements,
     RegisterSecurity,
     RejectCorporateAction,
     TransferHoldings,
     ValidateCorporateAction,
 )
 from example_app.corporate_actions import CorporateAction
+from example_app.notifications import Notification
 from example_app.securities import Security
 from framework import CommandRouter, RuleViolation, UnitOfWork
 
@@ -101,3 +104,20 @@ def cancel_corporate_action(command: CancelCorporateAction, unit: UnitOfWork) ->
     action = _action(unit, command.action_id)
     action.cancel(command.reason)
     return action
+
+
+@router.handles
+def record_entitlements(command: RecordEntitlements, unit: UnitOfWork) -> CorporateAction:
+    action = _action(unit, command.action_id)
+    action.record_entitlements(command.entitlements)
+    return action
+
+
+@router.handles
+def notify_depositor(command: NotifyDepositor, unit: UnitOfWork) -> Notification:
+    _account(unit, command.account_number)
+    notification = Notification.send(
+        command.account_number, command.action_id, command.kind, command.message
+    )
+    key = Notification.natural_key(command.action_id, command.account_number, command.kind)
+    return unit.add(notification, label=key)

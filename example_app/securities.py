@@ -14,7 +14,8 @@ __all__ = ["Isin", "Security", "SecurityRegistered", "check_isin"]
 def check_isin(value: str) -> str:
     """ISO 6166: two letters, nine alphanumerics, and a Luhn check digit."""
     value = value.strip().upper()
-    if len(value) != 12 or not value[:2].isalpha() or not value.isalnum() or not value[-1].isdigit():
+    ascii_alnum = value.isascii() and value.isalnum()  # str.isalnum/isdigit accept any script
+    if len(value) != 12 or not value[:2].isalpha() or not ascii_alnum or not value[-1].isdigit():
         raise ValueError("an ISIN is 2 letters, 9 letters or digits, and a check digit")
     digits = "".join(str(int(c, 36)) for c in value[:-1])
     if _luhn_check_digit(digits) != int(value[-1]):

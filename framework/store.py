@@ -110,5 +110,14 @@ class EventStore(Protocol):
     def latest_snapshot(self, aggregate_id: UUID) -> StoredEvent | None:
         """The newest snapshot of an aggregate, if any."""
 
+    def wait_for_append(self, after_position: int, timeout: float) -> bool:
+        """Block until the head passes ``after_position`` or ``timeout`` ends; True if it did."""
+
+    def relay_checkpoint(self, name: str) -> int:
+        """The last position the relay ``name`` saw acknowledged by the bus (0: none)."""
+
+    def save_relay_checkpoint(self, name: str, position: int) -> None:
+        """Record a relay's checkpoint; it never moves backwards."""
+
     def close(self) -> None:
         """Release connections."""

@@ -31,6 +31,8 @@ class MemoryEventStore:
     def __init__(self) -> None:
         self._recorder = POPOApplicationRecorder()
         self._lock = threading.Lock()
+        self._appended = threading.Condition(self._lock)
+        self._checkpoints: dict[str, int] = {}
         self._keys: dict[str, _Claim] = {}
         self._snapshots: dict[UUID, StoredEvent] = {}
 
@@ -48,6 +50,8 @@ class MemoryEventStore:
             positions = self._insert(events)
             if completion is not None:
                 self._complete(completion, positions)
+            if positions:
+                self._appended.notify_all()
             return positions
 
     def _insert(self, events: Sequence[StoredEvent]) -> list[int]:
@@ -110,6 +114,20 @@ class MemoryEventStore:
 
     def latest_snapshot(self, aggregate_id: UUID) -> StoredEvent | None:
         return self._snapshots.get(aggregate_id)
+
+    def wait_for_append(self, after_position: int, timeout: float) -> bool:
+        with self._lock:
+            return self._appended.wait_for(
+                lambda: (self._recorder.max_notification_id() or 0) > after_position, timeout
+            )
+
+    def relay_checkpoint(self, name: str) -> int:
+        with self._lock:
+            return self._checkpoints.get(name, 0)
+
+    def save_relay_checkpoint(self, name: str, position: int) -> None:
+        with self._lock:
+            self._checkpoints[name] = max(position, self._checkpoints.get(name, 0))
 
     def close(self) -> None:
         """Nothing to release."""

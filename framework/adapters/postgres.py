@@ -45,6 +45,7 @@ _SCHEMA = [
     " request_hash text NOT NULL, owner uuid NOT NULL, claimed_at timestamptz NOT NULL,"
     " completed_at timestamptz, aggregate_id uuid, version bigint NOT NULL DEFAULT 0,"
     " position bigint)",
+    "CREATE TABLE IF NOT EXISTS {s}.relay_checkpoints (name text PRIMARY KEY, position bigint NOT NULL)",
 ]
 
 
@@ -192,6 +193,32 @@ class PostgresEventStore:
             row = cursor.fetchone()
         return _stored(row) if row else None
 
+    def wait_for_append(self, after_position: int, timeout: float) -> bool:
+        """LISTEN on the channel the recorder NOTIFYs on every append."""
+        if self.head() > after_position:
+            return True
+        with self._cursor() as cursor:
+            connection = cursor.connection
+            connection.execute(f"LISTEN {_quote(self._recorder.channel_name)}")
+            try:
+                if self.head() > after_position:  # appended before LISTEN took effect
+                    return True
+                for _ in connection.notifies(timeout=timeout, stop_after=1):
+                    break
+            finally:
+                connection.execute(f"UNLISTEN {_quote(self._recorder.channel_name)}")
+        return self.head() > after_position
+
+    def relay_checkpoint(self, name: str) -> int:
+        with self._cursor() as cursor:
+            cursor.execute(self._sql.select_checkpoint, (name,))
+            row = cursor.fetchone()
+        return int(row["position"]) if row else 0
+
+    def save_relay_checkpoint(self, name: str, position: int) -> None:
+        with self._cursor() as cursor:
+            cursor.execute(self._sql.save_checkpoint, (name, position))
+
     def close(self) -> None:
         self._datastore.close()
 
@@ -225,6 +252,11 @@ class _Statements:
         )
         self.insert_snapshot = (
             f"INSERT INTO {s}.snapshots VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING"
+        )
+        self.select_checkpoint = f"SELECT position FROM {s}.relay_checkpoints WHERE name = %s"
+        self.save_checkpoint = (
+            f"INSERT INTO {s}.relay_checkpoints AS c VALUES (%s, %s) ON CONFLICT (name) DO UPDATE"
+            " SET position = greatest(c.position, excluded.position)"
         )
         self.select_snapshot = (
             f"SELECT * FROM {s}.snapshots WHERE originator_id = %s"

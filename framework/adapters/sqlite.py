@@ -28,6 +28,7 @@ _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS idempotency_keys (key TEXT PRIMARY KEY, request_hash TEXT NOT NULL,"
     " owner TEXT NOT NULL, claimed_at REAL NOT NULL, completed INTEGER NOT NULL DEFAULT 0,"
     " aggregate_id TEXT, version INTEGER NOT NULL DEFAULT 0, position INTEGER)",
+    "CREATE TABLE IF NOT EXISTS relay_checkpoints (name TEXT PRIMARY KEY, position INTEGER NOT NULL)",
 ]
 
 
@@ -36,6 +37,7 @@ class SQLiteEventStore:
         self._datastore = SQLiteDatastore(db_name=path)
         self._recorder = SQLiteApplicationRecorder(self._datastore)
         self._write_lock = threading.Lock()
+        self._appended = threading.Condition()  # one process owns the file: wake in-process readers
 
     def create_schema(self) -> None:
         self._recorder.create_table()
@@ -62,7 +64,10 @@ class SQLiteEventStore:
             positions = self._insert(cursor, events)
             if completion is not None:
                 _complete(cursor, completion, positions)
-            return positions
+        if positions:
+            with self._appended:
+                self._appended.notify_all()
+        return positions
 
     def _insert(self, cursor: SQLiteCursor, events: Sequence[StoredEvent]) -> list[int]:
         try:
@@ -130,6 +135,24 @@ class SQLiteEventStore:
         if row is None:
             return None
         return StoredEvent(aggregate_id, row["originator_version"], row["topic"], row["state"])
+
+    def wait_for_append(self, after_position: int, timeout: float) -> bool:
+        with self._appended:
+            return self._appended.wait_for(lambda: self.head() > after_position, timeout)
+
+    def relay_checkpoint(self, name: str) -> int:
+        with self._read() as cursor:
+            cursor.execute("SELECT position FROM relay_checkpoints WHERE name = ?", (name,))
+            row = cursor.fetchone()
+        return int(row["position"]) if row else 0
+
+    def save_relay_checkpoint(self, name: str, position: int) -> None:
+        with self._write() as cursor:
+            cursor.execute(
+                "INSERT INTO relay_checkpoints VALUES (?, ?) ON CONFLICT (name) DO UPDATE"
+                " SET position = max(position, excluded.position)",
+                (name, position),
+            )
 
     def close(self) -> None:
         self._datastore.close()

@@ -1,0 +1,122 @@
+"""The long-running loops: the relay (store → bus) and projection consumers (bus → worker).
+
+Both survive their dependencies going away: an unavailable store or bus is
+one log line, then a retry with capped exponential backoff, never a crash and
+never a lost event (the relay's checkpoint moves only after the bus
+acknowledged; a worker acknowledges only after its transaction committed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from framework.errors import BusUnavailable, StoreUnavailable
+from framework.store import EventStore
+from framework.streaming import EventConsumer, EventPublisher
+from framework.worker import ProjectionHalted, ProjectionWorker
+
+__all__ = ["Backoff", "run_projection", "run_relay"]
+
+log = logging.getLogger(__name__)
+_UNAVAILABLE = (StoreUnavailable, BusUnavailable, OSError, asyncio.TimeoutError)
+
+
+class Backoff:
+    def __init__(self, first: float = 0.2, cap: float = 5.0) -> None:
+        self._first, self._cap, self._next = first, cap, first
+
+    def reset(self) -> None:
+        self._next = self._first
+
+    def delay(self) -> float:
+        delay, self._next = self._next, min(self._cap, self._next * 2)
+        return delay
+
+
+async def _pause(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass
+
+
+async def run_relay(
+    store: EventStore,
+    publisher: EventPublisher,
+    stop: asyncio.Event,
+    *,
+    name: str = "relay",
+    batch_size: int = 1000,
+    poll_seconds: float = 1.0,
+) -> None:
+    """Publish every stored event, in position order, until ``stop`` is set."""
+    backoff = Backoff()
+    position: int | None = None
+    while not stop.is_set():
+        try:
+            if position is None:
+                stored = await asyncio.to_thread(store.relay_checkpoint, name)
+                position = max(stored, await publisher.last_published_position())
+                log.info("relay %s: starting after position %d", name, position)
+            batch = await asyncio.to_thread(store.read_all, position, batch_size)
+            if not batch:
+                await asyncio.to_thread(store.wait_for_append, position, poll_seconds)
+                continue
+            await publisher.publish(batch)
+            position = batch[-1].id
+            await asyncio.to_thread(store.save_relay_checkpoint, name, position)
+            backoff.reset()
+        except _UNAVAILABLE as error:
+            delay = backoff.delay()
+            log.warning("relay %s: %s; retrying in %.1fs", name, _describe(error), delay)
+            await _pause(stop, delay)
+
+
+async def run_projection(
+    worker: ProjectionWorker,
+    consumer: EventConsumer,
+    stop: asyncio.Event,
+    *,
+    batch_size: int = 1000,
+    fetch_seconds: float = 1.0,
+    retry_letters_every: float = 5.0,
+) -> None:
+    """Catch up from the store, then apply the bus's deliveries until ``stop`` or a halt."""
+    backoff = Backoff()
+    caught_up = False
+    next_letter_check = 0.0
+    while not stop.is_set():
+        try:
+            if not caught_up:
+                await asyncio.to_thread(worker.views.set_state, worker.name, worker.version, "running")
+                await asyncio.to_thread(worker.catch_up)
+                caught_up = True
+            delivery = await consumer.fetch(batch_size, fetch_seconds)
+            if delivery.notifications:
+                await asyncio.to_thread(worker.apply, delivery.notifications)
+            await delivery.ack()
+            if time.monotonic() >= next_letter_check:
+                await asyncio.to_thread(worker.retry_dead_letters)
+                next_letter_check = time.monotonic() + retry_letters_every
+            backoff.reset()
+        except ProjectionHalted as halted:
+            log.error("%s", halted)
+            return
+        except _UNAVAILABLE as error:
+            delay = backoff.delay()
+            log.warning("projection %s: %s; retrying in %.1fs", worker.name, _describe(error), delay)
+            await _pause(stop, delay)
+    await asyncio.to_thread(_mark_stopped, worker)
+
+
+def _mark_stopped(worker: ProjectionWorker) -> None:
+    try:
+        worker.views.set_state(worker.name, worker.version, "stopped")
+    except StoreUnavailable:
+        pass
+
+
+def _describe(error: BaseException) -> str:
+    return str(error) or type(error).__name__

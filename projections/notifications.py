@@ -1,0 +1,35 @@
+"""Notifications per depositor, as sent."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from example_app.notifications import DepositorNotified
+from framework.projector import HandlerContext, Projector, on
+from framework.readmodel import ReadModel
+
+__all__ = ["NotificationRow", "NotificationsProjector"]
+
+
+class NotificationRow(ReadModel):
+    table = "notifications"
+    key = ("action_id", "account_number", "kind")
+    indexes = (("account_number",),)
+
+    action_id: str
+    account_number: str
+    kind: str
+    message: str
+    notified_at: datetime
+
+
+class NotificationsProjector(Projector):
+    name = "notifications"
+    read_models = (NotificationRow,)
+
+    @on(DepositorNotified)
+    def notified(self, event: DepositorNotified, context: HandlerContext) -> None:
+        context.views.put(NotificationRow(
+            action_id=event.action_id, account_number=event.account_number, kind=event.kind,
+            message=event.message, notified_at=context.envelope.metadata.recorded_at,
+        ))
