@@ -9,6 +9,7 @@ acknowledged; a worker acknowledges only after its transaction committed).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -36,10 +37,8 @@ class Backoff:
 
 
 async def _pause(stop: asyncio.Event, seconds: float) -> None:
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        pass
 
 
 async def run_relay(
@@ -112,10 +111,8 @@ async def run_projection(
 
 
 def _mark_stopped(worker: ProjectionWorker) -> None:
-    try:
+    with contextlib.suppress(StoreUnavailable):
         worker.views.set_state(worker.name, worker.version, "stopped")
-    except StoreUnavailable:
-        pass
 
 
 def _describe(error: BaseException) -> str:

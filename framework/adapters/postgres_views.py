@@ -95,7 +95,8 @@ class _Tables:
             for name, kind, nullable in column_definitions(model)
         )
         key = sql.SQL(", ").join(map(sql.Identifier, model.key))
-        statements = [sql.SQL("CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({}))").format(table, columns, key)]
+        create = sql.SQL("CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({}))")
+        statements = [create.format(table, columns, key)]
         for index in model.indexes:
             index_name = f"{self.prefix}{model.table}_{'_'.join(index)}_idx"[:63]
             statements.append(
@@ -259,9 +260,12 @@ class PostgresViewStore:
         batch.flush()
         positions = self._table("eventfold_projection_positions")
         if batch.position is not None:
+            advance = sql.SQL(
+                "UPDATE {} SET position = %s, last_event_at = coalesce(%s, last_event_at),"
+                " updated_at = now() WHERE name = %s AND version = %s AND position < %s"
+            )
             moved = conn.execute(
-                sql.SQL("UPDATE {} SET position = %s, last_event_at = coalesce(%s, last_event_at),"
-                        " updated_at = now() WHERE name = %s AND version = %s AND position < %s").format(positions),
+                advance.format(positions),
                 (batch.position, batch.event_time, name, version, batch.position),
             ).rowcount
             if moved != 1:
