@@ -112,7 +112,7 @@ class CommandBus:
     def _run(self, command: Command, context: CommandContext, claim: _Claim | None) -> CommandResult:
         handler = self.router.handler_for(command)
         for attempt in range(1, self._max_attempts + 1):
-            unit = UnitOfWork(self.store, self._cache, trust_cache=attempt == 1)
+            unit = UnitOfWork(self.store, self._cache, trust_cache=attempt == 1 and self._max_attempts > 1)
             primary = handler(command, unit)
             try:
                 return self._save(unit, primary, context, claim)

@@ -68,6 +68,8 @@ class Settings:
     db_pool_size: int = 8
     db_connect_timeout: float = 2.0
     app: str = "example_app.app:build_router"
+    projections: str = "projections:build_projectors"
+    nats_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
     max_body_bytes: int = 1_048_576
@@ -88,6 +90,8 @@ class Settings:
                 "DB_CONNECT_TIMEOUT", float, defaults.db_connect_timeout, minimum=0.1
             ),
             app=read.text("APP", defaults.app) or defaults.app,
+            projections=read.text("PROJECTIONS", defaults.projections) or defaults.projections,
+            nats_url=read.text("NATS_URL", defaults.nats_url) or None,
             host=read.text("HOST", defaults.host) or defaults.host,
             port=read.number("PORT", int, defaults.port, minimum=0),
             max_body_bytes=read.number("MAX_BODY_BYTES", int, defaults.max_body_bytes, minimum=1),

@@ -410,3 +410,38 @@ class EventStoreConformance:
         latest = store.latest_snapshot(aggregate_id)
         assert latest is not None
         assert (latest.originator_version, bytes(latest.state)) == (50, b'{"v":50}')
+
+    # --- relay checkpoints -----------------------------------------------------------------
+
+    def test_a_relay_checkpoint_starts_at_zero_and_never_moves_back(self, store: EventStore) -> None:
+        assert store.relay_checkpoint("nats") == 0
+        store.save_relay_checkpoint("nats", 5)
+        assert store.relay_checkpoint("nats") == 5
+        store.save_relay_checkpoint("nats", 3)
+        assert store.relay_checkpoint("nats") == 5
+        store.save_relay_checkpoint("nats", 9)
+        assert store.relay_checkpoint("nats") == 9
+        assert store.relay_checkpoint("other") == 0
+        store.save_relay_checkpoint("other", 1)
+        assert (store.relay_checkpoint("nats"), store.relay_checkpoint("other")) == (9, 1)
+
+    # --- waiting for appends ---------------------------------------------------------------
+
+    def test_waiting_for_an_append_already_made_returns_at_once(self, store: EventStore) -> None:
+        positions = self._append_stream(store, uuid4(), [1, 2])
+        assert store.wait_for_append(positions[0], timeout=30) is True
+        assert store.wait_for_append(0, timeout=30) is True
+
+    def test_waiting_with_nothing_appended_gives_up(self, store: EventStore) -> None:
+        positions = self._append_stream(store, uuid4(), [1])
+        assert store.wait_for_append(positions[-1], timeout=0.05) is False
+
+    def test_an_append_from_another_thread_wakes_a_waiter(self, store: EventStore) -> None:
+        head = store.head()
+        writer = threading.Timer(0.1, lambda: self._append_stream(store, uuid4(), [1]))
+        writer.start()
+        try:
+            assert store.wait_for_append(head, timeout=60) is True
+        finally:
+            writer.join()
+        assert store.head() > head

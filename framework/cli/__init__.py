@@ -1,0 +1,50 @@
+"""The ``eventfold`` command line. Every error a user can cause ends in one line, exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+from framework.cli import operate, serve, stream
+from framework.errors import EventfoldError
+from framework.settings import Settings
+
+__all__ = ["main"]
+
+Runner = Callable[[Settings, argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = _with_overrides(Settings.from_env(os.environ), args)
+        run: Runner = args.run
+        return run(settings, args)
+    except EventfoldError as error:
+        print(f"eventfold: {error.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="eventfold", description="Eventfold event-sourcing framework")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve.register(commands)
+    stream.register(commands)
+    operate.register(commands)
+    return parser
+
+
+def _with_overrides(settings: Settings, args: argparse.Namespace) -> Settings:
+    overrides = {
+        "host": getattr(args, "host", None),
+        "port": getattr(args, "port", None),
+        "sqlite_path": getattr(args, "store", None),
+    }
+    return replace(settings, **{k: v for k, v in overrides.items() if v is not None})

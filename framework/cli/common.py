@@ -1,0 +1,87 @@
+"""What the CLI commands share: opening adapters from settings, loading the app, running loops."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from framework.adapters.factory import load_router, open_store
+from framework.bus import CommandBus
+from framework.errors import ConfigurationError
+from framework.projector import Projector
+from framework.settings import PostgresSettings, Settings
+from framework.store import EventStore
+from framework.views import ViewStore
+
+__all__ = [
+    "command_bus",
+    "load_projectors",
+    "open_views",
+    "require_postgres",
+    "run_until_signalled",
+    "select_projectors",
+]
+
+
+def require_postgres(settings: Settings, role: str) -> PostgresSettings:
+    postgres = settings.postgres()
+    if postgres is None:
+        raise ConfigurationError(
+            f"{role} needs EVENTFOLD_DATABASE_URL (postgresql://...); `eventfold dev` runs embedded"
+        )
+    return postgres
+
+
+def open_views(postgres: PostgresSettings) -> ViewStore:
+    from framework.adapters.postgres_views import PostgresViewStore
+
+    return PostgresViewStore(postgres)
+
+
+def command_bus(settings: Settings, store: EventStore) -> CommandBus:
+    return CommandBus(
+        load_router(settings.app),
+        store,
+        max_attempts=settings.command_max_attempts,
+        idempotency_lease_seconds=settings.idempotency_lease_seconds,
+    )
+
+
+def load_projectors(spec: str) -> list[Projector]:
+    """Import ``module:function`` and call it for the projectors (EVENTFOLD_PROJECTIONS)."""
+    module_name, _, attribute = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigurationError(f"EVENTFOLD_PROJECTIONS={spec!r} cannot be loaded: {e}") from None
+    projectors = list(factory())
+    if not all(isinstance(p, Projector) for p in projectors):
+        raise ConfigurationError(f"EVENTFOLD_PROJECTIONS={spec!r} must return Projector instances")
+    return projectors
+
+
+def select_projectors(projectors: list[Projector], names: list[str]) -> list[Projector]:
+    known = {p.name: p for p in projectors}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigurationError(f"unknown projection {unknown[0]!r}; known: {', '.join(sorted(known))}")
+    return [known[n] for n in names] if names else projectors
+
+
+def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[Any]]) -> None:
+    """Run ``main(stop)`` until it returns or SIGINT/SIGTERM sets ``stop``."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await main(stop)
+
+    asyncio.run(runner())
+
+
+__all__ += ["open_store"]

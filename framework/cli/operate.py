@@ -1,0 +1,147 @@
+"""``eventfold replay``, ``status`` and ``dead-letters``: operating projections."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from framework.cli.common import load_projectors, open_store, open_views, require_postgres, select_projectors
+from framework.errors import ConfigurationError
+from framework.settings import Settings
+from framework.store import EventStore
+from framework.views import ProjectionState, ViewStore
+
+__all__ = ["register"]
+
+
+def register(commands: Any) -> None:
+    replay = commands.add_parser("replay", help="rebuild a read model from the event store, then switch to it")
+    replay.add_argument("name", metavar="NAME")
+    replay.add_argument("--from", dest="from_position", type=int, default=0,
+                        help="start from this position (events before it are not applied)")
+    replay.set_defaults(run=run_replay)
+
+    status = commands.add_parser("status", help="positions, lag and state of every projection")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(run=run_status)
+
+    letters = commands.add_parser("dead-letters", help="list, retry or discard parked events")
+    letters.add_argument("action", choices=["list", "retry", "discard"])
+    letters.add_argument("target", nargs="?", help="a projection name (list) or a letter id")
+    letters.set_defaults(run=run_dead_letters)
+
+
+class _Progress:
+    """One self-rewriting line on stderr: position, percentage and rate."""
+
+    def __init__(self, label: str) -> None:
+        self._label, self._started = label, time.monotonic()
+        self._first: int | None = None
+
+    def __call__(self, position: int, head: int) -> None:
+        if self._first is None:
+            self._first = position
+        elapsed = max(time.monotonic() - self._started, 1e-6)
+        share = 100 * position / head if head else 100
+        rate = (position - self._first) / elapsed
+        print(f"\r{self._label}: {position}/{head} ({share:.0f}%) {rate:,.0f} events/s",
+              end="", file=sys.stderr, flush=True)
+
+
+def run_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from framework.replay import rebuild
+
+    postgres = require_postgres(settings, "replay")
+    (projector,) = select_projectors(load_projectors(settings.projections), [args.name])
+    if args.from_position < 0:
+        raise ConfigurationError(f"--from {args.from_position} must not be negative")
+    store, views = open_store(settings), open_views(postgres)
+    try:
+        version = rebuild(projector, views, store, from_position=args.from_position,
+                          progress=_Progress(f"replay {projector.name}"))
+    finally:
+        views.close()
+        store.close()
+    print(f"\neventfold: {projector.name} version {version} is now active", file=sys.stderr)
+    return 0
+
+
+def run_status(settings: Settings, args: argparse.Namespace) -> int:
+    postgres = require_postgres(settings, "status")
+    store, views = open_store(settings), open_views(postgres)
+    try:
+        rows = [_status_row(state, store, views) for state in views.states()]
+    finally:
+        views.close()
+        store.close()
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    columns = ["name", "version", "active", "state", "position", "head", "lag_events", "lag_seconds",
+               "dead_letters"]
+    print("  ".join(f"{c:>12}" for c in columns))
+    for row in rows:
+        print("  ".join(f"{row[c]!s:>12}" for c in columns))
+    return 0
+
+
+def _status_row(state: ProjectionState, store: EventStore, views: ViewStore) -> dict[str, Any]:
+    head = store.head()
+    active = views.active_version(state.name) == state.version
+    return {
+        "name": state.name,
+        "version": state.version,
+        "active": active,
+        "state": _liveness(state, head),
+        "position": state.position,
+        "head": head,
+        "lag_events": max(head - state.position, 0),
+        "lag_seconds": _lag_seconds(store, state.position),
+        "dead_letters": len([d for d in views.dead_letters(state.name) if active]),
+        "error": state.error,
+    }
+
+
+def _liveness(state: ProjectionState, head: int) -> str:
+    stale = state.updated_at is None or (datetime.now(UTC) - state.updated_at).total_seconds() > 60
+    if state.state == "running" and stale and state.position < head:
+        return "stalled"
+    return state.state
+
+
+def _lag_seconds(store: EventStore, position: int) -> float:
+    """How old the oldest event not yet applied is (0 when caught up)."""
+    pending = store.read_all(position, 1)
+    if not pending:
+        return 0.0
+    recorded_at = datetime.fromisoformat(json.loads(pending[0].state)["meta"]["recorded_at"])
+    return round(max((datetime.now(UTC) - recorded_at).total_seconds(), 0.0), 3)
+
+
+def run_dead_letters(settings: Settings, args: argparse.Namespace) -> int:
+    views = open_views(require_postgres(settings, "dead-letters"))
+    try:
+        if args.action == "list":
+            for letter in views.dead_letters(args.target):
+                print(f"{letter.id}\t{letter.projection}\t{letter.position}\t{letter.event_name}\t"
+                      f"{letter.failed_at}\t{letter.error}")
+            return 0
+        letter_id = _letter_id(args.target)
+        done = views.request_retry(letter_id) if args.action == "retry" else views.discard_dead_letter(letter_id)
+        if not done:
+            raise ConfigurationError(f"there is no dead letter {letter_id}")
+        verb = "will be retried by its projection's worker" if args.action == "retry" else "was discarded"
+        print(f"eventfold: dead letter {letter_id} {verb}")
+        return 0
+    finally:
+        views.close()
+
+
+def _letter_id(target: str | None) -> int:
+    if target is None or not target.isdigit():
+        raise ConfigurationError(f"give the dead letter's id (a number), not {target!r}")
+    return int(target)
