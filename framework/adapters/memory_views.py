@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from framework.errors import VersionSwitched
+from framework.errors import ConcurrencyConflict, VersionSwitched
 from framework.readmodel import ReadModel
 from framework.staging import StagedViews
 from framework.views import Batch, DeadLetter, ProjectionState, Views
@@ -54,6 +54,8 @@ class _MemoryBatch(StagedViews):
         self.letters.append(letter)
 
     def apply(self) -> None:
+        if self.position is not None and self.position <= self._version.state.position:
+            raise ConcurrencyConflict(f"{self._name} was advanced by another worker")
         for model, key, row in self.changes():
             table = self._version.tables.setdefault(model.table, {})
             if row is None:
@@ -64,7 +66,7 @@ class _MemoryBatch(StagedViews):
             state = self._version.state
             self._version.state = replace(
                 state,
-                position=max(state.position, self.position),
+                position=self.position,
                 last_event_at=self.event_time or state.last_event_at,
                 updated_at=datetime.now(UTC),
             )
