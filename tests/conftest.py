@@ -1,0 +1,77 @@
+"""Session fixtures for tests that need PostgreSQL.
+
+``pg_server`` finds a server or starts a throwaway one (see ``support.postgres``
+for the order and the ``EVENTFOLD_TEST_DATABASE_URL`` / ``EVENTFOLD_TEST_NO_LOCAL``
+switches). ``pg_database`` is this run's own database, dropped at the end;
+``pg_schema`` is an empty schema in it for one test.
+
+Without a server the PostgreSQL tests are skipped, except when ``CI=true``:
+then they fail, so a broken CI set-up can never pass by skipping them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from support.postgres import (
+    NoPostgres,
+    PgDatabase,
+    PostgresServer,
+    create_database,
+    drop_database,
+    find_or_start_server,
+    unique_name,
+)
+
+_USED: list[str] = []
+_PG_FIXTURES = {"pg_server", "pg_database", "pg_schema"}
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    try:
+        server = find_or_start_server()
+    except NoPostgres as e:
+        if _in_ci():
+            pytest.fail(f"CI=true and PostgreSQL is required: {e}", pytrace=False)
+        pytest.skip(f"PostgreSQL unavailable: {e}")
+    _USED.append(server.origin)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_database(pg_server: PostgresServer) -> Iterator[PgDatabase]:
+    name = unique_name("eventfold_test")
+    create_database(pg_server, name)
+    try:
+        yield PgDatabase(pg_server, name)
+    finally:
+        drop_database(pg_server, name)
+
+
+@pytest.fixture
+def pg_schema(pg_database: PgDatabase) -> Iterator[str]:
+    with pg_database.fresh_schema() as schema:
+        yield schema
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Anything using the PostgreSQL fixtures carries the ``postgres`` marker (for ``-m``)."""
+    for item in items:
+        if _PG_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.postgres)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for origin in _USED:
+        terminalreporter.write_line(f"PostgreSQL for the tests: {origin}")

@@ -1,0 +1,43 @@
+"""Fixtures of the integration tests: the example app's write API over real HTTP on real PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from http_helpers import WriteApi, assert_no_traceback, serve_write_api
+from support.postgres import PgDatabase
+
+from framework.adapters.postgres import PostgresEventStore
+
+
+@pytest.fixture(scope="module")
+def app_schema(pg_database: PgDatabase) -> Iterator[str]:
+    with pg_database.fresh_schema("http") as schema:
+        yield schema
+
+
+@pytest.fixture(scope="module")
+def write_api(pg_database: PgDatabase, app_schema: str) -> Iterator[WriteApi]:
+    checker = PostgresEventStore(pg_database.settings(app_schema, pool_size=2))
+    checker.create_schema()
+    server, server_store = serve_write_api(pg_database.settings(app_schema, pool_size=8))
+    try:
+        yield WriteApi(server.base_url, checker, app_schema)
+    finally:
+        server.stop()
+        server_store.close()
+        checker.close()
+
+
+@pytest.fixture
+def client(write_api: WriteApi) -> Iterator[httpx.Client]:
+    """A client whose every response is checked for leaked tracebacks."""
+
+    def check(response: httpx.Response) -> None:
+        response.read()
+        assert_no_traceback(response)
+
+    with httpx.Client(base_url=write_api.base_url, timeout=60, event_hooks={"response": [check]}) as c:
+        yield c

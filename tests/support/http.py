@@ -1,0 +1,147 @@
+"""Real HTTP servers for tests: an ASGI app on uvicorn in a thread, or ``eventfold`` in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+import uvicorn
+
+__all__ = ["CliServer", "ServerThread", "clean_env", "eventfold_executable", "wait_until_healthy"]
+
+
+class ServerThread:
+    """Serves ``app`` with uvicorn on a free 127.0.0.1 port, in a background thread.
+
+    The listening socket is bound before the thread starts, so the port cannot
+    be taken between choosing it and serving on it.
+    """
+
+    def __init__(self, app: Any, *, host: str = "127.0.0.1") -> None:
+        self._socket = socket.create_server((host, 0))
+        self.port: int = self._socket.getsockname()[1]
+        self.base_url = f"http://{host}:{self.port}"
+        config = uvicorn.Config(
+            app, lifespan="off", log_level="warning", access_log=False, timeout_graceful_shutdown=5
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._socket]}, name="uvicorn", daemon=True
+        )
+
+    def __enter__(self) -> ServerThread:
+        self.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 30) -> None:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError("uvicorn exited before it started serving")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"uvicorn did not start within {timeout}s")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=15)
+        self._socket.close()
+        if self._thread.is_alive():
+            raise RuntimeError("uvicorn did not stop")
+
+
+def eventfold_executable() -> str:
+    """The ``eventfold`` console script of the running interpreter's environment."""
+    beside = Path(sys.executable).parent / "eventfold"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("eventfold")
+    if found is None:
+        raise RuntimeError("the eventfold console script is not installed (pip install -e .)")
+    return found
+
+
+def clean_env(**variables: str) -> dict[str, str]:
+    """The current environment without any EVENTFOLD_* variable, plus ``variables``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTFOLD_")}
+    env.update(variables)
+    return env
+
+
+def wait_until_healthy(base_url: str, *, timeout: float = 30, process: subprocess.Popen[str] | None = None
+                       ) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server exited early with status {process.returncode}")
+        try:
+            if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{base_url} did not become healthy within {timeout}s")
+        time.sleep(0.1)
+
+
+class CliServer:
+    """``eventfold <role>`` in a subprocess on a free port; stopped by its own pid."""
+
+    def __init__(self, role: str, env: Mapping[str, str], *, host: str = "127.0.0.1") -> None:
+        with socket.socket() as probe:
+            probe.bind((host, 0))
+            self.port: int = probe.getsockname()[1]
+        self.base_url = f"http://{host}:{self.port}"
+        self._command = [eventfold_executable(), role, "--host", host, "--port", str(self.port)]
+        self._env = dict(env)
+        self.process: subprocess.Popen[str] | None = None
+        self.stdout = ""
+        self.stderr = ""
+
+    def __enter__(self) -> CliServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 30) -> None:
+        self.process = subprocess.Popen(
+            self._command, env=self._env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            wait_until_healthy(self.base_url, timeout=timeout, process=self.process)
+        except RuntimeError:
+            self.stop()
+            raise RuntimeError(f"{' '.join(self._command)} failed to start: {self.stderr}") from None
+
+    def stop(self) -> int | None:
+        """Terminate our own process (SIGTERM, then SIGKILL) and keep its output."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.terminate()
+        try:
+            self.stdout, self.stderr = self.process.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.stdout, self.stderr = self.process.communicate(timeout=15)
+        return self.process.returncode
