@@ -1,0 +1,397 @@
+"""The write API in process (Starlette TestClient, memory store): success and every error mapping."""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+
+from example_app.accounts import Account
+from example_app.commands import CreditHoldings
+from example_app.handlers import router as example_router
+from example_app.securities import Security
+from framework import CommandBus, CommandRouter, EventSchemaError, StoreUnavailable
+from framework.adapters.memory import MemoryEventStore
+from framework.bus import fingerprint
+from framework.http.write_api import WriteApiOptions, create_write_app
+from framework.mapper import from_stored
+from framework.store import IdempotencyCompletion, StoredEvent
+
+from .domain import (
+    APPLE,
+    Counter,
+    CounterStarted,
+    Explode,
+    append_events,
+    exploding_router,
+    interfering_router,
+)
+
+with warnings.catch_warnings():  # starlette would rather have httpx2, which is not installed
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
+
+PROBLEM_JSON = "application/problem+json"
+
+
+def make_client(
+    router: CommandRouter = example_router,
+    store: MemoryEventStore | None = None,
+    options: WriteApiOptions | None = None,
+    **bus_options: Any,
+) -> TestClient:
+    bus = CommandBus(router, store or MemoryEventStore(), **bus_options)
+    return TestClient(create_write_app(bus, options), raise_server_exceptions=False)
+
+
+@pytest.fixture
+def store() -> MemoryEventStore:
+    return MemoryEventStore()
+
+
+@pytest.fixture
+def client(store: MemoryEventStore) -> Iterator[TestClient]:
+    with make_client(store=store, options=WriteApiOptions(max_body_bytes=2048, retry_after_seconds=7)) as c:
+        yield c
+
+
+def post(client: TestClient, name: str, body: Any, **headers: str) -> Any:
+    return client.post(f"/commands/{name}", json=body, headers=headers)
+
+
+def post_raw(client: TestClient, name: str, body: Any, content_type: str = "application/json") -> Any:
+    return client.post(f"/commands/{name}", content=body, headers={"content-type": content_type})
+
+
+APPLE_SECURITY = {"isin": APPLE, "name": "Apple", "currency": "USD"}
+ADA = {"account_number": "A-1", "holder_name": "Ada"}
+KEY_1 = {"Idempotency-Key": "k1"}
+
+
+def seed(client: TestClient) -> None:
+    assert post(client, "RegisterSecurity", APPLE_SECURITY).status_code == 200
+    assert post(client, "OpenAccount", ADA).status_code == 200
+
+
+def problem(response: Any, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM_JSON
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert body["code"] == code
+    assert body["type"] == f"urn:eventfold:problem:{code}"
+    assert body["title"] and body["detail"]
+    assert "Traceback" not in response.text
+    return body
+
+
+def credit(quantity: int = 5) -> dict[str, Any]:
+    return {"account_number": "A-1", "isin": APPLE, "quantity": quantity}
+
+
+# --- success ---------------------------------------------------------------------------------
+
+
+def test_a_command_returns_id_version_and_position(client: TestClient) -> None:
+    response = post(client, "RegisterSecurity", {**APPLE_SECURITY, "isin": "us0378331005"})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {"aggregate_id": str(Security.id_for(APPLE)), "version": 1, "position": 1}
+    post(client, "OpenAccount", ADA)
+    response = post(client, "CreditHoldings", credit())
+    assert response.json() == {"aggregate_id": str(Account.id_for("A-1")), "version": 2, "position": 3}
+    assert "idempotent-replayed" not in response.headers
+
+
+def test_the_correlation_id_header_reaches_the_events(client: TestClient, store: MemoryEventStore) -> None:
+    response = post(client, "RegisterSecurity", APPLE_SECURITY, **{"X-Correlation-ID": "c-42"})
+    assert response.headers["x-correlation-id"] == "c-42"
+    (envelope,) = [from_stored(n) for n in store.read_all(0, 10)]
+    assert envelope.metadata.correlation_id == "c-42"
+    assert envelope.metadata.causation_id  # the request's own id
+
+
+def test_a_correlation_id_is_made_up_when_none_is_sent(client: TestClient, store: MemoryEventStore) -> None:
+    response = post(client, "RegisterSecurity", APPLE_SECURITY)
+    (envelope,) = [from_stored(n) for n in store.read_all(0, 10)]
+    assert response.headers["x-correlation-id"] == envelope.metadata.correlation_id
+    assert UUID(response.headers["x-correlation-id"])
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "application/json", "application/json; charset=utf-8", "APPLICATION/JSON", "application/x+json"],
+)
+def test_json_media_types_are_accepted(client: TestClient, content_type: str | None) -> None:
+    headers = {"content-type": content_type} if content_type else {}
+    body = json.dumps(APPLE_SECURITY).encode()
+    response = client.post("/commands/RegisterSecurity", content=body, headers=headers)
+    assert response.status_code == 200, response.text
+
+
+def test_openapi_describes_every_command(client: TestClient) -> None:
+    document = client.get("/openapi.json").json()
+    assert set(document["paths"]) == {f"/commands/{c.command_name}" for c in example_router}
+    operation = document["paths"]["/commands/CreditHoldings"]["post"]
+    assert {"200", "400", "404", "409", "413", "415", "422", "503"} <= set(operation["responses"])
+    assert "CreditHoldings" in document["components"]["schemas"]
+
+
+def test_healthz(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+
+
+# --- 400 ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"isin": ',
+        b"",
+        b"{'isin': 1}",
+        b'{"quantity": NaN}',
+        b'{"quantity": Infinity}',
+        b"\xff\xfe\x00",
+        b"[" * 100_000 + b"]" * 100_000,  # deeper than the recursion limit
+    ],
+)
+def test_malformed_json_is_400(body: bytes) -> None:
+    with make_client(options=WriteApiOptions(max_body_bytes=1_000_000)) as client:
+        problem(post_raw(client, "OpenAccount", body), 400, "malformed_json")
+
+
+def test_the_400_says_where_the_json_broke(client: TestClient) -> None:
+    response = post_raw(client, "OpenAccount", b'{\n "a": }')
+    assert "line 2" in problem(response, 400, "malformed_json")["detail"]
+
+
+@pytest.mark.parametrize("header", ["Idempotency-Key", "X-Correlation-ID"])
+@pytest.mark.parametrize("value", ["has space", "x" * 256, "tab\there", "caf\u00e9"])
+def test_malformed_headers_are_400(client: TestClient, header: str, value: str) -> None:
+    headers = {header: value.encode()}
+    response = client.post("/commands/OpenAccount", json=ADA, headers=headers)  # type: ignore[arg-type]
+    detail = problem(response, 400, "malformed_header")["detail"]
+    assert header.lower() in detail
+
+
+# --- 404 / 405 ------------------------------------------------------------------------------
+
+
+def test_an_unknown_command_is_404(client: TestClient) -> None:
+    body = problem(post(client, "LaunchRocket", {}), 404, "unknown_command")
+    assert "LaunchRocket" in body["detail"]
+
+
+def test_an_unknown_command_is_404_before_the_body_is_looked_at(client: TestClient) -> None:
+    problem(post_raw(client, "LaunchRocket", b"not json", "text/plain"), 404, "unknown_command")
+
+
+@pytest.mark.parametrize(
+    ("name", "payload", "missing"),
+    [
+        ("CreditHoldings", {**credit(), "account_number": "Z-9"}, "Z-9"),
+        ("CreditHoldings", {**credit(), "isin": "DE0007164600"}, "DE0007164600"),
+        ("DebitHoldings", {**credit(), "account_number": "Z-9"}, "Z-9"),
+        ("ValidateCorporateAction", {"action_id": "CA-404"}, "CA-404"),
+    ],
+)
+def test_an_unknown_aggregate_is_404(
+    client: TestClient, name: str, payload: dict[str, Any], missing: str
+) -> None:
+    seed(client)
+    body = problem(post(client, name, payload), 404, "aggregate_not_found")
+    assert missing in body["detail"]
+
+
+def test_an_unknown_path_is_a_404_problem(client: TestClient) -> None:
+    problem(client.get("/nope"), 404, "not_found")
+
+
+def test_the_wrong_method_is_a_405_problem(client: TestClient) -> None:
+    response = client.get("/commands/OpenAccount")
+    problem(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == "POST"
+
+
+# --- 413 / 415 ------------------------------------------------------------------------------
+
+
+def test_a_declared_oversized_body_is_413(client: TestClient) -> None:
+    body = {"account_number": "A-1", "holder_name": "x" * 3000}
+    detail = problem(post(client, "OpenAccount", body), 413, "body_too_large")["detail"]
+    assert "2048" in detail
+
+
+def test_an_oversized_chunked_body_is_413(client: TestClient) -> None:
+    chunks = (b" " * 512 for _ in range(5))  # no content-length: counted while streaming
+    problem(post_raw(client, "OpenAccount", chunks), 413, "body_too_large")
+
+
+def test_a_body_at_the_limit_is_read(client: TestClient) -> None:
+    payload = json.dumps(ADA).encode()
+    response = post_raw(client, "OpenAccount", payload + b" " * (2048 - len(payload)))
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "text/json"])
+def test_a_body_that_is_not_json_is_415(client: TestClient, content_type: str) -> None:
+    problem(post_raw(client, "OpenAccount", b"{}", content_type), 415, "unsupported_media_type")
+
+
+# --- 422 ------------------------------------------------------------------------------------
+
+
+def test_validation_errors_are_422_with_field_paths(client: TestClient) -> None:
+    response = post(client, "CreditHoldings", {"isin": "US0378331006", "quantity": 0})
+    body = problem(response, 422, "invalid_command")
+    assert {e["path"] for e in body["errors"]} == {"/account_number", "/isin", "/quantity"}
+    assert all(e["message"] for e in body["errors"])
+
+
+def test_a_json_array_is_422_at_the_root(client: TestClient) -> None:
+    body = problem(post(client, "OpenAccount", [1, 2]), 422, "invalid_command")
+    assert [e["path"] for e in body["errors"]] == ["/"]
+
+
+def test_a_bad_term_is_422_under_the_terms_field(client: TestClient) -> None:
+    payload = {
+        "action_id": "CA-1",
+        "isin": APPLE,
+        "record_date": "2024-06-14",
+        "terms": {"kind": "cash_dividend", "amount_per_unit": "-1", "currency": "USD"},
+    }
+    body = problem(post(client, "AnnounceCorporateAction", payload), 422, "invalid_command")
+    (error,) = body["errors"]
+    assert error["path"].startswith("/terms/") and error["path"].endswith("/amount_per_unit")
+    # Should be exactly "/terms/amount_per_unit"; see the xfail in test_corporate_actions.py.
+
+
+def test_a_rule_violation_is_422_with_its_reason(client: TestClient) -> None:
+    seed(client)
+    body = problem(post(client, "DebitHoldings", credit(1)), 422, "rule_violation")
+    assert body["reason"] == "insufficient_holdings"
+
+
+def test_a_reused_idempotency_key_is_422(client: TestClient) -> None:
+    seed(client)
+    assert post(client, "CreditHoldings", credit(5), **KEY_1).status_code == 200
+    problem(post(client, "CreditHoldings", credit(6), **KEY_1), 422, "idempotency_key_reused")
+
+
+# --- 409 ------------------------------------------------------------------------------------
+
+
+def test_already_exists_is_409(client: TestClient) -> None:
+    seed(client)
+    problem(post(client, "OpenAccount", ADA), 409, "already_exists")
+
+
+def test_an_invalid_transition_is_409_with_its_reason(client: TestClient) -> None:
+    post(client, "RegisterSecurity", APPLE_SECURITY)
+    announce = {
+        "action_id": "CA-1",
+        "isin": APPLE,
+        "record_date": "2024-06-14",
+        "terms": {"kind": "stock_split", "new_units": 2, "old_units": 1},
+    }
+    assert post(client, "AnnounceCorporateAction", announce).status_code == 200
+    assert post(client, "ValidateCorporateAction", {"action_id": "CA-1"}).status_code == 200
+    body = problem(post(client, "ValidateCorporateAction", {"action_id": "CA-1"}), 409, "invalid_transition")
+    assert body["reason"] == "action_validated"
+
+
+def test_a_key_in_flight_is_409(client: TestClient, store: MemoryEventStore) -> None:
+    seed(client)
+    store.claim_idempotency_key("k1", fingerprint(CreditHoldings(**credit())), uuid4(), 60.0)
+    problem(post(client, "CreditHoldings", credit(), **KEY_1), 409, "idempotency_key_in_flight")
+
+
+def test_a_repeated_key_replays_the_first_response(client: TestClient, store: MemoryEventStore) -> None:
+    seed(client)
+    first = post(client, "CreditHoldings", credit(), **KEY_1)
+    head = store.head()
+    again = client.post(
+        "/commands/CreditHoldings",
+        content=b'{"quantity":5,  "isin":"US0378331005","account_number":"A-1"}',
+        headers={"Idempotency-Key": "k1", "content-type": "application/json"},
+    )
+    assert again.status_code == 200
+    assert again.json() == first.json()
+    assert again.headers["idempotent-replayed"] == "true"
+    assert store.head() == head
+
+
+def test_a_concurrency_conflict_is_409(store: MemoryEventStore) -> None:
+    counter_id = uuid4()
+    append_events(store, Counter, counter_id, CounterStarted(label="c"))
+    calls: list[int] = []
+    with make_client(interfering_router(store, 99, calls), store, max_attempts=2) as client:
+        response = post(client, "IncrementCounter", {"counter_id": str(counter_id)})
+    problem(response, 409, "concurrency_conflict")
+    assert len(calls) == 2
+
+
+def test_a_conflict_that_resolves_on_retry_is_200(store: MemoryEventStore) -> None:
+    counter_id = uuid4()
+    append_events(store, Counter, counter_id, CounterStarted(label="c"))
+    with make_client(interfering_router(store, 1, []), store, max_attempts=2) as client:
+        response = post(client, "IncrementCounter", {"counter_id": str(counter_id), "by": 2})
+    assert response.status_code == 200
+    assert response.json()["version"] == 3
+
+
+# --- 503 / 500 ------------------------------------------------------------------------------
+
+
+class DownStore(MemoryEventStore):
+    def append(self, events: Any, completion: IdempotencyCompletion | None = None) -> list[int]:
+        raise StoreUnavailable("the event store cannot be reached")
+
+    def read_stream(self, aggregate_id: UUID, after_version: int = 0) -> list[StoredEvent]:
+        return []
+
+
+def test_store_unavailable_is_503_with_retry_after() -> None:
+    with make_client(store=DownStore(), options=WriteApiOptions(retry_after_seconds=7)) as client:
+        response = post(client, "RegisterSecurity", APPLE_SECURITY)
+    problem(response, 503, "store_unavailable")
+    assert response.headers["retry-after"] == "7"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        lambda: RuntimeError("secret-detail: password=hunter2"),
+        lambda: KeyError("secret-detail"),
+        lambda: ZeroDivisionError("secret-detail"),
+    ],
+)
+def test_an_unexpected_exception_is_a_generic_500(
+    error: Callable[[], BaseException], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR), make_client(exploding_router(error)) as client:
+        response = post(client, "Explode", Explode(note="boom").model_dump())
+    body = problem(response, 500, "internal_error")
+    assert body == {
+        "type": "urn:eventfold:problem:internal_error",
+        "title": "Internal error",
+        "status": 500,
+        "detail": "the server could not process the request",
+        "code": "internal_error",
+    }
+    assert "secret-detail" not in response.text and "hunter2" not in response.text
+    assert "secret-detail" in caplog.text  # ...but the operator's log has it
+
+
+def test_a_framework_error_without_a_status_is_a_generic_500() -> None:
+    with make_client(exploding_router(lambda: EventSchemaError("stored event x/1 is corrupt"))) as client:
+        response = post(client, "Explode", {})
+    body = problem(response, 500, "event_schema_error")
+    assert body["detail"] == "the server could not process the request"
+    assert "corrupt" not in response.text
