@@ -80,11 +80,34 @@ class CommandRouter:
         try:
             return command_type.model_validate(payload)
         except ValidationError as e:
-            raise InvalidCommand(f"{name} is not valid", field_errors(e)) from None
+            raise InvalidCommand(f"{name} is not valid", field_errors(e, payload)) from None
 
 
-def field_errors(error: ValidationError) -> list[FieldError]:
+def field_errors(error: ValidationError, payload: object = None) -> list[FieldError]:
+    """Each error with a JSON-pointer path into the payload the client sent."""
     return [
-        FieldError(path="/" + "/".join(str(p) for p in detail["loc"]), message=detail["msg"])
+        FieldError(path=_pointer(detail["loc"], payload), message=detail["msg"])
         for detail in error.errors(include_url=False)
     ]
+
+
+def _pointer(location: tuple[int | str, ...], payload: object) -> str:
+    """pydantic's location as a path into the payload, minus a tagged union's tag.
+
+    A step that the payload does not have is kept when it is the last one (a
+    missing field) and dropped otherwise (pydantic's name for a union member).
+    """
+    parts: list[str] = []
+    node = payload
+    for index, step in enumerate(location):
+        last = index == len(location) - 1
+        if isinstance(node, dict) and step in node:
+            node = node[step]
+        elif isinstance(node, list) and isinstance(step, int) and 0 <= step < len(node):
+            node = node[step]
+        elif isinstance(node, dict) and not last:
+            continue
+        else:
+            node = None
+        parts.append(str(step))
+    return "/" + "/".join(parts)

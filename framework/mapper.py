@@ -39,14 +39,21 @@ def to_stored(envelope: EventEnvelope) -> StoredEvent:
 def from_stored(stored: StoredEvent) -> EventEnvelope:
     document = _load_document(stored)
     event_type = event_type_named(stored.topic)
-    data = event_type.upcast(document["data"], int(document["v"]))
     try:
+        data = event_type.upcast(document["data"], int(document["v"]))
         event = event_type.model_validate(data)
         metadata = EventMetadata.model_validate(document["meta"])
+    except EventSchemaError:
+        raise
     except ValidationError as e:
         raise EventSchemaError(
             f"stored {stored.topic} at {stored.originator_id}/{stored.originator_version} "
             f"does not match its schema: {e.error_count()} error(s)"
+        ) from e
+    except (KeyError, TypeError, ValueError) as e:  # an upcaster or version that cannot read it
+        raise EventSchemaError(
+            f"stored {stored.topic} at {stored.originator_id}/{stored.originator_version} "
+            f"cannot be upcast: {e!r}"
         ) from e
     return EventEnvelope(
         aggregate_type=str(document["agg"]),

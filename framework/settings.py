@@ -7,6 +7,7 @@ variable and the value.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TypeVar
@@ -93,7 +94,7 @@ class Settings:
             projections=read.text("PROJECTIONS", defaults.projections) or defaults.projections,
             nats_url=read.text("NATS_URL", defaults.nats_url) or None,
             host=read.text("HOST", defaults.host) or defaults.host,
-            port=read.number("PORT", int, defaults.port, minimum=0),
+            port=read.number("PORT", int, defaults.port, minimum=0, maximum=65535),
             max_body_bytes=read.number("MAX_BODY_BYTES", int, defaults.max_body_bytes, minimum=1),
             command_max_attempts=read.number(
                 "COMMAND_MAX_ATTEMPTS", int, defaults.command_max_attempts, minimum=1
@@ -133,7 +134,9 @@ class _Reader:
         value = self._env.get(PREFIX + name)
         return default if value is None else value.strip()
 
-    def number(self, name: str, kind: type[N], default: N, *, minimum: float) -> N:
+    def number(
+        self, name: str, kind: type[N], default: N, *, minimum: float, maximum: float = math.inf
+    ) -> N:
         raw = self._env.get(PREFIX + name)
         if raw is None or raw.strip() == "":
             return default
@@ -143,6 +146,10 @@ class _Reader:
             raise ConfigurationError(
                 f"{PREFIX}{name}={raw!r} is not a valid {kind.__name__}"
             ) from None
+        if not math.isfinite(value):
+            raise ConfigurationError(f"{PREFIX}{name}={raw!r} must be a finite number")
         if value < minimum:
             raise ConfigurationError(f"{PREFIX}{name}={raw!r} must be at least {minimum}")
+        if value > maximum:
+            raise ConfigurationError(f"{PREFIX}{name}={raw!r} must be at most {maximum}")
         return value

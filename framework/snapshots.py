@@ -40,10 +40,10 @@ def from_snapshot(aggregate_type: type[A], snapshot: StoredEvent) -> A | None:
     """The aggregate as snapshotted, or None when the snapshot is not of this shape."""
     if snapshot.topic != aggregate_type.aggregate_name:
         return None
-    document = json.loads(snapshot.state)
-    if document.get("v") != aggregate_type.snapshot_version:
-        return None
     try:
+        document = json.loads(snapshot.state)
+        if document.get("v") != aggregate_type.snapshot_version:
+            return None
         return aggregate_type.model_validate(document["state"])
-    except ValidationError:
-        return None  # an outdated shape: replaying events is always correct
+    except (ValidationError, ValueError, AttributeError, KeyError):
+        return None  # outdated or damaged: replaying the events is always correct

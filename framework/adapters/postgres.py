@@ -62,6 +62,10 @@ class PostgresEventStore:
             connect_timeout=settings.connect_timeout,
         )
         self._schema = self._datastore.schema
+        # Bound the TCP connect itself, not only the wait for a pooled connection.
+        pool_kwargs = self._datastore.pool.kwargs
+        assert isinstance(pool_kwargs, dict)
+        pool_kwargs["connect_timeout"] = max(1, round(settings.connect_timeout))
         # The recorder looks up its composite type in the database when built;
         # defer that to first use so a process can start while PostgreSQL is down.
         self._datastore.register_type_adapters = lambda: None  # type: ignore[method-assign]
@@ -76,6 +80,8 @@ class PostgresEventStore:
 
     def create_schema(self) -> None:
         with _translated():
+            with self._datastore.get_connection() as conn:
+                conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(self._schema)}".encode())
             self._recorder.create_table()
             self._datastore.register_type_adapters()
             with self._datastore.transaction(commit=True) as cursor:
@@ -301,10 +307,16 @@ def _translated() -> Iterator[None]:
     except IntegrityError as e:
         raise ConcurrencyConflict("an aggregate was changed concurrently") from e
     except (OperationalError, InterfaceError) as e:
-        raise StoreUnavailable("the PostgreSQL event store is unavailable") from e
+        raise StoreUnavailable(f"the PostgreSQL event store is unavailable ({_first_line(e)})") from e
     except ProgrammingError as e:
         if isinstance(e.__cause__, UndefinedTable):
             raise StoreUnavailable("event store tables are missing: run `eventfold init-db`") from e
-        raise
+        raise StoreUnavailable(f"PostgreSQL refused the event store's statement ({_first_line(e)})") from e
     except PersistenceError as e:
-        raise StoreUnavailable(f"the PostgreSQL event store failed: {type(e).__name__}") from e
+        raise StoreUnavailable(f"the PostgreSQL event store failed ({_first_line(e)})") from e
+
+
+def _first_line(error: Exception) -> str:
+    """The driver's own words, first line only (libpq never includes the password)."""
+    text = str(error.__cause__ or error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -31,6 +31,7 @@ R = TypeVar("R", bound=ReadModel)
 Conn = Connection[dict[str, Any]]
 
 _SCHEMA = """
+CREATE SCHEMA IF NOT EXISTS {s};
 CREATE TABLE IF NOT EXISTS {s}.eventfold_projection_active (
     name text PRIMARY KEY, version int NOT NULL);
 CREATE TABLE IF NOT EXISTS {s}.eventfold_projection_positions (
@@ -163,7 +164,7 @@ class PostgresViewStore:
             kwargs={
                 "host": settings.host, "port": settings.port, "dbname": settings.dbname,
                 "user": settings.user, "password": settings.password, "row_factory": dict_row,
-                "autocommit": True,
+                "autocommit": True, "connect_timeout": max(1, round(settings.connect_timeout)),
             },
             min_size=1, max_size=max(2, settings.pool_size), timeout=settings.connect_timeout,
             open=False,
@@ -179,7 +180,8 @@ class PostgresViewStore:
             with self._pool.connection() as conn:
                 yield conn
         except psycopg.OperationalError as e:
-            raise StoreUnavailable("the read-model database is unavailable") from e
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise StoreUnavailable(f"the read-model database is unavailable ({first})") from e
 
     def _table(self, name: str) -> sql.Composed:
         return sql.SQL("{}.{}").format(self._s, sql.Identifier(name))

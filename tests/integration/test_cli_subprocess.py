@@ -89,7 +89,6 @@ def test_init_db_against_a_missing_database_is_one_line(pg_database: PgDatabase)
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(strict=True, reason="framework bug: a missing EVENTFOLD_DB_SCHEMA ends in a traceback")
 def test_init_db_with_a_missing_schema_is_one_line(pg_database: PgDatabase) -> None:
     env = clean_env(EVENTFOLD_DATABASE_URL=pg_database.url(), EVENTFOLD_DB_SCHEMA=new_code("absent"))
     done = run_cli("init-db", env=env)

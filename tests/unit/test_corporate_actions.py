@@ -168,11 +168,6 @@ def test_an_unknown_kind_is_reported_on_the_terms_field() -> None:
     assert "rights_issue" in caught.value.errors[0].message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG framework/commands.py field_errors: pydantic puts the discriminator tag in the loc, "
-    "so the path is /terms/cash_dividend/amount_per_unit",
-)
 def test_a_bad_term_is_reported_with_its_field_path() -> None:
     bad = announce_payload(terms={"kind": "cash_dividend", "amount_per_unit": "-1", "currency": "USD"})
     with pytest.raises(InvalidCommand) as caught:

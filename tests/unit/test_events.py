@@ -329,22 +329,11 @@ def test_rich_example_event_round_trip() -> None:
     assert from_stored(to_stored(envelope(announced))).event == announced
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason="BUG framework/mapper.py from_stored: an upcaster's KeyError on malformed old data escapes "
-    "instead of becoming EventSchemaError",
-)
 def test_old_data_an_upcaster_cannot_handle_is_an_event_schema_error() -> None:
     with pytest.raises(EventSchemaError):
         from_stored(stored_document("eventfold-unit:QuoteRecorded", 1, {"amount": "1"}))  # v1 had price
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="BUG framework/mapper.py from_stored: int(document['v']) raises a bare ValueError",
-)
 def test_a_non_numeric_version_is_an_event_schema_error() -> None:
     with pytest.raises(EventSchemaError):
         from_stored(stored_document("UnitProbeDefaultNamed", "one", {"value": 1}))  # type: ignore[arg-type]

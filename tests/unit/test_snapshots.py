@@ -307,11 +307,5 @@ def test_a_failing_snapshot_does_not_fail_the_committed_command() -> None:
     assert store.latest_snapshot(counter_id) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=json.JSONDecodeError,
-    reason="BUG framework/snapshots.py from_snapshot: json.loads of a corrupt snapshot is not caught, "
-    "so loading fails although replaying the events would work",
-)
 def test_a_corrupt_snapshot_is_ignored() -> None:
     assert from_snapshot(Counter, StoredEvent(uuid4(), 3, "Counter", b"\x00garbage")) is None

@@ -268,8 +268,7 @@ def test_a_bad_term_is_422_under_the_terms_field(client: TestClient) -> None:
     }
     body = problem(post(client, "AnnounceCorporateAction", payload), 422, "invalid_command")
     (error,) = body["errors"]
-    assert error["path"].startswith("/terms/") and error["path"].endswith("/amount_per_unit")
-    # Should be exactly "/terms/amount_per_unit"; see the xfail in test_corporate_actions.py.
+    assert error["path"] == "/terms/amount_per_unit"
 
 
 def test_a_rule_violation_is_422_with_its_reason(client: TestClient) -> None:
