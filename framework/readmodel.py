@@ -17,7 +17,13 @@ and an index per entry of ``indexes``.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import functools
+import types
+from datetime import date
+from decimal import Decimal
+from enum import Enum
+from typing import Annotated, Any, ClassVar, Self, Union, get_args, get_origin
+from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict
 
@@ -44,3 +50,21 @@ class ReadModel(BaseModel):
 
     def key_values(self) -> tuple[Any, ...]:
         return tuple(getattr(self, column) for column in self.key)
+
+    def copy_row(self) -> Self:
+        """An independent copy: shallow when every field is a scalar (cheap), deep otherwise."""
+        return self.model_copy(deep=not type(self)._flat())
+
+    @classmethod
+    @functools.cache
+    def _flat(cls) -> bool:
+        return all(_is_scalar(field.annotation) for field in cls.model_fields.values())
+
+
+_SCALARS = (str, int, float, bool, Decimal, date, UUID, Enum)
+
+
+def _is_scalar(annotation: Any) -> bool:
+    if get_origin(annotation) in (Union, types.UnionType, Annotated):
+        return all(_is_scalar(a) for a in get_args(annotation) if a is not type(None))
+    return isinstance(annotation, type) and issubclass(annotation, _SCALARS)

@@ -73,7 +73,8 @@ class StagedViews:
         return row
 
     def put(self, row: ReadModel) -> None:
-        self._changes[(type(row), row.key_values())] = row.model_copy(deep=True)
+        """The row now belongs to the batch: change it again only through another ``put``."""
+        self._changes[(type(row), row.key_values())] = row
 
     def delete(self, model: type[ReadModel], *key: Any) -> None:
         self._changes[(model, tuple(key))] = None
@@ -88,7 +89,7 @@ class StagedViews:
             rows.pop(key, None)
             if row is not None and all(getattr(row, k) == v for k, v in equal.items()):
                 rows[key] = row
-        return [rows[k].model_copy(deep=True) for k in sorted(rows, key=_sort_key)]  # type: ignore[misc]
+        return [rows[k].copy_row() for k in sorted(rows, key=_sort_key)]  # type: ignore[misc]
 
     def changes(self) -> Iterator[tuple[type[ReadModel], tuple[Any, ...], ReadModel | None]]:
         for (model, key), row in self._changes.items():
@@ -103,7 +104,7 @@ class StagedViews:
 
 
 def _copy(row: R | None) -> R | None:
-    return row.model_copy(deep=True) if row is not None else None  # handlers may mutate it
+    return row.copy_row() if row is not None else None  # handlers may mutate it
 
 
 def _sort_key(key: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -64,27 +64,31 @@ class _Tables:
         return self._statements[model]
 
     def _build(self, model: type[ReadModel]) -> dict[str, Any]:
+        """Row statements; bulk ones take one array per column (``unnest``), one statement a batch."""
         table = self.ident(model)
-        columns = list(model.model_fields)
-        key_match = sql.SQL(" AND ").join(
-            sql.SQL("{} = %s").format(sql.Identifier(k)) for k in model.key
-        )
+        definitions = column_definitions(model)
+        columns = [name for name, _, _ in definitions]
+        kinds = {name: kind for name, kind, _ in definitions}
+        key_match = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in model.key)
         updates = [c for c in columns if c not in model.key] or list(model.key)
-        upsert = sql.SQL("INSERT INTO {t} ({c}) VALUES ({v}) ON CONFLICT ({k}) DO UPDATE SET {u}").format(
+        upsert = sql.SQL(
+            "INSERT INTO {t} ({c}) SELECT * FROM unnest({arrays}) ON CONFLICT ({k}) DO UPDATE SET {u}"
+        ).format(
             t=table,
             c=sql.SQL(", ").join(map(sql.Identifier, columns)),
-            v=sql.SQL(", ").join(sql.Placeholder() * len(columns)),
+            arrays=_arrays(columns, kinds),
             k=sql.SQL(", ").join(map(sql.Identifier, model.key)),
             u=sql.SQL(", ").join(sql.SQL("{0} = excluded.{0}").format(sql.Identifier(c)) for c in updates),
         )
-        jsonb = frozenset(n for n, kind, _ in column_definitions(model) if kind == "jsonb")
-        order = sql.SQL(", ").join(map(sql.Identifier, model.key))
+        delete = sql.SQL("DELETE FROM {t} WHERE ({k}) IN (SELECT * FROM unnest({arrays}))").format(
+            t=table, k=sql.SQL(", ").join(map(sql.Identifier, model.key)), arrays=_arrays(model.key, kinds)
+        )
         return {
             "select": sql.SQL("SELECT * FROM {} WHERE {}").format(table, key_match),
-            "delete": sql.SQL("DELETE FROM {} WHERE {}").format(table, key_match),
+            "delete": delete,
             "upsert": upsert,
-            "jsonb": jsonb,
-            "order": order,
+            "jsonb": frozenset(n for n, kind in kinds.items() if kind == "jsonb"),
+            "order": sql.SQL(", ").join(map(sql.Identifier, model.key)),
         }
 
     def create(self, model: type[ReadModel]) -> list[sql.Composed]:
@@ -152,9 +156,9 @@ class _PostgresBatch(StagedViews):
                 upserts[model].append(to_parameters(row, self.tables.statements(model)["jsonb"]))
         with self.conn.cursor() as cursor:
             for model, keys in deletes.items():
-                cursor.executemany(self.tables.statements(model)["delete"], keys)
+                cursor.execute(self.tables.statements(model)["delete"], _columns(keys))
             for model, rows in upserts.items():
-                cursor.executemany(self.tables.statements(model)["upsert"], rows)
+                cursor.execute(self.tables.statements(model)["upsert"], _columns(rows))
 
 
 class PostgresViewStore:
@@ -330,6 +334,15 @@ class PostgresViewStore:
 
     def close(self) -> None:
         self._pool.close()
+
+
+def _arrays(columns: Sequence[str], kinds: dict[str, str]) -> sql.Composed:
+    return sql.SQL(", ").join(sql.SQL("%s::{}[]").format(sql.SQL(kinds[c])) for c in columns)
+
+
+def _columns(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
+    """Rows to one list per column, the shape ``unnest`` takes."""
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 def _letter(row: dict[str, Any]) -> DeadLetter:

@@ -1,0 +1,686 @@
+"""The bus port on NATS JetStream: the only module of Eventfold that imports ``nats``.
+
+One stream (default ``eventfold``) captures ``{prefix}.>``; every stored event
+is published to ``{prefix}.{aggregate_type}.{aggregate_id}`` with its stored
+JSON document as the payload, unchanged, and its position, name and identity
+in headers. ``Nats-Msg-Id`` is the global position, so JetStream drops the
+duplicates a relay re-publishes after a crash (within the stream's duplicate
+window; the relay's checkpoint covers the rest).
+
+Workers read through durable pull consumers over all of ``{prefix}.>`` (they
+need every position to notice gaps) with ``AckPolicy.ALL``: acknowledging the
+last message of a fetch acknowledges the whole fetch.
+
+Every nats error is translated into ``BusUnavailable`` (or ``ConfigurationError``
+for a stream the server refuses to create) at this boundary.
+
+    connection = await connect(JetStreamSettings.from_env(os.environ))
+    await connection.ensure_stream()
+    publisher = JetStreamPublisher(connection)
+    consumer = JetStreamConsumer(connection, "holdings")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+from urllib.parse import urlsplit
+from uuid import UUID
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from framework.errors import BusUnavailable, ConfigurationError
+from framework.store import Notification
+from framework.streaming import Delivery
+
+__all__ = [
+    "HEADER_AGGREGATE_ID",
+    "HEADER_AGGREGATE_VERSION",
+    "HEADER_CAUSATION_ID",
+    "HEADER_CORRELATION_ID",
+    "HEADER_EVENT",
+    "HEADER_POSITION",
+    "JetStreamConnection",
+    "JetStreamConsumer",
+    "JetStreamPublisher",
+    "JetStreamSettings",
+    "connect",
+]
+
+log = logging.getLogger(__name__)
+
+HEADER_MSG_ID = "Nats-Msg-Id"
+HEADER_POSITION = "Eventfold-Position"
+HEADER_EVENT = "Eventfold-Event"
+HEADER_AGGREGATE_ID = "Eventfold-Aggregate-Id"
+HEADER_AGGREGATE_VERSION = "Eventfold-Aggregate-Version"
+HEADER_CORRELATION_ID = "Eventfold-Correlation-Id"
+HEADER_CAUSATION_ID = "Eventfold-Causation-Id"
+
+DEFAULT_URL = "nats://127.0.0.1:4222"
+_URL_SCHEMES = {"nats", "tls", "ws", "wss"}
+_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_PREFIX_CHARS = re.compile(r"^[A-Za-z0-9_-]*$")
+_NOT_TOKEN = re.compile(r"[^A-Za-z0-9_-]")
+_STREAM_NOT_FOUND = 10059
+_CONSUMER_NOT_FOUND = 10014
+_STREAM_NAME_IN_USE = 10058
+
+# Everything nats-py raises when the server cannot be reached or does not answer in time.
+_NATS_ERRORS: tuple[type[BaseException], ...] = (nats.errors.Error, asyncio.TimeoutError, OSError)
+_CLOSE_ERRORS: tuple[type[BaseException], ...] = (*_NATS_ERRORS, AttributeError, ValueError)
+
+# --- settings ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JetStreamSettings:
+    """Where the NATS servers are and how the event stream is configured.
+
+    ``storage="file"`` and ``replicas>=3`` (on a cluster) make an acknowledged
+    publish durable; JetStream acks do not mean fsync by default. The event
+    store stays the source of truth either way.
+    """
+
+    servers: tuple[str, ...] = (DEFAULT_URL,)
+    stream: str = "eventfold"
+    subject_prefix: str = "eventfold.events"
+    storage: Literal["file", "memory"] = "file"
+    replicas: int = 1
+    retention: Literal["limits", "interest"] = "limits"
+    max_age_seconds: float = 0.0
+    duplicate_window_seconds: float = 120.0
+    consumer_prefix: str = "eventfold-"
+
+    @property
+    def subjects(self) -> str:
+        """The wildcard every event subject matches."""
+        return f"{self.subject_prefix}.>"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> JetStreamSettings:
+        """Read ``EVENTFOLD_NATS_URL`` (comma-separated) and the ``EVENTFOLD_STREAM*`` variables."""
+        read = _EnvReader(env)
+        defaults = cls()
+        settings = cls(
+            servers=_parse_servers(read.raw("NATS_URL")),
+            stream=read.matching("STREAM", defaults.stream, _NAME, "letters, digits, '-' or '_'"),
+            subject_prefix=_parse_prefix(read.raw("SUBJECT_PREFIX"), defaults.subject_prefix),
+            storage=cast(Literal["file", "memory"],
+                         read.choice("STREAM_STORAGE", defaults.storage, ("file", "memory"))),
+            replicas=int(read.number("STREAM_REPLICAS", int, defaults.replicas, 1, 5)),
+            retention=cast(Literal["limits", "interest"],
+                           read.choice("STREAM_RETENTION", defaults.retention, ("limits", "interest"))),
+            max_age_seconds=read.number("STREAM_MAX_AGE_SECONDS", float, defaults.max_age_seconds, 0),
+            duplicate_window_seconds=read.number(
+                "STREAM_DUPLICATE_WINDOW_SECONDS", float, defaults.duplicate_window_seconds, 0
+            ),
+            consumer_prefix=read.matching(
+                "CONSUMER_PREFIX", defaults.consumer_prefix, _PREFIX_CHARS, "letters, digits, '-' or '_'",
+                allow_empty=True,
+            ),
+        )
+        if 0 < settings.max_age_seconds < settings.duplicate_window_seconds:
+            raise ConfigurationError(
+                f"EVENTFOLD_STREAM_DUPLICATE_WINDOW_SECONDS={settings.duplicate_window_seconds!r} "
+                f"must not exceed EVENTFOLD_STREAM_MAX_AGE_SECONDS={settings.max_age_seconds!r}"
+            )
+        return settings
+
+    def stream_config(self) -> StreamConfig:
+        return StreamConfig(
+            name=self.stream,
+            subjects=[self.subjects],
+            storage=StorageType.FILE if self.storage == "file" else StorageType.MEMORY,
+            num_replicas=self.replicas,
+            retention=RetentionPolicy.LIMITS if self.retention == "limits" else RetentionPolicy.INTEREST,
+            max_age=self.max_age_seconds,
+            duplicate_window=self.duplicate_window_seconds,
+            discard=DiscardPolicy.OLD,
+        )
+
+    def consumer_name(self, durable_name: str) -> str:
+        """The server-side name of a durable consumer (prefixed; characters NATS refuses become '_')."""
+        if not durable_name:
+            raise ConfigurationError("a durable consumer needs a non-empty name")
+        return _NOT_TOKEN.sub("_", self.consumer_prefix + durable_name)
+
+
+class _EnvReader:
+    PREFIX = "EVENTFOLD_"
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def raw(self, name: str) -> str | None:
+        value = self._env.get(self.PREFIX + name)
+        return None if value is None or value.strip() == "" else value.strip()
+
+    def _bad(self, name: str, value: str, why: str) -> ConfigurationError:
+        return ConfigurationError(f"{self.PREFIX}{name}={value!r} {why}")
+
+    def matching(self, name: str, default: str, pattern: re.Pattern[str], what: str,
+                 *, allow_empty: bool = False) -> str:
+        value = self._env.get(self.PREFIX + name)
+        if value is None or (value.strip() == "" and not allow_empty):
+            return default
+        value = value.strip()
+        if not pattern.match(value):
+            raise self._bad(name, value, f"must contain only {what}")
+        return value
+
+    def choice(self, name: str, default: str, choices: Sequence[str]) -> str:
+        value = self.raw(name)
+        if value is None:
+            return default
+        if value.lower() not in choices:
+            raise self._bad(name, value, f"must be one of {', '.join(choices)}")
+        return value.lower()
+
+    def number(self, name: str, kind: type[int] | type[float], default: float,
+               minimum: float, maximum: float | None = None) -> float:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            number = kind(value)
+        except ValueError:
+            raise self._bad(name, value, f"is not a valid {kind.__name__}") from None
+        if number < minimum or (maximum is not None and number > maximum):
+            bounds = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+            raise self._bad(name, value, f"must be {bounds}")
+        return number
+
+
+def _parse_servers(raw: str | None) -> tuple[str, ...]:
+    if raw is None:
+        return (DEFAULT_URL,)
+    servers = tuple(part.strip() for part in raw.split(",") if part.strip())
+    for url in servers:
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in _URL_SCHEMES or not parts.hostname:
+            raise ConfigurationError(
+                f"EVENTFOLD_NATS_URL={_redact(raw)!r}: {_redact(url)!r} is not a nats://host:port URL"
+            )
+    if not servers:
+        raise ConfigurationError(f"EVENTFOLD_NATS_URL={raw!r} names no server")
+    return servers
+
+
+def _parse_prefix(raw: str | None, default: str) -> str:
+    if raw is None:
+        return default
+    tokens = raw.split(".")
+    if any(not token or not _NAME.match(token) for token in tokens):
+        raise ConfigurationError(
+            f"EVENTFOLD_SUBJECT_PREFIX={raw!r} must be dot-separated tokens of letters, digits, '-' or '_'"
+        )
+    return raw
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
+# --- connection --------------------------------------------------------------------------------
+
+
+def _unavailable(action: str, error: BaseException) -> BusUnavailable:
+    reason = str(error).strip() or type(error).__name__
+    return BusUnavailable(f"NATS JetStream unavailable ({action}): {reason}")
+
+
+def _api_code(error: BaseException) -> int | None:
+    return getattr(error, "err_code", None) if isinstance(error, nats.js.errors.APIError) else None
+
+
+class JetStreamConnection:
+    """One NATS connection (reconnecting forever) and its JetStream contexts.
+
+    Shared by publishers and consumers of one process; ``close()`` it last.
+    """
+
+    def __init__(self, client: NATS, settings: JetStreamSettings, *, api_timeout: float = 5.0) -> None:
+        self.client = client
+        self.settings = settings
+        self.js: JetStreamContext = client.jetstream(timeout=api_timeout)
+
+    @property
+    def is_connected(self) -> bool:
+        return bool(self.client.is_connected)
+
+    def check_connected(self) -> None:
+        """Raise ``BusUnavailable`` while the client is disconnected or reconnecting."""
+        if not self.client.is_connected:
+            state = "closed" if self.client.is_closed else "reconnecting"
+            raise BusUnavailable(f"NATS JetStream unavailable: connection {state}")
+
+    async def ensure_stream(self, *, update: bool = True) -> None:
+        """Create the event stream, or (``update=True``) bring an existing one to the settings."""
+        config = self.settings.stream_config()
+        try:
+            await self.js.add_stream(config)
+        except nats.js.errors.BadRequestError as error:
+            if _api_code(error) != _STREAM_NAME_IN_USE:
+                raise self._refused(error) from error
+            if update:
+                await self._update_stream(config)
+        except _NATS_ERRORS as error:
+            raise _unavailable("creating the stream", error) from error
+
+    async def _update_stream(self, config: StreamConfig) -> None:
+        try:
+            await self.js.update_stream(config)
+        except nats.js.errors.BadRequestError as error:
+            raise self._refused(error) from error
+        except _NATS_ERRORS as error:
+            raise _unavailable("updating the stream", error) from error
+
+    def _refused(self, error: nats.js.errors.APIError) -> ConfigurationError:
+        return ConfigurationError(
+            f"NATS refused stream {self.settings.stream!r} with subjects {self.settings.subjects!r}, "
+            f"storage={self.settings.storage}, replicas={self.settings.replicas}, "
+            f"retention={self.settings.retention}: {error.description or error}"
+        )
+
+    async def stream_exists(self) -> bool:
+        try:
+            await self.js.stream_info(self.settings.stream)
+        except nats.js.errors.NotFoundError:
+            return False
+        except _NATS_ERRORS as error:
+            raise _unavailable("reading the stream", error) from error
+        return True
+
+    async def delete_stream(self) -> bool:
+        """Delete the event stream and its consumers; False if it did not exist."""
+        try:
+            return bool(await self.js.delete_stream(self.settings.stream))
+        except nats.js.errors.NotFoundError:
+            return False
+        except _NATS_ERRORS as error:
+            raise _unavailable("deleting the stream", error) from error
+
+    async def delete_consumer(self, durable_name: str) -> bool:
+        """Delete a durable consumer (by its unprefixed name); False if it did not exist."""
+        name = self.settings.consumer_name(durable_name)
+        try:
+            return bool(await self.js.delete_consumer(self.settings.stream, name))
+        except nats.js.errors.NotFoundError:
+            return False
+        except _NATS_ERRORS as error:
+            raise _unavailable("deleting a consumer", error) from error
+
+    async def close(self) -> None:
+        if not self.client.is_closed:
+            try:
+                await self.client.close()
+            except _NATS_ERRORS as error:
+                log.debug("closing the NATS connection: %s", error)
+
+
+async def connect(
+    settings: JetStreamSettings,
+    *,
+    timeout: float = 5.0,
+    name: str = "eventfold",
+    reconnect_wait: float = 0.5,
+) -> JetStreamConnection:
+    """Connect to the first server that answers within ``timeout``, else raise ``BusUnavailable``.
+
+    Once connected the client reconnects forever (``max_reconnect_attempts=-1``)
+    with a short wait: while it is away, publishes and fetches raise
+    ``BusUnavailable`` and the caller's loop retries.
+    """
+    client = NATS()
+    last_error: list[BaseException] = []
+
+    async def on_error(error: Exception) -> None:
+        last_error[:] = [error]
+        level = logging.WARNING if client.is_connected else logging.DEBUG
+        log.log(level, "NATS: %s", str(error) or type(error).__name__)
+
+    async def on_disconnected() -> None:
+        if not client.is_closed:
+            log.warning("NATS: disconnected from %s; reconnecting", _redact(str(client.connected_url or "")))
+
+    async def on_reconnected() -> None:
+        log.warning("NATS: reconnected to %s", _redact(str(client.connected_url or "")))
+
+    options: dict[str, Any] = {
+        "servers": list(settings.servers), "name": name, "allow_reconnect": True,
+        "max_reconnect_attempts": -1, "reconnect_time_wait": reconnect_wait,
+        "connect_timeout": min(timeout, 2.0), "ping_interval": 10, "max_outstanding_pings": 3,
+        "error_cb": on_error, "disconnected_cb": on_disconnected, "reconnected_cb": on_reconnected,
+    }
+    try:
+        await asyncio.wait_for(client.connect(**options), timeout)
+    except asyncio.CancelledError:
+        await _abandon(client)
+        raise
+    except _NATS_ERRORS as error:
+        await _abandon(client)
+        cause = last_error[0] if last_error else error
+        servers = ", ".join(_redact(url) for url in settings.servers)
+        raise BusUnavailable(
+            f"cannot connect to NATS at {servers} within {timeout:g}s: {str(cause) or type(cause).__name__}"
+        ) from cause
+    return JetStreamConnection(client, settings)
+
+
+async def _abandon(client: NATS) -> None:
+    with contextlib.suppress(*_CLOSE_ERRORS):  # a half-built client
+        await client.close()
+
+
+# --- publisher ---------------------------------------------------------------------------------
+
+
+def subject_token(value: str) -> str:
+    """``value`` made safe as one subject token (no '.', '*', '>' or whitespace)."""
+    return _NOT_TOKEN.sub("_", value) or "_"
+
+
+def _header_safe(value: object) -> str | None:
+    if value is None:
+        return None
+    text = str(value)
+    return None if ("\r" in text or "\n" in text) else text
+
+
+def message_for(notification: Notification, subject_prefix: str) -> tuple[str, dict[str, str]]:
+    """The subject and headers of one notification (its payload is ``notification.state``)."""
+    try:
+        document = json.loads(notification.state)
+        aggregate_type = str(document.get("agg") or "unknown")
+        meta = document.get("meta") or {}
+    except (ValueError, AttributeError):
+        aggregate_type, meta = "unknown", {}
+    aggregate_id = str(notification.originator_id)
+    headers = {
+        HEADER_MSG_ID: str(notification.id),
+        HEADER_POSITION: str(notification.id),
+        HEADER_EVENT: notification.topic,
+        HEADER_AGGREGATE_ID: aggregate_id,
+        HEADER_AGGREGATE_VERSION: str(notification.originator_version),
+    }
+    for header, key in ((HEADER_CORRELATION_ID, "correlation_id"), (HEADER_CAUSATION_ID, "causation_id")):
+        value = _header_safe(meta.get(key)) if isinstance(meta, dict) else None
+        if value is not None:
+            headers[header] = value
+    return f"{subject_prefix}.{subject_token(aggregate_type)}.{subject_token(aggregate_id)}", headers
+
+
+class JetStreamPublisher:
+    """``EventPublisher`` on JetStream: pipelined publishes (up to ``window`` unacknowledged),
+    then one wait for the remaining acks; any failure or an ack later than ``ack_timeout``
+    raises ``BusUnavailable``, and the relay publishes the batch again (duplicates dropped).
+
+    Creates the stream (or brings it to the settings) before its first publish.
+    ``close()`` closes the connection only if the publisher was opened with ``open()``.
+    """
+
+    def __init__(self, connection: JetStreamConnection, *, ack_timeout: float = 10.0,
+                 window: int = 2000, owns_connection: bool = False) -> None:
+        self._connection = connection
+        self._settings = connection.settings
+        self._ack_timeout = ack_timeout
+        self._window = max(1, min(window, 4000))  # below nats-py's own limit of pending acks
+        self._owns_connection = owns_connection
+        self._stream_ready = False
+
+    @classmethod
+    async def open(cls, settings: JetStreamSettings, *, ack_timeout: float = 10.0,
+                   window: int = 2000) -> JetStreamPublisher:
+        """A publisher on its own connection, closed with it."""
+        return cls(await connect(settings), ack_timeout=ack_timeout, window=window, owns_connection=True)
+
+    async def publish(self, notifications: Sequence[Notification]) -> None:
+        if not notifications:
+            return
+        self._connection.check_connected()
+        if not self._stream_ready:
+            await self._connection.ensure_stream()
+            self._stream_ready = True
+        futures: list[asyncio.Future[Any]] = []
+        try:
+            await self._send_all(notifications, futures)
+        except nats.js.errors.NoStreamResponseError as error:
+            self._stream_ready = False  # deleted, or a server that lost it: recreate next time
+            raise _unavailable("no stream answered the publish", error) from error
+        except _NATS_ERRORS as error:
+            raise _unavailable("publishing", error) from error
+        finally:
+            for future in futures:  # frees the pending slots of unanswered publishes
+                future.cancel()
+
+    async def _send_all(self, notifications: Sequence[Notification],
+                        futures: list[asyncio.Future[Any]]) -> None:
+        """Publish without waiting, keeping at most ``window`` acks outstanding."""
+        js, prefix, stream = self._connection.js, self._settings.subject_prefix, self._settings.stream
+        for index, notification in enumerate(notifications):
+            if index >= self._window:
+                await self._settled(futures[index - self._window])
+            subject, headers = message_for(notification, prefix)
+            futures.append(await js.publish_async(subject, notification.state, stream=stream, headers=headers))
+        await asyncio.wait_for(asyncio.gather(*futures[-self._window:]), self._ack_timeout)
+
+    async def _settled(self, future: asyncio.Future[Any]) -> None:
+        if future.done():
+            future.result()  # raises the publish's error, if any
+        else:
+            await asyncio.wait_for(future, self._ack_timeout)
+
+    async def last_published_position(self) -> int:
+        """The ``Eventfold-Position`` of the stream's last message (0: empty, missing or expired)."""
+        js, stream = self._connection.js, self._settings.stream
+        try:
+            info = await js.stream_info(stream)
+            last = info.state.last_seq
+            if not last:
+                return 0
+            message = await js.get_msg(stream, seq=last)
+        except nats.js.errors.NotFoundError:
+            return 0
+        except _NATS_ERRORS as error:
+            raise _unavailable("reading the last message", error) from error
+        return int((message.headers or {}).get(HEADER_POSITION, 0))
+
+    async def close(self) -> None:
+        if self._owns_connection:
+            await self._connection.close()
+
+
+# --- consumer ----------------------------------------------------------------------------------
+
+
+class JetStreamConsumer:
+    """``EventConsumer`` on a durable JetStream pull consumer over every event subject.
+
+    A durable consumer that does not exist yet is created with deliver policy
+    NEW: a worker first catches up from the event store (the source of truth),
+    then takes only what is published from then on, and back-fills any gap it
+    notices from the store. Call ``bind()`` before catching up to create it
+    early; otherwise the first ``fetch`` creates it. ``deliver_all=True``
+    creates it at the start of the stream instead (tests, tools).
+
+    Acknowledgement policy ALL: ``Delivery.ack()`` acknowledges the fetch's last
+    message and so the whole fetch. A delivery not acknowledged before the next
+    ``fetch`` or ``close()`` is handed back to the server at once (NAK) and
+    delivered again; one whose consumer died is redelivered after ``ack_wait``.
+    """
+
+    def __init__(
+        self,
+        connection: JetStreamConnection,
+        durable_name: str,
+        *,
+        deliver_all: bool = False,
+        ack_wait: float = 30.0,
+        max_ack_pending: int = 20_000,
+        request_timeout: float = 5.0,
+        owns_connection: bool = False,
+    ) -> None:
+        self._connection = connection
+        self._settings = connection.settings
+        self.name = self._settings.consumer_name(durable_name)
+        self._deliver_all = deliver_all
+        self._ack_wait = ack_wait
+        self._max_ack_pending = max_ack_pending
+        self._request_timeout = request_timeout
+        self._owns_connection = owns_connection
+        self._subscription: JetStreamContext.PullSubscription | None = None
+        self._unacked: list[Msg] = []
+
+    @classmethod
+    async def open(cls, settings: JetStreamSettings, durable_name: str, **options: Any) -> JetStreamConsumer:
+        """A consumer on its own connection."""
+        return cls(await connect(settings), durable_name, owns_connection=True, **options)
+
+    def _config(self) -> ConsumerConfig:
+        return ConsumerConfig(
+            name=self.name,
+            durable_name=self.name,
+            deliver_policy=DeliverPolicy.ALL if self._deliver_all else DeliverPolicy.NEW,
+            ack_policy=AckPolicy.ALL,
+            ack_wait=self._ack_wait,
+            max_ack_pending=self._max_ack_pending,
+            max_deliver=-1,
+            filter_subject=self._settings.subjects,
+        )
+
+    async def bind(self) -> None:
+        """Create the durable consumer if it is missing (and the stream too), and subscribe to it."""
+        if self._subscription is not None:
+            return
+        self._connection.check_connected()
+        js, stream = self._connection.js, self._settings.stream
+        try:
+            await self._ensure_consumer(js, stream)
+            self._subscription = await js.pull_subscribe_bind(durable=self.name, stream=stream)
+        except _NATS_ERRORS as error:
+            raise _unavailable(f"binding consumer {self.name!r}", error) from error
+
+    async def _ensure_consumer(self, js: JetStreamContext, stream: str) -> None:
+        try:
+            await js.consumer_info(stream, self.name)
+            return
+        except nats.js.errors.NotFoundError as error:
+            if _api_code(error) == _STREAM_NOT_FOUND:
+                await self._connection.ensure_stream(update=False)
+        await js.add_consumer(stream, self._config())
+
+    async def fetch(self, max_events: int, timeout: float) -> Delivery:
+        await self._return_unacked()
+        await self.bind()
+        self._connection.check_connected()
+        assert self._subscription is not None
+        try:
+            messages = await self._subscription.fetch(max(1, max_events), timeout=max(timeout, 0.01))
+        except nats.errors.TimeoutError as error:  # also FetchTimeoutError: nothing to deliver
+            if not self._connection.is_connected:
+                raise _unavailable("fetching", error) from error
+            return Delivery((), _nothing)
+        except _NATS_ERRORS as error:
+            await self._drop_subscription()  # e.g. the consumer was deleted: bind again next time
+            raise _unavailable("fetching", error) from error
+        self._unacked = messages
+        return Delivery(_notifications(messages, self.name), self._acknowledger(messages))
+
+    def _acknowledger(self, messages: list[Msg]) -> Callable[[], Awaitable[None]]:
+        last = max(messages, key=_stream_sequence)
+
+        async def ack() -> None:
+            if self._unacked is not messages:
+                return  # already acknowledged, or handed back (NAK) by a later fetch
+            await self._reply(last, b"+ACK", "acknowledging")
+            self._unacked = []
+
+        return ack
+
+    async def _reply(self, message: Msg, body: bytes, action: str) -> None:
+        try:
+            await self._connection.client.request(message.reply, body, timeout=self._request_timeout)
+        except _NATS_ERRORS as error:
+            raise _unavailable(action, error) from error
+
+    async def _return_unacked(self) -> None:
+        """NAK an unacknowledged delivery so it comes first in the next fetch (ack_wait covers failures)."""
+        messages, self._unacked = self._unacked, []
+        if not messages or not self._connection.is_connected:
+            return
+        results = await asyncio.gather(*(self._reply(m, b"-NAK", "returning") for m in messages),
+                                       return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            log.warning("consumer %s: %d NAK(s) failed (%s); redelivery waits for ack_wait",
+                        self.name, len(failed), failed[0])
+
+    async def _drop_subscription(self) -> None:
+        subscription, self._subscription = self._subscription, None
+        if subscription is not None:
+            with contextlib.suppress(*_CLOSE_ERRORS):
+                await subscription.unsubscribe()
+
+    async def close(self) -> None:
+        await self._return_unacked()
+        await self._drop_subscription()
+        if self._owns_connection:
+            await self._connection.close()
+
+
+async def _nothing() -> None:
+    return None
+
+
+def _stream_sequence(message: Msg) -> int:
+    return int(message.metadata.sequence.stream)
+
+
+def _notifications(messages: Iterable[Msg], consumer: str) -> list[Notification]:
+    notifications = []
+    for message in messages:
+        notification = notification_from(message.headers or {}, message.data)
+        if notification is None:
+            log.warning("consumer %s: skipping %s, which lacks Eventfold headers", consumer, message.subject)
+        else:
+            notifications.append(notification)
+    return notifications
+
+
+def notification_from(headers: Mapping[str, str], payload: bytes) -> Notification | None:
+    """Rebuild a notification from a message's headers and payload (None: not an Eventfold event)."""
+    try:
+        return Notification(
+            id=int(headers[HEADER_POSITION]),
+            originator_id=UUID(headers[HEADER_AGGREGATE_ID]),
+            originator_version=int(headers[HEADER_AGGREGATE_VERSION]),
+            topic=headers[HEADER_EVENT],
+            state=payload,
+        )
+    except (KeyError, ValueError):
+        return None
