@@ -95,12 +95,11 @@ class StagedViews:
         for (model, key), row in self._changes.items():
             yield model, key, row
 
-    def committed(self) -> None:
-        """The batch committed: its rows are now what the store holds."""
+    def publish(self) -> None:
+        """This batch's rows become what later batches read (it committed, or is committing)."""
         if self._cache is not None:
             for row_key, row in self._changes.items():
                 self._cache.store(row_key, row)
-        self._changes = {}
 
 
 def _copy(row: R | None) -> R | None:

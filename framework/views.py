@@ -51,6 +51,9 @@ class Batch(Views, Protocol):
     def park(self, letter: DeadLetter) -> None:
         """Keep an event whose handler kept failing, in the same transaction."""
 
+    def publish(self) -> None:
+        """Let later batches read this batch's rows before it commits (staged catch-up)."""
+
 
 @dataclass(frozen=True)
 class DeadLetter:
@@ -99,6 +102,16 @@ class ViewStore(Protocol):
         any change when ``version`` is no longer the active one; a rebuild
         writes its new version with ``follow_active=False``.
         """
+
+    def stage(self, name: str, version: int) -> Batch:
+        """A batch outside any transaction, for bulk catch-up: fill it, ``publish`` it, then
+        ``commit_staged`` it (possibly on another thread) while the next one is being filled."""
+
+    def commit_staged(self, name: str, version: int, batch: Batch, *, follow_active: bool = True) -> None:
+        """One transaction writing a staged batch's rows and position (thread-safe)."""
+
+    def forget_cached(self, name: str, version: int) -> None:
+        """Drop rows cached between batches (after a staged commit failed)."""
 
     def switch(self, name: str, version: int) -> AbstractContextManager[Batch]:
         """A batch on ``version`` that, on commit, makes it the active version.

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -86,17 +87,57 @@ class ProjectionWorker:
         return self.projector.name
 
     def catch_up(self, until: int | None = None, progress: Callable[[int], None] | None = None) -> int:
-        """Apply stored events after the position, up to ``until`` (default: the head now)."""
+        """Apply stored events after the position, up to ``until`` (default: the head now).
+
+        Three things overlap: reading the next batch from the store, running the
+        handlers of this one, and committing the previous one. A batch's rows are
+        published to later batches before its commit completes; if a commit fails
+        they are forgotten and the error surfaces (the position is the last commit).
+        """
         target = self.store.head() if until is None else until
-        while self.position < target:
-            batch = self.store.read_all(self.position, self.options.catch_up_batch)
-            batch = [n for n in batch if n.id <= target]
-            if not batch:
-                break
-            self.apply(batch)
+        size = self.options.catch_up_batch
+        with ThreadPoolExecutor(2, thread_name_prefix=f"catch-up-{self.name}") as pool:
+            reading = pool.submit(self.store.read_all, self.position, size)
+            committing: Future[int] | None = None
+            staged_to = self.position
+            try:
+                while staged_to < target:
+                    batch = [n for n in reading.result() if n.id <= target]
+                    if not batch:
+                        break
+                    reading = pool.submit(self.store.read_all, batch[-1].id, size)
+                    staged = self._stage(batch)
+                    self._confirm(committing, progress)
+                    committing = None
+                    if staged is None:  # a handler failed: settle this batch the careful way
+                        self._apply_one_by_one(batch)
+                    else:
+                        committing = pool.submit(self._commit_staged, staged, batch[-1].id)
+                    staged_to = batch[-1].id
+                self._confirm(committing, progress)
+            except BaseException:
+                self.views.forget_cached(self.name, self.version)
+                raise
+        return self.position
+
+    def _stage(self, batch: Sequence[Notification]) -> Batch | None:
+        staged = self.views.stage(self.name, self.version)
+        try:
+            self.apply_within(staged, batch)
+        except HandlerFailed:
+            return None
+        staged.publish()
+        return staged
+
+    def _commit_staged(self, staged: Batch, position: int) -> int:
+        self.views.commit_staged(self.name, self.version, staged, follow_active=self._follow_active)
+        return position
+
+    def _confirm(self, committing: Future[int] | None, progress: Callable[[int], None] | None) -> None:
+        if committing is not None:
+            self.position = committing.result()
             if progress:
                 progress(self.position)
-        return self.position
 
     def apply(self, notifications: Sequence[Notification]) -> None:
         """Apply a delivery: drop what is done, fill gaps from the store, one transaction."""

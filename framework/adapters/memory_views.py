@@ -34,7 +34,7 @@ class _Source:
         return self._version.tables.setdefault(model.table, {}).get(key)  # type: ignore[return-value]
 
     def load_where(self, model: type[R], equal: dict[str, Any]) -> list[R]:
-        rows = self._version.tables.setdefault(model.table, {}).values()
+        rows = list(self._version.tables.setdefault(model.table, {}).values())
         return [r for r in rows if all(getattr(r, k) == v for k, v in equal.items())]  # type: ignore[misc]
 
 
@@ -116,6 +116,20 @@ class MemoryViewStore:
             batch = _MemoryBatch(self, name, self._versions[(name, version)])
             yield batch
             batch.apply()
+
+    def stage(self, name: str, version: int) -> Batch:
+        with self._lock:
+            return _MemoryBatch(self, name, self._versions[(name, version)])
+
+    def commit_staged(self, name: str, version: int, batch: Batch, *, follow_active: bool = True) -> None:
+        assert isinstance(batch, _MemoryBatch)
+        with self._lock:
+            if follow_active and self._active.get(name, version) != version:
+                raise VersionSwitched(f"{name} now serves version {self._active[name]}")
+            batch.apply()
+
+    def forget_cached(self, name: str, version: int) -> None:
+        """No cache in memory: the tables are the rows."""
 
     @contextmanager
     def switch(self, name: str, version: int) -> Iterator[Batch]:

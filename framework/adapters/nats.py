@@ -65,6 +65,9 @@ __all__ = [
     "JetStreamPublisher",
     "JetStreamSettings",
     "connect",
+    "message_for",
+    "notification_from",
+    "subject_token",
 ]
 
 log = logging.getLogger(__name__)
@@ -273,6 +276,11 @@ class JetStreamConnection:
     def is_connected(self) -> bool:
         return bool(self.client.is_connected)
 
+    @property
+    def reconnects(self) -> int:
+        """How many times the client reconnected so far."""
+        return int(self.client.stats["reconnects"])
+
     def check_connected(self) -> None:
         """Raise ``BusUnavailable`` while the client is disconnected or reconnecting."""
         if not self.client.is_connected:
@@ -366,10 +374,11 @@ async def connect(
 
     async def on_disconnected() -> None:
         if not client.is_closed:
-            log.warning("NATS: disconnected from %s; reconnecting", _redact(str(client.connected_url or "")))
+            log.warning("NATS: disconnected; reconnecting to %s", ", ".join(map(_redact, settings.servers)))
 
     async def on_reconnected() -> None:
-        log.warning("NATS: reconnected to %s", _redact(str(client.connected_url or "")))
+        url = client.connected_url
+        log.warning("NATS: reconnected to %s", _redact(url.geturl()) if url is not None else "?")
 
     options: dict[str, Any] = {
         "servers": list(settings.servers), "name": name, "allow_reconnect": True,
@@ -497,6 +506,7 @@ class JetStreamPublisher:
 
     async def last_published_position(self) -> int:
         """The ``Eventfold-Position`` of the stream's last message (0: empty, missing or expired)."""
+        self._connection.check_connected()
         js, stream = self._connection.js, self._settings.stream
         try:
             info = await js.stream_info(stream)
@@ -554,6 +564,7 @@ class JetStreamConsumer:
         self._request_timeout = request_timeout
         self._owns_connection = owns_connection
         self._subscription: JetStreamContext.PullSubscription | None = None
+        self._reconnects = 0
         self._unacked: list[Msg] = []
 
     @classmethod
@@ -584,6 +595,17 @@ class JetStreamConsumer:
             self._subscription = await js.pull_subscribe_bind(durable=self.name, stream=stream)
         except _NATS_ERRORS as error:
             raise _unavailable(f"binding consumer {self.name!r}", error) from error
+        self._reconnects = self._connection.reconnects
+
+    async def _recheck_after_reconnect(self) -> None:
+        """A server that came back may have lost the stream or the consumer (memory storage)."""
+        if self._reconnects == self._connection.reconnects:
+            return
+        try:
+            await self._ensure_consumer(self._connection.js, self._settings.stream)
+        except _NATS_ERRORS as error:
+            raise _unavailable(f"checking consumer {self.name!r}", error) from error
+        self._reconnects = self._connection.reconnects
 
     async def _ensure_consumer(self, js: JetStreamContext, stream: str) -> None:
         try:
@@ -598,6 +620,7 @@ class JetStreamConsumer:
         await self._return_unacked()
         await self.bind()
         self._connection.check_connected()
+        await self._recheck_after_reconnect()
         assert self._subscription is not None
         try:
             messages = await self._subscription.fetch(max(1, max_events), timeout=max(timeout, 0.01))

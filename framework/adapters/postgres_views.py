@@ -121,20 +121,39 @@ class _Source:
         return model.model_validate(row) if row else None
 
     def load_where(self, model: type[R], equal: dict[str, Any]) -> list[R]:
-        where = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in equal)
-        query = sql.SQL("SELECT * FROM {}{}{} ORDER BY {}").format(
-            self._tables.ident(model),
-            sql.SQL(" WHERE ") if equal else sql.SQL(""),
-            where if equal else sql.SQL(""),
-            self._tables.statements(model)["order"],
-        )
-        return [model.model_validate(r) for r in self._conn.execute(query, list(equal.values()))]
+        return _load_where(self._conn, self._tables, model, equal)
+
+
+class _PooledSource:
+    """Reads committed rows on a pooled connection per call: for staged batches."""
+
+    def __init__(self, store: PostgresViewStore, tables: _Tables) -> None:
+        self._store, self._tables = store, tables
+
+    def load(self, model: type[R], key: tuple[Any, ...]) -> R | None:
+        with self._store._connection() as conn:
+            return _Source(conn, self._tables).load(model, key)
+
+    def load_where(self, model: type[R], equal: dict[str, Any]) -> list[R]:
+        with self._store._connection() as conn:
+            return _load_where(conn, self._tables, model, equal)
+
+
+def _load_where(conn: Conn, tables: _Tables, model: type[R], equal: dict[str, Any]) -> list[R]:
+    where = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in equal)
+    query = sql.SQL("SELECT * FROM {}{}{} ORDER BY {}").format(
+        tables.ident(model),
+        sql.SQL(" WHERE ") if equal else sql.SQL(""),
+        where if equal else sql.SQL(""),
+        tables.statements(model)["order"],
+    )
+    return [model.model_validate(r) for r in conn.execute(query, list(equal.values()))]
 
 
 class _PostgresBatch(StagedViews):
-    def __init__(self, conn: Conn, tables: _Tables, cache: RowCache | None) -> None:
-        super().__init__(_Source(conn, tables), cache)
-        self.conn, self.tables = conn, tables
+    def __init__(self, source: _Source | _PooledSource, tables: _Tables, cache: RowCache | None) -> None:
+        super().__init__(source, cache)
+        self.tables = tables
         self.position: int | None = None
         self.event_time: datetime | None = None
         self.letters: list[DeadLetter] = []
@@ -146,7 +165,7 @@ class _PostgresBatch(StagedViews):
     def park(self, letter: DeadLetter) -> None:
         self.letters.append(letter)
 
-    def flush(self) -> None:
+    def flush(self, conn: Conn) -> None:
         deletes: dict[type[ReadModel], list[tuple[Any, ...]]] = defaultdict(list)
         upserts: dict[type[ReadModel], list[list[Any]]] = defaultdict(list)
         for model, key, row in self.changes():
@@ -154,7 +173,7 @@ class _PostgresBatch(StagedViews):
                 deletes[model].append(key)
             else:
                 upserts[model].append(to_parameters(row, self.tables.statements(model)["jsonb"]))
-        with self.conn.cursor() as cursor:
+        with conn.cursor() as cursor:
             for model, keys in deletes.items():
                 cursor.execute(self.tables.statements(model)["delete"], _columns(keys))
             for model, rows in upserts.items():
@@ -250,7 +269,8 @@ class PostgresViewStore:
     ) -> Iterator[tuple[Conn, _PostgresBatch, int]]:
         cache = self._caches.setdefault((name, version), RowCache(self._cache_rows))
         with self._connection() as conn:
-            batch = _PostgresBatch(conn, _Tables(self._schema, name, version), cache)
+            tables = _Tables(self._schema, name, version)
+            batch = _PostgresBatch(_Source(conn, tables), tables, cache)
             try:
                 with conn.transaction():
                     row = conn.execute(
@@ -260,10 +280,27 @@ class PostgresViewStore:
             except BaseException:
                 cache.clear()  # rows read in a rolled-back batch may include its own changes
                 raise
-            batch.committed()
+            batch.publish()
+
+    def stage(self, name: str, version: int) -> Batch:
+        cache = self._caches.setdefault((name, version), RowCache(self._cache_rows))
+        tables = _Tables(self._schema, name, version)
+        return _PostgresBatch(_PooledSource(self, tables), tables, cache)
+
+    def commit_staged(self, name: str, version: int, batch: Batch, *, follow_active: bool = True) -> None:
+        assert isinstance(batch, _PostgresBatch)
+        with self._connection() as conn, conn.transaction():
+            row = conn.execute(sql.SQL("SELECT version FROM {} WHERE name = %s FOR SHARE").format(
+                self._table("eventfold_projection_active")), (name,)).fetchone()
+            if follow_active and row and row["version"] != version:
+                raise VersionSwitched(f"{name} now serves version {row['version']}")
+            self._commit(conn, name, version, batch)
+
+    def forget_cached(self, name: str, version: int) -> None:
+        self._caches.pop((name, version), None)
 
     def _commit(self, conn: Conn, name: str, version: int, batch: _PostgresBatch) -> None:
-        batch.flush()
+        batch.flush(conn)
         positions = self._table("eventfold_projection_positions")
         if batch.position is not None:
             advance = sql.SQL(
