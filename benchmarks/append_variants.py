@@ -142,10 +142,12 @@ def main(argv: list[str] | None = None) -> int:
         databases.drop_all()
     print(f"best of {args.repeat} rounds of {args.duration:.1f} s; other% = CPU used by other users")
     print(f"{'append variant (1 thread)':<40} {'txns/s':>8} {'events/s':>9} {'mean ms':>8}"
-          f" {'p99 ms':>7} {'other%':>6}  errors")
+          f" {'p99 ms':>7} {'client CPU ms/txn':>17} {'pg CPU':>6} {'other%':>6}  errors")
     for name, (events, result) in best.items():
         print(f"{name:<40} {result.rate:8,.0f} {result.rate * events:9,.0f} {result.mean_ms():8.2f}"
-              f" {result.percentile_ms(99):7.2f} {wp._fmt(result.other_load(), '.0f'):>6}"
+              f" {result.percentile_ms(99):7.2f} {wp._fmt(result.cpu_ms_per_op('driver'), '.3f'):>17}"
+              f" {wp._fmt(result.cpu_ms_per_op('postgres'), '.3f'):>6}"
+              f" {wp._fmt(result.other_load(), '.0f'):>6}"
               f"  {wp._errors(result)}")
     return 0
 

@@ -335,6 +335,8 @@ def _trace(proxy: CountingProxy, run: Callable[[int], None]) -> list[str]:
     run(1)
     time.sleep(0.05)  # let the proxy forward the last replies
     trace, proxy.trace = proxy.trace, None
+    while trace and trace[0].startswith("<"):  # a late reply to the operation before
+        trace.pop(0)
     groups: list[tuple[str, list[str]]] = []
     for item in trace:
         direction, kind = item[0], item[2:]
