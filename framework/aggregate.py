@@ -78,7 +78,7 @@ class Aggregate(BaseModel):
     @classmethod
     def id_for(cls, natural_key: str) -> UUID:
         """A stable id derived from a natural key (an ISIN, an account number)."""
-        return uuid5(_ID_NAMESPACE, f"{cls.aggregate_name}:{natural_key}")
+        return _derived_id(cls.aggregate_name, natural_key)
 
     @classmethod
     def blank(cls: type[A], aggregate_id: UUID) -> A:
@@ -115,6 +115,11 @@ class Aggregate(BaseModel):
     @property
     def pending_events(self) -> tuple[Event, ...]:
         return tuple(self._pending)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _derived_id(aggregate_name: str, natural_key: str) -> UUID:
+    return uuid5(_ID_NAMESPACE, f"{aggregate_name}:{natural_key}")
 
 
 def _collect_appliers(cls: type[Aggregate]) -> dict[type[Event], Callable[..., None]]:

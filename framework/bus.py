@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+import threading
 import time
 from dataclasses import dataclass
 from uuid import UUID, uuid4
@@ -76,6 +77,9 @@ class CommandBus:
         self.router = router
         self.store = store
         self._cache = cache if cache is not None else AggregateCache()
+        # Retries in one process take turns: commands racing on one aggregate
+        # then conflict once each instead of repeatedly with each other.
+        self._retry_turn = threading.Lock()
         self._max_attempts = max_attempts
         self._lease = idempotency_lease_seconds
 
@@ -110,19 +114,28 @@ class CommandBus:
             log.warning("could not release idempotency key %r; its lease will expire", claim.key)
 
     def _run(self, command: Command, context: CommandContext, claim: _Claim | None) -> CommandResult:
-        handler = self.router.handler_for(command)
-        for attempt in range(1, self._max_attempts + 1):
-            unit = UnitOfWork(self.store, self._cache, trust_cache=attempt == 1 and self._max_attempts > 1)
-            primary = handler(command, unit)
-            try:
-                return self._save(unit, primary, context, claim)
-            except ConcurrencyConflict:
-                if attempt == self._max_attempts:
-                    break
-                time.sleep(random.uniform(0, 0.002 * attempt))  # de-synchronise the retriers
+        try:
+            return self._attempt(command, context, claim, trust_cache=self._max_attempts > 1)
+        except ConcurrencyConflict:
+            if self._max_attempts == 1:
+                raise
+        with self._retry_turn:
+            for attempt in range(2, self._max_attempts + 1):
+                try:
+                    return self._attempt(command, context, claim, trust_cache=False)
+                except ConcurrencyConflict:
+                    if attempt < self._max_attempts:  # another process won: let it settle
+                        time.sleep(random.uniform(0, 0.002 * attempt))
         raise ConcurrencyConflict(
             f"{command.command_name} conflicted with concurrent writes {self._max_attempts} times"
         )
+
+    def _attempt(
+        self, command: Command, context: CommandContext, claim: _Claim | None, *, trust_cache: bool
+    ) -> CommandResult:
+        unit = UnitOfWork(self.store, self._cache, trust_cache=trust_cache)
+        primary = self.router.handler_for(command)(command, unit)
+        return self._save(unit, primary, context, claim)
 
     def _save(
         self,

@@ -624,7 +624,7 @@ class JetStreamConsumer:
         assert self._subscription is not None
         try:
             messages = await self._subscription.fetch(max(1, max_events), timeout=max(timeout, 0.01))
-        except nats.errors.TimeoutError as error:  # also FetchTimeoutError: nothing to deliver
+        except TimeoutError as error:  # nats' TimeoutError, FetchTimeoutError: nothing to deliver
             if not self._connection.is_connected:
                 raise _unavailable("fetching", error) from error
             return Delivery((), _nothing)

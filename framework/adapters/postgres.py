@@ -26,12 +26,17 @@ from eventsourcing.persistence import (
     StoredEvent,
 )
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
-from psycopg import Cursor, Pipeline
-from psycopg.errors import UndefinedTable
+from psycopg import Cursor
+from psycopg.errors import UndefinedFunction, UndefinedTable
 from psycopg.rows import DictRow
 
 from framework.adapters.idempotency import KeyRecord, outcome_for_existing
-from framework.errors import ConcurrencyConflict, IdempotencyKeyInFlight, StoreUnavailable
+from framework.errors import (
+    ConcurrencyConflict,
+    EventfoldError,
+    IdempotencyKeyInFlight,
+    StoreUnavailable,
+)
 from framework.settings import PostgresSettings
 from framework.store import Claimed, ClaimOutcome, IdempotencyCompletion
 
@@ -47,6 +52,47 @@ _SCHEMA = [
     " position bigint)",
     "CREATE TABLE IF NOT EXISTS {s}.relay_checkpoints (name text PRIMARY KEY, position bigint NOT NULL)",
 ]
+
+_KEY_TAKEN_OVER = "EF001"  # SQLSTATE raised by eventfold_append when a claim is no longer ours
+
+
+def _append_function(schema: str, events_table: str, channel: str, event_type: str) -> str:
+    """The whole append transaction as one server-side function.
+
+    It takes the same table lock as ``eventsourcing``'s recorder (commit order
+    equals position order) and sends the same NOTIFY, then inserts and marks the
+    idempotency key, so a command costs one round trip and one commit.
+    """
+    s, events = _quote(schema), f"{_quote(schema)}.{_quote(events_table)}"
+    return f"""
+CREATE OR REPLACE FUNCTION {s}.eventfold_append(
+    new_events {s}.{_quote(event_type)}[], key_name text, key_owner uuid,
+    key_aggregate uuid, key_version bigint)
+RETURNS TABLE (new_position bigint) LANGUAGE plpgsql AS $fn$
+DECLARE
+    positions bigint[] := '{{}}';
+BEGIN
+    IF cardinality(new_events) > 0 THEN
+        LOCK TABLE {events} IN EXCLUSIVE MODE;
+        NOTIFY {_quote(channel)};
+        WITH inserted AS (
+            INSERT INTO {events} (originator_id, originator_version, topic, state)
+            SELECT e.originator_id, e.originator_version, e.topic, e.state FROM unnest(new_events) AS e
+            RETURNING notification_id)
+        SELECT array_agg(notification_id ORDER BY notification_id) INTO positions FROM inserted;
+    END IF;
+    IF key_name IS NOT NULL THEN
+        UPDATE {s}.idempotency_keys SET completed_at = now(), aggregate_id = key_aggregate,
+            version = key_version, position = positions[cardinality(positions)]
+        WHERE key = key_name AND owner = key_owner AND completed_at IS NULL;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'idempotency key % was taken over', key_name USING ERRCODE = '{_KEY_TAKEN_OVER}';
+        END IF;
+    END IF;
+    RETURN QUERY SELECT unnest(positions);
+END
+$fn$
+"""
 
 
 class PostgresEventStore:
@@ -87,6 +133,11 @@ class PostgresEventStore:
             with self._datastore.transaction(commit=True) as cursor:
                 for statement in _SCHEMA:
                     cursor.execute(statement.format(s=_quote(self._schema)).encode())
+                recorder = self._recorder
+                cursor.execute(_append_function(
+                    self._schema, recorder.events_table_name, recorder.channel_name,
+                    recorder.stored_event_type_name,
+                ).encode())
 
     @contextmanager
     def _transaction(self) -> Iterator[Cursor[DictRow]]:
@@ -103,45 +154,22 @@ class PostgresEventStore:
         events: Sequence[StoredEvent],
         completion: IdempotencyCompletion | None = None,
     ) -> list[int]:
-        # Pipeline mode sends lock, notify, insert and the key update together:
-        # about two round trips per transaction instead of seven.
-        failure: Exception | None = None
-        positions: list[int] = []
-        with _translated(), self._datastore.get_connection() as conn:
-            with conn.pipeline() as pipeline:
-                try:
-                    with conn.transaction(), conn.cursor() as cursor:  # rolls back on raise
-                        positions = self._insert(cursor, events)
-                        if completion is not None:
-                            self._complete(cursor, pipeline, completion, positions)
-                except Exception as e:  # re-raised once out of the pipeline, which would warn
-                    failure = e
-            if failure is not None:
-                raise failure
-        return positions
-
-    def _insert(self, cursor: Cursor[DictRow], events: Sequence[StoredEvent]) -> list[int]:
-        if not events:
-            return []
+        """One statement, one round trip: ``eventfold_append`` (see ``_append_function``)."""
         self._datastore.register_type_adapters()  # a no-op once registered
-        self._recorder._insert_stored_events(cursor, events)  # locks, notifies, inserts
-        return [row["notification_id"] for row in cursor.fetchall()]
-
-    def _complete(
-        self,
-        cursor: Cursor[DictRow],
-        pipeline: Pipeline,
-        completion: IdempotencyCompletion,
-        positions: list[int],
-    ) -> None:
-        cursor.execute(
-            self._sql.complete_key,
-            (completion.aggregate_id, completion.version, positions[-1] if positions else None,
-             completion.key, completion.owner),
-        )
-        pipeline.sync()  # rowcount is known only once the result is back
-        if cursor.rowcount != 1:
-            raise IdempotencyKeyInFlight(f"idempotency key {completion.key!r} was taken over")
+        rows = [
+            self._recorder.construct_pg_stored_event(
+                e.originator_id, e.originator_version, e.topic, e.state
+            )
+            for e in events
+        ]
+        key = completion or IdempotencyCompletion("", UUID(int=0), None, 0)
+        with self._cursor() as cursor:
+            cursor.execute(
+                self._sql.append,
+                (rows, key.key or None, key.owner, key.aggregate_id, key.version),
+                prepare=True,
+            )
+            return [row["new_position"] for row in cursor.fetchall()]
 
     def read_stream(self, aggregate_id: UUID, after_version: int = 0) -> list[StoredEvent]:
         with self._cursor() as cursor:
@@ -159,31 +187,34 @@ class PostgresEventStore:
             row = cursor.fetchone()
         return int(row["head"]) if row else 0
 
-    @contextmanager
-    def _lease_transaction(self) -> Iterator[Cursor[DictRow]]:
-        """For claims and releases: leases, so losing one in a server crash is
-        harmless (the append then reports the key taken over). Skipping the WAL
-        flush saves a disk sync on every keyed request."""
-        with self._transaction() as cursor:
-            cursor.execute("SET LOCAL synchronous_commit TO OFF")
-            yield cursor
-
     def claim_idempotency_key(
         self, key: str, request_hash: str, owner: UUID, lease_seconds: float
     ) -> ClaimOutcome:
-        with self._lease_transaction() as cursor:
-            cursor.execute(self._sql.claim_key, (key, request_hash, owner, lease_seconds))
-            if cursor.fetchone() is not None:
-                return Claimed()
-            cursor.execute(self._sql.select_key, (key,))
-            row = cursor.fetchone()
-        if row is None:  # released between our two statements: try again
-            return self.claim_idempotency_key(key, request_hash, owner, lease_seconds)
-        return outcome_for_existing(_key_record(row))
+        params = {"key": key, "hash": request_hash, "owner": owner, "lease": lease_seconds}
+        while True:
+            rows = self._lease_statement(self._sql.claim_key, params)
+            if rows:  # none: a concurrent claim committed after our snapshot; look again
+                break
+        if rows[0]["ours"]:
+            return Claimed()
+        return outcome_for_existing(_key_record(rows[0]))
 
     def release_idempotency_key(self, key: str, owner: UUID) -> None:
-        with self._lease_transaction() as cursor:
-            cursor.execute(self._sql.release_key, (key, owner))
+        self._lease_statement(self._sql.release_key, {"key": key, "owner": owner})
+
+    def _lease_statement(self, statement: str, params: dict[str, Any]) -> list[DictRow]:
+        """Claims and releases are leases: losing one in a server crash is harmless (the
+        append then reports the key taken over), so they skip the WAL flush, and the
+        whole transaction goes out in one pipelined round trip."""
+        with self._cursor() as control:
+            conn = control.connection
+            with conn.pipeline() as pipeline, conn.cursor() as cursor:
+                control.execute("BEGIN")
+                control.execute("SET LOCAL synchronous_commit TO OFF")
+                cursor.execute(statement, params, prepare=True)
+                control.execute("COMMIT")
+                pipeline.sync()
+                return cursor.fetchall() if cursor.description else []
 
     def save_snapshot(self, snapshot: StoredEvent) -> None:
         with self._cursor() as cursor:
@@ -234,6 +265,7 @@ class _Statements:
 
     def __init__(self, schema: str, events_table: str) -> None:
         s, events = _quote(schema), f"{_quote(schema)}.{_quote(events_table)}"
+        self.append = f"SELECT new_position FROM {s}.eventfold_append(%s, %s, %s, %s, %s)"
         self.select_stream = (
             f"SELECT * FROM {events} WHERE originator_id = %s AND originator_version > %s"
             " ORDER BY originator_version"
@@ -244,17 +276,16 @@ class _Statements:
         self.head = f"SELECT coalesce(max(notification_id), 0) AS head FROM {events}"
         keys = f"{s}.idempotency_keys"
         self.claim_key = (
-            f"INSERT INTO {keys} AS k (key, request_hash, owner, claimed_at)"
-            " VALUES (%s, %s, %s, now()) ON CONFLICT (key) DO UPDATE SET"
+            f"WITH claimed AS (INSERT INTO {keys} AS k (key, request_hash, owner, claimed_at)"
+            " VALUES (%(key)s, %(hash)s, %(owner)s, now()) ON CONFLICT (key) DO UPDATE SET"
             " request_hash = excluded.request_hash, owner = excluded.owner, claimed_at = now()"
-            " WHERE k.completed_at IS NULL AND k.claimed_at < now() - make_interval(secs => %s)"
-            " RETURNING owner"
+            " WHERE k.completed_at IS NULL AND k.claimed_at < now() - make_interval(secs => %(lease)s)"
+            " RETURNING k.*)"
+            " SELECT true AS ours, * FROM claimed UNION ALL"
+            f" SELECT false AS ours, * FROM {keys} WHERE key = %(key)s AND NOT EXISTS (SELECT FROM claimed)"
         )
-        self.select_key = f"SELECT * FROM {keys} WHERE key = %s"
-        self.release_key = f"DELETE FROM {keys} WHERE key = %s AND owner = %s AND completed_at IS NULL"
-        self.complete_key = (
-            f"UPDATE {keys} SET completed_at = now(), aggregate_id = %s, version = %s,"
-            " position = %s WHERE key = %s AND owner = %s AND completed_at IS NULL"
+        self.release_key = (
+            f"DELETE FROM {keys} WHERE key = %(key)s AND owner = %(owner)s AND completed_at IS NULL"
         )
         self.insert_snapshot = (
             f"INSERT INTO {s}.snapshots VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING"
@@ -302,18 +333,28 @@ def _key_record(row: dict[str, Any]) -> KeyRecord:
 
 @contextmanager
 def _translated() -> Iterator[None]:
+    """Driver errors become ``framework.errors``, here and nowhere else."""
     try:
         yield
-    except IntegrityError as e:
-        raise ConcurrencyConflict("an aggregate was changed concurrently") from e
-    except (OperationalError, InterfaceError) as e:
-        raise StoreUnavailable(f"the PostgreSQL event store is unavailable ({_first_line(e)})") from e
-    except ProgrammingError as e:
-        if isinstance(e.__cause__, UndefinedTable):
-            raise StoreUnavailable("event store tables are missing: run `eventfold init-db`") from e
-        raise StoreUnavailable(f"PostgreSQL refused the event store's statement ({_first_line(e)})") from e
     except PersistenceError as e:
-        raise StoreUnavailable(f"the PostgreSQL event store failed ({_first_line(e)})") from e
+        raise _translation(e) from e
+
+
+def _translation(error: PersistenceError) -> EventfoldError:
+    cause = error.__cause__
+    if getattr(cause, "sqlstate", None) == _KEY_TAKEN_OVER:
+        return IdempotencyKeyInFlight("the idempotency key was taken over by another request")
+    if isinstance(error, IntegrityError):
+        return ConcurrencyConflict("an aggregate was changed concurrently")
+    if isinstance(error, OperationalError | InterfaceError):
+        return StoreUnavailable(f"the PostgreSQL event store is unavailable ({_first_line(error)})")
+    if isinstance(cause, UndefinedTable):
+        return StoreUnavailable("event store tables are missing: run `eventfold init-db`")
+    if isinstance(cause, UndefinedFunction):
+        return StoreUnavailable("the event store schema is out of date: run `eventfold init-db`")
+    if isinstance(error, ProgrammingError):
+        return StoreUnavailable(f"PostgreSQL refused the event store's statement ({_first_line(error)})")
+    return StoreUnavailable(f"the PostgreSQL event store failed ({_first_line(error)})")
 
 
 def _first_line(error: Exception) -> str:
