@@ -79,7 +79,7 @@ def run_project_command(settings: Settings, args: argparse.Namespace) -> int:
         connection = await connect(jetstream)
         try:
             await connection.ensure_stream()
-            consumers = [JetStreamConsumer(connection, jetstream.consumer_prefix + w.name) for w in workers]
+            consumers = [JetStreamConsumer(connection, w.name) for w in workers]
             await asyncio.gather(*(run_projection(w, c, stop) for w, c in zip(workers, consumers, strict=True)))
         finally:
             await connection.close()
