@@ -152,23 +152,19 @@ class MemoryConsumer:
 
     A durable name seen for the first time starts after the current end of the
     log (``deliver_all=True``: at its start), like a new JetStream consumer with
-    deliver policy NEW. ``ack()`` of a delivery acknowledges it and everything
-    before it.
+    deliver policy NEW; the constructor creates it (or takes it over) at once.
+    ``ack()`` of a delivery acknowledges it and everything before it.
     """
 
     def __init__(self, bus: MemoryBus, durable_name: str, *, deliver_all: bool = False) -> None:
         self._bus = bus
         self.name = durable_name
-        self._deliver_all = deliver_all
-        self._bound = False
         self._outstanding: object | None = None
+        bus.attach(durable_name, deliver_all)  # at once: nothing published from now on is missed
 
     async def bind(self) -> None:
-        """Create the durable consumer now (else the first fetch does)."""
-        if not self._bound:
-            self._bus.check_available()
-            self._bus.attach(self.name, self._deliver_all)
-            self._bound = True
+        """Nothing left to do (the constructor attached); here for parity with JetStream."""
+        self._bus.check_available()
 
     async def fetch(self, max_events: int, timeout: float) -> Delivery:
         await self.bind()
@@ -216,8 +212,7 @@ class MemoryConsumer:
             self._bus.hand_back(self.name)
 
     async def close(self) -> None:
-        if self._bound:
-            self._hand_back()
+        self._hand_back()
 
 
 async def _nothing() -> None:

@@ -631,6 +631,8 @@ class JetStreamConsumer:
         except _NATS_ERRORS as error:
             await self._drop_subscription()  # e.g. the consumer was deleted: bind again next time
             raise _unavailable("fetching", error) from error
+        if not messages:
+            return Delivery((), _nothing)
         self._unacked = messages
         return Delivery(_notifications(messages, self.name), self._acknowledger(messages))
 
