@@ -400,7 +400,11 @@ def nats_server() -> Iterator[NatsServer]:
     except NoNats as e:
         reason = str(e)
     else:
-        yield server
+        try:
+            yield server
+        finally:  # session end: a throwaway server is stopped by its pid and deleted
+            server.stop()
+            _SHARED.clear()
         return
     _unavailable(reason)  # outside the except block: one clear line, no chained traceback
 
