@@ -89,6 +89,7 @@ async def run_projection(
     while not stop.is_set():
         try:
             if not caught_up:
+                await consumer.bind()
                 await asyncio.to_thread(worker.views.set_state, worker.name, worker.version, "running")
                 await asyncio.to_thread(worker.catch_up)
                 caught_up = True

@@ -42,6 +42,10 @@ class EventPublisher(Protocol):
 
 
 class EventConsumer(Protocol):
+    async def bind(self) -> None:
+        """Attach to the bus (create the durable consumer if new) before catching up,
+        so nothing published during the catch-up is left to gap back-filling."""
+
     async def fetch(self, max_events: int, timeout: float) -> Delivery:
         """Up to ``max_events`` notifications; an empty delivery after ``timeout``."""
 

@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from support.nats import jetstream_settings, nats_server, private_nats  # noqa: F401  (shared fixtures)
 from support.postgres import (
     NoPostgres,
     PgDatabase,
@@ -27,6 +28,7 @@ from support.postgres import (
 
 _USED: list[str] = []
 _PG_FIXTURES = {"pg_server", "pg_database", "pg_schema"}
+_NATS_FIXTURES = {"nats_server", "jetstream_settings", "private_nats"}
 
 
 def _in_ci() -> bool:
@@ -68,8 +70,11 @@ def pg_schema(pg_database: PgDatabase) -> Iterator[str]:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Anything using the PostgreSQL fixtures carries the ``postgres`` marker (for ``-m``)."""
     for item in items:
-        if _PG_FIXTURES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if _PG_FIXTURES & fixtures:
             item.add_marker(pytest.mark.postgres)
+        if _NATS_FIXTURES & fixtures:
+            item.add_marker(pytest.mark.nats)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
