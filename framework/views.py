@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
+from framework.query import Condition, Sort
 from framework.readmodel import ReadModel
 
 __all__ = ["Batch", "DeadLetter", "ProjectionState", "ViewStore", "Views"]
@@ -142,6 +143,25 @@ class ViewStore(Protocol):
 
     def read(self, name: str) -> AbstractContextManager[Views]:
         """Read-only access to the active version (queries)."""
+
+    def query(
+        self,
+        name: str,
+        model: type[R],
+        where: Sequence[Condition] = (),
+        sort: Sort = Sort(),
+        *,
+        after: tuple[Any, ...] | None = None,
+        limit: int | None = None,
+    ) -> list[R]:
+        """Rows of the active version meeting every condition, in ``sort`` order, strictly
+        beyond ``after`` (the sort values of a row) in that order, at most ``limit``."""
+
+    def get_many(self, name: str, model: type[R], keys: Sequence[tuple[Any, ...]]) -> list[R | None]:
+        """Rows of the active version by key, in the order of ``keys`` (one round trip)."""
+
+    def active_position(self, name: str) -> int:
+        """The position of the version queries read."""
 
     def close(self) -> None:
         ...

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from framework.errors import ConcurrencyConflict, VersionSwitched
+from framework.query import Condition, Sort, sorted_rows
 from framework.readmodel import ReadModel
 from framework.staging import StagedViews
 from framework.views import Batch, DeadLetter, ProjectionState, Views
@@ -183,6 +184,31 @@ class MemoryViewStore:
         with self._lock:
             version = self._versions[(name, self.active_version(name))]
             yield StagedViews(_Source(version))
+
+    def query(
+        self,
+        name: str,
+        model: type[R],
+        where: Sequence[Condition] = (),
+        sort: Sort = Sort(),
+        *,
+        after: tuple[Any, ...] | None = None,
+        limit: int | None = None,
+    ) -> list[R]:
+        with self._lock:
+            table = self._versions[(name, self.active_version(name))].tables.get(model.table, {})
+            rows: list[R] = [r.copy_row() for r in table.values()]  # type: ignore[misc]
+        return sorted_rows(rows, where, sort, after, limit)
+
+    def get_many(self, name: str, model: type[R], keys: Sequence[tuple[Any, ...]]) -> list[R | None]:
+        with self._lock:
+            table = self._versions[(name, self.active_version(name))].tables.get(model.table, {})
+            found = [table.get(tuple(key)) for key in keys]
+        return [r.copy_row() if r is not None else None for r in found]  # type: ignore[misc]
+
+    def active_position(self, name: str) -> int:
+        with self._lock:
+            return self.position(name, self.active_version(name))
 
     def close(self) -> None:
         """Nothing to release."""

@@ -7,10 +7,12 @@ with a guard (it only moves forward), and both commit together.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from enum import Enum
 from typing import Any, TypeVar
 
 import psycopg
@@ -20,6 +22,7 @@ from psycopg_pool import ConnectionPool
 
 from framework.adapters.pg_columns import column_definitions, to_parameters
 from framework.errors import ConcurrencyConflict, StoreUnavailable, VersionSwitched
+from framework.query import Condition, Sort
 from framework.readmodel import ReadModel
 from framework.settings import PostgresSettings
 from framework.staging import RowCache, StagedViews
@@ -194,6 +197,7 @@ class PostgresViewStore:
         )
         self._cache_rows = cache_rows
         self._caches: dict[tuple[str, int], RowCache] = {}
+        self._active_cache: dict[str, tuple[int, float]] = {}
         self._s = sql.Identifier(self._schema)
 
     @contextmanager
@@ -369,8 +373,91 @@ class PostgresViewStore:
         with self._connection() as conn:
             yield StagedViews(_Source(conn, _Tables(self._schema, name, version)))
 
+    def query(
+        self,
+        name: str,
+        model: type[R],
+        where: Sequence[Condition] = (),
+        sort: Sort = Sort(),
+        *,
+        after: tuple[Any, ...] | None = None,
+        limit: int | None = None,
+    ) -> list[R]:
+        version = self._active_version_cached(name)
+        tables = _Tables(self._schema, name, version)
+        statement, params = _select(tables, model, where, sort, after, limit)
+        with self._connection() as conn:
+            return [model.model_validate(r) for r in conn.execute(statement, params, prepare=True)]
+
+    def get_many(self, name: str, model: type[R], keys: Sequence[tuple[Any, ...]]) -> list[R | None]:
+        if not keys:
+            return []
+        tables = _Tables(self._schema, name, self._active_version_cached(name))
+        kinds = {n: k for n, k, _ in column_definitions(model)}
+        statement = sql.SQL("SELECT * FROM {} WHERE ({}) IN (SELECT * FROM unnest({}))").format(
+            tables.ident(model), sql.SQL(", ").join(map(sql.Identifier, model.key)),
+            _arrays(model.key, kinds),
+        )
+        with self._connection() as conn:
+            rows = [model.model_validate(r) for r in conn.execute(statement, _columns(keys), prepare=True)]
+        by_key = {row.key_values(): row for row in rows}
+        return [by_key.get(tuple(key)) for key in keys]
+
+    def active_position(self, name: str) -> int:
+        return self.position(name, self.active_version(name))
+
+    def _active_version_cached(self, name: str) -> int:
+        """Queries look the active version up at most once a second: a switch shows within one."""
+        now = time.monotonic()
+        cached = self._active_cache.get(name)
+        if cached is None or now - cached[1] > 1.0:
+            cached = (self.active_version(name), now)
+            self._active_cache[name] = cached
+        return cached[0]
+
     def close(self) -> None:
         self._pool.close()
+
+
+_OPERATORS = {"eq": "=", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
+
+
+def _select(
+    tables: _Tables,
+    model: type[ReadModel],
+    where: Sequence[Condition],
+    sort: Sort,
+    after: tuple[Any, ...] | None,
+    limit: int | None,
+) -> tuple[sql.Composed, list[Any]]:
+    clauses: list[sql.Composable] = []
+    params: list[Any] = []
+    for condition in where:
+        column = sql.Identifier(condition.column)
+        if condition.operator == "in":
+            clauses.append(sql.SQL("{} = ANY(%s)").format(column))
+            params.append(list(condition.value))
+        else:
+            clauses.append(sql.SQL("{} {} %s").format(column, sql.SQL(_OPERATORS[condition.operator])))
+            params.append(condition.value.value if isinstance(condition.value, Enum) else condition.value)
+    columns = sort.columns(model)
+    if after is not None:
+        clauses.append(sql.SQL("({}) {} ({})").format(
+            sql.SQL(", ").join(map(sql.Identifier, columns)), sql.SQL("<" if sort.descending else ">"),
+            sql.SQL(", ").join(sql.Placeholder() * len(columns)),
+        ))
+        params.extend(after)
+    direction = sql.SQL(" DESC" if sort.descending else " ASC")
+    statement = sql.SQL("SELECT * FROM {}{}{} ORDER BY {}").format(
+        tables.ident(model),
+        sql.SQL(" WHERE ") if clauses else sql.SQL(""),
+        sql.SQL(" AND ").join(clauses),
+        sql.SQL(", ").join(sql.Composed([sql.Identifier(c), direction]) for c in columns),
+    )
+    if limit is not None:
+        statement += sql.SQL(" LIMIT %s")
+        params.append(limit)
+    return statement, params
 
 
 def _arrays(columns: Sequence[str], kinds: dict[str, str]) -> sql.Composed:

@@ -16,6 +16,7 @@ import pytest
 from pydantic import BaseModel
 
 from framework.errors import ConcurrencyConflict, VersionSwitched
+from framework.query import Condition, InvalidQuery, PageRequest, Sort, paginate
 from framework.readmodel import ReadModel
 from framework.views import DeadLetter, ViewStore
 
@@ -198,3 +199,69 @@ class ViewStoreConformance:
         assert ready.position(NAME, 1) == 1
         with ready.read(NAME) as views:
             assert views.get(Row, "g", 1) is not None
+
+    # --- queries (the GraphQL side reads through these) ---------------------------------------
+
+    @pytest.fixture
+    def numbered(self, ready: ViewStore) -> ViewStore:
+        with ready.batch(NAME, 1) as batch:
+            for number in range(1, 8):
+                colour = Colour.BLUE if number % 2 else Colour.RED
+                batch.put(_row(number=number, colour=colour, day=date(2026, 12, 8 - number)))
+            batch.put(_row(group="h", number=1, colour=Colour.BLUE, day=date(2026, 12, 1)))
+            batch.advance(3, None)
+        return ready
+
+    def test_query_filters_with_every_operator(self, numbered: ViewStore) -> None:
+        def numbers(*where: Condition) -> list[int]:
+            return [r.number for r in numbered.query(NAME, Row, list(where)) if r.group == "g"]
+
+        assert numbers(Condition("colour", "eq", Colour.BLUE)) == [1, 3, 5, 7]
+        assert numbers(Condition("number", "gt", 5)) == [6, 7]
+        assert numbers(Condition("number", "gte", 5), Condition("number", "lt", 7)) == [5, 6]
+        assert numbers(Condition("day", "lte", date(2026, 12, 2))) == [6, 7]
+        assert numbers(Condition("number", "in", [2, 4, 9])) == [2, 4]
+
+    def test_query_sorts_by_a_column_then_the_key(self, numbered: ViewStore) -> None:
+        by_day = numbered.query(NAME, Row, [], Sort("day"))
+        assert [(r.day.day, r.group, r.number) for r in by_day][:3] == [(1, "g", 7), (1, "h", 1), (2, "g", 6)]
+        newest = numbered.query(NAME, Row, [Condition("group", "eq", "g")], Sort("day", descending=True), limit=2)
+        assert [r.number for r in newest] == [1, 2]
+
+    def test_query_after_a_cursor_in_either_direction(self, numbered: ViewStore) -> None:
+        sort = Sort("day")
+        first = numbered.query(NAME, Row, [], sort, limit=2)
+        rest = numbered.query(NAME, Row, [], sort, after=sort.values(first[-1]))
+        assert len(first) + len(rest) == 8
+        assert {(r.group, r.number) for r in first}.isdisjoint({(r.group, r.number) for r in rest})
+        back = Sort("day", descending=True)
+        before = numbered.query(NAME, Row, [], back, after=back.values(rest[0]))
+        assert [(r.group, r.number) for r in before] == [(r.group, r.number) for r in reversed(first)]
+
+    def test_paginate_to_the_end_and_back(self, numbered: ViewStore) -> None:
+        where = [Condition("group", "eq", "g")]
+        seen: list[int] = []
+        page = paginate(numbered, NAME, Row, PageRequest(first=3), where, Sort("number"))
+        assert not page.has_previous
+        while True:
+            seen += [r.number for r in page.rows]
+            if not page.has_next:
+                break
+            page = paginate(numbered, NAME, Row, PageRequest(first=3, after=page.cursors[-1]), where, Sort("number"))
+        assert seen == [1, 2, 3, 4, 5, 6, 7]
+        back = paginate(numbered, NAME, Row, PageRequest(last=3, before=page.cursors[0]), where, Sort("number"))
+        assert [r.number for r in back.rows] == [4, 5, 6] and back.has_previous and back.has_next
+
+    def test_a_forged_cursor_is_a_clear_error(self, numbered: ViewStore) -> None:
+        with pytest.raises(InvalidQuery):
+            paginate(numbered, NAME, Row, PageRequest(first=2, after="not-a-cursor"))
+        with pytest.raises(InvalidQuery):
+            paginate(numbered, NAME, Row, PageRequest(first=1000))
+
+    def test_get_many_keeps_the_order_of_the_keys(self, numbered: ViewStore) -> None:
+        rows = numbered.get_many(NAME, Row, [("g", 3), ("x", 1), ("h", 1)])
+        assert [(r.group, r.number) if r else None for r in rows] == [("g", 3), None, ("h", 1)]
+        assert numbered.get_many(NAME, Row, []) == []
+
+    def test_active_position_is_the_active_versions(self, numbered: ViewStore) -> None:
+        assert numbered.active_position(NAME) == 3
