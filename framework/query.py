@@ -21,6 +21,7 @@ from framework.errors import InvalidCommand
 from framework.readmodel import ReadModel
 
 __all__ = [
+    "BY_KEY",
     "Condition",
     "InvalidQuery",
     "Page",
@@ -74,6 +75,9 @@ class Sort:
 
     def values(self, row: ReadModel) -> tuple[Any, ...]:
         return tuple(getattr(row, c) for c in self.columns(type(row)))
+
+
+BY_KEY = Sort()
 
 
 @dataclass(frozen=True)
@@ -135,7 +139,7 @@ class Queryable(Protocol):
         name: str,
         model: type[R],
         where: Sequence[Condition] = (),
-        sort: Sort = Sort(),
+        sort: Sort = BY_KEY,
         *,
         after: tuple[Any, ...] | None = None,
         limit: int | None = None,
@@ -148,7 +152,7 @@ def paginate(
     model: type[R],
     request: PageRequest,
     where: Sequence[Condition] = (),
-    sort: Sort = Sort(),
+    sort: Sort = BY_KEY,
 ) -> Page[R]:
     """One page of rows, forwards or backwards from a cursor, knowing if more lie beyond."""
     size = request.size()

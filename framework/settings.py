@@ -70,6 +70,8 @@ class Settings:
     db_connect_timeout: float = 2.0
     app: str = "example_app.app:build_router"
     projections: str = "projections:build_projectors"
+    graphql: str = "projections.graphql:build_graphql"
+    consistency_timeout_seconds: float = 5.0
     nats_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
@@ -93,6 +95,11 @@ class Settings:
             app=read.text("APP", defaults.app) or defaults.app,
             projections=read.text("PROJECTIONS", defaults.projections) or defaults.projections,
             nats_url=read.text("NATS_URL", defaults.nats_url) or None,
+            graphql=read.text("GRAPHQL", defaults.graphql) or defaults.graphql,
+            consistency_timeout_seconds=read.number(
+                "CONSISTENCY_TIMEOUT_SECONDS", float, defaults.consistency_timeout_seconds, minimum=0,
+                maximum=60,
+            ),
             host=read.text("HOST", defaults.host) or defaults.host,
             port=read.number("PORT", int, defaults.port, minimum=0, maximum=65535),
             max_body_bytes=read.number("MAX_BODY_BYTES", int, defaults.max_body_bytes, minimum=1),

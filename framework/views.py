@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
-from framework.query import Condition, Sort
+from framework.query import BY_KEY, Condition, Sort
 from framework.readmodel import ReadModel
 
 __all__ = ["Batch", "DeadLetter", "ProjectionState", "ViewStore", "Views"]
@@ -149,7 +149,7 @@ class ViewStore(Protocol):
         name: str,
         model: type[R],
         where: Sequence[Condition] = (),
-        sort: Sort = Sort(),
+        sort: Sort = BY_KEY,
         *,
         after: tuple[Any, ...] | None = None,
         limit: int | None = None,

@@ -22,6 +22,7 @@ from example_app.corporate_actions import (
     CorporateActionAnnounced,
     CorporateActionCancelled,
     CorporateActionValidated,
+    EntitlementsCalculated,
     Terms,
 )
 from framework.projector import HandlerContext, ProcessManager, on
@@ -111,14 +112,18 @@ class CorporateActionProcess(ProcessManager):
         terms_holder = CorporateAction.blank(CorporateAction.id_for(action.action_id))
         terms_holder.terms = _TERMS.validate_python(action.terms)
         entitlements = terms_holder.entitle(holdings)
+        # Refused if the action was cancelled meanwhile: then nobody is told of entitlements.
         context.issue(RecordEntitlements(action_id=action.action_id, entitlements=entitlements),
                       discriminator="entitlements")
-        for entitlement in entitlements:
-            context.views.put(ProcessEntitled(action_id=action.action_id,
+
+    @on(EntitlementsCalculated)
+    def entitled(self, event: EntitlementsCalculated, context: HandlerContext) -> None:
+        for entitlement in event.entitlements:
+            context.views.put(ProcessEntitled(action_id=event.action_id,
                                               account_number=entitlement.account_number))
             context.issue(NotifyDepositor(
-                account_number=entitlement.account_number, action_id=action.action_id,
-                kind="entitlement", message=_entitlement_message(action.action_id, entitlement),
+                account_number=entitlement.account_number, action_id=event.action_id,
+                kind="entitlement", message=_entitlement_message(event.action_id, entitlement),
             ), discriminator=f"notify:{entitlement.account_number}")
 
     @on(CorporateActionCancelled)

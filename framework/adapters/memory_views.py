@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from framework.errors import ConcurrencyConflict, VersionSwitched
-from framework.query import Condition, Sort, sorted_rows
+from framework.query import BY_KEY, Condition, Sort, sorted_rows
 from framework.readmodel import ReadModel
 from framework.staging import StagedViews
 from framework.views import Batch, DeadLetter, ProjectionState, Views
@@ -190,7 +190,7 @@ class MemoryViewStore:
         name: str,
         model: type[R],
         where: Sequence[Condition] = (),
-        sort: Sort = Sort(),
+        sort: Sort = BY_KEY,
         *,
         after: tuple[Any, ...] | None = None,
         limit: int | None = None,

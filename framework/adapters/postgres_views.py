@@ -22,7 +22,7 @@ from psycopg_pool import ConnectionPool
 
 from framework.adapters.pg_columns import column_definitions, to_parameters
 from framework.errors import ConcurrencyConflict, StoreUnavailable, VersionSwitched
-from framework.query import Condition, Sort
+from framework.query import BY_KEY, Condition, Sort
 from framework.readmodel import ReadModel
 from framework.settings import PostgresSettings
 from framework.staging import RowCache, StagedViews
@@ -378,7 +378,7 @@ class PostgresViewStore:
         name: str,
         model: type[R],
         where: Sequence[Condition] = (),
-        sort: Sort = Sort(),
+        sort: Sort = BY_KEY,
         *,
         after: tuple[Any, ...] | None = None,
         limit: int | None = None,

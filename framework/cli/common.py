@@ -18,6 +18,7 @@ from framework.views import ViewStore
 
 __all__ = [
     "command_bus",
+    "load_graphql",
     "load_projectors",
     "open_views",
     "require_postgres",
@@ -61,6 +62,20 @@ def load_projectors(spec: str) -> list[Projector]:
     if not all(isinstance(p, Projector) for p in projectors):
         raise ConfigurationError(f"EVENTFOLD_PROJECTIONS={spec!r} must return Projector instances")
     return projectors
+
+
+def load_graphql(spec: str) -> Any:
+    """Import ``module:function`` returning the application's ``GraphQLSpec`` (EVENTFOLD_GRAPHQL)."""
+    from framework.graphql import GraphQLSpec
+
+    module_name, _, attribute = spec.partition(":")
+    try:
+        built = getattr(importlib.import_module(module_name), attribute)()
+    except (ImportError, AttributeError, ValueError, TypeError) as e:
+        raise ConfigurationError(f"EVENTFOLD_GRAPHQL={spec!r} cannot be loaded: {e}") from None
+    if not isinstance(built, GraphQLSpec):
+        raise ConfigurationError(f"EVENTFOLD_GRAPHQL={spec!r} must return a GraphQLSpec")
+    return built
 
 
 def select_projectors(projectors: list[Projector], names: list[str]) -> list[Projector]:

@@ -6,14 +6,12 @@ import argparse
 import json
 import sys
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from framework.cli.common import load_projectors, open_store, open_views, require_postgres, select_projectors
 from framework.errors import ConfigurationError
 from framework.settings import Settings
-from framework.store import EventStore
-from framework.views import ProjectionState, ViewStore
+from framework.status import projection_statuses
 
 __all__ = ["register"]
 
@@ -74,7 +72,7 @@ def run_status(settings: Settings, args: argparse.Namespace) -> int:
     postgres = require_postgres(settings, "status")
     store, views = open_store(settings), open_views(postgres)
     try:
-        rows = [_status_row(state, store, views) for state in views.states()]
+        rows = [status.as_dict() for status in projection_statuses(store, views)]
     finally:
         views.close()
         store.close()
@@ -86,40 +84,9 @@ def run_status(settings: Settings, args: argparse.Namespace) -> int:
     print("  ".join(f"{c:>12}" for c in columns))
     for row in rows:
         print("  ".join(f"{row[c]!s:>12}" for c in columns))
+        if row["error"]:
+            print(f"{'':>12}  error: {row['error']}")
     return 0
-
-
-def _status_row(state: ProjectionState, store: EventStore, views: ViewStore) -> dict[str, Any]:
-    head = store.head()
-    active = views.active_version(state.name) == state.version
-    return {
-        "name": state.name,
-        "version": state.version,
-        "active": active,
-        "state": _liveness(state, head),
-        "position": state.position,
-        "head": head,
-        "lag_events": max(head - state.position, 0),
-        "lag_seconds": _lag_seconds(store, state.position),
-        "dead_letters": len([d for d in views.dead_letters(state.name) if active]),
-        "error": state.error,
-    }
-
-
-def _liveness(state: ProjectionState, head: int) -> str:
-    stale = state.updated_at is None or (datetime.now(UTC) - state.updated_at).total_seconds() > 60
-    if state.state == "running" and stale and state.position < head:
-        return "stalled"
-    return state.state
-
-
-def _lag_seconds(store: EventStore, position: int) -> float:
-    """How old the oldest event not yet applied is (0 when caught up)."""
-    pending = store.read_all(position, 1)
-    if not pending:
-        return 0.0
-    recorded_at = datetime.fromisoformat(json.loads(pending[0].state)["meta"]["recorded_at"])
-    return round(max((datetime.now(UTC) - recorded_at).total_seconds(), 0.0), 3)
 
 
 def run_dead_letters(settings: Settings, args: argparse.Namespace) -> int:

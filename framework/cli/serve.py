@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -12,6 +13,7 @@ from typing import Any
 
 from framework.cli.common import (
     command_bus,
+    load_graphql,
     load_projectors,
     open_store,
     open_views,
@@ -28,7 +30,13 @@ def register(commands: Any) -> None:
     dev = commands.add_parser("dev", help="run the example app embedded: one process, no servers")
     _serve_options(dev)
     dev.add_argument("--store", help="SQLite file for events (default .eventfold/events.sqlite3), or :memory:")
+    dev.add_argument("--seed", action="store_true",
+                     help="load the demo data (idempotent) and print GraphQL queries to try")
     dev.set_defaults(run=run_dev)
+
+    query_api = commands.add_parser("query-api", help="serve GraphQL over the read models on PostgreSQL")
+    _serve_options(query_api)
+    query_api.set_defaults(run=run_query_api)
 
     write_api = commands.add_parser("write-api", help="serve the write API on PostgreSQL")
     _serve_options(write_api)
@@ -50,6 +58,7 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
 
     from framework.adapters.memory_bus import MemoryBus, MemoryConsumer, MemoryPublisher
     from framework.adapters.memory_views import MemoryViewStore
+    from framework.graphql.app import query_routes
     from framework.http.write_api import WriteApiOptions, create_write_app
     from framework.runner import run_projection, run_relay
     from framework.worker import ProjectionWorker
@@ -61,6 +70,7 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
     views = MemoryViewStore()  # rebuilt from the stored events at every start
     events = MemoryBus()
     workers = [ProjectionWorker(p, views, store, bus) for p in load_projectors(embedded.projections)]
+    graphql = load_graphql(embedded.graphql)
 
     @contextlib.asynccontextmanager
     async def background(_: Starlette) -> AsyncIterator[None]:
@@ -71,6 +81,8 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
             for w in workers
         ]
         log.info("events are kept in %s; %d projections run in process", embedded.sqlite_path, len(workers))
+        if args.seed:
+            tasks.append(asyncio.create_task(_seed(bus, embedded)))
         try:
             yield
         finally:
@@ -78,8 +90,61 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     write_app = create_write_app(bus, WriteApiOptions(embedded.max_body_bytes, embedded.retry_after_seconds))
-    app = Starlette(routes=[Mount("/", app=write_app)], lifespan=background)
+    routes = [*query_routes(graphql, views, store, options=_query_options(embedded)), Mount("/", app=write_app)]
+    app = Starlette(routes=routes, lifespan=background)
     return _serve(embedded, app, args, store.close)
+
+
+async def _seed(bus: Any, settings: Settings) -> None:
+    from datetime import date
+
+    from example_app.demo import seed
+
+    position = await asyncio.to_thread(seed, bus, date.today())
+    print(_demo_queries(f"http://{settings.host}:{settings.port}", position), flush=True)
+
+
+def _demo_queries(base: str, position: int) -> str:
+    def curl(query: str, header: str = "") -> str:
+        body = json.dumps({"query": query})
+        return f"  curl -s {base}/graphql -H 'content-type: application/json' {header}-d '{body}'"
+
+    return "\n".join([
+        "",
+        "Demo data loaded. Try these GraphQL queries (read models update within milliseconds):",
+        "",
+        curl("{ cards(first: 10) { edges { node { actionId status kind recordDate security { name } "
+             "entitlements { accountNumber cashAmount newUnits status } } } pageInfo { hasNextPage endCursor } } }",
+             f"-H 'Eventfold-Position: {position}' "),
+        curl('{ holdings(accountNumber: "ACC-1001") { isin quantity } }'),
+        curl('{ notifications(accountNumber: "ACC-1003") { nodes { actionId kind message } } }'),
+        curl('{ cards(filter: {status: "cancelled"}) { nodes { actionId cancellationReason } } }'),
+        curl("{ projections { name position lagEvents state } }"),
+        "",
+        "Commands go to POST /commands/{Name} (GET /openapi.json lists them); pass the `position` a command",
+        "returns as the Eventfold-Position header of a query to read your own write.",
+        "",
+    ])
+
+
+def run_query_api(settings: Settings, args: argparse.Namespace) -> int:
+    from framework.graphql import create_query_app
+
+    postgres = require_postgres(settings, "query-api")
+    store, views = open_store(settings), open_views(postgres)
+    app = create_query_app(load_graphql(settings.graphql), views, store, options=_query_options(settings))
+
+    def close() -> None:
+        views.close()
+        store.close()
+
+    return _serve(settings, app, args, close)
+
+
+def _query_options(settings: Settings) -> Any:
+    from framework.graphql import QueryApiOptions
+
+    return QueryApiOptions(consistency_timeout=settings.consistency_timeout_seconds)
 
 
 def run_write_api(settings: Settings, args: argparse.Namespace) -> int:
@@ -113,8 +178,7 @@ def run_init_db(settings: Settings, _: argparse.Namespace) -> int:
 def _serve(settings: Settings, app: Any, args: argparse.Namespace, close: Callable[[], None]) -> int:
     import uvicorn
 
-    log.info("listening on http://%s:%d (POST /commands/{Name}, GET /openapi.json)",
-             settings.host, settings.port)
+    log.info("listening on http://%s:%d", settings.host, settings.port)
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, access_log=args.access_log,
                     log_level="info")

@@ -1,0 +1,336 @@
+"""The query API: Strawberry over the read models, with limits, stable error codes and read-your-writes.
+
+- Parsing and validation are cached; depth, token and alias limits refuse
+  hostile documents before execution; bodies over the limit get 413.
+- Every error carries ``extensions.code``; anything unexpected is logged and
+  answered as ``INTERNAL_SERVER_ERROR`` without detail.
+- Read-your-writes: a request with header ``Eventfold-Position: N`` waits
+  (bounded) until every projection its top-level fields read has applied
+  position N; the response's ``extensions.consistency`` says whether it did.
+- No GraphiQL page (it would fetch its assets from a CDN) and no mutations:
+  the write path is the write API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import strawberry
+from graphql import (
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    InlineFragmentNode,
+    OperationDefinitionNode,
+    SelectionSetNode,
+)
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from strawberry.asgi import GraphQL
+from strawberry.dataloader import DataLoader
+from strawberry.extensions import (
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    ParserCache,
+    QueryDepthLimiter,
+    SchemaExtension,
+    ValidationCache,
+)
+from strawberry.http import GraphQLHTTPResponse
+from strawberry.types import ExecutionResult
+
+from framework.errors import EventfoldError, StoreUnavailable
+from framework.query import InvalidQuery
+from framework.readmodel import ReadModel
+from framework.store import EventStore
+from framework.views import ViewStore
+
+__all__ = [
+    "POSITION_HEADER",
+    "GraphQLSpec",
+    "QueryApiOptions",
+    "QueryContext",
+    "build_schema",
+    "create_query_app",
+    "query_routes",
+]
+
+log = logging.getLogger(__name__)
+
+POSITION_HEADER = "eventfold-position"
+
+
+@dataclass(frozen=True)
+class GraphQLSpec:
+    """An application's query side: its root Query type, and which projections each top-level
+    field reads (what read-your-writes waits for)."""
+
+    query: type
+    projections_by_field: Mapping[str, Sequence[str]]
+
+
+@dataclass(frozen=True)
+class QueryApiOptions:
+    max_depth: int = 10
+    max_tokens: int = 2_000
+    max_aliases: int = 15
+    max_body_bytes: int = 65_536
+    consistency_timeout: float = 5.0
+    poll_seconds: float = 0.005
+
+
+@dataclass
+class QueryContext:
+    """What resolvers get as ``info.context``."""
+
+    request: Request
+    views: ViewStore
+    store: EventStore | None
+    options: QueryApiOptions
+    min_position: int | None = None
+    consistency: dict[str, Any] | None = None
+    _loaders: dict[tuple[str, type[ReadModel]], DataLoader[Any, Any]] = field(default_factory=dict)
+
+    async def read(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a (blocking) view-store call off the event loop."""
+        return await asyncio.to_thread(call, *args, **kwargs)
+
+    def loader(self, projection: str, model: type[ReadModel]) -> DataLoader[tuple[Any, ...], Any]:
+        """A per-request DataLoader: every key asked for in one tick is fetched in one query."""
+        key = (projection, model)
+        if key not in self._loaders:
+            async def load(keys: list[tuple[Any, ...]]) -> list[Any]:
+                return list(await self.read(self.views.get_many, projection, model, keys))
+
+            self._loaders[key] = DataLoader(load_fn=load)
+        return self._loaders[key]
+
+    async def wait_for(self, projections: Sequence[str], position: int) -> dict[str, Any]:
+        deadline = time.monotonic() + self.options.consistency_timeout
+        while True:
+            positions = {p: await self.read(self.views.active_position, p) for p in projections}
+            reached = all(v >= position for v in positions.values())
+            if reached or time.monotonic() >= deadline:
+                return {"requested": position, "reached": reached, "positions": positions}
+            await asyncio.sleep(self.options.poll_seconds)
+
+
+class ReadYourWrites(SchemaExtension):
+    """Waits for the projections the operation reads; reports the outcome in ``extensions``."""
+
+    projections_by_field: Mapping[str, Sequence[str]] = {}
+
+    async def on_execute(self) -> Any:
+        context = self.execution_context.context
+        if isinstance(context, QueryContext) and context.min_position is not None:
+            fields = _top_level_fields(self.execution_context.graphql_document,
+                                       self.execution_context.operation_name)
+            needed = sorted({p for f in fields for p in self.projections_by_field.get(f, ())})
+            context.consistency = await context.wait_for(needed, context.min_position)
+        yield
+
+    def get_results(self) -> dict[str, Any]:
+        context = self.execution_context.context
+        if isinstance(context, QueryContext) and context.consistency is not None:
+            return {"consistency": context.consistency}
+        return {}
+
+
+def _top_level_fields(document: Any, operation_name: str | None) -> set[str]:
+    if document is None:
+        return set()
+    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+    fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
+    chosen = [o for o in operations if operation_name is None or (o.name and o.name.value == operation_name)]
+    return {name for o in chosen[:1] for name in _field_names(o.selection_set, fragments)}
+
+
+def _field_names(selections: SelectionSetNode, fragments: Mapping[str, FragmentDefinitionNode]) -> Iterator[str]:
+    for selection in selections.selections:
+        if isinstance(selection, FieldNode):
+            yield selection.name.value
+        elif isinstance(selection, InlineFragmentNode):
+            yield from _field_names(selection.selection_set, fragments)
+        elif isinstance(selection, FragmentSpreadNode) and selection.name.value in fragments:
+            yield from _field_names(fragments[selection.name.value].selection_set, fragments)
+
+
+class _Schema(strawberry.Schema):
+    def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
+        """Errors are logged once, by the response formatting (with their tracebacks when unexpected)."""
+
+
+def build_schema(
+    query: type, options: QueryApiOptions, projections_by_field: Mapping[str, Sequence[str]]
+) -> strawberry.Schema:
+    """The schema with Eventfold's extensions: caches, limits and read-your-writes."""
+    consistency = type("ReadYourWritesFor", (ReadYourWrites,), {"projections_by_field": projections_by_field})
+    return _Schema(
+        query=query,
+        # Factories, not instances: an extension instance holds the current
+        # request's execution context, so sharing one between requests races.
+        extensions=[
+            lambda: ParserCache(maxsize=1024),
+            lambda: ValidationCache(maxsize=1024),
+            lambda: QueryDepthLimiter(max_depth=options.max_depth),
+            lambda: MaxTokensLimiter(max_token_count=options.max_tokens),
+            lambda: MaxAliasesLimiter(max_alias_count=options.max_aliases),
+            consistency,
+        ],
+    )
+
+
+_CODES = [
+    ("exceeds maximum operation depth", "QUERY_TOO_DEEP"),
+    ("number of tokens", "QUERY_TOO_LARGE"),
+    ("token limit", "QUERY_TOO_LARGE"),
+    ("aliases found", "QUERY_TOO_LARGE"),
+    ("syntax error", "GRAPHQL_PARSE_FAILED"),
+]
+
+
+def _formatted(error: GraphQLError) -> dict[str, Any]:
+    original = error.original_error
+    if isinstance(original, InvalidQuery):
+        return _error(original.message, "BAD_USER_INPUT", error)
+    if isinstance(original, StoreUnavailable):
+        return _error("the read models are unavailable, retry shortly", "SERVICE_UNAVAILABLE", error)
+    if isinstance(original, EventfoldError):
+        return _error(original.message, original.code.upper(), error)
+    if original is not None:
+        log.error("query failed: %s", error.message, exc_info=original)
+        return _error("internal error", "INTERNAL_SERVER_ERROR", error)
+    lowered = error.message.lower()
+    code = next((c for text, c in _CODES if text in lowered), "GRAPHQL_VALIDATION_FAILED")
+    return _error(error.message, code, error)
+
+
+def _error(message: str, code: str, error: GraphQLError) -> dict[str, Any]:
+    formatted: dict[str, Any] = {"message": message, "extensions": {"code": code}}
+    if error.locations:
+        formatted["locations"] = [{"line": loc.line, "column": loc.column} for loc in error.locations]
+    if error.path:
+        formatted["path"] = error.path
+    return formatted
+
+
+class _QueryApi(GraphQL[QueryContext, None]):
+    def __init__(self, schema: strawberry.Schema, views: ViewStore, store: EventStore | None,
+                 options: QueryApiOptions) -> None:
+        super().__init__(schema, graphql_ide=None, allow_queries_via_get=True)
+        self._views, self._store, self._options = views, store, options
+
+    async def get_context(self, request: Any, response: Any) -> QueryContext:
+        return QueryContext(request, self._views, self._store, self._options,
+                            min_position=_min_position(request))
+
+    async def process_result(self, request: Any, result: ExecutionResult) -> GraphQLHTTPResponse:
+        response: GraphQLHTTPResponse = {"data": result.data}
+        if result.errors:
+            response["errors"] = [_formatted(e) for e in result.errors]
+        if result.extensions:
+            response["extensions"] = result.extensions
+        return response
+
+
+def _min_position(request: Request) -> int | None:
+    raw = request.headers.get(POSITION_HEADER)
+    if raw is None:
+        return None
+    if not raw.strip().isdigit():
+        raise _BadHeader(f"{POSITION_HEADER} must be a non-negative integer, not {raw[:40]!r}")
+    return int(raw)
+
+
+class _BadHeader(Exception):
+    pass
+
+
+def _graphql_error(status: int, message: str, code: str) -> Response:
+    return JSONResponse({"errors": [{"message": message, "extensions": {"code": code}}]}, status_code=status)
+
+
+class _Guard:
+    """Body size limit and header checks in front of Strawberry, answered GraphQL-style."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self._app, self._limit = app, max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers", []))
+        declared = headers.get(b"content-length", b"0")
+        if declared.isdigit() and int(declared) > self._limit:
+            await _too_large(self._limit)(scope, receive, send)
+            return
+        raw = headers.get(POSITION_HEADER.encode())
+        if raw is not None and not raw.strip().isdigit():
+            await _graphql_error(400, f"{POSITION_HEADER} must be a non-negative integer", "BAD_REQUEST_HEADER")(
+                scope, receive, send)
+            return
+        try:
+            await self._app(scope, _limited(receive, self._limit), send)
+        except _BodyTooLarge:  # Strawberry reads the whole body before it answers
+            await _too_large(self._limit)(scope, receive, send)
+
+
+def _too_large(limit: int) -> Response:
+    return _graphql_error(413, f"the request body exceeds {limit} bytes", "BODY_TOO_LARGE")
+
+
+def _limited(receive: Receive, limit: int) -> Receive:
+    seen = 0
+
+    async def wrapped() -> Message:
+        nonlocal seen
+        message = await receive()
+        seen += len(message.get("body", b""))
+        if seen > limit:
+            raise _BodyTooLarge()
+        return message
+
+    return wrapped
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def query_routes(
+    spec: GraphQLSpec,
+    views: ViewStore,
+    store: EventStore | None = None,
+    *,
+    options: QueryApiOptions | None = None,
+) -> list[Route]:
+    """``/graphql`` (GET and POST), to mount beside other routes (the embedded mode does)."""
+    options = options or QueryApiOptions()
+    schema = build_schema(spec.query, options, spec.projections_by_field)
+    graphql = _Guard(_QueryApi(schema, views, store, options), options.max_body_bytes)
+    return [Route("/graphql", graphql, methods=["GET", "POST"])]
+
+
+def create_query_app(
+    spec: GraphQLSpec,
+    views: ViewStore,
+    store: EventStore | None = None,
+    *,
+    options: QueryApiOptions | None = None,
+) -> Starlette:
+    """The query API: ``/graphql`` and ``GET /healthz``."""
+
+    async def healthz(_: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    return Starlette(routes=[*query_routes(spec, views, store, options=options), Route("/healthz", healthz)])

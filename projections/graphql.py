@@ -1,0 +1,204 @@
+"""The example's GraphQL schema: cards, holdings, entitlements, notifications and projection status."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import date
+from enum import Enum
+from typing import Any
+
+import strawberry
+from strawberry.types import Info
+
+from framework.graphql import (
+    Connection,
+    GraphQLSpec,
+    QueryContext,
+    connection,
+    graphql_type,
+    page_request,
+)
+from framework.query import Condition, Sort, paginate
+from framework.status import projection_statuses
+from projections.cards import CorporateActionCard, SecurityRow
+from projections.entitlements import EntitlementRow
+from projections.holdings import Holding as HoldingRow
+from projections.holdings import HoldingMovement
+from projections.notifications import NotificationRow
+
+__all__ = ["PROJECTIONS_BY_FIELD", "Query", "build_graphql"]
+
+Security = graphql_type(SecurityRow, name="Security", description="A registered security.")
+Entitlement = graphql_type(EntitlementRow, name="Entitlement",
+                           description="What one account is due from one corporate action.")
+Notification = graphql_type(NotificationRow, name="Notification", description="A message sent to a depositor.")
+Holding = graphql_type(HoldingRow, name="Holding", description="Units of one security held in one account.")
+CardFields = graphql_type(CorporateActionCard, name="CardFields")
+
+
+def _context(info: Info) -> QueryContext:
+    context = info.context
+    assert isinstance(context, QueryContext)
+    return context
+
+
+@strawberry.type(description="A corporate action as published on the public site.")
+class Card(CardFields):
+    @strawberry.field(description="The security the action is about (batched: one query per page).")
+    async def security(self, info: Info) -> Security | None:
+        row = await _context(info).loader("cards", SecurityRow).load((self.isin,))
+        return Security.from_row(row) if row else None
+
+    @strawberry.field(description="Entitlements calculated for this action (batched across cards).")
+    async def entitlements(self, info: Info) -> list[Entitlement]:
+        rows = await _entitlements_loader(_context(info)).load(self.action_id)
+        return [Entitlement.from_row(r) for r in rows]
+
+
+def _entitlements_loader(context: QueryContext) -> Any:
+    """Entitlements of many actions in one query (a DataLoader keyed by action id)."""
+    key = ("entitlements-by-action", EntitlementRow)
+    if key not in context._loaders:
+        from strawberry.dataloader import DataLoader
+
+        async def load(action_ids: list[str]) -> list[list[EntitlementRow]]:
+            rows = await context.read(context.views.query, "entitlements", EntitlementRow,
+                                      [Condition("action_id", "in", action_ids)])
+            grouped: dict[str, list[EntitlementRow]] = defaultdict(list)
+            for row in rows:
+                grouped[row.action_id].append(row)
+            return [grouped[a] for a in action_ids]
+
+        context._loaders[key] = DataLoader(load_fn=load)
+    return context._loaders[key]
+
+
+@strawberry.enum(description="How to order cards; ties are broken by action id.")
+class CardOrder(Enum):
+    RECORD_DATE = "record_date"
+    ANNOUNCED_AT = "announced_at"
+    ACTION_ID = "action_id"
+
+
+@strawberry.input(description="Cards matching every given field.")
+class CardFilter:
+    isin: str | None = None
+    status: str | None = None
+    record_date_from: date | None = None
+    record_date_to: date | None = None
+
+    def conditions(self) -> list[Condition]:
+        conditions = []
+        if self.isin is not None:
+            conditions.append(Condition("isin", "eq", self.isin))
+        if self.status is not None:
+            conditions.append(Condition("status", "eq", self.status))
+        if self.record_date_from is not None:
+            conditions.append(Condition("record_date", "gte", self.record_date_from))
+        if self.record_date_to is not None:
+            conditions.append(Condition("record_date", "lte", self.record_date_to))
+        return conditions
+
+
+@strawberry.type(description="Where a projection stands.")
+class ProjectionStatus:
+    name: str
+    version: int
+    active: bool
+    state: str
+    position: int
+    head: int
+    lag_events: int
+    lag_seconds: float
+    dead_letters: int
+    error: str | None
+
+
+@strawberry.type(description="Read models of the depository back office. Commands go to the write API.")
+class Query:
+    @strawberry.field(description="One corporate action's card.")
+    async def card(self, info: Info, action_id: str) -> Card | None:
+        context = _context(info)
+        (row,) = await context.read(context.views.get_many, "cards", CorporateActionCard, [(action_id,)])
+        return Card.from_row(row) if row else None
+
+    @strawberry.field(description="Cards, filtered and ordered, a page at a time (Relay connection).")
+    async def cards(
+        self, info: Info, filter: CardFilter | None = None, order_by: CardOrder = CardOrder.RECORD_DATE,
+        descending: bool = False, first: int | None = None, after: str | None = None,
+        last: int | None = None, before: str | None = None,
+    ) -> Connection[Card]:
+        context = _context(info)
+        where = filter.conditions() if filter else []
+        page = await context.read(paginate, context.views, "cards", CorporateActionCard,
+                                  page_request(first, after, last, before), where,
+                                  Sort(order_by.value, descending))
+        return connection(page, Card.from_row)
+
+    @strawberry.field(description="One security by ISIN.")
+    async def security(self, info: Info, isin: str) -> Security | None:
+        row = await _context(info).loader("cards", SecurityRow).load((isin,))
+        return Security.from_row(row) if row else None
+
+    @strawberry.field(description="What an account holds now, or at the end of the day `asOf`.")
+    async def holdings(self, info: Info, account_number: str, as_of: date | None = None) -> list[Holding]:
+        context = _context(info)
+        if as_of is None:
+            rows = await context.read(context.views.query, "holdings", HoldingRow,
+                                      [Condition("account_number", "eq", account_number)])
+            return [Holding.from_row(r) for r in rows]
+        movements = await context.read(
+            context.views.query, "holdings", HoldingMovement,
+            [Condition("account_number", "eq", account_number), Condition("value_date", "lte", as_of)],
+            Sort("position"),
+        )
+        balances = {m.isin: m.balance for m in movements}  # the last movement of each wins
+        return [Holding(account_number=account_number, isin=isin, quantity=quantity)
+                for isin, quantity in sorted(balances.items()) if quantity]
+
+    @strawberry.field(description="A depositor's entitlements, newest record date first.")
+    async def entitlements(
+        self, info: Info, account_number: str, first: int | None = None, after: str | None = None,
+        last: int | None = None, before: str | None = None,
+    ) -> Connection[Entitlement]:
+        context = _context(info)
+        page = await context.read(paginate, context.views, "entitlements", EntitlementRow,
+                                  page_request(first, after, last, before),
+                                  [Condition("account_number", "eq", account_number)],
+                                  Sort("record_date", descending=True))
+        return connection(page, Entitlement.from_row)
+
+    @strawberry.field(description="Notifications sent to a depositor, newest first.")
+    async def notifications(
+        self, info: Info, account_number: str, first: int | None = None, after: str | None = None,
+        last: int | None = None, before: str | None = None,
+    ) -> Connection[Notification]:
+        context = _context(info)
+        page = await context.read(paginate, context.views, "notifications", NotificationRow,
+                                  page_request(first, after, last, before),
+                                  [Condition("account_number", "eq", account_number)],
+                                  Sort("notified_at", descending=True))
+        return connection(page, Notification.from_row)
+
+    @strawberry.field(description="Position, lag and state of every projection (for operators).")
+    async def projections(self, info: Info) -> list[ProjectionStatus]:
+        context = _context(info)
+        if context.store is None:
+            return []
+        statuses = await context.read(projection_statuses, context.store, context.views)
+        return [ProjectionStatus(**{k: v for k, v in s.as_dict().items()}) for s in statuses]
+
+
+PROJECTIONS_BY_FIELD: dict[str, list[str]] = {
+    "card": ["cards", "entitlements"],
+    "cards": ["cards", "entitlements"],
+    "security": ["cards"],
+    "holdings": ["holdings"],
+    "entitlements": ["entitlements"],
+    "notifications": ["notifications"],
+}
+
+
+def build_graphql() -> GraphQLSpec:
+    """What the CLI loads (``EVENTFOLD_GRAPHQL=projections.graphql:build_graphql``)."""
+    return GraphQLSpec(Query, PROJECTIONS_BY_FIELD)
