@@ -81,11 +81,12 @@ def run_status(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     columns = ["name", "version", "active", "state", "position", "head", "lag_events", "lag_seconds",
                "dead_letters"]
-    print("  ".join(f"{c:>12}" for c in columns))
+    widths = {c: max([len(c), *(len(str(row[c])) for row in rows)]) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
     for row in rows:
-        print("  ".join(f"{row[c]!s:>12}" for c in columns))
+        print("  ".join(str(row[c]).ljust(widths[c]) for c in columns))
         if row["error"]:
-            print(f"{'':>12}  error: {row['error']}")
+            print(f"  error: {row['error']}")
     return 0
 
 
