@@ -20,6 +20,7 @@ __all__ = [
     "command_bus",
     "load_graphql",
     "load_projectors",
+    "open_store",
     "open_views",
     "require_postgres",
     "run_until_signalled",
@@ -98,5 +99,3 @@ def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[Any]]) -> None
 
     asyncio.run(runner())
 
-
-__all__ += ["open_store"]
