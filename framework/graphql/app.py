@@ -191,8 +191,10 @@ def build_schema(
 
 _CODES = [
     ("exceeds maximum operation depth", "QUERY_TOO_DEEP"),
+    ("maximum introspection depth exceeded", "QUERY_TOO_DEEP"),  # graphql-core's rule: the limiter skips "__" fields
     ("number of tokens", "QUERY_TOO_LARGE"),
     ("token limit", "QUERY_TOO_LARGE"),
+    ("tokens. parsing aborted", "QUERY_TOO_LARGE"),  # the parser's max_tokens, before "syntax error"
     ("aliases found", "QUERY_TOO_LARGE"),
     ("syntax error", "GRAPHQL_PARSE_FAILED"),
 ]
@@ -206,6 +208,8 @@ def _formatted(error: GraphQLError) -> dict[str, Any]:
         return _error("the read models are unavailable, retry shortly", "SERVICE_UNAVAILABLE", error)
     if isinstance(original, EventfoldError):
         return _error(original.message, original.code.upper(), error)
+    if isinstance(original, GraphQLError):  # a client's input that cannot be coerced (variables)
+        return _error(error.message, str((original.extensions or {}).get("code", "BAD_USER_INPUT")), error)
     if original is not None:
         log.error("query failed: %s", error.message, exc_info=original)
         return _error("internal error", "INTERNAL_SERVER_ERROR", error)

@@ -60,7 +60,7 @@ def graphql_type(
     namespace["from_row"] = classmethod(_from_row)
     namespace["_columns"] = tuple(annotations)
     created = type(name or model.__name__, (), namespace)
-    return strawberry.type(created)
+    return strawberry.type(created, description=description or model.__doc__ or None)
 
 
 def _from_row(cls: type[T], row: ReadModel) -> T:
