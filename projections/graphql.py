@@ -118,8 +118,7 @@ class ProjectionStatus:
 class Query:
     @strawberry.field(description="One corporate action's card.")
     async def card(self, info: Info, action_id: str) -> Card | None:
-        context = _context(info)
-        (row,) = await context.read(context.views.get_many, "cards", CorporateActionCard, [(action_id,)])
+        row = await _context(info).loader("cards", CorporateActionCard).load((action_id,))
         return Card.from_row(row) if row else None
 
     @strawberry.field(description="Cards, filtered and ordered, a page at a time (Relay connection).")

@@ -46,6 +46,7 @@ from strawberry.extensions import (
     ValidationCache,
 )
 from strawberry.http import GraphQLHTTPResponse
+from cross_web import HTTPException
 from strawberry.types import ExecutionResult
 
 from framework.errors import EventfoldError, StoreUnavailable
@@ -233,6 +234,19 @@ class _QueryApi(GraphQL[QueryContext, None]):
         super().__init__(schema, graphql_ide=None, allow_queries_via_get=True)
         self._views, self._store, self._options = views, store, options
 
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Request-level failures (bad JSON, no query, wrong method) answered in the GraphQL error shape."""
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        try:
+            response = await self.run(Request(scope=scope, receive=receive))
+        except HTTPException as error:
+            response = _graphql_error(error.status_code, error.reason, _request_code(error.status_code))
+        except (AttributeError, TypeError):  # a JSON body that is not an object trips Strawberry up
+            response = _graphql_error(400, "the body must be a JSON object with a `query`", "BAD_REQUEST")
+        await response(scope, receive, send)
+
     async def get_context(self, request: Any, response: Any) -> QueryContext:
         return QueryContext(request, self._views, self._store, self._options,
                             min_position=_min_position(request))
@@ -244,6 +258,10 @@ class _QueryApi(GraphQL[QueryContext, None]):
         if result.extensions:
             response["extensions"] = result.extensions
         return response
+
+
+def _request_code(status: int) -> str:
+    return {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "BODY_TOO_LARGE"}.get(status, "BAD_REQUEST")
 
 
 def _min_position(request: Request) -> int | None:

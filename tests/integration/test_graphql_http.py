@@ -481,15 +481,9 @@ def test_a_body_over_the_limit_is_413(api: Api) -> None:
     assert api.client.data("{ projections { name } }")["projections"], "the server still answers"
 
 
-SCALAR_BODY = pytest.mark.xfail(strict=True, reason="framework bug: a JSON body that is not an object (a string, "
-                                "a number, null, true) crashes Strawberry's parse_http_body (AttributeError) and "
-                                "is answered 500; framework/graphql/app.py _QueryApi should answer 400")
-
-
 @pytest.mark.parametrize("body", [
     b'{"query": ', b"{not json}", b"\xff\xfe", b"[1, 2]", b"",
-    pytest.param(b'"just a string"', marks=SCALAR_BODY), pytest.param(b"42", marks=SCALAR_BODY),
-    pytest.param(b"null", marks=SCALAR_BODY),
+    b'"just a string"', b"42", b"null",
     b'{"query": 5}', b'{"query": "{ __typename }", "variables": [1]}', b"{}",
 ], ids=["truncated", "not-json", "not-utf8", "a-list", "empty", "a-string", "a-number", "null", "query-not-text",
         "variables-not-object", "no-query"])
@@ -498,10 +492,6 @@ def test_a_malformed_body_is_400_without_internals(api: Api, body: bytes) -> Non
     assert response.status_code == 400, response.text
 
 
-@pytest.mark.xfail(strict=True, reason="framework bug: Strawberry's request errors (malformed JSON, no query, "
-                                       "wrong content type, a mutation over GET) are answered as text/plain "
-                                       "without extensions.code; framework/graphql/app.py _QueryApi should "
-                                       "answer them GraphQL-style")
 def test_a_malformed_body_is_answered_graphql_style(api: Api) -> None:
     response = api.client.http.post(api.url, content=b'{"query": ', headers={"content-type": "application/json"})
     assert response.status_code == 400
@@ -717,9 +707,6 @@ def test_a_position_beyond_the_head_answers_what_it_has_after_the_timeout(live: 
     assert "extensions" not in no_header or "consistency" not in no_header["extensions"]
 
 
-@pytest.mark.xfail(strict=True, reason="framework bug (minor): projections/graphql.py Query.card calls "
-                                       "views.get_many itself instead of the per-request DataLoader that "
-                                       "security(isin) uses, so aliased card lookups cost one statement each")
 def test_aliased_card_lookups_are_batched(api: Api) -> None:
     aliases = " ".join(f'c{i}: card(actionId: "CA-T-{i:02d}") {{ actionId }}' for i in range(10))
     with api.views.counting() as statements:
