@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import strawberry
+from cross_web import HTTPException
 from graphql import (
     FieldNode,
     FragmentDefinitionNode,
@@ -46,7 +47,6 @@ from strawberry.extensions import (
     ValidationCache,
 )
 from strawberry.http import GraphQLHTTPResponse
-from cross_web import HTTPException
 from strawberry.types import ExecutionResult
 
 from framework.errors import EventfoldError, StoreUnavailable
