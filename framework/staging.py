@@ -55,12 +55,26 @@ class StagedViews:
         self._source = source
         self._cache = cache
         self._changes: dict[RowKey, ReadModel | None] = {}
+        self._underlay: StagedViews | None = None
+
+    def layer_over(self, previous: object) -> None:
+        """Read through ``previous``'s changes too: it may still be committing (bulk catch-up)."""
+        if isinstance(previous, StagedViews):
+            previous._underlay = None  # what lies under it has committed by now
+            self._underlay = previous
+        else:
+            self._underlay = None
 
     def get(self, model: type[R], *key: Any) -> R | None:
         row_key = (model, tuple(key))
-        if row_key in self._changes:
-            return _copy(self._changes[row_key])  # type: ignore[return-value]
+        for layer in self._layers():
+            if row_key in layer._changes:
+                return _copy(layer._changes[row_key])  # type: ignore[return-value]
         return _copy(self._committed(model, row_key))
+
+    def _layers(self) -> list[StagedViews]:
+        """This batch first, then the one under it (newest changes win)."""
+        return [self] if self._underlay is None else [self, self._underlay]
 
     def _committed(self, model: type[R], row_key: RowKey) -> R | None:
         if self._cache is not None:
@@ -83,12 +97,13 @@ class StagedViews:
         rows: dict[tuple[Any, ...], ReadModel] = {
             row.key_values(): row for row in self._source.load_where(model, equal)
         }
-        for (changed_model, key), row in self._changes.items():
-            if changed_model is not model:
-                continue
-            rows.pop(key, None)
-            if row is not None and all(getattr(row, k) == v for k, v in equal.items()):
-                rows[key] = row
+        for layer in reversed(self._layers()):
+            for (changed_model, key), row in layer._changes.items():
+                if changed_model is not model:
+                    continue
+                rows.pop(key, None)
+                if row is not None and all(getattr(row, k) == v for k, v in equal.items()):
+                    rows[key] = row
         return [rows[k].copy_row() for k in sorted(rows, key=_sort_key)]  # type: ignore[misc]
 
     def changes(self) -> Iterator[tuple[type[ReadModel], tuple[Any, ...], ReadModel | None]]:

@@ -55,6 +55,9 @@ class Batch(Views, Protocol):
     def publish(self) -> None:
         """Let later batches read this batch's rows before it commits (staged catch-up)."""
 
+    def layer_over(self, previous: object) -> None:
+        """Read through ``previous``'s changes too, while it may still be committing."""
+
 
 @dataclass(frozen=True)
 class DeadLetter:

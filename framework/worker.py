@@ -90,15 +90,24 @@ class ProjectionWorker:
         """Apply stored events after the position, up to ``until`` (default: the head now).
 
         Three things overlap: reading the next batch from the store, running the
-        handlers of this one, and committing the previous one. A batch's rows are
-        published to later batches before its commit completes; if a commit fails
-        they are forgotten and the error surfaces (the position is the last commit).
+        handlers of this one, and committing the previous one. A batch reads
+        through the previous batch's changes (``layer_over``) while that one is
+        still committing; if a commit fails the cached rows are forgotten and the
+        error surfaces (the position is the last commit).
         """
         target = self.store.head() if until is None else until
+        while True:
+            try:
+                return self._catch_up(target, progress)
+            except VersionSwitched:  # a rebuild was switched in meanwhile: continue on it
+                self._follow_switch()
+
+    def _catch_up(self, target: int, progress: Callable[[int], None] | None) -> int:
         size = self.options.catch_up_batch
         with ThreadPoolExecutor(2, thread_name_prefix=f"catch-up-{self.name}") as pool:
             reading = pool.submit(self.store.read_all, self.position, size)
             committing: Future[int] | None = None
+            previous: Batch | None = None
             staged_to = self.position
             try:
                 while staged_to < target:
@@ -106,9 +115,9 @@ class ProjectionWorker:
                     if not batch:
                         break
                     reading = pool.submit(self.store.read_all, batch[-1].id, size)
-                    staged = self._stage(batch)
+                    staged = self._stage(batch, over=previous)
                     self._confirm(committing, progress)
-                    committing = None
+                    committing, previous = None, staged
                     if staged is None:  # a handler failed: settle this batch the careful way
                         self._apply_one_by_one(batch)
                     else:
@@ -120,8 +129,9 @@ class ProjectionWorker:
                 raise
         return self.position
 
-    def _stage(self, batch: Sequence[Notification]) -> Batch | None:
+    def _stage(self, batch: Sequence[Notification], *, over: Batch | None) -> Batch | None:
         staged = self.views.stage(self.name, self.version)
+        staged.layer_over(over)
         try:
             self.apply_within(staged, batch)
         except HandlerFailed:
