@@ -26,6 +26,7 @@ from framework.errors import (
 )
 from framework.events import EventMetadata
 from framework.mapper import to_stored
+from framework.observe import NULL_OBSERVER, Observer, command_outcome
 from framework.snapshots import snapshot_due, to_snapshot
 from framework.store import (
     Claimed,
@@ -73,8 +74,10 @@ class CommandBus:
         max_attempts: int = 5,
         idempotency_lease_seconds: float = 60.0,
         cache: AggregateCache | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.router = router
+        self.observer = observer or NULL_OBSERVER
         self.store = store
         self._cache = cache if cache is not None else AggregateCache()
         # Retries in one process take turns: commands racing on one aggregate
@@ -84,7 +87,29 @@ class CommandBus:
         self._lease = idempotency_lease_seconds
 
     def execute(self, command: Command, context: CommandContext | None = None) -> Executed:
+        """Run ``command``; reports its outcome and duration to the observer and logs one line."""
         context = context or CommandContext()
+        started = time.perf_counter()
+        try:
+            executed = self._execute(command, context)
+        except BaseException as error:
+            self._finished(command, context, command_outcome(error), started, None)
+            raise
+        self._finished(command, context, "replayed" if executed.replayed else "ok", started, executed.result)
+        return executed
+
+    def _finished(self, command: Command, context: CommandContext, outcome: str, started: float,
+                  result: CommandResult | None) -> None:
+        seconds = time.perf_counter() - started
+        self.observer.command_finished(command.command_name, outcome, seconds)
+        log.info("command %s %s in %.1f ms", command.command_name, outcome, seconds * 1000, extra={
+            "command": command.command_name, "outcome": outcome, "duration_ms": round(seconds * 1000, 3),
+            "correlation_id": context.correlation_id,
+            "aggregate_id": str(result.aggregate_id) if result and result.aggregate_id else None,
+            "position": result.position if result else None,
+        })
+
+    def _execute(self, command: Command, context: CommandContext) -> Executed:
         if context.idempotency_key is None:
             return Executed(self._run(command, context, None))
         return self._execute_once(command, context, context.idempotency_key)
@@ -157,6 +182,7 @@ class CommandBus:
                 claim.key, claim.owner, main.id if main else None, main.version if main else 0
             )
         positions = self.store.append([to_stored(e) for e in envelopes], completion)
+        self.observer.events_appended(len(positions))
         unit.remember()
         self._snapshot(unit)
         return CommandResult(

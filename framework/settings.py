@@ -79,6 +79,9 @@ class Settings:
     command_max_attempts: int = 5
     idempotency_lease_seconds: float = 60.0
     retry_after_seconds: int = 1
+    metrics_port: int | None = None  # relay and project: serve /metrics on this port (unset: off)
+    ready_max_lag_seconds: float = 60.0
+    log_format: str | None = None  # json or text; None: text for dev and one-off commands, json for roles
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -112,6 +115,11 @@ class Settings:
             retry_after_seconds=read.number(
                 "RETRY_AFTER_SECONDS", int, defaults.retry_after_seconds, minimum=0
             ),
+            metrics_port=read.optional_port("METRICS_PORT"),
+            ready_max_lag_seconds=read.number(
+                "READY_MAX_LAG_SECONDS", float, defaults.ready_max_lag_seconds, minimum=0
+            ),
+            log_format=read.choice("LOG_FORMAT", ("json", "text")),
         )
         settings.postgres()  # a malformed URL fails here, at start-up
         return settings
@@ -140,6 +148,16 @@ class _Reader:
     def text(self, name: str, default: str | None) -> str | None:
         value = self._env.get(PREFIX + name)
         return default if value is None else value.strip()
+
+    def optional_port(self, name: str) -> int | None:
+        raw = self._env.get(PREFIX + name, "").strip()
+        return self.number(name, int, 0, minimum=1, maximum=65535) if raw else None
+
+    def choice(self, name: str, choices: tuple[str, ...]) -> str | None:
+        raw = self._env.get(PREFIX + name, "").strip().lower()
+        if raw and raw not in choices:
+            raise ConfigurationError(f"{PREFIX}{name}={raw!r} must be one of {', '.join(choices)}")
+        return raw or None
 
     def number(
         self, name: str, kind: type[N], default: N, *, minimum: float, maximum: float = math.inf

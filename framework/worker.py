@@ -28,6 +28,7 @@ from framework.errors import (
     VersionSwitched,
 )
 from framework.mapper import from_stored
+from framework.observe import NULL_OBSERVER, Observer, correlation_id
 from framework.projector import HandlerContext, IssuedCommand, Projector
 from framework.store import EventStore, Notification
 from framework.views import Batch, DeadLetter, ViewStore
@@ -69,8 +70,10 @@ class ProjectionWorker:
         version: int | None = None,
         follow_active: bool = True,
         sleep: Callable[[float], None] = time.sleep,
+        observer: Observer | None = None,
     ) -> None:
         self.projector = projector
+        self.observer = observer or NULL_OBSERVER
         self.views = views
         self.store = store
         self.commands = commands
@@ -114,6 +117,7 @@ class ProjectionWorker:
                     batch = [n for n in reading.result() if n.id <= target]
                     if not batch:
                         break
+                    started = time.perf_counter()
                     reading = pool.submit(self.store.read_all, batch[-1].id, size)
                     staged = self._stage(batch, over=previous)
                     self._confirm(committing, progress)
@@ -121,7 +125,7 @@ class ProjectionWorker:
                     if staged is None:  # a handler failed: settle this batch the careful way
                         self._apply_one_by_one(batch)
                     else:
-                        committing = pool.submit(self._commit_staged, staged, batch[-1].id)
+                        committing = pool.submit(self._commit_staged, staged, batch, started)
                     staged_to = batch[-1].id
                 self._confirm(committing, progress)
             except BaseException:
@@ -139,9 +143,19 @@ class ProjectionWorker:
         staged.publish()
         return staged
 
-    def _commit_staged(self, staged: Batch, position: int) -> int:
+    def _commit_staged(self, staged: Batch, batch: Sequence[Notification], started: float) -> int:
         self.views.commit_staged(self.name, self.version, staged, follow_active=self._follow_active)
-        return position
+        self._batch_done(batch, started)
+        return batch[-1].id
+
+    def _batch_done(self, batch: Sequence[Notification], started: float) -> None:
+        """Report a committed batch to the observer, and log one line for it."""
+        seconds = time.perf_counter() - started
+        self.observer.batch_applied(self.name, len(batch), seconds)
+        log.info("%s: applied %d events (%d..%d) in %.1f ms", self.name, len(batch), batch[0].id,
+                 batch[-1].id, seconds * 1000, extra={
+                     "projection": self.name, "first_position": batch[0].id, "last_position": batch[-1].id,
+                     "size": len(batch), "duration_ms": round(seconds * 1000, 3)})
 
     def _confirm(self, committing: Future[int] | None, progress: Callable[[int], None] | None) -> None:
         if committing is not None:
@@ -182,9 +196,11 @@ class ProjectionWorker:
                  self.name, self.version, self.position)
 
     def _transaction(self, notifications: Sequence[Notification]) -> None:
+        started = time.perf_counter()
         with self.views.batch(self.name, self.version, follow_active=self._follow_active) as batch:
             self.apply_within(batch, notifications)
         self.position = notifications[-1].id
+        self._batch_done(notifications, started)
 
     def apply_within(self, batch: Batch, notifications: Sequence[Notification]) -> None:
         """Handle notifications inside an open batch and advance it past the last one."""
@@ -196,8 +212,10 @@ class ProjectionWorker:
     def _handle(self, batch: Batch, notification: Notification) -> datetime | None:
         if notification.topic not in self._names:
             return None  # not ours: only the position moves past it
+        token = correlation_id.set(None)
         try:
             envelope = from_stored(notification)
+            correlation_id.set(envelope.metadata.correlation_id)  # what the handler logs and issues
             context = self.projector.context_for(envelope, batch)
             self.projector.apply(envelope, context)
             self._issue(context)
@@ -205,6 +223,8 @@ class ProjectionWorker:
             raise  # infrastructure, not this event: the whole batch is retried later
         except Exception as error:
             raise HandlerFailed(notification, error) from error
+        finally:
+            correlation_id.reset(token)
         return envelope.metadata.recorded_at
 
     def _issue(self, context: HandlerContext) -> None:
@@ -254,6 +274,7 @@ class ProjectionWorker:
             batch.park(letter)
             batch.advance(notification.id, None)
         self.position = notification.id
+        self.observer.dead_lettered(self.name)
         log.error("%s: parked %s at position %d after %d attempts: %s", self.name,
                   notification.topic, notification.id, self.options.handler_attempts, reason)
 

@@ -11,18 +11,23 @@ from dataclasses import replace
 
 from framework.cli import operate, serve, stream
 from framework.errors import EventfoldError
+from framework.logs import configure_logging
 from framework.settings import Settings
 
 __all__ = ["main"]
 
 Runner = Callable[[Settings, argparse.Namespace], int]
+_JSON_LOGS_BY_DEFAULT = {"write-api", "query-api", "relay", "project"}  # the roles a deployment runs
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging("text", logging.INFO)
     try:
         settings = _with_overrides(Settings.from_env(os.environ), args)
+        default_format = "json" if args.command in _JSON_LOGS_BY_DEFAULT else "text"
+        settings = replace(settings, log_format=settings.log_format or default_format)
+        configure_logging(settings.log_format or default_format, logging.INFO)
         run: Runner = args.run
         return run(settings, args)
     except EventfoldError as error:

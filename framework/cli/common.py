@@ -11,6 +11,7 @@ from typing import Any
 from framework.adapters.factory import load_router, open_store
 from framework.bus import CommandBus
 from framework.errors import ConfigurationError
+from framework.observe import Observer
 from framework.projector import Projector
 from framework.settings import PostgresSettings, Settings
 from framework.store import EventStore
@@ -43,12 +44,13 @@ def open_views(postgres: PostgresSettings) -> ViewStore:
     return PostgresViewStore(postgres)
 
 
-def command_bus(settings: Settings, store: EventStore) -> CommandBus:
+def command_bus(settings: Settings, store: EventStore, observer: Observer | None = None) -> CommandBus:
     return CommandBus(
         load_router(settings.app),
         store,
         max_attempts=settings.command_max_attempts,
         idempotency_lease_seconds=settings.idempotency_lease_seconds,
+        observer=observer,
     )
 
 

@@ -60,16 +60,20 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
     from framework.adapters.memory_views import MemoryViewStore
     from framework.graphql.app import query_routes
     from framework.http.write_api import WriteApiOptions, create_write_app
+    from framework.metrics import Metrics
     from framework.runner import run_projection, run_relay
     from framework.worker import ProjectionWorker
 
     embedded = replace(settings, database_url=None)
     store = open_store(embedded)
     store.create_schema()  # an embedded file is private to this process: set it up in place
-    bus = command_bus(embedded, store)
+    metrics = Metrics()
+    bus = command_bus(embedded, store, metrics)
     views = MemoryViewStore()  # rebuilt from the stored events at every start
+    metrics.watch_relay(store)
+    metrics.watch_projections(store, views)
     events = MemoryBus()
-    workers = [ProjectionWorker(p, views, store, bus) for p in load_projectors(embedded.projections)]
+    workers = [ProjectionWorker(p, views, store, bus, observer=metrics) for p in load_projectors(embedded.projections)]
     graphql = load_graphql(embedded.graphql)
 
     @contextlib.asynccontextmanager
@@ -89,8 +93,10 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    write_app = create_write_app(bus, WriteApiOptions(embedded.max_body_bytes, embedded.retry_after_seconds))
-    routes = [*query_routes(graphql, views, store, options=_query_options(embedded)), Mount("/", app=write_app)]
+    write_app = create_write_app(bus, WriteApiOptions(embedded.max_body_bytes, embedded.retry_after_seconds),
+                                 metrics=metrics)
+    routes = [*query_routes(graphql, views, store, options=_query_options(embedded), metrics=metrics),
+              Mount("/", app=write_app)]
     app = Starlette(routes=routes, lifespan=background)
     return _serve(embedded, app, args, store.close)
 
@@ -144,7 +150,8 @@ def run_query_api(settings: Settings, args: argparse.Namespace) -> int:
 def _query_options(settings: Settings) -> Any:
     from framework.graphql import QueryApiOptions
 
-    return QueryApiOptions(consistency_timeout=settings.consistency_timeout_seconds)
+    return QueryApiOptions(consistency_timeout=settings.consistency_timeout_seconds,
+                           ready_max_lag_seconds=settings.ready_max_lag_seconds)
 
 
 def run_write_api(settings: Settings, args: argparse.Namespace) -> int:
@@ -180,8 +187,10 @@ def _serve(settings: Settings, app: Any, args: argparse.Namespace, close: Callab
 
     log.info("listening on http://%s:%d", settings.host, settings.port)
     try:
+        # JSON logs: uvicorn's records go through the root handler too (one format on stderr).
+        log_config: Any = None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG
         uvicorn.run(app, host=settings.host, port=settings.port, access_log=args.access_log,
-                    log_level="info")
+                    log_level="info", log_config=log_config)
     finally:
         close()
     return 0

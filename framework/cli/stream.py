@@ -39,6 +39,16 @@ def _jetstream(settings: Settings) -> Any:
     return JetStreamSettings.from_env(os.environ)
 
 
+def _metrics(settings: Settings) -> Any:
+    """A registry served on EVENTFOLD_METRICS_PORT (on the EVENTFOLD_HOST interface)."""
+    from framework.metrics import Metrics, serve_metrics
+
+    metrics = Metrics()
+    assert settings.metrics_port is not None
+    serve_metrics(metrics, settings.metrics_port, settings.host)
+    return metrics
+
+
 def run_relay_command(settings: Settings, _: argparse.Namespace) -> int:
     from framework.adapters.nats import JetStreamPublisher, connect
     from framework.runner import run_relay
@@ -46,6 +56,9 @@ def run_relay_command(settings: Settings, _: argparse.Namespace) -> int:
     require_postgres(settings, "relay")
     jetstream = _jetstream(settings)
     store = open_store(settings)
+    if settings.metrics_port is not None:
+        metrics = _metrics(settings)
+        metrics.watch_relay(store)
 
     async def main(stop: asyncio.Event) -> None:
         connection = await connect(jetstream)
@@ -72,8 +85,11 @@ def run_project_command(settings: Settings, args: argparse.Namespace) -> int:
     projectors = select_projectors(load_projectors(settings.projections), args.names)
     store = open_store(settings)
     views = open_views(postgres)
-    bus = command_bus(settings, store)
-    workers = [ProjectionWorker(p, views, store, bus) for p in projectors]
+    metrics = _metrics(settings) if settings.metrics_port is not None else None
+    bus = command_bus(settings, store, metrics)
+    workers = [ProjectionWorker(p, views, store, bus, observer=metrics) for p in projectors]
+    if metrics is not None:
+        metrics.watch_projections(store, views, [p.name for p in projectors])
 
     async def main(stop: asyncio.Event) -> None:
         connection = await connect(jetstream)

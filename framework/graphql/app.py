@@ -50,6 +50,8 @@ from strawberry.http import GraphQLHTTPResponse
 from strawberry.types import ExecutionResult
 
 from framework.errors import EventfoldError, StoreUnavailable
+from framework.http.health import Check, metrics_route, projections_check, ready_route, store_check, views_check
+from framework.metrics import Metrics
 from framework.query import InvalidQuery
 from framework.readmodel import ReadModel
 from framework.store import EventStore
@@ -87,6 +89,8 @@ class QueryApiOptions:
     max_body_bytes: int = 65_536
     consistency_timeout: float = 5.0
     poll_seconds: float = 0.005
+    ready_max_lag_seconds: float = 60.0
+    ready_timeout_seconds: float = 2.0
 
 
 @dataclass
@@ -165,16 +169,49 @@ def _field_names(selections: SelectionSetNode, fragments: Mapping[str, FragmentD
             yield from _field_names(fragments[selection.name.value].selection_set, fragments)
 
 
+class CountedRequests(SchemaExtension):
+    """Counts each operation in ``metrics``, by operation name and outcome (``ok`` or the first error's code)."""
+
+    metrics: Metrics
+
+    def on_operation(self) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        context = self.execution_context
+        errors = [*(context.pre_execution_errors or []), *((context.result.errors if context.result else None) or [])]
+        outcome = _code(errors[0]) if errors else "ok"
+        self.metrics.graphql_request(context.operation_name, outcome, time.perf_counter() - started)
+
+
+def _code(error: GraphQLError) -> str:
+    """The ``extensions.code`` that ``_formatted`` gives an error."""
+    original = error.original_error
+    if isinstance(original, InvalidQuery):
+        return "BAD_USER_INPUT"
+    if isinstance(original, StoreUnavailable):
+        return "SERVICE_UNAVAILABLE"
+    if isinstance(original, EventfoldError):
+        return original.code.upper()
+    if isinstance(original, GraphQLError):
+        return str((original.extensions or {}).get("code", "BAD_USER_INPUT"))
+    if original is not None:
+        return "INTERNAL_SERVER_ERROR"
+    lowered = error.message.lower()
+    return next((c for text, c in _CODES if text in lowered), "GRAPHQL_VALIDATION_FAILED")
+
+
 class _Schema(strawberry.Schema):
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
         """Errors are logged once, by the response formatting (with their tracebacks when unexpected)."""
 
 
 def build_schema(
-    query: type, options: QueryApiOptions, projections_by_field: Mapping[str, Sequence[str]]
+    query: type, options: QueryApiOptions, projections_by_field: Mapping[str, Sequence[str]],
+    metrics: Metrics | None = None,
 ) -> strawberry.Schema:
-    """The schema with Eventfold's extensions: caches, limits and read-your-writes."""
+    """The schema with Eventfold's extensions: caches, limits, read-your-writes and request metrics."""
     consistency = type("ReadYourWritesFor", (ReadYourWrites,), {"projections_by_field": projections_by_field})
+    counted: list[Any] = [type("CountedIn", (CountedRequests,), {"metrics": metrics})] if metrics else []
     return _Schema(
         query=query,
         # Factories, not instances: an extension instance holds the current
@@ -186,6 +223,7 @@ def build_schema(
             lambda: MaxTokensLimiter(max_token_count=options.max_tokens),
             lambda: MaxAliasesLimiter(max_alias_count=options.max_aliases),
             consistency,
+            *counted,
         ],
     )
 
@@ -335,10 +373,11 @@ def query_routes(
     store: EventStore | None = None,
     *,
     options: QueryApiOptions | None = None,
+    metrics: Metrics | None = None,
 ) -> list[Route]:
     """``/graphql`` (GET and POST), to mount beside other routes (the embedded mode does)."""
     options = options or QueryApiOptions()
-    schema = build_schema(spec.query, options, spec.projections_by_field)
+    schema = build_schema(spec.query, options, spec.projections_by_field, metrics)
     graphql = _Guard(_QueryApi(schema, views, store, options), options.max_body_bytes)
     return [Route("/graphql", graphql, methods=["GET", "POST"])]
 
@@ -349,10 +388,33 @@ def create_query_app(
     store: EventStore | None = None,
     *,
     options: QueryApiOptions | None = None,
+    metrics: Metrics | None = None,
 ) -> Starlette:
-    """The query API: ``/graphql`` and ``GET /healthz``."""
+    """The query API: ``/graphql``, ``GET /healthz``, ``GET /readyz`` and ``GET /metrics``.
+
+    Without ``metrics``, a fresh registry that also exports the projections' positions and lags.
+    """
+    options = options or QueryApiOptions()
+    if metrics is None:
+        metrics = Metrics()
+        if store is not None:
+            metrics.watch_projections(store, views)
 
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    return Starlette(routes=[*query_routes(spec, views, store, options=options), Route("/healthz", healthz)])
+    return Starlette(routes=[
+        *query_routes(spec, views, store, options=options, metrics=metrics),
+        Route("/healthz", healthz),
+        ready_route(readiness_checks(views, store, options), options.ready_timeout_seconds),
+        metrics_route(metrics),
+    ])
+
+
+def readiness_checks(views: ViewStore, store: EventStore | None, options: QueryApiOptions) -> dict[str, Check]:
+    """The read models answer; with the store, no active projection is stalled or lagging too far."""
+    checks = {"read_models": views_check(views)}
+    if store is not None:
+        checks["event_store"] = store_check(store)
+        checks["projections"] = projections_check(store, views, options.ready_max_lag_seconds)
+    return checks

@@ -1,4 +1,4 @@
-"""The write API: ``POST /commands/{CommandName}``, ``GET /openapi.json``, ``GET /healthz``.
+"""The write API: ``POST /commands/{CommandName}``, ``GET /openapi.json``, ``/healthz``, ``/readyz``, ``/metrics``.
 
 Requests are parsed and checked here; the command itself runs on a worker
 thread through the synchronous ``CommandBus``. Every failure leaves as
@@ -24,8 +24,11 @@ from starlette.routing import Route
 
 from framework.bus import CommandBus, CommandContext, Executed
 from framework.errors import EventfoldError
+from framework.http.health import metrics_route, ready_route, store_check
 from framework.http.openapi import openapi_document
 from framework.http.problems import problem, problem_for
+from framework.metrics import Metrics
+from framework.observe import NULL_OBSERVER, correlation_id
 
 __all__ = ["WriteApiOptions", "create_write_app"]
 
@@ -38,6 +41,7 @@ _HEADER_VALUE = re.compile(r"^[\x21-\x7e]{1,255}$")
 class WriteApiOptions:
     max_body_bytes: int = 1_048_576
     retry_after_seconds: int = 1
+    ready_timeout_seconds: float = 2.0
 
 
 class _BadRequest(Exception):
@@ -46,9 +50,17 @@ class _BadRequest(Exception):
         self.response = problem(status, title, detail, code)
 
 
-def create_write_app(bus: CommandBus, options: WriteApiOptions | None = None) -> Starlette:
+def create_write_app(
+    bus: CommandBus, options: WriteApiOptions | None = None, *, metrics: Metrics | None = None
+) -> Starlette:
+    """The write API. ``metrics`` is what ``/metrics`` serves (default: a fresh registry, which
+    becomes the bus's observer when the bus has none)."""
     options = options or WriteApiOptions()
     openapi = openapi_document(bus.router)
+    if metrics is None:
+        metrics = Metrics()
+        if bus.observer is NULL_OBSERVER:
+            bus.observer = metrics
 
     async def post_command(request: Request) -> Response:
         try:
@@ -69,6 +81,8 @@ def create_write_app(bus: CommandBus, options: WriteApiOptions | None = None) ->
             Route("/commands/{name}", post_command, methods=["POST"]),
             Route("/openapi.json", get_openapi, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
+            ready_route({"event_store": store_check(bus.store)}, options.ready_timeout_seconds),
+            metrics_route(metrics),
         ],
         exception_handlers={HTTPException: _http_problem, Exception: _internal_error},
     )
@@ -81,7 +95,11 @@ async def _handle_command(request: Request, bus: CommandBus, options: WriteApiOp
     payload = _decode(await _read_body(request, options.max_body_bytes))
     command = bus.router.parse(command_type.command_name, payload)
     context = _context(request)
-    executed = await run_in_threadpool(bus.execute, command, context)
+    token = correlation_id.set(context.correlation_id)
+    try:
+        executed = await run_in_threadpool(bus.execute, command, context)
+    finally:
+        correlation_id.reset(token)
     return _accepted(executed, context)
 
 

@@ -14,10 +14,10 @@ import pytest
 import framework
 
 FRAMEWORK = Path(framework.__file__).parent
-ADAPTER_DRIVERS = ("psycopg", "psycopg_pool", "nats", "strawberry", "starlette", "uvicorn")
+ADAPTER_DRIVERS = ("psycopg", "psycopg_pool", "nats", "strawberry", "starlette", "uvicorn", "prometheus_client")
 EDGE_PACKAGES = ("framework.adapters", "framework.http")
 # Top-level modules that are edges themselves, not core.
-EDGE_MODULES = {"cli"}
+EDGE_MODULES = {"cli", "metrics"}
 
 EXPECTED_PUBLIC_API = [
     "Aggregate",

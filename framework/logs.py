@@ -1,0 +1,55 @@
+"""Log output: text for people, or one JSON object per line for log collectors.
+
+A JSON line has ``time`` (UTC, ISO 8601), ``level``, ``logger``, ``message``,
+``correlation_id`` (the record's own, else ``framework.observe.correlation_id``),
+the record's extra fields (the bus's ``command``, ``outcome``, ``duration_ms``,
+``aggregate_id``, ``position``; a worker's ``projection``, ``first_position``,
+``last_position``, ``size``, ``duration_ms``) and ``exception`` when there is one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from framework.observe import correlation_id
+
+__all__ = ["TEXT_FORMAT", "JsonFormatter", "configure_logging"]
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "taskName"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "correlation_id": getattr(record, "correlation_id", None) or correlation_id.get(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and key not in line:
+                line[key] = value
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        elif record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(line, default=str, ensure_ascii=False)
+
+
+def configure_logging(log_format: str, level: int = logging.INFO) -> None:
+    """Send every log record to stderr, as ``json`` lines or ``text``; replaces earlier handlers."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
