@@ -176,11 +176,18 @@ class CountedRequests(SchemaExtension):
 
     def on_operation(self) -> Iterator[None]:
         started = time.perf_counter()
-        yield
+        try:
+            yield
+        except GraphQLError as error:  # a syntax error surfaces through the extensions
+            self._count([error], started)
+            raise
         context = self.execution_context
-        errors = [*(context.pre_execution_errors or []), *((context.result.errors if context.result else None) or [])]
+        result_errors = (context.result.errors if context.result else None) or []
+        self._count([*(context.pre_execution_errors or []), *result_errors], started)
+
+    def _count(self, errors: list[GraphQLError], started: float) -> None:
         outcome = _code(errors[0]) if errors else "ok"
-        self.metrics.graphql_request(context.operation_name, outcome, time.perf_counter() - started)
+        self.metrics.graphql_request(self.execution_context.operation_name, outcome, time.perf_counter() - started)
 
 
 def _code(error: GraphQLError) -> str:

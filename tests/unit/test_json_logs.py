@@ -1,0 +1,71 @@
+"""JSON log lines: one object per line, with the correlation id, one line per command and per batch."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from example_app.commands import OpenAccount
+from example_app.handlers import router as example_router
+from framework import CommandBus, CommandContext
+from framework.adapters.memory import MemoryEventStore
+from framework.logs import JsonFormatter
+from framework.observe import correlation_id
+
+
+@pytest.fixture
+def lines() -> Iterator[io.StringIO]:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield stream
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+
+
+def parsed(stream: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_a_line_is_one_json_object_with_the_context_correlation_id(lines: io.StringIO) -> None:
+    token = correlation_id.set("corr-42")
+    try:
+        logging.getLogger("eventfold.test").warning("hello %s", "world")
+    finally:
+        correlation_id.reset(token)
+    (line,) = [x for x in parsed(lines) if x["logger"] == "eventfold.test"]
+    assert line["message"] == "hello world"
+    assert line["level"] == "WARNING"
+    assert line["correlation_id"] == "corr-42"
+    assert str(line["time"]).endswith("+00:00")
+
+
+def test_one_line_per_command_with_its_outcome_and_position(lines: io.StringIO) -> None:
+    bus = CommandBus(example_router, MemoryEventStore())
+    result = bus.execute(OpenAccount(account_number="ACC-9", holder_name="Ada"),
+                         CommandContext(correlation_id="req-7")).result
+    (line,) = [x for x in parsed(lines) if x.get("command") == "OpenAccount"]
+    assert line["outcome"] == "ok"
+    assert line["correlation_id"] == "req-7"
+    assert line["aggregate_id"] == str(result.aggregate_id)
+    assert line["position"] == result.position
+    assert isinstance(line["duration_ms"], float)
+
+
+def test_exceptions_stay_on_one_line(lines: io.StringIO) -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logging.getLogger("eventfold.test").exception("failed")
+    (line,) = [x for x in parsed(lines) if x["logger"] == "eventfold.test"]
+    assert "ValueError: boom" in str(line["exception"])
