@@ -105,3 +105,27 @@ def test_graphql_operation_labels_are_bounded() -> None:
     metrics.graphql_request(None, "ok", 0.01)
     assert sample(metrics, "eventfold_graphql_requests_total", operation="Op0", outcome="ok") == 1
     assert sample(metrics, "eventfold_graphql_requests_total", operation="other", outcome="ok") == 51
+
+
+def test_the_grafana_dashboard_uses_only_exported_metrics() -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    dashboard = json.loads((Path(__file__).parents[2] / "docs" / "grafana-dashboard.json").read_text())
+    store = MemoryEventStore()
+    _append_ticks(store, 2)
+    metrics = Metrics(process=False)
+    ProjectionWorker(Fragile(), MemoryViewStore(), store, observer=metrics)  # registers its state
+    metrics.watch_relay(store)
+    metrics.graphql_request("Q", "ok", 0.1)
+    metrics.command_finished("C", "ok", 0.1)
+    metrics.batch_applied("fragile", 1, 0.1)
+    metrics.dead_lettered("fragile")
+    exported = set(re.findall(r"^(eventfold_\w+)", metrics.exposition().decode(), re.M))
+    used = set(re.findall(r"eventfold_\w+", json.dumps(dashboard)))
+    projection_gauges = {"eventfold_projection_position", "eventfold_projection_lag_events",
+                         "eventfold_projection_lag_seconds", "eventfold_projection_dead_letters",
+                         "eventfold_projection_stalled"}
+    assert dashboard["panels"] and used - exported <= projection_gauges
+    assert projection_gauges <= used
