@@ -1,0 +1,900 @@
+#!/usr/bin/env python
+"""Query-path benchmark: Eventfold's GraphQL API over real HTTP against raw baselines of the same run.
+
+Phases, one after the other, each at ``--connections`` (16) concurrent HTTP/1.1 keep-alive
+connections:
+
+1. baselines, served by one uvicorn process started by this script with the same settings as
+   ``eventfold query-api`` (uvicorn's default loop and HTTP parser, access log off):
+   ``json``   a bare Starlette endpoint answering JSON;
+   ``hello0`` plain Strawberry ``{ hello }``, no extensions (for reference);
+   ``hello``  plain Strawberry ``{ hello }`` with ``ParserCache`` + ``ValidationCache`` passed as
+              factories (``lambda: ParserCache(...)``), as Eventfold passes them;
+2. Eventfold: a real ``eventfold query-api`` subprocess on PostgreSQL, its read models filled by
+   seeding the event store (``--actions`` corporate actions through the example's commands on
+   ``CommandBus`` + ``PostgresEventStore``) and a catch-up of every projection
+   (``ProjectionWorker`` on ``PostgresViewStore``):
+   ``card``   (a) one card by id ``{ card(actionId: "...") { actionId status kind recordDate } }``,
+              the ids rotating over every seeded action;
+   ``cards``  (b) a page of 20 cards with a nested, batched field
+              ``{ cards(first: 20) { edges { node { actionId status security { name } } } } }``.
+
+The target: (a) >= 0.7x the cached Strawberry baseline's requests/s, and (a)'s p99 <= 30 ms.
+
+The driver is ``wrk`` (Debian's package: C, one thread, Lua only to rotate bodies and check
+answers) when it is on PATH, else raw asyncio streams in this process (``--driver raw``). Every
+answer is checked: a status other than 200 or a body with ``"errors"`` counts as an error.
+The script creates its own database (``eventfold_bench_<pid>_graphql``) on the server named by
+``EVENTFOLD_BENCH_DATABASE_URL`` (default ``postgresql://postgres@127.0.0.1:5432/postgres``),
+drops it at the end, and stops the servers it started. It prints figures, ratios and a verdict,
+and never asserts: speed is reported, not tested.
+
+    python benchmarks/graphql.py                 # full run, 5 s per phase (about a minute)
+    python benchmarks/graphql.py --quick         # smoke run
+    python benchmarks/graphql.py --only hello,card --duration 10
+    python benchmarks/graphql.py --py-spy /path/to/py-spy   # and where (a) spends the server's CPU
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+# This file is named graphql.py: with its folder on sys.path, Strawberry's `import graphql` would
+# import this script instead of graphql-core. The folder comes off before anything is imported.
+for _entry in [p for p in sys.path if Path(p or ".").resolve() == _HERE]:
+    sys.path.remove(_entry)
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import shlex  # noqa: E402
+import shutil  # noqa: E402
+import socket  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from collections import Counter  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from contextlib import suppress  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from datetime import date, timedelta  # noqa: E402
+from importlib import metadata  # noqa: E402
+from types import ModuleType  # noqa: E402
+from typing import Any  # noqa: E402
+from urllib.parse import urlsplit  # noqa: E402
+
+import psycopg  # noqa: E402
+
+
+def _sibling(name: str) -> ModuleType:
+    """A module of this folder, loaded by path (the folder is not on sys.path, see above)."""
+    spec = importlib.util.spec_from_file_location(name, _HERE / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+wp = _sibling("write_path")  # databases, CPU accounting, the raw HTTP client, the server helpers
+
+DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+SCHEMA = "bench_read"  # EVENTFOLD_DB_SCHEMA of the query API: not the default schema
+TARGET_RATIO = 0.7
+TARGET_P99_MS = 30.0
+ISINS = {"US0378331005": ("Apple Inc.", "USD"), "DE0007164600": ("SAP SE", "EUR"),
+         "FR0000120271": ("TotalEnergies SE", "EUR")}
+HELLO = '{ hello }'
+CARD = '{ card(actionId: "%s") { actionId status kind recordDate } }'
+CARDS = "{ cards(first: 20) { edges { node { actionId status security { name } } } } }"
+
+# The baselines' server: run as `python -P -c BASELINE_SERVER` (-P: no script folder or cwd on
+# sys.path, so this folder's graphql.py cannot shadow graphql-core), served like `eventfold
+# query-api` serves (framework/cli/serve.py `_serve`): uvicorn.run defaults, access log off.
+BASELINE_SERVER = """
+import os
+import strawberry
+import uvicorn
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from strawberry.asgi import GraphQL
+from strawberry.extensions import ParserCache, ValidationCache
+
+@strawberry.type
+class Query:
+    @strawberry.field
+    def hello(self) -> str:
+        return "world"
+
+cached = strawberry.Schema(query=Query, extensions=[
+    lambda: ParserCache(maxsize=1024), lambda: ValidationCache(maxsize=1024)])
+plain = strawberry.Schema(query=Query)
+
+async def bare_json(request):
+    await request.body()
+    return JSONResponse({"data": {"hello": "world"}})
+
+async def healthz(request):
+    return JSONResponse({"status": "ok"})
+
+app = Starlette(routes=[
+    Route("/json", bare_json, methods=["GET", "POST"]),
+    Route("/graphql", GraphQL(cached, graphql_ide=None), methods=["GET", "POST"]),
+    Route("/graphql-plain", GraphQL(plain, graphql_ide=None), methods=["GET", "POST"]),
+    Route("/healthz", healthz),
+])
+uvicorn.run(app, host="127.0.0.1", port=int(os.environ["BENCH_PORT"]), access_log=False,
+            log_level="info")
+"""
+
+
+# --------------------------------------------------------------------------- phases
+
+
+@dataclass(frozen=True)
+class Phase:
+    key: str
+    name: str
+    server: str  # "baseline" or "eventfold"
+    path: str
+    queries: list[str]  # rotated over by every connection
+
+
+def phases(action_ids: list[str]) -> dict[str, Phase]:
+    cards = [CARD % a for a in action_ids] or [CARD % "CA-0000"]
+    return {
+        "json": Phase("json", "Starlette JSON endpoint (bare)", "baseline", "/json", [HELLO]),
+        "hello0": Phase("hello0", "Strawberry { hello }, no extensions", "baseline", "/graphql-plain", [HELLO]),
+        "hello": Phase("hello", "Strawberry { hello }, ParserCache+ValidationCache", "baseline", "/graphql",
+                       [HELLO]),
+        "card": Phase("card", "(a) Eventfold card(actionId) by id", "eventfold", "/graphql", cards),
+        "cards": Phase("cards", "(b) Eventfold cards(first: 20) + security{name}", "eventfold", "/graphql",
+                       [CARDS]),
+    }
+
+
+ORDER = ["json", "hello0", "hello", "card", "cards"]
+
+
+def body_of(query: str) -> bytes:
+    return json.dumps({"query": query}).encode()
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class Result:
+    name: str
+    seconds: float
+    ok: int = 0
+    p50_ms: float = float("nan")
+    p99_ms: float = float("nan")
+    mean_ms: float = float("nan")
+    errors: Counter[str] = field(default_factory=Counter)
+    cpu: dict[str, float] = field(default_factory=dict)  # role -> CPU seconds in the window
+
+    @property
+    def rate(self) -> float:
+        return self.ok / self.seconds if self.seconds else 0.0
+
+    def cpu_ms_per_op(self, role: str) -> float | None:
+        if role not in self.cpu or not self.ok:
+            return None
+        return self.cpu[role] / self.ok * 1000
+
+    def other_load(self) -> float | None:
+        if "other" not in self.cpu or not self.seconds:
+            return None
+        return self.cpu["other"] / (self.seconds * (os.cpu_count() or 1)) * 100
+
+
+def _percentile_ms(ordered: list[float], p: float) -> float:
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))] * 1000
+
+
+class Sampler(threading.Thread):
+    """CPU seconds in a window: the driver (when it is a process we can sample), the server, this
+    benchmark's PostgreSQL processes, and everything else on the machine ('other')."""
+
+    def __init__(self, window: Any, server_pid: int | None, driver_pid: int | None,
+                 pg_pids: Callable[[], list[int]]) -> None:
+        super().__init__(daemon=True)
+        self._window, self._server, self._driver, self._pg_pids = window, server_pid, driver_pid, pg_pids
+        self._pg: list[int] = []
+        self.cpu: dict[str, float] = {}
+
+    def _sample(self) -> dict[str, float]:
+        sample = {"postgres": sum(wp._cpu_of(p) for p in self._pg), "machine": wp._machine_busy()}
+        if self._server is not None:
+            sample["server"] = wp._cpu_of(self._server)
+        if self._driver is not None:
+            sample["driver"] = wp._cpu_of(self._driver)
+        return sample
+
+    def run(self) -> None:
+        self._pg = self._pg_pids()
+        time.sleep(max(0.0, self._window.start - time.perf_counter()))
+        before = self._sample()
+        time.sleep(max(0.0, self._window.end - time.perf_counter()))
+        after = self._sample()
+        cpu = {role: after[role] - before[role] for role in before}
+        cpu["other"] = max(0.0, cpu.pop("machine") - sum(cpu.values()))
+        self.cpu = cpu
+
+
+# --------------------------------------------------------------------------- drivers
+
+
+class RawDriver:
+    """HTTP/1.1 keep-alive over raw asyncio streams, in this process (write_path.py's client)."""
+
+    kind = "raw asyncio streams in the benchmark process (its CPU is the 'driver' column)"
+
+    def __init__(self, pg_pids: Callable[[], list[int]]) -> None:
+        self._pg_pids = pg_pids
+
+    def run(self, phase: Phase, port: int, server_pid: int | None, connections: int,
+            warmup: float, duration: float) -> Result:
+        return asyncio.run(self._main(phase, port, server_pid, connections, warmup, duration))
+
+    async def _main(self, phase: Phase, port: int, server_pid: int | None, connections: int,
+                    warmup: float, duration: float) -> Result:
+        bodies = [body_of(q) for q in phase.queries]
+        window = wp.Window.after(warmup, duration)
+        result = Result(phase.name, duration)
+        latencies: list[float] = []
+        sampler = Sampler(window, server_pid, os.getpid(), self._pg_pids)
+        sampler.start()
+
+        async def one(index: int) -> None:
+            client = wp.RawHttpClient("127.0.0.1", port)
+            try:
+                while (began := time.perf_counter()) < window.end:
+                    body = bodies[index % len(bodies)]
+                    index += 1
+                    try:
+                        status, data = await client.post(phase.path, body)
+                    except Exception as error:  # reported, not raised
+                        result.errors[type(error).__name__] += 1
+                        continue
+                    ended = time.perf_counter()
+                    if not window.holds(began, ended):
+                        continue
+                    if status != 200 or b'"errors"' in data:
+                        result.errors[f"HTTP {status}" if status != 200 else "GraphQL errors"] += 1
+                    else:
+                        latencies.append(ended - began)
+            finally:
+                await client.close()
+
+        await asyncio.gather(*(one(i * 7) for i in range(connections)))
+        sampler.join()
+        latencies.sort()
+        result.ok = len(latencies)
+        result.p50_ms, result.p99_ms = _percentile_ms(latencies, 50), _percentile_ms(latencies, 99)
+        result.mean_ms = statistics.fmean(latencies) * 1000 if latencies else float("nan")
+        result.cpu = sampler.cpu
+        return result
+
+
+WRK_SCRIPT = """
+local bodies = { %(bodies)s }
+local count = #bodies
+local index = 0
+bad = 0
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local threads = {}
+
+function setup(thread)
+  thread:set("offset", #threads * 7)
+  table.insert(threads, thread)
+end
+
+wrk.path = "%(path)s"
+wrk.body = bodies[1]
+if count > 1 then
+  function request()
+    index = index + 1
+    return wrk.format(nil, nil, nil, bodies[((index + offset) %% count) + 1])
+  end
+end
+
+function response(status, headers, body)
+  if status ~= 200 or string.find(body, '"errors"', 1, true) then
+    bad = bad + 1
+  end
+end
+
+function done(summary, latency, requests)
+  local failed = 0
+  for _, thread in ipairs(threads) do failed = failed + thread:get("bad") end
+  local e = summary.errors
+  io.write(string.format(
+    "EVENTFOLD requests=%%.0f duration_us=%%.0f bad=%%.0f p50_us=%%.0f p99_us=%%.0f mean_us=%%.1f"
+    .. " connect=%%.0f read=%%.0f write=%%.0f timeout=%%.0f\\n",
+    summary.requests, summary.duration, failed, latency:percentile(50), latency:percentile(99),
+    latency.mean, e.connect, e.read, e.write, e.timeout))
+end
+"""
+
+
+class WrkDriver:
+    """``wrk`` in a subprocess: one thread, N keep-alive connections; Lua rotates bodies and checks
+    answers. Its CPU (the 'driver' column) is the measured run's, from the kernel (wait4)."""
+
+    kind = "wrk (1 thread, Lua body rotation + answer check), a subprocess"
+
+    def __init__(self, wrk: str, pg_pids: Callable[[], list[int]]) -> None:
+        self._wrk, self._pg_pids = wrk, pg_pids
+
+    def run(self, phase: Phase, port: int, server_pid: int | None, connections: int,
+            warmup: float, duration: float) -> Result:
+        seconds = max(1, round(duration))  # wrk takes whole seconds
+        with tempfile.TemporaryDirectory(prefix="eventfold-bench-wrk-") as folder:
+            script = Path(folder) / "phase.lua"
+            script.write_text(WRK_SCRIPT % {
+                "bodies": ", ".join(_lua_string(body_of(q).decode()) for q in phase.queries),
+                "path": phase.path,
+            })
+            if warmup > 0:
+                self._wrk_run(script, port, connections, max(1, round(warmup)), None)
+            output = Path(folder) / "out.txt"
+            return self._measured(phase, script, output, port, server_pid, connections, seconds)
+
+    def _command(self, script: Path, port: int, connections: int, seconds: int) -> list[str]:
+        return [self._wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script),
+                f"http://127.0.0.1:{port}/"]
+
+    def _wrk_run(self, script: Path, port: int, connections: int, seconds: int, out: Path | None) -> None:
+        with open(out or os.devnull, "w") as sink:
+            subprocess.run(self._command(script, port, connections, seconds), stdout=sink,
+                           stderr=subprocess.STDOUT, check=False, timeout=seconds + 60)
+
+    def _measured(self, phase: Phase, script: Path, output: Path, port: int, server_pid: int | None,
+                  connections: int, seconds: int) -> Result:
+        with open(output, "w") as sink:
+            process = subprocess.Popen(self._command(script, port, connections, seconds), stdout=sink,
+                                       stderr=subprocess.STDOUT)
+            start = time.perf_counter()
+            window = wp.Window(start, start + seconds)
+            sampler = Sampler(window, server_pid, None, self._pg_pids)
+            sampler.start()
+            _, _, usage = os.wait4(process.pid, 0)
+            process.returncode = 0  # reaped by wait4 above
+        sampler.join()
+        text = output.read_text()
+        line = next((x for x in text.splitlines() if x.startswith("EVENTFOLD ")), None)
+        if line is None:
+            raise RuntimeError(f"wrk gave no summary: {text[-500:]}")
+        values = {k: float(v) for k, v in (item.split("=") for item in line.split()[1:])}
+        result = Result(phase.name, values["duration_us"] / 1e6)
+        result.ok = int(values["requests"] - values["bad"])
+        result.p50_ms, result.p99_ms = values["p50_us"] / 1000, values["p99_us"] / 1000
+        result.mean_ms = values["mean_us"] / 1000
+        if values["bad"]:
+            result.errors["bad answer (status/GraphQL errors)"] = int(values["bad"])
+        for kind in ("connect", "read", "write", "timeout"):
+            if values[kind]:
+                result.errors[f"socket {kind}"] = int(values[kind])
+        result.cpu = dict(sampler.cpu)
+        result.cpu["driver"] = usage.ru_utime + usage.ru_stime
+        result.cpu["other"] = max(0.0, result.cpu.get("other", 0.0) - result.cpu["driver"])
+        return result
+
+
+def _lua_string(text: str) -> str:
+    return "[==[" + text + "]==]"
+
+
+# --------------------------------------------------------------------------- servers
+
+
+class Server:
+    """A server subprocess on a free port (cwd: the repository), up when /healthz answers 200."""
+
+    def __init__(self, name: str, command: list[str], env: dict[str, str]) -> None:
+        self.name, self.port = name, wp._free_port()
+        self._command = [c.replace("{port}", str(self.port)) for c in command]
+        self._env = {**os.environ, **env, "PYTHONUNBUFFERED": "1", "BENCH_PORT": str(self.port)}
+        self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed in stop())
+            "w+", prefix="eventfold-bench-", suffix=".log")
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def __enter__(self) -> Server:
+        self._process = subprocess.Popen(self._command, env=self._env, cwd=_HERE.parent,
+                                         stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {self.log_tail()}")
+            if self._healthy():
+                return self
+            time.sleep(0.1)
+        self.__exit__()
+        raise RuntimeError(f"{self.name} did not come up: {self.log_tail()}")
+
+    def _healthy(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                return sock.recv(64).startswith(b"HTTP/1.1 200")
+        except OSError:
+            return False
+
+    def log_tail(self) -> str:
+        self._log.flush()
+        self._log.seek(0)
+        return self._log.read()[-1500:]
+
+    def __exit__(self, *_: object) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(2)  # SIGINT: uvicorn shuts down gracefully
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+        self._log.close()
+
+
+def baseline_server() -> Server:
+    return Server("baseline server", [sys.executable, "-P", "-c", BASELINE_SERVER], {})
+
+
+def query_api(url: str, command: str | None) -> Server:
+    """``eventfold query-api``, or ``command`` (to compare a patched server) with the same
+    environment and ``--host``/``--port`` arguments."""
+    program = shlex.split(command) if command else [*wp._eventfold_command(), "query-api"]
+    return Server("eventfold query-api", [*program, "--host", "127.0.0.1", "--port", "{port}"],
+                  _eventfold_env(url))
+
+
+def _eventfold_env(url: str) -> dict[str, str]:
+    return {"EVENTFOLD_DATABASE_URL": url, "EVENTFOLD_DB_SCHEMA": SCHEMA}
+
+
+def check_answer(port: int, phase: Phase) -> str:
+    """One request before measuring: the phase must get the data it asks for, not errors."""
+
+    async def ask() -> tuple[int, bytes]:
+        client = wp.RawHttpClient("127.0.0.1", port)
+        try:
+            result: tuple[int, bytes] = await client.post(phase.path, body_of(phase.queries[0]))
+            return result
+        finally:
+            await client.close()
+
+    status, data = asyncio.run(ask())
+    answer = json.loads(data) if data.startswith(b"{") else {}
+    problem = ""
+    if status != 200 or answer.get("errors") or not answer.get("data"):
+        problem = f"HTTP {status} {data[:300]!r}"
+    elif phase.key == "card" and not answer["data"].get("card"):
+        problem = f"no card found: {data[:300]!r}"
+    elif phase.key == "cards" and len(answer["data"]["cards"]["edges"]) != 20:
+        problem = f"not a page of 20: {data[:300]!r}"
+    if problem:
+        raise RuntimeError(f"{phase.key}: unexpected answer: {problem}")
+    return data.decode()
+
+
+# --------------------------------------------------------------------------- the read models
+
+
+@dataclass
+class Seeded:
+    action_ids: list[str]
+    commands: int
+    events: int
+    cards: int
+    seconds_commands: float
+    seconds_catch_up: float
+    positions: dict[str, int]
+
+
+def init_db(url: str) -> None:
+    done = subprocess.run([*wp._eventfold_command(), "init-db"], env={**os.environ, **_eventfold_env(url)},
+                          cwd=_HERE.parent, capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"eventfold init-db failed: {done.stderr.strip()[-500:]}")
+
+
+def seed_commands(actions: int, accounts: int) -> list[Any]:
+    """Securities, accounts holding them, then ``actions`` corporate actions in every state:
+    7 in 10 validated (their entitlements recorded and notified by the process manager),
+    1 rejected, 1 cancelled, 1 left announced."""
+    from example_app.commands import (
+        AnnounceCorporateAction,
+        CancelCorporateAction,
+        CreditHoldings,
+        OpenAccount,
+        RegisterSecurity,
+        RejectCorporateAction,
+        ValidateCorporateAction,
+    )
+
+    isins = list(ISINS)
+    commands: list[Any] = [RegisterSecurity(isin=i, name=n, currency=c) for i, (n, c) in ISINS.items()]
+    for a in range(accounts):
+        number = f"ACC-{a:04d}"
+        commands.append(OpenAccount(account_number=number, holder_name=f"Holder {a}"))
+        commands.append(CreditHoldings(account_number=number, isin=isins[a % len(isins)], quantity=100 + a))
+    today = date.today()
+    for i in range(actions):
+        action_id, isin = f"CA-{i:04d}", isins[i % len(isins)]
+        record = today + timedelta(days=1 + i % 90)
+        if i % 2:
+            terms: dict[str, Any] = {"kind": "cash_dividend", "amount_per_unit": "0.25",
+                                     "currency": ISINS[isin][1]}
+        else:
+            terms = {"kind": "stock_split", "new_units": 2, "old_units": 1}
+        commands.append(AnnounceCorporateAction.model_validate({
+            "action_id": action_id, "isin": isin, "record_date": record,
+            "payment_date": record + timedelta(days=7), "terms": terms}))
+        fate = i % 10
+        if fate < 7:
+            commands.append(ValidateCorporateAction(action_id=action_id))
+        elif fate == 7:
+            commands.append(RejectCorporateAction(action_id=action_id, reasons=["Terms do not match"]))
+        elif fate == 8:
+            commands.append(CancelCorporateAction(action_id=action_id, reason="Withdrawn by the issuer"))
+    return commands
+
+
+def seed(url: str, actions: int, accounts: int) -> Seeded:
+    """Fill the event store through the command bus, then catch every projection up (the process
+    manager's own commands included) until nothing new is written."""
+    from example_app.app import build_router
+    from framework.adapters.postgres import PostgresEventStore
+    from framework.adapters.postgres_views import PostgresViewStore
+    from framework.bus import CommandBus, CommandContext
+    from framework.settings import Settings
+    from framework.worker import ProjectionWorker
+    from projections import build_projectors
+    from projections.cards import CorporateActionCard
+
+    postgres = Settings(database_url=url, db_schema=SCHEMA).postgres()
+    assert postgres is not None
+    store, views = PostgresEventStore(postgres), PostgresViewStore(postgres)
+    try:
+        bus = CommandBus(build_router(), store)
+        commands = seed_commands(actions, accounts)
+        began = time.perf_counter()
+        for command in commands:
+            bus.execute(command, CommandContext(correlation_id="bench-seed", actor="bench"))
+        seconds_commands = time.perf_counter() - began
+        began = time.perf_counter()
+        workers = [ProjectionWorker(p, views, store, bus) for p in build_projectors()]
+        for _ in range(20):
+            head = store.head()
+            for worker in workers:
+                worker.catch_up()
+            if store.head() == head:
+                break
+        seconds_catch_up = time.perf_counter() - began
+        cards = views.query("cards", CorporateActionCard)
+        return Seeded([c.action_id for c in cards], len(commands), store.head(), len(cards),
+                      seconds_commands, seconds_catch_up, {w.name: w.position for w in workers})
+    finally:
+        views.close()
+        store.close()
+
+
+# --------------------------------------------------------------------------- py-spy of (a)
+
+
+def profile_card(py_spy: str, driver: RawDriver | WrkDriver, server: Server, phase: Phase,
+                 connections: int, seconds: float, top: int) -> None:
+    raw = Path(tempfile.gettempdir()) / f"eventfold-graphql-pyspy-{os.getpid()}.txt"
+    spy = subprocess.Popen(
+        [py_spy, "record", "--pid", str(server.pid), "--format", "raw", "--output", str(raw),
+         "--duration", str(int(seconds)), "--rate", "250", "--gil", "--nonblocking"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    result = driver.run(phase, server.port, server.pid, connections, 0.3, seconds)
+    _, err = spy.communicate(timeout=120)
+    print()
+    if spy.returncode != 0:
+        print(f"py-spy failed: {err.decode(errors='replace')[-400:]}")
+        return
+    print(f"py-spy of `eventfold query-api` under (a), {connections} connections, {seconds:.0f} s,"
+          f" {result.rate:,.0f} req/s while sampled (sampling slows it); raw stacks: {raw}")
+    _fold(raw, top)
+
+
+def _fold(path: Path, top: int) -> None:
+    inclusive: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    threads: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count, frames = int(count_text), stack.split(";")
+        total += count
+        threads["worker threads" if frames[0].startswith("Thread._bootstrap") else "event loop"] += count
+        names = [_short(f) for f in frames]
+        for name in set(names):
+            inclusive[name] += count
+        if names:
+            own[names[-1]] += count
+    if not total:
+        print("   (no samples)")
+        return
+    split = ", ".join(f"{k} {v / total * 100:.0f}%" for k, v in threads.most_common())
+    print(f"   {total} samples of the thread holding the GIL (Python CPU, not waits): {split}")
+    print("   inclusive share (a function and what it calls):")
+    for name, count in inclusive.most_common(top):
+        print(f"   {count / total * 100:5.1f}%  {name}")
+    print(f"   -- own time (leaf frames), top {top}:")
+    for name, count in own.most_common(top):
+        print(f"   {count / total * 100:5.1f}%  {name}")
+
+
+def _short(frame: str) -> str:
+    name, _, where = frame.partition(" (")
+    file = where.rsplit(":", 1)[0]
+    for marker in ("site-packages/", "/main/", "lib/python3.11/"):
+        if marker in file:
+            file = file.split(marker, 1)[1]
+            break
+    return f"{name} ({file})"
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _fmt(value: float | None, spec: str = ",.1f") -> str:
+    return "-" if value is None or value != value else format(value, spec)
+
+
+def _errors(result: Result) -> str:
+    return ", ".join(f"{k} x{v}" for k, v in sorted(result.errors.items())) or "0"
+
+
+def print_table(results: list[Result]) -> None:
+    header = (f"{'phase':<52} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'mean ms':>7}"
+              f"  {'CPU ms/req: driver':>18} {'server':>6} {'pg':>6}  {'other%':>6}  errors")
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        print(
+            f"{r.name:<52} {_fmt(r.rate):>9} {_fmt(r.p50_ms, '.2f'):>7} {_fmt(r.p99_ms, '.2f'):>7}"
+            f" {_fmt(r.mean_ms, '.2f'):>7}  {_fmt(r.cpu_ms_per_op('driver'), '.3f'):>18}"
+            f" {_fmt(r.cpu_ms_per_op('server'), '.3f'):>6} {_fmt(r.cpu_ms_per_op('postgres'), '.3f'):>6}"
+            f"  {_fmt(r.other_load(), '.0f'):>6}  {_errors(r)}"
+        )
+
+
+def _ratio(a: Result | None, b: Result | None) -> float | None:
+    if a is None or b is None or not b.rate:
+        return None
+    return a.rate / b.rate
+
+
+def _cpu_ratio(a: Result | None, b: Result | None) -> float | None:
+    """What ``a``'s req/s over ``b``'s would be if the server's CPU were the only limit."""
+    mine, theirs = a and a.cpu_ms_per_op("server"), b and b.cpu_ms_per_op("server")
+    return theirs / mine if mine and theirs else None
+
+
+def print_ratios(results: dict[str, Result]) -> None:
+    card, cards, hello = results.get("card"), results.get("cards"), results.get("hello")
+    json_, hello0 = results.get("json"), results.get("hello0")
+    rows = [
+        ("(a) card by id / Strawberry cached { hello }", _ratio(card, hello)),
+        ("(b) page of 20 + nested / Strawberry cached { hello }", _ratio(cards, hello)),
+        ("(a) card by id / Starlette JSON", _ratio(card, json_)),
+        ("(b) page of 20 / (a) card by id", _ratio(cards, card)),
+        ("Strawberry cached / Strawberry no extensions", _ratio(hello, hello0)),
+        ("Strawberry cached / Starlette JSON", _ratio(hello, json_)),
+        ("(a) by server CPU/req: Strawberry cached ms / (a) ms", _cpu_ratio(card, hello)),
+        ("(b) by server CPU/req: Strawberry cached ms / (b) ms", _cpu_ratio(cards, hello)),
+    ]
+    print()
+    print("ratios (requests/s; the last two from server CPU per request, steadier on a busy machine)")
+    for label, value in rows:
+        print(f"  {label:<58} {'-' if value is None else f'{value:.2f}x'}")
+    ratio = _ratio(card, hello)
+    if card is not None and ratio is not None:
+        fast, quick = ratio >= TARGET_RATIO, card.p99_ms <= TARGET_P99_MS
+        verdict = "PASS" if fast and quick else "FALLS SHORT"
+        print()
+        print(f"target: (a) req/s >= {TARGET_RATIO:.1f}x Strawberry cached {{ hello }} -> {ratio:.2f}x"
+              f" ({'met' if fast else 'missed'}); (a) p99 <= {TARGET_P99_MS:.0f} ms -> {card.p99_ms:.2f} ms"
+              f" ({'met' if quick else 'missed'})  {verdict}")
+    elif card is not None:
+        print()
+        print("target: not judged (run the `hello` phase with `card` for the ratio)")
+
+
+def _versions() -> str:
+    names = ["strawberry-graphql", "graphql-core", "starlette", "uvicorn", "uvloop", "httptools",
+             "psycopg", "psycopg-pool", "pydantic"]
+    found = []
+    for name in names:
+        with suppress(metadata.PackageNotFoundError):
+            found.append(f"{name} {metadata.version(name)}")
+    return ", ".join(found)
+
+
+def _revision() -> str:
+    """The commit measured, and whether the code the servers import differs from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=_HERE.parent, capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--", "framework", "projections", "example_app"],
+                                 cwd=_HERE.parent, capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "? (not a git checkout)"
+    return head + (f" + uncommitted changes in {len(changed.splitlines())} file(s) of the app" if changed else "")
+
+
+def print_header(args: argparse.Namespace, admin_url: str, facts: dict[str, str], driver_kind: str) -> None:
+    where = urlsplit(admin_url)
+    print("Eventfold GraphQL query benchmark")
+    print(f"  machine      : {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}")
+    print(f"  load average : {os.getloadavg()[0]:.2f} (1 min) at start")
+    print(f"  PostgreSQL   : {facts['version']} at {where.hostname}:{where.port or 5432}"
+          f" (synchronous_commit={facts['synchronous_commit']}, fsync={facts['fsync']})")
+    print(f"  packages     : {_versions()}")
+    print(f"  revision     : {_revision()}")
+    print(f"  servers      : one uvicorn process each ({wp._uvicorn_flavour()}), access log off:"
+          " the baselines' app, and `eventfold query-api` (default pool size)")
+    if args.query_api:
+        print(f"  query API    : {args.query_api!r} instead of `eventfold query-api`")
+    print(f"  HTTP driver  : {driver_kind}; {args.connections} keep-alive connections")
+    print(f"  phases       : warm-up {args.warmup:.1f} s then {args.duration:.1f} s measured, one at a time"
+          + (f", best of {args.repeat}" if args.repeat > 1 else ""))
+    print()
+
+
+def print_seeded(seeded: Seeded, sample: dict[str, str]) -> None:
+    positions = ", ".join(f"{k} {v}" for k, v in seeded.positions.items())
+    print(f"read models  : {seeded.commands} seed commands in {seeded.seconds_commands:.1f} s, {seeded.events}"
+          f" events after the process manager's; catch-up of every projection {seeded.seconds_catch_up:.1f} s"
+          f" ({positions}); {seeded.cards} cards")
+    for key, text in sample.items():
+        print(f"  answer {key:<5}: {text[:150]}{'...' if len(text) > 150 else ''}")
+    print()
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per phase")
+    parser.add_argument("--warmup", type=float, default=None, help="warm-up seconds per phase")
+    parser.add_argument("--quick", action="store_true", help="short smoke run (1 s phases)")
+    parser.add_argument("--only", type=lambda v: set(v.split(",")), default=set(),
+                        help=f"run only these phases (comma-separated: {','.join(ORDER)})")
+    parser.add_argument("--connections", type=int, default=16, help="concurrent keep-alive connections")
+    parser.add_argument("--driver", choices=["auto", "wrk", "raw"], default="auto",
+                        help="wrk (when on PATH, the default) or raw asyncio streams in this process")
+    parser.add_argument("--actions", type=int, default=200, help="corporate actions to seed")
+    parser.add_argument("--accounts", type=int, default=12, help="accounts holding the securities")
+    parser.add_argument("--repeat", type=int, default=1, help="run every phase N times, report the best")
+    parser.add_argument("--py-spy", dest="py_spy", help="py-spy binary: profile the server under (a) at the end")
+    parser.add_argument("--py-spy-seconds", type=float, default=8.0)
+    parser.add_argument("--query-api", dest="query_api", metavar="COMMAND",
+                        help="serve (a) and (b) with COMMAND instead of `eventfold query-api` (an A/B of a"
+                             " patch); it gets the same environment and --host/--port")
+    parser.add_argument("--top", type=int, default=25, help="functions listed by the profile")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.duration = min(args.duration, 1.0)
+    if args.warmup is None:
+        args.warmup = 1.0 if args.quick else max(1.0, args.duration * 0.3)
+    unknown = args.only - set(ORDER)
+    if unknown:
+        parser.error(f"unknown phase(s) {', '.join(sorted(unknown))}; phases: {', '.join(ORDER)}")
+    args.repeat = max(1, args.repeat)
+    return args
+
+
+def make_driver(choice: str, pg_pids: Callable[[], list[int]]) -> RawDriver | WrkDriver:
+    wrk = shutil.which("wrk")
+    if choice == "wrk" and wrk is None:
+        raise RuntimeError("wrk is not on PATH (Debian: apt-get install wrk); or use --driver raw")
+    if choice != "raw" and wrk is not None:
+        return WrkDriver(wrk, pg_pids)
+    return RawDriver(pg_pids)
+
+
+def run_phases(keys: list[str], table: dict[str, Phase], server: Server, driver: RawDriver | WrkDriver,
+               args: argparse.Namespace, results: dict[str, list[Result]]) -> None:
+    for key in keys:
+        phase = table[key]
+        check_answer(server.port, phase)
+        for _ in range(args.repeat):
+            print(f"  running: {key} ...", file=sys.stderr, flush=True)
+            results.setdefault(key, []).append(
+                driver.run(phase, server.port, server.pid, args.connections, args.warmup, args.duration))
+
+
+def run(args: argparse.Namespace) -> int:
+    admin_url = os.environ.get("EVENTFOLD_BENCH_DATABASE_URL", DEFAULT_URL)
+    databases = wp.Databases(admin_url)
+    pg_pids = wp.PostgresPids(admin_url, f"eventfold_bench_{os.getpid()}_")
+    driver = make_driver(args.driver, pg_pids)
+    print_header(args, admin_url, databases.server_facts(), driver.kind)
+    wanted = [k for k in ORDER if not args.only or k in args.only]
+    results: dict[str, list[Result]] = {}
+    baselines = [k for k in wanted if phases([])[k].server == "baseline"]
+    ours = [k for k in wanted if phases([])[k].server == "eventfold"]
+    if baselines:
+        with baseline_server() as server:
+            run_phases(baselines, phases([]), server, driver, args, results)
+    if not ours and not args.py_spy:
+        report(results)
+        return 0
+    try:
+        url = databases.create("graphql")
+        init_db(url)
+        print("  seeding the event store and catching the projections up ...", file=sys.stderr, flush=True)
+        seeded = seed(url, args.actions, args.accounts)
+        table = phases(seeded.action_ids)
+        with query_api(url, args.query_api) as server:
+            print_seeded(seeded, {k: check_answer(server.port, table[k]) for k in ("card", "cards")})
+            run_phases(ours, table, server, driver, args, results)
+            report(results)
+            if args.py_spy:
+                profile_card(args.py_spy, driver, server, table["card"], args.connections,
+                             args.py_spy_seconds, args.top)
+    finally:
+        databases.drop_all()
+    return 0
+
+
+def report(runs: dict[str, list[Result]]) -> None:
+    if any(len(r) > 1 for r in runs.values()):
+        print("each repetition (req/s, other%); the table shows the best per phase")
+        for key in ORDER:
+            if key in runs:
+                print(f"  {key:<7}" + "  ".join(f"{r.rate:9,.1f} ({_fmt(r.other_load(), '.0f')}%)" for r in runs[key]))
+        print()
+    results = {key: max(rs, key=lambda r: r.rate) for key, rs in runs.items()}
+    print_table([results[k] for k in ORDER if k in results])
+    print_ratios(results)
+    print()
+    print(f"  load average : {os.getloadavg()[0]:.2f} (1 min) at end")
+    print("  notes        : CPU ms/req is CPU time in the measured window divided by good answers;")
+    print("                 'pg' = backends of this benchmark's database + PostgreSQL's background")
+    print("                 processes; 'other%' = share of all CPUs used by anything else on the machine")
+    print("                 during the phase: above ~10% that phase is disturbed (rerun, or --repeat);")
+    print("                 server CPU per request moves much less with other load than req/s does.")
+    print("                 The driver, the server and PostgreSQL share the machine's cores.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        return 130
+    except (psycopg.Error, RuntimeError) as error:
+        print(f"graphql benchmark: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
