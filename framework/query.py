@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -114,9 +115,17 @@ class Page(Generic[R]):
         self.cursors = [encode_cursor(self.sort.values(row)) for row in self.rows]
 
 
+_VALUES: TypeAdapter[list[Any]] = TypeAdapter(list[Any])
+
+
 def encode_cursor(values: Sequence[Any]) -> str:
-    raw = TypeAdapter(list[Any]).dump_json(list(values))
+    raw = _VALUES.dump_json(list(values))
     return base64.urlsafe_b64encode(raw).decode()
+
+
+@functools.lru_cache(maxsize=512)
+def _adapter(model: type[ReadModel], column: str) -> TypeAdapter[Any]:
+    return TypeAdapter(model.model_fields[column].annotation or Any)
 
 
 def decode_cursor(cursor: str, model: type[ReadModel], sort: Sort) -> tuple[Any, ...]:
@@ -125,10 +134,7 @@ def decode_cursor(cursor: str, model: type[ReadModel], sort: Sort) -> tuple[Any,
         values = json.loads(base64.urlsafe_b64decode(cursor.encode()))
         if not isinstance(values, list) or len(values) != len(columns):
             raise ValueError("wrong shape")
-        return tuple(
-            TypeAdapter(model.model_fields[c].annotation or Any).validate_python(v)
-            for c, v in zip(columns, values, strict=True)
-        )
+        return tuple(_adapter(model, c).validate_python(v) for c, v in zip(columns, values, strict=True))
     except (ValueError, binascii.Error, ValidationError, UnicodeError):
         raise InvalidQuery(f"cursor {cursor[:40]!r} is not one this query handed out") from None
 

@@ -7,6 +7,7 @@ with a guard (it only moves forward), and both commit together.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -392,12 +393,7 @@ class PostgresViewStore:
     def get_many(self, name: str, model: type[R], keys: Sequence[tuple[Any, ...]]) -> list[R | None]:
         if not keys:
             return []
-        tables = _Tables(self._schema, name, self._active_version_cached(name))
-        kinds = {n: k for n, k, _ in column_definitions(model)}
-        statement = sql.SQL("SELECT * FROM {} WHERE ({}) IN (SELECT * FROM unnest({}))").format(
-            tables.ident(model), sql.SQL(", ").join(map(sql.Identifier, model.key)),
-            _arrays(model.key, kinds),
-        )
+        statement = self._get_many_statement(name, self._active_version_cached(name), model)
         with self._connection() as conn:
             rows = [model.model_validate(r) for r in conn.execute(statement, _columns(keys), prepare=True)]
         by_key = {row.key_values(): row for row in rows}
@@ -405,6 +401,16 @@ class PostgresViewStore:
 
     def active_position(self, name: str) -> int:
         return self.position(name, self.active_version(name))
+
+    @functools.lru_cache(maxsize=256)  # noqa: B019 - statements live as long as the store
+    def _get_many_statement(self, name: str, version: int, model: type[ReadModel]) -> bytes:
+        tables = _Tables(self._schema, name, version)
+        kinds = {n: k for n, k, _ in column_definitions(model)}
+        statement = sql.SQL("SELECT * FROM {} WHERE ({}) IN (SELECT * FROM unnest({}))").format(
+            tables.ident(model), sql.SQL(", ").join(map(sql.Identifier, model.key)),
+            _arrays(model.key, kinds),
+        )
+        return statement.as_bytes(None)
 
     def _active_version_cached(self, name: str) -> int:
         """Queries look the active version up at most once a second: a switch shows within one."""

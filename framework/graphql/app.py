@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -39,6 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.asgi import GraphQL
 from strawberry.dataloader import DataLoader
 from strawberry.extensions import (
+    AddValidationRules,
     MaxAliasesLimiter,
     MaxTokensLimiter,
     ParserCache,
@@ -47,6 +49,8 @@ from strawberry.extensions import (
     ValidationCache,
 )
 from strawberry.http import GraphQLHTTPResponse
+from strawberry.schema.config import StrawberryConfig
+from strawberry.schema.name_converter import NameConverter
 from strawberry.types import ExecutionResult
 
 from framework.errors import EventfoldError, StoreUnavailable
@@ -219,20 +223,34 @@ def build_schema(
     """The schema with Eventfold's extensions: caches, limits, read-your-writes and request metrics."""
     consistency = type("ReadYourWritesFor", (ReadYourWrites,), {"projections_by_field": projections_by_field})
     counted: list[Any] = [type("CountedIn", (CountedRequests,), {"metrics": metrics})] if metrics else []
+    # The limit rules are built once: the validation cache is keyed by the rule
+    # classes, and the limiters make new classes each time they are constructed.
+    limits = [
+        *QueryDepthLimiter(max_depth=options.max_depth).validation_rules,
+        *MaxAliasesLimiter(max_alias_count=options.max_aliases).validation_rules,
+    ]
     return _Schema(
         query=query,
+        config=StrawberryConfig(name_converter=_CachedNames()),
         # Factories, not instances: an extension instance holds the current
         # request's execution context, so sharing one between requests races.
         extensions=[
             lambda: ParserCache(maxsize=1024),
+            lambda: AddValidationRules(limits),
             lambda: ValidationCache(maxsize=1024),
-            lambda: QueryDepthLimiter(max_depth=options.max_depth),
             lambda: MaxTokensLimiter(max_token_count=options.max_tokens),
-            lambda: MaxAliasesLimiter(max_alias_count=options.max_aliases),
             consistency,
             *counted,
         ],
     )
+
+
+class _CachedNames(NameConverter):
+    """Strawberry converts argument names on every request; the answer never changes."""
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - one converter per schema, kept for its life
+    def apply_naming_config(self, name: str) -> str:
+        return str(super().apply_naming_config(name))
 
 
 _CODES = [
