@@ -103,6 +103,8 @@ class EventMetadata(BaseModel):
     correlation_id: str | None = None
     causation_id: str | None = None
     actor: str | None = None
+    trace_context: dict[str, str] | None = None
+    """W3C trace context (``traceparent``/``tracestate``) of the command span that wrote the event."""
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from framework.errors import EventSchemaError
 from framework.events import EventEnvelope, EventMetadata, event_type_named
 
-__all__ = ["from_stored", "to_stored"]
+__all__ = ["from_stored", "stored_trace_context", "to_stored"]
 
 
 def to_stored(envelope: EventEnvelope) -> StoredEvent:
@@ -25,7 +25,7 @@ def to_stored(envelope: EventEnvelope) -> StoredEvent:
     document = {
         "v": event.schema_version,
         "agg": envelope.aggregate_type,
-        "meta": envelope.metadata.model_dump(mode="json"),
+        "meta": _metadata(envelope.metadata),
         "data": event.model_dump(mode="json"),
     }
     return StoredEvent(
@@ -34,6 +34,14 @@ def to_stored(envelope: EventEnvelope) -> StoredEvent:
         topic=event.event_name,
         state=json.dumps(document, separators=(",", ":")).encode(),
     )
+
+
+def _metadata(metadata: EventMetadata) -> dict[str, Any]:
+    """Metadata as stored; an absent trace context is left out (events stored before it look the same)."""
+    return metadata.model_dump(mode="json", exclude=_NO_TRACE if metadata.trace_context is None else None)
+
+
+_NO_TRACE = {"trace_context"}
 
 
 def from_stored(stored: StoredEvent) -> EventEnvelope:
@@ -63,6 +71,17 @@ def from_stored(stored: StoredEvent) -> EventEnvelope:
         metadata=metadata,
         position=stored.id if isinstance(stored, Notification) else None,
     )
+
+
+def stored_trace_context(stored: StoredEvent) -> dict[str, str] | None:
+    """The W3C trace context in a stored event's metadata, without validating the event (None: none)."""
+    try:
+        context = json.loads(stored.state)["meta"].get("trace_context")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if not isinstance(context, dict) or not isinstance(context.get("traceparent"), str):
+        return None
+    return {str(k): str(v) for k, v in context.items()}
 
 
 def _load_document(stored: StoredEvent) -> dict[str, Any]:

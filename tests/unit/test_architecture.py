@@ -14,7 +14,8 @@ import pytest
 import framework
 
 FRAMEWORK = Path(framework.__file__).parent
-ADAPTER_DRIVERS = ("psycopg", "psycopg_pool", "nats", "strawberry", "starlette", "uvicorn", "prometheus_client")
+ADAPTER_DRIVERS = ("psycopg", "psycopg_pool", "nats", "strawberry", "starlette", "uvicorn", "prometheus_client",
+                   "opentelemetry")
 EDGE_PACKAGES = ("framework.adapters", "framework.http")
 # Top-level modules that are edges themselves, not core.
 EDGE_MODULES = {"cli", "metrics"}
