@@ -12,7 +12,7 @@ import logging
 import random
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from uuid import UUID, uuid4
 
 from framework.aggregate import Aggregate
@@ -36,6 +36,7 @@ from framework.store import (
     InFlight,
     Replay,
 )
+from framework.tracing import NULL_SPAN, NULL_TRACER, Span, TraceContext, Tracer
 from framework.unit_of_work import UnitOfWork
 
 __all__ = ["CommandBus", "CommandContext", "Executed"]
@@ -51,6 +52,9 @@ class CommandContext:
     causation_id: str | None = None
     actor: str | None = None
     idempotency_key: str | None = None
+    trace_context: TraceContext | None = None
+    """W3C trace context the command runs in (a request's ``traceparent``, a projection's span).
+    The bus starts the command's span as its child and stores the span's context in the events."""
 
 
 @dataclass(frozen=True)
@@ -75,9 +79,11 @@ class CommandBus:
         idempotency_lease_seconds: float = 60.0,
         cache: AggregateCache | None = None,
         observer: Observer | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.router = router
         self.observer = observer or NULL_OBSERVER
+        self.tracer = tracer or NULL_TRACER
         self.store = store
         self._cache = cache if cache is not None else AggregateCache()
         # Retries in one process take turns: commands racing on one aggregate
@@ -90,13 +96,28 @@ class CommandBus:
         """Run ``command``; reports its outcome and duration to the observer and logs one line."""
         context = context or CommandContext()
         started = time.perf_counter()
+        span = self._command_span(command, context)
+        if span is not NULL_SPAN:
+            context = replace(context, trace_context=span.carrier() or context.trace_context)
         try:
             executed = self._execute(command, context)
         except BaseException as error:
             self._finished(command, context, command_outcome(error), started, None)
+            _end_command_span(span, command_outcome(error), None, error)
             raise
         self._finished(command, context, "replayed" if executed.replayed else "ok", started, executed.result)
+        _end_command_span(span, "replayed" if executed.replayed else "ok", executed.result, None)
         return executed
+
+    def _command_span(self, command: Command, context: CommandContext) -> Span:
+        """The command's span, the child of ``context.trace_context`` (NULL_SPAN: tracing is off)."""
+        if not self.tracer.enabled:
+            return NULL_SPAN
+        attributes = {"eventfold.command": command.command_name}
+        if context.correlation_id:
+            attributes["eventfold.correlation_id"] = context.correlation_id
+        return self.tracer.start_span(f"command {command.command_name}", parent=context.trace_context,
+                                      attributes=attributes)
 
     def _finished(self, command: Command, context: CommandContext, outcome: str, started: float,
                   result: CommandResult | None) -> None:
@@ -173,6 +194,7 @@ class CommandBus:
             correlation_id=context.correlation_id,
             causation_id=context.causation_id,
             actor=context.actor,
+            trace_context=dict(context.trace_context) if context.trace_context else None,
         )
         envelopes = unit.collect(metadata)
         main = primary or _first_changed(unit)
@@ -200,6 +222,20 @@ class CommandBus:
                 self.store.save_snapshot(to_snapshot(touched.aggregate))
             except EventfoldError:
                 log.warning("snapshot of %s failed", touched.aggregate.id, exc_info=True)
+
+
+def _end_command_span(span: Span, outcome: str, result: CommandResult | None,
+                      error: BaseException | None) -> None:
+    span.set_attribute("eventfold.outcome", outcome)
+    if result is not None:
+        if result.aggregate_id is not None:
+            span.set_attribute("eventfold.aggregate_id", str(result.aggregate_id))
+        span.set_attribute("eventfold.version", result.version)
+        if result.position is not None:
+            span.set_attribute("eventfold.position", result.position)
+    if error is not None:
+        span.record_error(error)
+    span.end()
 
 
 def _first_changed(unit: UnitOfWork) -> Aggregate | None:

@@ -12,10 +12,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 
 from framework.errors import BusUnavailable, StoreUnavailable
-from framework.store import EventStore
+from framework.mapper import stored_trace_context
+from framework.store import EventStore, Notification
 from framework.streaming import EventConsumer, EventPublisher
+from framework.tracing import NULL_TRACER, Span, TracedNotification, Tracer
 from framework.worker import ProjectionHalted, ProjectionWorker
 
 __all__ = ["Backoff", "run_projection", "run_relay"]
@@ -49,8 +52,14 @@ async def run_relay(
     name: str = "relay",
     batch_size: int = 1000,
     poll_seconds: float = 1.0,
+    tracer: Tracer = NULL_TRACER,
 ) -> None:
-    """Publish every stored event, in position order, until ``stop`` is set."""
+    """Publish every stored event, in position order, until ``stop`` is set.
+
+    With tracing on, each event that carries a trace context is published in
+    a "relay publish <EventName>" span (the child of the command's span) whose
+    context travels with it on the bus; the spans end when the bus acknowledged.
+    """
     backoff = Backoff()
     position: int | None = None
     while not stop.is_set():
@@ -63,7 +72,7 @@ async def run_relay(
             if not batch:
                 await asyncio.to_thread(store.wait_for_append, position, poll_seconds)
                 continue
-            await publisher.publish(batch)
+            await _publish(publisher, batch, tracer)
             position = batch[-1].id
             await asyncio.to_thread(store.save_relay_checkpoint, name, position)
             backoff.reset()
@@ -71,6 +80,37 @@ async def run_relay(
             delay = backoff.delay()
             log.warning("relay %s: %s; retrying in %.1fs", name, _describe(error), delay)
             await _pause(stop, delay)
+
+
+async def _publish(publisher: EventPublisher, batch: Sequence[Notification], tracer: Tracer) -> None:
+    if not tracer.enabled:
+        await publisher.publish(batch)
+        return
+    spans: list[Span] = []
+    traced = [_traced(n, tracer, spans) for n in batch]
+    try:
+        await publisher.publish(traced)
+    except BaseException as error:
+        for span in spans:
+            span.record_error(error)
+        raise
+    finally:
+        for span in spans:
+            span.end()
+
+
+def _traced(notification: Notification, tracer: Tracer, spans: list[Span]) -> Notification:
+    """The notification with its relay span's context (unchanged if the event has no trace context)."""
+    parent = stored_trace_context(notification)
+    if parent is None:
+        return notification
+    span = tracer.start_span(f"relay publish {notification.topic}", parent=parent, kind="producer", attributes={
+        "eventfold.event": notification.topic, "eventfold.position": notification.id,
+        "eventfold.aggregate_id": str(notification.originator_id), "messaging.operation.type": "send"})
+    spans.append(span)
+    return TracedNotification(originator_id=notification.originator_id,
+                              originator_version=notification.originator_version, topic=notification.topic,
+                              state=notification.state, id=notification.id, trace_context=span.carrier() or parent)
 
 
 async def run_projection(

@@ -12,6 +12,7 @@ The worker is synchronous; ``framework.consumer_loop`` drives it from a bus.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -27,10 +28,12 @@ from framework.errors import (
     StoreUnavailable,
     VersionSwitched,
 )
+from framework.events import EventEnvelope
 from framework.mapper import from_stored
 from framework.observe import NULL_OBSERVER, Observer, correlation_id
 from framework.projector import HandlerContext, IssuedCommand, Projector
 from framework.store import EventStore, Notification
+from framework.tracing import NULL_SPAN, NULL_TRACER, Span, TraceContext, Tracer, trace_context_of, traced
 from framework.views import Batch, DeadLetter, ViewStore
 
 __all__ = ["HandlerFailed", "ProjectionHalted", "ProjectionWorker", "WorkerOptions"]
@@ -71,9 +74,11 @@ class ProjectionWorker:
         follow_active: bool = True,
         sleep: Callable[[float], None] = time.sleep,
         observer: Observer | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.projector = projector
         self.observer = observer or NULL_OBSERVER
+        self.tracer = tracer or NULL_TRACER
         self.views = views
         self.store = store
         self.commands = commands
@@ -216,9 +221,10 @@ class ProjectionWorker:
         try:
             envelope = from_stored(notification)
             correlation_id.set(envelope.metadata.correlation_id)  # what the handler logs and issues
-            context = self.projector.context_for(envelope, batch)
-            self.projector.apply(envelope, context)
-            self._issue(context)
+            with self._span(notification, envelope) as span:
+                context = self.projector.context_for(envelope, batch)
+                self.projector.apply(envelope, context)
+                self._issue(context, span.carrier() or envelope.metadata.trace_context)
         except (StoreUnavailable, BusUnavailable):
             raise  # infrastructure, not this event: the whole batch is retried later
         except Exception as error:
@@ -227,11 +233,23 @@ class ProjectionWorker:
             correlation_id.reset(token)
         return envelope.metadata.recorded_at
 
-    def _issue(self, context: HandlerContext) -> None:
-        for issued in context.issued:
-            self._execute(issued)
+    def _span(self, notification: Notification, envelope: EventEnvelope) -> contextlib.AbstractContextManager[Span]:
+        """The span of handling one event: the child of the bus's trace context, else of the stored one."""
+        if not self.tracer.enabled:
+            return contextlib.nullcontext(NULL_SPAN)
+        return traced(
+            self.tracer, f"project {self.name} {envelope.event_name}",
+            parent=trace_context_of(notification) or envelope.metadata.trace_context, kind="consumer",
+            attributes={"eventfold.projection": self.name, "eventfold.event": envelope.event_name,
+                        "eventfold.position": notification.id, "eventfold.aggregate_id": str(envelope.aggregate_id),
+                        "eventfold.version": envelope.version},
+        )
 
-    def _execute(self, issued: IssuedCommand) -> None:
+    def _issue(self, context: HandlerContext, trace_context: TraceContext | None = None) -> None:
+        for issued in context.issued:
+            self._execute(issued, trace_context)
+
+    def _execute(self, issued: IssuedCommand, trace_context: TraceContext | None = None) -> None:
         if self.commands is None:
             return  # a rebuild: the commands were issued the first time round
         meta = issued.envelope.metadata
@@ -240,6 +258,7 @@ class ProjectionWorker:
             causation_id=str(meta.event_id),
             actor=f"process-manager:{self.name}",
             idempotency_key=issued.idempotency_key,
+            trace_context=trace_context,
         )
         try:
             self.commands.execute(issued.command, context)

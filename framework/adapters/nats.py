@@ -52,6 +52,7 @@ from nats.js.api import (
 from framework.errors import BusUnavailable, ConfigurationError
 from framework.store import Notification
 from framework.streaming import Delivery
+from framework.tracing import TracedNotification, trace_context_of
 
 __all__ = [
     "HEADER_AGGREGATE_ID",
@@ -60,6 +61,8 @@ __all__ = [
     "HEADER_CORRELATION_ID",
     "HEADER_EVENT",
     "HEADER_POSITION",
+    "HEADER_TRACEPARENT",
+    "HEADER_TRACESTATE",
     "JetStreamConnection",
     "JetStreamConsumer",
     "JetStreamPublisher",
@@ -79,6 +82,8 @@ HEADER_AGGREGATE_ID = "Eventfold-Aggregate-Id"
 HEADER_AGGREGATE_VERSION = "Eventfold-Aggregate-Version"
 HEADER_CORRELATION_ID = "Eventfold-Correlation-Id"
 HEADER_CAUSATION_ID = "Eventfold-Causation-Id"
+HEADER_TRACEPARENT = "traceparent"  # W3C trace context: the relay's span, else the command's
+HEADER_TRACESTATE = "tracestate"
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 _URL_SCHEMES = {"nats", "tls", "ws", "wss"}
@@ -441,6 +446,12 @@ def message_for(notification: Notification, subject_prefix: str) -> tuple[str, d
         value = _header_safe(meta.get(key)) if isinstance(meta, dict) else None
         if value is not None:
             headers[header] = value
+    trace = trace_context_of(notification) or (meta.get("trace_context") if isinstance(meta, dict) else None)
+    if isinstance(trace, Mapping):
+        for key in (HEADER_TRACEPARENT, HEADER_TRACESTATE):
+            value = _header_safe(trace.get(key))
+            if value:
+                headers[key] = value
     return f"{subject_prefix}.{subject_token(aggregate_type)}.{subject_token(aggregate_id)}", headers
 
 
@@ -700,12 +711,18 @@ def _notifications(messages: Iterable[Msg], consumer: str) -> list[Notification]
 def notification_from(headers: Mapping[str, str], payload: bytes) -> Notification | None:
     """Rebuild a notification from a message's headers and payload (None: not an Eventfold event)."""
     try:
-        return Notification(
-            id=int(headers[HEADER_POSITION]),
-            originator_id=UUID(headers[HEADER_AGGREGATE_ID]),
-            originator_version=int(headers[HEADER_AGGREGATE_VERSION]),
-            topic=headers[HEADER_EVENT],
-            state=payload,
-        )
+        position = int(headers[HEADER_POSITION])
+        aggregate_id = UUID(headers[HEADER_AGGREGATE_ID])
+        version = int(headers[HEADER_AGGREGATE_VERSION])
+        topic = headers[HEADER_EVENT]
     except (KeyError, ValueError):
         return None
+    parent = headers.get(HEADER_TRACEPARENT)
+    if not parent:
+        return Notification(id=position, originator_id=aggregate_id, originator_version=version, topic=topic,
+                            state=payload)
+    trace = {HEADER_TRACEPARENT: parent}
+    if headers.get(HEADER_TRACESTATE):
+        trace[HEADER_TRACESTATE] = headers[HEADER_TRACESTATE]
+    return TracedNotification(id=position, originator_id=aggregate_id, originator_version=version, topic=topic,
+                              state=payload, trace_context=trace)

@@ -35,6 +35,8 @@ __all__ = ["WriteApiOptions", "create_write_app"]
 log = logging.getLogger(__name__)
 
 _HEADER_VALUE = re.compile(r"^[\x21-\x7e]{1,255}$")
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+_TRACESTATE_MAX = 512
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,19 @@ def _context(request: Request) -> CommandContext:
         correlation_id=_header(request, "x-correlation-id") or request_id,
         causation_id=request_id,
         idempotency_key=key,
+        trace_context=_trace_context(request),
     )
+
+
+def _trace_context(request: Request) -> dict[str, str] | None:
+    """The caller's W3C trace context; an invalid ``traceparent`` is ignored (a new trace starts)."""
+    parent = request.headers.get("traceparent", "").strip()
+    if not _TRACEPARENT.match(parent):
+        return None
+    state = request.headers.get("tracestate", "").strip()
+    if state and len(state) <= _TRACESTATE_MAX and state.isascii():
+        return {"traceparent": parent, "tracestate": state}
+    return {"traceparent": parent}
 
 
 def _header(request: Request, name: str) -> str | None:
