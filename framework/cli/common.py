@@ -15,6 +15,7 @@ from framework.observe import Observer
 from framework.projector import Projector
 from framework.settings import PostgresSettings, Settings
 from framework.store import EventStore
+from framework.tracing import Tracer
 from framework.views import ViewStore
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "require_postgres",
     "run_until_signalled",
     "select_projectors",
+    "tracing",
 ]
 
 
@@ -44,13 +46,22 @@ def open_views(postgres: PostgresSettings) -> ViewStore:
     return PostgresViewStore(postgres)
 
 
-def command_bus(settings: Settings, store: EventStore, observer: Observer | None = None) -> CommandBus:
+def tracing(role: str) -> Tracer:
+    """Tracing for this process from the ``OTEL_*`` variables; the service is ``eventfold-<role>`` unless named."""
+    from framework.adapters.otel import configure_tracing
+
+    return configure_tracing(f"eventfold-{role}")
+
+
+def command_bus(settings: Settings, store: EventStore, observer: Observer | None = None,
+                tracer: Tracer | None = None) -> CommandBus:
     return CommandBus(
         load_router(settings.app),
         store,
         max_attempts=settings.command_max_attempts,
         idempotency_lease_seconds=settings.idempotency_lease_seconds,
         observer=observer,
+        tracer=tracer,
     )
 
 

@@ -18,6 +18,7 @@ from framework.cli.common import (
     open_store,
     open_views,
     require_postgres,
+    tracing,
 )
 from framework.settings import Settings
 
@@ -68,18 +69,21 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
     store = open_store(embedded)
     store.create_schema()  # an embedded file is private to this process: set it up in place
     metrics = Metrics()
-    bus = command_bus(embedded, store, metrics)
+    tracer = tracing("dev")
+    bus = command_bus(embedded, store, metrics, tracer)
     views = MemoryViewStore()  # rebuilt from the stored events at every start
     metrics.watch_relay(store)
     metrics.watch_projections(store, views)
     events = MemoryBus()
-    workers = [ProjectionWorker(p, views, store, bus, observer=metrics) for p in load_projectors(embedded.projections)]
+    workers = [ProjectionWorker(p, views, store, bus, observer=metrics, tracer=tracer)
+               for p in load_projectors(embedded.projections)]
     graphql = load_graphql(embedded.graphql)
 
     @contextlib.asynccontextmanager
     async def background(_: Starlette) -> AsyncIterator[None]:
         stop = asyncio.Event()
-        tasks = [asyncio.create_task(run_relay(store, MemoryPublisher(events), stop, poll_seconds=0.2))]
+        tasks = [asyncio.create_task(run_relay(store, MemoryPublisher(events), stop, poll_seconds=0.2,
+                                                 tracer=tracer))]
         tasks += [
             asyncio.create_task(run_projection(w, MemoryConsumer(events, w.name), stop, fetch_seconds=0.2))
             for w in workers
@@ -137,6 +141,7 @@ def run_query_api(settings: Settings, args: argparse.Namespace) -> int:
     from framework.graphql import create_query_app
 
     postgres = require_postgres(settings, "query-api")
+    tracing("query-api")  # for the application's own spans: Eventfold opens none on the read path
     store, views = open_store(settings), open_views(postgres)
     app = create_query_app(load_graphql(settings.graphql), views, store, options=_query_options(settings))
 
@@ -159,7 +164,7 @@ def run_write_api(settings: Settings, args: argparse.Namespace) -> int:
 
     require_postgres(settings, "write-api")
     store = open_store(settings)
-    app = create_write_app(command_bus(settings, store),
+    app = create_write_app(command_bus(settings, store, tracer=tracing("write-api")),
                            WriteApiOptions(settings.max_body_bytes, settings.retry_after_seconds))
     return _serve(settings, app, args, store.close)
 

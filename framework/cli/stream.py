@@ -15,6 +15,7 @@ from framework.cli.common import (
     require_postgres,
     run_until_signalled,
     select_projectors,
+    tracing,
 )
 from framework.errors import ConfigurationError
 from framework.settings import Settings
@@ -59,12 +60,13 @@ def run_relay_command(settings: Settings, _: argparse.Namespace) -> int:
     if settings.metrics_port is not None:
         metrics = _metrics(settings)
         metrics.watch_relay(store)
+    tracer = tracing("relay")
 
     async def main(stop: asyncio.Event) -> None:
         connection = await connect(jetstream)
         try:
             await connection.ensure_stream()
-            await run_relay(store, JetStreamPublisher(connection), stop)
+            await run_relay(store, JetStreamPublisher(connection), stop, tracer=tracer)
         finally:
             await connection.close()
 
@@ -86,8 +88,9 @@ def run_project_command(settings: Settings, args: argparse.Namespace) -> int:
     store = open_store(settings)
     views = open_views(postgres)
     metrics = _metrics(settings) if settings.metrics_port is not None else None
-    bus = command_bus(settings, store, metrics)
-    workers = [ProjectionWorker(p, views, store, bus, observer=metrics) for p in projectors]
+    tracer = tracing("project")
+    bus = command_bus(settings, store, metrics, tracer)
+    workers = [ProjectionWorker(p, views, store, bus, observer=metrics, tracer=tracer) for p in projectors]
     if metrics is not None:
         metrics.watch_projections(store, views, [p.name for p in projectors])
 
