@@ -50,7 +50,7 @@ def from_stored(stored: StoredEvent) -> EventEnvelope:
     try:
         data = event_type.upcast(document["data"], int(document["v"]))
         event = event_type.model_validate(data)
-        metadata = EventMetadata.model_validate(document["meta"])
+        metadata = _read_metadata(document["meta"])
     except EventSchemaError:
         raise
     except ValidationError as e:
@@ -96,3 +96,11 @@ def _load_document(stored: StoredEvent) -> dict[str, Any]:
 
 def _as_uuid(value: UUID | str) -> UUID:
     return value if isinstance(value, UUID) else UUID(value)
+
+
+def _read_metadata(stored: Any) -> EventMetadata:
+    """Metadata keys this version does not know are ignored, not refused: events written by a
+    newer release (a rolling upgrade) must still be readable by an older process."""
+    if isinstance(stored, dict):
+        stored = {k: v for k, v in stored.items() if k in EventMetadata.model_fields}
+    return EventMetadata.model_validate(stored)

@@ -337,3 +337,25 @@ def test_old_data_an_upcaster_cannot_handle_is_an_event_schema_error() -> None:
 def test_a_non_numeric_version_is_an_event_schema_error() -> None:
     with pytest.raises(EventSchemaError):
         from_stored(stored_document("UnitProbeDefaultNamed", "one", {"value": 1}))  # type: ignore[arg-type]
+
+
+def test_metadata_keys_from_a_newer_release_are_ignored_on_read() -> None:
+    import json as _json
+    from uuid import uuid4 as _uuid4
+
+    from eventsourcing.persistence import StoredEvent as _StoredEvent
+
+    from framework.events import EventEnvelope as _Envelope
+    from framework.events import EventMetadata as _Meta
+    from framework.mapper import from_stored as _from_stored
+    from framework.mapper import to_stored as _to_stored
+
+    class NewerMetadataProbe(Event):
+        value: int
+
+    stored = _to_stored(_Envelope("Probe", _uuid4(), 1, NewerMetadataProbe(value=3), _Meta(actor="ann")))
+    document = _json.loads(stored.state)
+    document["meta"]["added_in_a_later_release"] = {"x": 1}
+    newer = _StoredEvent(stored.originator_id, 1, stored.topic, _json.dumps(document).encode())
+    envelope = _from_stored(newer)
+    assert envelope.metadata.actor == "ann" and envelope.event == NewerMetadataProbe(value=3)
