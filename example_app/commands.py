@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 from pydantic import Field, StringConstraints
 
@@ -32,19 +32,30 @@ Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, m
 Quantity = Annotated[int, Field(gt=0, le=10**15)]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
 
+# Who may send what over the write API (a token's `roles` or `scope`). The process managers send
+# RecordEntitlements and NotifyDepositor through the bus directly, without a token: over HTTP only
+# a caller standing in for the process (role `process`) may.
+REGISTRAR: frozenset[str] = frozenset({"registrar"})
+CUSTODY: frozenset[str] = frozenset({"custody"})
+CORPORATE_ACTIONS: frozenset[str] = frozenset({"corporate-actions"})
+PROCESS: frozenset[str] = frozenset({"process"})
+
 
 class RegisterSecurity(Command):
+    allowed_roles: ClassVar[frozenset[str]] = REGISTRAR
     isin: Isin
     name: Name
     currency: Currency
 
 
 class OpenAccount(Command):
+    allowed_roles: ClassVar[frozenset[str]] = CUSTODY
     account_number: Code
     holder_name: Name
 
 
 class CreditHoldings(Command):
+    allowed_roles: ClassVar[frozenset[str]] = CUSTODY
     account_number: Code
     isin: Isin
     quantity: Quantity
@@ -52,6 +63,7 @@ class CreditHoldings(Command):
 
 
 class DebitHoldings(Command):
+    allowed_roles: ClassVar[frozenset[str]] = CUSTODY
     account_number: Code
     isin: Isin
     quantity: Quantity
@@ -59,6 +71,7 @@ class DebitHoldings(Command):
 
 
 class TransferHoldings(Command):
+    allowed_roles: ClassVar[frozenset[str]] = CUSTODY
     from_account: Code
     to_account: Code
     isin: Isin
@@ -67,6 +80,7 @@ class TransferHoldings(Command):
 
 
 class AnnounceCorporateAction(Command):
+    allowed_roles: ClassVar[frozenset[str]] = CORPORATE_ACTIONS
     action_id: Code
     isin: Isin
     record_date: date
@@ -75,15 +89,18 @@ class AnnounceCorporateAction(Command):
 
 
 class ValidateCorporateAction(Command):
+    allowed_roles: ClassVar[frozenset[str]] = CORPORATE_ACTIONS
     action_id: Code
 
 
 class RejectCorporateAction(Command):
+    allowed_roles: ClassVar[frozenset[str]] = CORPORATE_ACTIONS
     action_id: Code
     reasons: Annotated[list[Reason], Field(min_length=1, max_length=20)]
 
 
 class CancelCorporateAction(Command):
+    allowed_roles: ClassVar[frozenset[str]] = CORPORATE_ACTIONS
     action_id: Code
     reason: Reason
 
@@ -91,6 +108,7 @@ class CancelCorporateAction(Command):
 class RecordEntitlements(Command):
     """Issued by the corporate-action process once an action is validated."""
 
+    allowed_roles: ClassVar[frozenset[str]] = PROCESS
     action_id: Code
     entitlements: Annotated[list[Entitlement], Field(max_length=100_000)]
 
@@ -98,6 +116,7 @@ class RecordEntitlements(Command):
 class NotifyDepositor(Command):
     """Issued by the corporate-action process; a second identical one is refused as a duplicate."""
 
+    allowed_roles: ClassVar[frozenset[str]] = PROCESS
     account_number: Code
     action_id: Code
     kind: NotificationKind

@@ -29,6 +29,8 @@ class Command(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     command_name: ClassVar[str]
+    allowed_roles: ClassVar[frozenset[str]] = frozenset()
+    """Roles that may send this command over the write API (empty: any authenticated caller)."""
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:

@@ -20,6 +20,9 @@ HTTP and GraphQL layers expose to clients.
     ├── EventSchemaError           a stored event cannot be read back as its type
     ├── BusUnavailable             the event bus (NATS) cannot be reached
     ├── VersionSwitched            a projection's active version changed under a worker
+    ├── Unauthenticated            no valid credentials (missing, malformed, expired token)
+    ├── Forbidden                  valid credentials without a role the request needs
+    ├── RateLimited                too many requests from one client; retry later
     └── ConfigurationError         a setting is missing or malformed
 """
 
@@ -39,12 +42,15 @@ __all__ = [
     "EventSchemaError",
     "EventfoldError",
     "FieldError",
+    "Forbidden",
     "IdempotencyKeyInFlight",
     "IdempotencyKeyReused",
     "InvalidCommand",
     "InvalidTransition",
+    "RateLimited",
     "RuleViolation",
     "StoreUnavailable",
+    "Unauthenticated",
     "UnknownCommand",
     "VersionSwitched",
 ]
@@ -142,3 +148,25 @@ class VersionSwitched(EventfoldError):
     """A rebuilt version became active; the worker reloads its version and position."""
 
     code = "version_switched"
+
+
+class Unauthenticated(EventfoldError):
+    """The request carries no valid credentials (401)."""
+
+    code = "unauthenticated"
+
+
+class Forbidden(EventfoldError):
+    """The credentials are valid but lack a role the request needs (403)."""
+
+    code = "forbidden"
+
+
+class RateLimited(EventfoldError):
+    """The client sent more requests than its allowance; ``retry_after`` is in seconds (429)."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -82,6 +82,16 @@ class Settings:
     metrics_port: int | None = None  # relay and project: serve /metrics on this port (unset: off)
     ready_max_lag_seconds: float = 60.0
     log_format: str | None = None  # json or text; None: text for dev and one-off commands, json for roles
+    jwks_file: str | None = None
+    jwks_url: str | None = None
+    jwt_key: str | None = None
+    jwt_algorithms: tuple[str, ...] = ("RS256", "ES256")
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    allow_anonymous: bool | None = None  # None: on for `eventfold dev`, off for write-api and query-api
+    rate_limit_per_second: float | None = None  # write API, per client; None: no limit
+    breaker_threshold: int = 5  # write API: consecutive store failures that open the circuit breaker
+    breaker_cool_down_seconds: float = 5.0  # how long it stays open before one probe goes through
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -120,6 +130,18 @@ class Settings:
                 "READY_MAX_LAG_SECONDS", float, defaults.ready_max_lag_seconds, minimum=0
             ),
             log_format=read.choice("LOG_FORMAT", ("json", "text")),
+            jwks_file=read.text("JWKS_FILE", None) or None,
+            jwks_url=read.text("JWKS_URL", None) or None,
+            jwt_key=read.text("JWT_KEY", None) or None,
+            jwt_algorithms=read.names("JWT_ALGORITHMS", defaults.jwt_algorithms),
+            jwt_issuer=read.text("JWT_ISSUER", None) or None,
+            jwt_audience=read.text("JWT_AUDIENCE", None) or None,
+            allow_anonymous=read.flag("ALLOW_ANONYMOUS"),
+            rate_limit_per_second=read.optional_number("RATE_LIMIT_PER_SECOND"),
+            breaker_threshold=read.number("BREAKER_THRESHOLD", int, defaults.breaker_threshold, minimum=1),
+            breaker_cool_down_seconds=read.number(
+                "BREAKER_COOL_DOWN_SECONDS", float, defaults.breaker_cool_down_seconds, minimum=0
+            ),
         )
         settings.postgres()  # a malformed URL fails here, at start-up
         return settings
@@ -148,6 +170,25 @@ class _Reader:
     def text(self, name: str, default: str | None) -> str | None:
         value = self._env.get(PREFIX + name)
         return default if value is None else value.strip()
+
+    def names(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        raw = self._env.get(PREFIX + name, "")
+        names = tuple(n.strip() for n in raw.split(",") if n.strip())
+        return names or default
+
+    def flag(self, name: str) -> bool | None:
+        raw = self._env.get(PREFIX + name, "").strip().lower()
+        if not raw:
+            return None
+        if raw in ("1", "true", "yes", "on"):
+            return True
+        if raw in ("0", "false", "no", "off"):
+            return False
+        raise ConfigurationError(f"{PREFIX}{name}={raw!r} must be true or false")
+
+    def optional_number(self, name: str) -> float | None:
+        raw = self._env.get(PREFIX + name, "").strip()
+        return self.number(name, float, 0.0, minimum=0.001) if raw else None
 
     def optional_port(self, name: str) -> int | None:
         raw = self._env.get(PREFIX + name, "").strip()

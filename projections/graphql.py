@@ -17,6 +17,7 @@ from framework.graphql import (
     connection,
     graphql_type,
     page_request,
+    requires,
 )
 from framework.query import Condition, Sort, paginate
 from framework.status import projection_statuses
@@ -179,7 +180,8 @@ class Query:
                                   Sort("notified_at", descending=True))
         return connection(page, Notification.from_row)
 
-    @strawberry.field(description="Position, lag and state of every projection (for operators).")
+    @strawberry.field(description="Position, lag and state of every projection (for operators; role `ops`).",
+                      permission_classes=[requires("ops")])
     async def projections(self, info: Info) -> list[ProjectionStatus]:
         context = _context(info)
         if context.store is None:

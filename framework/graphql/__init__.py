@@ -4,6 +4,7 @@ Nothing here is imported by ``import framework``: this package is what pulls in 
 """
 
 from framework.graphql.app import GraphQLSpec, QueryApiOptions, QueryContext, create_query_app
+from framework.graphql.permissions import requires
 from framework.graphql.types import Connection, Edge, PageInfo, connection, graphql_type, page_request
 
 __all__ = [
@@ -17,4 +18,5 @@ __all__ = [
     "create_query_app",
     "graphql_type",
     "page_request",
+    "requires",
 ]

@@ -53,11 +53,12 @@ from strawberry.schema.config import StrawberryConfig
 from strawberry.schema.name_converter import NameConverter
 from strawberry.types import ExecutionResult
 
-from framework.errors import EventfoldError, StoreUnavailable
+from framework.errors import EventfoldError, StoreUnavailable, Unauthenticated
 from framework.http.health import Check, metrics_route, projections_check, ready_route, store_check, views_check
 from framework.metrics import Metrics
 from framework.query import InvalidQuery
 from framework.readmodel import ReadModel
+from framework.security import ANONYMOUS, Authenticator, Principal
 from framework.store import EventStore
 from framework.views import ViewStore
 
@@ -107,6 +108,7 @@ class QueryContext:
     options: QueryApiOptions
     min_position: int | None = None
     consistency: dict[str, Any] | None = None
+    principal: Principal = ANONYMOUS
     _loaders: dict[tuple[str, type[ReadModel]], DataLoader[Any, Any]] = field(default_factory=dict)
 
     async def read(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -291,11 +293,15 @@ def _error(message: str, code: str, error: GraphQLError) -> dict[str, Any]:
     return formatted
 
 
+_PRINCIPAL = "eventfold.principal"
+
+
 class _QueryApi(GraphQL[QueryContext, None]):
     def __init__(self, schema: strawberry.Schema, views: ViewStore, store: EventStore | None,
-                 options: QueryApiOptions) -> None:
+                 options: QueryApiOptions, authenticator: Authenticator | None = None) -> None:
         super().__init__(schema, graphql_ide=None, allow_queries_via_get=True)
         self._views, self._store, self._options = views, store, options
+        self._authenticator = authenticator
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Request-level failures (bad JSON, no query, wrong method) answered in the GraphQL error shape."""
@@ -303,16 +309,27 @@ class _QueryApi(GraphQL[QueryContext, None]):
             await super().__call__(scope, receive, send)
             return
         try:
+            scope[_PRINCIPAL] = await self._principal(Request(scope=scope))
             response = await self.run(Request(scope=scope, receive=receive))
+        except Unauthenticated as error:
+            response = _graphql_error(401, error.message, "UNAUTHENTICATED")
+            response.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
         except HTTPException as error:
             response = _graphql_error(error.status_code, error.reason, _request_code(error.status_code))
         except (AttributeError, TypeError):  # a JSON body that is not an object trips Strawberry up
             response = _graphql_error(400, "the body must be a JSON object with a `query`", "BAD_REQUEST")
         await response(scope, receive, send)
 
+    async def _principal(self, request: Request) -> Principal:
+        if self._authenticator is None:
+            return ANONYMOUS
+        # a JWKS URL may be fetched: keep it off the event loop
+        return await asyncio.to_thread(self._authenticator.authenticate, request.headers.get("authorization"))
+
     async def get_context(self, request: Any, response: Any) -> QueryContext:
         return QueryContext(request, self._views, self._store, self._options,
-                            min_position=_min_position(request))
+                            min_position=_min_position(request),
+                            principal=request.scope.get(_PRINCIPAL, ANONYMOUS))
 
     async def process_result(self, request: Any, result: ExecutionResult) -> GraphQLHTTPResponse:
         response: GraphQLHTTPResponse = {"data": result.data}
@@ -399,11 +416,14 @@ def query_routes(
     *,
     options: QueryApiOptions | None = None,
     metrics: Metrics | None = None,
+    authenticator: Authenticator | None = None,
 ) -> list[Route]:
-    """``/graphql`` (GET and POST), to mount beside other routes (the embedded mode does)."""
+    """``/graphql`` (GET and POST), to mount beside other routes (the embedded mode does).
+
+    Without ``authenticator`` every caller is anonymous (and passes every ``requires``)."""
     options = options or QueryApiOptions()
     schema = build_schema(spec.query, options, spec.projections_by_field, metrics)
-    graphql = _Guard(_QueryApi(schema, views, store, options), options.max_body_bytes)
+    graphql = _Guard(_QueryApi(schema, views, store, options, authenticator), options.max_body_bytes)
     return [Route("/graphql", graphql, methods=["GET", "POST"])]
 
 
@@ -414,10 +434,12 @@ def create_query_app(
     *,
     options: QueryApiOptions | None = None,
     metrics: Metrics | None = None,
+    authenticator: Authenticator | None = None,
 ) -> Starlette:
     """The query API: ``/graphql``, ``GET /healthz``, ``GET /readyz`` and ``GET /metrics``.
 
     Without ``metrics``, a fresh registry that also exports the projections' positions and lags.
+    Without ``authenticator``, every caller is anonymous (the library default; the CLI passes one).
     """
     options = options or QueryApiOptions()
     if metrics is None:
@@ -429,7 +451,7 @@ def create_query_app(
         return JSONResponse({"status": "ok"})
 
     return Starlette(routes=[
-        *query_routes(spec, views, store, options=options, metrics=metrics),
+        *query_routes(spec, views, store, options=options, metrics=metrics, authenticator=authenticator),
         Route("/healthz", healthz),
         ready_route(readiness_checks(views, store, options), options.ready_timeout_seconds),
         metrics_route(metrics),

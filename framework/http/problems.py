@@ -12,12 +12,15 @@ from framework.errors import (
     CommandRejected,
     ConcurrencyConflict,
     EventfoldError,
+    Forbidden,
     IdempotencyKeyInFlight,
     IdempotencyKeyReused,
     InvalidCommand,
     InvalidTransition,
+    RateLimited,
     RuleViolation,
     StoreUnavailable,
+    Unauthenticated,
     UnknownCommand,
 )
 
@@ -27,6 +30,9 @@ PROBLEM_JSON = "application/problem+json"
 
 # Most specific first: the first matching class decides the status.
 _STATUS: list[tuple[type[EventfoldError], int, str]] = [
+    (Unauthenticated, 401, "Unauthenticated"),
+    (Forbidden, 403, "Forbidden"),
+    (RateLimited, 429, "Too many requests"),
     (UnknownCommand, 404, "Unknown command"),
     (AggregateNotFound, 404, "Aggregate not found"),
     (InvalidCommand, 422, "Invalid command"),
@@ -72,6 +78,10 @@ def problem_for(error: EventfoldError, *, retry_after: int) -> JSONResponse:
     if isinstance(error, RuleViolation):
         extra["reason"] = error.reason
     headers = {"Retry-After": str(retry_after)} if status == 503 else None
+    if isinstance(error, RateLimited):
+        headers = {"Retry-After": str(error.retry_after)}
+    if isinstance(error, Unauthenticated):
+        headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
     detail = error.message if status != 500 else "the server could not process the request"
     return problem(status, title, detail, error.code, headers, **extra)
 

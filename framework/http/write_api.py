@@ -27,8 +27,10 @@ from framework.errors import EventfoldError
 from framework.http.health import metrics_route, ready_route, store_check
 from framework.http.openapi import openapi_document
 from framework.http.problems import problem, problem_for
+from framework.http.ratelimit import RateLimiter
 from framework.metrics import Metrics
 from framework.observe import NULL_OBSERVER, correlation_id
+from framework.security import ANONYMOUS, Authenticator, Principal, authorize
 
 __all__ = ["WriteApiOptions", "create_write_app"]
 
@@ -44,6 +46,26 @@ class WriteApiOptions:
     max_body_bytes: int = 1_048_576
     retry_after_seconds: int = 1
     ready_timeout_seconds: float = 2.0
+    rate_limit_per_second: float | None = None  # per principal subject, else per client address
+
+
+@dataclass(frozen=True)
+class _Gate:
+    """Who may come in: the authenticator (None: everyone is anonymous) and the rate limiter."""
+
+    authenticator: Authenticator | None
+    limiter: RateLimiter | None
+
+    async def principal(self, request: Request) -> Principal:
+        if self.authenticator is None:
+            principal = ANONYMOUS
+        else:  # a JWKS URL may be fetched: keep it off the event loop
+            principal = await run_in_threadpool(self.authenticator.authenticate,
+                                                request.headers.get("authorization"))
+        if self.limiter is not None:
+            client = principal.subject or (request.client.host if request.client else "unknown")
+            self.limiter.check(client)
+        return principal
 
 
 class _BadRequest(Exception):
@@ -53,11 +75,21 @@ class _BadRequest(Exception):
 
 
 def create_write_app(
-    bus: CommandBus, options: WriteApiOptions | None = None, *, metrics: Metrics | None = None
+    bus: CommandBus,
+    options: WriteApiOptions | None = None,
+    *,
+    metrics: Metrics | None = None,
+    authenticator: Authenticator | None = None,
 ) -> Starlette:
     """The write API. ``metrics`` is what ``/metrics`` serves (default: a fresh registry, which
-    becomes the bus's observer when the bus has none)."""
+    becomes the bus's observer when the bus has none).
+
+    Without ``authenticator`` every caller is anonymous and may send every command (the library
+    default, for tests and embedding); the CLI passes one built from the settings.
+    """
     options = options or WriteApiOptions()
+    limiter = RateLimiter(options.rate_limit_per_second) if options.rate_limit_per_second else None
+    gate = _Gate(authenticator, limiter)
     openapi = openapi_document(bus.router)
     if metrics is None:
         metrics = Metrics()
@@ -66,7 +98,7 @@ def create_write_app(
 
     async def post_command(request: Request) -> Response:
         try:
-            return await _handle_command(request, bus, options)
+            return await _handle_command(request, bus, options, gate)
         except _BadRequest as bad:
             return bad.response
         except EventfoldError as error:
@@ -90,13 +122,16 @@ def create_write_app(
     )
 
 
-async def _handle_command(request: Request, bus: CommandBus, options: WriteApiOptions) -> Response:
+async def _handle_command(request: Request, bus: CommandBus, options: WriteApiOptions,
+                          gate: _Gate) -> Response:
+    principal = await gate.principal(request)  # 401 and 429 before anything else
     name = request.path_params["name"]
     command_type = bus.router.command_type(name)  # 404 before reading a body
+    authorize(command_type, principal)
     _require_json(request)
     payload = _decode(await _read_body(request, options.max_body_bytes))
     command = bus.router.parse(command_type.command_name, payload)
-    context = _context(request)
+    context = _context(request, principal)
     token = correlation_id.set(context.correlation_id)
     try:
         executed = await run_in_threadpool(bus.execute, command, context)
@@ -147,12 +182,13 @@ def _reason(error: Exception) -> str:
     return str(error) or type(error).__name__
 
 
-def _context(request: Request) -> CommandContext:
+def _context(request: Request, principal: Principal) -> CommandContext:
     key = _header(request, "idempotency-key")
     request_id = str(uuid4())
     return CommandContext(
         correlation_id=_header(request, "x-correlation-id") or request_id,
         causation_id=request_id,
+        actor=principal.subject,
         idempotency_key=key,
         trace_context=_trace_context(request),
     )

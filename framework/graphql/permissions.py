@@ -1,0 +1,37 @@
+"""Roles on GraphQL fields: ``@strawberry.field(permission_classes=[requires("ops")])``.
+
+A caller without one of the roles gets an error with ``extensions.code``
+``FORBIDDEN`` for that field (``UNAUTHENTICATED`` if no caller is known);
+an anonymous caller (allowed only when anonymous access is on) passes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from strawberry.permission import BasePermission
+from strawberry.types import Info
+
+from framework.errors import Forbidden, Unauthenticated
+from framework.security import Principal, has_any_role
+
+__all__ = ["requires"]
+
+
+def requires(*roles: str) -> type[BasePermission]:
+    """A permission class letting through callers holding at least one of ``roles``."""
+    needed = frozenset(roles)
+
+    class Requires(BasePermission):
+        message = f"needs one of the roles: {', '.join(sorted(needed))}"
+
+        def has_permission(self, source: Any, info: Info[Any, Any], **kwargs: Any) -> bool:
+            principal = getattr(info.context, "principal", None)
+            if not isinstance(principal, Principal):
+                raise Unauthenticated("a bearer token is required")
+            if not has_any_role(principal, needed):
+                raise Forbidden(f"{info.field_name} {self.message}")
+            return True
+
+    Requires.__name__ = f"Requires_{'_'.join(sorted(needed)) or 'any'}"
+    return Requires
