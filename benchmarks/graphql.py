@@ -467,7 +467,8 @@ def query_api(url: str, command: str | None) -> Server:
 
 
 def _eventfold_env(url: str) -> dict[str, str]:
-    return {"EVENTFOLD_DATABASE_URL": url, "EVENTFOLD_DB_SCHEMA": SCHEMA}
+    # The benchmark sends no tokens: anonymous access (off by default for query-api).
+    return {"EVENTFOLD_DATABASE_URL": url, "EVENTFOLD_DB_SCHEMA": SCHEMA, "EVENTFOLD_ALLOW_ANONYMOUS": "true"}
 
 
 def check_answer(port: int, phase: Phase) -> str:

@@ -1216,6 +1216,7 @@ def run_eventfold_e2e(args: argparse.Namespace, scratch: Scratch) -> LatencyResu
         "EVENTFOLD_DATABASE_URL": url, "EVENTFOLD_DB_SCHEMA": schema, "EVENTFOLD_NATS_URL": scratch.nats_url,
         "EVENTFOLD_STREAM": settings.stream, "EVENTFOLD_SUBJECT_PREFIX": settings.subject_prefix,
         "EVENTFOLD_CONSUMER_PREFIX": settings.consumer_prefix,
+        "EVENTFOLD_ALLOW_ANONYMOUS": "true",  # the benchmark sends no tokens (off by default for write-api)
     }
     eventfold = wp._eventfold_command()
     done = subprocess.run([*eventfold, "init-db"], env=env, capture_output=True, text=True, timeout=120)

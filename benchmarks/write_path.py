@@ -552,8 +552,9 @@ class Server:
         self.port = _free_port()
         self._command = command or [*_eventfold_command(), "write-api", "--host", "127.0.0.1",
                                     "--port", str(self.port)]
+        # The benchmark sends no tokens: anonymous access (off by default for write-api).
         self._env = {**os.environ, "EVENTFOLD_DATABASE_URL": url, "PYTHONUNBUFFERED": "1",
-                     "BENCH_PORT": str(self.port)}
+                     "BENCH_PORT": str(self.port), "EVENTFOLD_ALLOW_ANONYMOUS": "true"}
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed in stop())
             "w+", prefix="eventfold-bench-", suffix=".log")
         self._process: subprocess.Popen[bytes] | None = None

@@ -6,7 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${EVENTFOLD_DATABASE_URL:?set EVENTFOLD_DATABASE_URL=postgresql://user@host:5432/dbname}"
 : "${EVENTFOLD_NATS_URL:?set EVENTFOLD_NATS_URL=nats://host:4222}"
-export EVENTFOLD_DATABASE_URL EVENTFOLD_NATS_URL
+# A local demo sends no tokens: allow anonymous callers unless told otherwise. write-api and query-api
+# refuse to start without a token key (EVENTFOLD_JWKS_FILE, EVENTFOLD_JWKS_URL or EVENTFOLD_JWT_KEY)
+# when this is off; anonymous access is for development and trusted networks only.
+: "${EVENTFOLD_ALLOW_ANONYMOUS:=true}"
+export EVENTFOLD_DATABASE_URL EVENTFOLD_NATS_URL EVENTFOLD_ALLOW_ANONYMOUS
 bin=.venv/bin/eventfold
 "$bin" init-db
 pids=()

@@ -13,12 +13,14 @@ from framework.bus import CommandBus
 from framework.errors import ConfigurationError
 from framework.observe import Observer
 from framework.projector import Projector
+from framework.security import Authenticator
 from framework.settings import PostgresSettings, Settings
 from framework.store import EventStore
 from framework.tracing import Tracer
 from framework.views import ViewStore
 
 __all__ = [
+    "authenticator",
     "command_bus",
     "load_graphql",
     "load_projectors",
@@ -44,6 +46,25 @@ def open_views(postgres: PostgresSettings) -> ViewStore:
     from framework.adapters.postgres_views import PostgresViewStore
 
     return PostgresViewStore(postgres)
+
+
+def authenticator(settings: Settings, role: str) -> Authenticator:
+    """Bearer-token checks from the settings; anonymous access defaults to on only for ``dev``.
+
+    A missing key source (with anonymous access off) or an unreadable key fails here, at start-up.
+    """
+    from framework.http.auth import JwtSettings, authenticator_from_settings
+
+    allow = settings.allow_anonymous if settings.allow_anonymous is not None else role == "dev"
+    return authenticator_from_settings(JwtSettings(
+        jwks_file=settings.jwks_file,
+        jwks_url=settings.jwks_url,
+        key=settings.jwt_key,
+        algorithms=settings.jwt_algorithms,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        allow_anonymous=allow,
+    ))
 
 
 def tracing(role: str) -> Tracer:

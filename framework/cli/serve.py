@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from framework.cli.common import (
+    authenticator,
     command_bus,
     load_graphql,
     load_projectors,
@@ -60,12 +61,13 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
     from framework.adapters.memory_bus import MemoryBus, MemoryConsumer, MemoryPublisher
     from framework.adapters.memory_views import MemoryViewStore
     from framework.graphql.app import query_routes
-    from framework.http.write_api import WriteApiOptions, create_write_app
+    from framework.http.write_api import create_write_app
     from framework.metrics import Metrics
     from framework.runner import run_projection, run_relay
     from framework.worker import ProjectionWorker
 
     embedded = replace(settings, database_url=None)
+    auth = authenticator(embedded, "dev")
     store = open_store(embedded)
     store.create_schema()  # an embedded file is private to this process: set it up in place
     metrics = Metrics()
@@ -97,9 +99,9 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    write_app = create_write_app(bus, WriteApiOptions(embedded.max_body_bytes, embedded.retry_after_seconds),
-                                 metrics=metrics)
-    routes = [*query_routes(graphql, views, store, options=_query_options(embedded), metrics=metrics),
+    write_app = create_write_app(bus, _write_options(embedded), metrics=metrics, authenticator=auth)
+    routes = [*query_routes(graphql, views, store, options=_query_options(embedded), metrics=metrics,
+                            authenticator=auth),
               Mount("/", app=write_app)]
     app = Starlette(routes=routes, lifespan=background)
     return _serve(embedded, app, args, store.close)
@@ -141,9 +143,11 @@ def run_query_api(settings: Settings, args: argparse.Namespace) -> int:
     from framework.graphql import create_query_app
 
     postgres = require_postgres(settings, "query-api")
+    auth = authenticator(settings, "query-api")
     tracing("query-api")  # for the application's own spans: Eventfold opens none on the read path
     store, views = open_store(settings), open_views(postgres)
-    app = create_query_app(load_graphql(settings.graphql), views, store, options=_query_options(settings))
+    app = create_query_app(load_graphql(settings.graphql), views, store, options=_query_options(settings),
+                           authenticator=auth)
 
     def close() -> None:
         views.close()
@@ -159,13 +163,23 @@ def _query_options(settings: Settings) -> Any:
                            ready_max_lag_seconds=settings.ready_max_lag_seconds)
 
 
+def _write_options(settings: Settings) -> Any:
+    from framework.http.write_api import WriteApiOptions
+
+    return WriteApiOptions(settings.max_body_bytes, settings.retry_after_seconds,
+                           rate_limit_per_second=settings.rate_limit_per_second)
+
+
 def run_write_api(settings: Settings, args: argparse.Namespace) -> int:
-    from framework.http.write_api import WriteApiOptions, create_write_app
+    from framework.breaker import BreakingEventStore, CircuitBreaker
+    from framework.http.write_api import create_write_app
 
     require_postgres(settings, "write-api")
-    store = open_store(settings)
-    app = create_write_app(command_bus(settings, store, tracer=tracing("write-api")),
-                           WriteApiOptions(settings.max_body_bytes, settings.retry_after_seconds))
+    auth = authenticator(settings, "write-api")
+    store = BreakingEventStore(open_store(settings), CircuitBreaker(
+        settings.breaker_threshold, settings.breaker_cool_down_seconds))
+    app = create_write_app(command_bus(settings, store, tracer=tracing("write-api")), _write_options(settings),
+                           authenticator=auth)
     return _serve(settings, app, args, store.close)
 
 

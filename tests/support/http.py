@@ -78,8 +78,13 @@ def eventfold_executable() -> str:
 
 
 def clean_env(**variables: str) -> dict[str, str]:
-    """The current environment without any EVENTFOLD_* variable, plus ``variables``."""
+    """The current environment without any EVENTFOLD_* variable, plus ``variables``.
+
+    Anonymous access is allowed (the servers' default is off) unless ``variables`` say otherwise:
+    tests that are not about tokens send none.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTFOLD_")}
+    env["EVENTFOLD_ALLOW_ANONYMOUS"] = "true"
     env.update(variables)
     return env
 
@@ -109,7 +114,8 @@ class CliServer:
             self.port: int = probe.getsockname()[1]
         self.base_url = f"http://{host}:{self.port}"
         self._command = [eventfold_executable(), role, "--host", host, "--port", str(self.port)]
-        self._env = dict(env)
+        # Anonymous access unless the environment decides (write-api and query-api default to off).
+        self._env = {"EVENTFOLD_ALLOW_ANONYMOUS": "true", **env}
         self.process: subprocess.Popen[str] | None = None
         self.stdout = ""
         self.stderr = ""
