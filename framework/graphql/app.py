@@ -321,10 +321,12 @@ class _QueryApi(GraphQL[QueryContext, None]):
         await response(scope, receive, send)
 
     async def _principal(self, request: Request) -> Principal:
+        header = request.headers.get("authorization")
         if self._authenticator is None:
             return ANONYMOUS
-        # a JWKS URL may be fetched: keep it off the event loop
-        return await asyncio.to_thread(self._authenticator.authenticate, request.headers.get("authorization"))
+        if getattr(self._authenticator, "blocking", False):  # a JWKS URL may be fetched
+            return await asyncio.to_thread(self._authenticator.authenticate, header)
+        return self._authenticator.authenticate(header)
 
     async def get_context(self, request: Any, response: Any) -> QueryContext:
         return QueryContext(request, self._views, self._store, self._options,

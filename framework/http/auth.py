@@ -56,6 +56,7 @@ class JwtAuthenticator:
     def __init__(self, settings: JwtSettings) -> None:
         self._settings = settings
         self._keys = _key_resolver(settings)
+        self.blocking = bool(settings.jwks_url)  # may fetch keys over the network: call off the event loop
 
     def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:

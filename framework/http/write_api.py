@@ -57,11 +57,13 @@ class _Gate:
     limiter: RateLimiter | None
 
     async def principal(self, request: Request) -> Principal:
+        header = request.headers.get("authorization")
         if self.authenticator is None:
             principal = ANONYMOUS
-        else:  # a JWKS URL may be fetched: keep it off the event loop
-            principal = await run_in_threadpool(self.authenticator.authenticate,
-                                                request.headers.get("authorization"))
+        elif getattr(self.authenticator, "blocking", False):  # a JWKS URL may be fetched
+            principal = await run_in_threadpool(self.authenticator.authenticate, header)
+        else:
+            principal = self.authenticator.authenticate(header)
         if self.limiter is not None:
             client = principal.subject or (request.client.host if request.client else "unknown")
             self.limiter.check(client)

@@ -23,6 +23,7 @@ from framework.adapters.memory_views import MemoryViewStore
 from framework.adapters.postgres import PostgresEventStore
 from framework.breaker import BreakingEventStore, CircuitBreaker
 from framework.bus import CommandBus
+from framework.errors import Unauthenticated
 from framework.graphql import create_query_app
 from framework.http.write_api import WriteApiOptions, create_write_app
 from projections.graphql import build_graphql
@@ -218,3 +219,22 @@ def _unavailable(response: httpx.Response) -> str:
     body: dict[str, Any] = problem(response, 503, "store_unavailable")
     assert response.headers["retry-after"] == "1"
     return str(body["detail"])
+
+
+def test_keys_can_come_from_a_jwks_url(issuer: Issuer) -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from framework.http.auth import JwtAuthenticator, JwtSettings
+
+    async def jwks(_: Any) -> Response:
+        return Response(issuer.jwks_file.read_text(), media_type="application/json")
+
+    with ServerThread(Starlette(routes=[Route("/jwks.json", jwks)])) as keys:
+        auth = JwtAuthenticator(JwtSettings(jwks_url=f"{keys.base_url}/jwks.json", algorithms=("RS256",),
+                                            issuer=ISSUER, audience=AUDIENCE))
+        assert auth.blocking
+        assert auth.authenticate(f"Bearer {issuer.token('remote', ['ops'])}").subject == "remote"
+        with pytest.raises(Unauthenticated, match="signature"):
+            auth.authenticate(f"Bearer {issuer.token(key=new_key())}")

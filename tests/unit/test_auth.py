@@ -249,3 +249,22 @@ def test_the_breaker_opens_after_failures_then_probes_and_closes() -> None:
     now[0] = 10.0
     assert store.head() == 0  # the probe succeeds
     assert store.breaker.state == "closed"
+
+
+# --- settings -------------------------------------------------------------------------------------
+
+def test_security_settings_are_read_from_the_environment() -> None:
+    from framework.cli.common import authenticator
+    from framework.settings import Settings
+
+    settings = Settings.from_env({"EVENTFOLD_JWT_ALGORITHMS": "RS256, HS256", "EVENTFOLD_RATE_LIMIT_PER_SECOND": "5",
+                                  "EVENTFOLD_ALLOW_ANONYMOUS": "no"})
+    assert settings.jwt_algorithms == ("RS256", "HS256")
+    assert settings.rate_limit_per_second == 5.0
+    assert settings.allow_anonymous is False
+    with pytest.raises(ConfigurationError, match="EVENTFOLD_ALLOW_ANONYMOUS='maybe'"):
+        Settings.from_env({"EVENTFOLD_ALLOW_ANONYMOUS": "maybe"})
+    assert isinstance(authenticator(Settings(), "dev"), AllowAnonymous)
+    with pytest.raises(ConfigurationError, match="no token key"):
+        authenticator(Settings(), "write-api")
+    assert isinstance(authenticator(Settings(allow_anonymous=True), "query-api"), AllowAnonymous)
