@@ -1,6 +1,6 @@
 """The corporate-action process: entitlements at the record date, then exactly-once notifications.
 
-It keeps its own copy of what it needs (accounts, movements, announced
+It keeps its own copy of what it needs (accounts, net movements per day, announced
 actions, who was entitled) in its own tables, updated in the same
 transaction as its position, so its decisions never depend on how far
 another projection has got.
@@ -41,12 +41,14 @@ class ProcessAccount(ReadModel):
     account_number: str
 
 
-class ProcessMovement(ReadModel):
-    table = "movements"
-    key = ("isin", "position")
+class ProcessDailyDelta(ReadModel):
+    """Net movement of one account in one security on one day: the holding at a record date is
+    the sum of the days up to it, whatever the number of movements."""
+
+    table = "daily_deltas"
+    key = ("isin", "account_number", "value_date")
 
     isin: str
-    position: int
     account_number: str
     value_date: date
     delta: int
@@ -72,7 +74,7 @@ class ProcessEntitled(ReadModel):
 
 class CorporateActionProcess(ProcessManager):
     name = "corporate_action_process"
-    read_models = (ProcessAccount, ProcessMovement, ProcessAction, ProcessEntitled)
+    read_models = (ProcessAccount, ProcessDailyDelta, ProcessAction, ProcessEntitled)
 
     @on(AccountOpened)
     def opened(self, event: AccountOpened, context: HandlerContext) -> None:
@@ -92,9 +94,11 @@ class CorporateActionProcess(ProcessManager):
         envelope = context.envelope
         account = context.views.get(ProcessAccount, envelope.aggregate_id)
         assert account is not None and envelope.position is not None
-        context.views.put(ProcessMovement(
-            isin=isin, position=envelope.position, account_number=account.account_number,
-            value_date=envelope.metadata.recorded_at.date(), delta=delta,
+        day = envelope.metadata.recorded_at.date()
+        known = context.views.get(ProcessDailyDelta, isin, account.account_number, day)
+        context.views.put(ProcessDailyDelta(
+            isin=isin, account_number=account.account_number, value_date=day,
+            delta=(known.delta if known else 0) + delta,
         ))
 
     @on(CorporateActionAnnounced)
@@ -138,9 +142,9 @@ class CorporateActionProcess(ProcessManager):
     @staticmethod
     def _holdings_at(context: HandlerContext, isin: str, record_date: date) -> dict[str, int]:
         holdings: dict[str, int] = defaultdict(int)
-        for movement in context.views.select(ProcessMovement, isin=isin):
-            if movement.value_date <= record_date:
-                holdings[movement.account_number] += movement.delta
+        for day in context.views.select(ProcessDailyDelta, isin=isin):
+            if day.value_date <= record_date:
+                holdings[day.account_number] += day.delta
         return dict(holdings)
 
 
