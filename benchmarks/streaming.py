@@ -115,15 +115,24 @@ class Meter:
 
     def start(self) -> Meter:
         self._before = self._sample()
+        self._seen: dict[str, dict[int, float]] = {}
         self._machine = wp._machine_busy()
         self._t0 = time.perf_counter()
         return self
+
+    def watch(self) -> None:
+        """Remember every process's CPU now: one that ends before ``stop()`` (a backend of a child
+        that exited) still counts with what it had used when last seen."""
+        for role, pids in self._sample().items():
+            self._seen.setdefault(role, {}).update(pids)
 
     def stop(self, extra: dict[str, float] | None = None) -> Meter:
         """``extra``: CPU seconds of roles measured another way (a child that already exited)."""
         after = self._sample()
         self.seconds = time.perf_counter() - self._t0
         machine = wp._machine_busy() - self._machine
+        for role, seen in getattr(self, "_seen", {}).items():
+            after[role] = {**seen, **after.get(role, {})}
         for role, pids in after.items():
             before = self._before.get(role, {})
             self.cpu[role] = sum(max(0.0, cpu - before.get(pid, 0.0)) for pid, cpu in pids.items())
@@ -782,7 +791,7 @@ def replay_in_child(args: argparse.Namespace, scratch: Scratch, url: str, count:
     child = scratch.spawn("replay", argv, {**os.environ, "PYTHONUNBUFFERED": "1"})
     meter = Meter({"child": lambda: [child.pid] if child.popen.poll() is None else []}).start()
     with py_spy(None if variant else args.py_spy, {"the replaying process": child.pid}):
-        peak_sampled = _watch_rss(child)
+        peak_sampled = _watch_rss(child, meter)
     meter.stop()
     out = child.tail(100_000).strip().splitlines()
     if child.popen.returncode != 0 or not out:
@@ -799,9 +808,12 @@ def replay_in_child(args: argparse.Namespace, scratch: Scratch, url: str, count:
     return Row.of(label, report["position"], meter, seconds=report["seconds"], note=note), report, peak_sampled
 
 
-def _watch_rss(child: Process) -> int:
-    peak = 0
+def _watch_rss(child: Process, meter: Meter) -> int:
+    peak, tick = 0, 0
     while child.popen.poll() is None:
+        if tick % 5 == 0:
+            meter.watch()  # once a second: its backends' CPU, before they end with the child
+        tick += 1
         with contextlib.suppress(OSError, ValueError):
             for line in Path(f"/proc/{child.pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
