@@ -46,6 +46,11 @@ class RowCache:
         while len(self._rows) > self._maxsize:
             self._rows.popitem(last=False)
 
+    def refresh(self, key: RowKey, row: ReadModel | None) -> None:
+        """Update a row that is cached; leave the cache alone otherwise."""
+        if key in self._rows:
+            self._rows[key] = row
+
     def clear(self) -> None:
         self._rows.clear()
 
@@ -111,10 +116,14 @@ class StagedViews:
             yield model, key, row
 
     def publish(self) -> None:
-        """This batch's rows become what later batches read (it committed, or is committing)."""
+        """This batch's rows become what later batches read (it committed, or is committing).
+
+        Only rows the cache already knows are updated: rows a projector writes and never
+        reads (a movement history) would otherwise fill the cache and memory for nothing.
+        """
         if self._cache is not None:
             for row_key, row in self._changes.items():
-                self._cache.store(row_key, row)
+                self._cache.refresh(row_key, row)
 
 
 def _copy(row: R | None) -> R | None:
