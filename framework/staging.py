@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator
-from typing import Any, Protocol, TypeVar
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from framework.readmodel import ReadModel
 
-__all__ = ["RowCache", "RowSource", "StagedViews"]
+if TYPE_CHECKING:
+    from framework.views import DeadLetter
+
+__all__ = ["RowCache", "RowSource", "StagedBatch", "StagedViews"]
 
 R = TypeVar("R", bound=ReadModel)
 RowKey = tuple[type[ReadModel], tuple[Any, ...]]
@@ -132,3 +136,23 @@ def _copy(row: R | None) -> R | None:
 
 def _sort_key(key: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple((value is None, value) for value in key)
+
+
+class StagedBatch(StagedViews):
+    """Staged views plus what a batch records besides rows: its new position and its dead letters.
+
+    Both view-store adapters build their batches on this; only how they commit differs.
+    """
+
+    def __init__(self, source: RowSource, cache: RowCache | None = None) -> None:
+        super().__init__(source, cache)
+        self.position: int | None = None
+        self.event_time: datetime | None = None
+        self.letters: list[DeadLetter] = []
+        self.settled: list[int] = []
+
+    def advance(self, position: int, event_time: datetime | None) -> None:
+        self.position, self.event_time = position, event_time
+
+    def park(self, letter: DeadLetter) -> None:
+        self.letters.append(letter)

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from framework.errors import ConcurrencyConflict, VersionSwitched
 from framework.query import BY_KEY, Condition, Sort, sorted_rows
 from framework.readmodel import ReadModel
-from framework.staging import StagedViews
+from framework.staging import StagedBatch, StagedViews
 from framework.views import Batch, DeadLetter, ProjectionState, Views
 
 __all__ = ["MemoryViewStore"]
@@ -39,20 +39,10 @@ class _Source:
         return [r for r in rows if all(getattr(r, k) == v for k, v in equal.items())]  # type: ignore[misc]
 
 
-class _MemoryBatch(StagedViews):
+class _MemoryBatch(StagedBatch):
     def __init__(self, store: MemoryViewStore, name: str, version: _Version) -> None:
         super().__init__(_Source(version))
         self._store, self._name, self._version = store, name, version
-        self.position: int | None = None
-        self.event_time: datetime | None = None
-        self.letters: list[DeadLetter] = []
-        self.settled: list[int] = []
-
-    def advance(self, position: int, event_time: datetime | None) -> None:
-        self.position, self.event_time = position, event_time
-
-    def park(self, letter: DeadLetter) -> None:
-        self.letters.append(letter)
 
     def apply(self) -> None:
         if self.position is not None and self.position <= self._version.state.position:

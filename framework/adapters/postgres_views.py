@@ -12,7 +12,6 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
 from enum import Enum
 from typing import Any, TypeVar
 
@@ -26,7 +25,7 @@ from framework.errors import ConcurrencyConflict, StoreUnavailable, VersionSwitc
 from framework.query import BY_KEY, Condition, Sort
 from framework.readmodel import ReadModel
 from framework.settings import PostgresSettings
-from framework.staging import RowCache, StagedViews
+from framework.staging import RowCache, StagedBatch, StagedViews
 from framework.views import Batch, DeadLetter, ProjectionState, Views
 
 __all__ = ["PostgresViewStore"]
@@ -154,20 +153,10 @@ def _load_where(conn: Conn, tables: _Tables, model: type[R], equal: dict[str, An
     return [model.model_validate(r) for r in conn.execute(query, list(equal.values()))]
 
 
-class _PostgresBatch(StagedViews):
+class _PostgresBatch(StagedBatch):
     def __init__(self, source: _Source | _PooledSource, tables: _Tables, cache: RowCache | None) -> None:
         super().__init__(source, cache)
         self.tables = tables
-        self.position: int | None = None
-        self.event_time: datetime | None = None
-        self.letters: list[DeadLetter] = []
-        self.settled: list[int] = []
-
-    def advance(self, position: int, event_time: datetime | None) -> None:
-        self.position, self.event_time = position, event_time
-
-    def park(self, letter: DeadLetter) -> None:
-        self.letters.append(letter)
 
     def flush(self, conn: Conn) -> None:
         deletes: dict[type[ReadModel], list[tuple[Any, ...]]] = defaultdict(list)
