@@ -47,10 +47,12 @@ __all__ = [
     "IdempotencyKeyReused",
     "InvalidCommand",
     "InvalidTransition",
+    "KeysUnavailable",
     "RateLimited",
     "RuleViolation",
     "StoreUnavailable",
     "Unauthenticated",
+    "Unavailable",
     "UnknownCommand",
     "VersionSwitched",
 ]
@@ -128,8 +130,20 @@ class IdempotencyKeyReused(CommandRejected):
     code = "idempotency_key_reused"
 
 
-class StoreUnavailable(EventfoldError):
+class Unavailable(EventfoldError):
+    """A dependency is down or its circuit breaker is open: retry later (HTTP 503 with Retry-After)."""
+
+    code = "unavailable"
+
+
+class StoreUnavailable(Unavailable):
     code = "store_unavailable"
+
+
+class KeysUnavailable(Unavailable):
+    """The token signing keys (a JWKS URL) cannot be fetched: not the client's fault, so not a 401."""
+
+    code = "keys_unavailable"
 
 
 class EventSchemaError(EventfoldError):
@@ -140,7 +154,7 @@ class ConfigurationError(EventfoldError):
     code = "configuration_error"
 
 
-class BusUnavailable(EventfoldError):
+class BusUnavailable(Unavailable):
     code = "bus_unavailable"
 
 

@@ -1,28 +1,36 @@
 """JWT bearer authentication (PyJWT): the adapter that turns a token into a ``Principal``.
 
 Signature, expiry, issuer and audience are checked. Keys come from a JWKS
-document (a file, or a URL through ``PyJWKClient``) or one configured key (a PEM
-public key, or an HMAC secret for HS* algorithms). Roles are the union of the
+document (a file, or a URL fetched with ``PyJWKClient``) or one configured key (a
+PEM public key, or an HMAC secret for HS* algorithms). Roles are the union of the
 token's ``roles`` claim (a list) and its ``scope``/``scp`` claim (space-separated
-or a list). Every failure is ``Unauthenticated`` and never says more than why
-the token was refused.
+or a list). A refused token is ``Unauthenticated`` and never says more than why
+it was refused; a JWKS URL that cannot be fetched is ``ConfigurationError`` at
+start-up and ``KeysUnavailable`` (not the client's fault) afterwards.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.error import HTTPError, URLError
 
 import jwt
 from jwt import PyJWK, PyJWKClient, PyJWKSet
+from jwt.algorithms import get_default_algorithms
 
-from framework.errors import ConfigurationError, Unauthenticated
+from framework.errors import ConfigurationError, KeysUnavailable, Unauthenticated
 from framework.security import ANONYMOUS, Authenticator, Principal
 
 __all__ = ["AllowAnonymous", "JwtAuthenticator", "JwtSettings", "authenticator_from_settings"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,9 @@ class JwtSettings:
     audience: str | None = None
     allow_anonymous: bool = False
     leeway_seconds: float = 0.0
+    jwks_timeout_seconds: float = 5.0  # a JWKS URL: how long one fetch may take (start-up waits this at most)
+    jwks_refetch_seconds: float = 5.0  # ...the least time between two fetches, whatever kids tokens name
+    jwks_max_age_seconds: float = 300.0  # ...how long a fetched set is used before it is fetched again
 
     @property
     def has_key_source(self) -> bool:
@@ -107,17 +118,8 @@ def _roles(claims: dict[str, Any]) -> frozenset[str]:
 def _key_resolver(settings: JwtSettings) -> Any:
     """A function from a token to the key that must have signed it."""
     if settings.jwks_url:
-        client = PyJWKClient(settings.jwks_url, cache_keys=True)
-
-        def from_url(token: str) -> Any:
-            try:
-                return client.get_signing_key_from_jwt(token).key
-            except jwt.PyJWKClientConnectionError as e:
-                raise Unauthenticated(f"the signing keys cannot be fetched: {e}") from None
-            except jwt.PyJWKClientError as e:
-                raise Unauthenticated(f"no signing key for this token: {e}") from None
-
-        return from_url
+        remote = _RemoteKeys(settings.jwks_url, settings)
+        return lambda token: remote.key_for(_kid(token)).key
     if settings.jwks_file:
         return _from_jwks(_read_jwks(settings.jwks_file))
     if settings.key:
@@ -139,21 +141,111 @@ def _read_jwks(path: str) -> PyJWKSet:
 
 
 def _from_jwks(keys: PyJWKSet) -> Any:
-    by_id = {k.key_id: k for k in keys.keys}
-
     def resolve(token: str) -> Any:
-        try:
-            kid = jwt.get_unverified_header(token).get("kid")
-        except jwt.PyJWTError as e:
-            raise Unauthenticated(f"the token is not valid: {e}") from None
-        key: PyJWK | None = by_id.get(kid) if kid is not None else None
-        if key is None and kid is None and len(keys.keys) == 1:
-            key = keys.keys[0]
+        key = _find(keys.keys, _kid(token))
         if key is None:
             raise Unauthenticated("no signing key matches the token's key id")
         return key.key
 
     return resolve
+
+
+def _kid(token: str) -> str | None:
+    try:
+        kid = jwt.get_unverified_header(token).get("kid")
+    except jwt.PyJWTError as e:
+        raise Unauthenticated(f"the token is not valid: {e}") from None
+    return None if kid is None else str(kid)
+
+
+def _find(keys: Sequence[PyJWK], kid: str | None) -> PyJWK | None:
+    """The key named ``kid``; a token without one may use a set of exactly one key."""
+    if kid is None:
+        return keys[0] if len(keys) == 1 else None
+    return next((k for k in keys if k.key_id == kid), None)
+
+
+class _FetchFailed(Exception):
+    """Why the JWKS URL gave no usable keys, worded to follow ``EVENTFOLD_JWKS_URL='...'``."""
+
+
+class _RemoteKeys:
+    """The signing keys at a JWKS URL: fetched at start-up, then again when the set is older than
+    ``jwks_max_age_seconds`` or when a token names a key id it lacks (a rotation). At most one fetch
+    per ``jwks_refetch_seconds``, so tokens with made-up key ids cannot flood the key server. While
+    the key server is down, the keys already fetched keep verifying tokens.
+    """
+
+    def __init__(self, url: str, settings: JwtSettings) -> None:
+        self._url, self._algorithms = url, settings.algorithms
+        self._refetch, self._max_age = settings.jwks_refetch_seconds, settings.jwks_max_age_seconds
+        try:  # PyJWKClient's own cache is off: this class decides when to fetch
+            self._client = PyJWKClient(url, cache_jwk_set=False, timeout=settings.jwks_timeout_seconds)
+            self._keys = self._fetch()
+        except jwt.PyJWKClientError as e:  # the constructor refuses schemes other than http(s)
+            raise ConfigurationError(f"EVENTFOLD_JWKS_URL={url!r} is not usable: {e}") from None
+        except _FetchFailed as e:
+            raise ConfigurationError(f"EVENTFOLD_JWKS_URL={url!r} {e}") from None
+        self._fetched_at = self._tried_at = time.monotonic()
+        self._failure: str | None = None
+        self._lock = threading.Lock()
+
+    def key_for(self, kid: str | None) -> PyJWK:
+        if time.monotonic() - self._fetched_at >= self._max_age:
+            self._refresh(wait=False)  # stale; if this fails, the keys we have go on verifying
+        key = _find(self._keys, kid)
+        if key is None:
+            if not self._refresh(wait=True):  # maybe a rotation, but the key server cannot tell us
+                raise KeysUnavailable("the token signing keys cannot be fetched; try again later")
+            key = _find(self._keys, kid)
+        if key is None:
+            raise Unauthenticated("no signing key matches the token's key id")
+        return key
+
+    def _refresh(self, *, wait: bool) -> bool:
+        """Fetch the set unless one was tried within ``refetch`` seconds, or (``wait`` false) another
+        thread is fetching it; False while the last try failed."""
+        if not self._lock.acquire(blocking=wait):
+            return True
+        try:
+            if time.monotonic() - self._tried_at >= self._refetch:
+                self._tried_at = time.monotonic()
+                try:
+                    self._keys, self._fetched_at, self._failure = self._fetch(), self._tried_at, None
+                except _FetchFailed as e:  # the URL and reason go to the log, not to clients
+                    self._failure = str(e)
+                    log.warning("EVENTFOLD_JWKS_URL=%r %s; the keys fetched before stay in use", self._url, e)
+            return self._failure is None
+        finally:
+            self._lock.release()
+
+    def _fetch(self) -> list[PyJWK]:
+        try:
+            jwk_set = self._client.get_jwk_set()
+        except (jwt.PyJWKClientConnectionError, OSError) as e:
+            raise _FetchFailed(f"cannot be fetched: {_reason(e)}") from None
+        except (jwt.PyJWKClientError, jwt.PyJWKSetError, ValueError) as e:  # ValueError: not JSON
+            raise _FetchFailed(f"is not a JWKS document: {e}") from None
+        keys = [k for k in jwk_set.keys if _usable(k, self._algorithms)]
+        if not keys:
+            raise _FetchFailed(f"holds no signing key for {', '.join(self._algorithms)}")
+        return keys
+
+
+def _reason(error: BaseException) -> str:
+    """The cause without PyJWT's wrapping: ``HTTP Error 404: Not Found``, ``[Errno 111] Connection refused``."""
+    cause = error.__cause__ or error
+    if isinstance(cause, URLError) and not isinstance(cause, HTTPError):
+        return str(cause.reason)
+    return str(cause) or type(cause).__name__
+
+
+def _usable(key: PyJWK, algorithms: tuple[str, ...]) -> bool:
+    """A signing key (``use`` is ``sig`` or unset) of a type one of ``algorithms`` verifies with."""
+    if key.public_key_use not in ("sig", None):
+        return False
+    known = get_default_algorithms()
+    return any(isinstance(known[name], type(key.Algorithm)) for name in algorithms if name in known)
 
 
 def _configured_key(raw: str, algorithms: tuple[str, ...]) -> Any:

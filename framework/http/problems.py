@@ -21,6 +21,7 @@ from framework.errors import (
     RuleViolation,
     StoreUnavailable,
     Unauthenticated,
+    Unavailable,
     UnknownCommand,
 )
 
@@ -44,6 +45,7 @@ _STATUS: list[tuple[type[EventfoldError], int, str]] = [
     (IdempotencyKeyReused, 422, "Idempotency key reused"),
     (CommandRejected, 422, "Command rejected"),
     (StoreUnavailable, 503, "Event store unavailable"),
+    (Unavailable, 503, "Service unavailable"),
 ]
 
 
