@@ -1,7 +1,7 @@
-"""A circuit breaker in front of an event store: fail fast while the database is down.
+"""Circuit breakers in front of a dependency: fail fast while it is down.
 
-After ``threshold`` consecutive ``StoreUnavailable`` the breaker opens: calls
-fail at once with ``StoreUnavailable`` for ``cool_down`` seconds instead of each
+After ``threshold`` consecutive "unavailable" errors the breaker opens: calls
+fail at once with that error for ``cool_down`` seconds instead of each
 waiting for a connection timeout. Then one call is let through as a probe; if
 the store answers, the breaker closes, if not it opens for another cool-down.
 Any other outcome (success, a conflict, a domain error) counts as an answer.
@@ -9,26 +9,36 @@ Any other outcome (success, a conflict, a domain error) counts as an answer.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 from uuid import UUID
 
-from framework.errors import StoreUnavailable
+from framework.errors import BusUnavailable, StoreUnavailable, Unavailable
 from framework.store import ClaimOutcome, EventStore, IdempotencyCompletion, Notification, StoredEvent
+from framework.streaming import Delivery, EventConsumer, EventPublisher
 
-__all__ = ["BreakingEventStore", "CircuitBreaker"]
+__all__ = ["BreakingConsumer", "BreakingEventStore", "BreakingPublisher", "CircuitBreaker", "bus_breaker"]
 
 T = TypeVar("T")
 
 
 class CircuitBreaker:
-    """Closed → open after ``threshold`` consecutive failures → half-open (one probe) → closed."""
+    """Closed → open after ``threshold`` consecutive failures → half-open (one probe) → closed.
 
-    def __init__(self, threshold: int = 5, cool_down: float = 5.0,
+    A failure is an ``unavailable`` error (the dependency did not answer); while
+    open, calls are refused with one, naming ``dependency``.
+    """
+
+    def __init__(self, threshold: int = 5, cool_down: float = 5.0, *, dependency: str = "event store",
+                 unavailable: type[Unavailable] = StoreUnavailable,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.threshold, self.cool_down, self._clock = threshold, cool_down, clock
+        self.dependency, self._unavailable = dependency, unavailable
+        self.opened_total = 0  # times it opened (closed → open), for metrics
+        self.refused_total = 0  # calls answered without trying the dependency
         self._failures = 0
         self._opened_at: float | None = None
         self._probing = False
@@ -41,12 +51,44 @@ class CircuitBreaker:
                 return "closed"
             return "half-open" if self._clock() - self._opened_at >= self.cool_down else "open"
 
+    def refusing_for(self) -> float | None:
+        """Seconds the breaker stays open (None when a call would be let through, maybe as the probe)."""
+        with self._lock:
+            if self._opened_at is None:
+                return None
+            left = self.cool_down - (self._clock() - self._opened_at)
+            return left if left > 0 or self._probing else None
+
+    def refuse(self) -> float | None:
+        """Like ``refusing_for``, counting a refusal: for callers that answer "unavailable" themselves."""
+        left = self.refusing_for()
+        if left is not None:
+            with self._lock:
+                self.refused_total += 1
+        return left
+
     def call(self, action: Callable[[], T]) -> T:
         self._admit()
         try:
             result = action()
-        except StoreUnavailable:
+        except self._unavailable:
             self._failed()
+            raise
+        except BaseException:
+            self._answered()
+            raise
+        self._answered()
+        return result
+
+    async def call_async(self, action: Callable[[], Awaitable[T]]) -> T:
+        self._admit()
+        try:
+            result = await action()
+        except self._unavailable:
+            self._failed()
+            raise
+        except asyncio.CancelledError:
+            self._cancelled()
             raise
         except BaseException:
             self._answered()
@@ -60,20 +102,27 @@ class CircuitBreaker:
                 return
             waited = self._clock() - self._opened_at
             if waited < self.cool_down or self._probing:
+                self.refused_total += 1
                 left = max(0.0, self.cool_down - waited)
-                raise StoreUnavailable(f"the event store is failing; not trying again for {left:.1f}s")
+                raise self._unavailable(f"the {self.dependency} is failing; not trying again for {left:.1f}s")
             self._probing = True  # this call is the probe
 
     def _failed(self) -> None:
         with self._lock:
             self._failures += 1
             self._probing = False
+            if self._opened_at is None and self._failures >= self.threshold:
+                self.opened_total += 1
             if self._failures >= self.threshold or self._opened_at is not None:
                 self._opened_at = self._clock()
 
     def _answered(self) -> None:
         with self._lock:
             self._failures, self._opened_at, self._probing = 0, None, False
+
+    def _cancelled(self) -> None:
+        with self._lock:  # a cancelled probe proved nothing: let the next call probe
+            self._probing = False
 
 
 class BreakingEventStore:
@@ -124,3 +173,42 @@ class BreakingEventStore:
 
     def close(self) -> None:
         self.store.close()
+
+
+def bus_breaker(threshold: int = 5, cool_down: float = 5.0) -> CircuitBreaker:
+    """A breaker for the message bus (counts ``BusUnavailable``)."""
+    return CircuitBreaker(threshold, cool_down, dependency="message bus", unavailable=BusUnavailable)
+
+
+class BreakingPublisher:
+    """An ``EventPublisher`` whose publishing goes through a bus breaker."""
+
+    def __init__(self, publisher: EventPublisher, breaker: CircuitBreaker | None = None) -> None:
+        self.publisher = publisher
+        self.breaker = breaker or bus_breaker()
+
+    async def publish(self, notifications: Sequence[Notification]) -> None:
+        await self.breaker.call_async(lambda: self.publisher.publish(notifications))
+
+    async def last_published_position(self) -> int:
+        return await self.breaker.call_async(self.publisher.last_published_position)
+
+    async def close(self) -> None:
+        await self.publisher.close()
+
+
+class BreakingConsumer:
+    """An ``EventConsumer`` whose binding and fetching go through a bus breaker."""
+
+    def __init__(self, consumer: EventConsumer, breaker: CircuitBreaker | None = None) -> None:
+        self.consumer = consumer
+        self.breaker = breaker or bus_breaker()
+
+    async def bind(self) -> None:
+        await self.breaker.call_async(self.consumer.bind)
+
+    async def fetch(self, max_events: int, timeout: float) -> Delivery:
+        return await self.breaker.call_async(lambda: self.consumer.fetch(max_events, timeout))
+
+    async def close(self) -> None:
+        await self.consumer.close()

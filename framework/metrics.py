@@ -19,6 +19,8 @@ store reports them alike.
 | ``eventfold_graphql_requests_total`` | counter | ``operation``, ``outcome`` |
 | ``eventfold_graphql_request_duration_seconds`` | histogram | ``operation`` |
 | ``eventfold_metrics_collect_errors_total`` | counter | ``source`` |
+| ``eventfold_circuit_breaker_state`` | gauge (1 for the current state) | ``dependency``, ``state`` |
+| ``eventfold_circuit_breaker_opened_total`` / ``_refused_total`` | counter | ``dependency`` |
 """
 
 from __future__ import annotations
@@ -36,17 +38,17 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
     generate_latest,
-    start_http_server,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from framework.breaker import CircuitBreaker
 from framework.status import projection_statuses
 from framework.store import EventStore
 from framework.views import ViewStore
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "serve_metrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -132,16 +134,14 @@ class Metrics:
         """Export the relay's checkpoint and how far the store's head is ahead of it."""
         self.registry.register(_RelayCollector(self, store, name))
 
+    def watch_breakers(self, breakers: Collection[CircuitBreaker]) -> None:
+        """Export each circuit breaker's state and counts (labelled by its dependency)."""
+        self.registry.register(_BreakerCollector(list(breakers)))
+
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format."""
         return generate_latest(self.registry)
 
-
-
-def serve_metrics(metrics: Metrics, port: int, host: str = "127.0.0.1") -> None:
-    """Serve ``/metrics`` on its own port, in a daemon thread (the relay and projection roles)."""
-    start_http_server(port, addr=host, registry=metrics.registry)
-    log.info("metrics on http://%s:%d/metrics", host, port)
 
 
 def _gauge(name: str, documentation: str, labels: list[str]) -> GaugeMetricFamily:
@@ -199,3 +199,25 @@ class _RelayCollector(Collector):
         lag.add_metric([self._name], float(max(head - position, 0)))
         yield position_family
         yield lag
+
+
+class _BreakerCollector(Collector):
+    _STATES = ("closed", "open", "half-open")
+
+    def __init__(self, breakers: list[CircuitBreaker]) -> None:
+        self._breakers = breakers
+
+    def collect(self) -> Iterator[Metric]:
+        state = _gauge("eventfold_circuit_breaker_state", "1 for the breaker's current state",
+                       ["dependency", "state"])
+        opened = CounterMetricFamily("eventfold_circuit_breaker_opened", "Times the breaker opened",
+                                     labels=["dependency"])
+        refused = CounterMetricFamily("eventfold_circuit_breaker_refused",
+                                      "Calls answered at once, without trying the dependency", labels=["dependency"])
+        for breaker in self._breakers:
+            current, dependency = breaker.state, breaker.dependency.replace(" ", "_")
+            for name in self._STATES:
+                state.add_metric([dependency, name], float(name == current))
+            opened.add_metric([dependency], float(breaker.opened_total))
+            refused.add_metric([dependency], float(breaker.refused_total))
+        yield from (state, opened, refused)

@@ -62,18 +62,20 @@ async def run_relay(
     """
     backoff = Backoff()
     position: int | None = None
+    batch: Sequence[Notification] = ()  # kept while the bus is down: it is published again, not read again
     while not stop.is_set():
         try:
             if position is None:
                 stored = await asyncio.to_thread(store.relay_checkpoint, name)
                 position = max(stored, await publisher.last_published_position())
                 log.info("relay %s: starting after position %d", name, position)
-            batch = await asyncio.to_thread(store.read_all, position, batch_size)
+            if not batch:
+                batch = await asyncio.to_thread(store.read_all, position, batch_size)
             if not batch:
                 await asyncio.to_thread(store.wait_for_append, position, poll_seconds)
                 continue
             await _publish(publisher, batch, tracer)
-            position = batch[-1].id
+            position, batch = batch[-1].id, ()
             await asyncio.to_thread(store.save_relay_checkpoint, name, position)
             backoff.reset()
         except _UNAVAILABLE as error:

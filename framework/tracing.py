@@ -11,11 +11,16 @@ every event's ``EventMetadata.trace_context`` (the command span that wrote it),
 and on the bus as a ``TracedNotification`` (the relay's span for that event,
 sent as NATS headers). A projection's span is the child of the bus's context
 when the delivery carries one, else of the event's stored one.
+
+The HTTP APIs take the caller's context from its ``traceparent``/``tracestate``
+headers with ``trace_context_from_headers``: the write API's command span and the
+query API's GraphQL span (``framework.graphql.tracing``) are its children.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -33,6 +38,7 @@ __all__ = [
     "TraceContext",
     "TracedNotification",
     "Tracer",
+    "trace_context_from_headers",
     "trace_context_of",
     "traced",
 ]
@@ -41,6 +47,9 @@ AttributeValue = str | int | float | bool
 SpanKind = Literal["internal", "server", "producer", "consumer"]
 TraceContext = Mapping[str, str]
 """A W3C trace-context carrier: ``traceparent`` and, optionally, ``tracestate``."""
+
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+_TRACESTATE_MAX = 512
 
 
 class Span(Protocol):
@@ -147,3 +156,15 @@ class TracedNotification(Notification):
 def trace_context_of(notification: Notification) -> TraceContext | None:
     """The trace context a delivered notification carries (None: a plain one)."""
     return notification.trace_context if isinstance(notification, TracedNotification) else None
+
+
+def trace_context_from_headers(headers: Mapping[str, str]) -> dict[str, str] | None:
+    """A caller's W3C trace context from its request headers (lower-case names, or a case-insensitive
+    mapping); None when ``traceparent`` is missing or malformed, so that a new trace starts."""
+    parent = headers.get("traceparent", "").strip()
+    if not _TRACEPARENT.match(parent):
+        return None
+    state = headers.get("tracestate", "").strip()
+    if state and len(state) <= _TRACESTATE_MAX and state.isascii():
+        return {"traceparent": parent, "tracestate": state}
+    return {"traceparent": parent}

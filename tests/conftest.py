@@ -20,6 +20,7 @@ from support.postgres import (
     NoPostgres,
     PgDatabase,
     PostgresServer,
+    ThrowawayCluster,
     create_database,
     drop_database,
     find_or_start_server,
@@ -27,7 +28,7 @@ from support.postgres import (
 )
 
 _USED: list[str] = []
-_PG_FIXTURES = {"pg_server", "pg_database", "pg_schema"}
+_PG_FIXTURES = {"pg_server", "pg_database", "pg_schema", "private_postgres"}
 _NATS_FIXTURES = {"nats_server", "jetstream_settings", "private_nats"}
 
 
@@ -48,6 +49,21 @@ def pg_server() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL cluster of this test's own, to stop (``cluster.pause()``) and start again; removed after."""
+    try:
+        cluster = ThrowawayCluster.start()
+    except NoPostgres as e:
+        if _in_ci():
+            pytest.fail(f"CI=true and a throwaway PostgreSQL cluster is required: {e}", pytrace=False)
+        pytest.skip(f"no throwaway PostgreSQL cluster: {e}")
+    try:
+        yield cluster.server()
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="session")

@@ -101,7 +101,7 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
 
     write_app = create_write_app(bus, _write_options(embedded), metrics=metrics, authenticator=auth)
     routes = [*query_routes(graphql, views, store, options=_query_options(embedded), metrics=metrics,
-                            authenticator=auth),
+                            authenticator=auth, tracer=tracer),
               Mount("/", app=write_app)]
     app = Starlette(routes=routes, lifespan=background)
     return _serve(embedded, app, args, store.close)
@@ -141,13 +141,18 @@ def _demo_queries(base: str, position: int) -> str:
 
 def run_query_api(settings: Settings, args: argparse.Namespace) -> int:
     from framework.graphql import create_query_app
+    from framework.metrics import Metrics
 
     postgres = require_postgres(settings, "query-api")
     auth = authenticator(settings, "query-api")
-    tracing("query-api")  # for the application's own spans: Eventfold opens none on the read path
+    tracer = tracing("query-api")  # a span per GraphQL operation (and the provider for the app's own spans)
     store, views = open_store(settings), open_views(postgres)
+    breaker = _breaker(settings, "read models")
+    metrics = Metrics()
+    metrics.watch_projections(store, views)
+    metrics.watch_breakers([breaker])
     app = create_query_app(load_graphql(settings.graphql), views, store, options=_query_options(settings),
-                           authenticator=auth)
+                           metrics=metrics, authenticator=auth, breaker=breaker, tracer=tracer)
 
     def close() -> None:
         views.close()
@@ -171,16 +176,25 @@ def _write_options(settings: Settings) -> Any:
 
 
 def run_write_api(settings: Settings, args: argparse.Namespace) -> int:
-    from framework.breaker import BreakingEventStore, CircuitBreaker
+    from framework.breaker import BreakingEventStore
     from framework.http.write_api import create_write_app
+    from framework.metrics import Metrics
 
     require_postgres(settings, "write-api")
     auth = authenticator(settings, "write-api")
-    store = BreakingEventStore(open_store(settings), CircuitBreaker(
-        settings.breaker_threshold, settings.breaker_cool_down_seconds))
-    app = create_write_app(command_bus(settings, store, tracer=tracing("write-api")), _write_options(settings),
-                           authenticator=auth)
+    store = BreakingEventStore(open_store(settings), _breaker(settings, "event store"))
+    metrics = Metrics()
+    metrics.watch_breakers([store.breaker])
+    bus = command_bus(settings, store, metrics, tracing("write-api"))
+    app = create_write_app(bus, _write_options(settings), metrics=metrics, authenticator=auth)
     return _serve(settings, app, args, store.close)
+
+
+def _breaker(settings: Settings, dependency: str) -> Any:
+    """A breaker in front of a PostgreSQL dependency, tuned by EVENTFOLD_BREAKER_*."""
+    from framework.breaker import CircuitBreaker
+
+    return CircuitBreaker(settings.breaker_threshold, settings.breaker_cool_down_seconds, dependency=dependency)
 
 
 def run_init_db(settings: Settings, _: argparse.Namespace) -> int:

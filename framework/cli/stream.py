@@ -1,11 +1,19 @@
-"""``eventfold relay`` and ``eventfold project``: the distributed streaming roles."""
+"""``eventfold relay`` and ``eventfold project``: the distributed streaming roles.
+
+With ``EVENTFOLD_METRICS_PORT`` set, each role also runs an ops server (``framework.http.ops``:
+``/metrics``, ``/healthz``, ``/readyz``) in its event loop. A role keeps trying to reach NATS,
+at start as later, and meanwhile its ``bus`` readiness check says why it is not ready.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import logging
 import os
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from framework.cli.common import (
     command_bus,
@@ -17,10 +25,22 @@ from framework.cli.common import (
     select_projectors,
     tracing,
 )
-from framework.errors import ConfigurationError
+from framework.errors import BusUnavailable, ConfigurationError
 from framework.settings import Settings
 
+if TYPE_CHECKING:
+    from framework.adapters.nats import JetStreamConnection, JetStreamSettings
+    from framework.breaker import CircuitBreaker
+    from framework.http.ops import OpsServer
+    from framework.metrics import Metrics
+    from framework.store import EventStore
+    from framework.views import ViewStore
+
 __all__ = ["register"]
+
+log = logging.getLogger("eventfold")
+
+RoleWork = Callable[["JetStreamConnection", asyncio.Event], Awaitable[None]]  # the relay, or the workers
 
 
 def register(commands: Any) -> None:
@@ -32,7 +52,7 @@ def register(commands: Any) -> None:
     project.set_defaults(run=run_project_command)
 
 
-def _jetstream(settings: Settings) -> Any:
+def _jetstream(settings: Settings) -> JetStreamSettings:
     from framework.adapters.nats import JetStreamSettings
 
     if not settings.nats_url:
@@ -40,45 +60,76 @@ def _jetstream(settings: Settings) -> Any:
     return JetStreamSettings.from_env(os.environ)
 
 
-def _metrics(settings: Settings) -> Any:
-    """A registry served on EVENTFOLD_METRICS_PORT (on the EVENTFOLD_HOST interface)."""
-    from framework.metrics import Metrics, serve_metrics
+class _Bus:
+    """The role's NATS connection once made; ``check`` is the ops server's ``bus`` readiness check."""
 
-    metrics = Metrics()
+    def __init__(self) -> None:
+        self.connection: JetStreamConnection | None = None
+        self.problem = "connecting to NATS"
+
+    def check(self) -> str | None:
+        if self.connection is None:
+            return self.problem
+        try:
+            self.connection.check_connected()  # reads the client's state: no round trip
+        except BusUnavailable as error:
+            return error.message
+        return None
+
+
+def _bus_breaker(settings: Settings) -> CircuitBreaker:
+    """One breaker for the role's NATS connection: its publisher or all its consumers."""
+    from framework.breaker import bus_breaker
+
+    return bus_breaker(settings.breaker_threshold, settings.breaker_cool_down_seconds)
+
+
+def _ops_server(settings: Settings, metrics: Metrics, store: EventStore, bus: _Bus,
+                views: ViewStore | None = None) -> OpsServer:
+    """``/metrics``, ``/healthz`` and ``/readyz`` on EVENTFOLD_METRICS_PORT (the EVENTFOLD_HOST interface)."""
+    from framework.http.ops import OpsServer, create_ops_app
+
     assert settings.metrics_port is not None
-    serve_metrics(metrics, settings.metrics_port, settings.host)
-    return metrics
+    app = create_ops_app(metrics, store, views, checks={"bus": bus.check},
+                         max_lag_seconds=settings.ready_max_lag_seconds)
+    return OpsServer(app, settings.host, settings.metrics_port)
 
 
 def run_relay_command(settings: Settings, _: argparse.Namespace) -> int:
-    from framework.adapters.nats import JetStreamPublisher, connect
+    from framework.adapters.nats import JetStreamPublisher
+    from framework.breaker import BreakingPublisher
+    from framework.metrics import Metrics
     from framework.runner import run_relay
 
     require_postgres(settings, "relay")
     jetstream = _jetstream(settings)
     store = open_store(settings)
-    if settings.metrics_port is not None:
-        metrics = _metrics(settings)
-        metrics.watch_relay(store)
-    tracer = tracing("relay")
-
-    async def main(stop: asyncio.Event) -> None:
-        connection = await connect(jetstream)
-        try:
-            await connection.ensure_stream()
-            await run_relay(store, JetStreamPublisher(connection), stop, tracer=tracer)
-        finally:
-            await connection.close()
-
+    bus, ops = _Bus(), None
+    breaker = _bus_breaker(settings)
     try:
-        run_until_signalled(main)
+        if settings.metrics_port is not None:
+            metrics = Metrics()
+            metrics.watch_relay(store)
+            metrics.watch_breakers([breaker])
+            ops = _ops_server(settings, metrics, store, bus)
+        tracer = tracing("relay")
+
+        async def relay(connection: JetStreamConnection, stop: asyncio.Event) -> None:
+            publisher = BreakingPublisher(JetStreamPublisher(connection), breaker)
+            await run_relay(store, publisher, stop, tracer=tracer)
+
+        run_until_signalled(lambda stop: _run_role(jetstream, bus, ops, stop, relay))
     finally:
+        if ops is not None:
+            ops.close()
         store.close()
     return 0
 
 
 def run_project_command(settings: Settings, args: argparse.Namespace) -> int:
-    from framework.adapters.nats import JetStreamConsumer, connect
+    from framework.adapters.nats import JetStreamConsumer
+    from framework.breaker import BreakingConsumer
+    from framework.metrics import Metrics
     from framework.runner import run_projection
     from framework.worker import ProjectionWorker
 
@@ -87,25 +138,94 @@ def run_project_command(settings: Settings, args: argparse.Namespace) -> int:
     projectors = select_projectors(load_projectors(settings.projections), args.names)
     store = open_store(settings)
     views = open_views(postgres)
-    metrics = _metrics(settings) if settings.metrics_port is not None else None
-    tracer = tracing("project")
-    bus = command_bus(settings, store, metrics, tracer)
-    workers = [ProjectionWorker(p, views, store, bus, observer=metrics, tracer=tracer) for p in projectors]
-    if metrics is not None:
-        metrics.watch_projections(store, views, [p.name for p in projectors])
-
-    async def main(stop: asyncio.Event) -> None:
-        connection = await connect(jetstream)
-        try:
-            await connection.ensure_stream()
-            consumers = [JetStreamConsumer(connection, w.name) for w in workers]
-            await asyncio.gather(*(run_projection(w, c, stop) for w, c in zip(workers, consumers, strict=True)))
-        finally:
-            await connection.close()
-
+    bus, ops = _Bus(), None
+    breaker = _bus_breaker(settings)
     try:
-        run_until_signalled(main)
+        metrics = Metrics() if settings.metrics_port is not None else None
+        if metrics is not None:
+            metrics.watch_projections(store, views, [p.name for p in projectors])
+            metrics.watch_breakers([breaker])
+            ops = _ops_server(settings, metrics, store, bus, views)
+        tracer = tracing("project")
+        commands = command_bus(settings, store, metrics, tracer)
+        workers = [ProjectionWorker(p, views, store, commands, observer=metrics, tracer=tracer) for p in projectors]
+
+        async def project(connection: JetStreamConnection, stop: asyncio.Event) -> None:
+            consumers = [BreakingConsumer(JetStreamConsumer(connection, w.name), breaker) for w in workers]
+            await asyncio.gather(*(run_projection(w, c, stop) for w, c in zip(workers, consumers, strict=True)))
+
+        run_until_signalled(lambda stop: _run_role(jetstream, bus, ops, stop, project))
     finally:
+        if ops is not None:
+            ops.close()
         views.close()
         store.close()
     return 0
+
+
+async def _run_role(jetstream: JetStreamSettings, bus: _Bus, ops: OpsServer | None, stop: asyncio.Event,
+                    work: RoleWork) -> None:
+    """``work`` on a NATS connection (made first, retried until ``stop``), with the ops server beside it;
+    however ``work`` ends, ``stop`` is set so the ops server ends with it."""
+    serving = asyncio.create_task(ops.serve(stop)) if ops is not None else None
+    try:
+        connection = await _connect(jetstream, bus, stop)
+        if connection is not None:
+            try:
+                await work(connection, stop)
+            finally:
+                await connection.close()
+    finally:
+        stop.set()
+        if serving is not None:
+            await serving
+
+
+async def _connect(jetstream: JetStreamSettings, bus: _Bus, stop: asyncio.Event) -> JetStreamConnection | None:
+    """Connect and ensure the stream, retrying with backoff while NATS is unavailable; None once stopped."""
+    from framework.runner import Backoff
+
+    backoff = Backoff()
+    while not stop.is_set():
+        try:
+            connection = await _until_stopped(_open(jetstream), stop)
+        except BusUnavailable as error:
+            bus.problem = error.message
+            delay = backoff.delay()
+            log.warning("%s; retrying in %.1fs", error.message, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            continue
+        bus.connection = connection
+        return connection
+    return None
+
+
+async def _open(jetstream: JetStreamSettings) -> JetStreamConnection:
+    from framework.adapters.nats import connect
+
+    connection = await connect(jetstream)
+    try:
+        await connection.ensure_stream()
+    except BaseException:
+        await connection.close()
+        raise
+    return connection
+
+
+async def _until_stopped(attempt: Coroutine[Any, Any, JetStreamConnection],
+                         stop: asyncio.Event) -> JetStreamConnection | None:
+    """``attempt``'s connection, or None when ``stop`` comes first (a connect can take seconds to fail)."""
+    task = asyncio.create_task(attempt)
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, BusUnavailable):
+            connection = await task  # it may have connected just now: do not leak it
+            await connection.close()
+        return None
+    return task.result()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,13 +54,16 @@ from strawberry.schema.config import StrawberryConfig
 from strawberry.schema.name_converter import NameConverter
 from strawberry.types import ExecutionResult
 
-from framework.errors import EventfoldError, StoreUnavailable, Unauthenticated
+from framework.breaker import CircuitBreaker
+from framework.errors import EventfoldError, Unauthenticated, Unavailable
+from framework.graphql.tracing import tracing_extensions
 from framework.http.health import Check, metrics_route, projections_check, ready_route, store_check, views_check
 from framework.metrics import Metrics
 from framework.query import InvalidQuery
 from framework.readmodel import ReadModel
 from framework.security import ANONYMOUS, Authenticator, Principal
 from framework.store import EventStore
+from framework.tracing import Tracer
 from framework.views import ViewStore
 
 __all__ = [
@@ -109,11 +113,14 @@ class QueryContext:
     min_position: int | None = None
     consistency: dict[str, Any] | None = None
     principal: Principal = ANONYMOUS
+    breaker: CircuitBreaker | None = None
     _loaders: dict[tuple[str, type[ReadModel]], DataLoader[Any, Any]] = field(default_factory=dict)
 
     async def read(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run a (blocking) view-store call off the event loop."""
-        return await asyncio.to_thread(call, *args, **kwargs)
+        """Run a (blocking) view-store call off the event loop, through the breaker when there is one."""
+        if self.breaker is None:
+            return await asyncio.to_thread(call, *args, **kwargs)
+        return await asyncio.to_thread(self.breaker.call, functools.partial(call, *args, **kwargs))
 
     def loader(self, projection: str, model: type[ReadModel]) -> DataLoader[tuple[Any, ...], Any]:
         """A per-request DataLoader: every key asked for in one tick is fetched in one query."""
@@ -201,7 +208,7 @@ def _code(error: GraphQLError) -> str:
     original = error.original_error
     if isinstance(original, InvalidQuery):
         return "BAD_USER_INPUT"
-    if isinstance(original, StoreUnavailable):
+    if isinstance(original, Unavailable):
         return "SERVICE_UNAVAILABLE"
     if isinstance(original, EventfoldError):
         return original.code.upper()
@@ -220,7 +227,7 @@ class _Schema(strawberry.Schema):
 
 def build_schema(
     query: type, options: QueryApiOptions, projections_by_field: Mapping[str, Sequence[str]],
-    metrics: Metrics | None = None,
+    metrics: Metrics | None = None, *, tracer: Tracer | None = None,
 ) -> strawberry.Schema:
     """The schema with Eventfold's extensions: caches, limits, read-your-writes and request metrics."""
     consistency = type("ReadYourWritesFor", (ReadYourWrites,), {"projections_by_field": projections_by_field})
@@ -237,6 +244,7 @@ def build_schema(
         # Factories, not instances: an extension instance holds the current
         # request's execution context, so sharing one between requests races.
         extensions=[
+            *tracing_extensions(tracer, _code),  # first: its span encloses the other extensions' work
             lambda: ParserCache(maxsize=1024),
             lambda: AddValidationRules(limits),
             lambda: ValidationCache(maxsize=1024),
@@ -270,7 +278,7 @@ def _formatted(error: GraphQLError) -> dict[str, Any]:
     original = error.original_error
     if isinstance(original, InvalidQuery):
         return _error(original.message, "BAD_USER_INPUT", error)
-    if isinstance(original, StoreUnavailable):
+    if isinstance(original, Unavailable):
         return _error("the read models are unavailable, retry shortly", "SERVICE_UNAVAILABLE", error)
     if isinstance(original, EventfoldError):
         return _error(original.message, original.code.upper(), error)
@@ -294,26 +302,37 @@ def _error(message: str, code: str, error: GraphQLError) -> dict[str, Any]:
 
 
 _PRINCIPAL = "eventfold.principal"
+_UNAVAILABLE = "eventfold.unavailable"  # set when nothing could be read: the answer becomes a 503
 
 
 class _QueryApi(GraphQL[QueryContext, None]):
     def __init__(self, schema: strawberry.Schema, views: ViewStore, store: EventStore | None,
-                 options: QueryApiOptions, authenticator: Authenticator | None = None) -> None:
+                 options: QueryApiOptions, authenticator: Authenticator | None = None,
+                 breaker: CircuitBreaker | None = None) -> None:
         super().__init__(schema, graphql_ide=None, allow_queries_via_get=True)
         self._views, self._store, self._options = views, store, options
-        self._authenticator = authenticator
+        self._authenticator, self._breaker = authenticator, breaker
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Request-level failures (bad JSON, no query, wrong method) answered in the GraphQL error shape."""
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
+        open_for = self._breaker.refuse() if self._breaker else None
+        if open_for is not None:  # the read models are known to be down: answer now, read nothing
+            await _unavailable(open_for, f"the read models are unavailable; retry in {math.ceil(open_for)}s")(
+                scope, receive, send)
+            return
         try:
             scope[_PRINCIPAL] = await self._principal(Request(scope=scope))
             response = await self.run(Request(scope=scope, receive=receive))
+            if scope.get(_UNAVAILABLE):
+                _make_unavailable(response, self._breaker)
         except Unauthenticated as error:
             response = _graphql_error(401, error.message, "UNAUTHENTICATED")
             response.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+        except Unavailable as error:  # e.g. the token keys cannot be fetched
+            response = _unavailable(1.0, error.message)
         except HTTPException as error:
             response = _graphql_error(error.status_code, error.reason, _request_code(error.status_code))
         except (AttributeError, TypeError):  # a JSON body that is not an object trips Strawberry up
@@ -331,15 +350,34 @@ class _QueryApi(GraphQL[QueryContext, None]):
     async def get_context(self, request: Any, response: Any) -> QueryContext:
         return QueryContext(request, self._views, self._store, self._options,
                             min_position=_min_position(request),
-                            principal=request.scope.get(_PRINCIPAL, ANONYMOUS))
+                            principal=request.scope.get(_PRINCIPAL, ANONYMOUS), breaker=self._breaker)
 
     async def process_result(self, request: Any, result: ExecutionResult) -> GraphQLHTTPResponse:
         response: GraphQLHTTPResponse = {"data": result.data}
         if result.errors:
             response["errors"] = [_formatted(e) for e in result.errors]
+            if _nothing_read(result):
+                request.scope[_UNAVAILABLE] = True
         if result.extensions:
             response["extensions"] = result.extensions
         return response
+
+
+def _nothing_read(result: ExecutionResult) -> bool:
+    """Every error is an unavailable dependency and no field has a value: a 503, not a partial answer."""
+    unavailable = all(isinstance(e.original_error, Unavailable) for e in result.errors or [])
+    return unavailable and not any(v is not None for v in (result.data or {}).values())
+
+
+def _unavailable(retry_after: float, message: str) -> Response:
+    response = _graphql_error(503, message, "SERVICE_UNAVAILABLE")
+    response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    return response
+
+
+def _make_unavailable(response: Response, breaker: CircuitBreaker | None) -> None:
+    response.status_code = 503
+    response.headers["Retry-After"] = str(max(1, math.ceil((breaker and breaker.refusing_for()) or 1.0)))
 
 
 def _request_code(status: int) -> str:
@@ -419,13 +457,17 @@ def query_routes(
     options: QueryApiOptions | None = None,
     metrics: Metrics | None = None,
     authenticator: Authenticator | None = None,
+    breaker: CircuitBreaker | None = None,
+    tracer: Tracer | None = None,
 ) -> list[Route]:
     """``/graphql`` (GET and POST), to mount beside other routes (the embedded mode does).
 
-    Without ``authenticator`` every caller is anonymous (and passes every ``requires``)."""
+    Without ``authenticator`` every caller is anonymous (and passes every ``requires``).
+    With ``breaker``, every read-model call goes through it, and while it is open
+    requests are answered 503 at once."""
     options = options or QueryApiOptions()
-    schema = build_schema(spec.query, options, spec.projections_by_field, metrics)
-    graphql = _Guard(_QueryApi(schema, views, store, options, authenticator), options.max_body_bytes)
+    schema = build_schema(spec.query, options, spec.projections_by_field, metrics, tracer=tracer)
+    graphql = _Guard(_QueryApi(schema, views, store, options, authenticator, breaker), options.max_body_bytes)
     return [Route("/graphql", graphql, methods=["GET", "POST"])]
 
 
@@ -437,6 +479,8 @@ def create_query_app(
     options: QueryApiOptions | None = None,
     metrics: Metrics | None = None,
     authenticator: Authenticator | None = None,
+    breaker: CircuitBreaker | None = None,
+    tracer: Tracer | None = None,
 ) -> Starlette:
     """The query API: ``/graphql``, ``GET /healthz``, ``GET /readyz`` and ``GET /metrics``.
 
@@ -453,7 +497,8 @@ def create_query_app(
         return JSONResponse({"status": "ok"})
 
     return Starlette(routes=[
-        *query_routes(spec, views, store, options=options, metrics=metrics, authenticator=authenticator),
+        *query_routes(spec, views, store, options=options, metrics=metrics, authenticator=authenticator,
+                      breaker=breaker, tracer=tracer),
         Route("/healthz", healthz),
         ready_route(readiness_checks(views, store, options), options.ready_timeout_seconds),
         metrics_route(metrics),

@@ -31,14 +31,13 @@ from framework.http.ratelimit import RateLimiter
 from framework.metrics import Metrics
 from framework.observe import NULL_OBSERVER, correlation_id
 from framework.security import ANONYMOUS, Authenticator, Principal, authorize
+from framework.tracing import trace_context_from_headers
 
 __all__ = ["WriteApiOptions", "create_write_app"]
 
 log = logging.getLogger(__name__)
 
 _HEADER_VALUE = re.compile(r"^[\x21-\x7e]{1,255}$")
-_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
-_TRACESTATE_MAX = 512
 
 
 @dataclass(frozen=True)
@@ -192,19 +191,8 @@ def _context(request: Request, principal: Principal) -> CommandContext:
         causation_id=request_id,
         actor=principal.subject,
         idempotency_key=key,
-        trace_context=_trace_context(request),
+        trace_context=trace_context_from_headers(request.headers),  # invalid: a new trace starts
     )
-
-
-def _trace_context(request: Request) -> dict[str, str] | None:
-    """The caller's W3C trace context; an invalid ``traceparent`` is ignored (a new trace starts)."""
-    parent = request.headers.get("traceparent", "").strip()
-    if not _TRACEPARENT.match(parent):
-        return None
-    state = request.headers.get("tracestate", "").strip()
-    if state and len(state) <= _TRACESTATE_MAX and state.isascii():
-        return {"traceparent": parent, "tracestate": state}
-    return {"traceparent": parent}
 
 
 def _header(request: Request, name: str) -> str | None:

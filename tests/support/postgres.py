@@ -126,15 +126,7 @@ def find_or_start_server() -> PostgresServer:
     except NoPostgres as e:
         tried.append(f"throwaway cluster: {e}")
         raise NoPostgres("no PostgreSQL server found or started; " + "; ".join(tried)) from None
-    return PostgresServer(
-        host="127.0.0.1",
-        port=cluster.port,
-        user="postgres",
-        password="",
-        maintenance_db="postgres",
-        origin=f"throwaway cluster in {cluster.root} on port {cluster.port}",
-        cluster=cluster,
-    )
+    return cluster.server()
 
 
 def _try_url(url: str, label: str, tried: list[str]) -> PostgresServer | None:
@@ -242,6 +234,21 @@ class ThrowawayCluster:
         if done.returncode != 0:
             log = self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
             raise NoPostgres(f"pg_ctl start failed ({done.returncode}): {_tail(log or done.stderr)}")
+
+    def pause(self) -> None:
+        """Stop the server like an outage would (fast shutdown), keeping its data to ``resume`` later."""
+        done = self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "fast", "-w", "-t", "30",
+                         "stop", timeout=60)
+        if done.returncode != 0:
+            raise NoPostgres(f"pg_ctl stop failed ({done.returncode}): {_tail(done.stderr or done.stdout)}")
+
+    def resume(self) -> None:
+        self._pg_ctl_start()
+
+    def server(self) -> PostgresServer:
+        return PostgresServer(host="127.0.0.1", port=self.port, user="postgres", password="",
+                              maintenance_db="postgres", origin=f"throwaway cluster in {self.root} on port {self.port}",
+                              cluster=self)
 
     def postmaster_pid(self) -> int | None:
         try:

@@ -1,0 +1,218 @@
+"""Spans on the query path: one per GraphQL operation, with children for what takes time in it.
+
+``build_schema`` installs ``TracedOperations`` only when its tracer is enabled: with
+tracing off the schema has no tracing extension, and a request costs nothing more.
+
+- ``query`` (kind server; ``GraphQL Operation`` when the document does not parse):
+  the child of the caller's ``traceparent``/``tracestate``, else the root of a new
+  trace. Named by the operation's type, as the OpenTelemetry GraphQL conventions
+  ask: the operation name is chosen by clients, so it is an attribute, not part of
+  the name. Attributes ``graphql.operation.type``, ``graphql.operation.name`` and
+  ``graphql.document`` with every literal value replaced by ``?`` (values may be
+  personal data; variables are never recorded). A failed parse or validation, or a
+  resolver's error, is recorded (the first one) with its code in
+  ``eventfold.graphql.error_code``.
+- ``read-your-writes wait``: the wait for ``Eventfold-Position``, with
+  ``eventfold.consistency.requested``, ``.reached``, ``.projections`` and ``.lowest``.
+- ``read <function>``: each read-model read a resolver or a DataLoader batch makes
+  (not the wait's polls), with ``eventfold.projection`` when the read names one.
+
+No span per resolver: that would cost more than most resolvers do. The operation's
+span starts once the document is parsed, when its type is known (a ``Span`` cannot
+be renamed), so parsing, which is cached for repeated documents, is outside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from graphql import (
+    DocumentNode,
+    EnumValueNode,
+    FloatValueNode,
+    GraphQLError,
+    IntValueNode,
+    OperationDefinitionNode,
+    StringValueNode,
+    Visitor,
+    parse,
+    print_ast,
+    visit,
+)
+from strawberry.exceptions import MissingQueryError
+from strawberry.extensions import SchemaExtension
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
+
+from framework.tracing import AttributeValue, Span, TraceContext, Tracer, trace_context_from_headers, traced
+
+if TYPE_CHECKING:
+    from framework.graphql.app import QueryContext
+
+__all__ = ["ErrorCode", "TracedOperations", "hide_literals", "tracing_extensions"]
+
+ErrorCode = Callable[[GraphQLError], str]
+"""The ``extensions.code`` a client sees for an error."""
+
+_UNNAMED = "GraphQL Operation"  # the conventions' name when the type is unknown
+_DOCUMENT_MAX = 8192
+# Strawberry answers these with a 400 before there is any GraphQL result.
+_REQUEST_ERRORS = (MissingQueryError, CannotGetOperationTypeError, InvalidOperationTypeError)
+
+
+def tracing_extensions(tracer: Tracer | None, error_code: ErrorCode) -> list[Callable[[], SchemaExtension]]:
+    """What a schema needs for tracing: nothing unless ``tracer`` records spans."""
+    if tracer is None or not tracer.enabled:
+        return []
+    return [functools.partial(TracedOperations, tracer, error_code)]
+
+
+class TracedOperations(SchemaExtension):
+    """The span of one operation. First among the schema's extensions, so that it encloses theirs."""
+
+    def __init__(self, tracer: Tracer, error_code: ErrorCode) -> None:
+        super().__init__()
+        self._tracer, self._error_code = tracer, error_code
+        self._span: Span | None = None
+
+    def on_operation(self) -> Iterator[None]:
+        try:
+            yield
+        except (Exception, asyncio.CancelledError) as error:  # a syntax error, a refused request, a caller gone
+            self._fail(error, self._code_of(error))
+            raise
+        else:
+            errors = self._errors()
+            if errors:
+                self._fail(errors[0].original_error or errors[0], self._error_code(errors[0]))
+        finally:
+            self._started().end()
+
+    def on_validate(self) -> Iterator[None]:
+        self._started()  # parsed: the operation's type names the span
+        yield
+
+    def on_execute(self) -> Iterator[None]:
+        context = self.execution_context.context
+        if self._span is not None and hasattr(context, "wait_for"):  # a QueryContext
+            _trace_reads(context, self._tracer, self._span.carrier())
+        yield
+
+    def _started(self) -> Span:
+        if self._span is None:
+            context = self.execution_context
+            attributes = _operation_attributes(context.graphql_document, context.query, context.operation_name)
+            kind = attributes.get("graphql.operation.type")
+            self._span = self._tracer.start_span(
+                str(kind or _UNNAMED), parent=_caller(context.context), kind="server", attributes=attributes)
+        return self._span
+
+    def _errors(self) -> Sequence[GraphQLError]:
+        context = self.execution_context
+        return context.pre_execution_errors or (context.result.errors if context.result else None) or []
+
+    def _fail(self, error: BaseException, code: str | None) -> None:
+        span = self._started()
+        span.record_error(error)
+        if code is not None:
+            span.set_attribute("eventfold.graphql.error_code", code)
+
+    def _code_of(self, error: BaseException) -> str | None:
+        if isinstance(error, GraphQLError):
+            return self._error_code(error)
+        if isinstance(error, _REQUEST_ERRORS):
+            return "BAD_REQUEST"
+        if isinstance(error, Exception):
+            return self._error_code(GraphQLError(str(error), original_error=error))
+        return None  # cancelled: the caller went away, nothing was answered
+
+
+def _caller(context: object) -> dict[str, str] | None:
+    request = getattr(context, "request", None)
+    return trace_context_from_headers(request.headers) if request is not None else None
+
+
+def _operation_attributes(document: DocumentNode | None, query: str | None,
+                          name: str | None) -> dict[str, AttributeValue]:
+    if document is None:
+        return {}
+    attributes: dict[str, AttributeValue] = {}
+    kind = _operation_type(document, name)
+    if kind is not None:
+        attributes["graphql.operation.type"] = kind
+    if name:
+        attributes["graphql.operation.name"] = name
+    if query:
+        attributes["graphql.document"] = hide_literals(query)
+    return attributes
+
+
+def _operation_type(document: DocumentNode, name: str | None) -> str | None:
+    """The type of the operation that runs: the named one, else the first (None: no such operation)."""
+    for definition in document.definitions:
+        if isinstance(definition, OperationDefinitionNode) and (
+                name is None or (definition.name is not None and definition.name.value == name)):
+            return definition.operation.value
+    return None
+
+
+class _HideLiterals(Visitor):
+    def enter_string_value(self, node: StringValueNode, *_: Any) -> EnumValueNode:
+        return EnumValueNode(value="?")
+
+    def enter_int_value(self, node: IntValueNode, *_: Any) -> EnumValueNode:
+        return EnumValueNode(value="?")
+
+    def enter_float_value(self, node: FloatValueNode, *_: Any) -> EnumValueNode:
+        return EnumValueNode(value="?")
+
+
+@functools.lru_cache(maxsize=128)  # clients send the same few documents over and over
+def hide_literals(query: str) -> str:
+    """``query`` printed with every string and number literal as ``?`` (at most 8 KiB of it)."""
+    hidden = print_ast(visit(parse(query, no_location=True), _HideLiterals()))
+    return hidden if len(hidden) <= _DOCUMENT_MAX else hidden[:_DOCUMENT_MAX] + "…"
+
+
+def _trace_reads(context: QueryContext, tracer: Tracer, parent: TraceContext | None) -> None:
+    """Spans for this request's read-your-writes wait and read-model reads, children of the operation's.
+
+    The context is this request's own, so its methods are wrapped on the instance."""
+    read, wait_for = context.read, context.wait_for
+    waiting = False
+
+    async def traced_read(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if waiting:  # the wait polls positions: its own span covers that
+            return await read(call, *args, **kwargs)
+        with traced(tracer, f"read {getattr(call, '__name__', 'call')}", parent=parent,
+                    attributes=_read_attributes(args)):
+            return await read(call, *args, **kwargs)
+
+    async def traced_wait(projections: Sequence[str], position: int) -> dict[str, Any]:
+        nonlocal waiting
+        waiting = True
+        try:
+            with traced(tracer, "read-your-writes wait", parent=parent, attributes={
+                    "eventfold.consistency.requested": position,
+                    "eventfold.consistency.projections": ",".join(projections)}) as span:
+                outcome = await wait_for(projections, position)
+                _describe_wait(span, outcome)
+                return outcome
+        finally:
+            waiting = False
+
+    context.read = traced_read  # type: ignore[method-assign]
+    context.wait_for = traced_wait  # type: ignore[method-assign]
+
+
+def _read_attributes(args: tuple[Any, ...]) -> dict[str, AttributeValue]:
+    projection = next((a for a in args if isinstance(a, str)), None)  # reads name their projection first
+    return {"eventfold.projection": projection} if projection is not None else {}
+
+
+def _describe_wait(span: Span, outcome: dict[str, Any]) -> None:
+    span.set_attribute("eventfold.consistency.reached", bool(outcome["reached"]))
+    if outcome["positions"]:
+        span.set_attribute("eventfold.consistency.lowest", min(outcome["positions"].values()))
