@@ -17,16 +17,19 @@ from framework.aggregate import Aggregate
 from framework.errors import ConfigurationError, FieldError, InvalidCommand, UnknownCommand
 from framework.unit_of_work import UnitOfWork
 
-__all__ = ["Command", "CommandRouter", "Handler", "field_errors"]
+__all__ = ["MAX_STRING_LENGTH", "Command", "CommandRouter", "Handler", "field_errors"]
 
 C = TypeVar("C", bound="Command")
+MAX_STRING_LENGTH = 10_000
+"""The default bound of every string in a command (field values, list items and dict keys)."""
 Handler = Callable[[Any, UnitOfWork], Aggregate | None]
 
 
 class Command(BaseModel):
     """Base class of commands: imperative names, typed and validated fields."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Every string a client sends is bounded; a field that needs more declares its own max_length.
+    model_config = ConfigDict(frozen=True, extra="forbid", str_max_length=MAX_STRING_LENGTH)
 
     command_name: ClassVar[str]
     allowed_roles: ClassVar[frozenset[str]] = frozenset()

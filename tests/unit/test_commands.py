@@ -22,6 +22,7 @@ from framework import (
     UnknownCommand,
 )
 from framework.adapters.memory import MemoryEventStore
+from framework.commands import MAX_STRING_LENGTH
 from framework.errors import FieldError
 
 from .domain import Counter, CounterIncremented, CounterStarted, PlainCounter, append_events
@@ -158,6 +159,24 @@ def test_missing_and_extra_fields_are_reported(nested_router: CommandRouter) -> 
         ("/items/0/quantity", "Field required"),
         ("/surplus", "Extra inputs are not permitted"),
     }
+
+
+class UnitNote(Command):
+    text: str
+    long_text: str = Field("", max_length=50_000)  # a field may allow more than the default
+
+
+def test_every_string_is_bounded_unless_its_field_says_otherwise() -> None:
+    router = CommandRouter()
+    router.route(UnitNested, lambda command, unit: None)
+    router.route(UnitNote, lambda command, unit: None)
+    too_long = "x" * (MAX_STRING_LENGTH + 1)
+    assert [e.path for e in errors_of(router, "UnitNote", {"text": too_long})] == ["/text"]
+    assert [e.path for e in errors_of(router, "UnitNested", {"items": [{"sku": too_long, "quantity": 1}]})] == [
+        "/items/0/sku"]
+    assert [e.path for e in errors_of(router, "UnitNested", {"items": [], "meta": {too_long: 1}})] == [
+        f"/meta/{too_long}/[key]"]
+    assert router.parse("UnitNote", {"text": "x" * MAX_STRING_LENGTH, "long_text": too_long})
 
 
 @pytest.mark.parametrize("payload", [[], "text", 3, None])
