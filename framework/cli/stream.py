@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from framework.cli.common import (
@@ -85,13 +85,13 @@ def _bus_breaker(settings: Settings) -> CircuitBreaker:
 
 
 def _ops_server(settings: Settings, metrics: Metrics, store: EventStore, bus: _Bus,
-                views: ViewStore | None = None) -> OpsServer:
+                views: ViewStore | None = None, projections: Sequence[str] | None = None) -> OpsServer:
     """``/metrics``, ``/healthz`` and ``/readyz`` on EVENTFOLD_METRICS_PORT (the EVENTFOLD_HOST interface)."""
     from framework.http.ops import OpsServer, create_ops_app
 
     assert settings.metrics_port is not None
     app = create_ops_app(metrics, store, views, checks={"bus": bus.check},
-                         max_lag_seconds=settings.ready_max_lag_seconds)
+                         max_lag_seconds=settings.ready_max_lag_seconds, projections=projections)
     return OpsServer(app, settings.host, settings.metrics_port)
 
 
@@ -143,9 +143,10 @@ def run_project_command(settings: Settings, args: argparse.Namespace) -> int:
     try:
         metrics = Metrics() if settings.metrics_port is not None else None
         if metrics is not None:
-            metrics.watch_projections(store, views, [p.name for p in projectors])
+            names = [p.name for p in projectors]
+            metrics.watch_projections(store, views, names)
             metrics.watch_breakers([breaker])
-            ops = _ops_server(settings, metrics, store, bus, views)
+            ops = _ops_server(settings, metrics, store, bus, views, names)
         tracer = tracing("project")
         commands = command_bus(settings, store, metrics, tracer)
         workers = [ProjectionWorker(p, views, store, commands, observer=metrics, tracer=tracer) for p in projectors]

@@ -8,7 +8,7 @@ check answers 503 with a JSON body naming it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -74,13 +74,15 @@ def views_check(views: ViewStore) -> Check:
     return check
 
 
-def projections_check(store: EventStore, views: ViewStore, max_lag_seconds: float) -> Check:
-    """Fails when an active projection is stalled or lags more than ``max_lag_seconds``."""
+def projections_check(store: EventStore, views: ViewStore, max_lag_seconds: float,
+                      names: Collection[str] | None = None) -> Check:
+    """Fails when an active projection (of ``names``: those this process runs) is stalled or lags more
+    than ``max_lag_seconds``."""
 
     def check() -> str | None:
         problems = []
         for status in projection_statuses(store, views):
-            if not status.active:
+            if not status.active or (names is not None and status.name not in names):
                 continue
             if status.state == "stalled":
                 problems.append(f"{status.name} is stalled at position {status.position}")

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 
 import uvicorn
 from starlette.applications import Starlette
@@ -43,21 +43,25 @@ _GRACEFUL_SECONDS = 2  # a scrape in flight at shutdown gets this long to finish
 
 
 def ops_checks(store: EventStore, views: ViewStore | None = None, *, max_lag_seconds: float = 60.0,
-               checks: Mapping[str, Check] | None = None) -> dict[str, Check]:
-    """``event_store``; with ``views`` also ``read_models`` and ``projections``; then ``checks``."""
+               checks: Mapping[str, Check] | None = None, projections: Collection[str] | None = None,
+               ) -> dict[str, Check]:
+    """``event_store``; with ``views`` also ``read_models`` and ``projections`` (only the named ones
+    when ``projections`` is given: another process's stalled projection is not this one's problem);
+    then ``checks``."""
     result = {"event_store": store_check(store)}
     if views is not None:
         result["read_models"] = views_check(views)
-        result["projections"] = projections_check(store, views, max_lag_seconds)
+        result["projections"] = projections_check(store, views, max_lag_seconds, projections)
     result.update(checks or {})
     return result
 
 
 def create_ops_app(metrics: Metrics, store: EventStore, views: ViewStore | None = None, *,
                    checks: Mapping[str, Check] | None = None, max_lag_seconds: float = 60.0,
-                   ready_timeout: float = READY_TIMEOUT_SECONDS) -> Starlette:
+                   ready_timeout: float = READY_TIMEOUT_SECONDS,
+                   projections: Collection[str] | None = None) -> Starlette:
     """``/metrics`` from ``metrics``, ``/healthz``, and ``/readyz`` over ``ops_checks(...)``."""
-    readiness = ops_checks(store, views, max_lag_seconds=max_lag_seconds, checks=checks)
+    readiness = ops_checks(store, views, max_lag_seconds=max_lag_seconds, checks=checks, projections=projections)
     return Starlette(routes=[
         Route("/healthz", _healthz, methods=["GET"]),
         ready_route(readiness, ready_timeout),

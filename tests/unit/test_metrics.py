@@ -11,6 +11,7 @@ from example_app.handlers import router as example_router
 from framework import AlreadyExists, CommandBus, CommandContext, Event
 from framework.adapters.memory import MemoryEventStore
 from framework.adapters.memory_views import MemoryViewStore
+from framework.breaker import CircuitBreaker
 from framework.errors import ConcurrencyConflict, StoreUnavailable
 from framework.events import EventMetadata
 from framework.metrics import Metrics
@@ -122,6 +123,7 @@ def test_the_grafana_dashboard_uses_only_exported_metrics() -> None:
     metrics.command_finished("C", "ok", 0.1)
     metrics.batch_applied("fragile", 1, 0.1)
     metrics.dead_lettered("fragile")
+    metrics.watch_breakers([CircuitBreaker()])
     exported = set(re.findall(r"^(eventfold_\w+)", metrics.exposition().decode(), re.M))
     used = set(re.findall(r"eventfold_\w+", json.dumps(dashboard)))
     projection_gauges = {"eventfold_projection_position", "eventfold_projection_lag_events",
@@ -129,3 +131,14 @@ def test_the_grafana_dashboard_uses_only_exported_metrics() -> None:
                          "eventfold_projection_stalled"}
     assert dashboard["panels"] and used - exported <= projection_gauges
     assert projection_gauges <= used
+
+
+def test_readiness_of_projections_can_be_limited_to_the_ones_a_process_runs() -> None:
+    from framework.http.health import projections_check
+
+    store, views = MemoryEventStore(), MemoryViewStore()
+    _append_ticks(store, 2)
+    ProjectionWorker(Fragile(), views, store)  # registered and active; any lag is over a limit of -1 s
+    assert "fragile lags" in (projections_check(store, views, max_lag_seconds=-1)() or "")
+    assert projections_check(store, views, max_lag_seconds=-1, names=["fragile"])() is not None
+    assert projections_check(store, views, max_lag_seconds=-1, names=["cards"])() is None
