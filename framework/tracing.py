@@ -162,9 +162,15 @@ def trace_context_from_headers(headers: Mapping[str, str]) -> dict[str, str] | N
     """A caller's W3C trace context from its request headers (lower-case names, or a case-insensitive
     mapping); None when ``traceparent`` is missing or malformed, so that a new trace starts."""
     parent = headers.get("traceparent", "").strip()
-    if not _TRACEPARENT.match(parent):
+    if not _TRACEPARENT.match(parent) or not _valid_ids(parent):
         return None
     state = headers.get("tracestate", "").strip()
     if state and len(state) <= _TRACESTATE_MAX and state.isascii():
         return {"traceparent": parent, "tracestate": state}
     return {"traceparent": parent}
+
+
+def _valid_ids(traceparent: str) -> bool:
+    """W3C: version ff is invalid, and so are an all-zero trace id or parent id."""
+    version, trace_id, parent_id, _ = traceparent.split("-")
+    return version != "ff" and trace_id != "0" * 32 and parent_id != "0" * 16

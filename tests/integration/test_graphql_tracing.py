@@ -278,6 +278,9 @@ def test_literal_values_are_hidden_from_the_recorded_document() -> None:
     ({"traceparent": PARENT, "tracestate": "a=é"}, {"traceparent": PARENT}),
     ({"traceparent": PARENT.upper()}, None),
     ({"traceparent": "00-abc-def-01"}, None),
+    ({"traceparent": "ff" + PARENT[2:]}, None),  # an invalid version
+    ({"traceparent": f"00-{'0' * 32}-{PARENT[36:52]}-01"}, None),  # an all-zero trace id
+    ({"traceparent": f"{PARENT[:36]}{'0' * 16}-01"}, None),  # an all-zero parent id
     ({}, None),
 ])
 def test_the_trace_context_of_request_headers(headers: dict[str, str], expected: dict[str, str] | None) -> None:
