@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-import threading
 import time
 from dataclasses import dataclass, replace
 from uuid import UUID, uuid4
@@ -18,6 +17,7 @@ from uuid import UUID, uuid4
 from framework.aggregate import Aggregate
 from framework.cache import AggregateCache
 from framework.commands import Command, CommandRouter
+from framework.contention import HotAggregates
 from framework.errors import (
     ConcurrencyConflict,
     EventfoldError,
@@ -80,15 +80,16 @@ class CommandBus:
         cache: AggregateCache | None = None,
         observer: Observer | None = None,
         tracer: Tracer | None = None,
+        hot_aggregates: HotAggregates | None = None,
     ) -> None:
         self.router = router
         self.observer = observer or NULL_OBSERVER
         self.tracer = tracer or NULL_TRACER
         self.store = store
         self._cache = cache if cache is not None else AggregateCache()
-        # Retries in one process take turns: commands racing on one aggregate
-        # then conflict once each instead of repeatedly with each other.
-        self._retry_turn = threading.Lock()
+        # Commands on an aggregate that just conflicted take turns in this process,
+        # instead of conflicting over and over with each other.
+        self._hot = hot_aggregates if hot_aggregates is not None else HotAggregates()
         self._max_attempts = max_attempts
         self._lease = idempotency_lease_seconds
 
@@ -160,28 +161,41 @@ class CommandBus:
             log.warning("could not release idempotency key %r; its lease will expire", claim.key)
 
     def _run(self, command: Command, context: CommandContext, claim: _Claim | None) -> CommandResult:
-        try:
-            return self._attempt(command, context, claim, trust_cache=self._max_attempts > 1)
-        except ConcurrencyConflict:
-            if self._max_attempts == 1:
-                raise
-        with self._retry_turn:
-            for attempt in range(2, self._max_attempts + 1):
-                try:
-                    return self._attempt(command, context, claim, trust_cache=False)
-                except ConcurrencyConflict:
-                    if attempt < self._max_attempts:  # another process won: let it settle
-                        time.sleep(random.uniform(0, 0.002 * attempt))
-        raise ConcurrencyConflict(
-            f"{command.command_name} conflicted with concurrent writes {self._max_attempts} times"
-        )
+        attempt, holding = 1, frozenset[UUID]()
+        while True:
+            try:
+                with self._hot.turns(holding):
+                    # Only a first attempt trusts the cache: a conflict means another process wrote.
+                    trust_cache = attempt == 1 and self._max_attempts > 1
+                    return self._attempt(command, context, claim, trust_cache=trust_cache, holding=holding)
+            except _TakeTurns as hot:  # nothing was written: run again holding these aggregates' turns
+                holding |= hot.aggregate_ids
+            except _Conflicted as conflicted:
+                self._hot.heat(conflicted.aggregate_ids)
+                if attempt >= self._max_attempts == 1:
+                    raise conflicted.error from None
+                if attempt >= self._max_attempts:
+                    raise ConcurrencyConflict(f"{command.command_name} conflicted with concurrent writes "
+                                              f"{self._max_attempts} times") from None
+                holding |= conflicted.aggregate_ids
+                attempt += 1
+                if attempt > 2:  # another process keeps winning: let it settle
+                    time.sleep(random.uniform(0, 0.002 * attempt))
 
     def _attempt(
-        self, command: Command, context: CommandContext, claim: _Claim | None, *, trust_cache: bool
+        self, command: Command, context: CommandContext, claim: _Claim | None, *, trust_cache: bool,
+        holding: frozenset[UUID],
     ) -> CommandResult:
         unit = UnitOfWork(self.store, self._cache, trust_cache=trust_cache)
         primary = self.router.handler_for(command)(command, unit)
-        return self._save(unit, primary, context, claim)
+        changed = frozenset(t.aggregate.id for t in unit.touched if t.aggregate.version != t.loaded_version)
+        hot = self._hot.hot_among(changed - holding)
+        if hot:
+            raise _TakeTurns(frozenset(hot))
+        try:
+            return self._save(unit, primary, context, claim)
+        except ConcurrencyConflict as error:
+            raise _Conflicted(error, changed) from None
 
     def _save(
         self,
@@ -222,6 +236,18 @@ class CommandBus:
                 self.store.save_snapshot(to_snapshot(touched.aggregate))
             except EventfoldError:
                 log.warning("snapshot of %s failed", touched.aggregate.id, exc_info=True)
+
+
+class _TakeTurns(Exception):
+    """The command changes hot aggregates: run it again holding their turns (nothing was written)."""
+
+    def __init__(self, aggregate_ids: frozenset[UUID]) -> None:
+        self.aggregate_ids = aggregate_ids
+
+
+class _Conflicted(Exception):
+    def __init__(self, error: ConcurrencyConflict, aggregate_ids: frozenset[UUID]) -> None:
+        self.error, self.aggregate_ids = error, aggregate_ids
 
 
 def _end_command_span(span: Span, outcome: str, result: CommandResult | None,

@@ -1,0 +1,60 @@
+"""Hot aggregates: commands on an aggregate that recently conflicted take turns in this process.
+
+Optimistic concurrency stays the rule (the store refuses a stale append, the
+bus retries). But when many clients write one aggregate at once, optimistic
+retries keep losing to fresh first attempts and some commands run out of
+attempts (409). So an aggregate whose append conflicted is "hot" for a few
+seconds: a command that changes it waits for the aggregate's lock, runs its
+handler again on the latest state, and appends. Within one process the
+commands on a hot aggregate then run one after the other and stop conflicting;
+across processes the store still arbitrates. The locks are only an
+optimisation: if one is lost (expired while waited for), the store's check
+still holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Collection, Iterator
+from uuid import UUID
+
+__all__ = ["HotAggregates"]
+
+
+class HotAggregates:
+    def __init__(self, hot_seconds: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.hot_seconds, self._clock = hot_seconds, clock
+        self._until: dict[UUID, float] = {}
+        self._locks: dict[UUID, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def heat(self, aggregate_ids: Collection[UUID]) -> None:
+        """These aggregates just conflicted: for ``hot_seconds``, commands changing them take turns."""
+        until = self._clock() + self.hot_seconds
+        with self._guard:
+            for aggregate_id in aggregate_ids:
+                self._until[aggregate_id] = until
+                self._locks.setdefault(aggregate_id, threading.Lock())
+
+    def hot_among(self, aggregate_ids: Collection[UUID]) -> set[UUID]:
+        now = self._clock()
+        with self._guard:
+            self._forget_cooled(now)
+            return {i for i in aggregate_ids if self._until.get(i, 0.0) > now}
+
+    @contextlib.contextmanager
+    def turns(self, aggregate_ids: Collection[UUID]) -> Iterator[None]:
+        """Hold the locks of these aggregates (in one global order, so two commands cannot deadlock)."""
+        with self._guard:
+            locks = [self._locks.setdefault(i, threading.Lock()) for i in sorted(aggregate_ids)]
+        with contextlib.ExitStack() as held:
+            for lock in locks:
+                held.enter_context(lock)
+            yield
+
+    def _forget_cooled(self, now: float) -> None:
+        cooled = [i for i, until in self._until.items() if until <= now and not self._locks[i].locked()]
+        for aggregate_id in cooled:
+            del self._until[aggregate_id], self._locks[aggregate_id]
