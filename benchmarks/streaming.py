@@ -500,9 +500,14 @@ class _AckUntil:
         await self._inner.bind()
 
     async def fetch(self, max_events: int, timeout: float) -> Any:
+        return self._counted(await self._inner.fetch(max_events, timeout))
+
+    async def fetch_ahead(self, max_events: int, timeout: float) -> Any:
+        return self._counted(await self._inner.fetch_ahead(max_events, timeout))
+
+    def _counted(self, delivery: Any) -> Any:
         from framework.streaming import Delivery
 
-        delivery = await self._inner.fetch(max_events, timeout)
         if not delivery.notifications:
             return delivery
         top = max(n.id for n in delivery.notifications)
@@ -557,7 +562,8 @@ async def raw_consume(nats_url: str, settings: Any, count: int, meter: Meter, *,
     return meter, received
 
 
-async def eventfold_project(store: Any, views: Any, settings: Any, last: int, meter: Meter) -> tuple[Meter, Any]:
+async def eventfold_project(store: Any, views: Any, settings: Any, last: int, meter: Meter,
+                            *, prefetch: bool = True) -> tuple[Meter, Any]:
     from framework.adapters.nats import JetStreamConsumer, connect
     from framework.runner import run_projection
     from framework.worker import ProjectionWorker
@@ -572,7 +578,7 @@ async def eventfold_project(store: Any, views: Any, settings: Any, last: int, me
         stop = asyncio.Event()
         consumer = _AckUntil(JetStreamConsumer(connection, "holdings", deliver_all=True), last, stop)
         meter.start()
-        await run_projection(worker, consumer, stop)
+        await run_projection(worker, consumer, stop, prefetch=prefetch)
         meter.stop()
         if consumer.done_at is not None:
             meter.seconds = consumer.done_at - meter._t0  # up to the last ack, not the clean-up
@@ -611,14 +617,16 @@ def phase_project(args: argparse.Namespace, scratch: Scratch) -> Verdict:
     _, views = _stores(url, views_schema=f"efviews_{RUN_ID}")
     views.create_schema()
     with py_spy(args.py_spy):
-        meter, worker = asyncio.run(eventfold_project(store, views, settings, last, Meter()))
+        meter, worker = asyncio.run(eventfold_project(store, views, settings, last, Meter(),
+                                                      prefetch=not args.no_prefetch))
     check = _holdings_check(url, f"efviews_{RUN_ID}", worker.version, count)
     views.close()
     rows = [
         Row.of("raw: pull fetch(1000) + ack every message (EXPLICIT)", each_received, each_meter,
                note="reference"),
         Row.of("raw: pull fetch(1000) + one ack per fetch (policy ALL)", all_received, all_meter),
-        Row.of("Eventfold: run_projection + JetStreamConsumer, holdings", worker.position, meter,
+        Row.of("Eventfold, no prefetch: run_projection + JetStream, holdings" if args.no_prefetch
+               else "Eventfold: run_projection + JetStreamConsumer, holdings", worker.position, meter,
                note=check),
     ]
     print_rows(rows)
@@ -1471,6 +1479,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--e2e-warmup", type=float, default=None, help="e2e warm-up seconds (3)")
     parser.add_argument("--poll-ms", type=float, default=2.0, help="read-model poll interval (e2e)")
     parser.add_argument("--nats-url", default=os.environ.get("EVENTFOLD_BENCH_NATS_URL", DEFAULT_NATS))
+    parser.add_argument("--no-prefetch", action="store_true",
+                        help="project with run_projection(prefetch=False): no fetch ahead (A/B)")
     parser.add_argument("--py-spy", metavar="PATH", help="sample the Eventfold side of each phase with py-spy")
     parser.add_argument("--replay-variants", type=lambda v: [x for x in v.split(",") if x], default=[],
                         help="after the replay, replay again with what-if changes applied in the child"

@@ -18,7 +18,7 @@ from uuid import UUID
 
 from framework.errors import BusUnavailable, StoreUnavailable, Unavailable
 from framework.store import ClaimOutcome, EventStore, IdempotencyCompletion, Notification, StoredEvent
-from framework.streaming import Delivery, EventConsumer, EventPublisher
+from framework.streaming import Delivery, EventConsumer, EventPublisher, FetchAhead
 
 __all__ = ["BreakingConsumer", "BreakingEventStore", "BreakingPublisher", "CircuitBreaker", "bus_breaker"]
 
@@ -209,6 +209,19 @@ class BreakingConsumer:
 
     async def fetch(self, max_events: int, timeout: float) -> Delivery:
         return await self.breaker.call_async(lambda: self.consumer.fetch(max_events, timeout))
+
+    @property
+    def fetch_ahead(self) -> FetchAhead | None:
+        """The wrapped consumer's ``fetch_ahead`` through the breaker (None when it has none)."""
+        inner: FetchAhead | None = getattr(self.consumer, "fetch_ahead", None)
+        if inner is None:
+            return None
+        fetch_ahead = inner
+
+        async def through_breaker(max_events: int, timeout: float) -> Delivery:
+            return await self.breaker.call_async(lambda: fetch_ahead(max_events, timeout))
+
+        return through_breaker
 
     async def close(self) -> None:
         await self.consumer.close()

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from framework.errors import BusUnavailable, StoreUnavailable
 from framework.mapper import stored_trace_context
 from framework.store import EventStore, Notification
-from framework.streaming import EventConsumer, EventPublisher
+from framework.streaming import Delivery, EventConsumer, EventPublisher, FetchAhead
 from framework.tracing import NULL_TRACER, Span, TracedNotification, Tracer
 from framework.worker import ProjectionHalted, ProjectionWorker
 
@@ -123,34 +123,85 @@ async def run_projection(
     batch_size: int = 1000,
     fetch_seconds: float = 1.0,
     retry_letters_every: float = 5.0,
+    prefetch: bool = True,
 ) -> None:
-    """Catch up from the store, then apply the bus's deliveries until ``stop`` or a halt."""
+    """Catch up from the store, then apply the bus's deliveries until ``stop`` or a halt.
+
+    With ``prefetch`` and a consumer that can fetch ahead (``fetch_ahead``: a fetch
+    that leaves the unacknowledged delivery outstanding, see ``JetStreamConsumer``),
+    the next delivery is fetched while this one is applied in the worker's thread:
+    one fetch outstanding at most, and a delivery is acknowledged only after its
+    transaction committed, in fetch order. A prefetched delivery is never
+    acknowledged unapplied: after an error it is handed back by the next plain
+    ``fetch`` (which returns every unacknowledged delivery to the bus), on a halt
+    it stays unacknowledged (redelivered), and on ``stop`` it is applied first.
+    """
     backoff = Backoff()
-    caught_up = False
+    caught_up = halted = False
     next_letter_check = 0.0
-    while not stop.is_set():
-        try:
-            if not caught_up:
-                await consumer.bind()
-                await asyncio.to_thread(worker.views.set_state, worker.name, worker.version, "running")
-                await asyncio.to_thread(worker.catch_up)
-                caught_up = True
-            delivery = await consumer.fetch(batch_size, fetch_seconds)
-            if delivery.notifications:
-                await asyncio.to_thread(worker.apply, delivery.notifications)
-            await delivery.ack()
-            if time.monotonic() >= next_letter_check:
-                await asyncio.to_thread(worker.retry_dead_letters)
-                next_letter_check = time.monotonic() + retry_letters_every
-            backoff.reset()
-        except ProjectionHalted as halted:
-            log.error("%s", halted)
-            return
-        except _UNAVAILABLE as error:
-            delay = backoff.delay()
-            log.warning("projection %s: %s; retrying in %.1fs", worker.name, _describe(error), delay)
-            await _pause(stop, delay)
-    await asyncio.to_thread(_mark_stopped, worker)
+    fetch_ahead = _fetch_ahead_of(consumer) if prefetch else None
+    ahead: asyncio.Task[Delivery] | None = None  # the next delivery, fetched while this one is applied
+    try:
+        while not stop.is_set() or ahead is not None:
+            try:
+                if not caught_up:
+                    await consumer.bind()
+                    await asyncio.to_thread(worker.views.set_state, worker.name, worker.version, "running")
+                    await asyncio.to_thread(worker.catch_up)
+                    caught_up = True
+                if ahead is not None:
+                    fetching, ahead = ahead, None
+                    delivery = await fetching
+                else:
+                    delivery = await consumer.fetch(batch_size, fetch_seconds)
+                if delivery.notifications:
+                    if fetch_ahead is not None and not stop.is_set():
+                        ahead = asyncio.ensure_future(fetch_ahead(batch_size, fetch_seconds))
+                    await asyncio.to_thread(worker.apply, delivery.notifications)
+                await delivery.ack()  # after the commit: a crash before it means a redelivery
+                if time.monotonic() >= next_letter_check:
+                    await asyncio.to_thread(worker.retry_dead_letters)
+                    next_letter_check = time.monotonic() + retry_letters_every
+                backoff.reset()
+            except ProjectionHalted as error:
+                log.error("%s", error)
+                halted = True
+                break
+            except _UNAVAILABLE as error:
+                # Nothing more is acknowledged: a prefetched delivery goes back to the bus with the
+                # failed one at the next fetch (or after the bus's ack wait).
+                await _settled(ahead)
+                ahead = None
+                delay = backoff.delay()
+                log.warning("projection %s: %s; retrying in %.1fs", worker.name, _describe(error), delay)
+                await _pause(stop, delay)
+    except BaseException:
+        if ahead is not None:
+            ahead.cancel()  # unacknowledged whatever it gets: delivered again
+        raise
+    await _settled(ahead)  # halted with a delivery fetched ahead: left unacknowledged
+    if not halted:
+        await asyncio.to_thread(_mark_stopped, worker)
+
+
+def _fetch_ahead_of(consumer: EventConsumer) -> FetchAhead | None:
+    """The consumer's ``fetch_ahead``, if it can fetch ahead (a wrapper answers None when what it wraps cannot)."""
+    ahead: FetchAhead | None = getattr(consumer, "fetch_ahead", None)
+    return ahead
+
+
+async def _settled(fetching: asyncio.Task[Delivery] | None) -> None:
+    """Let an outstanding fetch finish (its delivery stays unacknowledged: the bus delivers it again);
+    cancel it only if this task is being cancelled."""
+    if fetching is None:
+        return
+    try:
+        await asyncio.shield(fetching)
+    except asyncio.CancelledError:
+        fetching.cancel()
+        raise
+    except Exception as error:  # the fetch's own failure: nothing was delivered
+        log.debug("a fetch ahead failed: %s", _describe(error))
 
 
 def _mark_stopped(worker: ProjectionWorker) -> None:

@@ -19,7 +19,7 @@ from typing import Protocol
 
 from framework.store import Notification
 
-__all__ = ["Delivery", "EventConsumer", "EventPublisher"]
+__all__ = ["Delivery", "EventConsumer", "EventPublisher", "FetchAhead"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,12 @@ class EventPublisher(Protocol):
 
     async def close(self) -> None:
         ...
+
+
+FetchAhead = Callable[[int, float], Awaitable[Delivery]]
+"""A consumer's optional ``fetch_ahead(max_events, timeout)``: a fetch that leaves the deliveries not yet
+acknowledged outstanding (``fetch`` hands them back), so that the next delivery can be fetched while
+one is applied; deliveries are then acknowledged in fetch order."""
 
 
 class EventConsumer(Protocol):

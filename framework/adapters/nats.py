@@ -553,6 +553,9 @@ class JetStreamConsumer:
     message and so the whole fetch. A delivery not acknowledged before the next
     ``fetch`` or ``close()`` is handed back to the server at once (NAK) and
     delivered again; one whose consumer died is redelivered after ``ack_wait``.
+    ``fetch_ahead`` is a fetch that leaves the deliveries still unacknowledged
+    outstanding, for a caller that applies one delivery while it fetches the
+    next (``framework.runner.run_projection``); it acknowledges them in order.
     """
 
     def __init__(
@@ -576,7 +579,7 @@ class JetStreamConsumer:
         self._owns_connection = owns_connection
         self._subscription: JetStreamContext.PullSubscription | None = None
         self._reconnects = 0
-        self._unacked: list[Msg] = []
+        self._unacked: list[list[Msg]] = []  # the deliveries not acknowledged yet, in fetch order
 
     @classmethod
     async def open(cls, settings: JetStreamSettings, durable_name: str, **options: Any) -> JetStreamConsumer:
@@ -629,6 +632,18 @@ class JetStreamConsumer:
 
     async def fetch(self, max_events: int, timeout: float) -> Delivery:
         await self._return_unacked()
+        return await self._fetch(max_events, timeout)
+
+    async def fetch_ahead(self, max_events: int, timeout: float) -> Delivery:
+        """Like ``fetch``, but the deliveries not acknowledged yet stay outstanding (not handed back).
+
+        For one fetch at a time beside the application of the previous delivery: acknowledge
+        the deliveries in fetch order (policy ALL: an acknowledgement covers every message the
+        stream holds before it, so acknowledging a later delivery first would cover an earlier one).
+        """
+        return await self._fetch(max_events, timeout)
+
+    async def _fetch(self, max_events: int, timeout: float) -> Delivery:
         await self.bind()
         self._connection.check_connected()
         await self._recheck_after_reconnect()
@@ -644,17 +659,19 @@ class JetStreamConsumer:
             raise _unavailable("fetching", error) from error
         if not messages:
             return Delivery((), _nothing)
-        self._unacked = messages
+        self._unacked.append(messages)
         return Delivery(_notifications(messages, self.name), self._acknowledger(messages))
 
     def _acknowledger(self, messages: list[Msg]) -> Callable[[], Awaitable[None]]:
-        last = max(messages, key=_stream_sequence)
-
         async def ack() -> None:
-            if self._unacked is not messages:
+            if not any(d is messages for d in self._unacked):
                 return  # already acknowledged, or handed back (NAK) by a later fetch
-            await self._reply(last, b"+ACK", "acknowledging")
-            self._unacked = []
+            await self._reply(_last_in_stream(messages), b"+ACK", "acknowledging")
+            # Policy ALL: this and every delivery fetched before it are acknowledged now.
+            for index, delivery in enumerate(self._unacked):
+                if delivery is messages:
+                    del self._unacked[:index + 1]
+                    break
 
         return ack
 
@@ -666,7 +683,8 @@ class JetStreamConsumer:
 
     async def _return_unacked(self) -> None:
         """NAK an unacknowledged delivery so it comes first in the next fetch (ack_wait covers failures)."""
-        messages, self._unacked = self._unacked, []
+        deliveries, self._unacked = self._unacked, []
+        messages = [message for delivery in deliveries for message in delivery]
         if not messages or not self._connection.is_connected:
             return
         results = await asyncio.gather(*(self._reply(m, b"-NAK", "returning") for m in messages),
@@ -693,26 +711,54 @@ async def _nothing() -> None:
     return None
 
 
+def _last_in_stream(messages: Sequence[Msg]) -> Msg:
+    """The message with the highest stream sequence (usually the last: redeliveries come first)."""
+    last, highest = messages[-1], -1
+    for message in messages:
+        sequence = _stream_sequence(message)
+        if sequence > highest:
+            last, highest = message, sequence
+    return last
+
+
 def _stream_sequence(message: Msg) -> int:
-    return int(message.metadata.sequence.stream)
+    tokens = message.reply.split(".")  # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>...
+    if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
+        return int(tokens[5])
+    return int(message.metadata.sequence.stream)  # the longer form (domain, account hash): nats-py parses it
 
 
 def _notifications(messages: Iterable[Msg], consumer: str) -> list[Notification]:
-    notifications = []
+    notifications: list[Notification] = []
+    append = notifications.append
     for message in messages:
         notification = notification_from(message.headers or {}, message.data)
         if notification is None:
             log.warning("consumer %s: skipping %s, which lacks Eventfold headers", consumer, message.subject)
         else:
-            notifications.append(notification)
+            append(notification)
     return notifications
+
+
+_uuids: dict[str, UUID] = {}  # aggregate ids seen lately: one event stream has many events
+_UUID_CACHE_SIZE = 8192
+
+
+def _uuid(text: str) -> UUID:
+    found = _uuids.get(text)
+    if found is None:
+        found = UUID(text)
+        if len(_uuids) >= _UUID_CACHE_SIZE:
+            _uuids.clear()
+        _uuids[text] = found
+    return found
 
 
 def notification_from(headers: Mapping[str, str], payload: bytes) -> Notification | None:
     """Rebuild a notification from a message's headers and payload (None: not an Eventfold event)."""
     try:
         position = int(headers[HEADER_POSITION])
-        aggregate_id = UUID(headers[HEADER_AGGREGATE_ID])
+        aggregate_id = _uuid(headers[HEADER_AGGREGATE_ID])
         version = int(headers[HEADER_AGGREGATE_VERSION])
         topic = headers[HEADER_EVENT]
     except (KeyError, ValueError):
