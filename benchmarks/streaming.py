@@ -657,8 +657,10 @@ def _holdings_check(url: str, schema: str, version: int, events: int) -> str:
 # each names a suggestion of the report and lets a framework change be A/B-tested against it.
 VARIANTS = {
     "gc": "gc.set_threshold(50_000, 20, 100): fewer cyclic collections over the row cache",
-    "nocache": "HoldingMovement rows (written, never read back) kept out of the RowCache",
-    "binary": "binary (%%b) parameters for the unnest arrays of the bulk upserts",
+    "nocache": "HoldingMovement rows (written, never read back) kept out of the RowCache (now the"
+               " default: only models looked up by key are cached)",
+    "binary": "binary (%%b) parameters for the text fallback of the bulk upserts too (the default"
+              " flush already sends binary arrays when every column's values share one type)",
 }
 
 
@@ -673,9 +675,9 @@ def _apply_variants(names: list[str]) -> None:
 
         def publish(self: Any) -> None:
             if self._cache is not None:
-                for row_key, row in self._changes.items():
-                    if row_key[0] is not HoldingMovement:
-                        self._cache.store(row_key, row)
+                self._cache.read.discard(HoldingMovement)
+                self._cache.read.update(m for m, _ in self._changes if m is not HoldingMovement)
+                self._cache.publish(self._changes)
 
         staging.StagedViews.publish = publish  # type: ignore[method-assign]
     if "binary" in names:

@@ -36,6 +36,9 @@ def rebuild(
     version = max([active, *known]) + 1
     views.ensure_tables(name, version, projector.read_models)
     views.set_state(name, version, "rebuilding")
+    cache_empty_tables = getattr(views, "cache_empty_tables", None)  # a view store with a row cache
+    if cache_empty_tables is not None:
+        cache_empty_tables(name, version, projector.read_models)
     worker = ProjectionWorker(projector, views, store, None, options, version=version, follow_active=False)
     worker.position = max(worker.position, from_position)
 
@@ -48,6 +51,7 @@ def rebuild(
         remaining = store.read_all(worker.position, 1_000_000_000)
         if remaining:
             worker.apply_within(batch, remaining)
+    views.forget_cached(name, version)  # a live worker (this process's or another's) writes next
     views.set_state(name, version, "running")
     for old in known:
         if old < active:

@@ -7,8 +7,9 @@ store until the batch commits, when the adapter flushes ``changes`` in bulk
 
 from __future__ import annotations
 
+import operator
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -32,31 +33,53 @@ class RowSource(Protocol):
 
 
 class RowCache:
-    """Committed rows, kept between batches by the only writer of a version's tables."""
+    """Committed rows, kept between batches by the only writer of a version's tables.
 
-    def __init__(self, maxsize: int = 100_000) -> None:
+    ``complete`` names models whose tables were empty when the cache was made (a rebuild's
+    fresh tables): while every row written to them since is in the cache, a key the cache does
+    not hold is a row that does not exist, answered without a query. A model stops being
+    complete when one of its rows is evicted or written without being cached, or on ``clear``.
+    """
+
+    def __init__(self, maxsize: int = 100_000, complete: Iterable[type[ReadModel]] = ()) -> None:
         self._rows: OrderedDict[RowKey, ReadModel | None] = OrderedDict()
         self._maxsize = maxsize
+        self._complete: set[type[ReadModel]] = set(complete)
+        self.read: set[type[ReadModel]] = set()  # models looked up by key: their writes are cached
 
     def lookup(self, key: RowKey) -> tuple[bool, ReadModel | None]:
-        if key not in self._rows:
-            return False, None
+        row = self._rows.get(key, _MISSING)
+        if row is _MISSING:
+            return key[0] in self._complete, None
         self._rows.move_to_end(key)
-        return True, self._rows[key]
+        return True, row
 
     def store(self, key: RowKey, row: ReadModel | None) -> None:
         self._rows[key] = row
         self._rows.move_to_end(key)
         while len(self._rows) > self._maxsize:
-            self._rows.popitem(last=False)
+            (model, _), _ = self._rows.popitem(last=False)
+            self._complete.discard(model)
 
     def refresh(self, key: RowKey, row: ReadModel | None) -> None:
         """Update a row that is cached; leave the cache alone otherwise."""
         if key in self._rows:
             self._rows[key] = row
 
+    def publish(self, changes: dict[RowKey, ReadModel | None]) -> None:
+        """A batch's changes (committed, or committing): rows of models looked up by key are
+        cached; rows only written (a movement history) just update what the cache holds."""
+        read = self.read
+        for key, row in changes.items():
+            if key[0] in read:
+                self.store(key, row)
+            else:
+                self.refresh(key, row)
+                self._complete.discard(key[0])
+
     def clear(self) -> None:
         self._rows.clear()
+        self._complete.clear()
 
 
 class StagedViews:
@@ -75,11 +98,15 @@ class StagedViews:
             self._underlay = None
 
     def get(self, model: type[R], *key: Any) -> R | None:
-        row_key = (model, tuple(key))
-        for layer in self._layers():
-            if row_key in layer._changes:
-                return _copy(layer._changes[row_key])  # type: ignore[return-value]
-        return _copy(self._committed(model, row_key))
+        row_key = (model, key)
+        if self._cache is not None:
+            self._cache.read.add(model)
+        row = self._changes.get(row_key, _MISSING)
+        if row is _MISSING and self._underlay is not None:
+            row = self._underlay._changes.get(row_key, _MISSING)
+        if row is _MISSING:
+            row = self._committed(model, row_key)
+        return _copy(row)
 
     def _layers(self) -> list[StagedViews]:
         """This batch first, then the one under it (newest changes win)."""
@@ -97,7 +124,9 @@ class StagedViews:
 
     def put(self, row: ReadModel) -> None:
         """The row now belongs to the batch: change it again only through another ``put``."""
-        self._changes[(type(row), row.key_values())] = row
+        model = type(row)
+        key_of = _KEY_OF.get(model) or _key_getter(model)
+        self._changes[(model, key_of(row))] = row
 
     def delete(self, model: type[ReadModel], *key: Any) -> None:
         self._changes[(model, tuple(key))] = None
@@ -122,16 +151,55 @@ class StagedViews:
     def publish(self) -> None:
         """This batch's rows become what later batches read (it committed, or is committing).
 
-        Only rows the cache already knows are updated: rows a projector writes and never
-        reads (a movement history) would otherwise fill the cache and memory for nothing.
+        Rows of models the projector looks up by key are cached (the next batches would load
+        them again otherwise); others only update rows the cache already knows: rows a projector
+        writes and never reads (a movement history) would fill the cache and memory for nothing.
         """
         if self._cache is not None:
-            for row_key, row in self._changes.items():
-                self._cache.refresh(row_key, row)
+            self._cache.publish(self._changes)
+
+
+_MISSING: Any = object()
+_set = object.__setattr__
 
 
 def _copy(row: R | None) -> R | None:
-    return row.copy_row() if row is not None else None  # handlers may mutate it
+    """An independent copy of a row, which handlers may mutate: ``copy_row``, done faster for rows
+    of scalars only (the shallow copy pydantic's ``model_copy`` makes, without its generic steps)."""
+    if row is None:
+        return None
+    model = type(row)
+    flat = _FLAT.get(model)
+    if flat is None:
+        flat = _FLAT[model] = model._flat()
+    if not flat or row.__pydantic_private__ is not None or row.__pydantic_extra__ is not None:
+        return row.copy_row()
+    copy = model.__new__(model)
+    _set(copy, "__dict__", row.__dict__.copy())
+    _set(copy, "__pydantic_extra__", None)
+    _set(copy, "__pydantic_fields_set__", row.__pydantic_fields_set__.copy())
+    _set(copy, "__pydantic_private__", None)
+    return copy
+
+
+_FLAT: dict[type[ReadModel], bool] = {}
+
+
+def _key_getter(model: type[ReadModel]) -> Callable[[ReadModel], tuple[Any, ...]]:
+    """``row.key_values()`` as one C call: an ``attrgetter`` of the key columns (always a tuple)."""
+    key_of: Callable[[ReadModel], tuple[Any, ...]]
+    if len(model.key) == 1:
+        column = operator.attrgetter(model.key[0])
+
+        def key_of(row: ReadModel) -> tuple[Any, ...]:
+            return (column(row),)
+    else:
+        key_of = operator.attrgetter(*model.key)
+    _KEY_OF[model] = key_of
+    return key_of
+
+
+_KEY_OF: dict[type[ReadModel], Callable[[ReadModel], tuple[Any, ...]]] = {}
 
 
 def _sort_key(key: tuple[Any, ...]) -> tuple[Any, ...]:

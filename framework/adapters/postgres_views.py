@@ -8,10 +8,12 @@ with a guard (it only moves forward), and both commit together.
 from __future__ import annotations
 
 import functools
+import operator
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from enum import Enum
 from typing import Any, TypeVar
 
@@ -74,23 +76,34 @@ class _Tables:
         kinds = {name: kind for name, kind, _ in definitions}
         key_match = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in model.key)
         updates = [c for c in columns if c not in model.key] or list(model.key)
-        upsert = sql.SQL(
-            "INSERT INTO {t} ({c}) SELECT * FROM unnest({arrays}) ON CONFLICT ({k}) DO UPDATE SET {u}"
-        ).format(
-            t=table,
-            c=sql.SQL(", ").join(map(sql.Identifier, columns)),
-            arrays=_arrays(columns, kinds),
-            k=sql.SQL(", ").join(map(sql.Identifier, model.key)),
-            u=sql.SQL(", ").join(sql.SQL("{0} = excluded.{0}").format(sql.Identifier(c)) for c in updates),
-        )
-        delete = sql.SQL("DELETE FROM {t} WHERE ({k}) IN (SELECT * FROM unnest({arrays}))").format(
-            t=table, k=sql.SQL(", ").join(map(sql.Identifier, model.key)), arrays=_arrays(model.key, kinds)
-        )
+
+        def upsert(arrays: sql.Composed) -> sql.Composed:
+            return sql.SQL(
+                "INSERT INTO {t} ({c}) SELECT * FROM unnest({arrays}) ON CONFLICT ({k}) DO UPDATE SET {u}"
+            ).format(
+                t=table,
+                c=sql.SQL(", ").join(map(sql.Identifier, columns)),
+                arrays=arrays,
+                k=sql.SQL(", ").join(map(sql.Identifier, model.key)),
+                u=sql.SQL(", ").join(sql.SQL("{0} = excluded.{0}").format(sql.Identifier(c)) for c in updates),
+            )
+
+        def delete(arrays: sql.Composed) -> sql.Composed:
+            return sql.SQL("DELETE FROM {t} WHERE ({k}) IN (SELECT * FROM unnest({arrays}))").format(
+                t=table, k=sql.SQL(", ").join(map(sql.Identifier, model.key)), arrays=arrays
+            )
+
+        jsonb = frozenset(n for n, kind in kinds.items() if kind == "jsonb")
         return {
             "select": sql.SQL("SELECT * FROM {} WHERE {}").format(table, key_match),
-            "delete": delete,
-            "upsert": upsert,
-            "jsonb": frozenset(n for n, kind in kinds.items() if kind == "jsonb"),
+            "delete": delete(_arrays(model.key, kinds)),
+            "upsert": upsert(_arrays(columns, kinds)),
+            # The same with binary arrays (%b): less to format and parse; used when every column's
+            # values are of one Python type (see _binary_ok), else the text form above.
+            "delete_binary": delete(_binary_arrays(model.key, kinds)),
+            "upsert_binary": upsert(_binary_arrays(columns, kinds)),
+            "jsonb": jsonb,
+            "values": None if jsonb else _values_getter(columns),
             "order": sql.SQL(", ").join(map(sql.Identifier, model.key)),
         }
 
@@ -160,17 +173,23 @@ class _PostgresBatch(StagedBatch):
 
     def flush(self, conn: Conn) -> None:
         deletes: dict[type[ReadModel], list[tuple[Any, ...]]] = defaultdict(list)
-        upserts: dict[type[ReadModel], list[list[Any]]] = defaultdict(list)
+        upserts: dict[type[ReadModel], list[ReadModel]] = defaultdict(list)
         for model, key, row in self.changes():
             if row is None:
                 deletes[model].append(key)
             else:
-                upserts[model].append(to_parameters(row, self.tables.statements(model)["jsonb"]))
+                upserts[model].append(row)
         with conn.cursor() as cursor:
             for model, keys in deletes.items():
-                cursor.execute(self.tables.statements(model)["delete"], _columns(keys))
+                statements = self.tables.statements(model)
+                columns = _columns(keys)
+                binary = _binary_ok(columns)
+                cursor.execute(statements["delete_binary" if binary else "delete"], columns)
             for model, rows in upserts.items():
-                cursor.execute(self.tables.statements(model)["upsert"], _columns(rows))
+                statements = self.tables.statements(model)
+                columns = _row_columns(rows, statements)
+                binary = _binary_ok(columns)
+                cursor.execute(statements["upsert_binary" if binary else "upsert"], columns)
 
 
 class PostgresViewStore:
@@ -292,6 +311,16 @@ class PostgresViewStore:
 
     def forget_cached(self, name: str, version: int) -> None:
         self._caches.pop((name, version), None)
+
+    def cache_empty_tables(self, name: str, version: int, models: Sequence[type[ReadModel]]) -> None:
+        """Start the version's row cache knowing which of its tables are empty (a rebuild's fresh
+        tables): until the cache loses track of a model's rows, "no such row" needs no query."""
+        tables = _Tables(self._schema, name, version)
+        with self._connection() as conn:
+            empty = [model for model in models if conn.execute(
+                sql.SQL("SELECT NOT EXISTS (SELECT FROM {}) AS empty").format(tables.ident(model))
+            ).fetchone()["empty"]]  # type: ignore[index]
+        self._caches[(name, version)] = RowCache(self._cache_rows, complete=empty)
 
     def _commit(self, conn: Conn, name: str, version: int, batch: _PostgresBatch) -> None:
         batch.flush(conn)
@@ -457,6 +486,47 @@ def _select(
 
 def _arrays(columns: Sequence[str], kinds: dict[str, str]) -> sql.Composed:
     return sql.SQL(", ").join(sql.SQL("%s::{}[]").format(sql.SQL(kinds[c])) for c in columns)
+
+
+def _binary_arrays(columns: Sequence[str], kinds: dict[str, str]) -> sql.Composed:
+    return sql.SQL(", ").join(sql.SQL("%b::{}[]").format(sql.SQL(kinds[c])) for c in columns)
+
+
+def _values_getter(columns: Sequence[str]) -> Callable[[ReadModel], tuple[Any, ...]]:
+    """A row's values in column order, as one tuple (one C call)."""
+    if len(columns) == 1:
+        column = operator.attrgetter(columns[0])
+        return lambda row: (column(row),)
+    return operator.attrgetter(*columns)
+
+
+def _row_columns(rows: Sequence[ReadModel], statements: dict[str, Any]) -> list[list[Any]]:
+    """Rows as one list per column, as ``to_parameters`` makes them. Rows without jsonb columns
+    are read with one ``attrgetter``; a column holding enums converts them like ``to_parameters``."""
+    getter = statements["values"]
+    if getter is None:
+        return _columns([to_parameters(row, statements["jsonb"]) for row in rows])
+    columns = _columns(list(map(getter, rows)))
+    for i, column in enumerate(columns):
+        if any(issubclass(t, Enum) for t in set(map(type, column))):
+            columns[i] = [v.value if isinstance(v, Enum) else v for v in column]
+    return columns
+
+
+def _binary_ok(columns: Sequence[Sequence[Any]]) -> bool:
+    """Whether binary arrays can carry these columns: psycopg dumps a list with the dumper of
+    one Python type, so every column's values (besides None) must be of one type; datetimes
+    must also be all naive or all aware (text arrays accept a mix, binary ones do not)."""
+    for column in columns:
+        types = set(map(type, column))
+        types.discard(type(None))
+        if len(types) > 1:
+            return False
+        if types and issubclass(next(iter(types)), datetime) and len(
+            {v.tzinfo is None for v in column if v is not None}
+        ) > 1:
+            return False
+    return True
 
 
 def _columns(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:

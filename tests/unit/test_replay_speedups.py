@@ -1,0 +1,229 @@
+"""The fast paths of bulk catch-up behave exactly like the general ones: decoding a stored event
+in one pydantic call, copying rows handed to handlers, and a row cache that knows a fresh
+table's rows (so "no such row" needs no query)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any, ClassVar
+from uuid import UUID, uuid4
+
+import pytest
+
+import framework.mapper as mapper
+from example_app.accounts import AccountOpened, SecuritiesCredited
+from framework import Event, EventEnvelope, EventMetadata, EventSchemaError
+from framework.mapper import from_stored, to_stored
+from framework.readmodel import ReadModel
+from framework.staging import RowCache, StagedViews
+from framework.store import Notification, StoredEvent
+
+AGGREGATE_ID = UUID("4a4c5f0c-5b1b-4c0d-9d55-7f6c0b1e2a33")
+
+
+def _general(stored: StoredEvent) -> EventEnvelope:
+    """``from_stored`` without its fast path."""
+    original = mapper._from_current
+    mapper._from_current = lambda _: None  # type: ignore[assignment]
+    try:
+        return from_stored(stored)
+    finally:
+        mapper._from_current = original
+
+
+def _notification(topic: str, document: dict[str, Any], position: int = 5) -> Notification:
+    return Notification(AGGREGATE_ID, 3, topic, json.dumps(document).encode(), position)
+
+
+@pytest.mark.parametrize("metadata", [
+    EventMetadata(),
+    EventMetadata(correlation_id="c", causation_id="d", actor="a",
+                  trace_context={"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}),
+])
+@pytest.mark.parametrize("event", [
+    AccountOpened(account_number="A-1", holder_name="Ada"),
+    SecuritiesCredited(isin="XS0000000001", quantity=5),
+    SecuritiesCredited(isin="XS0000000001", quantity=5, reference="ref"),
+])
+def test_the_fast_path_decodes_what_the_general_one_does(event: Event, metadata: EventMetadata) -> None:
+    stored = to_stored(EventEnvelope("Account", AGGREGATE_ID, 3, event, metadata))
+    for item in (stored, Notification(stored.originator_id, 3, stored.topic, stored.state, 42)):
+        fast = mapper._from_current(item)
+        assert fast is not None
+        assert fast == _general(item) == from_stored(item)
+        assert type(fast.event) is type(event) and type(fast.metadata) is EventMetadata
+        assert fast.position == (42 if isinstance(item, Notification) else None)
+    assert from_stored(stored).event == event and from_stored(stored).metadata == metadata
+
+
+class UnitSpeedupQuote(Event):
+    """v1: {price}; v2: {amount}."""
+
+    event_name: ClassVar[str] = "eventfold-unit:SpeedupQuote"
+    schema_version: ClassVar[int] = 2
+    upcasters: ClassVar[dict[int, Any]] = {1: lambda data: {"amount": data["price"]}}
+
+    amount: Decimal
+
+
+META = {"event_id": str(uuid4()), "recorded_at": "2020-01-02T03:04:05.123456Z", "correlation_id": None,
+        "causation_id": None, "actor": None}
+
+
+def test_an_older_version_is_upcast_by_the_general_path() -> None:
+    stored = _notification("eventfold-unit:SpeedupQuote", {"v": 1, "agg": "Q", "meta": META, "data": {"price": "1.5"}})
+    assert mapper._from_current(stored) is None
+    assert from_stored(stored).event == UnitSpeedupQuote(amount=Decimal("1.5"))
+    current = _notification("eventfold-unit:SpeedupQuote", {"v": 2, "agg": "Q", "meta": META, "data": {"amount": "2"}})
+    assert mapper._from_current(current) is not None
+    assert from_stored(current).event == UnitSpeedupQuote(amount=Decimal(2))
+
+
+def test_unknown_metadata_keys_are_still_ignored() -> None:
+    stored = _notification("eventfold-unit:SpeedupQuote", {
+        "v": 2, "agg": "Q", "meta": {**META, "added_by_a_newer_release": 1}, "data": {"amount": "2"}})
+    assert mapper._from_current(stored) is None
+    assert from_stored(stored).metadata.event_id == UUID(META["event_id"])
+
+
+@pytest.mark.parametrize(("document", "message"), [
+    ({"v": 2, "agg": "Q", "meta": META, "data": {"amount": "x"}}, "does not match its schema"),
+    ({"v": 2, "agg": "Q", "meta": META, "data": {"amount": "1", "extra": 1}}, "does not match its schema"),
+    ({"v": 3, "agg": "Q", "meta": META, "data": {"amount": "1"}}, "newer than this code"),
+    ({"v": 2, "agg": "Q", "meta": META}, "not an Eventfold event document"),
+    ({"v": 2, "agg": "Q", "meta": {**META, "recorded_at": "never"}, "data": {"amount": "1"}},
+     "does not match its schema"),
+])
+def test_what_the_fast_path_refuses_fails_as_before(document: dict[str, Any], message: str) -> None:
+    stored = _notification("eventfold-unit:SpeedupQuote", document)
+    assert mapper._from_current(stored) is None
+    with pytest.raises(EventSchemaError, match=message):
+        from_stored(stored)
+
+
+def test_broken_and_unknown_events_fail_as_before() -> None:
+    not_json = Notification(AGGREGATE_ID, 1, "eventfold-unit:SpeedupQuote", b"{nope", 1)
+    with pytest.raises(EventSchemaError, match="is not JSON"):
+        from_stored(not_json)
+    with pytest.raises(EventSchemaError, match="no event class"):
+        from_stored(_notification("eventfold-unit:NoSuchEvent", {"v": 1, "agg": "Q", "meta": META, "data": {}}))
+
+
+# --- rows handed to handlers ----------------------------------------------------------------
+
+
+class Flat(ReadModel):
+    table = "flat"
+    key = ("name",)
+
+    name: str
+    count: int
+    day: date | None = None
+
+
+class Nested(ReadModel):
+    table = "nested"
+    key = ("a", "b")
+
+    a: str
+    b: int
+    items: list[str]
+
+
+class _Source:
+    def __init__(self, rows: dict[tuple[type[ReadModel], tuple[Any, ...]], ReadModel]) -> None:
+        self.rows, self.loads = rows, 0
+
+    def load(self, model: type[Any], key: tuple[Any, ...]) -> Any:
+        self.loads += 1
+        row = self.rows.get((model, key))
+        return row.copy_row() if row is not None else None
+
+    def load_where(self, model: type[Any], equal: dict[str, Any]) -> list[Any]:
+        return [r for (m, _), r in self.rows.items() if m is model]
+
+
+def test_a_row_from_get_is_a_copy_the_handler_may_mutate() -> None:
+    source = _Source({(Flat, ("x",)): Flat(name="x", count=1)})
+    cache = RowCache()
+    views = StagedViews(source, cache)
+    got = views.get(Flat, "x")
+    assert got == Flat(name="x", count=1) and got.model_fields_set == {"name", "count"}
+    got.count = 99
+    assert views.get(Flat, "x") == Flat(name="x", count=1)  # the cached row is untouched
+    with pytest.raises(ValueError):
+        got.count = "not a number"  # type: ignore[assignment]  # still validated on assignment
+    views.put(got)
+    again = views.get(Flat, "x")
+    assert again == got and again is not got
+    again.count = 5
+    assert views.get(Flat, "x") == Flat(name="x", count=99)  # the staged row is untouched too
+
+    nested = Nested(a="k", b=1, items=["one"])
+    views.put(nested)
+    copy = views.get(Nested, "k", 1)
+    assert copy == nested
+    copy.items.append("two")  # a deep copy for rows with structured fields
+    assert views.get(Nested, "k", 1) == Nested(a="k", b=1, items=["one"])
+    assert dict((m, k) for m, k, _ in views.changes()) == {Flat: ("x",), Nested: ("k", 1)}
+
+
+def test_put_keys_rows_like_key_values() -> None:
+    views = StagedViews(_Source({}))
+    rows = [Flat(name="x", count=1), Nested(a="k", b=2, items=[])]
+    for row in rows:
+        views.put(row)
+    assert [(m, k) for m, k, _ in views.changes()] == [(type(r), r.key_values()) for r in rows]
+
+
+# --- the row cache of a fresh table ---------------------------------------------------------
+
+
+def test_a_complete_model_answers_no_such_row_without_a_query() -> None:
+    source = _Source({})
+    cache = RowCache(complete=[Flat])
+    first = StagedViews(source, cache)
+    assert first.get(Flat, "x") is None and source.loads == 0
+    assert first.get(Nested, "k", 1) is None and source.loads == 1  # not declared empty
+    first.put(Flat(name="x", count=1))
+    first.publish()
+    second = StagedViews(source, cache)
+    assert second.get(Flat, "x") == Flat(name="x", count=1) and source.loads == 1
+    second.delete(Flat, "x")
+    second.publish()
+    assert StagedViews(source, cache).get(Flat, "x") is None and source.loads == 1
+
+
+def test_a_model_written_but_never_read_is_not_cached_and_loses_completeness() -> None:
+    source = _Source({})
+    cache = RowCache(complete=[Flat, Nested])
+    views = StagedViews(source, cache)
+    views.put(Nested(a="k", b=1, items=[]))  # never looked up by key: not cached
+    views.publish()
+    assert cache.lookup((Nested, ("k", 1))) == (False, None)
+    assert StagedViews(source, cache).get(Nested, "k", 1) is None and source.loads == 1  # asked the source
+
+
+def test_eviction_and_clear_end_completeness() -> None:
+    source = _Source({})
+    cache = RowCache(maxsize=2, complete=[Flat])
+    views = StagedViews(source, cache)
+    views.get(Flat, "a")
+    for name in "abc":
+        views.put(Flat(name=name, count=1))
+    views.publish()  # three rows in a cache of two: "a" is evicted
+    later = StagedViews(source, cache)
+    assert later.get(Flat, "a") is None and source.loads == 1  # not known absent any more: asked
+    cleared = RowCache(complete=[Flat])
+    cleared.clear()
+    assert cleared.lookup((Flat, ("z",))) == (False, None)
+
+
+def test_datetimes_and_dates_survive_the_copy() -> None:
+    row = Flat(name="d", count=1, day=date(2026, 1, 2))
+    views = StagedViews(_Source({}), RowCache(complete=[Flat]))
+    views.put(row)
+    assert views.get(Flat, "d") == row
+    assert datetime(2026, 1, 2, tzinfo=UTC).date() == views.get(Flat, "d").day  # type: ignore[union-attr]
