@@ -163,10 +163,12 @@ class CommandBus:
     def _run(self, command: Command, context: CommandContext, claim: _Claim | None) -> CommandResult:
         attempt, holding = 1, frozenset[UUID]()
         while True:
+            # Only a first attempt trusts the cache: a conflict means another process wrote.
+            trust_cache = attempt == 1 and self._max_attempts > 1
             try:
+                if not holding:  # the common case: no turns to wait for
+                    return self._attempt(command, context, claim, trust_cache=trust_cache, holding=holding)
                 with self._hot.turns(holding):
-                    # Only a first attempt trusts the cache: a conflict means another process wrote.
-                    trust_cache = attempt == 1 and self._max_attempts > 1
                     return self._attempt(command, context, claim, trust_cache=trust_cache, holding=holding)
             except _TakeTurns as hot:  # nothing was written: run again holding these aggregates' turns
                 holding |= hot.aggregate_ids

@@ -39,6 +39,8 @@ class HotAggregates:
                 self._locks.setdefault(aggregate_id, threading.Lock())
 
     def hot_among(self, aggregate_ids: Collection[UUID]) -> set[UUID]:
+        if not self._until:  # nothing conflicted lately (read without the lock: a miss is harmless)
+            return set()
         now = self._clock()
         with self._guard:
             self._forget_cooled(now)
