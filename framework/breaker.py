@@ -10,9 +10,10 @@ Any other outcome (success, a conflict, a domain error) counts as an answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TypeVar
 from uuid import UUID
 
@@ -68,22 +69,19 @@ class CircuitBreaker:
         return left
 
     def call(self, action: Callable[[], T]) -> T:
-        self._admit()
-        try:
-            result = action()
-        except self._unavailable:
-            self._failed()
-            raise
-        except BaseException:
-            self._answered()
-            raise
-        self._answered()
-        return result
+        with self._guarded():
+            return action()
 
     async def call_async(self, action: Callable[[], Awaitable[T]]) -> T:
+        with self._guarded():
+            return await action()
+
+    @contextlib.contextmanager
+    def _guarded(self) -> Iterator[None]:
+        """Admit the call (or refuse it), then count how it ended."""
         self._admit()
         try:
-            result = await action()
+            yield
         except self._unavailable:
             self._failed()
             raise
@@ -94,7 +92,6 @@ class CircuitBreaker:
             self._answered()
             raise
         self._answered()
-        return result
 
     def _admit(self) -> None:
         with self._lock:
