@@ -36,9 +36,6 @@ def rebuild(
     version = max([active, *known]) + 1
     views.ensure_tables(name, version, projector.read_models)
     views.set_state(name, version, "rebuilding")
-    cache_empty_tables = getattr(views, "cache_empty_tables", None)  # a view store with a row cache
-    if cache_empty_tables is not None:
-        cache_empty_tables(name, version, projector.read_models)
     worker = ProjectionWorker(projector, views, store, None, options, version=version, follow_active=False)
     worker.position = max(worker.position, from_position)
 
