@@ -117,6 +117,10 @@ class ViewStore(Protocol):
     def forget_cached(self, name: str, version: int) -> None:
         """Drop rows cached between batches (after a staged commit failed)."""
 
+    def cache_empty_tables(self, name: str, version: int, models: Sequence[type[ReadModel]]) -> None:
+        """Start the version's row cache knowing which tables are empty (a projection starting from
+        scratch), so that a key it does not hold needs no query; a store without a cache does nothing."""
+
     def switch(self, name: str, version: int) -> AbstractContextManager[Batch]:
         """A batch on ``version`` that, on commit, makes it the active version.
 

@@ -91,12 +91,8 @@ class ProjectionWorker:
         self.version = version or views.active_version(projector.name)
         views.ensure_tables(projector.name, self.version, projector.read_models)
         self.position = views.position(projector.name, self.version)
-        if self.position == 0:
-            # A projection starting from scratch: while its row cache knows every row written to
-            # a table that was empty, a key it does not hold needs no query ("no such row").
-            cache_empty_tables = getattr(views, "cache_empty_tables", None)  # a store with a row cache
-            if cache_empty_tables is not None:
-                cache_empty_tables(projector.name, self.version, projector.read_models)
+        if self.position == 0:  # from scratch: "no such row" needs no query while the cache knows them all
+            views.cache_empty_tables(projector.name, self.version, projector.read_models)
 
     @property
     def name(self) -> str:

@@ -70,7 +70,7 @@ def test_a_worker_that_resumes_leaves_the_row_cache_alone() -> None:
 
 
 def test_what_is_projected_does_not_depend_on_the_row_cache() -> None:
-    plain, caching = MemoryViewStore(), CachingViews()  # MemoryViewStore has no cache_empty_tables
+    plain, caching = MemoryViewStore(), CachingViews()  # MemoryViewStore has no row cache
     notifications = _notifications(EVENTS)
     for views in (plain, caching):
         worker = ProjectionWorker(HoldingsProjector(), views, MemoryEventStore())
