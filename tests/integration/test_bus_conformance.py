@@ -190,10 +190,8 @@ def test_a_delivery_of_a_consumer_that_died_is_redelivered_after_ack_wait(
 
 def test_connect_to_nothing_is_bus_unavailable() -> None:
     settings = JetStreamSettings(servers=("nats://127.0.0.1:1",))
-    started = time.monotonic()
     with pytest.raises(BusUnavailable, match=r"cannot connect to NATS at nats://127\.0\.0\.1:1"):
         asyncio.run(connect(settings, timeout=1.0))
-    assert time.monotonic() - started < 10
 
 
 def test_publisher_and_consumer_survive_nats_going_away(private_nats: ThrowawayNats) -> None:  # noqa: F811
