@@ -25,6 +25,7 @@ from framework.errors import (
     IdempotencyKeyReused,
 )
 from framework.events import EventMetadata
+from framework.faults import fault_point
 from framework.mapper import to_stored
 from framework.observe import NULL_OBSERVER, Observer, command_outcome
 from framework.snapshots import snapshot_due, to_snapshot
@@ -148,6 +149,7 @@ class CommandBus:
             return Executed(outcome.result, replayed=True)
         if isinstance(outcome, InFlight):
             raise IdempotencyKeyInFlight(f"a request with idempotency key {key!r} is still running")
+        fault_point("command.claimed")
         try:
             return Executed(self._run(command, context, claim))
         except BaseException:
@@ -220,6 +222,7 @@ class CommandBus:
                 claim.key, claim.owner, main.id if main else None, main.version if main else 0
             )
         positions = self.store.append([to_stored(e) for e in envelopes], completion)
+        fault_point("command.appended")
         self.observer.events_appended(len(positions))
         unit.remember()
         self._snapshot(unit)

@@ -18,6 +18,7 @@ HTTP and GraphQL layers expose to clients.
     │   └── IdempotencyKeyReused   same key, different request
     ├── StoreUnavailable           the event store cannot be reached
     ├── EventSchemaError           a stored event cannot be read back as its type
+    ├── RowRejected                the read-model database refused a batch's rows (a value it cannot hold)
     ├── BusUnavailable             the event bus (NATS) cannot be reached
     ├── VersionSwitched            a projection's active version changed under a worker
     ├── Unauthenticated            no valid credentials (missing, malformed, expired token)
@@ -49,6 +50,7 @@ __all__ = [
     "InvalidTransition",
     "KeysUnavailable",
     "RateLimited",
+    "RowRejected",
     "RuleViolation",
     "StoreUnavailable",
     "Unauthenticated",
@@ -148,6 +150,14 @@ class KeysUnavailable(Unavailable):
 
 class EventSchemaError(EventfoldError):
     code = "event_schema_error"
+
+
+class RowRejected(EventfoldError):
+    """The read-model database refused what a batch wrote: a value its column cannot hold (a NUL
+    character, a number out of range), a constraint. Caused by an event, not by the infrastructure:
+    the worker isolates the event and applies its projection's poison policy."""
+
+    code = "row_rejected"
 
 
 class ConfigurationError(EventfoldError):

@@ -10,24 +10,37 @@
 
 Events a projector has no handler for are skipped (their position still
 counts). A ``ProcessManager`` is a projector whose handlers may also
-``context.issue(command)``: commands go through the command path with an
-idempotency key derived from the triggering event, so redelivery never issues
-one twice.
+``context.issue(command)`` and ``context.schedule(name, at)``. Issued commands
+are recorded in the process manager's outbox in the same transaction as its
+rows and position, with an idempotency key derived from the triggering event,
+and dispatched after the commit until they succeed (``framework.dispatcher``):
+nothing is lost when a worker dies, nothing runs twice. A command refused for
+good reaches ``on_refused``; a deadline that comes due reaches ``on_deadline``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, ClassVar, Literal, TypeVar
 
 from framework.commands import Command
-from framework.errors import ConfigurationError
+from framework.errors import CommandRejected, ConfigurationError
 from framework.events import Event, EventEnvelope
 from framework.readmodel import ReadModel
-from framework.views import Views
+from framework.views import Deadline, Views
 
-__all__ = ["HandlerContext", "IssuedCommand", "ProcessManager", "Projector", "on"]
+__all__ = [
+    "Deadline",
+    "DeadlineRequest",
+    "HandlerContext",
+    "IssuedCommand",
+    "ProcessManager",
+    "Projector",
+    "Refusal",
+    "on",
+]
 
 E = TypeVar("E", bound=Event)
 _HANDLES = "__eventfold_handles__"
@@ -49,24 +62,76 @@ class IssuedCommand:
     command: Command
     idempotency_key: str
     envelope: EventEnvelope
+    ordering_key: str
+
+
+@dataclass(frozen=True)
+class DeadlineRequest:
+    key: str
+    name: str
+    due_at: datetime
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A command a process manager issued, refused for good (a rule, a state, an unknown aggregate)."""
+
+    command: Command | None  # None: its stored payload no longer validates as the command
+    error: CommandRejected
+    idempotency_key: str
+
+    @property
+    def code(self) -> str:
+        return self.error.code
 
 
 @dataclass
 class HandlerContext:
     """What a handler gets besides the event: its envelope, the views, and (for
-    process managers) a way to issue commands."""
+    process managers) a way to issue commands and schedule deadlines."""
 
     envelope: EventEnvelope
     views: Views
     issued: list[IssuedCommand] = field(default_factory=list)
     issuer: str = ""
+    origin: str = ""  # what issued keys derive from: the event id, or a deadline's or refusal's key
+    scheduled: list[DeadlineRequest] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
 
-    def issue(self, command: Command, *, discriminator: str = "") -> None:
-        if not self.issuer:
-            raise ConfigurationError("only a ProcessManager's handlers may issue commands")
+    def issue(self, command: Command, *, discriminator: str = "", ordering_key: str | None = None) -> None:
+        """Issue ``command`` once, whatever happens to this worker.
+
+        Its idempotency key derives from the triggering event and ``discriminator`` (default: the
+        command's rank among this handler's commands), so a redelivered event issues nothing new.
+        Commands with one ``ordering_key`` run one at a time in issue order; others run concurrently.
+        The default is the triggering event's aggregate: reactions to one aggregate stay in its order.
+        """
+        self._check_issuer("issue commands")
         suffix = discriminator or str(len(self.issued))
-        key = f"{self.issuer}:{self.envelope.metadata.event_id}:{suffix}"
-        self.issued.append(IssuedCommand(command, key, self.envelope))
+        key = f"{self.issuer}:{self.origin or self.envelope.metadata.event_id}:{suffix}"
+        order = ordering_key if ordering_key is not None else str(self.envelope.aggregate_id)
+        self.issued.append(IssuedCommand(command, key, self.envelope, order))
+
+    def schedule(self, name: str, at: datetime, *, key: str | None = None, data: dict[str, Any] | None = None) -> None:
+        """Be woken at ``at`` (``on_deadline``), once, surviving restarts. One deadline per ``key``
+        (default: the name and this event's aggregate); scheduling the same key again moves it."""
+        self._check_issuer("schedule deadlines")
+        if at.tzinfo is None:
+            raise ConfigurationError(f"deadline {name!r} needs an aware datetime (with a time zone)")
+        self.scheduled.append(DeadlineRequest(key or self._deadline_key(name), name, at, dict(data or {})))
+
+    def cancel_deadline(self, name: str, *, key: str | None = None) -> None:
+        """Forget the deadline with this key (default: the name and this event's aggregate), if pending."""
+        self._check_issuer("cancel deadlines")
+        self.cancelled.append(key or self._deadline_key(name))
+
+    def _deadline_key(self, name: str) -> str:
+        return f"{name}:{self.envelope.aggregate_id}"
+
+    def _check_issuer(self, what: str) -> None:
+        if not self.issuer:
+            raise ConfigurationError(f"only a ProcessManager's handlers may {what}")
 
 
 class Projector:
@@ -74,7 +139,10 @@ class Projector:
 
     name: ClassVar[str]
     read_models: ClassVar[tuple[type[ReadModel], ...]] = ()
-    on_error: ClassVar[Literal["halt", "park"]] = "halt"
+    on_error: ClassVar[Literal["halt", "park", "retry"]] = "halt"
+    """An event that keeps failing (its handler, or a value the read-model database refuses):
+    ``halt`` this projection (others in the process keep running), ``park`` it as a dead letter
+    and go on, or ``retry`` it with backoff until it succeeds (the projection waits)."""
     _handlers: ClassVar[dict[type[Event], Handler]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -98,12 +166,25 @@ class Projector:
         if handler is not None:
             handler(self, envelope.event, context)
 
-    def context_for(self, envelope: EventEnvelope, views: Views) -> HandlerContext:
+    def context_for(self, envelope: EventEnvelope, views: Views, origin: str = "") -> HandlerContext:
         return HandlerContext(envelope, views)
 
 
 class ProcessManager(Projector):
-    """A projector that reacts to events by issuing commands."""
+    """A projector that reacts to events by issuing commands and scheduling deadlines."""
 
-    def context_for(self, envelope: EventEnvelope, views: Views) -> HandlerContext:
-        return HandlerContext(envelope, views, issuer=f"pm:{self.name}")
+    def context_for(self, envelope: EventEnvelope, views: Views, origin: str = "") -> HandlerContext:
+        return HandlerContext(envelope, views, issuer=f"pm:{self.name}", origin=origin)
+
+    def on_refused(self, refusal: Refusal, context: HandlerContext) -> bool:
+        """A command this process manager issued was refused for good. React to it (record the
+        failure in a read model, issue a compensating command) and return True; the default returns
+        False, which parks the command as a dead letter (retry sends it again). Runs in one
+        transaction with the removal of the command from the outbox; ``context.envelope`` is the
+        event that issued it."""
+        return False
+
+    def on_deadline(self, deadline: Deadline, context: HandlerContext) -> None:
+        """A deadline scheduled with ``context.schedule`` came due. Runs once, in one transaction
+        with the deadline's removal; ``context.envelope`` is the event that scheduled it."""
+        raise ConfigurationError(f"{self.name} scheduled deadline {deadline.name!r} but has no on_deadline")

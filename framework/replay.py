@@ -37,7 +37,7 @@ def rebuild(
     views.ensure_tables(name, version, projector.read_models)
     views.set_state(name, version, "rebuilding")
     worker = ProjectionWorker(projector, views, store, None, options, version=version, follow_active=False)
-    worker.position = max(worker.position, from_position)
+    worker.skip_to(from_position)
 
     def report(position: int) -> None:
         if progress:
@@ -47,7 +47,7 @@ def rebuild(
     with views.switch(name, version) as batch:
         remaining = store.read_all(worker.position, 1_000_000_000)
         if remaining:
-            worker.apply_within(batch, remaining)
+            worker.apply_within(batch, remaining, since=worker.position)
     views.forget_cached(name, version)  # a live worker (this process's or another's) writes next
     views.set_state(name, version, "running")
     for old in known:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from framework.readmodel import ReadModel
 
 if TYPE_CHECKING:
-    from framework.views import DeadLetter
+    from framework.views import DeadLetter, Deadline, OutboxEntry
 
 __all__ = ["RowCache", "RowSource", "StagedBatch", "StagedViews"]
 
@@ -207,7 +207,8 @@ def _sort_key(key: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 class StagedBatch(StagedViews):
-    """Staged views plus what a batch records besides rows: its new position and its dead letters.
+    """Staged views plus what a batch records besides rows: its new position (and the one it
+    must start from), dead letters, a process manager's outbox entries and deadlines.
 
     Both view-store adapters build their batches on this; only how they commit differs.
     """
@@ -215,12 +216,30 @@ class StagedBatch(StagedViews):
     def __init__(self, source: RowSource, cache: RowCache | None = None) -> None:
         super().__init__(source, cache)
         self.position: int | None = None
+        self.since: int | None = None
         self.event_time: datetime | None = None
         self.letters: list[DeadLetter] = []
         self.settled: list[int] = []
+        self.outbox: list[OutboxEntry] = []
+        self.settled_outbox: list[int] = []
+        self.deadlines: dict[tuple[str, str], Deadline] = {}
+        self.cancelled: set[tuple[str, str]] = set()
+        self.settled_deadlines: list[int] = []
 
-    def advance(self, position: int, event_time: datetime | None) -> None:
-        self.position, self.event_time = position, event_time
+    def advance(self, position: int, event_time: datetime | None, *, since: int | None = None) -> None:
+        self.position, self.event_time, self.since = position, event_time, since
 
     def park(self, letter: DeadLetter) -> None:
         self.letters.append(letter)
+
+    def enqueue(self, entry: OutboxEntry) -> None:
+        self.outbox.append(entry)
+
+    def schedule(self, deadline: Deadline) -> None:
+        key = (deadline.projection, deadline.key)
+        self.cancelled.discard(key)
+        self.deadlines[key] = deadline
+
+    def cancel_deadline(self, projection: str, key: str) -> None:
+        self.deadlines.pop((projection, key), None)
+        self.cancelled.add((projection, key))

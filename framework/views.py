@@ -15,14 +15,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 from framework.query import BY_KEY, Condition, Sort
 from framework.readmodel import ReadModel
 
-__all__ = ["Batch", "DeadLetter", "ProjectionState", "ViewStore", "Views"]
+__all__ = [
+    "Batch",
+    "DeadLetter",
+    "Deadline",
+    "LeaseState",
+    "OutboxEntry",
+    "OutboxStats",
+    "ProcessStore",
+    "ProjectionLeases",
+    "ProjectionState",
+    "ViewStore",
+    "Views",
+]
 
 R = TypeVar("R", bound=ReadModel)
 
@@ -46,11 +58,25 @@ class Views(Protocol):
 class Batch(Views, Protocol):
     """One transaction of a projection: view changes plus its new position."""
 
-    def advance(self, position: int, event_time: datetime | None) -> None:
-        """Record that every event up to ``position`` is applied."""
+    def advance(self, position: int, event_time: datetime | None, *, since: int | None = None) -> None:
+        """Record that every event up to ``position`` is applied.
+
+        With ``since`` the commit is a compare-and-set: it fails with ``ConcurrencyConflict``
+        unless the stored position is still ``since`` (another worker committed meanwhile).
+        Without it the position only has to move forward.
+        """
 
     def park(self, letter: DeadLetter) -> None:
         """Keep an event whose handler kept failing, in the same transaction."""
+
+    def enqueue(self, entry: OutboxEntry) -> None:
+        """Record a command a process manager issued, to be dispatched after the commit."""
+
+    def schedule(self, deadline: Deadline) -> None:
+        """Record (or move) a deadline, in the same transaction."""
+
+    def cancel_deadline(self, projection: str, key: str) -> None:
+        """Forget a pending deadline, if any, in the same transaction."""
 
     def publish(self) -> None:
         """Let later batches read this batch's rows before it commits (staged catch-up)."""
@@ -61,6 +87,9 @@ class Batch(Views, Protocol):
 
 @dataclass(frozen=True)
 class DeadLetter:
+    """An event whose handler kept failing, or (``command`` set) a command a process manager
+    issued that was refused for good and that it has no ``refused`` callback for."""
+
     projection: str
     position: int
     event_name: str
@@ -68,6 +97,58 @@ class DeadLetter:
     error: str
     id: int | None = None
     failed_at: datetime | None = None
+    command: dict[str, Any] | None = None  # name, payload, key, ordering_key: retry dispatches it again
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """A command a process manager issued, committed with the projection's position and
+    dispatched after the commit until it succeeds or is refused for good."""
+
+    projection: str
+    key: str  # the derived idempotency key: executing it twice stores it once
+    command_name: str
+    payload: dict[str, Any]
+    ordering_key: str  # entries with one ordering key run one at a time, in order
+    position: int  # of the event that issued it
+    context: dict[str, Any] = field(default_factory=dict)  # correlation_id, causation_id, trace_context
+    id: int | None = None
+    attempts: int = 0
+    next_attempt_at: datetime | None = None
+    last_error: str | None = None
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """A process manager's request to be woken at ``due_at``; fires once."""
+
+    projection: str
+    key: str
+    name: str
+    due_at: datetime
+    position: int  # of the event whose handler scheduled it
+    data: dict[str, Any] = field(default_factory=dict)
+    id: int | None = None
+    attempts: int = 0
+
+
+@dataclass(frozen=True)
+class OutboxStats:
+    pending: int = 0
+    oldest_at: datetime | None = None  # when the oldest pending command was issued
+    deadlines: int = 0
+    next_deadline_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class LeaseState:
+    """Who runs a projection now. ``expires_at`` passed: nobody (a standby may take it)."""
+
+    name: str
+    owner: str
+    expires_at: datetime
+    progress_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -75,13 +156,68 @@ class ProjectionState:
     name: str
     version: int
     position: int
-    state: str  # running | halted | rebuilding | stopped
+    state: str  # running | halted | rebuilding | stopped (retired: derived by status)
     error: str | None
     last_event_at: datetime | None
     updated_at: datetime | None
 
 
-class ViewStore(Protocol):
+class ProjectionLeases(Protocol):
+    """One active worker per projection: a lease with a time-to-live, renewed by a heartbeat.
+
+    A second worker waits as a standby and takes the lease once it has expired (the holder
+    died) or was released (the holder stopped cleanly). The lease is not what keeps a
+    projection's effects exactly-once (the position's compare-and-set is); it keeps standbys idle.
+    """
+
+    def acquire_lease(self, name: str, owner: str, ttl_seconds: float, *, progressed: bool = False) -> bool:
+        """Take or renew the lease; False while another owner holds an unexpired one.
+        ``progressed``: the holder applied something since its last renewal (status: not stalled)."""
+
+    def release_lease(self, name: str, owner: str) -> None:
+        """Give the lease up, if ``owner`` holds it: a clean stop hands over at once."""
+
+    def set_state_if_owner(self, name: str, version: int, owner: str, state: str, error: str | None = None) -> bool:
+        """``set_state`` only while ``owner`` holds the lease (a stopping old worker cannot
+        overwrite the state of the new one that took over)."""
+
+    def leases(self) -> list[LeaseState]:
+        """Every lease row, expired or not."""
+
+
+class ProcessStore(Protocol):
+    """Process managers' outbox and deadlines, kept beside their read models."""
+
+    def outbox(self, projection: str, limit: int) -> list[OutboxEntry]:
+        """Pending commands, oldest first (due or postponed)."""
+
+    def outbox_done(self, ids: Sequence[int]) -> None:
+        """Forget commands that were executed (or found already executed)."""
+
+    def postpone(self, entry_id: int, at: datetime, error: str) -> None:
+        """A temporary failure: try again at ``at``; counts the attempt."""
+
+    def settle_outbox(self, batch: Batch, entry_id: int) -> None:
+        """Remove an entry inside ``batch`` (its refusal was handled there); the commit fails
+        with ``ConcurrencyConflict`` if the entry was already gone."""
+
+    def due_deadlines(self, projection: str, now: datetime, limit: int) -> list[Deadline]:
+        """Deadlines due at ``now``, earliest first."""
+
+    def settle_deadline(self, batch: Batch, deadline_id: int) -> None:
+        """Remove a fired deadline inside ``batch``; the commit fails with ``ConcurrencyConflict``
+        if it was already gone (fired by someone else): a deadline fires once."""
+
+    def postpone_deadline(self, deadline_id: int, at: datetime) -> None:
+        """Its handler failed: try again at ``at``."""
+
+    def outbox_stats(self) -> dict[str, OutboxStats]:
+        """Pending commands and deadlines per projection."""
+
+
+class ViewStore(ProjectionLeases, ProcessStore, Protocol):
+    """Read models, positions and versions, dead letters; leases and process managers' outbox."""
+
     def create_schema(self) -> None:
         """Bookkeeping tables (positions, versions, dead letters). Idempotent."""
 
@@ -172,3 +308,4 @@ class ViewStore(Protocol):
 
     def close(self) -> None:
         ...
+

@@ -1,11 +1,15 @@
 """The projection runtime: applies stored events to one projector's read models, exactly once.
 
-Per batch, one view-store transaction holds the view changes and the new
-position; notifications at or below the position are dropped (redelivery),
-and a gap before or inside a batch is filled from the event store, which is
-the source of truth (a position missing there too was rolled back: skipped).
-A handler that keeps failing halts the projection or parks the event as a
-dead letter, per the projector's ``on_error``.
+Per batch, one view-store transaction holds the view changes, a process
+manager's outbox entries and deadlines, and the new position, committed as a
+compare-and-set on the position the batch started from (two workers never both
+apply one stretch). Notifications at or below the position are dropped
+(redelivery), and a gap before or inside a batch is filled from the event
+store, which is the source of truth (a position missing there too was rolled
+back: skipped). No event is fatal: a batch that fails (a handler, or a value
+the read-model database refuses at commit) is split until the one event that
+fails is alone, and that event halts the projection, is parked as a dead
+letter or is retried later, per the projector's ``on_error``.
 
 The worker is synchronous; ``framework.consumer_loop`` drives it from a bus.
 """
@@ -22,23 +26,24 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
-from framework.bus import CommandBus, CommandContext
+from framework.bus import CommandBus
 from framework.errors import (
     BusUnavailable,
-    CommandRejected,
     EventfoldError,
+    RowRejected,
     StoreUnavailable,
     VersionSwitched,
 )
 from framework.events import EventEnvelope
+from framework.faults import fault_point
 from framework.mapper import from_stored
 from framework.observe import NULL_OBSERVER, Observer, correlation_id
-from framework.projector import HandlerContext, IssuedCommand, Projector
+from framework.projector import HandlerContext, ProcessManager, Projector, Refusal
 from framework.store import EventStore, Notification
 from framework.tracing import NULL_SPAN, NULL_TRACER, Span, TraceContext, Tracer, trace_context_of, traced
-from framework.views import Batch, DeadLetter, ViewStore
+from framework.views import Batch, DeadLetter, Deadline, OutboxEntry, ViewStore
 
-__all__ = ["HandlerFailed", "ProjectionHalted", "ProjectionWorker", "WorkerOptions"]
+__all__ = ["HandlerFailed", "ProjectionHalted", "ProjectionWorker", "RetryLater", "WorkerOptions"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +66,19 @@ class HandlerFailed(Exception):
 
 class ProjectionHalted(EventfoldError):
     code = "projection_halted"
+
+
+class RetryLater(EventfoldError):
+    """An event keeps failing and the projection's policy is ``retry``: back off, then apply it again."""
+
+    code = "projection_retrying"
+
+
+class _Rejected(Exception):
+    """A staged batch's commit was refused by the read-model database: settle it the careful way."""
+
+    def __init__(self, notifications: Sequence[Notification]) -> None:
+        self.notifications = notifications
 
 
 class ProjectionWorker:
@@ -91,6 +109,8 @@ class ProjectionWorker:
         self.version = version or views.active_version(projector.name)
         views.ensure_tables(projector.name, self.version, projector.read_models)
         self.position = views.position(projector.name, self.version)
+        self.handled = 0  # events handled so far: a heartbeat reports progress when it moves
+        self.on_outbox: Callable[[], None] | None = None  # called after a commit that issued commands
         if self.position == 0:  # from scratch: "no such row" needs no query while the cache knows them all
             views.cache_empty_tables(projector.name, self.version, projector.read_models)
 
@@ -105,7 +125,8 @@ class ProjectionWorker:
         handlers of this one, and committing the previous one. A batch reads
         through the previous batch's changes (``layer_over``) while that one is
         still committing; if a commit fails the cached rows are forgotten and the
-        error surfaces (the position is the last commit).
+        error surfaces (the position is the last commit). A commit the read-model
+        database refuses is settled the careful way, then catching up goes on.
         """
         target = self.store.head() if until is None else until
         with _fewer_collections():
@@ -114,12 +135,14 @@ class ProjectionWorker:
                     return self._catch_up(target, progress)
                 except VersionSwitched:  # a rebuild was switched in meanwhile: continue on it
                     self._follow_switch()
+                except _Rejected as rejected:
+                    self._settle(rejected.notifications)
 
     def _catch_up(self, target: int, progress: Callable[[int], None] | None) -> int:
         size = self.options.catch_up_batch
         with ThreadPoolExecutor(2, thread_name_prefix=f"catch-up-{self.name}") as pool:
             reading = pool.submit(self.store.read_all, self.position, size)
-            committing: Future[int] | None = None
+            committing: tuple[Future[int], Sequence[Notification]] | None = None
             previous: Batch | None = None
             staged_to = self.position
             try:
@@ -129,13 +152,13 @@ class ProjectionWorker:
                         break
                     started = time.perf_counter()
                     reading = pool.submit(self.store.read_all, batch[-1].id, size)
-                    staged = self._stage(batch, over=previous)
+                    staged = self._stage(batch, over=previous, since=staged_to)
                     self._confirm(committing, progress)
                     committing, previous = None, staged
                     if staged is None:  # a handler failed: settle this batch the careful way
-                        self._apply_one_by_one(batch)
+                        self._settle(batch)
                     else:
-                        committing = pool.submit(self._commit_staged, staged, batch, started)
+                        committing = (pool.submit(self._commit_staged, staged, batch, started), batch)
                     staged_to = batch[-1].id
                 self._confirm(committing, progress)
             except BaseException:
@@ -143,11 +166,11 @@ class ProjectionWorker:
                 raise
         return self.position
 
-    def _stage(self, batch: Sequence[Notification], *, over: Batch | None) -> Batch | None:
+    def _stage(self, batch: Sequence[Notification], *, over: Batch | None, since: int) -> Batch | None:
         staged = self.views.stage(self.name, self.version)
         staged.layer_over(over)
         try:
-            self.apply_within(staged, batch)
+            self.apply_within(staged, batch, since=since)
         except HandlerFailed:
             return None
         staged.publish()
@@ -155,23 +178,35 @@ class ProjectionWorker:
 
     def _commit_staged(self, staged: Batch, batch: Sequence[Notification], started: float) -> int:
         self.views.commit_staged(self.name, self.version, staged, follow_active=self._follow_active)
-        self._batch_done(batch, started)
+        self._batch_done(batch, started, staged)
         return batch[-1].id
 
-    def _batch_done(self, batch: Sequence[Notification], started: float) -> None:
-        """Report a committed batch to the observer, and log one line for it."""
+    def _batch_done(self, batch: Sequence[Notification], started: float, committed: Batch) -> None:
+        """Report a committed batch to the observer, log one line, and wake the dispatcher if it issued."""
+        fault_point("batch.committed")
         seconds = time.perf_counter() - started
         self.observer.batch_applied(self.name, len(batch), seconds)
         log.info("%s: applied %d events (%d..%d) in %.1f ms", self.name, len(batch), batch[0].id,
                  batch[-1].id, seconds * 1000, extra={
                      "projection": self.name, "first_position": batch[0].id, "last_position": batch[-1].id,
                      "size": len(batch), "duration_ms": round(seconds * 1000, 3)})
+        if self.on_outbox is not None and getattr(committed, "outbox", None):
+            self.on_outbox()
 
-    def _confirm(self, committing: Future[int] | None, progress: Callable[[int], None] | None) -> None:
-        if committing is not None:
-            self.position = committing.result()
-            if progress:
-                progress(self.position)
+    def _confirm(self, committing: tuple[Future[int], Sequence[Notification]] | None,
+                 progress: Callable[[int], None] | None) -> None:
+        if committing is None:
+            return
+        future, notifications = committing
+        try:
+            self.position = future.result()
+        except RowRejected as error:
+            log.warning("%s: a batch (%d..%d) was refused at commit (%s); isolating the event", self.name,
+                        notifications[0].id, notifications[-1].id, error)
+            self.views.forget_cached(self.name, self.version)
+            raise _Rejected(notifications) from error
+        if progress:
+            progress(self.position)
 
     def apply(self, notifications: Sequence[Notification]) -> None:
         """Apply a delivery: drop what is done, fill gaps from the store, one transaction."""
@@ -183,13 +218,8 @@ class ProjectionWorker:
 
     def _apply_new(self, notifications: Sequence[Notification]) -> None:
         fresh = sorted({n.id: n for n in notifications if n.id > self.position}.values(), key=_id)
-        if not fresh:
-            return
-        complete = self._without_gaps(fresh)
-        try:
-            self._transaction(complete)
-        except HandlerFailed:
-            self._apply_one_by_one(complete)
+        if fresh:
+            self._settle(self._without_gaps(fresh))
 
     def _without_gaps(self, fresh: list[Notification]) -> list[Notification]:
         expected = range(self.position + 1, fresh[-1].id + 1)
@@ -205,21 +235,58 @@ class ProjectionWorker:
         log.info("%s: following the switch to version %d at position %d",
                  self.name, self.version, self.position)
 
+    def reload(self) -> None:
+        """Start again from what is committed (another worker committed, or this one lost its lease)."""
+        self.views.forget_cached(self.name, self.version)
+        self.version = self.views.active_version(self.name) if self._follow_active else self.version
+        self.position = self.views.position(self.name, self.version)
+
+    def skip_to(self, position: int) -> None:
+        """Record that nothing before ``position`` is to be applied (a rebuild from a later position)."""
+        if position > self.position:
+            with self.views.batch(self.name, self.version, follow_active=self._follow_active) as batch:
+                batch.advance(position, None, since=self.position)
+            self.position = position
+
+    def _settle(self, notifications: Sequence[Notification]) -> None:
+        """Apply in one transaction; if that fails, isolate the failing event: the events before a
+        handler's failure commit together, a batch the database refused is split in halves, and the
+        one event left goes through the retries and the projection's ``on_error``."""
+        try:
+            self._transaction(notifications)
+        except HandlerFailed as failed:
+            at = failed.notification.id
+            self._settle_part([n for n in notifications if n.id < at])
+            self._apply_with_retries(failed.notification)
+            self._settle_part([n for n in notifications if n.id > at])
+        except RowRejected:
+            if len(notifications) == 1:
+                self._apply_with_retries(notifications[0])
+                return
+            middle = len(notifications) // 2
+            self._settle(notifications[:middle])
+            self._settle(notifications[middle:])
+
+    def _settle_part(self, notifications: Sequence[Notification]) -> None:
+        if notifications:
+            self._settle(notifications)
+
     def _transaction(self, notifications: Sequence[Notification]) -> None:
         started = time.perf_counter()
         with self.views.batch(self.name, self.version, follow_active=self._follow_active) as batch:
-            self.apply_within(batch, notifications)
+            self.apply_within(batch, notifications, since=self.position)
         self.position = notifications[-1].id
-        self._batch_done(notifications, started)
+        self._batch_done(notifications, started, batch)
 
-    def apply_within(self, batch: Batch, notifications: Sequence[Notification]) -> None:
-        """Handle notifications inside an open batch and advance it past the last one."""
+    def apply_within(self, batch: Batch, notifications: Sequence[Notification], *, since: int | None = None) -> None:
+        """Handle notifications inside an open batch and advance it past the last one (from ``since``)."""
         event_time = None
         for notification in notifications:
             event_time = self._handle(batch, notification) or event_time
-        batch.advance(notifications[-1].id, event_time)
+        batch.advance(notifications[-1].id, event_time, since=since)
 
     def _handle(self, batch: Batch, notification: Notification) -> datetime | None:
+        self.handled += 1  # progress, even inside a long batch (status: busy is not stalled)
         if notification.topic not in self._names:
             return None  # not ours: only the position moves past it
         token = correlation_id.set(None)
@@ -229,7 +296,7 @@ class ProjectionWorker:
             with self._span(notification, envelope) as span:
                 context = self.projector.context_for(envelope, batch)
                 self.projector.apply(envelope, context)
-                self._issue(context, span.carrier() or envelope.metadata.trace_context)
+                self._record_effects(batch, context, notification.id, span.carrier())
         except (StoreUnavailable, BusUnavailable):
             raise  # infrastructure, not this event: the whole batch is retried later
         except Exception as error:
@@ -250,30 +317,24 @@ class ProjectionWorker:
                         "eventfold.version": envelope.version},
         )
 
-    def _issue(self, context: HandlerContext, trace_context: TraceContext | None = None) -> None:
-        for issued in context.issued:
-            self._execute(issued, trace_context)
-
-    def _execute(self, issued: IssuedCommand, trace_context: TraceContext | None = None) -> None:
+    def _record_effects(self, batch: Batch, context: HandlerContext, position: int,
+                        trace_context: TraceContext | None = None) -> None:
+        """A process manager's commands and deadlines go into the batch (its outbox), never out of it:
+        they take effect only if the batch commits. A rebuild (no command bus) records none: they were
+        recorded the first time round."""
         if self.commands is None:
-            return  # a rebuild: the commands were issued the first time round
-        meta = issued.envelope.metadata
-        context = CommandContext(
-            correlation_id=meta.correlation_id,
-            causation_id=str(meta.event_id),
-            actor=f"process-manager:{self.name}",
-            idempotency_key=issued.idempotency_key,
-            trace_context=trace_context,
-        )
-        try:
-            self.commands.execute(issued.command, context)
-        except CommandRejected as rejected:
-            # Deterministic: re-running would be refused the same way. Log it, move on.
-            log.warning("%s: %s was refused: %s", self.name, issued.command.command_name, rejected)
-
-    def _apply_one_by_one(self, notifications: Sequence[Notification]) -> None:
-        for notification in notifications:
-            self._apply_with_retries(notification)
+            return
+        meta = context.envelope.metadata
+        carried = trace_context or meta.trace_context
+        origin = {"correlation_id": meta.correlation_id, "causation_id": str(meta.event_id),
+                  "trace_context": dict(carried) if carried else None}
+        for issued in context.issued:
+            batch.enqueue(OutboxEntry(self.name, issued.idempotency_key, issued.command.command_name,
+                                      issued.command.model_dump(mode="json"), issued.ordering_key, position, origin))
+        for key in context.cancelled:
+            batch.cancel_deadline(self.name, key)
+        for request in context.scheduled:
+            batch.schedule(Deadline(self.name, request.key, request.name, request.due_at, position, request.data))
 
     def _apply_with_retries(self, notification: Notification) -> None:
         attempts = self.options.handler_attempts
@@ -281,9 +342,9 @@ class ProjectionWorker:
             try:
                 self._transaction([notification])
                 return
-            except HandlerFailed as failed:
+            except (HandlerFailed, RowRejected) as failed:
                 if attempt == attempts:
-                    self._give_up(notification, failed.error)
+                    self._give_up(notification, failed.error if isinstance(failed, HandlerFailed) else failed)
                     return
                 self._sleep(self.options.retry_backoff_seconds * 2 ** (attempt - 1))
 
@@ -292,20 +353,26 @@ class ProjectionWorker:
         if self.projector.on_error == "halt":
             self.views.set_state(self.name, self.version, "halted", f"position {notification.id}: {reason}")
             raise ProjectionHalted(f"{self.name} halted at position {notification.id}: {reason}")
+        if self.projector.on_error == "retry":
+            raise RetryLater(f"{self.name} will retry position {notification.id}: {reason}")
         letter = DeadLetter(self.name, notification.id, notification.topic,
                             str(notification.originator_id), reason[:2000])
         with self.views.batch(self.name, self.version, follow_active=self._follow_active) as batch:
             batch.park(letter)
-            batch.advance(notification.id, None)
+            batch.advance(notification.id, None, since=self.position)
         self.position = notification.id
         self.observer.dead_lettered(self.name)
         log.error("%s: parked %s at position %d after %d attempts: %s", self.name,
                   notification.topic, notification.id, self.options.handler_attempts, reason)
 
     def retry_dead_letters(self) -> int:
-        """Run the parked events whose retry was requested; returns how many now succeeded."""
+        """Run the parked events (or dispatch the parked commands) whose retry was requested;
+        returns how many now succeeded."""
         succeeded = 0
         for letter in self.views.retry_requests(self.name):
+            if letter.command is not None:
+                succeeded += self._requeue(letter)
+                continue
             stored = self.store.read_all(letter.position - 1, 1)
             if not stored or stored[0].id != letter.position:
                 continue
@@ -314,9 +381,64 @@ class ProjectionWorker:
                     self._handle(batch, stored[0])
                     self.views.settle_dead_letter(batch, letter.id or 0)
                 succeeded += 1
-            except HandlerFailed as failed:
+            except (HandlerFailed, RowRejected) as failed:
                 log.warning("%s: retry of dead letter %s failed again: %s", self.name, letter.id, failed)
         return succeeded
+
+    def _requeue(self, letter: DeadLetter) -> int:
+        """A parked command goes back to the outbox (its key was released when it was refused)."""
+        assert letter.command is not None
+        entry = OutboxEntry(**{**letter.command, "projection": self.name})
+        with self.views.batch(self.name, self.version) as batch:
+            batch.enqueue(entry)
+            self.views.settle_dead_letter(batch, letter.id or 0)
+        if self.on_outbox is not None:
+            self.on_outbox()
+        return 1
+
+    # --- what the dispatcher hands back: refusals and deadlines, each in one transaction -----
+
+    def handle_refusal(self, entry: OutboxEntry, refusal: Refusal) -> None:
+        """Give ``on_refused`` the refusal, in one transaction with the entry's removal; a process
+        manager that does not handle it gets the command parked as a dead letter instead."""
+        envelope = self._envelope_at(entry.position)
+        with self.views.batch(self.name, self.version) as batch:
+            self.views.settle_outbox(batch, entry.id or 0)
+            handled = False
+            if envelope is not None and isinstance(self.projector, ProcessManager):
+                context = self.projector.context_for(envelope, batch, origin=f"refused:{entry.key}")
+                handled = self.projector.on_refused(refusal, context)
+                self._record_effects(batch, context, entry.position)
+            if not handled:
+                batch.park(_command_letter(entry, refusal))
+        if not handled:
+            self.observer.dead_lettered(self.name)
+        if self.on_outbox is not None and getattr(batch, "outbox", None):
+            self.on_outbox()
+
+    def fire_deadline(self, deadline: Deadline) -> None:
+        """Run ``on_deadline`` once, in one transaction with the deadline's removal."""
+        envelope = self._envelope_at(deadline.position)
+        assert isinstance(self.projector, ProcessManager) and envelope is not None
+        with self.views.batch(self.name, self.version) as batch:
+            self.views.settle_deadline(batch, deadline.id or 0)
+            origin = f"deadline:{deadline.key}:{deadline.due_at.isoformat()}"
+            context = self.projector.context_for(envelope, batch, origin=origin)
+            self.projector.on_deadline(deadline, context)
+            self._record_effects(batch, context, deadline.position)
+        if self.on_outbox is not None and getattr(batch, "outbox", None):
+            self.on_outbox()
+
+    def _envelope_at(self, position: int) -> EventEnvelope | None:
+        stored = self.store.read_all(position - 1, 1)
+        return from_stored(stored[0]) if stored and stored[0].id == position else None
+
+
+def _command_letter(entry: OutboxEntry, refusal: Refusal) -> DeadLetter:
+    command = {"key": entry.key, "command_name": entry.command_name, "payload": entry.payload,
+               "ordering_key": entry.ordering_key, "position": entry.position, "context": entry.context}
+    return DeadLetter(entry.projection, entry.position, f"command {entry.command_name}", entry.ordering_key,
+                      f"{type(refusal.error).__name__}: {refusal.error}"[:2000], command=command)
 
 
 def _id(notification: Notification) -> int:

@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from framework.errors import ConcurrencyConflict, VersionSwitched
 from framework.query import BY_KEY, Condition, Sort, sorted_rows
 from framework.readmodel import ReadModel
 from framework.staging import StagedBatch, StagedViews
-from framework.views import Batch, DeadLetter, ProjectionState, Views
+from framework.views import (
+    Batch,
+    DeadLetter,
+    Deadline,
+    LeaseState,
+    OutboxEntry,
+    OutboxStats,
+    ProjectionState,
+    Views,
+)
 
 __all__ = ["MemoryViewStore"]
 
@@ -45,8 +54,7 @@ class _MemoryBatch(StagedBatch):
         self._store, self._name, self._version = store, name, version
 
     def apply(self) -> None:
-        if self.position is not None and self.position <= self._version.state.position:
-            raise ConcurrencyConflict(f"{self._name} was advanced by another worker")
+        self._check()
         for model, key, row in self.changes():
             table = self._version.tables.setdefault(model.table, {})
             if row is None:
@@ -65,16 +73,35 @@ class _MemoryBatch(StagedBatch):
             self._store._park(letter)
         for letter_id in self.settled:
             self._store._letters.pop(letter_id, None)
+        self._store._apply_process(self)
+
+    def _check(self) -> None:
+        """Everything that can refuse the commit, before anything changes."""
+        stored = self._version.state.position
+        if self.since is not None and self.position is not None and self.since != stored:
+            raise ConcurrencyConflict(f"{self._name} is at {stored}, not {self.since}: another worker committed")
+        if self.position is not None and self.position <= stored:
+            raise ConcurrencyConflict(f"{self._name} was advanced by another worker")
+        if any(i not in self._store._outbox for i in self.settled_outbox):
+            raise ConcurrencyConflict(f"an outbox entry of {self._name} was settled by another worker")
+        if any(i not in self._store._deadline_ids() for i in self.settled_deadlines):
+            raise ConcurrencyConflict(f"a deadline of {self._name} fired in another worker")
 
 
 class MemoryViewStore:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self._lock = threading.RLock()
+        self._clock = clock
         self._versions: dict[tuple[str, int], _Version] = {}
         self._active: dict[str, int] = {}
         self._letters: dict[int, DeadLetter] = {}
         self._retries: set[int] = set()
         self._next_letter = 1
+        self._outbox: dict[int, OutboxEntry] = {}
+        self._outbox_keys: set[str] = set()
+        self._deadlines: dict[tuple[str, str], Deadline] = {}
+        self._leases: dict[str, LeaseState] = {}
+        self._next_id = 1
 
     def create_schema(self) -> None:
         """Nothing to create in memory."""
@@ -139,6 +166,115 @@ class MemoryViewStore:
     def states(self) -> list[ProjectionState]:
         with self._lock:
             return [v.state for _, v in sorted(self._versions.items())]
+
+    def _apply_process(self, batch: StagedBatch) -> None:
+        """A committed batch's outbox entries and deadlines (under the store's lock)."""
+        now = self._clock()
+        for entry in batch.outbox:
+            if entry.key in self._outbox_keys:
+                continue  # issued again by a redelivered event: already waiting
+            self._outbox_keys.add(entry.key)
+            self._outbox[self._next_id] = replace(entry, id=self._next_id, created_at=now)
+            self._next_id += 1
+        for entry_id in batch.settled_outbox:
+            self._drop_outbox(entry_id)
+        for key in batch.cancelled:
+            self._deadlines.pop(key, None)
+        for key, deadline in batch.deadlines.items():
+            self._deadlines[key] = replace(deadline, id=self._next_id)
+            self._next_id += 1
+        for deadline_id in batch.settled_deadlines:
+            for key, deadline in list(self._deadlines.items()):
+                if deadline.id == deadline_id:
+                    del self._deadlines[key]
+
+    def _drop_outbox(self, entry_id: int) -> None:
+        entry = self._outbox.pop(entry_id, None)
+        if entry is not None:
+            self._outbox_keys.discard(entry.key)
+
+    def _deadline_ids(self) -> set[int | None]:
+        return {d.id for d in self._deadlines.values()}
+
+    # --- process managers: outbox and deadlines ------------------------------------------------
+
+    def outbox(self, projection: str, limit: int) -> list[OutboxEntry]:
+        with self._lock:
+            return [e for _, e in sorted(self._outbox.items()) if e.projection == projection][:limit]
+
+    def outbox_done(self, ids: Sequence[int]) -> None:
+        with self._lock:
+            for entry_id in ids:
+                self._drop_outbox(entry_id)
+
+    def postpone(self, entry_id: int, at: datetime, error: str) -> None:
+        with self._lock:
+            entry = self._outbox.get(entry_id)
+            if entry is not None:
+                self._outbox[entry_id] = replace(entry, attempts=entry.attempts + 1, next_attempt_at=at,
+                                                 last_error=error)
+
+    def settle_outbox(self, batch: Batch, entry_id: int) -> None:
+        assert isinstance(batch, _MemoryBatch)
+        batch.settled_outbox.append(entry_id)
+
+    def due_deadlines(self, projection: str, now: datetime, limit: int) -> list[Deadline]:
+        with self._lock:
+            due = [d for d in self._deadlines.values() if d.projection == projection and d.due_at <= now]
+        return sorted(due, key=lambda d: (d.due_at, d.id or 0))[:limit]
+
+    def settle_deadline(self, batch: Batch, deadline_id: int) -> None:
+        assert isinstance(batch, _MemoryBatch)
+        batch.settled_deadlines.append(deadline_id)
+
+    def postpone_deadline(self, deadline_id: int, at: datetime) -> None:
+        with self._lock:
+            for key, deadline in self._deadlines.items():
+                if deadline.id == deadline_id:
+                    self._deadlines[key] = replace(deadline, due_at=at, attempts=deadline.attempts + 1)
+
+    def outbox_stats(self) -> dict[str, OutboxStats]:
+        with self._lock:
+            names = {e.projection for e in self._outbox.values()} | {d.projection for d in self._deadlines.values()}
+            return {name: self._stats(name) for name in names}
+
+    def _stats(self, name: str) -> OutboxStats:
+        entries = [e for e in self._outbox.values() if e.projection == name]
+        deadlines = [d for d in self._deadlines.values() if d.projection == name]
+        return OutboxStats(
+            pending=len(entries), oldest_at=min((e.created_at for e in entries if e.created_at), default=None),
+            deadlines=len(deadlines), next_deadline_at=min((d.due_at for d in deadlines), default=None))
+
+    # --- leases ---------------------------------------------------------------------------------
+
+    def acquire_lease(self, name: str, owner: str, ttl_seconds: float, *, progressed: bool = False) -> bool:
+        with self._lock:
+            now = self._clock()
+            held = self._leases.get(name)
+            if held is not None and held.owner != owner and held.expires_at > now:
+                return False
+            ours = held is not None and held.owner == owner
+            progress_at = now if progressed or not ours else held.progress_at  # type: ignore[union-attr]
+            self._leases[name] = LeaseState(name, owner, now + timedelta(seconds=ttl_seconds), progress_at)
+            return True
+
+    def release_lease(self, name: str, owner: str) -> None:
+        with self._lock:
+            held = self._leases.get(name)
+            if held is not None and held.owner == owner:
+                del self._leases[name]
+
+    def set_state_if_owner(self, name: str, version: int, owner: str, state: str, error: str | None = None) -> bool:
+        with self._lock:
+            held = self._leases.get(name)
+            if held is None or held.owner != owner:
+                return False
+            self.set_state(name, version, state, error)
+            return True
+
+    def leases(self) -> list[LeaseState]:
+        with self._lock:
+            return [lease for _, lease in sorted(self._leases.items())]
 
     def _park(self, letter: DeadLetter) -> None:
         self._letters[self._next_letter] = replace(

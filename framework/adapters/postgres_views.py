@@ -8,6 +8,7 @@ with a guard (it only moves forward), and both commit together.
 from __future__ import annotations
 
 import functools
+import json
 import operator
 import time
 from collections import defaultdict
@@ -20,15 +21,25 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import Connection, sql
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from framework.adapters.pg_columns import column_definitions, to_parameters
-from framework.errors import ConcurrencyConflict, StoreUnavailable, VersionSwitched
+from framework.errors import ConcurrencyConflict, RowRejected, StoreUnavailable, VersionSwitched
 from framework.query import BY_KEY, Condition, Sort
 from framework.readmodel import ReadModel
 from framework.settings import PostgresSettings
 from framework.staging import RowCache, StagedBatch, StagedViews
-from framework.views import Batch, DeadLetter, ProjectionState, Views
+from framework.views import (
+    Batch,
+    DeadLetter,
+    Deadline,
+    LeaseState,
+    OutboxEntry,
+    OutboxStats,
+    ProjectionState,
+    Views,
+)
 
 __all__ = ["PostgresViewStore"]
 
@@ -48,6 +59,30 @@ CREATE TABLE IF NOT EXISTS {s}.eventfold_dead_letters (
     position bigint NOT NULL, event_name text NOT NULL, aggregate_id text NOT NULL,
     error text NOT NULL, failed_at timestamptz NOT NULL DEFAULT now(),
     retry_requested boolean NOT NULL DEFAULT false);
+ALTER TABLE {s}.eventfold_dead_letters ADD COLUMN IF NOT EXISTS command jsonb;
+CREATE TABLE IF NOT EXISTS {s}.eventfold_outbox (
+    id bigserial PRIMARY KEY, projection text NOT NULL, key text NOT NULL UNIQUE, command_name text NOT NULL,
+    payload jsonb NOT NULL, ordering_key text NOT NULL, position bigint NOT NULL, context jsonb NOT NULL,
+    attempts int NOT NULL DEFAULT 0, next_attempt_at timestamptz, last_error text,
+    created_at timestamptz NOT NULL DEFAULT now());
+CREATE INDEX IF NOT EXISTS eventfold_outbox_projection_idx ON {s}.eventfold_outbox (projection, id);
+CREATE TABLE IF NOT EXISTS {s}.eventfold_deadlines (
+    id bigserial PRIMARY KEY, projection text NOT NULL, key text NOT NULL, name text NOT NULL,
+    due_at timestamptz NOT NULL, position bigint NOT NULL, data jsonb NOT NULL,
+    attempts int NOT NULL DEFAULT 0, UNIQUE (projection, key));
+CREATE TABLE IF NOT EXISTS {s}.eventfold_projection_leases (
+    name text PRIMARY KEY, owner text NOT NULL, expires_at timestamptz NOT NULL, progress_at timestamptz);
+"""
+
+# Take the lease if it is free, expired or ours; renew it if ours. No row back: another owner holds it.
+_ACQUIRE = """
+INSERT INTO {t} AS l (name, owner, expires_at, progress_at)
+VALUES (%(name)s, %(owner)s, clock_timestamp() + %(ttl)s * interval '1 second', clock_timestamp())
+ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at,
+    progress_at = CASE WHEN l.owner = excluded.owner AND NOT %(progressed)s THEN l.progress_at
+                       ELSE excluded.progress_at END
+WHERE l.owner = excluded.owner OR l.expires_at < clock_timestamp()
+RETURNING owner
 """
 
 
@@ -323,33 +358,146 @@ class PostgresViewStore:
         self._caches[(name, version)] = RowCache(self._cache_rows, complete=empty)
 
     def _commit(self, conn: Conn, name: str, version: int, batch: _PostgresBatch) -> None:
-        batch.flush(conn)
-        positions = self._table("eventfold_projection_positions")
-        if batch.position is not None:
-            advance = sql.SQL(
-                "UPDATE {} SET position = %s, last_event_at = coalesce(%s, last_event_at),"
-                " updated_at = now() WHERE name = %s AND version = %s AND position < %s"
-            )
-            moved = conn.execute(
-                advance.format(positions),
-                (batch.position, batch.event_time, name, version, batch.position),
-            ).rowcount
-            if moved != 1:
-                raise ConcurrencyConflict(f"{name} v{version} was advanced by another worker")
+        try:
+            batch.flush(conn)
+            self._advance(conn, name, version, batch)
+            self._write_letters(conn, version, batch)
+            self._write_process(conn, batch)
+        except (psycopg.DataError, psycopg.IntegrityError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise RowRejected(f"{name} v{version}: the read-model database refused a row: {first}") from e
+
+    def _advance(self, conn: Conn, name: str, version: int, batch: _PostgresBatch) -> None:
+        """The position moves as a compare-and-set on the position the batch started from
+        (``since``), else only forward: two workers can never both apply one stretch of events."""
+        if batch.position is None:
+            return
+        guard, expected = ("position = %s", batch.since) if batch.since is not None else ("position < %s",
+                                                                                        batch.position)
+        advance = sql.SQL(
+            "UPDATE {} SET position = %s, last_event_at = coalesce(%s, last_event_at),"
+            " updated_at = now() WHERE name = %s AND version = %s AND " + guard
+        ).format(self._table("eventfold_projection_positions"))
+        moved = conn.execute(advance, (batch.position, batch.event_time, name, version, expected)).rowcount
+        if moved != 1:
+            raise ConcurrencyConflict(f"{name} v{version} was advanced by another worker")
+
+    def _write_letters(self, conn: Conn, version: int, batch: _PostgresBatch) -> None:
         letters = self._table("eventfold_dead_letters")
         for letter in batch.letters:
             conn.execute(sql.SQL("INSERT INTO {} (projection, version, position, event_name, aggregate_id,"
-                                 " error) VALUES (%s, %s, %s, %s, %s, %s)").format(letters),
-                         (letter.projection, version, letter.position, letter.event_name,
-                          letter.aggregate_id, letter.error))
+                                 " error, command) VALUES (%s, %s, %s, %s, %s, %s, %s)").format(letters),
+                         (letter.projection, version, letter.position, _text(letter.event_name),
+                          _text(letter.aggregate_id), _text(letter.error),
+                          Jsonb(letter.command) if letter.command is not None else None))
         for letter_id in batch.settled:
             conn.execute(sql.SQL("DELETE FROM {} WHERE id = %s").format(letters), (letter_id,))
+
+    def _write_process(self, conn: Conn, batch: _PostgresBatch) -> None:
+        """Outbox entries and deadlines recorded in the batch, and the ones it settled."""
+        if batch.outbox:
+            _insert_outbox(conn, self._table("eventfold_outbox"), batch.outbox)
+        _delete_exactly(conn, self._table("eventfold_outbox"), batch.settled_outbox, "an outbox entry")
+        _delete_exactly(conn, self._table("eventfold_deadlines"), batch.settled_deadlines, "a deadline")
+        deadlines = self._table("eventfold_deadlines")
+        for projection, key in batch.cancelled:
+            conn.execute(sql.SQL("DELETE FROM {} WHERE projection = %s AND key = %s").format(deadlines),
+                         (projection, key))
+        for deadline in batch.deadlines.values():
+            conn.execute(sql.SQL(
+                "INSERT INTO {} (projection, key, name, due_at, position, data) VALUES (%s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (projection, key) DO UPDATE SET name = excluded.name, due_at = excluded.due_at,"
+                " position = excluded.position, data = excluded.data, attempts = 0").format(deadlines),
+                (deadline.projection, deadline.key, deadline.name, deadline.due_at, deadline.position,
+                 Jsonb(deadline.data)))
+
+    # --- process managers: outbox and deadlines ------------------------------------------------
+
+    def outbox(self, projection: str, limit: int) -> list[OutboxEntry]:
+        with self._connection() as conn:
+            rows = conn.execute(sql.SQL("SELECT * FROM {} WHERE projection = %s ORDER BY id LIMIT %s").format(
+                self._table("eventfold_outbox")), (projection, limit)).fetchall()
+        return [_entry(r) for r in rows]
+
+    def outbox_done(self, ids: Sequence[int]) -> None:
+        if ids:
+            with self._connection() as conn:
+                conn.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(self._table("eventfold_outbox")),
+                             (list(ids),))
+
+    def postpone(self, entry_id: int, at: datetime, error: str) -> None:
+        with self._connection() as conn:
+            conn.execute(sql.SQL("UPDATE {} SET attempts = attempts + 1, next_attempt_at = %s, last_error = %s"
+                                 " WHERE id = %s").format(self._table("eventfold_outbox")),
+                         (at, _text(error)[:2000], entry_id))
+
+    def settle_outbox(self, batch: Batch, entry_id: int) -> None:
+        assert isinstance(batch, _PostgresBatch)
+        batch.settled_outbox.append(entry_id)
+
+    def due_deadlines(self, projection: str, now: datetime, limit: int) -> list[Deadline]:
+        with self._connection() as conn:
+            rows = conn.execute(sql.SQL("SELECT * FROM {} WHERE projection = %s AND due_at <= %s"
+                                        " ORDER BY due_at, id LIMIT %s").format(self._table("eventfold_deadlines")),
+                                (projection, now, limit)).fetchall()
+        return [Deadline(r["projection"], r["key"], r["name"], r["due_at"], r["position"], r["data"], r["id"],
+                         r["attempts"]) for r in rows]
+
+    def settle_deadline(self, batch: Batch, deadline_id: int) -> None:
+        assert isinstance(batch, _PostgresBatch)
+        batch.settled_deadlines.append(deadline_id)
+
+    def postpone_deadline(self, deadline_id: int, at: datetime) -> None:
+        with self._connection() as conn:
+            conn.execute(sql.SQL("UPDATE {} SET due_at = %s, attempts = attempts + 1 WHERE id = %s").format(
+                self._table("eventfold_deadlines")), (at, deadline_id))
+
+    def outbox_stats(self) -> dict[str, OutboxStats]:
+        with self._connection() as conn:
+            commands = conn.execute(sql.SQL("SELECT projection, count(*) AS n, min(created_at) AS oldest FROM {}"
+                                            " GROUP BY projection").format(self._table("eventfold_outbox"))).fetchall()
+            deadlines = conn.execute(sql.SQL("SELECT projection, count(*) AS n, min(due_at) AS next FROM {}"
+                                             " GROUP BY projection").format(self._table("eventfold_deadlines"))
+                                     ).fetchall()
+        stats = {r["projection"]: OutboxStats(pending=r["n"], oldest_at=r["oldest"]) for r in commands}
+        for r in deadlines:
+            known = stats.get(r["projection"], OutboxStats())
+            stats[r["projection"]] = OutboxStats(known.pending, known.oldest_at, r["n"], r["next"])
+        return stats
+
+    # --- leases ---------------------------------------------------------------------------------
+
+    def acquire_lease(self, name: str, owner: str, ttl_seconds: float, *, progressed: bool = False) -> bool:
+        statement = sql.SQL(_ACQUIRE).format(t=self._table("eventfold_projection_leases"))
+        params = {"name": name, "owner": owner, "ttl": ttl_seconds, "progressed": progressed}
+        with self._connection() as conn:
+            return conn.execute(statement, params).fetchone() is not None
+
+    def release_lease(self, name: str, owner: str) -> None:
+        with self._connection() as conn:
+            conn.execute(sql.SQL("DELETE FROM {} WHERE name = %s AND owner = %s").format(
+                self._table("eventfold_projection_leases")), (name, owner))
+
+    def set_state_if_owner(self, name: str, version: int, owner: str, state: str, error: str | None = None) -> bool:
+        with self._connection() as conn:
+            return conn.execute(sql.SQL(
+                "UPDATE {} SET state = %s, error = %s, updated_at = now() WHERE name = %s AND version = %s"
+                " AND EXISTS (SELECT FROM {} WHERE name = %s AND owner = %s)").format(
+                self._table("eventfold_projection_positions"), self._table("eventfold_projection_leases")),
+                (state, _text(error) if error else None, name, version, name, owner)).rowcount == 1
+
+    def leases(self) -> list[LeaseState]:
+        with self._connection() as conn:
+            rows = conn.execute(sql.SQL("SELECT * FROM {} ORDER BY name").format(
+                self._table("eventfold_projection_leases"))).fetchall()
+        return [LeaseState(r["name"], r["owner"], r["expires_at"], r["progress_at"]) for r in rows]
 
     def set_state(self, name: str, version: int, state: str, error: str | None = None) -> None:
         with self._connection() as conn:
             conn.execute(sql.SQL("UPDATE {} SET state = %s, error = %s, updated_at = now()"
                                  " WHERE name = %s AND version = %s").format(
-                self._table("eventfold_projection_positions")), (state, error, name, version))
+                self._table("eventfold_projection_positions")), (state, _text(error) if error else None, name,
+                                                                 version))
 
     def states(self) -> list[ProjectionState]:
         with self._connection() as conn:
@@ -536,4 +684,33 @@ def _columns(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
 
 def _letter(row: dict[str, Any]) -> DeadLetter:
     return DeadLetter(row["projection"], row["position"], row["event_name"], row["aggregate_id"],
-                      row["error"], row["id"], row["failed_at"])
+                      row["error"], row["id"], row["failed_at"], row.get("command"))
+
+
+def _entry(row: dict[str, Any]) -> OutboxEntry:
+    return OutboxEntry(row["projection"], row["key"], row["command_name"], row["payload"], row["ordering_key"],
+                       row["position"], row["context"], row["id"], row["attempts"], row["next_attempt_at"],
+                       row["last_error"], row["created_at"])
+
+
+def _text(value: str) -> str:
+    """Bookkeeping text (an error message quoting a hostile value) that PostgreSQL can store."""
+    return value.replace("\x00", "\\x00")
+
+
+def _insert_outbox(conn: Conn, table: sql.Composed, entries: Sequence[OutboxEntry]) -> None:
+    """One statement for a batch's commands; an entry issued again (a redelivered event) is kept once."""
+    columns = _columns([(e.projection, e.key, e.command_name, json.dumps(e.payload), e.ordering_key, e.position,
+                         json.dumps(e.context)) for e in entries])
+    conn.execute(sql.SQL(
+        "INSERT INTO {} (projection, key, command_name, payload, ordering_key, position, context)"
+        " SELECT p, k, c, j::jsonb, o, n, x::jsonb FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[],"
+        " %s::text[], %s::bigint[], %s::text[]) AS t(p, k, c, j, o, n, x) ON CONFLICT (key) DO NOTHING"
+    ).format(table), columns)
+
+
+def _delete_exactly(conn: Conn, table: sql.Composed, ids: Sequence[int], what: str) -> None:
+    """Delete rows a batch settled; if one is gone already, another worker settled it: roll back."""
+    if ids and conn.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(table),
+                            (list(ids),)).rowcount != len(set(ids)):
+        raise ConcurrencyConflict(f"{what} was settled by another worker")

@@ -29,6 +29,7 @@ from framework.adapters.memory import MemoryEventStore
 from framework.adapters.memory_bus import MemoryBus, MemoryConsumer, MemoryPublisher
 from framework.adapters.memory_views import MemoryViewStore
 from framework.commands import Command
+from framework.dispatcher import Dispatcher
 from framework.events import EventEnvelope, EventMetadata
 from framework.mapper import from_stored, to_stored
 from framework.projector import HandlerContext, Projector, on
@@ -386,26 +387,35 @@ def _events(store: MemoryEventStore, name: str) -> list[EventEnvelope]:
     return [e for e in (from_stored(n) for n in store.read_all(0, 10_000)) if e.event_name == name]
 
 
-def _settle(worker: ProjectionWorker, store: MemoryEventStore) -> None:
-    """Apply until the process has applied what it issued itself."""
-    while worker.position < store.head():
+def _settle(worker: ProjectionWorker, store: MemoryEventStore, dispatcher: Dispatcher | None = None) -> None:
+    """Apply and dispatch until the process has applied what it issued itself."""
+    dispatcher = dispatcher or Dispatcher(worker, worker.commands)  # type: ignore[arg-type]
+    while True:
         worker.apply(store.read_all(worker.position, 10_000))
+        if not dispatcher.run_once() and worker.position == store.head():
+            return
 
 
 def test_process_manager_commands_are_issued_once_with_idempotency_keys() -> None:
     store = MemoryEventStore()
     _domain(store)
     bus = RecordingBus(example_router, store)
-    worker = ProjectionWorker(CorporateActionProcess(), MemoryViewStore(), store, bus)
+    views = MemoryViewStore()
+    worker = ProjectionWorker(CorporateActionProcess(), views, store, bus)
+    dispatcher = Dispatcher(worker, bus)
     delivery = store.read_all(0, 10_000)
     worker.apply(delivery)
+    assert bus.issued == []  # recorded in the outbox with the position, not executed inside the batch
     (validated,) = _events(store, "CorporateActionValidated")
-    assert bus.issued == [("RecordEntitlements", f"pm:corporate_action_process:{validated.metadata.event_id}:"
-                                                 "entitlements", False)]
-    worker.apply(delivery)  # redelivered: nothing issued again
-    assert len(bus.issued) == 1
+    key = f"pm:corporate_action_process:{validated.metadata.event_id}:entitlements"
+    assert [e.key for e in views.outbox(worker.name, 10)] == [key]
+    worker.apply(delivery)  # redelivered: nothing recorded again
+    assert len(views.outbox(worker.name, 10)) == 1
+    assert dispatcher.run_once() == 1
+    assert bus.issued == [("RecordEntitlements", key, False)]
+    assert views.outbox(worker.name, 10) == []
 
-    _settle(worker, store)
+    _settle(worker, store, dispatcher)
     (calculated,) = _events(store, "EntitlementsCalculated")
     key = f"pm:corporate_action_process:{calculated.metadata.event_id}"
     assert sorted(bus.issued[1:]) == [("NotifyDepositor", f"{key}:notify:PM-1", False),
@@ -414,7 +424,7 @@ def test_process_manager_commands_are_issued_once_with_idempotency_keys() -> Non
     assert entitlements == {"PM-1": 50, "PM-2": 20}
 
     bus.execute(CancelCorporateAction(action_id="PM-DIV", reason="withdrawn"))
-    _settle(worker, store)
+    _settle(worker, store, dispatcher)
     notified = sorted((e.event.account_number, e.event.kind) for e in _events(store, "DepositorNotified"))  # type: ignore[attr-defined]
     assert notified == [("PM-1", "cancellation"), ("PM-1", "entitlement"),
                         ("PM-2", "cancellation"), ("PM-2", "entitlement")]
@@ -427,7 +437,7 @@ def test_process_manager_commands_are_issued_once_with_idempotency_keys() -> Non
 
 
 @pytest.mark.parametrize("catching_up", [False, True], ids=["live", "catching-up"])
-def test_commands_issued_before_a_crash_are_not_executed_again(catching_up: bool) -> None:
+def test_a_batch_that_never_commits_issues_nothing(catching_up: bool) -> None:
     store = MemoryEventStore()
     _domain(store)
     head = store.head()
@@ -435,15 +445,14 @@ def test_commands_issued_before_a_crash_are_not_executed_again(catching_up: bool
     crashing = ProjectionWorker(CorporateActionProcess(), CrashBeforeCommit(), store, crashed_bus)
     with pytest.raises(SimulatedCrash):
         crashing.catch_up() if catching_up else crashing.apply(store.read_all(0, 10_000))
-    assert [(name, replayed) for name, _, replayed in crashed_bus.issued] == [("RecordEntitlements", False)]
-    assert store.head() == head + 1  # the entitlements were recorded; the position was not
+    assert crashed_bus.issued == [] and store.head() == head  # the commands died with the batch
 
     restarted_bus = RecordingBus(example_router, store)
-    views = MemoryViewStore()
-    restarted = ProjectionWorker(CorporateActionProcess(), views, store, restarted_bus)
-    restarted.catch_up(until=head) if catching_up else restarted.apply(store.read_all(0, head))
-    assert restarted_bus.issued == [(name, key, True) for name, key, _ in crashed_bus.issued]  # same key, replayed
+    restarted = ProjectionWorker(CorporateActionProcess(), MemoryViewStore(), store, restarted_bus)
+    restarted.catch_up() if catching_up else restarted.apply(store.read_all(0, head))
     _settle(restarted, store)
+    assert [name for name, _, replayed in restarted_bus.issued if not replayed] == [
+        "RecordEntitlements", "NotifyDepositor", "NotifyDepositor"]
     assert len(_events(store, "EntitlementsCalculated")) == 1
     assert len(_events(store, "DepositorNotified")) == 2
 
