@@ -14,6 +14,8 @@ store reports them alike.
 | ``eventfold_relay_position`` / ``eventfold_relay_lag_events`` | gauge | ``relay`` |
 | ``eventfold_projection_position`` / ``_lag_events`` / ``_lag_seconds`` | gauge | ``projection`` |
 | ``eventfold_projection_dead_letters`` / ``_stalled`` | gauge | ``projection`` |
+| ``eventfold_projection_outbox_pending`` / ``_outbox_oldest_seconds`` | gauge | ``projection`` |
+| ``eventfold_projection_deadlines_pending`` | gauge | ``projection`` |
 | ``eventfold_projection_batch_size`` / ``_batch_duration_seconds`` | histogram | ``projection`` |
 | ``eventfold_projection_dead_lettered_total`` | counter | ``projection`` |
 | ``eventfold_graphql_requests_total`` | counter | ``operation``, ``outcome`` |
@@ -171,6 +173,12 @@ class _ProjectionCollector(Collector):
                                    ["projection"]),
             "stalled": _gauge("eventfold_projection_stalled", "1 when running but not moving while behind",
                               ["projection"]),
+            "outbox_pending": _gauge("eventfold_projection_outbox_pending",
+                                     "Commands a process manager issued, not yet executed", ["projection"]),
+            "outbox_oldest_seconds": _gauge("eventfold_projection_outbox_oldest_seconds",
+                                            "How long the oldest pending command has waited", ["projection"]),
+            "deadlines_pending": _gauge("eventfold_projection_deadlines_pending",
+                                        "Deadlines a process manager is waiting for", ["projection"]),
         }
         for status in statuses:
             if not status.active or (self._names is not None and status.name not in self._names):

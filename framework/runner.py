@@ -134,6 +134,11 @@ class LeaseOptions:
     renew_seconds: float = 1.0
     standby_poll_seconds: float = 0.5
 
+    @classmethod
+    def for_ttl(cls, ttl_seconds: float) -> LeaseOptions:
+        """Renewed three times per lifetime; standbys ask at most every half second."""
+        return cls(ttl_seconds, ttl_seconds / 3, min(0.5, ttl_seconds / 6))
+
 
 def worker_identity() -> str:
     """Who holds a lease, as status shows it: host, pid and a random suffix (pids are reused)."""

@@ -92,6 +92,8 @@ class Settings:
     rate_limit_per_second: float | None = None  # write API, per client; None: no limit
     breaker_threshold: int = 5  # write API: consecutive store failures that open the circuit breaker
     breaker_cool_down_seconds: float = 5.0  # how long it stays open before one probe goes through
+    lease_seconds: float = 3.0  # a projection worker's lease: a standby takes over this long after a crash
+    dispatch_concurrency: int = 16  # process-manager commands in flight at once, per process manager
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -138,6 +140,10 @@ class Settings:
             jwt_audience=read.text("JWT_AUDIENCE", None) or None,
             allow_anonymous=read.flag("ALLOW_ANONYMOUS"),
             rate_limit_per_second=read.optional_number("RATE_LIMIT_PER_SECOND"),
+            lease_seconds=read.number("LEASE_SECONDS", float, defaults.lease_seconds, minimum=0.5, maximum=600),
+            dispatch_concurrency=read.number(
+                "DISPATCH_CONCURRENCY", int, defaults.dispatch_concurrency, minimum=1, maximum=256
+            ),
             breaker_threshold=read.number("BREAKER_THRESHOLD", int, defaults.breaker_threshold, minimum=1),
             breaker_cool_down_seconds=read.number(
                 "BREAKER_COOL_DOWN_SECONDS", float, defaults.breaker_cool_down_seconds, minimum=0

@@ -1,4 +1,11 @@
-"""Where every projection stands: what ``eventfold status`` prints and GraphQL's ``projections`` serves."""
+"""Where every projection stands: what ``eventfold status`` prints and GraphQL's ``projections`` serves.
+
+The state is told, not guessed: a version that queries no longer read is ``retired`` (outside lag
+and readiness), ``stalled`` means a worker holds the projection and is behind but has made no
+progress for a minute (a worker reports progress during a long batch, and a process manager's
+dispatcher while it drains its outbox), a ``running`` projection that no live worker holds is
+``stopped``, and the state belongs to the worker holding the projection's lease.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from framework.store import EventStore
-from framework.views import ProjectionState, ViewStore
+from framework.views import LeaseState, OutboxStats, ProjectionState, ViewStore
 
 __all__ = ["ProjectionStatus", "projection_statuses"]
 
@@ -20,13 +27,17 @@ class ProjectionStatus:
     name: str
     version: int
     active: bool
-    state: str
+    state: str  # running | stalled | halted | rebuilding | stopped | retired
     position: int
     head: int
     lag_events: int
     lag_seconds: float
     dead_letters: int
     error: str | None
+    owner: str | None = None  # the worker holding the lease (host:pid:id), if one does
+    outbox_pending: int = 0  # commands a process manager issued, not yet executed
+    outbox_oldest_seconds: float = 0.0  # how long the oldest of them has waited
+    deadlines_pending: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -37,32 +48,59 @@ def projection_statuses(store: EventStore, views: ViewStore) -> list[ProjectionS
     letters: dict[str, int] = {}
     for letter in views.dead_letters():
         letters[letter.projection] = letters.get(letter.projection, 0) + 1
-    return [_status(state, head, store, views, letters) for state in views.states()]
+    now = datetime.now(UTC)
+    seen = _Seen(now, {lease.name: lease for lease in views.leases()}, views.outbox_stats())
+    return [_status(state, head, store, views, letters, seen) for state in views.states()]
 
 
-def _status(
-    state: ProjectionState, head: int, store: EventStore, views: ViewStore, letters: dict[str, int]
-) -> ProjectionStatus:
+@dataclass(frozen=True)
+class _Seen:
+    now: datetime
+    leases: dict[str, LeaseState]
+    outbox: dict[str, OutboxStats]
+
+    def owner(self, name: str) -> LeaseState | None:
+        lease = self.leases.get(name)
+        return lease if lease is not None and lease.expires_at > self.now else None
+
+
+def _status(state: ProjectionState, head: int, store: EventStore, views: ViewStore, letters: dict[str, int],
+            seen: _Seen) -> ProjectionStatus:
     active = views.active_version(state.name) == state.version
+    retired = not active and state.state != "rebuilding"
+    owner = seen.owner(state.name) if active else None
+    outbox = seen.outbox.get(state.name, OutboxStats()) if active else OutboxStats()
     return ProjectionStatus(
         name=state.name,
         version=state.version,
         active=active,
-        state=_liveness(state, head),
+        state="retired" if retired else _liveness(state, head, owner, seen.now),
         position=state.position,
         head=head,
-        lag_events=max(head - state.position, 0),
-        lag_seconds=_lag_seconds(store, state.position),
+        lag_events=0 if retired else max(head - state.position, 0),
+        lag_seconds=0.0 if retired else _lag_seconds(store, state.position),
         dead_letters=letters.get(state.name, 0) if active else 0,
         error=state.error,
+        owner=owner.owner if owner else None,
+        outbox_pending=outbox.pending,
+        outbox_oldest_seconds=_age(outbox.oldest_at, seen.now),
+        deadlines_pending=outbox.deadlines,
     )
 
 
-def _liveness(state: ProjectionState, head: int) -> str:
-    if state.state != "running" or state.position >= head:
+def _liveness(state: ProjectionState, head: int, owner: LeaseState | None, now: datetime) -> str:
+    if state.state != "running":
         return state.state
-    quiet = state.updated_at is None or (datetime.now(UTC) - state.updated_at).total_seconds() > STALL_SECONDS
-    return "stalled" if quiet else state.state
+    if owner is None:
+        return "stopped"  # said running, but no live worker holds it (killed, or never leased)
+    if state.position >= head:
+        return "running"
+    progress = max((t for t in (state.updated_at, owner.progress_at) if t is not None), default=None)
+    return "stalled" if progress is None or _age(progress, now) > STALL_SECONDS else "running"
+
+
+def _age(moment: datetime | None, now: datetime) -> float:
+    return round(max((now - moment).total_seconds(), 0.0), 3) if moment is not None else 0.0
 
 
 def _lag_seconds(store: EventStore, position: int) -> float:

@@ -113,6 +113,10 @@ class ProjectionStatus:
     lag_seconds: float
     dead_letters: int
     error: str | None
+    owner: str | None = strawberry.field(description="The worker holding the projection's lease (host:pid:id).")
+    outbox_pending: int = strawberry.field(description="Commands a process manager issued, not yet executed.")
+    outbox_oldest_seconds: float = strawberry.field(description="How long the oldest of them has waited.")
+    deadlines_pending: int = strawberry.field(description="Deadlines a process manager is waiting for.")
 
 
 @strawberry.type(description="Read models of the depository back office. Commands go to the write API.")

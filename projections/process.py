@@ -1,5 +1,9 @@
 """The corporate-action process: entitlements at the record date, then exactly-once notifications.
 
+Its commands go through its outbox: recorded with its position, dispatched after the commit.
+Notices to one depositor run in order (the ordering key is the account), so a cancellation
+notice never overtakes the entitlement notice it withdraws; different depositors' run concurrently.
+
 It keeps its own copy of what it needs (accounts, net movements per day, announced
 actions, who was entitled) in its own tables, updated in the same
 transaction as its position, so its decisions never depend on how far
@@ -128,7 +132,7 @@ class CorporateActionProcess(ProcessManager):
             context.issue(NotifyDepositor(
                 account_number=entitlement.account_number, action_id=event.action_id,
                 kind="entitlement", message=_entitlement_message(event.action_id, entitlement),
-            ), discriminator=f"notify:{entitlement.account_number}")
+            ), discriminator=f"notify:{entitlement.account_number}", ordering_key=entitlement.account_number)
 
     @on(CorporateActionCancelled)
     def cancelled(self, event: CorporateActionCancelled, context: HandlerContext) -> None:
@@ -137,7 +141,7 @@ class CorporateActionProcess(ProcessManager):
                 account_number=entitled.account_number, action_id=event.action_id,
                 kind="cancellation",
                 message=f"Corporate action {event.action_id} was cancelled: {event.reason}",
-            ), discriminator=f"cancel:{entitled.account_number}")
+            ), discriminator=f"cancel:{entitled.account_number}", ordering_key=entitled.account_number)
 
     @staticmethod
     def _holdings_at(context: HandlerContext, isin: str, record_date: date) -> dict[str, int]:

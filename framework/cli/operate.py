@@ -80,7 +80,9 @@ def run_status(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2, default=str))
         return 0
     columns = ["name", "version", "active", "state", "position", "head", "lag_events", "lag_seconds",
-               "dead_letters"]
+               "dead_letters", "outbox", "deadlines", "owner"]
+    for row in rows:
+        row.update(outbox=row["outbox_pending"], deadlines=row["deadlines_pending"], owner=row["owner"] or "-")
     widths = {c: max([len(c), *(len(str(row[c])) for row in rows)]) for c in columns}
     print("  ".join(c.ljust(widths[c]) for c in columns))
     for row in rows:

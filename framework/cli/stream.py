@@ -129,8 +129,9 @@ def run_relay_command(settings: Settings, _: argparse.Namespace) -> int:
 def run_project_command(settings: Settings, args: argparse.Namespace) -> int:
     from framework.adapters.nats import JetStreamConsumer
     from framework.breaker import BreakingConsumer
+    from framework.dispatcher import DispatchOptions
     from framework.metrics import Metrics
-    from framework.runner import run_projection
+    from framework.runner import LeaseOptions, run_projection, worker_identity
     from framework.worker import ProjectionWorker
 
     postgres = require_postgres(settings, "project")
@@ -151,9 +152,13 @@ def run_project_command(settings: Settings, args: argparse.Namespace) -> int:
         commands = command_bus(settings, store, metrics, tracer)
         workers = [ProjectionWorker(p, views, store, commands, observer=metrics, tracer=tracer) for p in projectors]
 
+        lease, owner = LeaseOptions.for_ttl(settings.lease_seconds), worker_identity()
+        dispatch = DispatchOptions(concurrency=settings.dispatch_concurrency)
+
         async def project(connection: JetStreamConnection, stop: asyncio.Event) -> None:
             consumers = [BreakingConsumer(JetStreamConsumer(connection, w.name), breaker) for w in workers]
-            await asyncio.gather(*(run_projection(w, c, stop) for w, c in zip(workers, consumers, strict=True)))
+            await asyncio.gather(*(run_projection(w, c, stop, lease=lease, owner=owner, dispatch=dispatch)
+                                   for w, c in zip(workers, consumers, strict=True)))
 
         run_until_signalled(lambda stop: _run_role(jetstream, bus, ops, stop, project))
     finally:

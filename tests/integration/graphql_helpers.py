@@ -51,8 +51,10 @@ from framework.adapters.memory_bus import MemoryBus, MemoryConsumer, MemoryPubli
 from framework.adapters.postgres_views import PostgresViewStore
 from framework.bus import CommandBus, CommandContext
 from framework.commands import Command
+from framework.dispatcher import Dispatcher
 from framework.events import Event, EventEnvelope, EventMetadata
 from framework.mapper import to_stored
+from framework.projector import ProcessManager
 from framework.runner import run_projection, run_relay
 from framework.store import EventStore
 from framework.views import ViewStore
@@ -383,10 +385,15 @@ class ReadSide:
         self.store, self.views = store, views
         self.bus = CommandBus(build_router(), store)
         self.workers = [ProjectionWorker(p, views, store, self.bus) for p in build_projectors()]
+        self.dispatchers = [Dispatcher(w, self.bus) for w in self.workers if isinstance(w.projector, ProcessManager)]
 
     def catch_up(self) -> None:
+        """Every projection catches up, then the process manager's outbox is dispatched."""
         for worker in self.workers:
             worker.catch_up()
+        for dispatcher in self.dispatchers:
+            while dispatcher.run_once():
+                pass
 
     def settle(self, timeout: float = 60) -> int:
         """Catch up until nothing is left: no projection behind and no command issued meanwhile."""

@@ -52,6 +52,7 @@ from framework.adapters.nats import JetStreamSettings
 from framework.adapters.postgres import PostgresEventStore
 from framework.adapters.postgres_views import PostgresViewStore
 from framework.bus import CommandBus
+from framework.dispatcher import Dispatcher
 from framework.replay import rebuild
 from framework.worker import ProjectionWorker, WorkerOptions
 from projections import build_projectors
@@ -299,8 +300,11 @@ def test_catch_up_in_small_batches_sees_the_previous_batch(pg_database: PgDataba
         backlog.append_to(store)
 
         small = WorkerOptions(catch_up_batch=1)
-        ProjectionWorker(CorporateActionProcess(), views, store, bus, small).catch_up()
-        ProjectionWorker(CorporateActionProcess(), views, store, bus, small).catch_up()  # what it issued
+        process = ProjectionWorker(CorporateActionProcess(), views, store, bus, small)
+        process.catch_up()
+        Dispatcher(process, bus).run_once()  # entitlements recorded
+        process.catch_up()
+        Dispatcher(process, bus).run_once()  # the notices they lead to
         outcome = assert_process_outcomes(store)
         assert outcome.entitled["SB-1"] == {"SB-0": 110, "SB-1": 211, "SB-2": 312, "SB-3": 13}
         assert {k for k in outcome.notified if k[0] == "SB-2"} == {
