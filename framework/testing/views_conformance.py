@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from framework.errors import ConcurrencyConflict, VersionSwitched
 from framework.query import Condition, InvalidQuery, PageRequest, Sort, paginate
 from framework.readmodel import ReadModel
-from framework.views import DeadLetter, ViewStore
+from framework.views import DeadLetter, Deadline, OutboxEntry, ViewStore
 
 __all__ = ["ViewStoreConformance"]
 
@@ -265,3 +265,125 @@ class ViewStoreConformance:
 
     def test_active_position_is_the_active_versions(self, numbered: ViewStore) -> None:
         assert numbered.active_position(NAME) == 3
+
+    # --- exactly-once across workers: the position's compare-and-set ------------------------
+
+    def test_the_position_moves_only_from_where_the_batch_started(self, ready: ViewStore) -> None:
+        with ready.batch(NAME, 1) as batch:
+            batch.advance(5, None, since=0)
+        with pytest.raises(ConcurrencyConflict), ready.batch(NAME, 1) as batch:
+            batch.put(_row())
+            batch.advance(9, None, since=3)  # another worker moved it from 3 meanwhile: this batch is stale
+        assert ready.position(NAME, 1) == 5
+        with ready.read(NAME) as views:
+            assert views.get(Row, "g", 1) is None
+
+    def test_a_staged_commit_is_a_compare_and_set_too(self, ready: ViewStore) -> None:
+        first, second = ready.stage(NAME, 1), ready.stage(NAME, 1)
+        first.put(_row(number=1))
+        first.advance(4, None, since=0)
+        second.put(_row(number=2))
+        second.advance(6, None, since=0)
+        ready.commit_staged(NAME, 1, first)
+        with pytest.raises(ConcurrencyConflict):
+            ready.commit_staged(NAME, 1, second)
+        ready.forget_cached(NAME, 1)
+        assert ready.position(NAME, 1) == 4
+        with ready.read(NAME) as views:
+            assert [r.number for r in views.select(Row)] == [1]
+
+    # --- process managers: outbox and deadlines ----------------------------------------------
+
+    def _entry(self, key: str, order: str = "a", position: int = 1) -> OutboxEntry:
+        return OutboxEntry(NAME, key, "DoIt", {"n": key}, order, position, {"correlation_id": "c"})
+
+    def test_outbox_entries_commit_with_the_batch_or_not_at_all(self, ready: ViewStore) -> None:
+        with pytest.raises(RuntimeError), ready.batch(NAME, 1) as batch:
+            batch.enqueue(self._entry("lost"))
+            raise RuntimeError("handler failed")
+        assert ready.outbox(NAME, 10) == []
+        with ready.batch(NAME, 1) as batch:
+            batch.enqueue(self._entry("k1"))
+            batch.enqueue(self._entry("k2", "b"))
+            batch.advance(2, None, since=0)
+        with ready.batch(NAME, 1) as batch:
+            batch.enqueue(self._entry("k1"))  # issued again: kept once
+        entries = ready.outbox(NAME, 10)
+        assert [(e.key, e.ordering_key, e.payload, e.context, e.attempts) for e in entries] == [
+            ("k1", "a", {"n": "k1"}, {"correlation_id": "c"}, 0), ("k2", "b", {"n": "k2"}, {"correlation_id": "c"}, 0)]
+        assert all(e.id is not None and e.created_at is not None for e in entries)
+        assert ready.outbox("another", 10) == []
+
+    def test_outbox_postpone_done_and_settle(self, ready: ViewStore) -> None:
+        with ready.batch(NAME, 1) as batch:
+            batch.enqueue(self._entry("k1"))
+            batch.enqueue(self._entry("k2"))
+            batch.enqueue(self._entry("k3"))
+        first, second, third = ready.outbox(NAME, 10)
+        later = datetime(2030, 1, 1, tzinfo=UTC)
+        ready.postpone(first.id or 0, later, "IdempotencyKeyInFlight: still running")
+        (postponed, *_) = ready.outbox(NAME, 10)
+        assert (postponed.attempts, postponed.next_attempt_at, postponed.last_error) == (
+            1, later, "IdempotencyKeyInFlight: still running")
+        ready.outbox_done([second.id or 0])
+        with ready.batch(NAME, 1) as batch:
+            ready.settle_outbox(batch, third.id or 0)
+        assert [e.key for e in ready.outbox(NAME, 10)] == ["k1"]
+        with pytest.raises(ConcurrencyConflict), ready.batch(NAME, 1) as batch:
+            ready.settle_outbox(batch, third.id or 0)  # settled already (by another worker)
+            batch.put(_row())
+        with ready.read(NAME) as views:
+            assert views.get(Row, "g", 1) is None
+        stats = ready.outbox_stats()[NAME]
+        assert stats.pending == 1 and stats.oldest_at is not None
+
+    def test_deadlines_are_kept_moved_cancelled_and_fired_once(self, ready: ViewStore) -> None:
+        soon, later = datetime(2026, 12, 24, tzinfo=UTC), datetime(2027, 1, 6, tzinfo=UTC)
+        with ready.batch(NAME, 1) as batch:
+            batch.schedule(Deadline(NAME, "remind:1", "remind", later, 3, {"n": 1}))
+            batch.schedule(Deadline(NAME, "remind:1", "remind", soon, 4, {"n": 2}))  # the same key: moved
+            batch.schedule(Deadline(NAME, "remind:2", "remind", soon, 5))
+            batch.schedule(Deadline(NAME, "remind:3", "remind", soon, 6))
+        with ready.batch(NAME, 1) as batch:
+            batch.cancel_deadline(NAME, "remind:2")
+        assert ready.due_deadlines(NAME, datetime(2026, 12, 23, tzinfo=UTC), 10) == []
+        due = ready.due_deadlines(NAME, soon, 10)
+        assert [(d.key, d.position, d.data) for d in due] == [("remind:1", 4, {"n": 2}), ("remind:3", 6, {})]
+        ready.postpone_deadline(due[1].id or 0, later)
+        assert [d.key for d in ready.due_deadlines(NAME, soon, 10)] == ["remind:1"]
+        assert ready.outbox_stats()[NAME].deadlines == 2
+        with ready.batch(NAME, 1) as batch:
+            ready.settle_deadline(batch, due[0].id or 0)
+        with pytest.raises(ConcurrencyConflict), ready.batch(NAME, 1) as batch:
+            ready.settle_deadline(batch, due[0].id or 0)  # fired already: not twice
+        (moved,) = ready.due_deadlines(NAME, later, 10)
+        assert (moved.key, moved.attempts) == ("remind:3", 1)
+
+    def test_a_parked_command_keeps_what_it_takes_to_send_it_again(self, ready: ViewStore) -> None:
+        command = {"key": "k", "command_name": "DoIt", "payload": {"n": 1}, "ordering_key": "a", "position": 3,
+                   "context": {}}
+        with ready.batch(NAME, 1) as batch:
+            batch.park(DeadLetter(NAME, 3, "command DoIt", "a", "RuleViolation: no", command=command))
+        (letter,) = ready.dead_letters(NAME)
+        assert letter.command == command
+
+    # --- one active worker per projection ----------------------------------------------------
+
+    def test_a_lease_has_one_owner_until_released_or_expired(self, ready: ViewStore) -> None:
+        assert ready.acquire_lease(NAME, "a", 60)
+        assert not ready.acquire_lease(NAME, "b", 60)
+        assert ready.acquire_lease(NAME, "a", 60, progressed=True)  # renewed
+        assert [(lease.name, lease.owner) for lease in ready.leases()] == [(NAME, "a")]
+        ready.release_lease(NAME, "b")  # not b's to release
+        assert not ready.acquire_lease(NAME, "b", 60)
+        ready.release_lease(NAME, "a")
+        assert ready.acquire_lease(NAME, "b", -1)  # b holds a lease that has already expired ...
+        assert ready.acquire_lease(NAME, "a", 60)  # ... so a takes it over
+        assert ready.leases()[0].owner == "a"
+
+    def test_only_the_lease_holder_sets_the_state(self, ready: ViewStore) -> None:
+        assert ready.acquire_lease(NAME, "new", 60)
+        ready.set_state_if_owner(NAME, 1, "new", "running")
+        assert not ready.set_state_if_owner(NAME, 1, "old", "stopped")  # a stopping old worker
+        (state,) = [s for s in ready.states() if s.name == NAME]
+        assert state.state == "running"

@@ -546,15 +546,18 @@ def active_positions(views: ViewStore, names: Sequence[str]) -> dict[str, int]:
 
 def wait_settled(views: ViewStore, store: EventStore, names: Sequence[str] | None = None, *,
                  timeout: float = 90.0) -> int:
-    """Wait until every named projection (default: the example's) has applied everything stored."""
+    """Wait until every named projection (default: the example's) has applied everything stored and
+    no process manager has a command left to dispatch (a command dispatched would store more events)."""
     names = list(names) if names is not None else [p.name for p in build_projectors()]
     seen: dict[str, Any] = {}
 
     def settled() -> bool:
-        positions = active_positions(views, names)
+        # In this order: a batch that issues after the outbox was read applies an event past ``head``.
         head = store.head()
-        seen.update(positions=positions, head=head)
-        return all(p == head for p in positions.values())
+        positions = active_positions(views, names)
+        pending = {name: stats.pending for name, stats in views.outbox_stats().items() if stats.pending}
+        seen.update(positions=positions, head=head, outbox=pending)
+        return not pending and all(p == head for p in positions.values()) and store.head() == head
 
     wait_until(settled, timeout=timeout, interval=0.2, message=lambda: f"projections at the head: {seen}")
     return int(seen["head"])

@@ -63,6 +63,8 @@ pytestmark = [pytest.mark.postgres]
 NAMES = [p.name for p in build_projectors()]
 STATUS_COLUMNS = ["name", "version", "active", "state", "position", "head", "lag_events", "lag_seconds",
                   "dead_letters"]
+STATUS_FIELDS = [*STATUS_COLUMNS, "owner", "outbox_pending", "outbox_oldest_seconds", "deadlines_pending"]
+STATUS_TABLE = [*STATUS_COLUMNS, "outbox", "deadlines", "owner"]
 
 
 @pytest.fixture
@@ -341,13 +343,16 @@ def test_status_shows_positions_head_lag_and_state_plain_and_json(
         ProjectionWorker(projectors["holdings"], views, store).catch_up()
         ProjectionWorker(projectors["cards"], views, store).catch_up(until=head // 2)
         ProjectionWorker(projectors["corporate_action_process"], views, store).catch_up(until=3)
-        views.set_state("holdings", 1, "running")
-        views.set_state("cards", 1, "running")
+        for name in ("holdings", "cards", "corporate_action_process"):  # as their workers would
+            assert views.acquire_lease(name, "worker-1", 600)
+            assert views.set_state_if_owner(name, 1, "worker-1", "running")
         views.set_state("notifications", 1, "halted", "position 7: RuntimeError: boom")
-        views.set_state("corporate_action_process", 1, "running")
         with deployment.pg_database.connect() as conn:
             conn.execute(f'UPDATE "{deployment.schema}".eventfold_projection_positions'
                          " SET updated_at = now() - interval '2 minutes' WHERE name = %s",
+                         ("corporate_action_process",))
+            conn.execute(f'UPDATE "{deployment.schema}".eventfold_projection_leases'
+                         " SET progress_at = now() - interval '2 minutes' WHERE name = %s",
                          ("corporate_action_process",))
 
         expected = {
@@ -361,13 +366,14 @@ def test_status_shows_positions_head_lag_and_state_plain_and_json(
         assert set(statuses) == {(name, 1) for name in NAMES}
         for name, (state, position, error) in expected.items():
             row = statuses[(name, 1)]
-            assert set(row) == {*STATUS_COLUMNS, "error"}
+            assert set(row) == {*STATUS_FIELDS, "error"}
+            assert row["owner"] == ("worker-1" if state in ("running", "stalled") else None), row
             assert (row["active"], row["state"], row["position"], row["head"], row["lag_events"], row["error"],
                     row["dead_letters"]) == (True, state, position, head, head - position, error, 0), row
             assert (row["lag_seconds"] == 0) == (position == head), row
 
         lines = deployment.cli_ok("status").stdout.splitlines()
-        assert lines[0].split() == STATUS_COLUMNS
+        assert lines[0].split() == STATUS_TABLE
         by_name = {line.split()[0]: line.split() for line in lines[1:] if not line.strip().startswith("error:")}
         assert set(by_name) == set(NAMES)
         for name, (state, position, _) in expected.items():
