@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from pydantic import Field
 from support.postgres import PgDatabase
 
 from framework.adapters.memory_views import MemoryViewStore
@@ -23,7 +24,7 @@ class Plain(ReadModel):
     name: str
     text: str
     number: int
-    data: dict[str, Any] = {}
+    data: dict[str, Any] = Field(default_factory=dict)
 
 
 class TestMemoryViewStore(ViewStoreConformance):
