@@ -33,7 +33,8 @@ from framework.readmodel import ReadModel
 from framework.runner import LeaseOptions, run_projection, run_relay
 from framework.views import Batch, Deadline
 from framework.worker import ProjectionWorker, RetryLater, WorkerOptions
-from tests.unit.domain import (
+
+from .domain import (
     Counter,
     CounterIncremented,
     CounterStarted,
