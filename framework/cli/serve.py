@@ -63,7 +63,7 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
     from framework.graphql.app import query_routes
     from framework.http.write_api import create_write_app
     from framework.metrics import Metrics
-    from framework.runner import run_projection, run_relay
+    from framework.runner import run_projection, run_relay, worker_identity
     from framework.worker import ProjectionWorker
 
     embedded = replace(settings, database_url=None)
@@ -86,8 +86,10 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
         stop = asyncio.Event()
         tasks = [asyncio.create_task(run_relay(store, MemoryPublisher(events), stop, poll_seconds=0.2,
                                                  tracer=tracer))]
+        owner = worker_identity()
         tasks += [
-            asyncio.create_task(run_projection(w, MemoryConsumer(events, w.name), stop, fetch_seconds=0.2))
+            asyncio.create_task(run_projection(w, MemoryConsumer(events, w.name), stop, fetch_seconds=0.2,
+                                               owner=owner))
             for w in workers
         ]
         log.info("events are kept in %s; %d projections run in process", embedded.sqlite_path, len(workers))
