@@ -169,15 +169,14 @@ async def run_projection(
     owner = owner or worker_identity()
     while not stop.is_set():
         if not await _acquire(worker, owner, lease, stop):
-            return
+            return  # stopped while standing by: nothing to hand over
         outcome = await _run_leased(worker, consumer, stop, owner, lease, dispatch, _ActiveOptions(
             batch_size, fetch_seconds, retry_letters_every, prefetch))
         if outcome == "lost" and not stop.is_set():
             await _reloaded(worker, stop)
             continue
-        if outcome == "halted":
-            await stop.wait()  # keep the lease (and the halted state) until stopped; a restart retries
-    await _released(worker, owner)
+        await _released(worker, owner, "halted" if outcome == "halted" else "stopped")
+        return
 
 
 @dataclass(frozen=True)
@@ -226,6 +225,8 @@ async def _run_leased(worker: ProjectionWorker, consumer: EventConsumer, stop: a
         tasks.append(asyncio.create_task(run_dispatcher(dispatcher, active, wake)))
     try:
         halted = await _run_active(worker, consumer, active, owner, lost, options)
+        if halted:  # keep the lease (and the halted state: a standby would only halt again) until stopped;
+            await active.wait()  # its outbox is still dispatched meanwhile
     finally:
         active.set()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -311,10 +312,12 @@ async def _reloaded(worker: ProjectionWorker, stop: asyncio.Event) -> None:
             await _pause(stop, backoff.delay())
 
 
-async def _released(worker: ProjectionWorker, owner: str) -> None:
-    """A clean stop: say so (only if this worker still holds the lease) and hand the lease over at once."""
+async def _released(worker: ProjectionWorker, owner: str, ended: str) -> None:
+    """A clean stop: say so (only if this worker still holds the lease; a halted projection stays
+    halted) and hand the lease over at once."""
     with contextlib.suppress(*_UNAVAILABLE):
-        await asyncio.to_thread(worker.views.set_state_if_owner, worker.name, worker.version, owner, "stopped")
+        if ended == "stopped":
+            await asyncio.to_thread(worker.views.set_state_if_owner, worker.name, worker.version, owner, "stopped")
         await asyncio.to_thread(worker.views.release_lease, worker.name, owner)
 
 
