@@ -170,13 +170,17 @@ async def run_projection(
     while not stop.is_set():
         if not await _acquire(worker, owner, lease, stop):
             return  # stopped while standing by: nothing to hand over
+        if not await _reloaded(worker, stop):
+            break
         outcome = await _run_leased(worker, consumer, stop, owner, lease, dispatch, _ActiveOptions(
             batch_size, fetch_seconds, retry_letters_every, prefetch))
         if outcome == "lost" and not stop.is_set():
-            await _reloaded(worker, stop)
-            continue
-        await _released(worker, owner, "halted" if outcome == "halted" else "stopped")
-        return
+            continue  # standing by again
+        if outcome == "halted":
+            await _released(worker, owner, "halted")
+            return
+        break
+    await _released(worker, owner, "stopped")
 
 
 @dataclass(frozen=True)
@@ -302,14 +306,17 @@ async def _pause_or_wake(stop: asyncio.Event, wake: asyncio.Event, seconds: floa
             waiter.cancel()
 
 
-async def _reloaded(worker: ProjectionWorker, stop: asyncio.Event) -> None:
+async def _reloaded(worker: ProjectionWorker, stop: asyncio.Event) -> bool:
+    """The worker starts from what is committed now (another worker may have run it meanwhile);
+    False if stopped first."""
     backoff = Backoff()
     while not stop.is_set():
         try:
             await asyncio.to_thread(worker.reload)
-            return
+            return True
         except _UNAVAILABLE:
             await _pause(stop, backoff.delay())
+    return False
 
 
 async def _released(worker: ProjectionWorker, owner: str, ended: str) -> None:

@@ -236,10 +236,13 @@ class ProjectionWorker:
                  self.name, self.version, self.position)
 
     def reload(self) -> None:
-        """Start again from what is committed (another worker committed, or this one lost its lease)."""
+        """Start again from what is committed: rows cached while another worker may have been writing
+        (this one stood by, lost its lease, or lost a commit's compare-and-set) are forgotten."""
         self.views.forget_cached(self.name, self.version)
         self.version = self.views.active_version(self.name) if self._follow_active else self.version
         self.position = self.views.position(self.name, self.version)
+        if self.position == 0:
+            self.views.cache_empty_tables(self.name, self.version, self.projector.read_models)
 
     def skip_to(self, position: int) -> None:
         """Record that nothing before ``position`` is to be applied (a rebuild from a later position)."""

@@ -18,6 +18,7 @@ from support.postgres import PgDatabase
 
 import framework.adapters.postgres_views as postgres_views
 from example_app.accounts import Account, AccountOpened, SecuritiesCredited, SecuritiesDebited
+from framework.adapters.memory_views import MemoryViewStore
 from framework.adapters.postgres import PostgresEventStore
 from framework.adapters.postgres_views import PostgresViewStore
 from framework.events import EventEnvelope, EventMetadata
@@ -291,3 +292,23 @@ def test_a_column_of_mixed_naive_and_aware_datetimes_goes_out_as_text(views: Pos
         batch.put(Ledger(account_number="A", at=datetime(2026, 1, 1, tzinfo=UTC), **base))
         batch.put(Ledger(account_number="B", at=datetime(2026, 1, 1), **base))
     assert len(views.query(projector.name, Ledger)) == 2
+
+
+def test_a_standby_that_takes_over_reads_the_rows_the_active_worker_wrote(
+    store: PostgresEventStore, views: PostgresViewStore
+) -> None:
+    """Both workers start on empty tables (so their row caches know every table to be empty); the
+    standby takes over after the active one wrote rows. It must read those rows, not trust its cache."""
+    events = _events(120)
+    store.append(events[:100])
+    active = ProjectionWorker(HoldingsProjector(), views, store)
+    standby = ProjectionWorker(HoldingsProjector(), views, store)  # constructed at position 0, waiting
+    active.catch_up()
+    standby.reload()  # what run_projection does once it holds the lease
+    store.append(events[100:])
+    standby.apply(store.read_all(standby.position, 1_000))
+    replayed = MemoryViewStore()
+    ProjectionWorker(HoldingsProjector(), replayed, store).catch_up()
+    assert _rows(views, HoldingsProjector()) == {
+        model.table: {row.key_values(): row.model_dump() for row in replayed.query("holdings", model)}
+        for model in HoldingsProjector.read_models}
