@@ -6,7 +6,17 @@ from pydantic import Field
 
 from framework import Aggregate, Event, RuleViolation, event
 
-__all__ = ["Account", "AccountOpened", "SecuritiesCredited", "SecuritiesDebited"]
+__all__ = ["MAX_HOLDING", "Account", "AccountOpened", "SecuritiesCredited", "SecuritiesDebited"]
+
+MAX_HOLDING = 10**15
+"""The most units of one security one account may hold.
+
+Far above any security's whole issue (the largest share counts are around 10**10, bonds in units of
+one currency unit around 10**12), so only a mistake reaches it, and a back office would rather refuse
+that credit than book it. It also keeps every quantity derived from a holding within a 64-bit
+integer (a PostgreSQL bigint in the read models): holdings, movements and running balances, the
+net movement of a day, and a split's new units (at most ``MAX_SPLIT_RATIO`` times a holding).
+"""
 
 
 class AccountOpened(Event):
@@ -44,6 +54,12 @@ class Account(Aggregate):
 
     def credit(self, isin: str, quantity: int, reference: str | None = None) -> None:
         _require_positive(quantity)
+        if self.holding(isin) + quantity > MAX_HOLDING:
+            raise RuleViolation(
+                f"account {self.account_number} holds {self.holding(isin)} of {isin},"
+                f" crediting {quantity} would exceed the limit of {MAX_HOLDING} units",
+                reason="holding_limit_exceeded",
+            )
         self._credited(isin=isin, quantity=quantity, reference=reference)
 
     def debit(self, isin: str, quantity: int, reference: str | None = None) -> None:

@@ -7,6 +7,7 @@ from typing import Annotated, ClassVar
 
 from pydantic import Field, StringConstraints
 
+from example_app.accounts import MAX_HOLDING
 from example_app.corporate_actions import Entitlement, Terms
 from example_app.notifications import NotificationKind
 from example_app.securities import Isin
@@ -29,7 +30,9 @@ __all__ = [
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Code = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
-Quantity = Annotated[int, Field(gt=0, le=10**15)]
+# What the process tells a depositor: it quotes a Reason (a cancellation's) after the action id.
+Message = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2_000)]
+Quantity = Annotated[int, Field(gt=0, le=MAX_HOLDING)]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
 
 # Who may send what over the write API (a token's `roles` or `scope`). The process managers send
@@ -120,4 +123,4 @@ class NotifyDepositor(Command):
     account_number: Code
     action_id: Code
     kind: NotificationKind
-    message: Reason
+    message: Message

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import date
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from framework import Aggregate, Event, InvalidTransition, RuleViolation, event
 
 __all__ = [
+    "MAX_SPLIT_RATIO",
     "ActionStatus",
     "CashTerms",
     "CorporateAction",
@@ -24,6 +25,19 @@ __all__ = [
     "SplitTerms",
     "Terms",
 ]
+
+
+MAX_SPLIT_RATIO = 1_000
+"""A split gives at most this many new units for each unit held.
+
+Real splits stay far below it (1,000-for-1 is already extreme). With ``accounts.MAX_HOLDING`` it
+keeps a split's new units within 10**18, so they fit the entitlements' bigint column. The event's
+terms allow any ratio, so actions recorded before this rule still read back: the rule is the
+announcement's.
+"""
+# Cash entitlements are exact: an amount per unit of up to 18 digits times a holding of up to 16
+# has 34 digits; the default context (28) would round it, and quantize() would fail above 28.
+_CASH_PRECISION = 40
 
 
 class CashTerms(BaseModel):
@@ -112,6 +126,12 @@ class CorporateAction(Aggregate):
                 f"payment date {payment_date} is before record date {record_date}",
                 reason="payment_before_record_date",
             )
+        if isinstance(terms, SplitTerms) and terms.new_units > MAX_SPLIT_RATIO * terms.old_units:
+            raise RuleViolation(
+                f"a split of {terms.new_units} for {terms.old_units} gives more than"
+                f" {MAX_SPLIT_RATIO} new units per unit held",
+                reason="split_ratio_out_of_range",
+            )
         action = cls.blank(cls.id_for(action_id))
         action._announced(
             action_id=action_id, isin=isin, record_date=record_date,
@@ -184,7 +204,8 @@ class CorporateAction(Aggregate):
 
 def _entitlement(terms: Terms, account_number: str, holding: int) -> Entitlement:
     if isinstance(terms, CashTerms):
-        amount = (terms.amount_per_unit * holding).quantize(Decimal("0.01"))
+        with localcontext(prec=_CASH_PRECISION):
+            amount = (terms.amount_per_unit * holding).quantize(Decimal("0.01"))
         return Entitlement(account_number=account_number, holding=holding, cash_amount=amount,
                            currency=terms.currency)
     new_units = holding * terms.new_units // terms.old_units - holding

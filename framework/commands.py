@@ -9,12 +9,13 @@ storage and stay trivially testable.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, ClassVar, TypeVar, get_type_hints
+from typing import Any, ClassVar, Self, TypeVar, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from framework.aggregate import Aggregate
 from framework.errors import ConfigurationError, FieldError, InvalidCommand, UnknownCommand
+from framework.storable import unstorable
 from framework.unit_of_work import UnitOfWork
 
 __all__ = ["MAX_STRING_LENGTH", "Command", "CommandRouter", "Handler", "field_errors"]
@@ -29,11 +30,27 @@ class Command(BaseModel):
     """Base class of commands: imperative names, typed and validated fields."""
 
     # Every string a client sends is bounded; a field that needs more declares its own max_length.
+    # Every value must also fit a store: see _refuse_unstorable.
     model_config = ConfigDict(frozen=True, extra="forbid", str_max_length=MAX_STRING_LENGTH)
 
     command_name: ClassVar[str]
     allowed_roles: ClassVar[frozenset[str]] = frozenset()
     """Roles that may send this command over the write API (empty: any authenticated caller)."""
+
+    @model_validator(mode="after")
+    def _refuse_unstorable(self) -> Self:
+        """Every value must fit a store, or the command is refused (422) before anything is written.
+
+        No NUL character (nor unpaired surrogate) in any string, no int outside the signed 64-bit
+        range, no Decimal beyond PostgreSQL numeric: checked everywhere inside the fields (list
+        items, dict keys and values, nested models, plain ones too), each bad value at its path.
+        An int field that declares its own ``ge``/``gt`` or ``le``/``lt`` keeps it on that side,
+        as a field's own ``max_length`` replaces ``MAX_STRING_LENGTH``. See ``framework.storable``.
+        """
+        errors = unstorable(self)
+        if errors:
+            raise ValidationError.from_exception_data(type(self).__name__, errors)
+        return self
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:

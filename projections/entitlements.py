@@ -20,10 +20,10 @@ class EntitlementRow(ReadModel):
     action_id: str
     account_number: str
     record_date: date
-    holding: int
-    cash_amount: Decimal | None
+    holding: int  # at most MAX_HOLDING (10**15): a bigint
+    cash_amount: Decimal | None  # a numeric: exact; commands refuse a Decimal it cannot hold
     currency: str | None
-    new_units: int | None
+    new_units: int | None  # at most MAX_SPLIT_RATIO times the holding (10**18): a bigint
     status: str
 
 

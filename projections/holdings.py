@@ -30,7 +30,7 @@ class Holding(ReadModel):
 
     account_number: str
     isin: str
-    quantity: int
+    quantity: int  # a bigint: an account refuses a credit that would take it above MAX_HOLDING (10**15)
 
 
 class HoldingMovement(ReadModel):
@@ -44,7 +44,7 @@ class HoldingMovement(ReadModel):
     isin: str
     position: int
     value_date: date
-    delta: int
+    delta: int  # both at most MAX_HOLDING: bigints (see example_app.accounts)
     balance: int
 
 

@@ -252,6 +252,30 @@ def test_a_broken_rule_is_422_with_a_reason(client: httpx.Client, write_api: Wri
     assert holding_by_replay(write_api.store, number, isin) == (10, 0)
 
 
+def test_what_a_read_model_cannot_hold_is_422_and_writes_nothing(client: httpx.Client, write_api: WriteApi) -> None:
+    isin = security(client)
+    number = account(client, isin, 10**15)  # MAX_HOLDING
+    head = write_api.store.head()
+
+    raw = b'{"account_number": "NUL-1", "holder_name": "Ann\\u0000"}'  # NUL, as JSON escapes it
+    response = client.post("/commands/OpenAccount", content=raw, headers={"content-type": "application/json"})
+    body = problem(response, 422, "invalid_command")
+    assert body["errors"] == [{"path": "/holder_name", "message": "must not contain NUL characters"}]
+
+    huge = announce_body(new_code("CA"), isin, terms={"kind": "stock_split", "new_units": 2**63, "old_units": 1})
+    body = problem(post(client, "AnnounceCorporateAction", huge), 422, "invalid_command")
+    assert body["errors"] == [{"path": "/terms/new_units", "message": "must be at most 9223372036854775807"}]
+
+    big = announce_body(new_code("CA"), isin, terms={"kind": "stock_split", "new_units": 2**62, "old_units": 1})
+    body = problem(post(client, "AnnounceCorporateAction", big), 422, "rule_violation")
+    assert body["reason"] == "split_ratio_out_of_range"
+
+    body = problem(post(client, "CreditHoldings", {"account_number": number, "isin": isin, "quantity": 1}),
+                   422, "rule_violation")
+    assert body["reason"] == "holding_limit_exceeded"
+    assert write_api.store.head() == head
+
+
 def test_a_wrong_method_is_405_problem(client: httpx.Client) -> None:
     response = client.get("/commands/OpenAccount")
     assert response.status_code == 405

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from example_app.accounts import Account, AccountOpened, SecuritiesCredited, SecuritiesDebited
+from example_app.accounts import MAX_HOLDING, Account, AccountOpened, SecuritiesCredited, SecuritiesDebited
 from example_app.commands import CreditHoldings, DebitHoldings, OpenAccount, TransferHoldings
 from example_app.handlers import router
 from example_app.securities import Security, SecurityRegistered
@@ -86,6 +86,23 @@ def test_quantities_must_be_positive(method: str, quantity: int) -> None:
     )
 
 
+def test_a_credit_up_to_the_holding_limit_is_allowed() -> None:
+    given(Account, OPENED, credited(MAX_HOLDING - 10)).when(lambda a: a.credit(APPLE, 10)).then(credited(10))
+
+
+def test_a_credit_beyond_the_holding_limit_is_refused() -> None:
+    # 10**15 units: far above any issue, and what keeps holdings, balances and a split's new units in a bigint.
+    given(Account, OPENED, credited(MAX_HOLDING - 10), credited(5, SAP)).when(
+        lambda a: a.credit(APPLE, 11)
+    ).then_raises(RuleViolation, match="exceed the limit of 1000000000000000 units", reason="holding_limit_exceeded")
+
+
+def test_the_holding_limit_is_per_security() -> None:
+    given(Account, OPENED, credited(MAX_HOLDING)).when(lambda a: a.credit(SAP, MAX_HOLDING)).then(
+        credited(MAX_HOLDING, SAP)
+    )
+
+
 def test_holdings_are_folded_per_isin_and_empty_ones_disappear() -> None:
     account = Account.from_events(
         Account.id_for("A-1"), [OPENED, credited(10), credited(5, SAP), debited(10), credited(2, SAP)]
@@ -151,6 +168,14 @@ def test_debit_command_never_makes_a_balance_negative() -> None:
     spec_with_accounts(credited(5)).when(
         DebitHoldings(account_number="A-1", isin=APPLE, quantity=6)
     ).then_raises(RuleViolation, reason="insufficient_holdings")
+
+
+def test_a_transfer_that_would_overfill_the_target_is_refused_and_debits_nothing() -> None:
+    spec = spec_with_accounts(credited(5))
+    spec.given(Account, Account.id_for("B-2"), credited(MAX_HOLDING - 4))
+    spec.when(TransferHoldings(from_account="A-1", to_account="B-2", isin=APPLE, quantity=5)).then_raises(
+        RuleViolation, reason="holding_limit_exceeded"
+    )
 
 
 def test_debit_from_an_unknown_account_raises_not_found() -> None:

@@ -16,6 +16,7 @@ from example_app.commands import (
     ValidateCorporateAction,
 )
 from example_app.corporate_actions import (
+    MAX_SPLIT_RATIO,
     ActionStatus,
     CashTerms,
     CorporateAction,
@@ -82,6 +83,22 @@ def test_announced_state() -> None:
 def test_payment_date_before_record_date_is_refused() -> None:
     given(CorporateAction).when(lambda _: announce(payment_date=date(2024, 6, 13))).then_raises(
         RuleViolation, match="before record date", reason="payment_before_record_date"
+    )
+
+
+def test_a_split_above_the_ratio_limit_is_refused() -> None:
+    # More than 1,000 new units per unit held: no real split, and new units would outgrow a bigint.
+    too_many = SplitTerms(kind="stock_split", new_units=MAX_SPLIT_RATIO * 3 + 1, old_units=3)
+    given(CorporateAction).when(lambda _: announce(terms=too_many)).then_raises(
+        RuleViolation, match="3001 for 3 gives more than 1000 new units", reason="split_ratio_out_of_range"
+    )
+
+
+@pytest.mark.parametrize(("new", "old"), [(MAX_SPLIT_RATIO, 1), (MAX_SPLIT_RATIO * 3, 3), (1, 2**62)])
+def test_a_split_up_to_the_ratio_limit_and_any_reverse_split_are_allowed(new: int, old: int) -> None:
+    terms = SplitTerms(kind="stock_split", new_units=new, old_units=old)
+    given(CorporateAction).when(lambda _: announce(terms=terms)).then(
+        ANNOUNCED.model_copy(update={"terms": terms})
     )
 
 
@@ -201,6 +218,25 @@ def test_announce_command_field_paths(changes: dict[str, Any], path: str) -> Non
     with pytest.raises(InvalidCommand) as caught:
         router.parse("AnnounceCorporateAction", announce_payload(**changes))
     assert [e.path for e in caught.value.errors] == [path]
+
+
+@pytest.mark.parametrize(
+    ("terms", "path"),
+    [
+        ({"kind": "stock_split", "new_units": 2**63, "old_units": 1}, "/terms/new_units"),
+        ({"kind": "stock_split", "new_units": 2, "old_units": 2**64}, "/terms/old_units"),
+    ],
+)
+def test_split_units_beyond_64_bits_are_refused_at_their_path(terms: dict[str, Any], path: str) -> None:
+    # SplitTerms is a plain model that only says gt=0: the command's 64-bit default bounds it above.
+    with pytest.raises(InvalidCommand) as caught:
+        router.parse("AnnounceCorporateAction", announce_payload(terms=terms))
+    assert [(e.path, e.message) for e in caught.value.errors] == [(path, "must be at most 9223372036854775807")]
+
+
+def test_a_huge_split_is_refused_by_the_rule_with_its_reason() -> None:
+    huge = announce_command(terms={"kind": "stock_split", "new_units": 2**63 - 1, "old_units": 1})
+    spec().when(huge).then_raises(RuleViolation, reason="split_ratio_out_of_range")
 
 
 def test_missing_fields_are_all_reported() -> None:

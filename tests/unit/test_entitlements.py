@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 
 import pytest
 
-from example_app.accounts import Account, AccountOpened
-from example_app.commands import NotifyDepositor, RecordEntitlements
+from example_app.accounts import MAX_HOLDING, Account, AccountOpened
+from example_app.commands import (
+    AnnounceCorporateAction,
+    CancelCorporateAction,
+    CreditHoldings,
+    NotifyDepositor,
+    OpenAccount,
+    RecordEntitlements,
+    RegisterSecurity,
+    ValidateCorporateAction,
+)
 from example_app.corporate_actions import (
+    MAX_SPLIT_RATIO,
     CashTerms,
     CorporateAction,
     CorporateActionAnnounced,
@@ -23,8 +33,15 @@ from example_app.corporate_actions import (
 )
 from example_app.handlers import router
 from example_app.notifications import DepositorNotified, Notification
-from framework import AggregateNotFound, AlreadyExists, Event, InvalidTransition
+from framework import AggregateNotFound, AlreadyExists, CommandBus, Event, InvalidTransition
+from framework.adapters.memory import MemoryEventStore
+from framework.adapters.memory_views import MemoryViewStore
+from framework.dispatcher import Dispatcher
+from framework.mapper import from_stored
+from framework.storable import INT64_MAX
 from framework.testing import CommandSpec, given
+from framework.worker import ProjectionWorker
+from projections.process import CorporateActionProcess
 
 from .domain import APPLE
 
@@ -60,6 +77,22 @@ def test_split_entitlements_are_the_new_units_due(new: int, old: int, holding: i
     terms = SplitTerms(kind="stock_split", new_units=new, old_units=old)
     (entitlement,) = action(terms).entitle({"A-1": holding})
     assert entitlement == Entitlement(account_number="A-1", holding=holding, new_units=units)
+
+
+def test_the_largest_split_of_the_largest_holding_fits_64_bits() -> None:
+    terms = SplitTerms(kind="stock_split", new_units=MAX_SPLIT_RATIO, old_units=1)
+    (entitlement,) = action(terms).entitle({"A-1": MAX_HOLDING})
+    assert entitlement.new_units == (MAX_SPLIT_RATIO - 1) * MAX_HOLDING
+    assert entitlement.new_units <= INT64_MAX
+    assert RecordEntitlements(action_id="CA-1", entitlements=[entitlement])  # the command takes it
+
+
+def test_cash_of_the_largest_amount_on_the_largest_holding_is_exact() -> None:
+    # 34 digits before rounding to the cent: the default decimal context (28) would fail to quantize it.
+    terms = CashTerms(kind="coupon", amount_per_unit=Decimal("999999999999.999999"), currency="EUR")
+    (entitlement,) = action(terms).entitle({"A-1": MAX_HOLDING})
+    assert entitlement.cash_amount == Decimal("999999999999999999000000000.00")
+    assert str(entitlement.cash_amount) == "999999999999999999000000000.00"
 
 
 def test_accounts_holding_nothing_are_not_entitled() -> None:
@@ -171,3 +204,38 @@ def test_one_notification_id_per_action_account_and_kind() -> None:
         for kind in ("entitlement", "cancellation")
     }
     assert len(ids) == 8
+
+
+def test_the_process_can_tell_depositors_the_longest_cancellation_reason() -> None:
+    """The process quotes the reason (up to 500 characters) after the action id (up to 64) in a
+    NotifyDepositor it builds itself: a message bounded like the reason would be refused in its
+    handler, and the process would stop at the cancellation."""
+    store = MemoryEventStore()
+    bus = CommandBus(router, store)
+    action_id, reason = "C" * 64, "r" * 500
+    record_date = date.today() + timedelta(days=30)
+    for command in [
+        RegisterSecurity(isin=APPLE, name="Apple", currency="USD"),
+        OpenAccount(account_number="A-1", holder_name="Ada"),
+        CreditHoldings(account_number="A-1", isin=APPLE, quantity=10),
+        AnnounceCorporateAction(action_id=action_id, isin=APPLE, record_date=record_date, terms=DIVIDEND),
+        ValidateCorporateAction(action_id=action_id),
+    ]:
+        bus.execute(command)
+    worker = ProjectionWorker(CorporateActionProcess(), MemoryViewStore(), store, bus)
+    dispatcher = Dispatcher(worker, bus)
+    _settle(worker, dispatcher, store)
+    bus.execute(CancelCorporateAction(action_id=action_id, reason=reason))
+    _settle(worker, dispatcher, store)
+
+    notices = [from_stored(n).event for n in store.read_all(0, 1_000)]
+    told = [(n.kind, n.message) for n in notices if isinstance(n, DepositorNotified)]
+    assert [kind for kind, _ in told] == ["entitlement", "cancellation"]
+    assert told[1][1] == f"Corporate action {action_id} was cancelled: {reason}"
+
+
+def _settle(worker: ProjectionWorker, dispatcher: Dispatcher, store: MemoryEventStore) -> None:
+    while True:
+        worker.apply(store.read_all(worker.position, 10_000))
+        if not dispatcher.run_once() and worker.position == store.head():
+            return

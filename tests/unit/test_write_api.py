@@ -271,6 +271,21 @@ def test_a_bad_term_is_422_under_the_terms_field(client: TestClient) -> None:
     assert error["path"] == "/terms/amount_per_unit"
 
 
+def test_a_nul_character_is_422_at_its_path_and_writes_nothing(client: TestClient, store: MemoryEventStore) -> None:
+    raw = b'{"account_number": "A-1", "holder_name": "Ann\\u0000"}'  # JSON's escape of NUL
+    body = problem(post_raw(client, "OpenAccount", raw), 422, "invalid_command")
+    assert body["errors"] == [{"path": "/holder_name", "message": "must not contain NUL characters"}]
+    assert store.head() == 0
+
+
+def test_an_int_beyond_64_bits_in_the_terms_is_422_at_its_path(client: TestClient) -> None:
+    seed(client)
+    payload = {"action_id": "CA-1", "isin": APPLE, "record_date": "2024-06-14",
+               "terms": {"kind": "stock_split", "new_units": 2**63, "old_units": 1}}
+    body = problem(post(client, "AnnounceCorporateAction", payload), 422, "invalid_command")
+    assert body["errors"] == [{"path": "/terms/new_units", "message": "must be at most 9223372036854775807"}]
+
+
 def test_a_rule_violation_is_422_with_its_reason(client: TestClient) -> None:
     seed(client)
     body = problem(post(client, "DebitHoldings", credit(1)), 422, "rule_violation")
