@@ -505,6 +505,9 @@ class _AckUntil:
     async def fetch_ahead(self, max_events: int, timeout: float) -> Any:
         return self._counted(await self._inner.fetch_ahead(max_events, timeout))
 
+    async def hand_back(self) -> None:
+        await self._inner.hand_back()
+
     def _counted(self, delivery: Any) -> Any:
         from framework.streaming import Delivery
 

@@ -220,5 +220,8 @@ class BreakingConsumer:
 
         return through_breaker
 
+    async def hand_back(self) -> None:
+        await self.consumer.hand_back()  # not through the breaker: it must be tried even when open
+
     async def close(self) -> None:
         await self.consumer.close()

@@ -263,7 +263,7 @@ async def _keep_lease(worker: ProjectionWorker, dispatcher: Dispatcher | None, o
         await _pause(active, lease.renew_seconds)
         if active.is_set():
             return
-        done = worker.handled + (dispatcher.dispatched if dispatcher is not None else 0)
+        done = worker.furthest + (dispatcher.dispatched if dispatcher is not None else 0)
         try:
             held = await asyncio.to_thread(worker.views.acquire_lease, worker.name, owner, lease.ttl_seconds,
                                            progressed=done != seen)
@@ -360,6 +360,8 @@ async def _run_active(worker: ProjectionWorker, consumer: EventConsumer, stop: a
                     delivery = await fetching
                 else:
                     delivery = await consumer.fetch(options.batch_size, options.fetch_seconds)
+                if lost.is_set():
+                    break  # what came after the lease was lost is the new owner's: handed back below
                 if delivery.notifications:
                     if fetch_ahead is not None and not stop.is_set():
                         ahead = asyncio.ensure_future(fetch_ahead(options.batch_size, options.fetch_seconds))
@@ -397,7 +399,17 @@ async def _run_active(worker: ProjectionWorker, consumer: EventConsumer, stop: a
             ahead.cancel()  # unacknowledged whatever it gets: delivered again
         raise
     await _settled(ahead)  # halted with a delivery fetched ahead: left unacknowledged
+    if lost.is_set():
+        await _handed_back(consumer, worker.name)
     return halted
+
+
+async def _handed_back(consumer: EventConsumer, name: str) -> None:
+    """Unacknowledged deliveries go to the new owner now, not after the bus's ack wait."""
+    try:
+        await consumer.hand_back()
+    except Exception as error:  # the ack wait returns them anyway
+        log.warning("projection %s: could not hand deliveries back: %s", name, _describe(error))
 
 
 def _record_error(worker: ProjectionWorker, owner: str, error: Exception) -> None:

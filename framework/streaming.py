@@ -55,5 +55,9 @@ class EventConsumer(Protocol):
     async def fetch(self, max_events: int, timeout: float) -> Delivery:
         """Up to ``max_events`` notifications; an empty delivery after ``timeout``."""
 
+    async def hand_back(self) -> None:
+        """Give every delivery not acknowledged back to the bus now (another worker of the same
+        durable consumer gets it next), rather than after the bus's acknowledgement wait."""
+
     async def close(self) -> None:
         ...

@@ -109,7 +109,8 @@ class ProjectionWorker:
         self.version = version or views.active_version(projector.name)
         views.ensure_tables(projector.name, self.version, projector.read_models)
         self.position = views.position(projector.name, self.version)
-        self.handled = 0  # events handled so far: a heartbeat reports progress when it moves
+        self.handled = 0  # events handled so far (a retried batch counts its events again)
+        self.furthest = 0  # the furthest position handled: a heartbeat reports progress when it moves
         self.on_outbox: Callable[[], None] | None = None  # called after a commit that issued commands
         if self.position == 0:  # from scratch: "no such row" needs no query while the cache knows them all
             views.cache_empty_tables(projector.name, self.version, projector.read_models)
@@ -289,7 +290,13 @@ class ProjectionWorker:
         batch.advance(notifications[-1].id, event_time, since=since)
 
     def _handle(self, batch: Batch, notification: Notification) -> datetime | None:
-        self.handled += 1  # progress, even inside a long batch (status: busy is not stalled)
+        recorded_at = self._handled_at(batch, notification)
+        # Progress even inside a long batch (busy is not stalled); trying the same event again is not.
+        self.handled += 1
+        self.furthest = max(self.furthest, notification.id)
+        return recorded_at
+
+    def _handled_at(self, batch: Batch, notification: Notification) -> datetime | None:
         if notification.topic not in self._names:
             return None  # not ours: only the position moves past it
         token = correlation_id.set(None)

@@ -206,6 +206,9 @@ class MemoryConsumer:
 
         return Delivery(batch, ack)
 
+    async def hand_back(self) -> None:
+        self._hand_back()
+
     def _hand_back(self) -> None:
         if self._outstanding is not None:
             self._outstanding = None

@@ -67,7 +67,7 @@ class _MemoryBatch(StagedBatch):
                 state,
                 position=self.position,
                 last_event_at=self.event_time or state.last_event_at,
-                updated_at=datetime.now(UTC),
+                updated_at=self._store._clock(),
             )
         for letter in self.letters:
             self._store._park(letter)
@@ -161,7 +161,9 @@ class MemoryViewStore:
     def set_state(self, name: str, version: int, state: str, error: str | None = None) -> None:
         with self._lock:
             found = self._versions[(name, version)]
-            found.state = replace(found.state, state=state, error=error, updated_at=datetime.now(UTC))
+            changed = found.state.state != state  # a new error in the same state is not progress
+            updated_at = self._clock() if changed else found.state.updated_at
+            found.state = replace(found.state, state=state, error=error, updated_at=updated_at)
 
     def states(self) -> list[ProjectionState]:
         with self._lock:
@@ -278,7 +280,7 @@ class MemoryViewStore:
 
     def _park(self, letter: DeadLetter) -> None:
         self._letters[self._next_letter] = replace(
-            letter, id=self._next_letter, failed_at=datetime.now(UTC)
+            letter, id=self._next_letter, failed_at=self._clock()
         )
         self._next_letter += 1
 

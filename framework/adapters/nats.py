@@ -681,6 +681,9 @@ class JetStreamConsumer:
         except _NATS_ERRORS as error:
             raise _unavailable(action, error) from error
 
+    async def hand_back(self) -> None:
+        await self._return_unacked()
+
     async def _return_unacked(self) -> None:
         """NAK an unacknowledged delivery so it comes first in the next fetch (ack_wait covers failures)."""
         deliveries, self._unacked = self._unacked, []

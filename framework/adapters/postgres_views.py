@@ -85,6 +85,10 @@ WHERE l.owner = excluded.owner OR l.expires_at < clock_timestamp()
 RETURNING owner
 """
 
+# A new state is news; a new error message in the same state (another failed retry) is not progress.
+_SET_STATE = ("state = %(state)s, error = %(error)s,"
+              " updated_at = CASE WHEN state = %(state)s THEN updated_at ELSE now() END")
+
 
 class _Tables:
     """Names and statements of one projection version's tables."""
@@ -481,10 +485,11 @@ class PostgresViewStore:
     def set_state_if_owner(self, name: str, version: int, owner: str, state: str, error: str | None = None) -> bool:
         with self._connection() as conn:
             return conn.execute(sql.SQL(
-                "UPDATE {} SET state = %s, error = %s, updated_at = now() WHERE name = %s AND version = %s"
-                " AND EXISTS (SELECT FROM {} WHERE name = %s AND owner = %s)").format(
+                "UPDATE {} SET " + _SET_STATE + " WHERE name = %(name)s AND version = %(version)s"
+                " AND EXISTS (SELECT FROM {} WHERE name = %(name)s AND owner = %(owner)s)").format(
                 self._table("eventfold_projection_positions"), self._table("eventfold_projection_leases")),
-                (state, _text(error) if error else None, name, version, name, owner)).rowcount == 1
+                {"state": state, "error": _text(error) if error else None, "name": name, "version": version,
+                 "owner": owner}).rowcount == 1
 
     def leases(self) -> list[LeaseState]:
         with self._connection() as conn:
@@ -494,10 +499,10 @@ class PostgresViewStore:
 
     def set_state(self, name: str, version: int, state: str, error: str | None = None) -> None:
         with self._connection() as conn:
-            conn.execute(sql.SQL("UPDATE {} SET state = %s, error = %s, updated_at = now()"
-                                 " WHERE name = %s AND version = %s").format(
-                self._table("eventfold_projection_positions")), (state, _text(error) if error else None, name,
-                                                                 version))
+            conn.execute(sql.SQL("UPDATE {} SET " + _SET_STATE
+                                 + " WHERE name = %(name)s AND version = %(version)s").format(
+                self._table("eventfold_projection_positions")),
+                {"state": state, "error": _text(error) if error else None, "name": name, "version": version})
 
     def states(self) -> list[ProjectionState]:
         with self._connection() as conn:

@@ -6,6 +6,7 @@ a fresh, schema-created store; every test below then runs against it.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -185,6 +186,25 @@ class ViewStoreConformance:
         ready.set_state(NAME, 1, "halted", "position 3: boom")
         (state,) = [s for s in ready.states() if s.name == NAME]
         assert (state.version, state.state, state.error) == (1, "halted", "position 3: boom")
+
+    def test_a_new_error_in_the_same_state_is_not_progress(self, ready: ViewStore) -> None:
+        """``updated_at`` moves when the state changes, not when a retry only rewrites the error
+        (status counts ``updated_at`` as progress: a projection retrying forever must go ``stalled``)."""
+
+        def updated_at() -> object:
+            return next(s.updated_at for s in ready.states() if s.name == NAME)
+
+        ready.set_state(NAME, 1, "running")
+        started = updated_at()
+        assert started is not None
+        time.sleep(0.002)  # a clock that could tell the writes apart
+        ready.set_state(NAME, 1, "running", "will retry position 2")
+        assert updated_at() == started
+        assert ready.acquire_lease(NAME, "w", 60)
+        ready.set_state_if_owner(NAME, 1, "w", "running", "will retry position 2 (again)")
+        assert updated_at() == started
+        ready.set_state(NAME, 1, "halted", "position 2: boom")
+        assert updated_at() != started
 
     def test_drop_tables_forgets_a_version(self, ready: ViewStore) -> None:
         ready.ensure_tables(NAME, 2, [Row])

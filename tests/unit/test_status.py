@@ -287,9 +287,6 @@ class Stuck(Ticks):
         super().ticked(event, context)
 
 
-@pytest.mark.xfail(strict=True, reason="framework/worker.py ProjectionWorker._handle counts every attempt in "
-                   "`handled` (failed retries too) and framework/runner.py _keep_lease reports that as progress, "
-                   "so a projection retrying one event forever is never `stalled`")
 def test_a_projection_retrying_one_event_forever_is_stalled(clock: Clock) -> None:
     """Trying the same event again is not progress: a minute (clock) of retries with the position
     stuck while behind is ``stalled``, as a worker that tries nothing would be."""
@@ -452,10 +449,6 @@ def test_the_runner_of_a_lost_lease_stands_by_and_its_stop_leaves_the_new_owner_
     assert status_of(store, views, "ticks").state == "stopped" and owners() == []
 
 
-@pytest.mark.xfail(strict=True, reason="framework/runner.py _run_active: a delivery its fetch returns after "
-                   "_keep_lease set `lost` (and `active`) is still applied (worker.apply), so a worker that knows "
-                   "it lost the lease applies one more batch beside the new owner (a fix must hand the delivery "
-                   "back to the bus, not just skip it, or it waits for the ack timeout)")
 def test_a_worker_that_knows_it_lost_the_lease_applies_nothing_more(
     clock: Clock, caplog: pytest.LogCaptureFixture,
 ) -> None:
