@@ -29,7 +29,8 @@ from example_app.corporate_actions import (
     EntitlementsCalculated,
     Terms,
 )
-from framework.projector import HandlerContext, ProcessManager, on
+from framework.errors import RuleViolation
+from framework.projector import HandlerContext, ProcessManager, Refusal, on
 from framework.readmodel import ReadModel
 
 __all__ = ["CorporateActionProcess"]
@@ -120,7 +121,7 @@ class CorporateActionProcess(ProcessManager):
         terms_holder = CorporateAction.blank(CorporateAction.id_for(action.action_id))
         terms_holder.terms = _TERMS.validate_python(action.terms)
         entitlements = terms_holder.entitle(holdings)
-        # Refused if the action was cancelled meanwhile: then nobody is told of entitlements.
+        # Refused if the action was cancelled meanwhile: then nobody is told of entitlements (on_refused).
         context.issue(RecordEntitlements(action_id=action.action_id, entitlements=entitlements),
                       discriminator="entitlements")
 
@@ -142,6 +143,12 @@ class CorporateActionProcess(ProcessManager):
                 kind="cancellation",
                 message=f"Corporate action {event.action_id} was cancelled: {event.reason}",
             ), discriminator=f"cancel:{entitled.account_number}", ordering_key=entitled.account_number)
+
+    def on_refused(self, refusal: Refusal, context: HandlerContext) -> bool:
+        """Entitlements refused because the action was cancelled first are business as usual: nobody
+        was told of them, so there is nothing to withdraw. Anything else is parked for an operator."""
+        return (isinstance(refusal.command, RecordEntitlements) and isinstance(refusal.error, RuleViolation)
+                and refusal.error.reason == "action_cancelled")
 
     @staticmethod
     def _holdings_at(context: HandlerContext, isin: str, record_date: date) -> dict[str, int]:

@@ -33,13 +33,15 @@ from example_app.corporate_actions import (
 )
 from example_app.handlers import router
 from example_app.notifications import DepositorNotified, Notification
-from framework import AggregateNotFound, AlreadyExists, CommandBus, Event, InvalidTransition
+from framework import AggregateNotFound, AlreadyExists, CommandBus, CommandRejected, Event, InvalidTransition
 from framework.adapters.memory import MemoryEventStore
 from framework.adapters.memory_views import MemoryViewStore
 from framework.dispatcher import Dispatcher
 from framework.mapper import from_stored
+from framework.projector import HandlerContext, Refusal
 from framework.storable import INT64_MAX
 from framework.testing import CommandSpec, given
+from framework.views import OutboxStats
 from framework.worker import ProjectionWorker
 from projections.process import CorporateActionProcess
 
@@ -239,3 +241,54 @@ def _settle(worker: ProjectionWorker, dispatcher: Dispatcher, store: MemoryEvent
         worker.apply(store.read_all(worker.position, 10_000))
         if not dispatcher.run_once() and worker.position == store.head():
             return
+
+
+def _validated_action(bus: CommandBus, action_id: str) -> None:
+    for command in [
+        RegisterSecurity(isin=APPLE, name="Apple", currency="USD"),
+        OpenAccount(account_number="A-1", holder_name="Ada"),
+        CreditHoldings(account_number="A-1", isin=APPLE, quantity=10),
+        AnnounceCorporateAction(action_id=action_id, isin=APPLE, record_date=date.today() + timedelta(days=30),
+                                terms=DIVIDEND),
+        ValidateCorporateAction(action_id=action_id),
+    ]:
+        bus.execute(command)
+
+
+def test_entitlements_of_an_action_cancelled_before_the_process_saw_it_are_not_a_dead_letter() -> None:
+    """Validated, then cancelled before the process ran its RecordEntitlements: the refusal
+    (``action_cancelled``) is business as usual, handled by ``on_refused``: nothing parked, nobody told."""
+    store, views = MemoryEventStore(), MemoryViewStore()
+    bus = CommandBus(router, store)
+    _validated_action(bus, "CA-9")
+    worker = ProjectionWorker(CorporateActionProcess(), views, store, bus)
+    worker.apply(store.read_all(0, 1_000))  # RecordEntitlements is in the outbox, not sent yet
+    assert views.outbox_stats()[CorporateActionProcess.name].pending == 1
+    bus.execute(CancelCorporateAction(action_id="CA-9", reason="withdrawn"))
+    _settle(worker, Dispatcher(worker, bus), store)
+
+    events = [from_stored(n).event for n in store.read_all(0, 1_000)]
+    assert not [e for e in events if isinstance(e, EntitlementsCalculated | DepositorNotified)]
+    assert views.dead_letters() == []
+    assert views.outbox_stats().get(CorporateActionProcess.name, OutboxStats()).pending == 0
+
+
+
+@pytest.mark.parametrize(("command", "error", "handled"), [
+    (RecordEntitlements(action_id="CA-1", entitlements=[]),
+     InvalidTransition("cannot calculate entitlements of corporate action CA-1: it is cancelled",
+                       reason="action_cancelled"), True),
+    (RecordEntitlements(action_id="CA-1", entitlements=[]),
+     InvalidTransition("entitlements of CA-1 are already calculated", reason="already_calculated"), False),
+    (NotifyDepositor(account_number="A-1", action_id="CA-1", kind="entitlement", message="m"),
+     InvalidTransition("cancelled", reason="action_cancelled"), False),
+    (NotifyDepositor(account_number="A-1", action_id="CA-1", kind="entitlement", message="m"),
+     AggregateNotFound("Account A-1 does not exist"), False),
+    (None, InvalidTransition("cancelled", reason="action_cancelled"), False),
+])
+def test_only_the_cancellation_race_is_handled_anything_else_is_parked(
+    command: RecordEntitlements | NotifyDepositor | None, error: CommandRejected, handled: bool,
+) -> None:
+    refusal = Refusal(command=command, error=error, idempotency_key="k")
+    context = HandlerContext(envelope=None, views=None)  # type: ignore[arg-type]  # not looked at
+    assert CorporateActionProcess().on_refused(refusal, context) is handled
