@@ -241,7 +241,7 @@ class ProjectionWorker:
         (this one stood by, lost its lease, or lost a commit's compare-and-set) are forgotten."""
         self.views.forget_cached(self.name, self.version)
         self.version = self.views.active_version(self.name) if self._follow_active else self.version
-        self.position = self.views.position(self.name, self.version)
+        self.position = self.furthest = self.views.position(self.name, self.version)
         if self.position == 0:
             self.views.cache_empty_tables(self.name, self.version, self.projector.read_models)
 

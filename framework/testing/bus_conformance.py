@@ -353,6 +353,23 @@ class BusConformance:
 
         self.run(harness, scenario)
 
+    def test_a_handed_back_delivery_goes_to_another_consumer_at_once(self, harness: BusHarness) -> None:
+        """A worker that lost its projection's lease stays up but hands its deliveries back: the new
+        owner gets them now, not after the bus's acknowledgement wait."""
+
+        async def scenario(s: BusSession) -> None:
+            publisher, name = await s.publisher(), self.durable()
+            await publisher.publish(notifications(range(1, 9)))
+            old = await s.consumer(name)
+            unacked = await _first_delivery(old, 4, self.fetch_timeout)
+            assert _ids(unacked.notifications) == [1, 2, 3, 4]
+            await old.hand_back()  # the old consumer stays open
+            await unacked.ack()  # stale: handed back, so it acknowledges nothing
+            new = await s.consumer(name)
+            assert _ids(await drain(new, 8, timeout=self.fetch_timeout)) == list(range(1, 9))
+
+        self.run(harness, scenario)
+
 
 async def _first_delivery(consumer: EventConsumer, max_events: int, timeout: float) -> Delivery:
     """The first non-empty delivery within ``timeout`` (unacknowledged)."""
