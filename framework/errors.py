@@ -16,6 +16,7 @@ HTTP and GraphQL layers expose to clients.
     │   ├── ConcurrencyConflict    retries exhausted on concurrent writes
     │   ├── IdempotencyKeyInFlight
     │   └── IdempotencyKeyReused   same key, different request
+    ├── MalformedJson              a command's body is not JSON we accept (duplicate keys, not UTF-8, ...)
     ├── StoreUnavailable           the event store cannot be reached
     ├── EventSchemaError           a stored event cannot be read back as its type
     ├── RowRejected                the read-model database refused a batch's rows (a value it cannot hold)
@@ -49,6 +50,7 @@ __all__ = [
     "InvalidCommand",
     "InvalidTransition",
     "KeysUnavailable",
+    "MalformedJson",
     "RateLimited",
     "RowRejected",
     "RuleViolation",
@@ -94,6 +96,13 @@ class InvalidCommand(CommandRejected):
     def __init__(self, message: str, errors: Sequence[FieldError] = ()) -> None:
         super().__init__(message)
         self.errors = tuple(errors)
+
+
+class MalformedJson(EventfoldError):
+    """A command's body is not the JSON the write API takes: not UTF-8, a byte order mark, a syntax
+    error, NaN or Infinity, a key twice in one object (400)."""
+
+    code = "malformed_json"
 
 
 class AggregateNotFound(CommandRejected):
