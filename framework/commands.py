@@ -128,8 +128,7 @@ class CommandRouter:
         except ValidationError as e:
             invalid_json = [d for d in e.errors(include_url=False) if d["type"] == "json_invalid"]
             if invalid_json:  # what json accepts and pydantic's parser does not: an unpaired surrogate, deep nesting
-                reason = invalid_json[0]["msg"].removeprefix("Invalid JSON: ")
-                raise MalformedJson(f"the body is not valid JSON: {reason}") from None
+                raise MalformedJson(f"the body is not valid JSON: {_jiter_reason(invalid_json[0]['msg'])}") from None
             raise InvalidCommand(f"{name} is not valid", field_errors(e, payload)) from None
 
 
@@ -162,6 +161,15 @@ def decode_json(body: bytes) -> Any:
         raise MalformedJson(f"the body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except (ValueError, RecursionError) as e:  # a duplicate key, a constant, a number too long, too deep
         raise MalformedJson(f"the body is not valid JSON: {str(e) or 'it is nested too deeply'}") from None
+
+
+def _jiter_reason(message: str) -> str:
+    """pydantic's JSON error in our words where its own are cryptic."""
+    reason = message.removeprefix("Invalid JSON: ")
+    what, at, where = reason.partition(" at line ")
+    if "surrogate" in what or "hex escape" in what:  # json.loads took the escape: it can only be a lone surrogate
+        return f"a \\u escape is an unpaired surrogate (not Unicode){at}{where}"
+    return reason
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

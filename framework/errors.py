@@ -142,9 +142,17 @@ class IdempotencyKeyReused(CommandRejected):
 
 
 class Unavailable(EventfoldError):
-    """A dependency is down or its circuit breaker is open: retry later (HTTP 503 with Retry-After)."""
+    """A dependency is down or its circuit breaker is open: retry later (HTTP 503 with Retry-After).
+
+    Its message usually quotes a driver (hosts, internals): clients get a fixed wording instead
+    (``framework.http.problems``), unless ``public`` says the message is safe to show as it is.
+    """
 
     code = "unavailable"
+
+    def __init__(self, message: str, *, public: bool = False) -> None:
+        super().__init__(message)
+        self.public = public
 
 
 class StoreUnavailable(Unavailable):

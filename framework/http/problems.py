@@ -102,7 +102,7 @@ def problem_for(error: EventfoldError, *, retry_after: int) -> JSONResponse:
 
 def public_detail(error: EventfoldError) -> str:
     """The ``detail`` a client gets: the error's message, except where it would tell how the server is built."""
-    if isinstance(error, Unavailable):
+    if isinstance(error, Unavailable) and not error.public:
         return next(detail for kind, detail in _UNAVAILABLE if isinstance(error, kind))
     if not any(isinstance(error, kind) for kind, _, _ in _STATUS):
         return "the server could not process the request"

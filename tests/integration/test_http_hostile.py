@@ -98,7 +98,8 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliServer]:
 @pytest.fixture
 def custody(write_api: CliServer, issuer: Issuer) -> Iterator[httpx.Client]:
     """A client with a `custody` token; every response is checked for leaked tracebacks."""
-    with _client(write_api.base_url, issuer.bearer("custodian", roles=["custody", "registrar", "corporate-actions"])) as client:
+    token = issuer.bearer("custodian", roles=["custody", "registrar", "corporate-actions"])
+    with _client(write_api.base_url, token) as client:
         yield client
 
 
@@ -136,8 +137,8 @@ def test_a_nul_character_and_a_4001_digit_number_are_422_at_their_paths(
     custody: httpx.Client, issuer: Issuer, write_api: CliServer, checker: PostgresEventStore
 ) -> None:
     head = checker.head()
-    body = problem(custody.post("/commands/OpenAccount",
-                                json={"account_number": new_code("H"), "holder_name": "Ann\u0000"}), 422, "invalid_command")
+    opening = {"account_number": new_code("H"), "holder_name": "Ann\u0000"}
+    body = problem(custody.post("/commands/OpenAccount", json=opening), 422, "invalid_command")
     assert [e["path"] for e in body["errors"]] == ["/holder_name"], body
     split = {"action_id": new_code("CA"), "isin": new_isin(), "record_date": "2026-06-30",
              "terms": {"kind": "stock_split", "new_units": int("9" * 4001), "old_units": 1}}
@@ -192,8 +193,8 @@ def test_duplicate_keys_are_refused(custody: httpx.Client, checker: PostgresEven
     body = problem(custody.post("/commands/CreditHoldings", content=raw, headers={"content-type": "application/json"}),
                    400, "malformed_json")
     assert "quantity" in body["detail"], body
-    nested = ('{"action_id": "CA-dup", "isin": "%s", "record_date": "2026-06-30", '
-              '"terms": {"kind": "coupon", "kind": "stock_split", "new_units": 2, "old_units": 1}}' % isin)
+    nested = ('{"action_id": "CA-dup", "isin": "' + isin + '", "record_date": "2026-06-30", '
+              '"terms": {"kind": "coupon", "kind": "stock_split", "new_units": 2, "old_units": 1}}')
     problem(custody.post("/commands/AnnounceCorporateAction", content=nested,
                          headers={"content-type": "application/json"}), 400, "malformed_json")
     assert checker.head() == head
@@ -269,13 +270,15 @@ def test_the_write_api_echoes_the_correlation_id_on_every_response(
     sent = {
         200: lambda h: custody.post("/commands/OpenAccount", json={**opening, "account_number": new_code("H")},
                                     headers=h),
-        400: lambda h: custody.post("/commands/OpenAccount", content=b"{", headers={**h, "content-type": "application/json"}),
+        400: lambda h: custody.post("/commands/OpenAccount", content=b"{",
+                                    headers={**h, "content-type": "application/json"}),
         401: lambda h: anonymous.post("/commands/OpenAccount", json=opening, headers=h),
         403: lambda h: ops.post("/commands/OpenAccount", json=opening, headers=h),
         404: lambda h: custody.post("/commands/LaunchRocket", json={}, headers=h),
         405: lambda h: custody.get("/commands/OpenAccount", headers=h),
         413: lambda h: custody.post("/commands/OpenAccount", json={"holder_name": "x" * 20_000}, headers=h),
-        415: lambda h: custody.post("/commands/OpenAccount", content=b"{}", headers={**h, "content-type": "text/plain"}),
+        415: lambda h: custody.post("/commands/OpenAccount", content=b"{}",
+                                    headers={**h, "content-type": "text/plain"}),
         422: lambda h: custody.post("/commands/OpenAccount", json={"quantity": True}, headers=h),
     }
     with anonymous, hasty, ops:

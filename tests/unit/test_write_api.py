@@ -397,6 +397,31 @@ def test_store_unavailable_is_503_with_retry_after() -> None:
     assert response.headers["retry-after"] == "7"
 
 
+class DriverDownStore(DownStore):
+    def append(self, events: Any, completion: IdempotencyCompletion | None = None) -> list[int]:
+        raise StoreUnavailable("the PostgreSQL event store is unavailable (connection to db.internal:5432 refused)")
+
+
+def test_a_503_names_the_dependency_in_our_words_and_logs_the_why(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING), make_client(store=DriverDownStore()) as client:
+        response = post(client, "RegisterSecurity", APPLE_SECURITY)
+    assert problem(response, 503, "store_unavailable")["detail"] == "the event store is unavailable; retry later"
+    assert "db.internal" not in response.text
+    assert "db.internal:5432 refused" in caplog.text
+
+
+def test_a_failing_readiness_check_says_unavailable_not_why(caplog: pytest.LogCaptureFixture) -> None:
+    class Unready(DriverDownStore):
+        def head(self) -> int:
+            raise StoreUnavailable("terminating connection due to administrator command")
+
+    with caplog.at_level(logging.WARNING), make_client(store=Unready()) as client:
+        response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["checks"] == {"event_store": "unavailable"}
+    assert "administrator" in caplog.text and "administrator" not in response.text
+
+
 @pytest.mark.parametrize(
     "error",
     [
@@ -420,6 +445,15 @@ def test_an_unexpected_exception_is_a_generic_500(
     }
     assert "secret-detail" not in response.text and "hunter2" not in response.text
     assert "secret-detail" in caplog.text  # ...but the operator's log has it
+
+
+def test_an_unexpected_exception_is_logged_once_with_the_correlation_id(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.ERROR), make_client(exploding_router(lambda: RuntimeError("boom"))) as client:
+        response = post(client, "Explode", Explode(note="boom").model_dump(), **{"X-Correlation-ID": "corr-500"})
+    problem(response, 500, "internal_error")
+    assert response.headers["x-correlation-id"] == "corr-500"
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info is not None, [r.getMessage() for r in errors]
 
 
 def test_a_framework_error_without_a_status_is_a_generic_500() -> None:
