@@ -76,6 +76,10 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     max_body_bytes: int = 1_048_576
+    max_header_bytes: int = 32_768  # the request line and headers together (write-api, query-api, dev)
+    header_timeout_seconds: float = 10.0  # to receive a request's line and headers
+    body_timeout_seconds: float = 30.0  # to receive its body, once the headers are in
+    max_connections: int = 1_000  # open at once; a request beyond is answered 503
     command_max_attempts: int = 5
     idempotency_lease_seconds: float = 60.0
     retry_after_seconds: int = 1
@@ -118,6 +122,14 @@ class Settings:
             host=read.text("HOST", defaults.host) or defaults.host,
             port=read.number("PORT", int, defaults.port, minimum=0, maximum=65535),
             max_body_bytes=read.number("MAX_BODY_BYTES", int, defaults.max_body_bytes, minimum=1),
+            max_header_bytes=read.number("MAX_HEADER_BYTES", int, defaults.max_header_bytes, minimum=1024),
+            header_timeout_seconds=read.number(
+                "HEADER_TIMEOUT_SECONDS", float, defaults.header_timeout_seconds, minimum=0.1, maximum=3600
+            ),
+            body_timeout_seconds=read.number(
+                "BODY_TIMEOUT_SECONDS", float, defaults.body_timeout_seconds, minimum=0.1, maximum=3600
+            ),
+            max_connections=read.number("MAX_CONNECTIONS", int, defaults.max_connections, minimum=1),
             command_max_attempts=read.number(
                 "COMMAND_MAX_ATTEMPTS", int, defaults.command_max_attempts, minimum=1
             ),

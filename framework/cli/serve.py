@@ -61,6 +61,7 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
     from framework.adapters.memory_bus import MemoryBus, MemoryConsumer, MemoryPublisher
     from framework.adapters.memory_views import MemoryViewStore
     from framework.graphql.app import query_routes
+    from framework.http.edge import EdgeApp
     from framework.http.write_api import create_write_app
     from framework.metrics import Metrics
     from framework.runner import run_projection, run_relay, worker_identity
@@ -105,7 +106,8 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
     routes = [*query_routes(graphql, views, store, options=_query_options(embedded), metrics=metrics,
                             authenticator=auth, tracer=tracer),
               Mount("/", app=write_app)]
-    app = Starlette(routes=routes, lifespan=background)
+    app = EdgeApp(routes=routes, lifespan=background)
+    app.router.redirect_slashes = False  # a redirect would be built from the Host header a client sent
     return _serve(embedded, app, args, store.close)
 
 
@@ -220,12 +222,18 @@ def run_init_db(settings: Settings, _: argparse.Namespace) -> int:
 def _serve(settings: Settings, app: Any, args: argparse.Namespace, close: Callable[[], None]) -> int:
     import uvicorn
 
+    from framework.http.server import ServerLimits, uvicorn_options
+
+    limits = ServerLimits(max_header_bytes=settings.max_header_bytes,
+                          header_timeout_seconds=settings.header_timeout_seconds,
+                          body_timeout_seconds=settings.body_timeout_seconds,
+                          max_connections=settings.max_connections)
     log.info("listening on http://%s:%d", settings.host, settings.port)
     try:
         # JSON logs: uvicorn's records go through the root handler too (one format on stderr).
         log_config: Any = None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG
         uvicorn.run(app, host=settings.host, port=settings.port, access_log=args.access_log,
-                    log_level="info", log_config=log_config)
+                    log_level="info", log_config=log_config, **uvicorn_options(limits))
     finally:
         close()
     return 0

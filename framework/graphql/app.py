@@ -57,6 +57,7 @@ from strawberry.types import ExecutionResult
 from framework.breaker import CircuitBreaker
 from framework.errors import EventfoldError, Unauthenticated, Unavailable
 from framework.graphql.tracing import tracing_extensions
+from framework.http.edge import EdgeApp
 from framework.http.health import Check, metrics_route, projections_check, ready_route, store_check, views_check
 from framework.metrics import Metrics
 from framework.query import InvalidQuery
@@ -496,7 +497,7 @@ def create_query_app(
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    return Starlette(routes=[
+    return EdgeApp(routes=[  # correlation ids on every response (framework.http.edge)
         *query_routes(spec, views, store, options=options, metrics=metrics, authenticator=authenticator,
                       breaker=breaker, tracer=tracer),
         Route("/healthz", healthz),
