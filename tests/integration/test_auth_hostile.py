@@ -47,7 +47,7 @@ FIXED_DETAILS = {
     NOT_VERIFIED,
 }
 INVALID_TOKEN = 'Bearer error="invalid_token"'
-HMAC_SECRET = "a-shared-secret-of-at-least-32-bytes!"
+HMAC_SECRET = "a-shared-secret-long-enough-for-hs512-" + "x" * 27  # 64 bytes
 KID = "k1"
 
 
@@ -419,8 +419,10 @@ def distributed(tmp_path: Path, **variables: str) -> list[str]:
     script = Path(__file__).resolve().parents[2] / "scripts" / "distributed.sh"
     shutil.copy(script, root / "scripts" / "distributed.sh")
     recorder = root / ".venv" / "bin" / "eventfold"
-    recorder.write_text('#!/usr/bin/env bash\necho "$1 roles=${EVENTFOLD_ANONYMOUS_ROLES-unset} '
-                        'allow=${EVENTFOLD_ALLOW_ANONYMOUS-unset}" >> "$RECORD"\n')
+    recorder.write_text(  # a role stays up until all four have recorded: the script stops them all when one ends
+        '#!/usr/bin/env bash\necho "$1 roles=${EVENTFOLD_ANONYMOUS_ROLES-unset} '
+        'allow=${EVENTFOLD_ALLOW_ANONYMOUS-unset}" >> "$RECORD"\n[ "$1" = init-db ] && exit 0\n'
+        'for _ in $(seq 200); do [ "$(wc -l < "$RECORD")" -ge 5 ] && exit 0; sleep 0.05; done\n')
     recorder.chmod(0o755)
     record = tmp_path / "record.txt"
     env = clean_env(EVENTFOLD_DATABASE_URL="postgresql://x@127.0.0.1/x", EVENTFOLD_NATS_URL="nats://127.0.0.1:1",
@@ -437,8 +439,12 @@ def distributed(tmp_path: Path, **variables: str) -> list[str]:
 def test_distributed_sh_opens_the_roles_only_when_no_key_is_set(tmp_path: Path, keys: Keys) -> None:
     with_key = distributed(tmp_path / "a", EVENTFOLD_JWKS_FILE=str(keys.rsa_jwks))
     assert all(line.endswith("roles=unset allow=unset") for line in with_key), with_key
+    assert len(with_key) == 5, with_key
     without = distributed(tmp_path / "b")
-    assert any(line.startswith("write-api roles=* allow=unset") for line in without), without
+    assert without == sorted(f"{role} roles=* allow=unset" for role in ROLES), without
+
+
+ROLES = ("init-db", "write-api", "relay", "project", "query-api")
 
 
 # --- row 9: failed authentication and request rates -----------------------------------------------------
