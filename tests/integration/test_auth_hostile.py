@@ -31,9 +31,19 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from http_helpers import TRACEBACK_MARKERS, new_code, new_isin
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
-from support.http import CliServer, clean_env, eventfold_executable
+from support.http import CliServer, ServerThread, clean_env, eventfold_executable
 from support.postgres import PgDatabase, free_port
 from support.tokens import AUDIENCE, ISSUER, new_key
+
+from example_app.app import build_router
+from framework.adapters.memory import MemoryEventStore
+from framework.adapters.memory_views import MemoryViewStore
+from framework.bus import CommandBus
+from framework.graphql import QueryApiOptions, create_query_app
+from framework.http.auth import JwtAuthenticator, JwtSettings
+from framework.http.write_api import WriteApiOptions, create_write_app
+from framework.security import Principal
+from projections.graphql import build_graphql
 
 # The only details a 401 may carry: our words, never the token library's.
 NOT_VERIFIED = "the bearer token could not be verified"
@@ -194,7 +204,7 @@ def stopped_cleanly(server: CliServer) -> str:
     return log
 
 
-def call(server: CliServer, endpoint: Endpoint, headers: dict[str, str], *, command: str = "OpenAccount",
+def call(server: CliServer | ServerThread, endpoint: Endpoint, headers: dict[str, str], *, command: str = "OpenAccount",
          query: str = "{ projections { name } }") -> httpx.Response:
     """A command (OpenAccount needs `custody`, RegisterSecurity `registrar`) or a GraphQL query."""
     if endpoint.kind == "graphql":
@@ -478,3 +488,38 @@ def test_graphql_limits_requests_per_client_like_the_write_api(serve: Any, keys:
     patient = bearer(signed(keys.rsa, "RS256", claims("patient", roles=("ops",))))
     assert field_errors(call(server, endpoint, patient)) == []  # buckets are per client
     stopped_cleanly(server)
+
+
+# --- the failed-authentication limit comes before verification --------------------------------------------
+
+class CountingAuthenticator:
+    """A real JWT authenticator that counts the tokens it was asked to verify."""
+
+    def __init__(self, keys: Keys) -> None:
+        self.calls = 0
+        self._inner = JwtAuthenticator(JwtSettings(jwks_file=str(keys.rsa_jwks), issuer=ISSUER, audience=AUDIENCE))
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        self.calls += 1
+        return self._inner.authenticate(authorization)
+
+
+def in_process_app(kind: str, authenticator: CountingAuthenticator) -> Any:
+    if kind == "graphql":
+        options = QueryApiOptions(auth_failures_per_minute=3)
+        return create_query_app(build_graphql(), MemoryViewStore(), options=options, authenticator=authenticator)
+    bus = CommandBus(build_router(), MemoryEventStore())
+    return create_write_app(bus, WriteApiOptions(auth_failures_per_minute=3), authenticator=authenticator)
+
+
+@pytest.mark.parametrize("kind", ["commands", "graphql"])
+def test_once_an_address_is_over_its_failures_no_token_from_it_is_verified(keys: Keys, kind: str) -> None:
+    authenticator = CountingAuthenticator(keys)
+    endpoint = Endpoint("in-process", kind)
+    with ServerThread(in_process_app(kind, authenticator)) as server:
+        forged_token = bearer(unverifiable(keys)["es256-header-on-rsa-kid"])
+        statuses = [call(server, endpoint, forged_token).status_code for _ in range(10)]
+        assert statuses == [401] * 3 + [429] * 7, statuses
+        valid = bearer(signed(keys.rsa, "RS256", claims(roles=("custody", "ops"))))
+        assert call(server, endpoint, valid).status_code == 429
+    assert authenticator.calls == 3  # the refused ones cost no signature check and no key lookup
