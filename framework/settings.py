@@ -89,11 +89,13 @@ class Settings:
     jwks_file: str | None = None
     jwks_url: str | None = None
     jwt_key: str | None = None
-    jwt_algorithms: tuple[str, ...] = ("RS256", "ES256")
+    jwt_algorithms: tuple[str, ...] = ()  # empty: those of the configured keys' types
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
-    allow_anonymous: bool | None = None  # None: on for `eventfold dev`, off for write-api and query-api
-    rate_limit_per_second: float | None = None  # write API, per client; None: no limit
+    anonymous_roles: tuple[str, ...] | None = None  # a caller without a token; None: refused ("*" for a keyless dev)
+    allow_anonymous: bool | None = None  # deprecated: true is anonymous_roles ("*",) without keys
+    rate_limit_per_second: float | None = None  # both APIs, per client; None: no limit
+    auth_failures_per_minute: float = 20.0  # both APIs: failed authentications per client address; 0: off
     breaker_threshold: int = 5  # write API: consecutive store failures that open the circuit breaker
     breaker_cool_down_seconds: float = 5.0  # how long it stays open before one probe goes through
     lease_seconds: float = 3.0  # a projection worker's lease: a standby takes over this long after a crash
@@ -150,8 +152,12 @@ class Settings:
             jwt_algorithms=read.names("JWT_ALGORITHMS", defaults.jwt_algorithms),
             jwt_issuer=read.text("JWT_ISSUER", None) or None,
             jwt_audience=read.text("JWT_AUDIENCE", None) or None,
+            anonymous_roles=read.roles("ANONYMOUS_ROLES"),
             allow_anonymous=read.flag("ALLOW_ANONYMOUS"),
             rate_limit_per_second=read.optional_number("RATE_LIMIT_PER_SECOND"),
+            auth_failures_per_minute=read.number(
+                "AUTH_FAILURES_PER_MINUTE", float, defaults.auth_failures_per_minute, minimum=0
+            ),
             lease_seconds=read.number("LEASE_SECONDS", float, defaults.lease_seconds, minimum=0.5, maximum=600),
             dispatch_concurrency=read.number(
                 "DISPATCH_CONCURRENCY", int, defaults.dispatch_concurrency, minimum=1, maximum=256
@@ -193,6 +199,13 @@ class _Reader:
         raw = self._env.get(PREFIX + name, "")
         names = tuple(n.strip() for n in raw.split(",") if n.strip())
         return names or default
+
+    def roles(self, name: str) -> tuple[str, ...] | None:
+        """Comma-separated role names, or ``*`` alone (every role); unset or empty: None."""
+        names = self.names(name, ())
+        if "*" in names and len(names) > 1:
+            raise ConfigurationError(f"{PREFIX}{name}={self._env[PREFIX + name]!r}: `*` (every role) stands alone")
+        return names or None
 
     def flag(self, name: str) -> bool | None:
         raw = self._env.get(PREFIX + name, "").strip().lower()

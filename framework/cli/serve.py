@@ -169,14 +169,17 @@ def _query_options(settings: Settings) -> Any:
     from framework.graphql import QueryApiOptions
 
     return QueryApiOptions(consistency_timeout=settings.consistency_timeout_seconds,
-                           ready_max_lag_seconds=settings.ready_max_lag_seconds)
+                           ready_max_lag_seconds=settings.ready_max_lag_seconds,
+                           rate_limit_per_second=settings.rate_limit_per_second,
+                           auth_failures_per_minute=settings.auth_failures_per_minute or None)
 
 
 def _write_options(settings: Settings) -> Any:
     from framework.http.write_api import WriteApiOptions
 
     return WriteApiOptions(settings.max_body_bytes, settings.retry_after_seconds,
-                           rate_limit_per_second=settings.rate_limit_per_second)
+                           rate_limit_per_second=settings.rate_limit_per_second,
+                           auth_failures_per_minute=settings.auth_failures_per_minute or None)
 
 
 def run_write_api(settings: Settings, args: argparse.Namespace) -> int:

@@ -55,9 +55,10 @@ from strawberry.schema.name_converter import NameConverter
 from strawberry.types import ExecutionResult
 
 from framework.breaker import CircuitBreaker
-from framework.errors import EventfoldError, Unauthenticated, Unavailable
+from framework.errors import EventfoldError, RateLimited, Unauthenticated, Unavailable
 from framework.graphql.tracing import tracing_extensions
 from framework.http.edge import EdgeApp
+from framework.http.gate import Gate
 from framework.http.health import Check, metrics_route, projections_check, ready_route, store_check, views_check
 from framework.metrics import Metrics
 from framework.query import InvalidQuery
@@ -101,6 +102,8 @@ class QueryApiOptions:
     poll_seconds: float = 0.005
     ready_max_lag_seconds: float = 60.0
     ready_timeout_seconds: float = 2.0
+    rate_limit_per_second: float | None = None  # per token subject, else per client address (as the write API)
+    auth_failures_per_minute: float | None = None  # failed authentications per client address
 
 
 @dataclass
@@ -312,7 +315,9 @@ class _QueryApi(GraphQL[QueryContext, None]):
                  breaker: CircuitBreaker | None = None) -> None:
         super().__init__(schema, graphql_ide=None, allow_queries_via_get=True)
         self._views, self._store, self._options = views, store, options
-        self._authenticator, self._breaker = authenticator, breaker
+        self._breaker = breaker
+        self._gate = Gate(authenticator, rate_per_second=options.rate_limit_per_second,
+                          failures_per_minute=options.auth_failures_per_minute)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Request-level failures (bad JSON, no query, wrong method) answered in the GraphQL error shape."""
@@ -325,13 +330,16 @@ class _QueryApi(GraphQL[QueryContext, None]):
                 scope, receive, send)
             return
         try:
-            scope[_PRINCIPAL] = await self._principal(Request(scope=scope))
+            scope[_PRINCIPAL] = await self._gate.admit(Request(scope=scope))
             response = await self.run(Request(scope=scope, receive=receive))
             if scope.get(_UNAVAILABLE):
                 _make_unavailable(response, self._breaker)
         except Unauthenticated as error:
             response = _graphql_error(401, error.message, "UNAUTHENTICATED")
             response.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+        except RateLimited as error:
+            response = _graphql_error(429, error.message, "RATE_LIMITED")
+            response.headers["Retry-After"] = str(error.retry_after)
         except Unavailable as error:  # e.g. the token keys cannot be fetched
             response = _unavailable(1.0, error.message)
         except HTTPException as error:
@@ -339,14 +347,6 @@ class _QueryApi(GraphQL[QueryContext, None]):
         except (AttributeError, TypeError):  # a JSON body that is not an object trips Strawberry up
             response = _graphql_error(400, "the body must be a JSON object with a `query`", "BAD_REQUEST")
         await response(scope, receive, send)
-
-    async def _principal(self, request: Request) -> Principal:
-        header = request.headers.get("authorization")
-        if self._authenticator is None:
-            return ANONYMOUS
-        if getattr(self._authenticator, "blocking", False):  # a JWKS URL may be fetched
-            return await asyncio.to_thread(self._authenticator.authenticate, header)
-        return self._authenticator.authenticate(header)
 
     async def get_context(self, request: Any, response: Any) -> QueryContext:
         return QueryContext(request, self._views, self._store, self._options,

@@ -22,13 +22,13 @@ from starlette.routing import Route
 from framework.bus import CommandBus, CommandContext, Executed
 from framework.errors import EventfoldError, Unavailable
 from framework.http.edge import EdgeApp, request_correlation_id
+from framework.http.gate import Gate
 from framework.http.health import metrics_route, ready_route, store_check
 from framework.http.openapi import openapi_document
 from framework.http.problems import problem, problem_for
-from framework.http.ratelimit import RateLimiter
 from framework.metrics import Metrics
 from framework.observe import NULL_OBSERVER, correlation_id
-from framework.security import ANONYMOUS, Authenticator, Principal, authorize
+from framework.security import Authenticator, Principal, authorize
 from framework.tracing import trace_context_from_headers
 
 __all__ = ["WriteApiOptions", "create_write_app"]
@@ -46,27 +46,7 @@ class WriteApiOptions:
     retry_after_seconds: int = 1
     ready_timeout_seconds: float = 2.0
     rate_limit_per_second: float | None = None  # per principal subject, else per client address
-
-
-@dataclass(frozen=True)
-class _Gate:
-    """Who may come in: the authenticator (None: everyone is anonymous) and the rate limiter."""
-
-    authenticator: Authenticator | None
-    limiter: RateLimiter | None
-
-    async def principal(self, request: Request) -> Principal:
-        header = request.headers.get("authorization")
-        if self.authenticator is None:
-            principal = ANONYMOUS
-        elif getattr(self.authenticator, "blocking", False):  # a JWKS URL may be fetched
-            principal = await run_in_threadpool(self.authenticator.authenticate, header)
-        else:
-            principal = self.authenticator.authenticate(header)
-        if self.limiter is not None:
-            client = principal.subject or (request.client.host if request.client else "unknown")
-            self.limiter.check(client)
-        return principal
+    auth_failures_per_minute: float | None = None  # failed authentications per client address (framework.http.gate)
 
 
 class _BadRequest(Exception):
@@ -89,8 +69,8 @@ def create_write_app(
     default, for tests and embedding); the CLI passes one built from the settings.
     """
     options = options or WriteApiOptions()
-    limiter = RateLimiter(options.rate_limit_per_second) if options.rate_limit_per_second else None
-    gate = _Gate(authenticator, limiter)
+    gate = Gate(authenticator, rate_per_second=options.rate_limit_per_second,
+                failures_per_minute=options.auth_failures_per_minute)
     openapi = openapi_document(bus.router)
     if metrics is None:
         metrics = Metrics()
@@ -128,8 +108,8 @@ def create_write_app(
 
 
 async def _handle_command(request: Request, bus: CommandBus, options: WriteApiOptions,
-                          gate: _Gate) -> Response:
-    principal = await gate.principal(request)  # 401 and 429 before anything else
+                          gate: Gate) -> Response:
+    principal = await gate.admit(request)  # 401 and 429 before anything else
     name = request.path_params["name"]
     command_type = bus.router.command_type(name)  # 404 before reading a body
     authorize(command_type, principal)
