@@ -189,7 +189,7 @@ class _Checker:
 
     def _values(self, definition: OperationDefinitionNode | FragmentDefinitionNode) -> None:
         for value, depth in _all_values(definition):
-            if depth >= self._limits.max_nesting:
+            if depth > self._limits.max_nesting:
                 raise _Refused(_too_deep(self._limits))
             if isinstance(value, StringValueNode) and "\x00" in value.value:
                 raise _Refused(_error("string values must not contain NUL (\\u0000) characters", "BAD_USER_INPUT",
@@ -209,8 +209,17 @@ def _page_size(node: FieldNode, definition: Any) -> int:
     given = [a.value for a in node.arguments or () if a.name.value in _PAGE_ARGUMENTS]
     if not given:
         return DEFAULT_PAGE
-    sizes = [int(v.value) if isinstance(v, IntValueNode) else MAX_PAGE for v in given]  # a variable: the largest
-    return max(1, min(max(sizes), _CAP))
+    return max(1, *(_literal_page(v) for v in given))
+
+
+def _literal_page(value: ValueNode) -> int:
+    if not isinstance(value, IntValueNode):
+        return MAX_PAGE  # a variable (or a wrong type, which validation reports): the largest page
+    size = int(value.value)
+    return size if size <= _MAX_INT else 1  # not a GraphQL Int: left for validation to report
+
+
+_MAX_INT = 2**31 - 1
 
 
 def _all_values(definition: OperationDefinitionNode | FragmentDefinitionNode) -> Iterator[tuple[ValueNode, int]]:
