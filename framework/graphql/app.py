@@ -279,19 +279,22 @@ class _Documents:
     def __init__(self, options: QueryApiOptions, maxsize: int = 1024) -> None:
         self._options, self._limits = options, options.document_limits()
         self._parsed = functools.lru_cache(maxsize)(self._parse)
-        self._checked = functools.lru_cache(maxsize)(self._check)
+        self._checked = functools.lru_cache(maxsize)(self._check_text)
 
     def document(self, text: str) -> DocumentNode:
         return self._parsed(text) if len(text) <= _CACHED_TEXT else self._parse(text)
 
-    def errors(self, schema: GraphQLSchema, text: str) -> list[GraphQLError]:
-        return list(self._checked(schema, text) if len(text) <= _CACHED_TEXT else self._check(schema, text))
+    def errors(self, schema: GraphQLSchema, text: str, document: DocumentNode) -> list[GraphQLError]:
+        """``document`` is ``text`` parsed: the cache is keyed by the text (hashing a document walks all of it)."""
+        return list(self._checked(schema, text) if len(text) <= _CACHED_TEXT else self._check(schema, document))
 
     def _parse(self, text: str) -> DocumentNode:
         return parse(text, max_tokens=self._options.max_tokens)  # counts comments too
 
-    def _check(self, schema: GraphQLSchema, text: str) -> tuple[GraphQLError, ...]:
-        document = self.document(text)
+    def _check_text(self, schema: GraphQLSchema, text: str) -> tuple[GraphQLError, ...]:
+        return self._check(schema, self._parsed(text))
+
+    def _check(self, schema: GraphQLSchema, document: DocumentNode) -> tuple[GraphQLError, ...]:
         refused = check_document(schema, document, self._limits)
         if refused:
             return tuple(refused)
@@ -313,7 +316,9 @@ class _Checked(SchemaExtension):
         context = self.execution_context
         # The graphql-core schema: Strawberry has no public accessor; its own validation extensions read it so.
         schema: GraphQLSchema = context.schema._schema
-        errors = self._documents.errors(schema, cast(str, context.query))
+        document = context.graphql_document
+        assert document is not None  # on_parse set it
+        errors = self._documents.errors(schema, cast(str, context.query), document)
         if not errors and unstorable_text(context.variables):
             errors = [GraphQLError("variables must not contain NUL (\\u0000) characters or lone surrogates",
                                    extensions={"code": "BAD_USER_INPUT"})]

@@ -17,8 +17,8 @@ from typing import Any
 __all__ = ["BadJson", "json_nesting", "parse_json", "unstorable_text"]
 
 # A JSON string, or an unterminated one running to the end: every match attempt that starts at a quote
-# succeeds in one pass, so removing strings is linear whatever the body holds.
-_STRING = re.compile(r'"(?:[^"\\]|\\.|\\\Z)*(?:"|\Z)', re.S)
+# succeeds in one pass (possessive, nothing to backtrack), so removing strings is linear whatever the body.
+_STRING = re.compile(r'"(?:[^"\\]++|\\.|\\\Z)*+(?:"|\Z)', re.S)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _STEP = {"[": 1, "{": 1, "]": -1, "}": -1}.__getitem__
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
