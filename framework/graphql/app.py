@@ -267,7 +267,9 @@ def build_schema(
 
 
 _RULES = (*specified_rules, MaybeNullValidationRule, OneOfInputValidationRule)  # Strawberry's set
-_CACHED_TEXT = 16_384  # longer documents are checked each time: caching hostile texts would only hold memory
+# Up to 256 documents of up to 4,096 characters are kept (a parsed document takes ~100 times its text):
+# about 120 MB at worst. Longer ones are parsed and checked each time, which the limits keep cheap.
+_CACHED_TEXT = 4_096
 
 
 class _Documents:
@@ -276,7 +278,7 @@ class _Documents:
     The limits (``check_document``) run before graphql-core's rules, and in time linear in the
     document, so the protection does not depend on the cache: a comment or a space makes a new text."""
 
-    def __init__(self, options: QueryApiOptions, maxsize: int = 1024) -> None:
+    def __init__(self, options: QueryApiOptions, maxsize: int = 256) -> None:
         self._options, self._limits = options, options.document_limits()
         self._parsed = functools.lru_cache(maxsize)(self._parse)
         self._checked = functools.lru_cache(maxsize)(self._check_text)
