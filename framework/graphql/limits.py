@@ -20,7 +20,7 @@ Then: no introspection unless allowed, no NUL in string literals (PostgreSQL tex
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from graphql import (
@@ -168,7 +168,8 @@ class _Checker:
             return self._field(selection, parent)
         if isinstance(selection, InlineFragmentNode):
             condition = selection.type_condition
-            return self._selections(selection.selection_set, self._type(condition.name.value) if condition else parent)
+            inner = self._selections(selection.selection_set, self._type(condition.name.value) if condition else parent)
+            return replace(inner, nesting=inner.nesting + 1)  # its braces nest like a field's
         assert isinstance(selection, FragmentSpreadNode)
         # An unknown fragment (KnownFragmentNamesRule reports it) or one in a cycle counts as the spread alone.
         inner = self._measured.get(selection.name.value, _Measure())

@@ -54,6 +54,8 @@ def test_nesting_counts_everything() -> None:
     assert code('{ card(actionId: ' + "[" * 32 + '"x"' + "]" * 32 + ") { actionId } }") is None  # invalid, later
     assert code('{ card(actionId: ' + "[" * 33 + '"x"' + "]" * 33 + ") { actionId } }") == "QUERY_TOO_DEEP"
     assert code('query($a: String = ' + "[" * 40 + '"x"' + "]" * 40 + ") { __typename }") == "QUERY_TOO_DEEP"
+    assert code("{ " + "... on Query { " * 32 + "__typename" + " }" * 32 + " }") is None
+    assert code("{ " + "... on Query { " * 33 + "__typename" + " }" * 33 + " }") == "QUERY_TOO_DEEP"
 
 
 def test_aliases_count_per_use() -> None:
