@@ -233,8 +233,9 @@ def _code(error: GraphQLError) -> str:
         return str((original.extensions or {}).get("code", "BAD_USER_INPUT"))
     if original is not None:
         return "INTERNAL_SERVER_ERROR"
-    if (error.extensions or {}).get("code"):  # our own limits name their code
-        return str(error.extensions["code"])  # type: ignore[index]
+    own = (error.extensions or {}).get("code")  # our own limits name their code
+    if own:
+        return str(own)
     lowered = error.message.lower()
     return next((c for text, c in _CODES if text in lowered), "GRAPHQL_VALIDATION_FAILED")
 
