@@ -100,6 +100,12 @@ class Settings:
     breaker_cool_down_seconds: float = 5.0  # how long it stays open before one probe goes through
     lease_seconds: float = 3.0  # a projection worker's lease: a standby takes over this long after a crash
     dispatch_concurrency: int = 16  # process-manager commands in flight at once, per process manager
+    # The query API's document limits, and introspection (None: on for `eventfold dev`, off for query-api).
+    graphql_introspection: bool | None = None
+    graphql_max_depth: int = 10
+    graphql_max_aliases: int = 15
+    graphql_max_tokens: int = 2_000
+    graphql_max_cost: int = 5_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -165,6 +171,19 @@ class Settings:
             breaker_threshold=read.number("BREAKER_THRESHOLD", int, defaults.breaker_threshold, minimum=1),
             breaker_cool_down_seconds=read.number(
                 "BREAKER_COOL_DOWN_SECONDS", float, defaults.breaker_cool_down_seconds, minimum=0
+            ),
+            graphql_introspection=read.flag("GRAPHQL_INTROSPECTION"),
+            graphql_max_depth=read.number(
+                "GRAPHQL_MAX_DEPTH", int, defaults.graphql_max_depth, minimum=1, maximum=30
+            ),
+            graphql_max_aliases=read.number(
+                "GRAPHQL_MAX_ALIASES", int, defaults.graphql_max_aliases, minimum=0, maximum=1_000
+            ),
+            graphql_max_tokens=read.number(
+                "GRAPHQL_MAX_TOKENS", int, defaults.graphql_max_tokens, minimum=10, maximum=20_000
+            ),
+            graphql_max_cost=read.number(
+                "GRAPHQL_MAX_COST", int, defaults.graphql_max_cost, minimum=1, maximum=1_000_000
             ),
         )
         settings.postgres()  # a malformed URL fails here, at start-up

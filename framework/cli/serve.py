@@ -103,7 +103,8 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     write_app = create_write_app(bus, _write_options(embedded), metrics=metrics, authenticator=auth)
-    routes = [*query_routes(graphql, views, store, options=_query_options(embedded), metrics=metrics,
+    query_options = _query_options(embedded, introspection=True)
+    routes = [*query_routes(graphql, views, store, options=query_options, metrics=metrics,
                             authenticator=auth, tracer=tracer),
               Mount("/", app=write_app)]
     app = EdgeApp(routes=routes, lifespan=background)
@@ -155,7 +156,8 @@ def run_query_api(settings: Settings, args: argparse.Namespace) -> int:
     metrics = Metrics()
     metrics.watch_projections(store, views)
     metrics.watch_breakers([breaker])
-    app = create_query_app(load_graphql(settings.graphql), views, store, options=_query_options(settings),
+    app = create_query_app(load_graphql(settings.graphql), views, store,
+                           options=_query_options(settings, introspection=False),
                            metrics=metrics, authenticator=auth, breaker=breaker, tracer=tracer)
 
     def close() -> None:
@@ -165,13 +167,18 @@ def run_query_api(settings: Settings, args: argparse.Namespace) -> int:
     return _serve(settings, app, args, close)
 
 
-def _query_options(settings: Settings) -> Any:
+def _query_options(settings: Settings, *, introspection: bool) -> Any:
+    """``introspection``: the role's default (on for dev, off for query-api) unless the setting says."""
     from framework.graphql import QueryApiOptions
 
+    chosen = introspection if settings.graphql_introspection is None else settings.graphql_introspection
     return QueryApiOptions(consistency_timeout=settings.consistency_timeout_seconds,
                            ready_max_lag_seconds=settings.ready_max_lag_seconds,
                            rate_limit_per_second=settings.rate_limit_per_second,
-                           auth_failures_per_minute=settings.auth_failures_per_minute or None)
+                           auth_failures_per_minute=settings.auth_failures_per_minute or None,
+                           max_depth=settings.graphql_max_depth, max_aliases=settings.graphql_max_aliases,
+                           max_tokens=settings.graphql_max_tokens, max_cost=settings.graphql_max_cost,
+                           introspection=chosen)
 
 
 def _write_options(settings: Settings) -> Any:
