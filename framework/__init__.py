@@ -6,7 +6,7 @@ strawberry. Adapters live in ``framework.adapters`` and ``framework.http``.
 
 from framework.aggregate import Aggregate, event
 from framework.bus import CommandBus, CommandContext, Executed
-from framework.commands import Command, CommandRouter
+from framework.commands import Command, CommandRouter, Lax
 from framework.errors import (
     AggregateNotFound,
     AlreadyExists,
@@ -51,6 +51,7 @@ __all__ = [
     "IdempotencyKeyReused",
     "InvalidCommand",
     "InvalidTransition",
+    "Lax",
     "RuleViolation",
     "Settings",
     "StoreUnavailable",

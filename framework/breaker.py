@@ -101,7 +101,8 @@ class CircuitBreaker:
             if waited < self.cool_down or self._probing:
                 self.refused_total += 1
                 left = max(0.0, self.cool_down - waited)
-                raise self._unavailable(f"the {self.dependency} is failing; not trying again for {left:.1f}s")
+                raise self._unavailable(f"the {self.dependency} is failing; not trying again for {left:.1f}s",
+                                        public=True)
             self._probing = True  # this call is the probe
 
     def _failed(self) -> None:

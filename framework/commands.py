@@ -8,17 +8,21 @@ storage and stay trivially testable.
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, ClassVar, Self, TypeVar, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, GetCoreSchemaHandler, TypeAdapter, ValidationError, model_validator
+from pydantic_core import CoreSchema, core_schema
 
 from framework.aggregate import Aggregate
-from framework.errors import ConfigurationError, FieldError, InvalidCommand, UnknownCommand
+from framework.errors import ConfigurationError, FieldError, InvalidCommand, MalformedJson, UnknownCommand
 from framework.storable import unstorable
 from framework.unit_of_work import UnitOfWork
 
-__all__ = ["MAX_STRING_LENGTH", "Command", "CommandRouter", "Handler", "field_errors"]
+__all__ = ["MAX_STRING_LENGTH", "Command", "CommandRouter", "Handler", "Lax", "decode_json", "field_errors"]
 
 C = TypeVar("C", bound="Command")
 MAX_STRING_LENGTH = 10_000
@@ -97,12 +101,91 @@ class CommandRouter:
             raise UnknownCommand(f"no handler is routed for {command.command_name}") from None
 
     def parse(self, name: str, payload: object) -> Command:
-        """Validate a decoded JSON payload into the named command."""
+        """Validate a Python payload into the named command, with pydantic's usual conversions.
+
+        For what the framework itself built (a process manager's command read back from its outbox).
+        What a client sends goes through ``parse_json``, which is strict.
+        """
         command_type = self.command_type(name)
         try:
             return command_type.model_validate(payload)
         except ValidationError as e:
             raise InvalidCommand(f"{name} is not valid", field_errors(e, payload)) from None
+
+    def parse_json(self, name: str, body: bytes) -> Command:
+        """Validate a client's JSON document into the named command, strictly.
+
+        The body must be UTF-8 JSON without a byte order mark, NaN, Infinity or a key twice in one
+        object (``MalformedJson``). Each value must then be JSON's own form of its field's type
+        (``InvalidCommand`` otherwise): a number for an int (``true``, ``"7"`` and ``7.5`` are refused),
+        a string for a str, while what JSON has no type for comes as a string (dates, UUIDs, enums)
+        and a Decimal as a string or a number. A field marked ``Lax()`` takes pydantic's conversions.
+        """
+        command_type = self.command_type(name)
+        payload = decode_json(body)  # its duplicate keys and constants; and the paths of any errors below
+        try:
+            return command_type.model_validate_json(body, strict=True)
+        except ValidationError as e:
+            invalid_json = [d for d in e.errors(include_url=False) if d["type"] == "json_invalid"]
+            if invalid_json:  # what json accepts and pydantic's parser does not: an unpaired surrogate, deep nesting
+                raise MalformedJson(f"the body is not valid JSON: {_jiter_reason(invalid_json[0]['msg'])}") from None
+            raise InvalidCommand(f"{name} is not valid", field_errors(e, payload)) from None
+
+
+@dataclass(frozen=True)
+class Lax:
+    """A command field that takes pydantic's lax conversions from a client, where every other field
+    takes only JSON's own form of its type (``CommandRouter.parse_json``)::
+
+        class Order(Command):
+            quantity: Annotated[int, Lax()]  # "7" and 7.0 are 7, as pydantic converts by default
+    """
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        # A strict validation cannot be loosened from inside; converting first leaves a value it accepts.
+        convert = functools.partial(TypeAdapter(source).validate_python, strict=False)
+        return core_schema.no_info_before_validator_function(convert, handler(source))
+
+
+def decode_json(body: bytes) -> Any:
+    """A JSON document as the write API takes it, or ``MalformedJson`` saying what is wrong."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise MalformedJson(f"the body is not valid JSON: it is not UTF-8 (byte {e.start})") from None
+    if text.startswith("\ufeff"):
+        raise MalformedJson("the body is not valid JSON: it starts with a byte order mark")
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
+    except json.JSONDecodeError as e:
+        raise MalformedJson(f"the body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except (ValueError, RecursionError) as e:  # a duplicate key, a constant, a number too long, too deep
+        raise MalformedJson(f"the body is not valid JSON: {str(e) or 'it is nested too deeply'}") from None
+
+
+def _jiter_reason(message: str) -> str:
+    """pydantic's JSON error in our words where its own are cryptic."""
+    reason = message.removeprefix("Invalid JSON: ")
+    what, at, where = reason.partition(" at line ")
+    if "surrogate" in what or "hex escape" in what:  # json.loads took the escape: it can only be a lone surrogate
+        return f"a \\u escape is an unpaired surrogate (not Unicode){at}{where}"
+    return reason
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object, unless a key comes twice: then which value counts depends on the parser (here the last)."""
+    result = dict(pairs)
+    if len(result) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"the key {key[:100]!r} appears twice in one object")
+            seen.add(key)
+    return result
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in JSON")
 
 
 def field_errors(error: ValidationError, payload: object = None) -> list[FieldError]:

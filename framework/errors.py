@@ -16,6 +16,7 @@ HTTP and GraphQL layers expose to clients.
     │   ├── ConcurrencyConflict    retries exhausted on concurrent writes
     │   ├── IdempotencyKeyInFlight
     │   └── IdempotencyKeyReused   same key, different request
+    ├── MalformedJson              a command's body is not JSON we accept (duplicate keys, not UTF-8, ...)
     ├── StoreUnavailable           the event store cannot be reached
     ├── EventSchemaError           a stored event cannot be read back as its type
     ├── RowRejected                the read-model database refused a batch's rows (a value it cannot hold)
@@ -49,6 +50,7 @@ __all__ = [
     "InvalidCommand",
     "InvalidTransition",
     "KeysUnavailable",
+    "MalformedJson",
     "RateLimited",
     "RowRejected",
     "RuleViolation",
@@ -96,6 +98,13 @@ class InvalidCommand(CommandRejected):
         self.errors = tuple(errors)
 
 
+class MalformedJson(EventfoldError):
+    """A command's body is not the JSON the write API takes: not UTF-8, a byte order mark, a syntax
+    error, NaN or Infinity, a key twice in one object (400)."""
+
+    code = "malformed_json"
+
+
 class AggregateNotFound(CommandRejected):
     code = "aggregate_not_found"
 
@@ -133,9 +142,17 @@ class IdempotencyKeyReused(CommandRejected):
 
 
 class Unavailable(EventfoldError):
-    """A dependency is down or its circuit breaker is open: retry later (HTTP 503 with Retry-After)."""
+    """A dependency is down or its circuit breaker is open: retry later (HTTP 503 with Retry-After).
+
+    Its message usually quotes a driver (hosts, internals): clients get a fixed wording instead
+    (``framework.http.problems``), unless ``public`` says the message is safe to show as it is.
+    """
 
     code = "unavailable"
+
+    def __init__(self, message: str, *, public: bool = False) -> None:
+        super().__init__(message)
+        self.public = public
 
 
 class StoreUnavailable(Unavailable):

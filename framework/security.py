@@ -13,34 +13,44 @@ from typing import Protocol
 from framework.commands import Command
 from framework.errors import Forbidden
 
-__all__ = ["ANONYMOUS", "Authenticator", "Principal", "authorize", "has_any_role"]
+__all__ = ["ANONYMOUS", "Authenticator", "Principal", "anonymous", "authorize", "has_any_role"]
 
 
 @dataclass(frozen=True)
 class Principal:
-    """The caller: the token's subject and roles, or the anonymous caller (allowed everything)."""
+    """The caller: a verified token's subject and roles, or the anonymous caller (no token).
+
+    ``every_role`` is only ever true for the caller of a server that checks no tokens at all
+    (``EVENTFOLD_ANONYMOUS_ROLES=*``, or no authenticator in a library set-up); no token grants it.
+    """
 
     subject: str | None
     roles: frozenset[str] = field(default_factory=frozenset)
     anonymous: bool = False
+    every_role: bool = False
 
 
-ANONYMOUS = Principal(subject=None, anonymous=True)
+ANONYMOUS = Principal(subject=None, anonymous=True, every_role=True)  # no authentication at all
+
+
+def anonymous(roles: frozenset[str]) -> Principal:
+    """A caller without a token, holding exactly ``roles``."""
+    return Principal(subject=None, roles=roles, anonymous=True)
 
 
 class Authenticator(Protocol):
     """Turns an ``Authorization`` header (or its absence) into a principal.
 
     Raises ``Unauthenticated`` for a missing (when anonymous access is off),
-    malformed, expired or otherwise invalid token.
+    malformed, expired or otherwise invalid token; never the token library's own errors.
     """
 
     def authenticate(self, authorization: str | None) -> Principal: ...
 
 
 def has_any_role(principal: Principal, roles: frozenset[str]) -> bool:
-    """No roles required, an anonymous (trusted) caller, or one role in common."""
-    return not roles or principal.anonymous or bool(principal.roles & roles)
+    """No roles required, a caller holding every role, or one role in common."""
+    return not roles or principal.every_role or bool(principal.roles & roles)
 
 
 def authorize(command_type: type[Command], principal: Principal) -> None:

@@ -76,6 +76,10 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     max_body_bytes: int = 1_048_576
+    max_header_bytes: int = 32_768  # the request line and headers together (write-api, query-api, dev)
+    header_timeout_seconds: float = 10.0  # to receive a request's line and headers
+    body_timeout_seconds: float = 30.0  # to receive its body, once the headers are in
+    max_connections: int = 1_000  # open at once; a request beyond is answered 503
     command_max_attempts: int = 5
     idempotency_lease_seconds: float = 60.0
     retry_after_seconds: int = 1
@@ -85,15 +89,23 @@ class Settings:
     jwks_file: str | None = None
     jwks_url: str | None = None
     jwt_key: str | None = None
-    jwt_algorithms: tuple[str, ...] = ("RS256", "ES256")
+    jwt_algorithms: tuple[str, ...] = ()  # empty: those of the configured keys' types
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
-    allow_anonymous: bool | None = None  # None: on for `eventfold dev`, off for write-api and query-api
-    rate_limit_per_second: float | None = None  # write API, per client; None: no limit
+    anonymous_roles: tuple[str, ...] | None = None  # a caller without a token; None: refused ("*" for a keyless dev)
+    allow_anonymous: bool | None = None  # deprecated: true is anonymous_roles ("*",) without keys
+    rate_limit_per_second: float | None = None  # both APIs, per client; None: no limit
+    auth_failures_per_minute: float = 20.0  # both APIs: failed authentications per client address; 0: off
     breaker_threshold: int = 5  # write API: consecutive store failures that open the circuit breaker
     breaker_cool_down_seconds: float = 5.0  # how long it stays open before one probe goes through
     lease_seconds: float = 3.0  # a projection worker's lease: a standby takes over this long after a crash
     dispatch_concurrency: int = 16  # process-manager commands in flight at once, per process manager
+    # The query API's document limits, and introspection (None: on for `eventfold dev`, off for query-api).
+    graphql_introspection: bool | None = None
+    graphql_max_depth: int = 10
+    graphql_max_aliases: int = 15
+    graphql_max_tokens: int = 2_000
+    graphql_max_cost: int = 5_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -118,6 +130,14 @@ class Settings:
             host=read.text("HOST", defaults.host) or defaults.host,
             port=read.number("PORT", int, defaults.port, minimum=0, maximum=65535),
             max_body_bytes=read.number("MAX_BODY_BYTES", int, defaults.max_body_bytes, minimum=1),
+            max_header_bytes=read.number("MAX_HEADER_BYTES", int, defaults.max_header_bytes, minimum=1024),
+            header_timeout_seconds=read.number(
+                "HEADER_TIMEOUT_SECONDS", float, defaults.header_timeout_seconds, minimum=0.1, maximum=3600
+            ),
+            body_timeout_seconds=read.number(
+                "BODY_TIMEOUT_SECONDS", float, defaults.body_timeout_seconds, minimum=0.1, maximum=3600
+            ),
+            max_connections=read.number("MAX_CONNECTIONS", int, defaults.max_connections, minimum=1),
             command_max_attempts=read.number(
                 "COMMAND_MAX_ATTEMPTS", int, defaults.command_max_attempts, minimum=1
             ),
@@ -138,8 +158,12 @@ class Settings:
             jwt_algorithms=read.names("JWT_ALGORITHMS", defaults.jwt_algorithms),
             jwt_issuer=read.text("JWT_ISSUER", None) or None,
             jwt_audience=read.text("JWT_AUDIENCE", None) or None,
+            anonymous_roles=read.roles("ANONYMOUS_ROLES"),
             allow_anonymous=read.flag("ALLOW_ANONYMOUS"),
             rate_limit_per_second=read.optional_number("RATE_LIMIT_PER_SECOND"),
+            auth_failures_per_minute=read.number(
+                "AUTH_FAILURES_PER_MINUTE", float, defaults.auth_failures_per_minute, minimum=0
+            ),
             lease_seconds=read.number("LEASE_SECONDS", float, defaults.lease_seconds, minimum=0.5, maximum=600),
             dispatch_concurrency=read.number(
                 "DISPATCH_CONCURRENCY", int, defaults.dispatch_concurrency, minimum=1, maximum=256
@@ -147,6 +171,19 @@ class Settings:
             breaker_threshold=read.number("BREAKER_THRESHOLD", int, defaults.breaker_threshold, minimum=1),
             breaker_cool_down_seconds=read.number(
                 "BREAKER_COOL_DOWN_SECONDS", float, defaults.breaker_cool_down_seconds, minimum=0
+            ),
+            graphql_introspection=read.flag("GRAPHQL_INTROSPECTION"),
+            graphql_max_depth=read.number(
+                "GRAPHQL_MAX_DEPTH", int, defaults.graphql_max_depth, minimum=1, maximum=30
+            ),
+            graphql_max_aliases=read.number(
+                "GRAPHQL_MAX_ALIASES", int, defaults.graphql_max_aliases, minimum=0, maximum=1_000
+            ),
+            graphql_max_tokens=read.number(
+                "GRAPHQL_MAX_TOKENS", int, defaults.graphql_max_tokens, minimum=10, maximum=20_000
+            ),
+            graphql_max_cost=read.number(
+                "GRAPHQL_MAX_COST", int, defaults.graphql_max_cost, minimum=1, maximum=1_000_000
             ),
         )
         settings.postgres()  # a malformed URL fails here, at start-up
@@ -181,6 +218,13 @@ class _Reader:
         raw = self._env.get(PREFIX + name, "")
         names = tuple(n.strip() for n in raw.split(",") if n.strip())
         return names or default
+
+    def roles(self, name: str) -> tuple[str, ...] | None:
+        """Comma-separated role names, or ``*`` alone (every role); unset or empty: None."""
+        names = self.names(name, ())
+        if "*" in names and len(names) > 1:
+            raise ConfigurationError(f"{PREFIX}{name}={self._env[PREFIX + name]!r}: `*` (every role) stands alone")
+        return names or None
 
     def flag(self, name: str) -> bool | None:
         raw = self._env.get(PREFIX + name, "").strip().lower()

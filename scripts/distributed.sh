@@ -6,11 +6,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${EVENTFOLD_DATABASE_URL:?set EVENTFOLD_DATABASE_URL=postgresql://user@host:5432/dbname}"
 : "${EVENTFOLD_NATS_URL:?set EVENTFOLD_NATS_URL=nats://host:4222}"
-# A local demo sends no tokens: allow anonymous callers unless told otherwise. write-api and query-api
-# refuse to start without a token key (EVENTFOLD_JWKS_FILE, EVENTFOLD_JWKS_URL or EVENTFOLD_JWT_KEY)
-# when this is off; anonymous access is for development and trusted networks only.
-: "${EVENTFOLD_ALLOW_ANONYMOUS:=true}"
-export EVENTFOLD_DATABASE_URL EVENTFOLD_NATS_URL EVENTFOLD_ALLOW_ANONYMOUS
+# Who may call the APIs: two separate choices.
+# - A token key (EVENTFOLD_JWKS_URL, EVENTFOLD_JWKS_FILE or EVENTFOLD_JWT_KEY): every request needs a valid
+#   token, unless you also name the roles of callers without one in EVENTFOLD_ANONYMOUS_ROLES.
+# - No key: a local demo where every caller may do everything without a token (EVENTFOLD_ANONYMOUS_ROLES=*,
+#   set here). Development and trusted networks only.
+if [ -z "${EVENTFOLD_JWKS_URL:-}${EVENTFOLD_JWKS_FILE:-}${EVENTFOLD_JWT_KEY:-}" ]; then
+  : "${EVENTFOLD_ANONYMOUS_ROLES:=*}"
+  export EVENTFOLD_ANONYMOUS_ROLES
+  echo "no token key set: every caller may do everything (set EVENTFOLD_JWKS_URL for anything but a demo)" >&2
+fi
+export EVENTFOLD_DATABASE_URL EVENTFOLD_NATS_URL
 bin=.venv/bin/eventfold
 "$bin" init-db
 pids=()

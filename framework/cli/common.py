@@ -49,22 +49,12 @@ def open_views(postgres: PostgresSettings) -> ViewStore:
 
 
 def authenticator(settings: Settings, role: str) -> Authenticator:
-    """Bearer-token checks from the settings; anonymous access defaults to on only for ``dev``.
+    """Bearer-token checks from the settings (``framework.http.auth.jwt_settings`` says who a caller
+    without a token is). A missing key source without anonymous roles, an unreadable key, or
+    algorithms that do not match the keys fail here, at start-up."""
+    from framework.http.auth import authenticator_from_settings, jwt_settings
 
-    A missing key source (with anonymous access off) or an unreadable key fails here, at start-up.
-    """
-    from framework.http.auth import JwtSettings, authenticator_from_settings
-
-    allow = settings.allow_anonymous if settings.allow_anonymous is not None else role == "dev"
-    return authenticator_from_settings(JwtSettings(
-        jwks_file=settings.jwks_file,
-        jwks_url=settings.jwks_url,
-        key=settings.jwt_key,
-        algorithms=settings.jwt_algorithms,
-        issuer=settings.jwt_issuer,
-        audience=settings.jwt_audience,
-        allow_anonymous=allow,
-    ))
+    return authenticator_from_settings(jwt_settings(settings, role))
 
 
 def tracing(role: str) -> Tracer:

@@ -61,6 +61,7 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
     from framework.adapters.memory_bus import MemoryBus, MemoryConsumer, MemoryPublisher
     from framework.adapters.memory_views import MemoryViewStore
     from framework.graphql.app import query_routes
+    from framework.http.edge import EdgeApp
     from framework.http.write_api import create_write_app
     from framework.metrics import Metrics
     from framework.runner import run_projection, run_relay, worker_identity
@@ -102,10 +103,12 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     write_app = create_write_app(bus, _write_options(embedded), metrics=metrics, authenticator=auth)
-    routes = [*query_routes(graphql, views, store, options=_query_options(embedded), metrics=metrics,
+    query_options = _query_options(embedded, introspection=True)
+    routes = [*query_routes(graphql, views, store, options=query_options, metrics=metrics,
                             authenticator=auth, tracer=tracer),
               Mount("/", app=write_app)]
-    app = Starlette(routes=routes, lifespan=background)
+    app = EdgeApp(routes=routes, lifespan=background)
+    app.router.redirect_slashes = False  # a redirect would be built from the Host header a client sent
     return _serve(embedded, app, args, store.close)
 
 
@@ -153,7 +156,8 @@ def run_query_api(settings: Settings, args: argparse.Namespace) -> int:
     metrics = Metrics()
     metrics.watch_projections(store, views)
     metrics.watch_breakers([breaker])
-    app = create_query_app(load_graphql(settings.graphql), views, store, options=_query_options(settings),
+    app = create_query_app(load_graphql(settings.graphql), views, store,
+                           options=_query_options(settings, introspection=False),
                            metrics=metrics, authenticator=auth, breaker=breaker, tracer=tracer)
 
     def close() -> None:
@@ -163,18 +167,26 @@ def run_query_api(settings: Settings, args: argparse.Namespace) -> int:
     return _serve(settings, app, args, close)
 
 
-def _query_options(settings: Settings) -> Any:
+def _query_options(settings: Settings, *, introspection: bool) -> Any:
+    """``introspection``: the role's default (on for dev, off for query-api) unless the setting says."""
     from framework.graphql import QueryApiOptions
 
+    chosen = introspection if settings.graphql_introspection is None else settings.graphql_introspection
     return QueryApiOptions(consistency_timeout=settings.consistency_timeout_seconds,
-                           ready_max_lag_seconds=settings.ready_max_lag_seconds)
+                           ready_max_lag_seconds=settings.ready_max_lag_seconds,
+                           rate_limit_per_second=settings.rate_limit_per_second,
+                           auth_failures_per_minute=settings.auth_failures_per_minute or None,
+                           max_depth=settings.graphql_max_depth, max_aliases=settings.graphql_max_aliases,
+                           max_tokens=settings.graphql_max_tokens, max_cost=settings.graphql_max_cost,
+                           introspection=chosen)
 
 
 def _write_options(settings: Settings) -> Any:
     from framework.http.write_api import WriteApiOptions
 
     return WriteApiOptions(settings.max_body_bytes, settings.retry_after_seconds,
-                           rate_limit_per_second=settings.rate_limit_per_second)
+                           rate_limit_per_second=settings.rate_limit_per_second,
+                           auth_failures_per_minute=settings.auth_failures_per_minute or None)
 
 
 def run_write_api(settings: Settings, args: argparse.Namespace) -> int:
@@ -220,12 +232,18 @@ def run_init_db(settings: Settings, _: argparse.Namespace) -> int:
 def _serve(settings: Settings, app: Any, args: argparse.Namespace, close: Callable[[], None]) -> int:
     import uvicorn
 
+    from framework.http.server import ServerLimits, uvicorn_options
+
+    limits = ServerLimits(max_header_bytes=settings.max_header_bytes,
+                          header_timeout_seconds=settings.header_timeout_seconds,
+                          body_timeout_seconds=settings.body_timeout_seconds,
+                          max_connections=settings.max_connections)
     log.info("listening on http://%s:%d", settings.host, settings.port)
     try:
         # JSON logs: uvicorn's records go through the root handler too (one format on stderr).
         log_config: Any = None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG
         uvicorn.run(app, host=settings.host, port=settings.port, access_log=args.access_log,
-                    log_level="info", log_config=log_config)
+                    log_level="info", log_config=log_config, **uvicorn_options(limits))
     finally:
         close()
     return 0

@@ -1,7 +1,11 @@
 """The query API: Strawberry over the read models, with limits, stable error codes and read-your-writes.
 
-- Parsing and validation are cached; depth, token and alias limits refuse
-  hostile documents before execution; bodies over the limit get 413.
+- Parsing and validation are cached by document text; before graphql-core's
+  own validation, limits on tokens, depth, nesting, aliases, cost and repeated
+  selections refuse hostile documents in time linear in the document
+  (``framework.graphql.limits``); bodies over the limit get 413, JSON that is
+  not UTF-8 or nests too deep gets 400 (``framework.graphql.inputs``).
+- Introspection and "Did you mean ...?" suggestions only when enabled.
 - Every error carries ``extensions.code``; anything unexpected is logged and
   answered as ``INTERNAL_SERVER_ERROR`` without detail.
 - Read-your-writes: a request with header ``Eventfold-Position: N`` waits
@@ -17,46 +21,51 @@ import asyncio
 import functools
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import strawberry
 from cross_web import HTTPException
 from graphql import (
+    DocumentNode,
     FieldNode,
     FragmentDefinitionNode,
     FragmentSpreadNode,
     GraphQLError,
+    GraphQLSchema,
     InlineFragmentNode,
     OperationDefinitionNode,
     SelectionSetNode,
+    parse,
+    specified_rules,
+    validate,
 )
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.asgi import GraphQL
 from strawberry.dataloader import DataLoader
-from strawberry.extensions import (
-    AddValidationRules,
-    MaxAliasesLimiter,
-    MaxTokensLimiter,
-    ParserCache,
-    QueryDepthLimiter,
-    SchemaExtension,
-    ValidationCache,
-)
-from strawberry.http import GraphQLHTTPResponse
+from strawberry.extensions import SchemaExtension
+from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
 from strawberry.schema.config import StrawberryConfig
 from strawberry.schema.name_converter import NameConverter
+from strawberry.schema.validation_rules.maybe_null import MaybeNullValidationRule
+from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
 from strawberry.types import ExecutionResult
 
 from framework.breaker import CircuitBreaker
-from framework.errors import EventfoldError, Unauthenticated, Unavailable
+from framework.errors import EventfoldError, RateLimited, Unauthenticated, Unavailable
+from framework.graphql.inputs import BadJson, parse_json, unstorable_text
+from framework.graphql.limits import DocumentLimits, check_document
 from framework.graphql.tracing import tracing_extensions
+from framework.http.edge import EdgeApp
+from framework.http.gate import Gate
 from framework.http.health import Check, metrics_route, projections_check, ready_route, store_check, views_check
 from framework.metrics import Metrics
 from framework.query import InvalidQuery
@@ -92,14 +101,26 @@ class GraphQLSpec:
 
 @dataclass(frozen=True)
 class QueryApiOptions:
+    """Limits and behaviour of the query API (``docs/graphql.md`` says what each limit counts)."""
+
     max_depth: int = 10
     max_tokens: int = 2_000
     max_aliases: int = 15
+    max_cost: int = 5_000
+    max_overlaps: int = 1_000
+    max_nesting: int = 32  # selection sets, list/object values and JSON in the body
+    introspection: bool = False  # introspection, and "Did you mean ...?" in error messages
     max_body_bytes: int = 65_536
     consistency_timeout: float = 5.0
     poll_seconds: float = 0.005
     ready_max_lag_seconds: float = 60.0
     ready_timeout_seconds: float = 2.0
+    rate_limit_per_second: float | None = None  # per token subject, else per client address (as the write API)
+    auth_failures_per_minute: float | None = None  # failed authentications per client address
+
+    def document_limits(self) -> DocumentLimits:
+        return DocumentLimits(self.max_depth, self.max_aliases, self.max_cost, self.max_overlaps,
+                              self.max_nesting, self.introspection)
 
 
 @dataclass
@@ -216,6 +237,9 @@ def _code(error: GraphQLError) -> str:
         return str((original.extensions or {}).get("code", "BAD_USER_INPUT"))
     if original is not None:
         return "INTERNAL_SERVER_ERROR"
+    own = (error.extensions or {}).get("code")  # our own limits name their code
+    if own:
+        return str(own)
     lowered = error.message.lower()
     return next((c for text, c in _CODES if text in lowered), "GRAPHQL_VALIDATION_FAILED")
 
@@ -232,12 +256,7 @@ def build_schema(
     """The schema with Eventfold's extensions: caches, limits, read-your-writes and request metrics."""
     consistency = type("ReadYourWritesFor", (ReadYourWrites,), {"projections_by_field": projections_by_field})
     counted: list[Any] = [type("CountedIn", (CountedRequests,), {"metrics": metrics})] if metrics else []
-    # The limit rules are built once: the validation cache is keyed by the rule
-    # classes, and the limiters make new classes each time they are constructed.
-    limits = [
-        *QueryDepthLimiter(max_depth=options.max_depth).validation_rules,
-        *MaxAliasesLimiter(max_alias_count=options.max_aliases).validation_rules,
-    ]
+    documents = _Documents(options)
     return _Schema(
         query=query,
         config=StrawberryConfig(name_converter=_CachedNames()),
@@ -245,14 +264,73 @@ def build_schema(
         # request's execution context, so sharing one between requests races.
         extensions=[
             *tracing_extensions(tracer, _code),  # first: its span encloses the other extensions' work
-            lambda: ParserCache(maxsize=1024),
-            lambda: AddValidationRules(limits),
-            lambda: ValidationCache(maxsize=1024),
-            lambda: MaxTokensLimiter(max_token_count=options.max_tokens),
+            lambda: _Checked(documents),
             consistency,
             *counted,
         ],
     )
+
+
+_RULES = (*specified_rules, MaybeNullValidationRule, OneOfInputValidationRule)  # Strawberry's set
+# Up to 256 documents of up to 4,096 characters are kept (a parsed document takes ~100 times its text):
+# about 120 MB at worst. Longer ones are parsed and checked each time, which the limits keep cheap.
+_CACHED_TEXT = 4_096
+
+
+class _Documents:
+    """Parsing and validation for one schema, cached by the document's text.
+
+    The limits (``check_document``) run before graphql-core's rules, and in time linear in the
+    document, so the protection does not depend on the cache: a comment or a space makes a new text."""
+
+    def __init__(self, options: QueryApiOptions, maxsize: int = 256) -> None:
+        self._options, self._limits = options, options.document_limits()
+        self._parsed = functools.lru_cache(maxsize)(self._parse)
+        self._checked = functools.lru_cache(maxsize)(self._check_text)
+
+    def document(self, text: str) -> DocumentNode:
+        return self._parsed(text) if len(text) <= _CACHED_TEXT else self._parse(text)
+
+    def errors(self, schema: GraphQLSchema, text: str, document: DocumentNode) -> list[GraphQLError]:
+        """``document`` is ``text`` parsed: the cache is keyed by the text (hashing a document walks all of it)."""
+        return list(self._checked(schema, text) if len(text) <= _CACHED_TEXT else self._check(schema, document))
+
+    def _parse(self, text: str) -> DocumentNode:
+        return parse(text, max_tokens=self._options.max_tokens)  # counts comments too
+
+    def _check_text(self, schema: GraphQLSchema, text: str) -> tuple[GraphQLError, ...]:
+        return self._check(schema, self._parsed(text))
+
+    def _check(self, schema: GraphQLSchema, document: DocumentNode) -> tuple[GraphQLError, ...]:
+        refused = check_document(schema, document, self._limits)
+        if refused:
+            return tuple(refused)
+        return tuple(validate(schema, document, _RULES, hide_suggestions=not self._options.introspection))
+
+
+class _Checked(SchemaExtension):
+    """Parse and validate through ``_Documents``; refuse variables holding text PostgreSQL cannot store."""
+
+    def __init__(self, documents: _Documents) -> None:
+        self._documents = documents
+
+    def on_parse(self) -> Iterator[None]:
+        context = self.execution_context
+        context.graphql_document = self._documents.document(cast(str, context.query))
+        yield
+
+    def on_validate(self) -> Iterator[None]:
+        context = self.execution_context
+        # The graphql-core schema: Strawberry has no public accessor; its own validation extensions read it so.
+        schema: GraphQLSchema = context.schema._schema
+        document = context.graphql_document
+        assert document is not None  # on_parse set it
+        errors = self._documents.errors(schema, cast(str, context.query), document)
+        if not errors and unstorable_text(context.variables):
+            errors = [GraphQLError("variables must not contain NUL (\\u0000) characters or lone surrogates",
+                                   extensions={"code": "BAD_USER_INPUT"})]
+        context.pre_execution_errors = errors  # set, so Strawberry does not validate again
+        yield
 
 
 class _CachedNames(NameConverter):
@@ -269,12 +347,25 @@ _CODES = [
     ("number of tokens", "QUERY_TOO_LARGE"),
     ("token limit", "QUERY_TOO_LARGE"),
     ("tokens. parsing aborted", "QUERY_TOO_LARGE"),  # the parser's max_tokens, before "syntax error"
+    ("nested too deeply", "QUERY_TOO_DEEP"),  # the parser ran out of stack, before "syntax error"
     ("aliases found", "QUERY_TOO_LARGE"),
     ("syntax error", "GRAPHQL_PARSE_FAILED"),
 ]
 
 
-def _formatted(error: GraphQLError) -> dict[str, Any]:
+_SUGGESTION = re.compile(r"\s*Did you mean .*$", re.S)
+
+
+def _formatted(error: GraphQLError, *, suggestions: bool = True) -> dict[str, Any]:
+    """The error as the client sees it; without "Did you mean ...?" (which names schema members) unless
+    ``suggestions``: graphql-core hides them in validation when asked, not when coercing variables."""
+    formatted = _formatted_with_suggestions(error)
+    if not suggestions:
+        formatted["message"] = _SUGGESTION.sub("", formatted["message"])
+    return formatted
+
+
+def _formatted_with_suggestions(error: GraphQLError) -> dict[str, Any]:
     original = error.original_error
     if isinstance(original, InvalidQuery):
         return _error(original.message, "BAD_USER_INPUT", error)
@@ -287,9 +378,7 @@ def _formatted(error: GraphQLError) -> dict[str, Any]:
     if original is not None:
         log.error("query failed: %s", error.message, exc_info=original)
         return _error("internal error", "INTERNAL_SERVER_ERROR", error)
-    lowered = error.message.lower()
-    code = next((c for text, c in _CODES if text in lowered), "GRAPHQL_VALIDATION_FAILED")
-    return _error(error.message, code, error)
+    return _error(error.message, _code(error), error)
 
 
 def _error(message: str, code: str, error: GraphQLError) -> dict[str, Any]:
@@ -311,7 +400,9 @@ class _QueryApi(GraphQL[QueryContext, None]):
                  breaker: CircuitBreaker | None = None) -> None:
         super().__init__(schema, graphql_ide=None, allow_queries_via_get=True)
         self._views, self._store, self._options = views, store, options
-        self._authenticator, self._breaker = authenticator, breaker
+        self._breaker = breaker
+        self._gate = Gate(authenticator, rate_per_second=options.rate_limit_per_second,
+                          failures_per_minute=options.auth_failures_per_minute)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Request-level failures (bad JSON, no query, wrong method) answered in the GraphQL error shape."""
@@ -324,13 +415,16 @@ class _QueryApi(GraphQL[QueryContext, None]):
                 scope, receive, send)
             return
         try:
-            scope[_PRINCIPAL] = await self._principal(Request(scope=scope))
+            scope[_PRINCIPAL] = await self._gate.admit(Request(scope=scope))
             response = await self.run(Request(scope=scope, receive=receive))
             if scope.get(_UNAVAILABLE):
                 _make_unavailable(response, self._breaker)
         except Unauthenticated as error:
             response = _graphql_error(401, error.message, "UNAUTHENTICATED")
             response.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+        except RateLimited as error:
+            response = _graphql_error(429, error.message, "RATE_LIMITED")
+            response.headers["Retry-After"] = str(error.retry_after)
         except Unavailable as error:  # e.g. the token keys cannot be fetched
             response = _unavailable(1.0, error.message)
         except HTTPException as error:
@@ -339,13 +433,18 @@ class _QueryApi(GraphQL[QueryContext, None]):
             response = _graphql_error(400, "the body must be a JSON object with a `query`", "BAD_REQUEST")
         await response(scope, receive, send)
 
-    async def _principal(self, request: Request) -> Principal:
-        header = request.headers.get("authorization")
-        if self._authenticator is None:
-            return ANONYMOUS
-        if getattr(self._authenticator, "blocking", False):  # a JWKS URL may be fetched
-            return await asyncio.to_thread(self._authenticator.authenticate, header)
-        return self._authenticator.authenticate(header)
+    def decode_json(self, data: str | bytes) -> object:
+        """Strawberry's hook for the body and JSON query parameters: UTF-8, bounded nesting, or a 400."""
+        try:
+            return parse_json(data, self._options.max_nesting)
+        except BadJson as error:
+            raise HTTPException(400, str(error)) from None
+
+    async def parse_http_body(self, request: Any) -> GraphQLRequestData | list[GraphQLRequestData]:
+        data = await super().parse_http_body(request)
+        if isinstance(data, GraphQLRequestData) and not isinstance(data.operation_name, str | None):
+            raise HTTPException(400, "the GraphQL operation's `operationName` must be a string or null, if provided")
+        return data
 
     async def get_context(self, request: Any, response: Any) -> QueryContext:
         return QueryContext(request, self._views, self._store, self._options,
@@ -355,7 +454,7 @@ class _QueryApi(GraphQL[QueryContext, None]):
     async def process_result(self, request: Any, result: ExecutionResult) -> GraphQLHTTPResponse:
         response: GraphQLHTTPResponse = {"data": result.data}
         if result.errors:
-            response["errors"] = [_formatted(e) for e in result.errors]
+            response["errors"] = [_formatted(e, suggestions=self._options.introspection) for e in result.errors]
             if _nothing_read(result):
                 request.scope[_UNAVAILABLE] = True
         if result.extensions:
@@ -496,13 +595,26 @@ def create_query_app(
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    return Starlette(routes=[
+    app = EdgeApp(routes=[  # correlation ids on every response (framework.http.edge)
         *query_routes(spec, views, store, options=options, metrics=metrics, authenticator=authenticator,
                       breaker=breaker, tracer=tracer),
         Route("/healthz", healthz),
         ready_route(readiness_checks(views, store, options), options.ready_timeout_seconds),
         metrics_route(metrics),
-    ])
+    ], exception_handlers={404: _routing_error, 405: _routing_error})
+    # No redirect of `/graphql/` to `/graphql`: Starlette builds its location from the Host header.
+    app.router.redirect_slashes = False
+    return app
+
+
+async def _routing_error(_: Request, error: Exception) -> Response:
+    """An unknown path or method, answered in the GraphQL error shape (not Starlette's plain text)."""
+    status = error.status_code if isinstance(error, StarletteHTTPException) else 404
+    message = "no such path: the query API serves /graphql" if status == 404 else "method not allowed"
+    response = _graphql_error(status, message, _request_code(status))
+    if isinstance(error, StarletteHTTPException) and error.headers:
+        response.headers.update(error.headers)  # Allow, for a 405
+    return response
 
 
 def readiness_checks(views: ViewStore, store: EventStore | None, options: QueryApiOptions) -> dict[str, Check]:

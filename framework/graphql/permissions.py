@@ -1,8 +1,9 @@
 """Roles on GraphQL fields: ``@strawberry.field(permission_classes=[requires("ops")])``.
 
 A caller without one of the roles gets an error with ``extensions.code``
-``FORBIDDEN`` for that field (``UNAUTHENTICATED`` if no caller is known);
-an anonymous caller (allowed only when anonymous access is on) passes.
+``FORBIDDEN`` for that field (``UNAUTHENTICATED`` if no caller is known). A
+caller without a token holds the configured anonymous roles, and passes only
+with one of ``roles`` (or on a server that checks no tokens at all).
 """
 
 from __future__ import annotations

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import types as pytypes
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from enum import Enum
@@ -14,7 +13,8 @@ from uuid import UUID
 import strawberry
 from strawberry.scalars import JSON
 
-from framework.query import Page, PageRequest
+from framework.graphql.limits import DEFAULT_PAGE, MAX_PAGE
+from framework.query import InvalidQuery, Page, PageRequest
 from framework.readmodel import ReadModel
 
 __all__ = ["Connection", "Edge", "PageInfo", "connection", "graphql_type", "page_request"]
@@ -107,17 +107,15 @@ def connection(page: Page[R], convert: Callable[[R], T]) -> Connection[T]:
     return Connection(edges=edges, page_info=info)
 
 
-@dataclass(frozen=True)
-class _Limits:
-    default_page: int = 20
-    max_page: int = 100
-
-
 def page_request(
-    first: int | None, after: str | None, last: int | None, before: str | None, *, max_size: int = 100
+    first: int | None, after: str | None, last: int | None, before: str | None, *, max_size: int = MAX_PAGE
 ) -> PageRequest:
-    """Relay arguments as a ``PageRequest``; ``first`` defaults to 20 when nothing is given."""
+    """Relay arguments as a ``PageRequest``; ``first`` defaults to 20 when nothing is given.
+
+    ``first`` with ``last`` is refused (``BAD_USER_INPUT``): Relay allows it, but no answer is unsurprising."""
+    if first is not None and last is not None:
+        raise InvalidQuery("pass `first` (forwards) or `last` (backwards), not both")
     if first is None and last is None:
-        first = _Limits.default_page if before is None else None
-        last = _Limits.default_page if before is not None else None
+        first = DEFAULT_PAGE if before is None else None
+        last = DEFAULT_PAGE if before is not None else None
     return PageRequest(first=first, after=after, last=last, before=before, max_size=max_size)

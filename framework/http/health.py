@@ -2,12 +2,15 @@
 
 ``/healthz`` says the process is alive; ``/readyz`` says it can serve: every
 check (a cheap call to a dependency, bounded by a timeout) passed. A failed
-check answers 503 with a JSON body naming it.
+check answers 503 with a JSON body naming it: ``unavailable`` when the dependency
+raised (why goes to the log, never to the unauthenticated caller), ``no answer
+within Ns`` when it timed out, or what a check reports in its own words.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
@@ -22,6 +25,8 @@ from framework.store import EventStore
 from framework.views import ViewStore
 
 __all__ = ["Check", "metrics_route", "projections_check", "ready_route", "store_check", "views_check"]
+
+log = logging.getLogger(__name__)
 
 Check = Callable[[], str | None]
 """A readiness check: runs on a worker thread, returns None when fine or what is wrong."""
@@ -38,7 +43,7 @@ def metrics_route(metrics: Metrics) -> Route:
 def ready_route(checks: Mapping[str, Check], timeout: float) -> Route:
     async def readyz(_: Request) -> Response:
         names = list(checks)
-        results = await asyncio.gather(*(_run(checks[n], timeout) for n in names))
+        results = await asyncio.gather(*(_run(n, checks[n], timeout) for n in names))
         report = {n: r or "ok" for n, r in zip(names, results, strict=True)}
         failed = [n for n, r in zip(names, results, strict=True) if r is not None]
         body: dict[str, Any] = {"status": "unavailable" if failed else "ready", "checks": report}
@@ -49,13 +54,14 @@ def ready_route(checks: Mapping[str, Check], timeout: float) -> Route:
     return Route("/readyz", readyz, methods=["GET"])
 
 
-async def _run(check: Check, timeout: float) -> str | None:
+async def _run(name: str, check: Check, timeout: float) -> str | None:
     try:
         return await asyncio.wait_for(asyncio.to_thread(check), timeout)
     except TimeoutError:
         return f"no answer within {timeout:g}s"
-    except Exception as error:
-        return str(error) or type(error).__name__
+    except Exception as error:  # a driver's message may name hosts and internals: the log has it
+        log.warning("readiness check %s failed: %s", name, str(error) or type(error).__name__)
+        return "unavailable"
 
 
 def store_check(store: EventStore) -> Check:

@@ -30,6 +30,7 @@ from starlette.types import ASGIApp
 
 from framework.errors import ConfigurationError
 from framework.http.health import Check, metrics_route, projections_check, ready_route, store_check, views_check
+from framework.http.server import ServerLimits, uvicorn_options
 from framework.metrics import Metrics
 from framework.store import EventStore
 from framework.views import ViewStore
@@ -85,7 +86,8 @@ class OpsServer:
     async def serve(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then shut down gracefully and release the port."""
         config = uvicorn.Config(self.app, lifespan="off", access_log=False, log_config=None, log_level="warning",
-                                timeout_graceful_shutdown=_GRACEFUL_SECONDS)
+                                timeout_graceful_shutdown=_GRACEFUL_SECONDS,
+                                **uvicorn_options(ServerLimits()))  # the APIs' defaults: scrapers need no more
         server = _RoleServer(config)
         stopper = asyncio.create_task(_exit_on(stop, server))
         log.info("ops server on %s (/metrics, /healthz, /readyz)", self.url)

@@ -9,6 +9,7 @@ from starlette.responses import JSONResponse
 from framework.errors import (
     AggregateNotFound,
     AlreadyExists,
+    BusUnavailable,
     CommandRejected,
     ConcurrencyConflict,
     EventfoldError,
@@ -17,6 +18,8 @@ from framework.errors import (
     IdempotencyKeyReused,
     InvalidCommand,
     InvalidTransition,
+    KeysUnavailable,
+    MalformedJson,
     RateLimited,
     RuleViolation,
     StoreUnavailable,
@@ -25,12 +28,13 @@ from framework.errors import (
     UnknownCommand,
 )
 
-__all__ = ["PROBLEM_JSON", "problem", "problem_for"]
+__all__ = ["PROBLEM_JSON", "problem", "problem_for", "public_detail"]
 
 PROBLEM_JSON = "application/problem+json"
 
 # Most specific first: the first matching class decides the status.
 _STATUS: list[tuple[type[EventfoldError], int, str]] = [
+    (MalformedJson, 400, "Malformed JSON"),
     (Unauthenticated, 401, "Unauthenticated"),
     (Forbidden, 403, "Forbidden"),
     (RateLimited, 429, "Too many requests"),
@@ -46,6 +50,15 @@ _STATUS: list[tuple[type[EventfoldError], int, str]] = [
     (CommandRejected, 422, "Command rejected"),
     (StoreUnavailable, 503, "Event store unavailable"),
     (Unavailable, 503, "Service unavailable"),
+]
+
+# What a client hears when a dependency is down: which one, in our words. The error's own message
+# (a driver's wording, a host name) is for the server's log only.
+_UNAVAILABLE: list[tuple[type[Unavailable], str]] = [
+    (StoreUnavailable, "the event store is unavailable; retry later"),
+    (KeysUnavailable, "the token signing keys cannot be fetched; retry later"),
+    (BusUnavailable, "the message bus is unavailable; retry later"),
+    (Unavailable, "a service this request needs is unavailable; retry later"),
 ]
 
 
@@ -84,6 +97,14 @@ def problem_for(error: EventfoldError, *, retry_after: int) -> JSONResponse:
         headers = {"Retry-After": str(error.retry_after)}
     if isinstance(error, Unauthenticated):
         headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
-    detail = error.message if status != 500 else "the server could not process the request"
-    return problem(status, title, detail, error.code, headers, **extra)
+    return problem(status, title, public_detail(error), error.code, headers, **extra)
+
+
+def public_detail(error: EventfoldError) -> str:
+    """The ``detail`` a client gets: the error's message, except where it would tell how the server is built."""
+    if isinstance(error, Unavailable) and not error.public:
+        return next(detail for kind, detail in _UNAVAILABLE if isinstance(error, kind))
+    if not any(isinstance(error, kind) for kind, _, _ in _STATUS):
+        return "the server could not process the request"
+    return error.message
 

@@ -19,7 +19,8 @@ __all__ = ["RateLimiter"]
 
 
 class RateLimiter:
-    """``check(client)`` takes one token from that client's bucket or raises ``RateLimited``."""
+    """``check(client)`` takes one token from that client's bucket or raises ``RateLimited``;
+    ``blocked`` and ``spend`` count events (failed authentications) apart from admitting them."""
 
     def __init__(self, rate: float, burst: float | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -33,17 +34,36 @@ class RateLimiter:
         self._next_sweep = clock()
 
     def check(self, client: str) -> None:
-        now = self._clock()
         with self._lock:
-            tokens, at = self._buckets.get(client, (self._burst, now))
-            tokens = min(self._burst, tokens + (now - at) * self._rate)
+            now, tokens = self._refilled(client)
             if tokens < 1.0:
                 self._buckets[client] = (tokens, now)
-                retry_after = max(1, math.ceil((1.0 - tokens) / self._rate))
+                retry_after = self._retry_after(tokens)
                 raise RateLimited(f"more than {self._rate:g} requests a second; retry in {retry_after}s",
                                   retry_after=retry_after)
             self._buckets[client] = (tokens - 1.0, now)
             self._sweep(now)
+
+    def blocked(self, client: str) -> int | None:
+        """Seconds until ``client`` has a token again, or None if it has one now; takes nothing."""
+        with self._lock:
+            _, tokens = self._refilled(client)
+            return self._retry_after(tokens) if tokens < 1.0 else None
+
+    def spend(self, client: str) -> None:
+        """Take one token from ``client``'s bucket if it has one: counting, never refusing."""
+        with self._lock:
+            now, tokens = self._refilled(client)
+            self._buckets[client] = (max(0.0, tokens - 1.0), now)
+            self._sweep(now)
+
+    def _refilled(self, client: str) -> tuple[float, float]:
+        now = self._clock()
+        tokens, at = self._buckets.get(client, (self._burst, now))
+        return now, min(self._burst, tokens + (now - at) * self._rate)
+
+    def _retry_after(self, tokens: float) -> int:
+        return max(1, math.ceil((1.0 - tokens) / self._rate))
 
     def _sweep(self, now: float) -> None:
         if now < self._next_sweep:

@@ -2,20 +2,17 @@
 
 Requests are parsed and checked here; the command itself runs on a worker
 thread through the synchronous ``CommandBus``. Every failure leaves as
-problem details; an unexpected exception is logged with its traceback and the
-client sees only a generic 500.
+problem details; an unexpected exception is logged with its traceback (by the
+edge, ``framework.http.edge``) and the client sees only a generic 500.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any
 from uuid import uuid4
 
-from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -23,14 +20,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from framework.bus import CommandBus, CommandContext, Executed
-from framework.errors import EventfoldError
+from framework.errors import EventfoldError, Unavailable
+from framework.http.edge import EdgeApp, request_correlation_id
+from framework.http.gate import Gate
 from framework.http.health import metrics_route, ready_route, store_check
 from framework.http.openapi import openapi_document
 from framework.http.problems import problem, problem_for
-from framework.http.ratelimit import RateLimiter
 from framework.metrics import Metrics
 from framework.observe import NULL_OBSERVER, correlation_id
-from framework.security import ANONYMOUS, Authenticator, Principal, authorize
+from framework.security import Authenticator, Principal, authorize
 from framework.tracing import trace_context_from_headers
 
 __all__ = ["WriteApiOptions", "create_write_app"]
@@ -38,6 +36,8 @@ __all__ = ["WriteApiOptions", "create_write_app"]
 log = logging.getLogger(__name__)
 
 _HEADER_VALUE = re.compile(r"^[\x21-\x7e]{1,255}$")
+# application/json, with at most a charset parameter, and that one UTF-8 (RFC 8259 §8.1)
+_JSON_MEDIA_TYPE = re.compile(r'application/json(\s*;\s*charset\s*=\s*("utf-8"|utf-8))?\s*', re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -46,27 +46,7 @@ class WriteApiOptions:
     retry_after_seconds: int = 1
     ready_timeout_seconds: float = 2.0
     rate_limit_per_second: float | None = None  # per principal subject, else per client address
-
-
-@dataclass(frozen=True)
-class _Gate:
-    """Who may come in: the authenticator (None: everyone is anonymous) and the rate limiter."""
-
-    authenticator: Authenticator | None
-    limiter: RateLimiter | None
-
-    async def principal(self, request: Request) -> Principal:
-        header = request.headers.get("authorization")
-        if self.authenticator is None:
-            principal = ANONYMOUS
-        elif getattr(self.authenticator, "blocking", False):  # a JWKS URL may be fetched
-            principal = await run_in_threadpool(self.authenticator.authenticate, header)
-        else:
-            principal = self.authenticator.authenticate(header)
-        if self.limiter is not None:
-            client = principal.subject or (request.client.host if request.client else "unknown")
-            self.limiter.check(client)
-        return principal
+    auth_failures_per_minute: float | None = None  # failed authentications per client address (framework.http.gate)
 
 
 class _BadRequest(Exception):
@@ -81,7 +61,7 @@ def create_write_app(
     *,
     metrics: Metrics | None = None,
     authenticator: Authenticator | None = None,
-) -> Starlette:
+) -> EdgeApp:
     """The write API. ``metrics`` is what ``/metrics`` serves (default: a fresh registry, which
     becomes the bus's observer when the bus has none).
 
@@ -89,8 +69,8 @@ def create_write_app(
     default, for tests and embedding); the CLI passes one built from the settings.
     """
     options = options or WriteApiOptions()
-    limiter = RateLimiter(options.rate_limit_per_second) if options.rate_limit_per_second else None
-    gate = _Gate(authenticator, limiter)
+    gate = Gate(authenticator, rate_per_second=options.rate_limit_per_second,
+                failures_per_minute=options.auth_failures_per_minute)
     openapi = openapi_document(bus.router)
     if metrics is None:
         metrics = Metrics()
@@ -103,6 +83,8 @@ def create_write_app(
         except _BadRequest as bad:
             return bad.response
         except EventfoldError as error:
+            if isinstance(error, Unavailable):  # the client hears which dependency; the why is for the log
+                log.warning("%s %s: %s", request.method, request.url.path, error.message)
             return problem_for(error, retry_after=options.retry_after_seconds)
 
     async def get_openapi(_: Request) -> Response:
@@ -111,7 +93,7 @@ def create_write_app(
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    return Starlette(
+    app = EdgeApp(
         routes=[
             Route("/commands/{name}", post_command, methods=["POST"]),
             Route("/openapi.json", get_openapi, methods=["GET"]),
@@ -121,17 +103,18 @@ def create_write_app(
         ],
         exception_handlers={HTTPException: _http_problem, Exception: _internal_error},
     )
+    app.router.redirect_slashes = False  # a redirect would be built from the Host header a client sent
+    return app
 
 
 async def _handle_command(request: Request, bus: CommandBus, options: WriteApiOptions,
-                          gate: _Gate) -> Response:
-    principal = await gate.principal(request)  # 401 and 429 before anything else
+                          gate: Gate) -> Response:
+    principal = await gate.admit(request)  # 401 and 429 before anything else
     name = request.path_params["name"]
     command_type = bus.router.command_type(name)  # 404 before reading a body
     authorize(command_type, principal)
     _require_json(request)
-    payload = _decode(await _read_body(request, options.max_body_bytes))
-    command = bus.router.parse(command_type.command_name, payload)
+    command = bus.router.parse_json(command_type.command_name, await _read_body(request, options.max_body_bytes))
     context = _context(request, principal)
     token = correlation_id.set(context.correlation_id)
     try:
@@ -142,10 +125,11 @@ async def _handle_command(request: Request, bus: CommandBus, options: WriteApiOp
 
 
 def _require_json(request: Request) -> None:
-    content_type = request.headers.get("content-type", "application/json")
-    media_type = content_type.split(";")[0].strip().lower()
-    if media_type != "application/json" and not media_type.endswith("+json"):
-        raise _BadRequest(415, "Unsupported media type", "send the command as application/json",
+    """application/json only: a browser sends anything else (text/plain, a form) across sites without
+    asking first (no CORS preflight), so accepting it would let any web page send commands."""
+    if not _JSON_MEDIA_TYPE.fullmatch(request.headers.get("content-type", "")):
+        raise _BadRequest(415, "Unsupported media type",
+                          "send the command as application/json (UTF-8, the only charset allowed)",
                           "unsupported_media_type")
 
 
@@ -165,29 +149,11 @@ def _too_large(limit: int) -> _BadRequest:
     return _BadRequest(413, "Body too large", f"the body exceeds {limit} bytes", "body_too_large")
 
 
-def _decode(body: bytes) -> Any:
-    try:
-        return json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as e:
-        raise _BadRequest(400, "Malformed JSON", f"the body is not valid JSON: {_reason(e)}",
-                          "malformed_json") from None
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed in JSON")
-
-
-def _reason(error: Exception) -> str:
-    if isinstance(error, json.JSONDecodeError):
-        return f"{error.msg} at line {error.lineno} column {error.colno}"
-    return str(error) or type(error).__name__
-
-
 def _context(request: Request, principal: Principal) -> CommandContext:
     key = _header(request, "idempotency-key")
     request_id = str(uuid4())
     return CommandContext(
-        correlation_id=_header(request, "x-correlation-id") or request_id,
+        correlation_id=request_correlation_id(request.scope) or request_id,
         causation_id=request_id,
         actor=principal.subject,
         idempotency_key=key,
@@ -212,10 +178,8 @@ def _accepted(executed: Executed, context: CommandContext) -> Response:
         "version": result.version,
         "position": result.position,
     }
-    headers = {"X-Correlation-ID": context.correlation_id or ""}
-    if executed.replayed:
-        headers["Idempotent-Replayed"] = "true"
-    return JSONResponse(body, headers=headers)
+    headers = {"Idempotent-Replayed": "true"} if executed.replayed else None
+    return JSONResponse(body, headers=headers)  # the edge adds X-Correlation-ID
 
 
 async def _http_problem(_: Request, exc: Exception) -> Response:
@@ -226,5 +190,5 @@ async def _http_problem(_: Request, exc: Exception) -> Response:
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
-    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    # Starlette raises the exception again after this answer: the edge logs it, once.
     return problem(500, "Internal error", "the server could not process the request", "internal_error")

@@ -135,7 +135,10 @@ def test_a_jwks_without_a_key_for_the_algorithms_stops_start_up(keys: KeyServer,
     keys.document = {"keys": [encryption, {**ec_key, "kid": "ec"}]}
     with pytest.raises(ConfigurationError, match=r"holds no signing key for RS256$"):
         JwtAuthenticator(settings(keys.url))
-    assert JwtAuthenticator(settings(keys.url, algorithms=("RS256", "ES256"))).blocking  # the EC key fits
+    with pytest.raises(ConfigurationError, match=r"holds no signing key for RS256$"):  # every one named needs a key
+        JwtAuthenticator(settings(keys.url, algorithms=("RS256", "ES256")))
+    assert JwtAuthenticator(settings(keys.url, algorithms=("ES256",))).blocking  # the EC key fits
+    assert JwtAuthenticator(settings(keys.url, algorithms=())).blocking  # ...as it does the keys' own algorithms
 
 
 def test_a_url_that_does_not_answer_stops_start_up_within_the_timeout() -> None:

@@ -80,11 +80,11 @@ def eventfold_executable() -> str:
 def clean_env(**variables: str) -> dict[str, str]:
     """The current environment without any EVENTFOLD_* variable, plus ``variables``.
 
-    Anonymous access is allowed (the servers' default is off) unless ``variables`` say otherwise:
-    tests that are not about tokens send none.
+    Every caller may do everything without a token (``EVENTFOLD_ANONYMOUS_ROLES=*``; the servers'
+    default is to require one) unless ``variables`` say otherwise: tests not about tokens send none.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTFOLD_")}
-    env["EVENTFOLD_ALLOW_ANONYMOUS"] = "true"
+    env["EVENTFOLD_ANONYMOUS_ROLES"] = "*"
     env.update(variables)
     return env
 
@@ -115,7 +115,7 @@ class CliServer:
         self.base_url = f"http://{host}:{self.port}"
         self._command = [eventfold_executable(), role, "--host", host, "--port", str(self.port)]
         # Anonymous access unless the environment decides (write-api and query-api default to off).
-        self._env = {"EVENTFOLD_ALLOW_ANONYMOUS": "true", **env}
+        self._env = {"EVENTFOLD_ANONYMOUS_ROLES": "*", **env}
         self.process: subprocess.Popen[str] | None = None
         self.stdout = ""
         self.stderr = ""

@@ -37,12 +37,12 @@ class Issuer:
     def bearer(self, *args: Any, **kwargs: Any) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token(*args, **kwargs)}"}
 
-    def settings(self, *, allow_anonymous: bool = False) -> JwtSettings:
+    def settings(self, *, anonymous_roles: frozenset[str] | None = None) -> JwtSettings:
         return JwtSettings(jwks_file=str(self.jwks_file), algorithms=("RS256",), issuer=ISSUER,
-                           audience=AUDIENCE, allow_anonymous=allow_anonymous)
+                           audience=AUDIENCE, anonymous_roles=anonymous_roles)
 
-    def authenticator(self, *, allow_anonymous: bool = False) -> JwtAuthenticator:
-        return JwtAuthenticator(self.settings(allow_anonymous=allow_anonymous))
+    def authenticator(self, *, anonymous_roles: frozenset[str] | None = None) -> JwtAuthenticator:
+        return JwtAuthenticator(self.settings(anonymous_roles=anonymous_roles))
 
 
 def new_key() -> rsa.RSAPrivateKey:

@@ -43,6 +43,7 @@ EXPECTED_PUBLIC_API = [
     "IdempotencyKeyReused",
     "InvalidCommand",
     "InvalidTransition",
+    "Lax",
     "RuleViolation",
     "Settings",
     "StoreUnavailable",

@@ -18,11 +18,17 @@ from framework.adapters.memory_views import MemoryViewStore
 from framework.breaker import BreakingEventStore, CircuitBreaker
 from framework.errors import Forbidden, RateLimited, Unauthenticated
 from framework.graphql import create_query_app
-from framework.http.auth import AllowAnonymous, JwtAuthenticator, JwtSettings, authenticator_from_settings
+from framework.http.auth import (
+    NOT_VERIFIED,
+    AllowAnonymous,
+    JwtAuthenticator,
+    JwtSettings,
+    authenticator_from_settings,
+)
 from framework.http.ratelimit import RateLimiter
 from framework.http.write_api import WriteApiOptions, create_write_app
 from framework.mapper import from_stored
-from framework.security import ANONYMOUS, Principal, authorize
+from framework.security import ANONYMOUS, Principal, anonymous, authorize, has_any_role
 from projections.graphql import build_graphql
 
 with warnings.catch_warnings():
@@ -62,7 +68,7 @@ def test_a_token_from_another_issuer_is_refused(issuer: Issuer) -> None:
 
 
 def test_a_token_signed_by_another_key_is_refused(issuer: Issuer) -> None:
-    assert "signature" in refused(issuer, issuer.token(key=new_key()))
+    assert refused(issuer, issuer.token(key=new_key())) == NOT_VERIFIED
 
 
 def test_an_unsigned_or_garbled_token_is_refused(issuer: Issuer) -> None:
@@ -73,10 +79,19 @@ def test_an_unsigned_or_garbled_token_is_refused(issuer: Issuer) -> None:
         issuer.authenticator().authenticate("Basic dXNlcjpwYXNz")
 
 
-def test_no_token_is_refused_unless_anonymous_access_is_on(issuer: Issuer) -> None:
+def test_no_token_is_refused_unless_anonymous_roles_are_set(issuer: Issuer) -> None:
     with pytest.raises(Unauthenticated):
         issuer.authenticator().authenticate(None)
-    assert issuer.authenticator(allow_anonymous=True).authenticate(None) is ANONYMOUS
+    nobody = issuer.authenticator(anonymous_roles=frozenset()).authenticate(None)
+    assert nobody == Principal(None, frozenset(), anonymous=True)
+    assert not has_any_role(nobody, frozenset({"ops"}))
+    assert has_any_role(nobody, frozenset())
+
+
+def test_a_token_holds_the_anonymous_roles_too(issuer: Issuer) -> None:
+    auth = issuer.authenticator(anonymous_roles=frozenset({"registrar"}))
+    assert auth.authenticate(None).roles == {"registrar"}
+    assert auth.authenticate(f"Bearer {issuer.token('al', ['custody'])}").roles == {"custody", "registrar"}
 
 
 def test_a_configured_hmac_secret_verifies_tokens() -> None:
@@ -96,7 +111,7 @@ def test_a_configured_pem_public_key_verifies_tokens(issuer: Issuer) -> None:
 
 
 def test_misconfigurations_are_configuration_errors(tmp_path: Path) -> None:
-    with pytest.raises(ConfigurationError, match="EVENTFOLD_ALLOW_ANONYMOUS"):
+    with pytest.raises(ConfigurationError, match="EVENTFOLD_ANONYMOUS_ROLES"):
         authenticator_from_settings(JwtSettings())
     with pytest.raises(ConfigurationError, match="cannot be read"):
         authenticator_from_settings(JwtSettings(jwks_file=str(tmp_path / "missing.json")))
@@ -105,14 +120,21 @@ def test_misconfigurations_are_configuration_errors(tmp_path: Path) -> None:
         authenticator_from_settings(JwtSettings(jwks_file=str(tmp_path / "bad.json")))
     with pytest.raises(ConfigurationError, match="PEM"):
         authenticator_from_settings(JwtSettings(key="not a key"))
-    assert isinstance(authenticator_from_settings(JwtSettings(allow_anonymous=True)), AllowAnonymous)
+    assert authenticator_from_settings(JwtSettings(anonymous_roles=frozenset("*"))).authenticate(None) is ANONYMOUS
+    bounded = authenticator_from_settings(JwtSettings(anonymous_roles=frozenset({"custody"})))
+    assert bounded.authenticate("Bearer anything") == Principal(None, frozenset({"custody"}), anonymous=True)
+    with pytest.raises(ConfigurationError, match=r"EVENTFOLD_ANONYMOUS_ROLES='\*'"):
+        authenticator_from_settings(JwtSettings(jwks_file=str(tmp_path / "bad.json"), anonymous_roles=frozenset("*")))
 
 
 # --- roles ----------------------------------------------------------------------------------------
 
 def test_roles_are_checked_against_the_command() -> None:
     authorize(OpenAccount, Principal("a", frozenset({"custody"})))
-    authorize(OpenAccount, ANONYMOUS)
+    authorize(OpenAccount, ANONYMOUS)  # a server that checks no tokens
+    with pytest.raises(Forbidden):
+        authorize(OpenAccount, anonymous(frozenset({"viewer"})))
+    authorize(OpenAccount, anonymous(frozenset({"custody"})))
     with pytest.raises(Forbidden, match="custody"):
         authorize(OpenAccount, Principal("a", frozenset({"registrar"})))
     with pytest.raises(Forbidden):

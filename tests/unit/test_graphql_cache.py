@@ -1,29 +1,26 @@
-"""The query API's schema validates a document once, however often it is asked."""
+"""The query API's schema parses and validates a document once, however often it is asked, and its
+limits hold whether or not the answer comes from the cache."""
 
 from __future__ import annotations
 
 import asyncio
 from unittest import mock
 
-import strawberry.extensions.validation_cache as validation_cache
-import strawberry.schema.schema as strawberry_schema
-
+import framework.graphql.app as query_app
 from framework.graphql.app import QueryApiOptions, build_schema
 from projections.graphql import PROJECTIONS_BY_FIELD, Query
 
 
-def test_identical_documents_are_validated_once() -> None:
-    schema = build_schema(Query, QueryApiOptions(), PROJECTIONS_BY_FIELD)
+def test_identical_documents_are_parsed_and_validated_once() -> None:
+    schema = build_schema(Query, QueryApiOptions(introspection=True), PROJECTIONS_BY_FIELD)
     document = '{ __type(name: "Card") { name } }'
-    real = strawberry_schema.validate_document
-    # Strawberry wraps validate_document once per process: forget a wrapper an earlier test made.
-    validation_cache._get_validate_cache.cache_clear()
-    with mock.patch.object(strawberry_schema, "validate_document", side_effect=real) as validate:
+    with mock.patch.object(query_app, "validate", side_effect=query_app.validate) as validate, \
+            mock.patch.object(query_app, "parse", side_effect=query_app.parse) as parse:
         for _ in range(5):
             result = asyncio.run(schema.execute(document))
             assert result.errors is None, result.errors
-    validation_cache._get_validate_cache.cache_clear()
     assert validate.call_count == 1
+    assert parse.call_count == 1
 
 
 def test_the_limits_still_apply_with_cached_validation() -> None:
@@ -31,4 +28,20 @@ def test_the_limits_still_apply_with_cached_validation() -> None:
     deep = "{ cards { edges { node { security { name } } } } }"
     for _ in range(2):
         result = asyncio.run(schema.execute(deep))
-        assert result.errors and "exceeds maximum operation depth" in result.errors[0].message
+        assert result.errors and result.errors[0].extensions == {"code": "QUERY_TOO_DEEP"}, result.errors
+
+
+def test_a_comment_makes_a_new_text_that_is_checked_again() -> None:
+    schema = build_schema(Query, QueryApiOptions(max_depth=2), PROJECTIONS_BY_FIELD)
+    for comment in ("", "# one", "# two", " " * 7):
+        result = asyncio.run(schema.execute(f"{{ cards {{ edges {{ node {{ security {{ name }} }} }} }} }}{comment}"))
+        assert result.errors and result.errors[0].extensions == {"code": "QUERY_TOO_DEEP"}, result.errors
+
+
+def test_a_long_document_is_not_cached_but_still_checked() -> None:
+    schema = build_schema(Query, QueryApiOptions(), PROJECTIONS_BY_FIELD)
+    padded = "{ __typename }" + " " * 5_000
+    with mock.patch.object(query_app, "validate", side_effect=query_app.validate) as validate:
+        for _ in range(2):
+            assert asyncio.run(schema.execute(padded)).errors is None
+    assert validate.call_count == 2

@@ -125,13 +125,21 @@ def test_a_correlation_id_is_made_up_when_none_is_sent(client: TestClient, store
 
 @pytest.mark.parametrize(
     "content_type",
-    [None, "application/json", "application/json; charset=utf-8", "APPLICATION/JSON", "application/x+json"],
+    ["application/json", "application/json; charset=utf-8", "APPLICATION/JSON", "application/json;charset=UTF-8"],
 )
-def test_json_media_types_are_accepted(client: TestClient, content_type: str | None) -> None:
-    headers = {"content-type": content_type} if content_type else {}
+def test_json_media_types_are_accepted(client: TestClient, content_type: str) -> None:
     body = json.dumps(APPLE_SECURITY).encode()
-    response = client.post("/commands/RegisterSecurity", content=body, headers=headers)
+    response = client.post("/commands/RegisterSecurity", content=body, headers={"content-type": content_type})
     assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("content_type", [None, "application/x+json", "text/plain", "application/json; charset=utf-16",
+                                          "application/json; boundary=x"])
+def test_other_media_types_are_415(client: TestClient, content_type: str | None) -> None:
+    """Without a content type (or with text/plain) a browser sends a cross-site POST without asking first."""
+    headers = {"content-type": content_type} if content_type else {}
+    response = client.post("/commands/RegisterSecurity", content=json.dumps(APPLE_SECURITY).encode(), headers=headers)
+    problem(response, 415, "unsupported_media_type")
 
 
 def test_openapi_describes_every_command(client: TestClient) -> None:
@@ -171,13 +179,24 @@ def test_the_400_says_where_the_json_broke(client: TestClient) -> None:
     assert "line 2" in problem(response, 400, "malformed_json")["detail"]
 
 
-@pytest.mark.parametrize("header", ["Idempotency-Key", "X-Correlation-ID"])
 @pytest.mark.parametrize("value", ["has space", "x" * 256, "tab\there", "caf\u00e9"])
-def test_malformed_headers_are_400(client: TestClient, header: str, value: str) -> None:
-    headers = {header: value.encode()}
+def test_malformed_idempotency_keys_are_400(client: TestClient, value: str) -> None:
+    headers = {"Idempotency-Key": value.encode()}
     response = client.post("/commands/OpenAccount", json=ADA, headers=headers)  # type: ignore[arg-type]
     detail = problem(response, 400, "malformed_header")["detail"]
-    assert header.lower() in detail
+    assert "idempotency-key" in detail
+
+
+@pytest.mark.parametrize("value", ["has space", "x" * 256, "tab\there", "caf\u00e9", "<b>"])
+def test_a_malformed_correlation_id_is_replaced_by_a_new_one(
+    client: TestClient, store: MemoryEventStore, value: str
+) -> None:
+    headers = {"X-Correlation-ID": value.encode()}
+    response = client.post("/commands/RegisterSecurity", json=APPLE_SECURITY, headers=headers)  # type: ignore[arg-type]
+    assert response.status_code == 200, response.text
+    (envelope,) = [from_stored(n) for n in store.read_all(0, 10)]
+    assert response.headers["x-correlation-id"] == envelope.metadata.correlation_id
+    assert UUID(response.headers["x-correlation-id"])
 
 
 # --- 404 / 405 ------------------------------------------------------------------------------
@@ -378,6 +397,31 @@ def test_store_unavailable_is_503_with_retry_after() -> None:
     assert response.headers["retry-after"] == "7"
 
 
+class DriverDownStore(DownStore):
+    def append(self, events: Any, completion: IdempotencyCompletion | None = None) -> list[int]:
+        raise StoreUnavailable("the PostgreSQL event store is unavailable (connection to db.internal:5432 refused)")
+
+
+def test_a_503_names_the_dependency_in_our_words_and_logs_the_why(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING), make_client(store=DriverDownStore()) as client:
+        response = post(client, "RegisterSecurity", APPLE_SECURITY)
+    assert problem(response, 503, "store_unavailable")["detail"] == "the event store is unavailable; retry later"
+    assert "db.internal" not in response.text
+    assert "db.internal:5432 refused" in caplog.text
+
+
+def test_a_failing_readiness_check_says_unavailable_not_why(caplog: pytest.LogCaptureFixture) -> None:
+    class Unready(DriverDownStore):
+        def head(self) -> int:
+            raise StoreUnavailable("terminating connection due to administrator command")
+
+    with caplog.at_level(logging.WARNING), make_client(store=Unready()) as client:
+        response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["checks"] == {"event_store": "unavailable"}
+    assert "administrator" in caplog.text and "administrator" not in response.text
+
+
 @pytest.mark.parametrize(
     "error",
     [
@@ -401,6 +445,15 @@ def test_an_unexpected_exception_is_a_generic_500(
     }
     assert "secret-detail" not in response.text and "hunter2" not in response.text
     assert "secret-detail" in caplog.text  # ...but the operator's log has it
+
+
+def test_an_unexpected_exception_is_logged_once_with_the_correlation_id(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.ERROR), make_client(exploding_router(lambda: RuntimeError("boom"))) as client:
+        response = post(client, "Explode", Explode(note="boom").model_dump(), **{"X-Correlation-ID": "corr-500"})
+    problem(response, 500, "internal_error")
+    assert response.headers["x-correlation-id"] == "corr-500"
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info is not None, [r.getMessage() for r in errors]
 
 
 def test_a_framework_error_without_a_status_is_a_generic_500() -> None:
