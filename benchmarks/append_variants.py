@@ -30,6 +30,7 @@ from typing import Any
 from uuid import uuid4
 
 from eventsourcing.persistence import StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import write_path as wp
@@ -62,8 +63,16 @@ class Streams:
         return [StoredEvent(i, self._version, "SecuritiesCredited", STATE) for i in self._ids]
 
 
-def variants(store: Any) -> dict[str, tuple[int, Callable[[], object]]]:
-    recorder, datastore = store.recorder, store._datastore
+def recorder_for(settings: Any) -> PostgresApplicationRecorder:
+    """``eventsourcing``'s recorder on the table ``PostgresEventStore`` created: its statements and
+    composite type for the hand-written variants (close ``recorder.datastore`` after)."""
+    datastore = PostgresDatastore(dbname=settings.dbname, host=settings.host, port=settings.port,
+                                  user=settings.user, password=settings.password, schema=settings.schema)
+    return PostgresApplicationRecorder(datastore)
+
+
+def variants(store: Any, recorder: PostgresApplicationRecorder) -> dict[str, tuple[int, Callable[[], object]]]:
+    datastore = recorder.datastore
     with datastore.get_connection() as conn:
         sql = {
             "insert": recorder.insert_events_statement.as_string(conn),
@@ -126,17 +135,20 @@ def main(argv: list[str] | None = None) -> int:
     databases = wp.Databases(admin_url)
     wp.CpuSampler.pg_pids = wp.PostgresPids(admin_url, f"eventfold_bench_{os.getpid()}_")
     try:
-        store = PostgresEventStore(PostgresSettings.from_url(databases.create("append")))
+        settings = PostgresSettings.from_url(databases.create("append"))
+        store = PostgresEventStore(settings)
         store.create_schema()
+        recorder = recorder_for(settings)
         try:
             best: dict[str, tuple[int, wp.Result]] = {}
-            ops = variants(store)
+            ops = variants(store, recorder)
             for _ in range(max(1, args.repeat)):  # rounds interleave the variants
                 for name, (events, op) in ops.items():
                     result = wp.run_threads(name, [op], 0.5, args.duration)
                     if name not in best or result.rate > best[name][1].rate:
                         best[name] = (events, result)
         finally:
+            recorder.datastore.close()
             store.close()
     finally:
         databases.drop_all()

@@ -659,7 +659,8 @@ def _holdings_check(url: str, schema: str, version: int, events: int) -> str:
 # What-if variants of the replay, applied in the child process only (no framework file changes):
 # each names a suggestion of the report and lets a framework change be A/B-tested against it.
 VARIANTS = {
-    "gc": "gc.set_threshold(50_000, 20, 100): fewer cyclic collections over the row cache",
+    "defaultgc": "the interpreter's default collector thresholds, without the tuning `eventfold replay` and"
+                 " `eventfold project` apply at start (framework.cli.startup)",
     "nocache": "HoldingMovement rows (written, never read back) kept out of the RowCache (now the"
                " default: only models looked up by key are cached)",
     "binary": "binary (%%b) parameters for the text fallback of the bulk upserts too (the default"
@@ -668,10 +669,10 @@ VARIANTS = {
 
 
 def _apply_variants(names: list[str]) -> None:
-    if "gc" in names:
-        import gc
+    if "defaultgc" not in names:  # as `eventfold replay` starts
+        from framework.cli.startup import tune_collector_for_catch_up
 
-        gc.set_threshold(50_000, 20, 100)
+        tune_collector_for_catch_up()
     if "nocache" in names:
         import framework.staging as staging
         from projections.holdings import HoldingMovement

@@ -13,7 +13,7 @@ from typing import Protocol
 from framework.commands import Command
 from framework.errors import Forbidden
 
-__all__ = ["ANONYMOUS", "Authenticator", "Principal", "anonymous", "authorize", "has_any_role"]
+__all__ = ["ANONYMOUS", "AllowAnonymous", "Authenticator", "Principal", "anonymous", "authorize", "has_any_role"]
 
 
 @dataclass(frozen=True)
@@ -43,9 +43,26 @@ class Authenticator(Protocol):
 
     Raises ``Unauthenticated`` for a missing (when anonymous access is off),
     malformed, expired or otherwise invalid token; never the token library's own errors.
+    ``blocking`` is true when ``authenticate`` may wait on the network (keys fetched from a
+    URL): the edge then calls it off the event loop.
     """
 
+    @property
+    def blocking(self) -> bool: ...
+
     def authenticate(self, authorization: str | None) -> Principal: ...
+
+
+class AllowAnonymous:
+    """No tokens checked: every caller is ``principal`` (by default, allowed everything)."""
+
+    blocking = False
+
+    def __init__(self, principal: Principal = ANONYMOUS) -> None:
+        self.principal = principal
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        return self.principal
 
 
 def has_any_role(principal: Principal, roles: frozenset[str]) -> bool:

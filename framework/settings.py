@@ -8,6 +8,7 @@ variable and the value.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TypeVar
@@ -15,10 +16,15 @@ from urllib.parse import unquote, urlsplit
 
 from framework.errors import ConfigurationError
 
-__all__ = ["PostgresSettings", "Settings"]
+__all__ = ["DEFAULT_NATS_URL", "PostgresSettings", "Settings"]
 
 N = TypeVar("N", int, float)
 PREFIX = "EVENTFOLD_"
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+_NATS_SCHEMES = {"nats", "tls", "ws", "wss"}
+_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_PREFIX_CHARS = re.compile(r"^[A-Za-z0-9_-]*$")
+_NAME_CHARS = "letters, digits, '-' or '_'"
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,16 @@ class Settings:
     graphql_max_aliases: int = 15
     graphql_max_tokens: int = 2_000
     graphql_max_cost: int = 5_000
+    # The JetStream event stream (relay, project): JetStream acks do not mean fsync by default, so
+    # storage and replicas are the user's to set (file and >= 3 replicas on a cluster: durable).
+    stream: str = "eventfold"
+    subject_prefix: str = "eventfold.events"
+    stream_storage: str = "file"  # file | memory
+    stream_replicas: int = 1
+    stream_retention: str = "limits"  # limits | interest
+    stream_max_age_seconds: float = 0.0  # 0: kept forever
+    stream_duplicate_window_seconds: float = 120.0
+    consumer_prefix: str = "eventfold-"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -185,9 +201,48 @@ class Settings:
             graphql_max_cost=read.number(
                 "GRAPHQL_MAX_COST", int, defaults.graphql_max_cost, minimum=1, maximum=1_000_000
             ),
+            stream=read.matching("STREAM", defaults.stream, _NAME, _NAME_CHARS),
+            subject_prefix=read.subject_prefix("SUBJECT_PREFIX", defaults.subject_prefix),
+            stream_storage=read.choice("STREAM_STORAGE", ("file", "memory")) or defaults.stream_storage,
+            stream_replicas=read.number("STREAM_REPLICAS", int, defaults.stream_replicas, minimum=1, maximum=5),
+            stream_retention=read.choice("STREAM_RETENTION", ("limits", "interest")) or defaults.stream_retention,
+            stream_max_age_seconds=read.number(
+                "STREAM_MAX_AGE_SECONDS", float, defaults.stream_max_age_seconds, minimum=0
+            ),
+            stream_duplicate_window_seconds=read.number(
+                "STREAM_DUPLICATE_WINDOW_SECONDS", float, defaults.stream_duplicate_window_seconds, minimum=0
+            ),
+            consumer_prefix=read.matching(
+                "CONSUMER_PREFIX", defaults.consumer_prefix, _PREFIX_CHARS, _NAME_CHARS, allow_empty=True
+            ),
         )
         settings.postgres()  # a malformed URL fails here, at start-up
+        settings.nats_servers()  # ...and so does a malformed NATS URL
+        settings._check_stream()
         return settings
+
+    def _check_stream(self) -> None:
+        max_age, window = self.stream_max_age_seconds, self.stream_duplicate_window_seconds
+        if 0 < max_age < window:
+            raise ConfigurationError(
+                f"{PREFIX}STREAM_DUPLICATE_WINDOW_SECONDS={window!r} must not exceed "
+                f"{PREFIX}STREAM_MAX_AGE_SECONDS={max_age!r}"
+            )
+
+    def nats_servers(self) -> tuple[str, ...]:
+        """The NATS servers of ``EVENTFOLD_NATS_URL`` (comma-separated), the local default when unset."""
+        raw = self.nats_url
+        if raw is None:
+            return (DEFAULT_NATS_URL,)
+        servers = tuple(part.strip() for part in raw.split(",") if part.strip())
+        for url in servers:
+            if not _is_nats_url(url):
+                raise ConfigurationError(
+                    f"{PREFIX}NATS_URL={_redact_all(raw)!r}: {_redact_all(url)!r} is not a nats://host:port URL"
+                )
+        if not servers:
+            raise ConfigurationError(f"{PREFIX}NATS_URL={raw!r} names no server")
+        return servers
 
     def postgres(self) -> PostgresSettings | None:
         """The PostgreSQL connection, or None for the embedded store."""
@@ -206,9 +261,44 @@ class Settings:
         )
 
 
+def _is_nats_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return False
+    return parts.scheme in _NATS_SCHEMES and bool(parts.hostname)
+
+
+def _redact_all(url: str) -> str:
+    """Every ``user:password@`` of a (comma-separated) URL with the password hidden."""
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
 class _Reader:
     def __init__(self, env: Mapping[str, str]) -> None:
         self._env = env
+
+    def matching(self, name: str, default: str, pattern: re.Pattern[str], what: str,
+                 *, allow_empty: bool = False) -> str:
+        raw = self._env.get(PREFIX + name)
+        if raw is None or (raw.strip() == "" and not allow_empty):
+            return default
+        value = raw.strip()
+        if not pattern.match(value):
+            raise ConfigurationError(f"{PREFIX}{name}={value!r} must contain only {what}")
+        return value
+
+    def subject_prefix(self, name: str, default: str) -> str:
+        """Dot-separated tokens, each a name (NATS subject wildcards and empty tokens refused)."""
+        raw = (self._env.get(PREFIX + name) or "").strip()
+        if not raw:
+            return default
+        if any(not token or not _NAME.match(token) for token in raw.split(".")):
+            raise ConfigurationError(
+                f"{PREFIX}{name}={raw!r} must be dot-separated tokens of {_NAME_CHARS}"
+            )
+        return raw
 
     def text(self, name: str, default: str | None) -> str | None:
         value = self._env.get(PREFIX + name)

@@ -7,6 +7,7 @@ store until the batch commits, when the adapter flushes ``changes`` in bulk
 
 from __future__ import annotations
 
+import copy
 import operator
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -160,26 +161,18 @@ class StagedViews:
 
 
 _MISSING: Any = object()
-_set = object.__setattr__
 
 
 def _copy(row: R | None) -> R | None:
     """An independent copy of a row, which handlers may mutate: ``copy_row``, done faster for rows
-    of scalars only (the shallow copy pydantic's ``model_copy`` makes, without its generic steps)."""
+    of scalars only (pydantic's own shallow copy, ``copy.copy``, without ``model_copy``'s update step)."""
     if row is None:
         return None
     model = type(row)
     flat = _FLAT.get(model)
     if flat is None:
         flat = _FLAT[model] = model._flat()
-    if not flat or row.__pydantic_private__ is not None or row.__pydantic_extra__ is not None:
-        return row.copy_row()
-    copy = model.__new__(model)
-    _set(copy, "__dict__", row.__dict__.copy())
-    _set(copy, "__pydantic_extra__", None)
-    _set(copy, "__pydantic_fields_set__", row.__pydantic_fields_set__.copy())
-    _set(copy, "__pydantic_private__", None)
-    return copy
+    return copy.copy(row) if flat else row.copy_row()
 
 
 _FLAT: dict[type[ReadModel], bool] = {}

@@ -17,11 +17,9 @@ The worker is synchronous; ``framework.consumer_loop`` drives it from a bus.
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -130,14 +128,13 @@ class ProjectionWorker:
         database refuses is settled the careful way, then catching up goes on.
         """
         target = self.store.head() if until is None else until
-        with _fewer_collections():
-            while True:
-                try:
-                    return self._catch_up(target, progress)
-                except VersionSwitched:  # a rebuild was switched in meanwhile: continue on it
-                    self._follow_switch()
-                except _Rejected as rejected:
-                    self._settle(rejected.notifications)
+        while True:
+            try:
+                return self._catch_up(target, progress)
+            except VersionSwitched:  # a rebuild was switched in meanwhile: continue on it
+                self._follow_switch()
+            except _Rejected as rejected:
+                self._settle(rejected.notifications)
 
     def _catch_up(self, target: int, progress: Callable[[int], None] | None) -> int:
         size = self.options.catch_up_batch
@@ -453,30 +450,3 @@ def _command_letter(entry: OutboxEntry, refusal: Refusal) -> DeadLetter:
 
 def _id(notification: Notification) -> int:
     return notification.id
-
-
-_gc_lock = threading.Lock()
-_gc_users = 0
-_gc_threshold = gc.get_threshold()
-
-
-@contextlib.contextmanager
-def _fewer_collections() -> Iterator[None]:
-    """Bulk catch-up allocates many short-lived rows next to long-lived cached ones; the cyclic
-    collector would walk the cached ones over and over. Freeze what exists and collect less often
-    while any worker of the process catches up (the setting is process-wide, hence the count)."""
-    global _gc_users, _gc_threshold
-    with _gc_lock:
-        if _gc_users == 0:
-            _gc_threshold = gc.get_threshold()
-            gc.freeze()
-            gc.set_threshold(50_000, *_gc_threshold[1:])
-        _gc_users += 1
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_users -= 1
-            if _gc_users == 0:
-                gc.set_threshold(*_gc_threshold)
-                gc.unfreeze()

@@ -14,7 +14,7 @@ last message of a fetch acknowledges the whole fetch.
 Every nats error is translated into ``BusUnavailable`` (or ``ConfigurationError``
 for a stream the server refuses to create) at this boundary.
 
-    connection = await connect(JetStreamSettings.from_env(os.environ))
+    connection = await connect(JetStreamSettings.from_settings(settings))
     await connection.ensure_stream()
     publisher = JetStreamPublisher(connection)
     consumer = JetStreamConsumer(connection, "holdings")
@@ -30,7 +30,6 @@ import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
-from urllib.parse import urlsplit
 from uuid import UUID
 
 import nats
@@ -50,6 +49,7 @@ from nats.js.api import (
 )
 
 from framework.errors import BusUnavailable, ConfigurationError
+from framework.settings import DEFAULT_NATS_URL, Settings
 from framework.store import Notification
 from framework.streaming import Delivery
 from framework.tracing import TracedNotification, trace_context_of
@@ -85,10 +85,7 @@ HEADER_CAUSATION_ID = "Eventfold-Causation-Id"
 HEADER_TRACEPARENT = "traceparent"  # W3C trace context: the relay's span, else the command's
 HEADER_TRACESTATE = "tracestate"
 
-DEFAULT_URL = "nats://127.0.0.1:4222"
-_URL_SCHEMES = {"nats", "tls", "ws", "wss"}
-_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-_PREFIX_CHARS = re.compile(r"^[A-Za-z0-9_-]*$")
+DEFAULT_URL = DEFAULT_NATS_URL
 _NOT_TOKEN = re.compile(r"[^A-Za-z0-9_-]")
 _STREAM_NOT_FOUND = 10059
 _CONSUMER_NOT_FOUND = 10014
@@ -126,34 +123,25 @@ class JetStreamSettings:
         return f"{self.subject_prefix}.>"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> JetStreamSettings:
-        """Read ``EVENTFOLD_NATS_URL`` (comma-separated) and the ``EVENTFOLD_STREAM*`` variables."""
-        read = _EnvReader(env)
-        defaults = cls()
-        settings = cls(
-            servers=_parse_servers(read.raw("NATS_URL")),
-            stream=read.matching("STREAM", defaults.stream, _NAME, "letters, digits, '-' or '_'"),
-            subject_prefix=_parse_prefix(read.raw("SUBJECT_PREFIX"), defaults.subject_prefix),
-            storage=cast(Literal["file", "memory"],
-                         read.choice("STREAM_STORAGE", defaults.storage, ("file", "memory"))),
-            replicas=int(read.number("STREAM_REPLICAS", int, defaults.replicas, 1, 5)),
-            retention=cast(Literal["limits", "interest"],
-                           read.choice("STREAM_RETENTION", defaults.retention, ("limits", "interest"))),
-            max_age_seconds=read.number("STREAM_MAX_AGE_SECONDS", float, defaults.max_age_seconds, 0),
-            duplicate_window_seconds=read.number(
-                "STREAM_DUPLICATE_WINDOW_SECONDS", float, defaults.duplicate_window_seconds, 0
-            ),
-            consumer_prefix=read.matching(
-                "CONSUMER_PREFIX", defaults.consumer_prefix, _PREFIX_CHARS, "letters, digits, '-' or '_'",
-                allow_empty=True,
-            ),
+    def from_settings(cls, settings: Settings) -> JetStreamSettings:
+        """The stream's part of ``Settings`` (``EVENTFOLD_NATS_URL`` and ``EVENTFOLD_STREAM*``, read and
+        checked by ``framework.settings``)."""
+        return cls(
+            servers=settings.nats_servers(),
+            stream=settings.stream,
+            subject_prefix=settings.subject_prefix,
+            storage=cast(Literal["file", "memory"], settings.stream_storage),
+            replicas=settings.stream_replicas,
+            retention=cast(Literal["limits", "interest"], settings.stream_retention),
+            max_age_seconds=settings.stream_max_age_seconds,
+            duplicate_window_seconds=settings.stream_duplicate_window_seconds,
+            consumer_prefix=settings.consumer_prefix,
         )
-        if 0 < settings.max_age_seconds < settings.duplicate_window_seconds:
-            raise ConfigurationError(
-                f"EVENTFOLD_STREAM_DUPLICATE_WINDOW_SECONDS={settings.duplicate_window_seconds!r} "
-                f"must not exceed EVENTFOLD_STREAM_MAX_AGE_SECONDS={settings.max_age_seconds!r}"
-            )
-        return settings
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> JetStreamSettings:
+        """``from_settings(Settings.from_env(env))``: the variables are read where all settings are."""
+        return cls.from_settings(Settings.from_env(env))
 
     def stream_config(self) -> StreamConfig:
         return StreamConfig(
@@ -172,82 +160,6 @@ class JetStreamSettings:
         if not durable_name:
             raise ConfigurationError("a durable consumer needs a non-empty name")
         return _NOT_TOKEN.sub("_", self.consumer_prefix + durable_name)
-
-
-class _EnvReader:
-    PREFIX = "EVENTFOLD_"
-
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self._env = env
-
-    def raw(self, name: str) -> str | None:
-        value = self._env.get(self.PREFIX + name)
-        return None if value is None or value.strip() == "" else value.strip()
-
-    def _bad(self, name: str, value: str, why: str) -> ConfigurationError:
-        return ConfigurationError(f"{self.PREFIX}{name}={value!r} {why}")
-
-    def matching(self, name: str, default: str, pattern: re.Pattern[str], what: str,
-                 *, allow_empty: bool = False) -> str:
-        value = self._env.get(self.PREFIX + name)
-        if value is None or (value.strip() == "" and not allow_empty):
-            return default
-        value = value.strip()
-        if not pattern.match(value):
-            raise self._bad(name, value, f"must contain only {what}")
-        return value
-
-    def choice(self, name: str, default: str, choices: Sequence[str]) -> str:
-        value = self.raw(name)
-        if value is None:
-            return default
-        if value.lower() not in choices:
-            raise self._bad(name, value, f"must be one of {', '.join(choices)}")
-        return value.lower()
-
-    def number(self, name: str, kind: type[int] | type[float], default: float,
-               minimum: float, maximum: float | None = None) -> float:
-        value = self.raw(name)
-        if value is None:
-            return default
-        try:
-            number = kind(value)
-        except ValueError:
-            raise self._bad(name, value, f"is not a valid {kind.__name__}") from None
-        if number < minimum or (maximum is not None and number > maximum):
-            bounds = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
-            raise self._bad(name, value, f"must be {bounds}")
-        return number
-
-
-def _parse_servers(raw: str | None) -> tuple[str, ...]:
-    if raw is None:
-        return (DEFAULT_URL,)
-    servers = tuple(part.strip() for part in raw.split(",") if part.strip())
-    for url in servers:
-        try:
-            parts = urlsplit(url)
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError:
-            parts = None
-        if parts is None or parts.scheme not in _URL_SCHEMES or not parts.hostname:
-            raise ConfigurationError(
-                f"EVENTFOLD_NATS_URL={_redact(raw)!r}: {_redact(url)!r} is not a nats://host:port URL"
-            )
-    if not servers:
-        raise ConfigurationError(f"EVENTFOLD_NATS_URL={raw!r} names no server")
-    return servers
-
-
-def _parse_prefix(raw: str | None, default: str) -> str:
-    if raw is None:
-        return default
-    tokens = raw.split(".")
-    if any(not token or not _NAME.match(token) for token in tokens):
-        raise ConfigurationError(
-            f"EVENTFOLD_SUBJECT_PREFIX={raw!r} must be dot-separated tokens of letters, digits, '-' or '_'"
-        )
-    return raw
 
 
 def _redact(url: str) -> str:

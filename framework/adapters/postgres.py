@@ -1,12 +1,14 @@
-"""PostgreSQL event store on ``eventsourcing``'s PostgreSQL recorder (psycopg 3).
+"""PostgreSQL event store in ``eventsourcing``'s PostgreSQL events table (psycopg 3).
 
-The recorder owns the events table, its composite type and the table lock
-that makes commit order equal position order. This module adds the single
-append transaction (events + idempotency record), snapshots, and translation
-of driver errors into ``framework.errors``. It deliberately avoids the
-recorder's own retrying read/insert methods: when the database is down a
-request should fail fast with ``StoreUnavailable``, not stall for seconds, and
-an insert whose commit outcome is unknown must not be blindly re-sent.
+``init-db`` creates the events table with ``eventsourcing``'s own recorder, so the
+table, its notification ids and its NOTIFY channel are the library's. Everything
+else is this module's, on its own connection pool: the single append transaction
+(events + idempotency record, under the same table lock that makes commit order
+equal position order), reads, snapshots, and translation of driver errors into
+``framework.errors``. It does not use the recorder's retrying read/insert methods:
+when the database is down a request should fail fast with ``StoreUnavailable``, not
+stall for seconds, and an insert whose commit outcome is unknown must not be
+blindly re-sent.
 """
 
 from __future__ import annotations
@@ -16,19 +18,13 @@ from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import (
-    IntegrityError,
-    InterfaceError,
-    Notification,
-    OperationalError,
-    PersistenceError,
-    ProgrammingError,
-    StoredEvent,
-)
+import psycopg
+from eventsourcing.persistence import Notification, PersistenceError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
-from psycopg import Cursor
+from psycopg import Connection, Cursor
 from psycopg.errors import UndefinedFunction, UndefinedTable
-from psycopg.rows import DictRow, tuple_row
+from psycopg.rows import DictRow, dict_row, tuple_row
+from psycopg_pool import ConnectionPool
 
 from framework.adapters.idempotency import KeyRecord, outcome_for_existing
 from framework.errors import (
@@ -54,30 +50,33 @@ _SCHEMA = [
 ]
 
 _KEY_TAKEN_OVER = "EF001"  # SQLSTATE raised by eventfold_append when a claim is no longer ours
+_EVENTS_TABLE = "stored_events"  # eventsourcing's default; its recorder NOTIFYs on a channel of that name
+_CHANNEL = _EVENTS_TABLE
 
 
-def _append_function(schema: str, events_table: str, channel: str, event_type: str) -> str:
+def _append_function(schema: str) -> str:
     """The whole append transaction as one server-side function.
 
     It takes the same table lock as ``eventsourcing``'s recorder (commit order
     equals position order) and sends the same NOTIFY, then inserts and marks the
-    idempotency key, so a command costs one round trip and one commit.
+    idempotency key, so a command costs one round trip and one commit. The events
+    come as one array per column: no composite type to look up and register first.
     """
-    s, events = _quote(schema), f"{_quote(schema)}.{_quote(events_table)}"
+    s, events = _quote(schema), f"{_quote(schema)}.{_quote(_EVENTS_TABLE)}"
     return f"""
 CREATE OR REPLACE FUNCTION {s}.eventfold_append(
-    new_events {s}.{_quote(event_type)}[], key_name text, key_owner uuid,
-    key_aggregate uuid, key_version bigint)
+    event_ids uuid[], event_versions bigint[], event_topics text[], event_states bytea[],
+    key_name text, key_owner uuid, key_aggregate uuid, key_version bigint)
 RETURNS TABLE (new_position bigint) LANGUAGE plpgsql AS $fn$
 DECLARE
     positions bigint[] := '{{}}';
 BEGIN
-    IF cardinality(new_events) > 0 THEN
+    IF cardinality(event_ids) > 0 THEN
         LOCK TABLE {events} IN EXCLUSIVE MODE;
-        NOTIFY {_quote(channel)};
+        NOTIFY {_quote(_CHANNEL)};
         WITH inserted AS (
             INSERT INTO {events} (originator_id, originator_version, topic, state)
-            SELECT e.originator_id, e.originator_version, e.topic, e.state FROM unnest(new_events) AS e
+            SELECT * FROM unnest(event_ids, event_versions, event_topics, event_states)
             RETURNING notification_id)
         SELECT array_agg(notification_id ORDER BY notification_id) INTO positions FROM inserted;
     END IF;
@@ -95,59 +94,63 @@ $fn$
 """
 
 
+# The first version of eventfold_append took eventsourcing's composite type; it is not called any more.
+_DROP_OLD_APPEND = (
+    "DROP FUNCTION IF EXISTS {s}.eventfold_append({s}.stored_event_uuid[], text, uuid, uuid, bigint)"
+)
+
+
 class PostgresEventStore:
     def __init__(self, settings: PostgresSettings) -> None:
-        self._datastore = PostgresDatastore(
-            dbname=settings.dbname,
-            host=settings.host,
-            port=settings.port,
-            user=settings.user,
-            password=settings.password,
-            schema=settings.schema,
-            pool_size=settings.pool_size,
-            connect_timeout=settings.connect_timeout,
+        self._settings = settings
+        self._schema = settings.schema.strip() or "public"
+        # Opened on first use, so a process can start while PostgreSQL is down; connect_timeout
+        # bounds the TCP connect itself, `timeout` the wait for a pooled connection.
+        self._pool: ConnectionPool[Connection[DictRow]] = ConnectionPool(
+            kwargs={
+                "host": settings.host, "port": settings.port, "dbname": settings.dbname,
+                "user": settings.user, "password": settings.password, "row_factory": dict_row,
+                "autocommit": True, "connect_timeout": max(1, round(settings.connect_timeout)),
+            },
+            min_size=settings.pool_size, max_size=settings.pool_size, timeout=settings.connect_timeout,
+            open=False,
         )
-        self._schema = self._datastore.schema
-        # Bound the TCP connect itself, not only the wait for a pooled connection.
-        pool_kwargs = self._datastore.pool.kwargs
-        assert isinstance(pool_kwargs, dict)
-        pool_kwargs["connect_timeout"] = max(1, round(settings.connect_timeout))
-        # The recorder looks up its composite type in the database when built;
-        # defer that to first use so a process can start while PostgreSQL is down.
-        self._datastore.register_type_adapters = lambda: None  # type: ignore[method-assign]
-        self._recorder = PostgresApplicationRecorder(self._datastore)
-        del self._datastore.register_type_adapters
-        self._sql = _Statements(self._schema, self._recorder.events_table_name)
-
-    @property
-    def recorder(self) -> PostgresApplicationRecorder:
-        """The underlying ``eventsourcing`` recorder, for LISTEN/NOTIFY subscribers."""
-        return self._recorder
+        self._sql = _Statements(self._schema, _EVENTS_TABLE)
 
     def create_schema(self) -> None:
+        with self._cursor() as cursor:  # fails fast (StoreUnavailable) when the server is down
+            cursor.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(self._schema)}".encode())
         with _translated():
-            with self._datastore.get_connection() as conn:
-                conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(self._schema)}".encode())
-            self._recorder.create_table()
-            self._datastore.register_type_adapters()
-            with self._datastore.transaction(commit=True) as cursor:
-                for statement in _SCHEMA:
-                    cursor.execute(statement.format(s=_quote(self._schema)).encode())
-                recorder = self._recorder
-                cursor.execute(_append_function(
-                    self._schema, recorder.events_table_name, recorder.channel_name,
-                    recorder.stored_event_type_name,
-                ).encode())
+            self._create_events_table()
+        with self._transaction() as cursor:
+            for statement in (*_SCHEMA, _DROP_OLD_APPEND):
+                cursor.execute(statement.format(s=_quote(self._schema)).encode())
+            cursor.execute(_append_function(self._schema).encode())
+
+    def _create_events_table(self) -> None:
+        """``eventsourcing``'s own events table, notification index and type, made by its recorder."""
+        settings = self._settings
+        datastore = PostgresDatastore(
+            dbname=settings.dbname, host=settings.host, port=settings.port, user=settings.user,
+            password=settings.password, schema=self._schema, pool_size=1,
+            connect_timeout=settings.connect_timeout,
+        )
+        try:
+            PostgresApplicationRecorder(datastore, events_table_name=_EVENTS_TABLE).create_table()
+        finally:
+            datastore.close()
 
     @contextmanager
     def _transaction(self) -> Iterator[Cursor[DictRow]]:
-        with _translated(), self._datastore.transaction(commit=True) as cursor:
+        with self._cursor() as cursor, cursor.connection.transaction():
             yield cursor
 
     @contextmanager
     def _cursor(self) -> Iterator[Cursor[DictRow]]:
-        with _translated(), self._datastore.get_connection() as conn, conn.cursor() as cursor:
-            yield cursor
+        with _translated():
+            self._pool.open(wait=False)
+            with self._pool.connection() as conn, conn.cursor() as cursor:
+                yield cursor
 
     def append(
         self,
@@ -155,18 +158,13 @@ class PostgresEventStore:
         completion: IdempotencyCompletion | None = None,
     ) -> list[int]:
         """One statement, one round trip: ``eventfold_append`` (see ``_append_function``)."""
-        self._datastore.register_type_adapters()  # a no-op once registered
-        rows = [
-            self._recorder.construct_pg_stored_event(
-                e.originator_id, e.originator_version, e.topic, e.state
-            )
-            for e in events
-        ]
+        columns = ([e.originator_id for e in events], [e.originator_version for e in events],
+                   [e.topic for e in events], [e.state for e in events])
         key = completion or IdempotencyCompletion("", UUID(int=0), None, 0)
         with self._cursor() as cursor:
             cursor.execute(
                 self._sql.append,
-                (rows, key.key or None, key.owner, key.aggregate_id, key.version),
+                (*columns, key.key or None, key.owner, key.aggregate_id, key.version),
                 prepare=True,
             )
             return [row["new_position"] for row in cursor.fetchall()]
@@ -236,14 +234,14 @@ class PostgresEventStore:
             return True
         with self._cursor() as cursor:
             connection = cursor.connection
-            connection.execute(f"LISTEN {_quote(self._recorder.channel_name)}")
+            connection.execute(f"LISTEN {_quote(_CHANNEL)}")
             try:
                 if self.head() > after_position:  # appended before LISTEN took effect
                     return True
                 for _ in connection.notifies(timeout=timeout, stop_after=1):
                     break
             finally:
-                connection.execute(f"UNLISTEN {_quote(self._recorder.channel_name)}")
+                connection.execute(f"UNLISTEN {_quote(_CHANNEL)}")
         return self.head() > after_position
 
     def relay_checkpoint(self, name: str) -> int:
@@ -257,7 +255,7 @@ class PostgresEventStore:
             cursor.execute(self._sql.save_checkpoint, (name, position))
 
     def close(self) -> None:
-        self._datastore.close()
+        self._pool.close()
 
 
 class _Statements:
@@ -265,7 +263,10 @@ class _Statements:
 
     def __init__(self, schema: str, events_table: str) -> None:
         s, events = _quote(schema), f"{_quote(schema)}.{_quote(events_table)}"
-        self.append = f"SELECT new_position FROM {s}.eventfold_append(%s, %s, %s, %s, %s)"
+        self.append = (
+            f"SELECT new_position FROM {s}.eventfold_append("
+            "%s::uuid[], %s::bigint[], %s::text[], %s::bytea[], %s, %s, %s, %s)"
+        )
         self.select_stream = (
             f"SELECT * FROM {events} WHERE originator_id = %s AND originator_version > %s"
             " ORDER BY originator_version"
@@ -335,28 +336,28 @@ def _translated() -> Iterator[None]:
     """Driver errors become ``framework.errors``, here and nowhere else."""
     try:
         yield
-    except PersistenceError as e:
+    except (psycopg.Error, PersistenceError) as e:  # PersistenceError: eventsourcing's, at init-db
         raise _translation(e) from e
 
 
-def _translation(error: PersistenceError) -> EventfoldError:
-    cause = error.__cause__
+def _translation(error: Exception) -> EventfoldError:
+    cause = error.__cause__ if isinstance(error, PersistenceError) else error
     if getattr(cause, "sqlstate", None) == _KEY_TAKEN_OVER:
         return IdempotencyKeyInFlight("the idempotency key was taken over by another request")
-    if isinstance(error, IntegrityError):
+    if isinstance(cause, psycopg.IntegrityError):
         return ConcurrencyConflict("an aggregate was changed concurrently")
-    if isinstance(error, OperationalError | InterfaceError):
+    if isinstance(cause, psycopg.OperationalError | psycopg.InterfaceError):  # a pool timeout is operational
         return StoreUnavailable(f"the PostgreSQL event store is unavailable ({_first_line(error)})")
     if isinstance(cause, UndefinedTable):
         return StoreUnavailable("event store tables are missing: run `eventfold init-db`")
     if isinstance(cause, UndefinedFunction):
         return StoreUnavailable("the event store schema is out of date: run `eventfold init-db`")
-    if isinstance(error, ProgrammingError):
+    if isinstance(cause, psycopg.ProgrammingError):
         return StoreUnavailable(f"PostgreSQL refused the event store's statement ({_first_line(error)})")
     return StoreUnavailable(f"the PostgreSQL event store failed ({_first_line(error)})")
 
 
 def _first_line(error: Exception) -> str:
     """The driver's own words, first line only (libpq never includes the password)."""
-    text = str(error.__cause__ or error).strip()
+    text = str(error.__cause__ if isinstance(error, PersistenceError) and error.__cause__ else error).strip()
     return text.splitlines()[0] if text else type(error).__name__

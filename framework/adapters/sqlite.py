@@ -2,6 +2,8 @@
 
 Used by ``eventfold dev``: a restart keeps the data. One process owns the
 file; a lock serialises writers so positions are handed out in commit order.
+The recorder makes the events table and reads it; the append is this module's
+own INSERT, so that the events and the idempotency record share a transaction.
 """
 
 from __future__ import annotations
@@ -32,10 +34,17 @@ _SCHEMA = [
 ]
 
 
+_EVENTS_TABLE = "stored_events"
+# The recorder's events table has a rowid: it is the event's position (notification id).
+_INSERT_EVENT = (
+    f"INSERT INTO {_EVENTS_TABLE} (originator_id, originator_version, topic, state) VALUES (?, ?, ?, ?)"
+)
+
+
 class SQLiteEventStore:
     def __init__(self, path: str) -> None:
         self._datastore = SQLiteDatastore(db_name=path)
-        self._recorder = SQLiteApplicationRecorder(self._datastore)
+        self._recorder = SQLiteApplicationRecorder(self._datastore, events_table_name=_EVENTS_TABLE)
         self._write_lock = threading.Lock()
         self._appended = threading.Condition()  # one process owns the file: wake in-process readers
 
@@ -70,12 +79,16 @@ class SQLiteEventStore:
         return positions
 
     def _insert(self, cursor: SQLiteCursor, events: Sequence[StoredEvent]) -> list[int]:
+        positions = []
         try:
-            return [int(p) for p in self._recorder._insert_events(cursor, events) or []]
+            for e in events:
+                cursor.execute(_INSERT_EVENT, (_stored_id(e.originator_id), e.originator_version, e.topic, e.state))
+                positions.append(int(cursor.lastrowid))
         except Exception as e:
             if "UNIQUE constraint" in str(e):
                 raise ConcurrencyConflict("an aggregate was changed concurrently") from e
             raise
+        return positions
 
     def read_stream(self, aggregate_id: UUID, after_version: int = 0) -> list[StoredEvent]:
         with _translated():
@@ -179,6 +192,11 @@ def _key_record(row: Any) -> KeyRecord:
         version=row["version"],
         position=row["position"],
     )
+
+
+def _stored_id(value: UUID | str) -> str:
+    """An aggregate id as the recorder stores it (and looks it up): a UUID's hex, a string as it is."""
+    return value.hex if isinstance(value, UUID) else value
 
 
 def _hex(value: UUID | str) -> str:

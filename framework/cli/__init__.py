@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from framework.cli import operate, serve, stream
+from framework.cli.startup import CATCH_UP_COMMANDS, tune_collector_for_catch_up
 from framework.errors import EventfoldError
 from framework.logs import configure_logging
 from framework.settings import Settings
@@ -22,6 +23,8 @@ _JSON_LOGS_BY_DEFAULT = {"write-api", "query-api", "relay", "project"}  # the ro
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in CATCH_UP_COMMANDS:
+        tune_collector_for_catch_up()
     configure_logging("text", logging.INFO)
     try:
         settings = _with_overrides(Settings.from_env(os.environ), args)

@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -57,7 +56,7 @@ def _jetstream(settings: Settings) -> JetStreamSettings:
 
     if not settings.nats_url:
         raise ConfigurationError("this role needs EVENTFOLD_NATS_URL (nats://host:4222[,nats://...])")
-    return JetStreamSettings.from_env(os.environ)
+    return JetStreamSettings.from_settings(settings)
 
 
 class _Bus:

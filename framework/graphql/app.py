@@ -63,9 +63,9 @@ from framework.breaker import CircuitBreaker
 from framework.errors import EventfoldError, RateLimited, Unauthenticated, Unavailable
 from framework.graphql.inputs import BadJson, parse_json, unstorable_text
 from framework.graphql.limits import DocumentLimits, check_document
-from framework.graphql.tracing import tracing_extensions
+from framework.graphql.tracing import ReadSpans, tracing_extensions
 from framework.http.edge import EdgeApp
-from framework.http.gate import Gate
+from framework.http.gate import Gate, admitted
 from framework.http.health import Check, metrics_route, projections_check, ready_route, store_check, views_check
 from framework.metrics import Metrics
 from framework.query import InvalidQuery
@@ -135,10 +135,18 @@ class QueryContext:
     consistency: dict[str, Any] | None = None
     principal: Principal = ANONYMOUS
     breaker: CircuitBreaker | None = None
+    spans: ReadSpans | None = None  # set by the tracing extension when a tracer records spans
     _loaders: dict[tuple[str, type[ReadModel]], DataLoader[Any, Any]] = field(default_factory=dict)
+    _waiting: bool = field(default=False, init=False)  # the wait polls positions: its own span covers those reads
 
     async def read(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a (blocking) view-store call off the event loop, through the breaker when there is one."""
+        if self.spans is None or self._waiting:
+            return await self._read(call, *args, **kwargs)
+        with self.spans.read(call, args):
+            return await self._read(call, *args, **kwargs)
+
+    async def _read(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if self.breaker is None:
             return await asyncio.to_thread(call, *args, **kwargs)
         return await asyncio.to_thread(self.breaker.call, functools.partial(call, *args, **kwargs))
@@ -154,6 +162,19 @@ class QueryContext:
         return self._loaders[key]
 
     async def wait_for(self, projections: Sequence[str], position: int) -> dict[str, Any]:
+        """Wait (bounded) until every one of ``projections`` has applied ``position``; say whether they did."""
+        if self.spans is None:
+            return await self._poll(projections, position)
+        self._waiting = True
+        try:
+            with self.spans.wait(projections, position) as describe:
+                outcome = await self._poll(projections, position)
+                describe(outcome)
+                return outcome
+        finally:
+            self._waiting = False
+
+    async def _poll(self, projections: Sequence[str], position: int) -> dict[str, Any]:
         deadline = time.monotonic() + self.options.consistency_timeout
         while True:
             positions = {p: await self.read(self.views.active_position, p) for p in projections}
@@ -390,7 +411,6 @@ def _error(message: str, code: str, error: GraphQLError) -> dict[str, Any]:
     return formatted
 
 
-_PRINCIPAL = "eventfold.principal"
 _UNAVAILABLE = "eventfold.unavailable"  # set when nothing could be read: the answer becomes a 503
 
 
@@ -415,7 +435,7 @@ class _QueryApi(GraphQL[QueryContext, None]):
                 scope, receive, send)
             return
         try:
-            scope[_PRINCIPAL] = await self._gate.admit(Request(scope=scope))
+            await self._gate.admit(Request(scope=scope))  # get_context reads the principal back
             response = await self.run(Request(scope=scope, receive=receive))
             if scope.get(_UNAVAILABLE):
                 _make_unavailable(response, self._breaker)
@@ -449,7 +469,7 @@ class _QueryApi(GraphQL[QueryContext, None]):
     async def get_context(self, request: Any, response: Any) -> QueryContext:
         return QueryContext(request, self._views, self._store, self._options,
                             min_position=_min_position(request),
-                            principal=request.scope.get(_PRINCIPAL, ANONYMOUS), breaker=self._breaker)
+                            principal=admitted(request), breaker=self._breaker)
 
     async def process_result(self, request: Any, result: ExecutionResult) -> GraphQLHTTPResponse:
         response: GraphQLHTTPResponse = {"data": result.data}

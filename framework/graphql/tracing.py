@@ -25,9 +25,10 @@ be renamed), so parsing, which is cached for repeated documents, is outside it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from graphql import (
     DocumentNode,
@@ -48,10 +49,7 @@ from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOpe
 
 from framework.tracing import AttributeValue, Span, TraceContext, Tracer, trace_context_from_headers, traced
 
-if TYPE_CHECKING:
-    from framework.graphql.app import QueryContext
-
-__all__ = ["ErrorCode", "TracedOperations", "hide_literals", "tracing_extensions"]
+__all__ = ["ErrorCode", "ReadSpans", "TracedOperations", "hide_literals", "tracing_extensions"]
 
 ErrorCode = Callable[[GraphQLError], str]
 """The ``extensions.code`` a client sees for an error."""
@@ -95,9 +93,11 @@ class TracedOperations(SchemaExtension):
         yield
 
     def on_execute(self) -> Iterator[None]:
+        from framework.graphql.app import QueryContext  # the app module builds schemas with this one
+
         context = self.execution_context.context
-        if self._span is not None and hasattr(context, "wait_for"):  # a QueryContext
-            _trace_reads(context, self._tracer, self._span.carrier())
+        if self._span is not None and isinstance(context, QueryContext):
+            context.spans = ReadSpans(self._tracer, self._span.carrier())
         yield
 
     def _started(self) -> Span:
@@ -176,35 +176,24 @@ def hide_literals(query: str) -> str:
     return hidden if len(hidden) <= _DOCUMENT_MAX else hidden[:_DOCUMENT_MAX] + "…"
 
 
-def _trace_reads(context: QueryContext, tracer: Tracer, parent: TraceContext | None) -> None:
-    """Spans for this request's read-your-writes wait and read-model reads, children of the operation's.
+class ReadSpans:
+    """Spans for one request's read-your-writes wait and read-model reads, children of its operation's
+    span: ``QueryContext`` opens them around its reads and its wait when it has this."""
 
-    The context is this request's own, so its methods are wrapped on the instance."""
-    read, wait_for = context.read, context.wait_for
-    waiting = False
+    def __init__(self, tracer: Tracer, parent: TraceContext | None) -> None:
+        self._tracer, self._parent = tracer, parent
 
-    async def traced_read(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        if waiting:  # the wait polls positions: its own span covers that
-            return await read(call, *args, **kwargs)
-        with traced(tracer, f"read {getattr(call, '__name__', 'call')}", parent=parent,
-                    attributes=_read_attributes(args)):
-            return await read(call, *args, **kwargs)
+    def read(self, call: Callable[..., Any], args: tuple[Any, ...]) -> contextlib.AbstractContextManager[Span]:
+        return traced(self._tracer, f"read {getattr(call, '__name__', 'call')}", parent=self._parent,
+                      attributes=_read_attributes(args))
 
-    async def traced_wait(projections: Sequence[str], position: int) -> dict[str, Any]:
-        nonlocal waiting
-        waiting = True
-        try:
-            with traced(tracer, "read-your-writes wait", parent=parent, attributes={
-                    "eventfold.consistency.requested": position,
-                    "eventfold.consistency.projections": ",".join(projections)}) as span:
-                outcome = await wait_for(projections, position)
-                _describe_wait(span, outcome)
-                return outcome
-        finally:
-            waiting = False
-
-    context.read = traced_read  # type: ignore[method-assign]
-    context.wait_for = traced_wait  # type: ignore[method-assign]
+    @contextlib.contextmanager
+    def wait(self, projections: Sequence[str], position: int) -> Iterator[Callable[[dict[str, Any]], None]]:
+        """The wait's span; call what it yields with the wait's outcome."""
+        with traced(self._tracer, "read-your-writes wait", parent=self._parent, attributes={
+                "eventfold.consistency.requested": position,
+                "eventfold.consistency.projections": ",".join(projections)}) as span:
+            yield functools.partial(_describe_wait, span)
 
 
 def _read_attributes(args: tuple[Any, ...]) -> dict[str, AttributeValue]:

@@ -37,7 +37,7 @@ from framework.http.keys import (
     read_jwks_file,
     usable,
 )
-from framework.security import ANONYMOUS, Authenticator, Principal, anonymous
+from framework.security import ANONYMOUS, AllowAnonymous, Authenticator, Principal, anonymous
 from framework.settings import Settings
 
 __all__ = [
@@ -76,16 +76,6 @@ class JwtSettings:
     @property
     def has_key_source(self) -> bool:
         return bool(self.jwks_file or self.jwks_url or self.key)
-
-
-class AllowAnonymous:
-    """No tokens checked: every caller is ``principal`` (by default, allowed everything)."""
-
-    def __init__(self, principal: Principal = ANONYMOUS) -> None:
-        self.principal = principal
-
-    def authenticate(self, authorization: str | None) -> Principal:
-        return self.principal
 
 
 class JwtAuthenticator:

@@ -19,13 +19,16 @@ from starlette.requests import Request
 
 from framework.errors import RateLimited, Unauthenticated
 from framework.http.ratelimit import RateLimiter
-from framework.security import ANONYMOUS, Authenticator, Principal
+from framework.security import AllowAnonymous, Authenticator, Principal
 
-__all__ = ["Gate", "client_address"]
+__all__ = ["Gate", "admitted", "client_address"]
+
+_PRINCIPAL = "eventfold.principal"  # the scope key under which a request's admitted principal is kept
 
 
 class Gate:
-    """``admit(request)``: the caller's principal, or ``Unauthenticated`` / ``RateLimited``.
+    """``admit(request)``: the caller's principal, or ``Unauthenticated`` / ``RateLimited``. The one
+    place either API learns who is asking; ``admitted(request)`` reads the answer back later.
 
     Without an authenticator every caller is ``ANONYMOUS`` (the library default). Each limit is off
     when its figure is None or 0.
@@ -33,7 +36,7 @@ class Gate:
 
     def __init__(self, authenticator: Authenticator | None, *, rate_per_second: float | None = None,
                  failures_per_minute: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
-        self._authenticator = authenticator
+        self._authenticator = authenticator or AllowAnonymous()
         self._requests = RateLimiter(rate_per_second, clock=clock) if rate_per_second else None
         self._failures = (RateLimiter(failures_per_minute / 60.0, burst=failures_per_minute, clock=clock)
                           if failures_per_minute else None)
@@ -49,6 +52,7 @@ class Gate:
             raise
         if self._requests is not None:
             self._requests.check(f"sub:{principal.subject}" if principal.subject else f"ip:{address}")
+        request.scope[_PRINCIPAL] = principal
         return principal
 
     def _refuse_a_failing_address(self, address: str) -> None:
@@ -58,11 +62,17 @@ class Gate:
                               retry_after=retry_after)
 
     async def _authenticate(self, header: str | None) -> Principal:
-        if self._authenticator is None:
-            return ANONYMOUS
-        if getattr(self._authenticator, "blocking", False):  # a JWKS URL may be fetched
+        if self._authenticator.blocking:  # a JWKS URL may be fetched
             return await run_in_threadpool(self._authenticator.authenticate, header)
         return self._authenticator.authenticate(header)
+
+
+def admitted(request: Request) -> Principal:
+    """The principal ``Gate.admit`` let in with this request (``Unauthenticated`` if it let none in)."""
+    principal = request.scope.get(_PRINCIPAL)
+    if not isinstance(principal, Principal):
+        raise Unauthenticated("a bearer token is required")
+    return principal
 
 
 def client_address(request: Request) -> str:
