@@ -1,9 +1,9 @@
 """Fault points: named places where a test can make this process die, to prove nothing is lost there.
 
-``EVENTFOLD_FAULTS`` (read once, at import) names the points to arm, comma-separated, each
-optionally with the hit that fires it: ``command.claimed@3`` kills the process with SIGKILL the
-third time a command's idempotency key is claimed. Unarmed (the default, and in production), a
-fault point is one dictionary lookup on an empty dict.
+``EVENTFOLD_FAULTS`` (read with the settings; the CLI arms it when a process starts) names the
+points to arm, comma-separated, each optionally with the hit that fires it: ``command.claimed@3``
+kills the process with SIGKILL the third time a command's idempotency key is claimed. Unarmed
+(the default, and in production), a fault point is one dictionary lookup on an empty dict.
 
 Points: ``batch.committed`` (a projection batch committed, before anything else),
 ``command.claimed`` (a command's idempotency key claimed, nothing appended yet),
@@ -17,7 +17,7 @@ import os
 import signal
 import threading
 
-__all__ = ["fault_point"]
+__all__ = ["arm_faults", "fault_point"]
 
 
 def _armed(spec: str) -> dict[str, int]:
@@ -28,9 +28,17 @@ def _armed(spec: str) -> dict[str, int]:
     return points
 
 
-_ARMED = _armed(os.environ.get("EVENTFOLD_FAULTS", ""))
+_ARMED: dict[str, int] = {}
 _hits: dict[str, int] = {}
 _lock = threading.Lock()
+
+
+def arm_faults(spec: str) -> None:
+    """Arm the points ``spec`` names (``EVENTFOLD_FAULTS``), counting their hits from now."""
+    with _lock:
+        _ARMED.clear()
+        _ARMED.update(_armed(spec))
+        _hits.clear()
 
 
 def fault_point(name: str) -> None:

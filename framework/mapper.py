@@ -2,12 +2,16 @@
 
 The library's default mapper does not validate pydantic events when they are
 read back; this one does, after upcasting old versions to the current shape.
-The stored state is one JSON document: ``{"v", "agg", "meta", "data"}``.
+The stored state is one JSON document: ``{"v", "agg", "meta", "data"}``. This
+module is the only one that reads or writes stored documents: the header of an
+event (``stored_header``, without validating its data) and snapshots' documents too.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
@@ -18,7 +22,15 @@ from typing_extensions import TypedDict
 from framework.errors import EventSchemaError
 from framework.events import Event, EventEnvelope, EventMetadata, event_type_named
 
-__all__ = ["from_stored", "stored_trace_context", "to_stored"]
+__all__ = [
+    "StoredHeader",
+    "decode_snapshot",
+    "encode_snapshot",
+    "from_stored",
+    "stored_header",
+    "stored_trace_context",
+    "to_stored",
+]
 
 
 def to_stored(envelope: EventEnvelope) -> StoredEvent:
@@ -116,15 +128,76 @@ def _document_validator(event_type: type[Event]) -> Any:
 _DOCUMENTS: dict[type[Event], Any] = {}  # event class -> pydantic-core validator of its documents
 
 
+@dataclass(frozen=True)
+class StoredHeader:
+    """What a stored event's document says besides its data, read without validating the event
+    (for the relay's subjects and headers, a projection's lag, a trace's parent). Each field is
+    None when the document lacks it or it has the wrong type; the trace context keeps string values."""
+
+    aggregate_type: str | None = None
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    recorded_at: datetime | None = None
+    trace_context: dict[str, str] | None = None
+
+
+def stored_header(stored: StoredEvent) -> StoredHeader:
+    """The header of a stored event's document (an empty one when it is not JSON or not an object)."""
+    try:
+        document = json.loads(stored.state)
+    except ValueError:
+        return StoredHeader()
+    if not isinstance(document, dict):
+        return StoredHeader()
+    meta = document.get("meta")
+    if not isinstance(meta, dict):
+        meta = {}
+    return StoredHeader(
+        aggregate_type=_text(document.get("agg")),
+        correlation_id=_text(meta.get("correlation_id")),
+        causation_id=_text(meta.get("causation_id")),
+        recorded_at=_moment(meta.get("recorded_at")),
+        trace_context=_strings(meta.get("trace_context")),
+    )
+
+
 def stored_trace_context(stored: StoredEvent) -> dict[str, str] | None:
     """The W3C trace context in a stored event's metadata, without validating the event (None: none)."""
+    context = stored_header(stored).trace_context
+    return context if context is not None and "traceparent" in context else None
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _moment(value: Any) -> datetime | None:
     try:
-        context = json.loads(stored.state)["meta"].get("trace_context")
-    except (ValueError, KeyError, TypeError, AttributeError):
+        return datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
         return None
-    if not isinstance(context, dict) or not isinstance(context.get("traceparent"), str):
+
+
+def _strings(value: Any) -> dict[str, str] | None:
+    if not isinstance(value, dict):
         return None
-    return {str(k): str(v) for k, v in context.items()}
+    return {str(k): v for k, v in value.items() if isinstance(v, str)}
+
+
+def encode_snapshot(schema_version: int, state: dict[str, Any]) -> bytes:
+    """A snapshot's stored document: ``{"v": schema_version, "state": state}``."""
+    return json.dumps({"v": schema_version, "state": state}, separators=(",", ":")).encode()
+
+
+def decode_snapshot(stored: StoredEvent) -> tuple[Any, Any] | None:
+    """A snapshot document's schema version and state, unvalidated; None when it is not one."""
+    try:
+        document = json.loads(stored.state)
+    except ValueError:
+        return None
+    if not isinstance(document, dict) or "state" not in document:
+        return None
+    return document.get("v"), document["state"]
 
 
 def _load_document(stored: StoredEvent) -> dict[str, Any]:

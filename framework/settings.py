@@ -1,8 +1,8 @@
 """Settings, read once from ``EVENTFOLD_*`` environment variables into frozen objects.
 
 Nothing else in Eventfold reads the environment: the CLI builds ``Settings``
-and passes it down. A bad value raises ``ConfigurationError`` naming the
-variable and the value.
+and passes it down (the ``OTEL_*`` variables too, as they are, for the tracing
+adapter). A bad value raises ``ConfigurationError`` naming the variable and the value.
 """
 
 from __future__ import annotations
@@ -122,6 +122,8 @@ class Settings:
     stream_max_age_seconds: float = 0.0  # 0: kept forever
     stream_duplicate_window_seconds: float = 120.0
     consumer_prefix: str = "eventfold-"
+    faults: str = ""  # EVENTFOLD_FAULTS: a testing aid, the fault points to arm (framework.faults)
+    otel: tuple[tuple[str, str], ...] = ()  # the OTEL_* variables: OpenTelemetry's own configuration
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -215,6 +217,8 @@ class Settings:
             consumer_prefix=read.matching(
                 "CONSUMER_PREFIX", defaults.consumer_prefix, _PREFIX_CHARS, _NAME_CHARS, allow_empty=True
             ),
+            faults=read.text("FAULTS", defaults.faults) or defaults.faults,
+            otel=tuple(sorted((k, v) for k, v in env.items() if k.startswith("OTEL_"))),
         )
         settings.postgres()  # a malformed URL fails here, at start-up
         settings.nats_servers()  # ...and so does a malformed NATS URL

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import TypeVar
 
 from pydantic import ValidationError
 
 from framework.aggregate import Aggregate
+from framework.mapper import decode_snapshot, encode_snapshot
 from framework.store import StoredEvent
 
 __all__ = ["from_snapshot", "snapshot_due", "to_snapshot"]
@@ -24,26 +24,20 @@ def snapshot_due(aggregate: Aggregate, previous_version: int) -> bool:
 
 
 def to_snapshot(aggregate: Aggregate) -> StoredEvent:
-    document = {
-        "v": type(aggregate).snapshot_version,
-        "state": aggregate.model_dump(mode="json"),
-    }
     return StoredEvent(
         originator_id=aggregate.id,
         originator_version=aggregate.version,
         topic=type(aggregate).aggregate_name,
-        state=json.dumps(document, separators=(",", ":")).encode(),
+        state=encode_snapshot(type(aggregate).snapshot_version, aggregate.model_dump(mode="json")),
     )
 
 
 def from_snapshot(aggregate_type: type[A], snapshot: StoredEvent) -> A | None:
     """The aggregate as snapshotted, or None when the snapshot is not of this shape."""
-    if snapshot.topic != aggregate_type.aggregate_name:
-        return None
-    try:
-        document = json.loads(snapshot.state)
-        if document.get("v") != aggregate_type.snapshot_version:
-            return None
-        return aggregate_type.model_validate(document["state"])
-    except (ValidationError, ValueError, AttributeError, KeyError):
+    decoded = decode_snapshot(snapshot) if snapshot.topic == aggregate_type.aggregate_name else None
+    if decoded is None or decoded[0] != aggregate_type.snapshot_version:
         return None  # outdated or damaged: replaying the events is always correct
+    try:
+        return aggregate_type.model_validate(decoded[1])
+    except ValidationError:
+        return None

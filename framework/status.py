@@ -9,11 +9,11 @@ dispatcher while it drains its outbox), a ``running`` projection that no live wo
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from framework.mapper import stored_header
 from framework.store import EventStore
 from framework.views import LeaseState, OutboxStats, ProjectionState, ViewStore
 
@@ -108,5 +108,7 @@ def _lag_seconds(store: EventStore, position: int) -> float:
     pending = store.read_all(position, 1)
     if not pending:
         return 0.0
-    recorded_at = datetime.fromisoformat(json.loads(pending[0].state)["meta"]["recorded_at"])
+    recorded_at = stored_header(pending[0]).recorded_at
+    if recorded_at is None:  # not an Eventfold document: its age is unknown
+        return 0.0
     return round(max((datetime.now(UTC) - recorded_at).total_seconds(), 0.0), 3)

@@ -126,7 +126,7 @@ def _model_fine(model: BaseModel) -> bool:
         value = values.get(name)
         if value is not None and not _fine(value, bounds):
             return False
-    return not model.__pydantic_extra__ or _fine(model.__pydantic_extra__)
+    return not model.model_extra or _fine(model.model_extra)
 
 
 # --- the walk that says where ------------------------------------------------------------------
@@ -201,7 +201,7 @@ def _children(value: object, loc: Loc) -> Iterator[Child]:
     if isinstance(value, BaseModel):
         for name, bounds in field_bounds(type(value)):
             yield getattr(value, name, None), (*loc, name), bounds
-        yield from _dict_children(value.__pydantic_extra__ or {}, loc)
+        yield from _dict_children(value.model_extra or {}, loc)
     elif isinstance(value, dict):
         yield from _dict_children(value, loc)
     elif isinstance(value, (list, tuple, set, frozenset)):

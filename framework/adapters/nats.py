@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -49,6 +48,7 @@ from nats.js.api import (
 )
 
 from framework.errors import BusUnavailable, ConfigurationError
+from framework.mapper import stored_header
 from framework.settings import DEFAULT_NATS_URL, Settings
 from framework.store import Notification
 from framework.streaming import Delivery
@@ -340,12 +340,8 @@ def _header_safe(value: object) -> str | None:
 
 def message_for(notification: Notification, subject_prefix: str) -> tuple[str, dict[str, str]]:
     """The subject and headers of one notification (its payload is ``notification.state``)."""
-    try:
-        document = json.loads(notification.state)
-        aggregate_type = str(document.get("agg") or "unknown")
-        meta = document.get("meta") or {}
-    except (ValueError, AttributeError):
-        aggregate_type, meta = "unknown", {}
+    header = stored_header(notification)
+    aggregate_type = header.aggregate_type or "unknown"
     aggregate_id = str(notification.originator_id)
     headers = {
         HEADER_MSG_ID: str(notification.id),
@@ -354,11 +350,11 @@ def message_for(notification: Notification, subject_prefix: str) -> tuple[str, d
         HEADER_AGGREGATE_ID: aggregate_id,
         HEADER_AGGREGATE_VERSION: str(notification.originator_version),
     }
-    for header, key in ((HEADER_CORRELATION_ID, "correlation_id"), (HEADER_CAUSATION_ID, "causation_id")):
-        value = _header_safe(meta.get(key)) if isinstance(meta, dict) else None
+    for name, stored in ((HEADER_CORRELATION_ID, header.correlation_id), (HEADER_CAUSATION_ID, header.causation_id)):
+        value = _header_safe(stored)
         if value is not None:
-            headers[header] = value
-    trace = trace_context_of(notification) or (meta.get("trace_context") if isinstance(meta, dict) else None)
+            headers[name] = value
+    trace = trace_context_of(notification) or header.trace_context
     if isinstance(trace, Mapping):
         for key in (HEADER_TRACEPARENT, HEADER_TRACESTATE):
             value = _header_safe(trace.get(key))

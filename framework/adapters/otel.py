@@ -10,12 +10,11 @@ turns tracing off; ``OTEL_TRACES_SAMPLER`` and ``OTEL_RESOURCE_ATTRIBUTES`` are
 honoured by the SDK. Trace context is injected and extracted with the W3C
 ``traceparent``/``tracestate`` propagator.
 
-    tracer = configure_tracing("eventfold-relay")   # once per process, in the CLI
+    tracer = configure_tracing("eventfold-relay", dict(settings.otel))   # once per process, in the CLI
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Mapping
 
@@ -120,9 +119,9 @@ def tracer_from_env(env: Mapping[str, str], service_name: str) -> tuple[Tracer, 
     return OtelTracer(provider), provider
 
 
-def configure_tracing(service_name: str, env: Mapping[str, str] | None = None) -> Tracer:
-    """Set up tracing for this process from the ``OTEL_*`` variables; call once, at start."""
-    tracer, provider = tracer_from_env(os.environ if env is None else env, service_name)
+def configure_tracing(service_name: str, env: Mapping[str, str]) -> Tracer:
+    """Set up tracing for this process from the ``OTEL_*`` variables (``Settings.otel``); call once, at start."""
+    tracer, provider = tracer_from_env(env, service_name)
     if provider is not None:
         trace.set_tracer_provider(provider)  # what the application's own instrumentation uses too
     return tracer

@@ -12,6 +12,7 @@ from dataclasses import replace
 from framework.cli import operate, serve, stream
 from framework.cli.startup import CATCH_UP_COMMANDS, tune_collector_for_catch_up
 from framework.errors import EventfoldError
+from framework.faults import arm_faults
 from framework.logs import configure_logging
 from framework.settings import Settings
 
@@ -28,6 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging("text", logging.INFO)
     try:
         settings = _with_overrides(Settings.from_env(os.environ), args)
+        arm_faults(settings.faults)
         default_format = "json" if args.command in _JSON_LOGS_BY_DEFAULT else "text"
         settings = replace(settings, log_format=settings.log_format or default_format)
         configure_logging(settings.log_format or default_format, logging.INFO)

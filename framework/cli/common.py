@@ -57,11 +57,11 @@ def authenticator(settings: Settings, role: str) -> Authenticator:
     return authenticator_from_settings(jwt_settings(settings, role))
 
 
-def tracing(role: str) -> Tracer:
+def tracing(settings: Settings, role: str) -> Tracer:
     """Tracing for this process from the ``OTEL_*`` variables; the service is ``eventfold-<role>`` unless named."""
     from framework.adapters.otel import configure_tracing
 
-    return configure_tracing(f"eventfold-{role}")
+    return configure_tracing(f"eventfold-{role}", dict(settings.otel))
 
 
 def command_bus(settings: Settings, store: EventStore, observer: Observer | None = None,

@@ -72,7 +72,7 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
     store = open_store(embedded)
     store.create_schema()  # an embedded file is private to this process: set it up in place
     metrics = Metrics()
-    tracer = tracing("dev")
+    tracer = tracing(settings, "dev")
     bus = command_bus(embedded, store, metrics, tracer)
     views = MemoryViewStore()  # rebuilt from the stored events at every start
     metrics.watch_relay(store)
@@ -150,7 +150,7 @@ def run_query_api(settings: Settings, args: argparse.Namespace) -> int:
 
     postgres = require_postgres(settings, "query-api")
     auth = authenticator(settings, "query-api")
-    tracer = tracing("query-api")  # a span per GraphQL operation (and the provider for the app's own spans)
+    tracer = tracing(settings, "query-api")  # a span per GraphQL operation (and the provider for the app's own spans)
     store, views = open_store(settings), open_views(postgres)
     breaker = _breaker(settings, "read models")
     metrics = Metrics()
@@ -199,7 +199,7 @@ def run_write_api(settings: Settings, args: argparse.Namespace) -> int:
     store = BreakingEventStore(open_store(settings), _breaker(settings, "event store"))
     metrics = Metrics()
     metrics.watch_breakers([store.breaker])
-    bus = command_bus(settings, store, metrics, tracing("write-api"))
+    bus = command_bus(settings, store, metrics, tracing(settings, "write-api"))
     app = create_write_app(bus, _write_options(settings), metrics=metrics, authenticator=auth)
     return _serve(settings, app, args, store.close)
 

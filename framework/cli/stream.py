@@ -111,7 +111,7 @@ def run_relay_command(settings: Settings, _: argparse.Namespace) -> int:
             metrics.watch_relay(store)
             metrics.watch_breakers([breaker])
             ops = _ops_server(settings, metrics, store, bus)
-        tracer = tracing("relay")
+        tracer = tracing(settings, "relay")
 
         async def relay(connection: JetStreamConnection, stop: asyncio.Event) -> None:
             publisher = BreakingPublisher(JetStreamPublisher(connection), breaker)
@@ -147,7 +147,7 @@ def run_project_command(settings: Settings, args: argparse.Namespace) -> int:
             metrics.watch_projections(store, views, names)
             metrics.watch_breakers([breaker])
             ops = _ops_server(settings, metrics, store, bus, views, names)
-        tracer = tracing("project")
+        tracer = tracing(settings, "project")
         commands = command_bus(settings, store, metrics, tracer)
         workers = [ProjectionWorker(p, views, store, commands, observer=metrics, tracer=tracer) for p in projectors]
 

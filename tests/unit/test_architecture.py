@@ -160,3 +160,147 @@ def test_every_framework_module_declares_all() -> None:
         if not hasattr(module, "__all__"):
             missing.append(module.__name__)
     assert missing == []
+
+
+# --- the house in order: no library internals, no run-time patching, one reader of each thing -------------
+
+def _framework_sources() -> list[Path]:
+    return sorted(FRAMEWORK.rglob("*.py"))
+
+
+def _relative(path: Path) -> str:
+    return path.relative_to(FRAMEWORK).as_posix()
+
+
+def _trees() -> list[tuple[str, ast.Module]]:
+    return [(_relative(p), ast.parse(p.read_text(), str(p))) for p in _framework_sources()]
+
+
+def _attribute_chain(node: ast.AST) -> str:
+    """``a.b.c`` for an attribute access (``?`` for anything that is not a plain name)."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    parts.append(node.id if isinstance(node, ast.Name) else "?")
+    return ".".join(reversed(parts))
+
+
+def _environment_reads(tree: ast.Module) -> list[str]:
+    found = [_attribute_chain(n) for n in ast.walk(tree)
+             if isinstance(n, ast.Attribute) and n.attr in ("environ", "environb", "getenv", "putenv", "unsetenv")]
+    found += [f"from os import {a.name}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+              and n.module == "os" for a in n.names if a.name in ("environ", "environb", "getenv")]
+    return found
+
+
+# The process start hands the environment to Settings.from_env; nothing else touches it.
+ENVIRONMENT_READERS = {"cli/__init__.py"}
+
+
+def test_only_the_cli_start_up_hands_the_environment_to_settings() -> None:
+    readers = {name: found for name, tree in _trees() if (found := _environment_reads(tree))}
+    assert set(readers) == ENVIRONMENT_READERS, readers
+
+
+def test_the_environment_guard_would_notice_a_reader() -> None:
+    tree = ast.parse("import os\nfrom os import getenv\nurl = os.environ.get('X')\n")
+    assert _environment_reads(tree) == ["os.environ", "from os import getenv"]
+
+
+# Attributes of libraries' objects that are theirs to use, not ours (pydantic's model internals,
+# eventsourcing's private insert and its type registration, psycopg_pool's connection arguments).
+LIBRARY_INTERNALS = {
+    "__pydantic_private__", "__pydantic_extra__", "__pydantic_fields_set__", "__pydantic_validator__",
+    "_insert_events", "_insert_stored_events", "register_type_adapters", "psycopg_python_types",
+}
+
+
+def _internals_used(tree: ast.Module) -> list[str]:
+    used = [n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr in LIBRARY_INTERNALS]
+    used += [_attribute_chain(n) for n in ast.walk(tree)
+             if isinstance(n, ast.Attribute) and n.attr in ("kwargs", "conninfo") and "pool" in _attribute_chain(n)]
+    used += [str(n.value) for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value in LIBRARY_INTERNALS]
+    return used
+
+
+def test_no_library_internals_are_used() -> None:
+    assert {name: used for name, tree in _trees() if (used := _internals_used(tree))} == {}
+
+
+def test_the_internals_guard_would_notice_one() -> None:
+    tree = ast.parse("row.__pydantic_private__\nstore.datastore.pool.kwargs['x'] = 1\nr._insert_events(c, e)\n")
+    assert sorted(_internals_used(tree)) == ["__pydantic_private__", "_insert_events", "store.datastore.pool.kwargs"]
+
+
+def _patching(source: str, tree: ast.Module) -> list[str]:
+    """Methods replaced on objects (what mypy's ``method-assign`` code is for), ``object.__setattr__``
+    (writing past a model's own checks), and getattr/hasattr probes for a port's declared members."""
+    found = [line.strip() for line in source.splitlines() if "method-assign" in line]
+    found += [chain for n in ast.walk(tree)
+              if isinstance(n, ast.Attribute) and (chain := _attribute_chain(n)) == "object.__setattr__"]
+    found += [f"{n.func.id}(..., {n.args[1].value!r})" for n in ast.walk(tree)
+              if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in ("getattr", "hasattr")
+              and len(n.args) >= 2 and isinstance(n.args[1], ast.Constant) and n.args[1].value in PORT_MEMBERS]
+    return found
+
+
+# Members a port declares: code holding the port calls them, it does not probe for them.
+PORT_MEMBERS = {"blocking", "authenticate", "wait_for", "read", "principal"}
+
+
+def test_nothing_is_patched_at_run_time() -> None:
+    found = {}
+    for path in _framework_sources():
+        source = path.read_text()
+        if patched := _patching(source, ast.parse(source, str(path))):
+            found[_relative(path)] = patched
+    assert found == {}
+
+
+def test_the_patching_guard_would_notice_it() -> None:
+    source = ("context.read = traced  # type: ignore[method-assign]\n_set = object.__setattr__\n"
+              "if getattr(auth, 'blocking', False): pass\n")
+    assert _patching(source, ast.parse(source)) == [
+        "context.read = traced  # type: ignore[method-assign]", "object.__setattr__", "getattr(..., 'blocking')"]
+
+
+PROCESS_WIDE = {"gc", "signal.signal", "sys.setrecursionlimit", "sys.setswitchinterval", "sys.setprofile",
+                "sys.settrace", "asyncio.set_event_loop_policy"}
+
+
+def _process_wide_settings(tree: ast.Module) -> list[str]:
+    names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names if a.name == "gc"]
+    names += [chain for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+              if (chain := _attribute_chain(n)) in PROCESS_WIDE]
+    return names
+
+
+def test_process_wide_settings_are_made_by_the_cli_only() -> None:
+    changed = {name: found for name, tree in _trees() if (found := _process_wide_settings(tree))}
+    assert [name for name in changed if not name.startswith("cli/")] == [], changed
+    assert "cli/startup.py" in changed  # the guard sees the collector tuning where it is
+
+
+def _header_reads(tree: ast.Module) -> list[str]:
+    """``json.loads`` of a stored event's ``state``, and the document's header keys looked up."""
+    found = [ast.unparse(n) for n in ast.walk(tree) if isinstance(n, ast.Call)
+             and _attribute_chain(n.func) == "json.loads"
+             and any(isinstance(a, ast.Attribute) and a.attr == "state" for arg in n.args for a in ast.walk(arg))]
+    found += [ast.unparse(n) for n in ast.walk(tree) if isinstance(n, ast.Subscript)
+              and isinstance(n.slice, ast.Constant) and n.slice.value in ("agg", "meta")]
+    found += [ast.unparse(n) for n in ast.walk(tree) if isinstance(n, ast.Call)
+              and isinstance(n.func, ast.Attribute) and n.func.attr == "get"
+              and n.args and isinstance(n.args[0], ast.Constant) and n.args[0].value in ("agg", "meta")]
+    return found
+
+
+def test_the_stored_document_is_read_by_the_mapper_only() -> None:
+    readers = {name: found for name, tree in _trees() if (found := _header_reads(tree))}
+    assert set(readers) == {"mapper.py"}, readers
+
+
+def test_the_header_guard_would_notice_a_reader() -> None:
+    tree = ast.parse("meta = json.loads(pending[0].state)['meta']\nagg = document.get('agg')\n")
+    assert _header_reads(tree) == ["json.loads(pending[0].state)", "json.loads(pending[0].state)['meta']",
+                                   "document.get('agg')"]
