@@ -37,6 +37,7 @@ class Gate:
     def __init__(self, authenticator: Authenticator | None, *, rate_per_second: float | None = None,
                  failures_per_minute: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self._authenticator = authenticator or AllowAnonymous()
+        self._blocking = self._authenticator.blocking  # a port's declared member, read once
         self._requests = RateLimiter(rate_per_second, clock=clock) if rate_per_second else None
         self._failures = (RateLimiter(failures_per_minute / 60.0, burst=failures_per_minute, clock=clock)
                           if failures_per_minute else None)
@@ -62,7 +63,7 @@ class Gate:
                               retry_after=retry_after)
 
     async def _authenticate(self, header: str | None) -> Principal:
-        if self._authenticator.blocking:  # a JWKS URL may be fetched
+        if self._blocking:  # a JWKS URL may be fetched
             return await run_in_threadpool(self._authenticator.authenticate, header)
         return self._authenticator.authenticate(header)
 

@@ -495,6 +495,8 @@ def test_graphql_limits_requests_per_client_like_the_write_api(serve: Any, keys:
 class CountingAuthenticator:
     """A real JWT authenticator that counts the tokens it was asked to verify."""
 
+    blocking = False  # its keys come from a file
+
     def __init__(self, keys: Keys) -> None:
         self.calls = 0
         self._inner = JwtAuthenticator(JwtSettings(jwks_file=str(keys.rsa_jwks), issuer=ISSUER, audience=AUDIENCE))

@@ -235,6 +235,71 @@ def test_graphql_without_a_valid_token_is_unauthenticated(issuer: Issuer) -> Non
         assert response.json()["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
 
 
+# --- one way to the principal: the gate admits, both APIs read what it admitted ---------------------------
+
+class BlockingAuthenticator:
+    """Declares that it blocks: the gate must call it off the event loop."""
+
+    blocking = True
+
+    def __init__(self) -> None:
+        self.threads: list[str] = []
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        import threading
+
+        self.threads.append(threading.current_thread().name)
+        return Principal("bob", frozenset({"ops", "custody"}))
+
+
+def test_the_gate_calls_a_blocking_authenticator_off_the_event_loop() -> None:
+    import asyncio
+    import threading
+
+    from starlette.requests import Request
+
+    from framework.http.gate import Gate, admitted
+
+    authenticator = BlockingAuthenticator()
+    request = Request({"type": "http", "headers": [], "client": ("10.0.0.1", 1)})
+    principal = asyncio.run(Gate(authenticator).admit(request))
+    assert principal == admitted(request) == Principal("bob", frozenset({"ops", "custody"}))
+    assert authenticator.threads and authenticator.threads[0] != threading.main_thread().name
+
+
+def test_without_an_authenticator_the_gate_admits_everyone_as_the_anonymous_principal() -> None:
+    import asyncio
+
+    from starlette.requests import Request
+
+    from framework.http.gate import Gate, admitted
+
+    request = Request({"type": "http", "headers": [], "client": ("10.0.0.1", 1)})
+    assert asyncio.run(Gate(None).admit(request)) is ANONYMOUS
+    assert admitted(request) is ANONYMOUS
+
+
+def test_a_request_the_gate_did_not_admit_has_no_principal() -> None:
+    from starlette.requests import Request
+
+    from framework.http.gate import admitted
+
+    with pytest.raises(Unauthenticated):
+        admitted(Request({"type": "http", "headers": []}))
+
+
+def test_a_blocking_authenticator_answers_graphql_and_commands() -> None:
+    authenticator = BlockingAuthenticator()
+    query = TestClient(create_query_app(build_graphql(), MemoryViewStore(), authenticator=authenticator))
+    assert query.post("/graphql", json={"query": "{ projections { name } }"}).json() == {"data": {"projections": []}}
+    bus = CommandBus(build_router(), MemoryEventStore())
+    writes = TestClient(create_write_app(bus, WriteApiOptions(), authenticator=authenticator))
+    response = writes.post("/commands/OpenAccount", json={"account_number": "GATE-1", "holder_name": "Bob"})
+    assert response.status_code == 200, response.text
+    assert from_stored(bus.store.read_all(0, 1)[0]).metadata.actor == "bob"
+    assert len(authenticator.threads) == 2
+
+
 # --- circuit breaker ------------------------------------------------------------------------------
 
 class FlakyStore(MemoryEventStore):

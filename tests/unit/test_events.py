@@ -17,7 +17,7 @@ from example_app.securities import SecurityRegistered
 from framework import ConfigurationError, Event, EventEnvelope, EventMetadata, EventSchemaError, UnitOfWork
 from framework.adapters.memory import MemoryEventStore
 from framework.events import event_type_named, registered_event_names
-from framework.mapper import from_stored, to_stored
+from framework.mapper import StoredHeader, from_stored, stored_header, stored_trace_context, to_stored
 from framework.store import Notification, StoredEvent
 
 from .domain import APPLE, Counter, CounterIncremented, CounterStarted, append_events
@@ -359,3 +359,29 @@ def test_metadata_keys_from_a_newer_release_are_ignored_on_read() -> None:
     newer = _StoredEvent(stored.originator_id, 1, stored.topic, _json.dumps(document).encode())
     envelope = _from_stored(newer)
     assert envelope.metadata.actor == "ann" and envelope.event == NewerMetadataProbe(value=3)
+
+
+# --- the stored header: read by the mapper without validating the event ------------------------------------
+
+def test_the_header_of_a_stored_event() -> None:
+    metadata = EventMetadata(correlation_id="corr-1", causation_id="cause-1",
+                             trace_context={"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"})
+    envelope = EventEnvelope(aggregate_type="Counter", aggregate_id=uuid4(), version=1,
+                             event=CounterStarted(label="a"), metadata=metadata)
+    header = stored_header(to_stored(envelope))
+    assert (header.aggregate_type, header.correlation_id, header.causation_id) == ("Counter", "corr-1", "cause-1")
+    assert header.recorded_at == metadata.recorded_at
+    assert header.trace_context == metadata.trace_context
+
+
+@pytest.mark.parametrize("state", [b"not json", b"[1, 2]", b'{"agg": null, "meta": "nope"}'])
+def test_a_document_without_a_header_has_an_empty_one(state: bytes) -> None:
+    assert stored_header(StoredEvent(uuid4(), 1, "Whatever", state)) == StoredHeader()
+
+
+def test_wrongly_typed_header_values_are_left_out() -> None:
+    state = json.dumps({"agg": "Counter", "meta": {"recorded_at": "yesterday", "trace_context": {
+        "traceparent": 7, "tracestate": "a=b"}}}).encode()
+    header = stored_header(StoredEvent(uuid4(), 1, "Whatever", state))
+    assert (header.aggregate_type, header.recorded_at, header.trace_context) == ("Counter", None, {"tracestate": "a=b"})
+    assert stored_trace_context(StoredEvent(uuid4(), 1, "Whatever", state)) is None  # no traceparent

@@ -148,3 +148,75 @@ def test_a_port_above_65535_is_rejected() -> None:
 
 def test_nan_is_not_a_timeout() -> None:
     assert "EVENTFOLD_DB_CONNECT_TIMEOUT" in error_for({"EVENTFOLD_DB_CONNECT_TIMEOUT": "nan"})
+
+
+# --- the stream, fault points and OpenTelemetry: read here too, nowhere else --------------------------------
+
+def test_the_stream_settings_are_read_here() -> None:
+    settings = Settings.from_env({
+        "EVENTFOLD_NATS_URL": " nats://a:4222, nats://user:secret@b:4223 ,",
+        "EVENTFOLD_STREAM": "events_v2",
+        "EVENTFOLD_SUBJECT_PREFIX": "acme.events",
+        "EVENTFOLD_STREAM_STORAGE": "Memory",
+        "EVENTFOLD_STREAM_REPLICAS": "3",
+        "EVENTFOLD_STREAM_RETENTION": "interest",
+        "EVENTFOLD_STREAM_MAX_AGE_SECONDS": "86400",
+        "EVENTFOLD_STREAM_DUPLICATE_WINDOW_SECONDS": "300",
+        "EVENTFOLD_CONSUMER_PREFIX": "",
+    })
+    assert settings.nats_servers() == ("nats://a:4222", "nats://user:secret@b:4223")
+    assert (settings.stream, settings.subject_prefix, settings.consumer_prefix) == ("events_v2", "acme.events", "")
+    assert (settings.stream_storage, settings.stream_replicas, settings.stream_retention) == ("memory", 3, "interest")
+    assert (settings.stream_max_age_seconds, settings.stream_duplicate_window_seconds) == (86400.0, 300.0)
+    assert Settings().nats_servers() == ("nats://127.0.0.1:4222",)
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("EVENTFOLD_NATS_URL", "http://localhost:4222"),
+    ("EVENTFOLD_STREAM", "bad.name"),
+    ("EVENTFOLD_SUBJECT_PREFIX", "a.>"),
+    ("EVENTFOLD_STREAM_STORAGE", "disk"),
+    ("EVENTFOLD_STREAM_REPLICAS", "6"),
+])
+def test_a_bad_stream_setting_is_refused_at_start_up(name: str, value: str) -> None:
+    message = error_for({name: value})
+    assert name in message and repr(value) in message
+
+
+def test_a_password_in_a_bad_nats_url_is_hidden() -> None:
+    message = error_for({"EVENTFOLD_NATS_URL": "nats://u:hunter2@ok:4222,bogus"})
+    assert "hunter2" not in message and "u:***@ok" in message
+
+
+def test_fault_points_and_opentelemetry_variables_are_carried_as_they_are() -> None:
+    settings = Settings.from_env({"EVENTFOLD_FAULTS": " command.claimed@3 ", "OTEL_TRACES_EXPORTER": "console",
+                                  "OTEL_SERVICE_NAME": "billing", "OTHER": "x"})
+    assert settings.faults == "command.claimed@3"
+    assert dict(settings.otel) == {"OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "billing"}
+
+
+def test_fault_points_are_armed_by_name_and_hit() -> None:
+    from framework import faults
+
+    try:
+        faults.arm_faults("command.claimed@3, batch.committed,")
+        assert faults._ARMED == {"command.claimed": 3, "batch.committed": 1}
+        faults.arm_faults("")
+        assert faults._ARMED == {}
+        faults.fault_point("command.claimed")  # unarmed: nothing happens
+    finally:
+        faults.arm_faults("")
+
+
+def test_the_collector_is_tuned_at_the_start_of_a_catch_up_process_only() -> None:
+    import subprocess
+    import sys
+
+    probe = ("import gc; from framework.cli.startup import tune_collector_for_catch_up as t; before = gc.get_threshold();"
+             " t(); print(before[0], gc.get_threshold()[0], gc.get_freeze_count() > 0)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60).stdout
+    default, tuned, frozen = out.split()
+    assert (int(default) < 50_000, int(tuned), frozen) == (True, 50_000, "True")
+    from framework.cli.startup import CATCH_UP_COMMANDS
+
+    assert CATCH_UP_COMMANDS == {"project", "replay"}

@@ -321,3 +321,14 @@ def test_console_export_prints_spans(capsys: pytest.CaptureFixture[str], memory_
     open_account(CommandBus(example_router, memory_store, tracer=tracer))
     provider.shutdown()
     assert '"name": "command OpenAccount"' in capsys.readouterr().out
+
+
+def test_the_jetstream_settings_are_the_streams_part_of_settings() -> None:
+    from framework.adapters.nats import JetStreamSettings
+    from framework.settings import Settings
+
+    env = {"EVENTFOLD_NATS_URL": "nats://a:4222", "EVENTFOLD_STREAM": "s", "EVENTFOLD_STREAM_STORAGE": "memory"}
+    settings = JetStreamSettings.from_settings(Settings.from_env(env))
+    assert (settings.servers, settings.stream, settings.storage) == (("nats://a:4222",), "s", "memory")
+    assert JetStreamSettings.from_env(env) == settings
+    assert JetStreamSettings.from_settings(Settings()) == JetStreamSettings()
