@@ -219,4 +219,4 @@ def test_the_collector_is_tuned_at_the_start_of_a_catch_up_process_only() -> Non
     assert (int(default) < 50_000, int(tuned), frozen) == (True, 50_000, "True")
     from framework.cli.startup import CATCH_UP_COMMANDS
 
-    assert CATCH_UP_COMMANDS == {"project", "replay"}
+    assert {"project", "replay"} == CATCH_UP_COMMANDS
