@@ -212,8 +212,8 @@ def test_the_collector_is_tuned_at_the_start_of_a_catch_up_process_only() -> Non
     import subprocess
     import sys
 
-    probe = ("import gc; from framework.cli.startup import tune_collector_for_catch_up as t; before = gc.get_threshold();"
-             " t(); print(before[0], gc.get_threshold()[0], gc.get_freeze_count() > 0)")
+    probe = ("import gc; from framework.cli.startup import tune_collector_for_catch_up as t;"
+             " before = gc.get_threshold(); t(); print(before[0], gc.get_threshold()[0], gc.get_freeze_count() > 0)")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60).stdout
     default, tuned, frozen = out.split()
     assert (int(default) < 50_000, int(tuned), frozen) == (True, 50_000, "True")
