@@ -47,7 +47,7 @@ from prometheus_client.registry import Collector
 
 from framework.breaker import CircuitBreaker
 from framework.status import projection_statuses
-from framework.store import EventStore
+from framework.store import EventLog, RelaySource
 from framework.views import ViewStore
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
@@ -128,11 +128,11 @@ class Metrics:
 
     # --- positions, read when scraped ------------------------------------------------------------
 
-    def watch_projections(self, store: EventStore, views: ViewStore, names: Collection[str] | None = None) -> None:
+    def watch_projections(self, store: EventLog, views: ViewStore, names: Collection[str] | None = None) -> None:
         """Export the active projections' positions, lags and dead letters (``names``: only these)."""
         self.registry.register(_ProjectionCollector(self, store, views, names))
 
-    def watch_relay(self, store: EventStore, name: str = "relay") -> None:
+    def watch_relay(self, store: RelaySource, name: str = "relay") -> None:
         """Export the relay's checkpoint and how far the store's head is ahead of it."""
         self.registry.register(_RelayCollector(self, store, name))
 
@@ -151,7 +151,7 @@ def _gauge(name: str, documentation: str, labels: list[str]) -> GaugeMetricFamil
 
 
 class _ProjectionCollector(Collector):
-    def __init__(self, metrics: Metrics, store: EventStore, views: ViewStore,
+    def __init__(self, metrics: Metrics, store: EventLog, views: ViewStore,
                  names: Collection[str] | None) -> None:
         self._metrics, self._store, self._views = metrics, store, views
         self._names = set(names) if names is not None else None
@@ -190,7 +190,7 @@ class _ProjectionCollector(Collector):
 
 
 class _RelayCollector(Collector):
-    def __init__(self, metrics: Metrics, store: EventStore, name: str) -> None:
+    def __init__(self, metrics: Metrics, store: RelaySource, name: str) -> None:
         self._metrics, self._store, self._name = metrics, store, name
 
     def collect(self) -> Iterator[Metric]:

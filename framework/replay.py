@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from framework.projector import Projector
-from framework.store import EventStore
-from framework.views import ViewStore
+from framework.store import EventLog
+from framework.views import RowCaching, ViewStore
 from framework.worker import ProjectionWorker, WorkerOptions
 
 __all__ = ["rebuild"]
@@ -23,7 +23,7 @@ __all__ = ["rebuild"]
 def rebuild(
     projector: Projector,
     views: ViewStore,
-    store: EventStore,
+    store: EventLog,
     *,
     from_position: int = 0,
     progress: Callable[[int, int], None] | None = None,
@@ -48,7 +48,8 @@ def rebuild(
         remaining = store.read_all(worker.position, 1_000_000_000)
         if remaining:
             worker.apply_within(batch, remaining, since=worker.position)
-    views.forget_cached(name, version)  # a live worker (this process's or another's) writes next
+    if isinstance(views, RowCaching):  # a live worker (this process's or another's) writes next
+        views.forget_cached(name, version)
     views.set_state(name, version, "running")
     for old in known:
         if old < active:

@@ -24,7 +24,7 @@ from framework.dispatcher import Dispatcher, DispatchOptions
 from framework.errors import BusUnavailable, ConcurrencyConflict, StoreUnavailable
 from framework.mapper import stored_trace_context
 from framework.projector import ProcessManager
-from framework.store import EventStore, Notification
+from framework.store import Notification, RelaySource
 from framework.streaming import Delivery, EventConsumer, EventPublisher, FetchAhead
 from framework.tracing import NULL_TRACER, Span, TracedNotification, Tracer
 from framework.worker import ProjectionHalted, ProjectionWorker, RetryLater
@@ -54,7 +54,7 @@ async def _pause(stop: asyncio.Event, seconds: float) -> None:
 
 
 async def run_relay(
-    store: EventStore,
+    store: RelaySource,
     publisher: EventPublisher,
     stop: asyncio.Event,
     *,

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from framework.mapper import stored_header
-from framework.store import EventStore
+from framework.store import EventLog
 from framework.views import LeaseState, OutboxStats, ProjectionState, ViewStore
 
 __all__ = ["ProjectionStatus", "projection_statuses"]
@@ -43,7 +43,7 @@ class ProjectionStatus:
         return asdict(self)
 
 
-def projection_statuses(store: EventStore, views: ViewStore) -> list[ProjectionStatus]:
+def projection_statuses(store: EventLog, views: ViewStore) -> list[ProjectionStatus]:
     head = store.head()
     letters: dict[str, int] = {}
     for letter in views.dead_letters():
@@ -64,7 +64,7 @@ class _Seen:
         return lease if lease is not None and lease.expires_at > self.now else None
 
 
-def _status(state: ProjectionState, head: int, store: EventStore, views: ViewStore, letters: dict[str, int],
+def _status(state: ProjectionState, head: int, store: EventLog, views: ViewStore, letters: dict[str, int],
             seen: _Seen) -> ProjectionStatus:
     active = views.active_version(state.name) == state.version
     retired = not active and state.state != "rebuilding"
@@ -103,7 +103,7 @@ def _age(moment: datetime | None, now: datetime) -> float:
     return round(max((now - moment).total_seconds(), 0.0), 3) if moment is not None else 0.0
 
 
-def _lag_seconds(store: EventStore, position: int) -> float:
+def _lag_seconds(store: EventLog, position: int) -> float:
     """How old the oldest event not yet applied is (0 when caught up)."""
     pending = store.read_all(position, 1)
     if not pending:

@@ -1,9 +1,12 @@
-"""The event store port: what the command side needs from storage.
+"""The event store port, in role-sized parts: what each user needs from storage.
 
-Adapters (memory, SQLite, PostgreSQL) implement ``EventStore`` and pass the
-shared conformance suite in ``framework.testing.conformance``. ``append`` is
-the single write path: events and the idempotency record of the command that
-produced them commit in one transaction, or not at all.
+``EventStreams`` (append, load), ``IdempotencyKeys`` and ``SnapshotStore`` serve
+the command side; ``EventLog`` (the global order) serves projections, replay and
+status; ``RelayTracking`` the relay. Adapters (memory, SQLite, PostgreSQL)
+implement all of them, ``EventStore``, and pass the shared conformance suite in
+``framework.testing.conformance``. ``append`` is the single write path: events
+and the idempotency record of the command that produced them commit in one
+transaction, or not at all.
 """
 
 from __future__ import annotations
@@ -19,11 +22,17 @@ __all__ = [
     "ClaimOutcome",
     "Claimed",
     "CommandResult",
+    "EventLog",
     "EventStore",
+    "EventStreams",
     "IdempotencyCompletion",
+    "IdempotencyKeys",
     "InFlight",
     "Notification",
+    "RelaySource",
+    "RelayTracking",
     "Replay",
+    "SnapshotStore",
     "StoredEvent",
 ]
 
@@ -70,11 +79,8 @@ class Replay:
 ClaimOutcome = Claimed | InFlight | Replay
 
 
-class EventStore(Protocol):
-    """Append-only storage of events, with per-aggregate and global order."""
-
-    def create_schema(self) -> None:
-        """Create tables if they are missing. Idempotent."""
+class EventStreams(Protocol):
+    """Per-aggregate streams: the write side appends to them and loads aggregates from them."""
 
     def append(
         self,
@@ -90,11 +96,19 @@ class EventStore(Protocol):
     def read_stream(self, aggregate_id: UUID, after_version: int = 0) -> list[StoredEvent]:
         """One aggregate's events after ``after_version``, oldest first."""
 
+
+class EventLog(Protocol):
+    """Every aggregate's events in one global order: what projections, replay and status read."""
+
     def read_all(self, after_position: int, limit: int) -> list[Notification]:
         """Events of every aggregate after a global position, in position order."""
 
     def head(self) -> int:
         """The highest position written so far (0 when empty)."""
+
+
+class IdempotencyKeys(Protocol):
+    """Leases on commands' idempotency keys; ``EventStreams.append`` completes a claim with the events."""
 
     def claim_idempotency_key(
         self, key: str, request_hash: str, owner: UUID, lease_seconds: float
@@ -104,11 +118,19 @@ class EventStore(Protocol):
     def release_idempotency_key(self, key: str, owner: UUID) -> None:
         """Give up an uncompleted claim (the command failed, nothing was written)."""
 
+
+class SnapshotStore(Protocol):
+    """Aggregates' snapshots, so loading skips old events."""
+
     def save_snapshot(self, snapshot: StoredEvent) -> None:
         """Keep a snapshot; saving the same (aggregate, version) twice is harmless."""
 
     def latest_snapshot(self, aggregate_id: UUID) -> StoredEvent | None:
         """The newest snapshot of an aggregate, if any."""
+
+
+class RelayTracking(Protocol):
+    """What the relay needs besides the log: a wake-up on appends and its own checkpoint."""
 
     def wait_for_append(self, after_position: int, timeout: float) -> bool:
         """Block until the head passes ``after_position`` or ``timeout`` ends; True if it did."""
@@ -118,6 +140,19 @@ class EventStore(Protocol):
 
     def save_relay_checkpoint(self, name: str, position: int) -> None:
         """Record a relay's checkpoint; it never moves backwards."""
+
+
+class RelaySource(EventLog, RelayTracking, Protocol):
+    """The relay's port: the log, a wake-up on appends and its checkpoint."""
+
+
+class EventStore(EventStreams, EventLog, IdempotencyKeys, SnapshotStore, RelayTracking, Protocol):
+    """Append-only storage of events, with per-aggregate and global order: every role at once, what
+    an adapter implements (and ``framework.testing.conformance`` checks). Code that plays one role
+    takes the role's protocol."""
+
+    def create_schema(self) -> None:
+        """Create tables if they are missing. Idempotent."""
 
     def close(self) -> None:
         """Release connections."""

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from framework.query import BY_KEY, Condition, Sort
 from framework.readmodel import ReadModel
@@ -25,13 +25,19 @@ from framework.readmodel import ReadModel
 __all__ = [
     "Batch",
     "DeadLetter",
+    "DeadLetters",
     "Deadline",
     "LeaseState",
     "OutboxEntry",
     "OutboxStats",
     "ProcessStore",
+    "ProjectionBatches",
     "ProjectionLeases",
+    "ProjectionLifecycle",
     "ProjectionState",
+    "ProjectionVersions",
+    "ReadModels",
+    "RowCaching",
     "ViewStore",
     "Views",
 ]
@@ -215,11 +221,8 @@ class ProcessStore(Protocol):
         """Pending commands and deadlines per projection."""
 
 
-class ViewStore(ProjectionLeases, ProcessStore, Protocol):
-    """Read models, positions and versions, dead letters; leases and process managers' outbox."""
-
-    def create_schema(self) -> None:
-        """Bookkeeping tables (positions, versions, dead letters). Idempotent."""
+class ProjectionVersions(Protocol):
+    """A projection's numbered versions: their tables and positions (the worker, replay, status)."""
 
     def ensure_tables(self, name: str, version: int, models: Sequence[type[ReadModel]]) -> None:
         """Create a projection version's tables if missing. Idempotent."""
@@ -232,6 +235,10 @@ class ViewStore(ProjectionLeases, ProcessStore, Protocol):
 
     def position(self, name: str, version: int) -> int:
         """The last position applied to that version (0: nothing yet)."""
+
+
+class ProjectionBatches(Protocol):
+    """Transactions of a projection version: view changes and the new position commit together."""
 
     def batch(
         self, name: str, version: int, *, follow_active: bool = True
@@ -250,12 +257,22 @@ class ViewStore(ProjectionLeases, ProcessStore, Protocol):
     def commit_staged(self, name: str, version: int, batch: Batch, *, follow_active: bool = True) -> None:
         """One transaction writing a staged batch's rows and position (thread-safe)."""
 
+
+@runtime_checkable
+class RowCaching(Protocol):
+    """An optional, speed-only port: a view store that keeps rows between batches (PostgreSQL's does;
+    the memory store, whose tables are the rows, does not). Workers use it when a store has it."""
+
     def forget_cached(self, name: str, version: int) -> None:
         """Drop rows cached between batches (after a staged commit failed)."""
 
     def cache_empty_tables(self, name: str, version: int, models: Sequence[type[ReadModel]]) -> None:
         """Start the version's row cache knowing which tables are empty (a projection starting from
-        scratch), so that a key it does not hold needs no query; a store without a cache does nothing."""
+        scratch), so that a key it does not hold needs no query."""
+
+
+class ProjectionLifecycle(Protocol):
+    """Switching a projection's active version, and its recorded state."""
 
     def switch(self, name: str, version: int) -> AbstractContextManager[Batch]:
         """A batch on ``version`` that, on commit, makes it the active version.
@@ -268,6 +285,10 @@ class ViewStore(ProjectionLeases, ProcessStore, Protocol):
 
     def states(self) -> list[ProjectionState]:
         """Every projection version known, for ``eventfold status``."""
+
+
+class DeadLetters(Protocol):
+    """Events (or process-manager commands) that kept failing, parked until retried or discarded."""
 
     def dead_letters(self, name: str | None = None) -> list[DeadLetter]:
         """Parked events, oldest first."""
@@ -283,6 +304,10 @@ class ViewStore(ProjectionLeases, ProcessStore, Protocol):
 
     def settle_dead_letter(self, batch: Batch, letter_id: int) -> None:
         """Remove a letter inside ``batch``, after its retry succeeded there."""
+
+
+class ReadModels(Protocol):
+    """The query side: the active versions' rows (GraphQL resolvers read through this)."""
 
     def read(self, name: str) -> AbstractContextManager[Views]:
         """Read-only access to the active version (queries)."""
@@ -305,6 +330,16 @@ class ViewStore(ProjectionLeases, ProcessStore, Protocol):
 
     def active_position(self, name: str) -> int:
         """The position of the version queries read."""
+
+
+class ViewStore(ProjectionVersions, ProjectionBatches, ProjectionLifecycle, DeadLetters, ReadModels,
+                ProjectionLeases, ProcessStore, Protocol):
+    """Read models, positions and versions, dead letters; leases and process managers' outbox: every
+    role at once, what an adapter implements (and ``framework.testing.views_conformance`` checks).
+    ``RowCaching`` is apart: an adapter may have it."""
+
+    def create_schema(self) -> None:
+        """Bookkeeping tables (positions, versions, dead letters). Idempotent."""
 
     def close(self) -> None:
         ...

@@ -37,9 +37,9 @@ from framework.faults import fault_point
 from framework.mapper import from_stored
 from framework.observe import NULL_OBSERVER, Observer, correlation_id
 from framework.projector import HandlerContext, ProcessManager, Projector, Refusal
-from framework.store import EventStore, Notification
+from framework.store import EventLog, Notification
 from framework.tracing import NULL_SPAN, NULL_TRACER, Span, TraceContext, Tracer, trace_context_of, traced
-from framework.views import Batch, DeadLetter, Deadline, OutboxEntry, ViewStore
+from framework.views import Batch, DeadLetter, Deadline, OutboxEntry, RowCaching, ViewStore
 
 __all__ = ["HandlerFailed", "ProjectionHalted", "ProjectionWorker", "RetryLater", "WorkerOptions"]
 
@@ -84,7 +84,7 @@ class ProjectionWorker:
         self,
         projector: Projector,
         views: ViewStore,
-        store: EventStore,
+        store: EventLog,
         commands: CommandBus | None = None,
         options: WorkerOptions | None = None,
         *,
@@ -110,8 +110,9 @@ class ProjectionWorker:
         self.handled = 0  # events handled so far (a retried batch counts its events again)
         self.furthest = 0  # the furthest position handled: a heartbeat reports progress when it moves
         self.on_outbox: Callable[[], None] | None = None  # called after a commit that issued commands
+        self._cache = views if isinstance(views, RowCaching) else None  # an optional, speed-only port
         if self.position == 0:  # from scratch: "no such row" needs no query while the cache knows them all
-            views.cache_empty_tables(projector.name, self.version, projector.read_models)
+            self._cache_empty_tables()
 
     @property
     def name(self) -> str:
@@ -160,7 +161,7 @@ class ProjectionWorker:
                     staged_to = batch[-1].id
                 self._confirm(committing, progress)
             except BaseException:
-                self.views.forget_cached(self.name, self.version)
+                self._forget_cached()
                 raise
         return self.position
 
@@ -201,7 +202,7 @@ class ProjectionWorker:
         except RowRejected as error:
             log.warning("%s: a batch (%d..%d) was refused at commit (%s); isolating the event", self.name,
                         notifications[0].id, notifications[-1].id, error)
-            self.views.forget_cached(self.name, self.version)
+            self._forget_cached()
             raise _Rejected(notifications) from error
         if progress:
             progress(self.position)
@@ -236,11 +237,19 @@ class ProjectionWorker:
     def reload(self) -> None:
         """Start again from what is committed: rows cached while another worker may have been writing
         (this one stood by, lost its lease, or lost a commit's compare-and-set) are forgotten."""
-        self.views.forget_cached(self.name, self.version)
+        self._forget_cached()
         self.version = self.views.active_version(self.name) if self._follow_active else self.version
         self.position = self.furthest = self.views.position(self.name, self.version)
         if self.position == 0:
-            self.views.cache_empty_tables(self.name, self.version, self.projector.read_models)
+            self._cache_empty_tables()
+
+    def _forget_cached(self) -> None:
+        if self._cache is not None:
+            self._cache.forget_cached(self.name, self.version)
+
+    def _cache_empty_tables(self) -> None:
+        if self._cache is not None:
+            self._cache.cache_empty_tables(self.name, self.version, self.projector.read_models)
 
     def skip_to(self, position: int) -> None:
         """Record that nothing before ``position`` is to be applied (a rebuild from a later position)."""

@@ -146,12 +146,6 @@ class MemoryViewStore:
                 raise VersionSwitched(f"{name} now serves version {self._active[name]}")
             batch.apply()
 
-    def forget_cached(self, name: str, version: int) -> None:
-        """No cache in memory: the tables are the rows."""
-
-    def cache_empty_tables(self, name: str, version: int, models: Sequence[type[ReadModel]]) -> None:
-        """No cache in memory: the tables are the rows."""
-
     @contextmanager
     def switch(self, name: str, version: int) -> Iterator[Batch]:
         with self.batch(name, version, follow_active=False) as batch:

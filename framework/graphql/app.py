@@ -71,7 +71,7 @@ from framework.metrics import Metrics
 from framework.query import InvalidQuery
 from framework.readmodel import ReadModel
 from framework.security import ANONYMOUS, Authenticator, Principal
-from framework.store import EventStore
+from framework.store import EventLog
 from framework.tracing import Tracer
 from framework.views import ViewStore
 
@@ -129,7 +129,7 @@ class QueryContext:
 
     request: Request
     views: ViewStore
-    store: EventStore | None
+    store: EventLog | None
     options: QueryApiOptions
     min_position: int | None = None
     consistency: dict[str, Any] | None = None
@@ -415,7 +415,7 @@ _UNAVAILABLE = "eventfold.unavailable"  # set when nothing could be read: the an
 
 
 class _QueryApi(GraphQL[QueryContext, None]):
-    def __init__(self, schema: strawberry.Schema, views: ViewStore, store: EventStore | None,
+    def __init__(self, schema: strawberry.Schema, views: ViewStore, store: EventLog | None,
                  options: QueryApiOptions, authenticator: Authenticator | None = None,
                  breaker: CircuitBreaker | None = None) -> None:
         super().__init__(schema, graphql_ide=None, allow_queries_via_get=True)
@@ -571,7 +571,7 @@ class _BodyTooLarge(Exception):
 def query_routes(
     spec: GraphQLSpec,
     views: ViewStore,
-    store: EventStore | None = None,
+    store: EventLog | None = None,
     *,
     options: QueryApiOptions | None = None,
     metrics: Metrics | None = None,
@@ -593,7 +593,7 @@ def query_routes(
 def create_query_app(
     spec: GraphQLSpec,
     views: ViewStore,
-    store: EventStore | None = None,
+    store: EventLog | None = None,
     *,
     options: QueryApiOptions | None = None,
     metrics: Metrics | None = None,
@@ -637,7 +637,7 @@ async def _routing_error(_: Request, error: Exception) -> Response:
     return response
 
 
-def readiness_checks(views: ViewStore, store: EventStore | None, options: QueryApiOptions) -> dict[str, Check]:
+def readiness_checks(views: ViewStore, store: EventLog | None, options: QueryApiOptions) -> dict[str, Check]:
     """The read models answer; with the store, no active projection is stalled or lagging too far."""
     checks = {"read_models": views_check(views)}
     if store is not None:

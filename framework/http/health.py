@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from framework.metrics import CONTENT_TYPE_LATEST, Metrics
 from framework.status import projection_statuses
-from framework.store import EventStore
+from framework.store import EventLog
 from framework.views import ViewStore
 
 __all__ = ["Check", "metrics_route", "projections_check", "ready_route", "store_check", "views_check"]
@@ -64,7 +64,7 @@ async def _run(name: str, check: Check, timeout: float) -> str | None:
         return "unavailable"
 
 
-def store_check(store: EventStore) -> Check:
+def store_check(store: EventLog) -> Check:
     def check() -> str | None:
         store.head()
         return None
@@ -80,7 +80,7 @@ def views_check(views: ViewStore) -> Check:
     return check
 
 
-def projections_check(store: EventStore, views: ViewStore, max_lag_seconds: float,
+def projections_check(store: EventLog, views: ViewStore, max_lag_seconds: float,
                       names: Collection[str] | None = None) -> Check:
     """Fails when an active projection (of ``names``: those this process runs) is stalled or lags more
     than ``max_lag_seconds``."""

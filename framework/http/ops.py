@@ -32,7 +32,7 @@ from framework.errors import ConfigurationError
 from framework.http.health import Check, metrics_route, projections_check, ready_route, store_check, views_check
 from framework.http.server import ServerLimits, uvicorn_options
 from framework.metrics import Metrics
-from framework.store import EventStore
+from framework.store import EventLog
 from framework.views import ViewStore
 
 __all__ = ["OpsServer", "create_ops_app", "ops_checks"]
@@ -43,7 +43,7 @@ READY_TIMEOUT_SECONDS = 2.0  # per check, as in the write and query APIs
 _GRACEFUL_SECONDS = 2  # a scrape in flight at shutdown gets this long to finish
 
 
-def ops_checks(store: EventStore, views: ViewStore | None = None, *, max_lag_seconds: float = 60.0,
+def ops_checks(store: EventLog, views: ViewStore | None = None, *, max_lag_seconds: float = 60.0,
                checks: Mapping[str, Check] | None = None, projections: Collection[str] | None = None,
                ) -> dict[str, Check]:
     """``event_store``; with ``views`` also ``read_models`` and ``projections`` (only the named ones
@@ -57,7 +57,7 @@ def ops_checks(store: EventStore, views: ViewStore | None = None, *, max_lag_sec
     return result
 
 
-def create_ops_app(metrics: Metrics, store: EventStore, views: ViewStore | None = None, *,
+def create_ops_app(metrics: Metrics, store: EventLog, views: ViewStore | None = None, *,
                    checks: Mapping[str, Check] | None = None, max_lag_seconds: float = 60.0,
                    ready_timeout: float = READY_TIMEOUT_SECONDS,
                    projections: Collection[str] | None = None) -> Starlette:

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from framework.errors import ConcurrencyConflict, VersionSwitched
 from framework.query import Condition, InvalidQuery, PageRequest, Sort, paginate
 from framework.readmodel import ReadModel
-from framework.views import DeadLetter, Deadline, OutboxEntry, ViewStore
+from framework.views import DeadLetter, Deadline, OutboxEntry, RowCaching, ViewStore
 
 __all__ = ["ViewStoreConformance"]
 
@@ -307,7 +307,8 @@ class ViewStoreConformance:
         ready.commit_staged(NAME, 1, first)
         with pytest.raises(ConcurrencyConflict):
             ready.commit_staged(NAME, 1, second)
-        ready.forget_cached(NAME, 1)
+        if isinstance(ready, RowCaching):  # what the losing worker does next
+            ready.forget_cached(NAME, 1)
         assert ready.position(NAME, 1) == 4
         with ready.read(NAME) as views:
             assert [r.number for r in views.select(Row)] == [1]

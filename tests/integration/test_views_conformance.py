@@ -14,7 +14,7 @@ from framework.adapters.postgres_views import PostgresViewStore
 from framework.errors import RowRejected
 from framework.readmodel import ReadModel
 from framework.testing.views_conformance import ViewStoreConformance
-from framework.views import ViewStore
+from framework.views import RowCaching, ViewStore
 
 
 class Plain(ReadModel):
@@ -42,6 +42,9 @@ class TestPostgresViewStore(ViewStoreConformance):
             yield store
         finally:
             store.close()
+
+    def test_it_keeps_rows_between_batches(self, views: ViewStore) -> None:
+        assert isinstance(views, RowCaching)  # the optional, speed-only port the workers use when present
 
 
 class TestPostgresRefusals:

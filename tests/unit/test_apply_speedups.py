@@ -14,6 +14,7 @@ from framework.events import Event, EventEnvelope, EventMetadata
 from framework.mapper import to_stored
 from framework.readmodel import ReadModel
 from framework.store import Notification
+from framework.views import RowCaching
 from framework.worker import ProjectionWorker
 from projections.holdings import AccountRow, Holding, HoldingMovement, HoldingsProjector
 
@@ -21,14 +22,23 @@ ACCOUNT = UUID("4a4c5f0c-5b1b-4c0d-9d55-7f6c0b1e2a33")
 
 
 class CachingViews(MemoryViewStore):
-    """A memory view store that records what a view store with a row cache is asked."""
+    """A memory view store that records what a view store with a row cache (``RowCaching``) is asked."""
 
     def __init__(self) -> None:
         super().__init__()
         self.cached_empty: list[tuple[str, int, tuple[type[ReadModel], ...]]] = []
+        self.forgotten: list[tuple[str, int]] = []
 
     def cache_empty_tables(self, name: str, version: int, models: Sequence[type[ReadModel]]) -> None:
         self.cached_empty.append((name, version, tuple(models)))
+
+    def forget_cached(self, name: str, version: int) -> None:
+        self.forgotten.append((name, version))
+
+
+def test_the_row_cache_is_an_optional_port_the_memory_store_does_not_have() -> None:
+    assert isinstance(CachingViews(), RowCaching)
+    assert not isinstance(MemoryViewStore(), RowCaching)
 
 
 def _notifications(events: Sequence[Event], first: int = 1) -> list[Notification]:

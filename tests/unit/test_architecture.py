@@ -304,3 +304,42 @@ def test_the_header_guard_would_notice_a_reader() -> None:
     tree = ast.parse("meta = json.loads(pending[0].state)['meta']\nagg = document.get('agg')\n")
     assert _header_reads(tree) == ["json.loads(pending[0].state)", "json.loads(pending[0].state)['meta']",
                                    "document.get('agg')"]
+
+
+# --- role-sized ports ------------------------------------------------------------------------------------
+
+def _own_methods(port: type) -> set[str]:
+    return {name for name, value in vars(port).items() if callable(value) and not name.startswith("_")}
+
+
+def _roles() -> list[type]:
+    from framework import store, views
+
+    return [store.EventStreams, store.EventLog, store.IdempotencyKeys, store.SnapshotStore, store.RelayTracking,
+            views.ProjectionVersions, views.ProjectionBatches, views.ProjectionLifecycle, views.DeadLetters,
+            views.ReadModels, views.ProjectionLeases, views.ProcessStore, views.RowCaching]
+
+
+@pytest.mark.parametrize("role", _roles(), ids=lambda r: r.__name__)
+def test_each_role_of_a_port_is_small(role: type) -> None:
+    assert 1 <= len(_own_methods(role)) <= 8
+
+
+def test_the_whole_ports_add_only_their_life_cycle_to_the_roles() -> None:
+    from framework.store import EventStore
+    from framework.views import RowCaching, ViewStore
+
+    assert _own_methods(EventStore) == _own_methods(ViewStore) == {"create_schema", "close"}
+    assert not issubclass(ViewStore, RowCaching)  # speed only: an adapter may have it, none must
+
+
+def test_the_memory_adapters_leave_no_method_empty_but_their_life_cycle() -> None:
+    empty = []
+    for name in ("memory.py", "memory_views.py", "memory_bus.py"):
+        tree = ast.parse((FRAMEWORK / "adapters" / name).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                body = [b for b in node.body if not (isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant))]
+                if all(isinstance(b, ast.Pass) for b in body):
+                    empty.append(node.name)
+    assert set(empty) <= {"create_schema", "close"}, empty
