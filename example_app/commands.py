@@ -35,13 +35,11 @@ Message = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, 
 Quantity = Annotated[int, Field(gt=0, le=MAX_HOLDING)]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
 
-# Who may send what over the write API (a token's `roles` or `scope`). The process managers send
-# RecordEntitlements and NotifyDepositor through the bus directly, without a token: over HTTP only
-# a caller standing in for the process (role `process`) may.
+# Who may send what over the write API (a token's `roles` or `scope`). RecordEntitlements and
+# NotifyDepositor are internal: only the corporate-action process sends them, through the bus.
 REGISTRAR: frozenset[str] = frozenset({"registrar"})
 CUSTODY: frozenset[str] = frozenset({"custody"})
 CORPORATE_ACTIONS: frozenset[str] = frozenset({"corporate-actions"})
-PROCESS: frozenset[str] = frozenset({"process"})
 
 
 class RegisterSecurity(Command):
@@ -108,18 +106,17 @@ class CancelCorporateAction(Command):
     reason: Reason
 
 
-class RecordEntitlements(Command):
-    """Issued by the corporate-action process once an action is validated."""
+class RecordEntitlements(Command, internal=True):
+    """Issued by the corporate-action process once an action is validated (no HTTP route)."""
 
-    allowed_roles: ClassVar[frozenset[str]] = PROCESS
     action_id: Code
     entitlements: Annotated[list[Entitlement], Field(max_length=100_000)]
 
 
-class NotifyDepositor(Command):
-    """Issued by the corporate-action process; a second identical one is refused as a duplicate."""
+class NotifyDepositor(Command, internal=True):
+    """Issued by the corporate-action process (no HTTP route); a second identical one is refused as a
+    duplicate."""
 
-    allowed_roles: ClassVar[frozenset[str]] = PROCESS
     account_number: Code
     action_id: Code
     kind: NotificationKind

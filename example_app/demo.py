@@ -81,7 +81,7 @@ def seed(bus: CommandBus, today: date, *, settle_seconds: float = 5.0) -> int:
 def _wait_for_entitlements(bus: CommandBus, action_id: str, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        action = UnitOfWork(bus.store).find(CorporateAction, CorporateAction.id_for(action_id))
+        action = UnitOfWork(bus.store).find(CorporateAction, key=action_id)
         if action is not None and action.entitlements_calculated:
             return
         time.sleep(0.05)

@@ -60,7 +60,7 @@ _ERRORS = {
 
 
 def openapi_document(router: CommandRouter, title: str = "Eventfold write API") -> dict[str, Any]:
-    commands = list(router)
+    commands = router.public_commands()  # internal commands have no route
     keys, schemas = models_json_schema(
         [(c, "validation") for c in commands], ref_template=_REF
     )

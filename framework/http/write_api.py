@@ -111,7 +111,7 @@ async def _handle_command(request: Request, bus: CommandBus, options: WriteApiOp
                           gate: Gate) -> Response:
     principal = await gate.admit(request)  # 401 and 429 before anything else
     name = request.path_params["name"]
-    command_type = bus.router.command_type(name)  # 404 before reading a body
+    command_type = bus.router.public_command_type(name)  # 404 before reading a body (internal ones too)
     authorize(command_type, principal)
     _require_json(request)
     command = bus.router.parse_json(command_type.command_name, await _read_body(request, options.max_body_bytes))
