@@ -16,7 +16,8 @@ Phases, one after the other so they never compete for the machine's cores:
                ``eventfold write-api`` with 16 HTTP clients (``write_path.py``'s phase: ``CreditHoldings``,
                distinct accounts), and the same API with 16 clients sending ``NotifyDepositor`` with an
                ``Idempotency-Key`` each (the very command and key handling the dispatcher uses), and
-               without the key (what the key costs).
+               without the key (what the key costs). ``NotifyDepositor`` is internal (no route), so
+               this write API serves ``bench_app.py``'s router, where a public twin of it has one.
                Target: the process's commands/s >= 0.8x the write API's at 16 clients.
 2. ``lag``     how far the process lags behind a steady ``--rate`` (200) commands/s over HTTP for
                ``--lag-seconds`` (60): ``eventfold write-api``, ``eventfold relay`` and ``eventfold
@@ -49,13 +50,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
@@ -262,7 +264,7 @@ def bench_http_notify(server: wp.Server, accounts: list[str], clients: int, warm
                                        "message": f"Corporate action {action}: 0.25 USD on 1 units held"}).encode()
                     sent += 1
                     try:
-                        status, _ = await client.post_with("/commands/NotifyDepositor", body,
+                        status, _ = await client.post_with("/commands/NotifyDepositorOverHttp", body,
                                                            {"Idempotency-Key": f"bench:{action}"} if keyed else {})
                     except Exception as error:  # reported, not raised
                         result.errors[type(error).__name__] += 1
@@ -392,11 +394,28 @@ def run_catch_up(args: argparse.Namespace, scratch: sb.Scratch) -> tuple[list[Th
         store.close()
 
 
+@contextlib.contextmanager
+def _serving_the_twin() -> Iterator[None]:
+    """The write API started meanwhile serves ``bench_app.py``'s router (the public NotifyDepositor twin)."""
+    saved = {k: os.environ.get(k) for k in ("EVENTFOLD_APP", "PYTHONPATH")}
+    here = os.path.dirname(os.path.abspath(__file__))
+    os.environ["EVENTFOLD_APP"] = "bench_app:build_router"
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (here, saved["PYTHONPATH"]) if p)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def phase_throughput(args: argparse.Namespace, scratch: sb.Scratch) -> sb.Verdict:
     print(f"== 1. process-manager throughput: {args.accounts:,} accounts x {args.actions} validated dividends"
           f" = {args.accounts * args.actions:,} notifications due, caught up from scratch")
     w, d = args.warmup, args.duration
-    with wp.running_server(scratch.databases.create("http")) as server:
+    with _serving_the_twin(), wp.running_server(scratch.databases.create("http")) as server:
         accounts = [wp.account_number("ACC", i) for i in range(64)]
         wp.http_setup(server, accounts)
         credit = wp.bench_http("write API, 16 clients, CreditHoldings (write_path.py's http16)", server,
