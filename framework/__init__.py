@@ -24,6 +24,7 @@ from framework.errors import (
     UnknownCommand,
 )
 from framework.events import Event, EventEnvelope, EventMetadata
+from framework.history import History
 from framework.settings import Settings
 from framework.store import CommandResult, EventStore
 from framework.unit_of_work import UnitOfWork
@@ -47,6 +48,7 @@ __all__ = [
     "EventStore",
     "EventfoldError",
     "Executed",
+    "History",
     "IdempotencyKeyInFlight",
     "IdempotencyKeyReused",
     "InvalidCommand",

@@ -90,6 +90,10 @@ class EventStore(Protocol):
     def read_stream(self, aggregate_id: UUID, after_version: int = 0) -> list[StoredEvent]:
         """One aggregate's events after ``after_version``, oldest first."""
 
+    def read_stream_with_positions(self, aggregate_id: UUID, after_version: int = 0) -> list[Notification]:
+        """``read_stream``, each event with its global position (``Notification.id``): an aggregate's
+        history as the global stream numbers it (``eventfold events``, ``replay --aggregate``)."""
+
     def read_all(self, after_position: int, limit: int) -> list[Notification]:
         """Events of every aggregate after a global position, in position order."""
 

@@ -39,6 +39,7 @@ EXPECTED_PUBLIC_API = [
     "EventStore",
     "EventfoldError",
     "Executed",
+    "History",
     "IdempotencyKeyInFlight",
     "IdempotencyKeyReused",
     "InvalidCommand",
