@@ -53,6 +53,7 @@ class CorporateActionCard(ReadModel):
 class CardsProjector(Projector):
     name = "cards"
     read_models = (SecurityRow, CorporateActionCard)
+    # Not per_aggregate: a card names its security, a row another aggregate's events wrote.
 
     @on(SecurityRegistered)
     def registered(self, event: SecurityRegistered, context: HandlerContext) -> None:

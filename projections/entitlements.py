@@ -30,6 +30,7 @@ class EntitlementRow(ReadModel):
 class EntitlementsProjector(Projector):
     name = "entitlements"
     read_models = (EntitlementRow,)
+    per_aggregate = True  # every row is one corporate action's (its calculation, its cancellation)
 
     @on(EntitlementsCalculated)
     def calculated(self, event: EntitlementsCalculated, context: HandlerContext) -> None:

@@ -51,6 +51,7 @@ class HoldingMovement(ReadModel):
 class HoldingsProjector(Projector):
     name = "holdings"
     read_models = (AccountRow, Holding, HoldingMovement)
+    per_aggregate = True  # every row is one account's: `eventfold replay holdings --aggregate` can rebuild it
 
     @on(AccountOpened)
     def opened(self, event: AccountOpened, context: HandlerContext) -> None:

@@ -26,6 +26,7 @@ class NotificationRow(ReadModel):
 class NotificationsProjector(Projector):
     name = "notifications"
     read_models = (NotificationRow,)
+    per_aggregate = True  # one row per notification aggregate
 
     @on(DepositorNotified)
     def notified(self, event: DepositorNotified, context: HandlerContext) -> None:

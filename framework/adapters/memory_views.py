@@ -117,6 +117,15 @@ class MemoryViewStore:
         with self._lock:
             self._versions.pop((name, version), None)
 
+    def copy_version(self, name: str, source: int, target: int, models: Sequence[type[ReadModel]]) -> int:
+        with self._lock:
+            old, new = self._versions[(name, source)], self._versions[(name, target)]
+            for model in models:  # rows are never changed in place (a batch puts new ones): share them
+                new.tables[model.table] = dict(old.tables.get(model.table, {}))
+            new.state = replace(new.state, position=old.state.position, last_event_at=old.state.last_event_at,
+                                updated_at=self._clock())
+            return old.state.position
+
     def active_version(self, name: str) -> int:
         with self._lock:
             return self._active.get(name, 1)

@@ -287,6 +287,26 @@ class PostgresViewStore:
                 self._table("eventfold_projection_positions")), (name, version))
         self._caches.pop((name, version), None)
 
+    def copy_version(self, name: str, source: int, target: int, models: Sequence[type[ReadModel]]) -> int:
+        """In the database (no row passes through Python), in one REPEATABLE READ transaction: the rows
+        and the position it copies are one snapshot, and it blocks no worker."""
+        old, new = _Tables(self._schema, name, source), _Tables(self._schema, name, target)
+        with self._connection() as conn, conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            for model in models:
+                columns = sql.SQL(", ").join(sql.Identifier(c) for c, _, _ in column_definitions(model))
+                conn.execute(sql.SQL("DELETE FROM {}").format(new.ident(model)))
+                conn.execute(sql.SQL("INSERT INTO {} ({c}) SELECT {c} FROM {}").format(
+                    new.ident(model), old.ident(model), c=columns))
+            row = conn.execute(sql.SQL(
+                "UPDATE {p} AS t SET position = s.position, last_event_at = s.last_event_at, updated_at = now()"
+                " FROM {p} AS s WHERE t.name = %(name)s AND t.version = %(target)s"
+                " AND s.name = %(name)s AND s.version = %(source)s RETURNING t.position").format(
+                    p=self._table("eventfold_projection_positions")),
+                {"name": name, "source": source, "target": target}).fetchone()
+        self._caches.pop((name, target), None)
+        return int(row["position"]) if row else 0
+
     def active_version(self, name: str) -> int:
         with self._connection() as conn:
             row = conn.execute(sql.SQL("SELECT version FROM {} WHERE name = %s").format(

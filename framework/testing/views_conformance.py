@@ -154,6 +154,28 @@ class ViewStoreConformance:
         with ready.read(NAME) as views:  # still version 1
             assert views.select(Row) == []
 
+    def test_copy_version_copies_rows_and_position_into_a_new_version(self, ready: ViewStore) -> None:
+        kept, gone = _row(number=1), _row(number=2, maybe=7)
+        with ready.batch(NAME, 1) as batch:
+            batch.put(kept)
+            batch.put(gone)
+            batch.advance(5, datetime(2026, 12, 1, tzinfo=UTC))
+        ready.ensure_tables(NAME, 2, [Row])
+        with ready.batch(NAME, 2, follow_active=False) as batch:
+            batch.put(_row(number=99))  # replaced by the copy
+        assert ready.copy_version(NAME, 1, 2, [Row]) == 5
+        assert ready.position(NAME, 2) == 5
+        with ready.batch(NAME, 2, follow_active=False) as batch:
+            assert [r.number for r in batch.select(Row)] == [1, 2]
+            assert batch.get(Row, "g", 1) == kept
+            batch.delete(Row, "g", 2)
+            batch.advance(6, None, since=5)
+        with ready.read(NAME) as views:  # the source is untouched, and still the active version
+            assert views.select(Row) == [kept, gone]
+        assert ready.position(NAME, 1) == 5 and ready.active_version(NAME) == 1
+        (state,) = [s for s in ready.states() if s.version == 2]
+        assert state.last_event_at == datetime(2026, 12, 1, tzinfo=UTC)
+
     def test_switch_makes_the_new_version_active(self, ready: ViewStore) -> None:
         ready.ensure_tables(NAME, 2, [Row])
         with ready.switch(NAME, 2) as batch:
