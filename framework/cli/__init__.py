@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from framework.cli import operate, serve, stream
+from framework.cli import history, operate, serve, stream
 from framework.errors import EventfoldError
 from framework.logs import configure_logging
 from framework.settings import Settings
@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.register(commands)
     stream.register(commands)
     operate.register(commands)
+    history.register(commands)
     return parser
 
 

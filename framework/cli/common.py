@@ -24,6 +24,7 @@ __all__ = [
     "command_bus",
     "load_graphql",
     "load_projectors",
+    "load_router",
     "open_store",
     "open_views",
     "require_postgres",
