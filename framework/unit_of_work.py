@@ -15,7 +15,7 @@ from framework.mapper import from_stored
 from framework.snapshots import from_snapshot
 from framework.store import EventStore
 
-__all__ = ["Touched", "UnitOfWork", "describe", "noun"]
+__all__ = ["Touched", "UnitOfWork"]
 
 A = TypeVar("A", bound=Aggregate)
 
