@@ -77,7 +77,7 @@ class Condition:
             return (actual is None) is bool(self.value)
         if actual is None:
             return False
-        return _MATCHERS[self.operator](_plain(actual), self.value)
+        return bool(_MATCHERS[self.operator](_plain(actual), self.value))
 
 
 def _plain(value: Any) -> Any:
