@@ -21,6 +21,7 @@ import pytest
 from graphql_helpers import (
     APPLE,
     ASML,
+    BAE,
     CURRENCIES,
     HISTORY_ACCOUNT,
     NAMES,
@@ -176,6 +177,30 @@ def test_cards_by_every_filter_at_once(api: Api) -> None:
     expected = [i for i in by_record_date(api) if (a := api.expected.action(i)).isin == ASML
                 and a.status == "validated" and start <= a.record_date <= end]
     assert ids(all_cards(api, arguments)) == expected and expected
+
+
+def test_cards_where_every_condition_holds(api: Api) -> None:
+    """``where`` (``filter_input``) over PostgreSQL: text matching, null tests, ``ne`` and ``in``,
+    combined with ``filter``; the expectations are computed from what was sent."""
+    def expect(keep: Any) -> list[str]:
+        return [i for i in by_record_date(api) if keep(api.expected.action(i))]
+
+    cases = {
+        'where: {securityName: {contains: " Inc."}}': expect(lambda a: a.isin == APPLE),
+        'where: {securityName: {prefix: "a"}}': [],  # case-sensitive
+        'where: {securityName: {contains: "_"}}': [],  # `_` is not a wildcard
+        'where: {paymentDate: {isNull: false}}': expect(lambda a: a.payment_date is not None),
+        'where: {cancellationReason: {isNull: true}, status: {ne: "validated"}}':
+            expect(lambda a: a.cancellation_reason is None and a.status != "validated"),
+        f'where: {{isin: {{in: ["{ASML}", "{BAE}"]}}}}, filter: {{status: "validated"}}':
+            expect(lambda a: a.isin in (ASML, BAE) and a.status == "validated"),
+        'where: {kind: {prefix: "cash_"}}': expect(lambda a: a.kind.startswith("cash_")),
+    }
+    for arguments, expected in cases.items():
+        assert ids(all_cards(api, arguments)) == expected, arguments
+    assert any(cases.values()) and all(len(v) < len(api.expected.actions) for v in cases.values())
+    body = api.client.execute('{ cards(where: {kind: {prefix: "cash\\u0000"}}) { nodes { actionId } } }')
+    assert error_codes(body) == ["BAD_USER_INPUT"]
 
 
 @pytest.mark.parametrize("descending", [False, True], ids=["ascending", "descending"])
