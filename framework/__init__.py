@@ -5,6 +5,7 @@ strawberry. Adapters live in ``framework.adapters`` and ``framework.http``.
 """
 
 from framework.aggregate import Aggregate, event
+from framework.app import App, Seeding
 from framework.bus import CommandBus, CommandContext, Executed
 from framework.commands import Command, CommandRouter, Lax
 from framework.errors import (
@@ -32,6 +33,7 @@ __all__ = [
     "Aggregate",
     "AggregateNotFound",
     "AlreadyExists",
+    "App",
     "Command",
     "CommandBus",
     "CommandContext",
@@ -53,6 +55,7 @@ __all__ = [
     "InvalidTransition",
     "Lax",
     "RuleViolation",
+    "Seeding",
     "Settings",
     "StoreUnavailable",
     "UnitOfWork",

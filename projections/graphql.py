@@ -205,5 +205,5 @@ PROJECTIONS_BY_FIELD: dict[str, list[str]] = {
 
 
 def build_graphql() -> GraphQLSpec:
-    """What the CLI loads (``EVENTFOLD_GRAPHQL=projections.graphql:build_graphql``)."""
+    """The example's schema: its ``App`` (``example_app/app.py``) names this function."""
     return GraphQLSpec(Query, PROJECTIONS_BY_FIELD)

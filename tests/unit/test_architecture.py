@@ -16,12 +16,13 @@ import framework
 FRAMEWORK = Path(framework.__file__).parent
 ADAPTER_DRIVERS = ("psycopg", "psycopg_pool", "nats", "strawberry", "starlette", "uvicorn", "prometheus_client",
                    "opentelemetry")
-EDGE_PACKAGES = ("framework.adapters", "framework.http")
+EDGE_PACKAGES = ("framework.adapters", "framework.http", "framework.graphql")
 # Top-level modules that are edges themselves, not core.
 EDGE_MODULES = {"cli", "metrics"}
 
 EXPECTED_PUBLIC_API = [
     "Aggregate",
+    "App",
     "AggregateNotFound",
     "AlreadyExists",
     "Command",
@@ -45,6 +46,7 @@ EXPECTED_PUBLIC_API = [
     "InvalidTransition",
     "Lax",
     "RuleViolation",
+    "Seeding",
     "Settings",
     "StoreUnavailable",
     "UnitOfWork",
