@@ -24,7 +24,7 @@ from framework.errors import (
     StoreUnavailable,
     UnknownCommand,
 )
-from framework.events import Event, EventEnvelope, EventMetadata
+from framework.events import Event, EventEnvelope, EventMetadata, Upcaster
 from framework.settings import Settings
 from framework.store import CommandResult, EventStore
 from framework.unit_of_work import UnitOfWork
@@ -60,5 +60,6 @@ __all__ = [
     "StoreUnavailable",
     "UnitOfWork",
     "UnknownCommand",
+    "Upcaster",
     "event",
 ]

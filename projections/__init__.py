@@ -6,7 +6,7 @@ builds one of each, for tests that run workers in process.
 
 from __future__ import annotations
 
-from framework.projector import Projector
+from framework.read import Projector
 from projections.cards import CardsProjector
 from projections.entitlements import EntitlementsProjector
 from projections.holdings import HoldingsProjector

@@ -19,7 +19,7 @@ from framework.graphql import (
     page_request,
     requires,
 )
-from framework.query import Condition, Sort, paginate
+from framework.read import Condition, Sort, paginate
 from framework.status import projection_statuses
 from projections.cards import CorporateActionCard, SecurityRow
 from projections.entitlements import EntitlementRow

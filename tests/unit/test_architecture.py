@@ -22,9 +22,9 @@ EDGE_MODULES = {"cli", "metrics"}
 
 EXPECTED_PUBLIC_API = [
     "Aggregate",
-    "App",
     "AggregateNotFound",
     "AlreadyExists",
+    "App",
     "Command",
     "CommandBus",
     "CommandContext",
@@ -51,6 +51,7 @@ EXPECTED_PUBLIC_API = [
     "StoreUnavailable",
     "UnitOfWork",
     "UnknownCommand",
+    "Upcaster",
     "event",
 ]
 
@@ -90,8 +91,21 @@ def test_the_guard_would_notice_a_driver() -> None:
     assert "starlette" in {_top(m) for m in _modules_loaded_by("import framework.http.write_api")}
 
 
+EXPECTED_READ_API = ["Condition", "Deadline", "HandlerContext", "InvalidQuery", "IssuedCommand", "Page", "PageRequest",
+                     "ProcessManager", "Projector", "ReadModel", "Refusal", "Sort", "on", "paginate"]
+
+
 def test_the_public_api_is_pinned() -> None:
     assert framework.__all__ == EXPECTED_PUBLIC_API
+
+
+def test_the_read_side_is_one_module_and_pulls_in_no_adapter() -> None:
+    import framework.read
+
+    assert framework.read.__all__ == EXPECTED_READ_API
+    assert all(getattr(framework.read, name) is not None for name in EXPECTED_READ_API)
+    loaded = _modules_loaded_by("import framework.read")
+    assert [m for m in loaded if _top(m) in ADAPTER_DRIVERS or m.startswith(EDGE_PACKAGES)] == []
 
 
 @pytest.mark.parametrize("name", EXPECTED_PUBLIC_API)
