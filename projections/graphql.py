@@ -19,7 +19,7 @@ from framework.graphql import (
     reads,
     requires,
 )
-from framework.query import Condition, Sort, paginate
+from framework.read import Condition, Sort, paginate
 from framework.status import projection_statuses
 from projections.cards import CorporateActionCard, SecurityRow
 from projections.entitlements import EntitlementRow
@@ -188,5 +188,6 @@ class Query:
 
 
 def build_graphql() -> GraphQLSpec:
-    """The example's query side; its fields declare what they read (``@reads``)."""
+    """The example's schema: its ``App`` (``example_app/app.py``) names this function. Its fields declare
+    the projections they read (``@reads``): read-your-writes waits for those."""
     return GraphQLSpec(Query)
