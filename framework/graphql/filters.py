@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from enum import Enum
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from uuid import UUID
 
 import strawberry
@@ -131,6 +131,8 @@ def _filter_for(annotation: Any) -> type | None:
     if origin in (Union, pytypes.UnionType):
         members = [a for a in get_args(annotation) if a is not type(None)]
         return _filter_for(members[0]) if len(members) == 1 else None
+    if origin is Literal:  # a closed set of values, like an enum's
+        return EnumFilter if all(isinstance(a, str) for a in get_args(annotation)) else None
     if not isinstance(annotation, type):
         return None
     return next((f for python_type, f in _FILTERS if issubclass(annotation, python_type)), None)

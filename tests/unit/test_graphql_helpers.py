@@ -71,6 +71,7 @@ class OrderRow(ReadModel):
     order_id: str
     customer: str
     status: Status
+    channel: Literal["web", "shop"] = "web"
     note: str | None = None
     total: Decimal
     lines: list[Line]
@@ -332,7 +333,8 @@ def test_a_filter_input_has_an_operator_input_per_scalar_column() -> None:
     sdl = str(strawberry.Schema(query=Query))
     where = sdl[sdl.index("input OrderWhere {"):]
     where = where[:where.index("}")]
-    for line in ["orderId: StringFilter", "status: EnumFilter", "note: StringFilter", "total: DecimalFilter"]:
+    for line in ["orderId: StringFilter", "status: EnumFilter", "channel: EnumFilter", "note: StringFilter",
+                 "total: DecimalFilter"]:
         assert line in where, (line, where)
     assert "lines" not in where and "terms" not in where and "extra" not in where
     string = sdl[sdl.index("input StringFilter {"):]
@@ -353,6 +355,7 @@ def test_a_filter_input_has_an_operator_input_per_scalar_column() -> None:
     ('{total: {gte: 3, lte: "7.25"}}', ["o2", "o3"]),
     ("{customer: {}}", ["o1", "o2", "o3"]),
     ('{note: {eq: null}}', ["o1", "o2", "o3"]),  # null sets no condition; isNull asks for null
+    ('{channel: {in: ["web"]}, customer: {ne: "ada"}}', ["o2", "o3"]),
 ])
 def test_a_filter_input_sets_its_conditions(client: Any, where: str, ids: list[str]) -> None:
     body = post(client, f"{{ orders(where: {where}) {{ orderId }} }}")
