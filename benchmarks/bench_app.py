@@ -1,28 +1,28 @@
-"""The example's command router plus a public twin of its internal ``NotifyDepositor``.
+"""The example application plus a public twin of its internal ``NotifyDepositor``.
 
 ``NotifyDepositor`` is internal: only the corporate-action process sends it, and the write API has no
 route for it. ``process_manager.py`` measures the write API sending that very command (same fields,
 handler and aggregate, with and without an ``Idempotency-Key``) beside the process, so its write API
-serves this router (``EVENTFOLD_APP=bench_app:build_router``), where the twin has a route.
+serves this application (``EVENTFOLD_APP=benchmarks.bench_app:app``), whose router also routes the twin.
 """
 
 from __future__ import annotations
 
+from example_app.app import app as example
 from example_app.commands import NotifyDepositor
 from example_app.handlers import notify_depositor
-from example_app.handlers import router as example_router
-from framework import CommandRouter, UnknownCommand
+from framework import UnknownCommand
 
-__all__ = ["NotifyDepositorOverHttp", "build_router"]
+__all__ = ["NotifyDepositorOverHttp", "app"]
 
 
 class NotifyDepositorOverHttp(NotifyDepositor, internal=False):
     """``NotifyDepositor`` with a route: ``POST /commands/NotifyDepositorOverHttp``."""
 
 
-def build_router() -> CommandRouter:
-    try:
-        example_router.command_type(NotifyDepositorOverHttp.command_name)
-    except UnknownCommand:
-        example_router.route(NotifyDepositorOverHttp, notify_depositor)
-    return example_router
+try:
+    example.commands.command_type(NotifyDepositorOverHttp.command_name)
+except UnknownCommand:  # only in the process that serves this application
+    example.commands.route(NotifyDepositorOverHttp, notify_depositor)
+
+app = example

@@ -16,7 +16,7 @@ from typing import Any
 from uuid import UUID
 
 from framework.aggregate import Aggregate
-from framework.cli.common import load_router, open_store
+from framework.cli.common import add_app_option, application, open_store
 from framework.errors import ConfigurationError, EventSchemaError
 from framework.mapper import from_stored
 from framework.settings import Settings
@@ -42,6 +42,7 @@ def register(commands: Any) -> None:
                                                   f"{MAX_LIMIT:,})")
     events.add_argument("--store", help="the SQLite file `eventfold dev` keeps events in (without "
                                         "EVENTFOLD_DATABASE_URL; default .eventfold/events.sqlite3)")
+    add_app_option(events)
     events.set_defaults(run=run_events)
 
 
@@ -87,7 +88,7 @@ def _aggregate_types() -> dict[str, type[Aggregate]]:
 
 def run_events(settings: Settings, args: argparse.Namespace) -> int:
     _check_options(args)
-    load_router(settings.app)  # the application's event classes, to read the events with
+    application(settings, args)  # its event classes read the events, its aggregate types name them
     reference = aggregate_reference(args.aggregate) if args.aggregate is not None else None
     store = _open_existing_store(settings)
     try:

@@ -9,8 +9,8 @@ import time
 from typing import Any
 
 from framework.cli.common import (
-    load_projectors,
-    load_router,
+    add_app_option,
+    application,
     open_store,
     open_views,
     require_postgres,
@@ -34,6 +34,7 @@ def register(commands: Any) -> None:
                         help="rebuild only this aggregate's rows (an id, or TYPE:KEY such as Account:ACC-1), in a "
                              "new version otherwise copied from the active one; the projection must declare "
                              "per_aggregate = True")
+    add_app_option(replay)
     replay.set_defaults(run=run_replay)
 
     status = commands.add_parser("status", help="positions, lag and state of every projection")
@@ -67,7 +68,8 @@ def run_replay(settings: Settings, args: argparse.Namespace) -> int:
     from framework.replay import rebuild
 
     postgres = require_postgres(settings, "replay")
-    (projector,) = select_projectors(load_projectors(settings.projections), [args.name])
+    app = application(settings, args)  # importing it defines its aggregate types, for --aggregate TYPE:KEY
+    (projector,) = select_projectors(app.build_projectors(), [args.name])
     if args.from_position < 0:
         raise ConfigurationError(f"--from {args.from_position} must not be negative")
     if args.aggregate is not None:
@@ -90,8 +92,7 @@ def _replay_aggregate(settings: Settings, postgres: PostgresSettings, projector:
     if args.from_position:
         raise ConfigurationError("--from and --aggregate do not combine: an aggregate's rows are rebuilt from its "
                                  "first event")
-    load_router(settings.app)  # the application's aggregate types, for TYPE:KEY
-    reference = aggregate_reference(args.aggregate)
+    reference = aggregate_reference(args.aggregate)  # TYPE among the aggregates the application imported
     store, views = open_store(settings), open_views(postgres)
     try:
         if not store.read_stream_with_positions(reference.aggregate_id)[:1]:

@@ -24,7 +24,7 @@ from framework.store import StoredEvent
 def store_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for name in [n for n in os.environ if n.startswith("EVENTFOLD_")]:
         monkeypatch.delenv(name)
-    monkeypatch.setenv("EVENTFOLD_APP", "example_app.app:build_router")  # the example, named explicitly
+    monkeypatch.setenv("EVENTFOLD_APP", "example_app.app:app")  # the example, named explicitly
     path = tmp_path / "events.sqlite3"
     store = SQLiteEventStore(str(path))
     store.create_schema()
