@@ -10,7 +10,8 @@ What is checked of every answer:
 - write API: the status, content type, headers and body are those ``/openapi.json`` documents
   (schemathesis's conformance checks), and every error is a problem document whose ``status`` is the
   HTTP status and whose ``type`` names its ``code``;
-- GraphQL: a JSON object whose every error has a message and an ``extensions.code``;
+- GraphQL: a JSON object whose every error has a message and an ``extensions.code``, and whose data,
+  when there is no error, has the shape and types the query asks of the schema;
 - a positive case (valid by the document) is never refused for its form: the write API answers 200 or
   a refusal of what it asks (404, 409, or a 422 that is not ``invalid_command``), GraphQL runs the
   query or refuses it with a code the schema cannot express (a limit, an argument out of range).
@@ -19,10 +20,25 @@ What is checked of every answer:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import schemathesis
+from graphql import (
+    FieldNode,
+    FragmentDefinitionNode,
+    GraphQLEnumType,
+    GraphQLList,
+    GraphQLNonNull,
+    GraphQLObjectType,
+    GraphQLOutputType,
+    GraphQLScalarType,
+    GraphQLSchema,
+    OperationDefinitionNode,
+    SelectionSetNode,
+    parse,
+)
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import Case, GenerationMode, Response
@@ -139,7 +155,7 @@ def assert_not_refused_for_its_form(case: Case, response: Response) -> None:
 # --- judging GraphQL ---------------------------------------------------------------------------------
 
 
-def check_graphql_answer(case: Case, response: Response, mode: GenerationMode) -> None:
+def check_graphql_answer(case: Case, response: Response, mode: GenerationMode, schema: GraphQLSchema) -> None:
     assert response.status_code < 500, (response.status_code, response.content[:500])
     body = json.loads(response.content)
     assert isinstance(body, dict) and ("data" in body or "errors" in body), body
@@ -148,7 +164,8 @@ def check_graphql_answer(case: Case, response: Response, mode: GenerationMode) -
     unexpected = set(codes) - allowed
     assert not unexpected, f"{mode.value} query answered {sorted(unexpected)}: {body}\nquery: {case.body!r}"
     if not codes:
-        assert response.status_code == 200 and isinstance(body.get("data"), dict), body
+        assert response.status_code == 200, body
+        assert_data_conforms(schema, case.body, body.get("data"))  # a GraphQL case's body is its query
 
 
 def graphql_error_codes(body: dict[str, Any]) -> list[str]:
@@ -161,3 +178,63 @@ def graphql_error_codes(body: dict[str, Any]) -> list[str]:
         assert isinstance(code, str), f"an error without a code: {error}"
         codes.append(code)
     return codes
+
+
+def assert_data_conforms(schema: GraphQLSchema, query: str, data: Any) -> None:
+    """``data`` has every field the query selects, each of the schema's type (nullability, lists, scalars)."""
+    document = parse(query)
+    operation = next(d for d in document.definitions if isinstance(d, OperationDefinitionNode))
+    fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
+    assert schema.query_type is not None
+    _conforms(schema.query_type, operation.selection_set, data, fragments, "data")
+
+
+def _conforms(parent: GraphQLObjectType, selections: SelectionSetNode, value: Any,
+              fragments: Mapping[str, FragmentDefinitionNode], path: str) -> None:
+    assert isinstance(value, dict), f"{path} is not an object: {value!r}"
+    for selection in selections.selections:
+        if isinstance(selection, FieldNode):
+            key = (selection.alias or selection.name).value
+            assert key in value, f"{path}.{key} is missing"
+            if selection.name.value == "__typename":
+                assert value[key] == parent.name, f"{path}.{key} is {value[key]!r}"
+                continue
+            field = parent.fields[selection.name.value]
+            _value_conforms(field.type, selection.selection_set, value[key], fragments, f"{path}.{key}")
+        else:  # a fragment on the same object type: this schema has no interfaces or unions
+            chosen = fragments[selection.name.value] if hasattr(selection, "name") else selection
+            _conforms(parent, chosen.selection_set, value, fragments, path)
+
+
+def _value_conforms(kind: GraphQLOutputType, selections: SelectionSetNode | None, value: Any,
+                    fragments: Mapping[str, FragmentDefinitionNode], path: str) -> None:
+    if isinstance(kind, GraphQLNonNull):
+        assert value is not None, f"{path} is null, but {kind} is not"
+        kind = kind.of_type
+    if value is None:
+        return
+    if isinstance(kind, GraphQLList):
+        assert isinstance(value, list), f"{path} is not a list: {value!r}"
+        for index, item in enumerate(value):
+            _value_conforms(kind.of_type, selections, item, fragments, f"{path}[{index}]")
+    elif isinstance(kind, GraphQLObjectType):
+        assert selections is not None
+        _conforms(kind, selections, value, fragments, path)
+    elif isinstance(kind, GraphQLEnumType):
+        assert value in kind.values, f"{path} is not a {kind.name}: {value!r}"
+    else:
+        assert isinstance(kind, GraphQLScalarType)
+        assert _SCALARS.get(kind.name, lambda _: True)(value), f"{path} is not a {kind.name}: {value!r}"
+
+
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_SCALARS: dict[str, Callable[[Any], bool]] = {
+    "String": lambda v: isinstance(v, str),
+    "ID": lambda v: isinstance(v, str),
+    "Boolean": lambda v: isinstance(v, bool),
+    "Int": lambda v: isinstance(v, int) and not isinstance(v, bool) and -(2**31) <= v < 2**31,
+    "Float": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "Date": lambda v: isinstance(v, str) and _DATE.fullmatch(v) is not None,
+    "DateTime": lambda v: isinstance(v, str) and _DATE.match(v) is not None,
+    "Decimal": lambda v: isinstance(v, str),
+}
