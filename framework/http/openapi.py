@@ -73,7 +73,6 @@ def openapi_document(router: CommandRouter, title: str = "Eventfold write API", 
                                        schema_generator=_StrictCommandSchema)
     components: dict[str, Any] = {
         "schemas": {**schemas.get("$defs", {}), "CommandAccepted": _ACCEPTED, "Problem": _PROBLEM},
-        "parameters": _PARAMETERS,
         "headers": _HEADERS,
     }
     if access.checks_tokens:
@@ -125,69 +124,87 @@ class _StrictCommandSchema(GenerateJsonSchema):
 
 
 def _decimal(schema: core_schema.DecimalSchema) -> JsonSchemaValue:
-    """A decimal as text in plain notation (``"12.50"``), or as a JSON number.
+    """A decimal as a JSON number, and as text in plain notation (``"12.50"``) where a pattern can say
+    which text the field takes.
 
-    With ``max_digits`` or ``decimal_places`` the number must be whole (a binary fraction such as 0.1
-    has more digits than it shows); without, any number. Text has at most the digits the field and
-    PostgreSQL's numeric allow; a lower bound of zero keeps it positive (or not negative). Other
-    bounds are exact on the number and left to the server's answer on text.
+    The text has at most the digits the field and PostgreSQL's numeric allow, and a lower bound of zero
+    keeps it above zero (or not negative); other bounds no pattern can say, so a field with them is
+    documented as a number only (the server takes text all the same). With ``max_digits`` or
+    ``decimal_places`` the number must be whole: 0.1 sent as a binary float has more digits than it shows.
     """
-    max_digits, places = schema.get("max_digits"), schema.get("decimal_places")
+    bounds = cast(dict[str, Any], schema)
+    max_digits, places = bounds.get("max_digits"), bounds.get("decimal_places")
     whole = NUMERIC_MAX_INTEGER_DIGITS if max_digits is None else max_digits - (places or 0)
     fraction = (NUMERIC_MAX_FRACTION_DIGITS if max_digits is None else 0) if places is None else places
-    low, positive = _decimal_floor(schema)
-    text = {"type": "string", "pattern": _decimal_pattern(whole, fraction, low, positive)}
+    low, exclusive = _decimal_floor(bounds)
+    forms: list[JsonSchemaValue] = []
+    if low in (None, 0) and bounds.get("le") is None and bounds.get("lt") is None:
+        forms.append({"type": "string", "pattern": _decimal_pattern(whole, fraction, low, exclusive)})
     if max_digits is None and places is None:
-        bounds = cast(dict[str, Any], schema)
-        number = {"type": "number", **{key: float(bounds[name]) for name, key in _BOUND_KEYWORDS
-                                       if bounds.get(name) is not None}}
-        return {"anyOf": [text, number]}
-    largest = 10**whole - 1
-    upper = min([largest, *_whole_ceilings(schema)])
-    lowest = max(-largest, math.floor(low) + 1 if positive else math.ceil(low)) if low is not None else -largest
-    if whole < 1 or lowest > upper:
-        return text
-    return {"anyOf": [text, {"type": "integer", "minimum": lowest, "maximum": upper}]}
+        forms.append({"type": "number", **{key: float(bounds[name]) for name, key in _BOUND_KEYWORDS
+                                           if bounds.get(name) is not None}})
+    elif whole > 0:
+        forms.extend(_whole_number(bounds, whole, low, exclusive))
+    if not forms:  # only fractions, and bounds no pattern can say: the digits at least
+        forms.append({"type": "string", "pattern": _decimal_pattern(whole, fraction, None, False)})
+    return forms[0] if len(forms) == 1 else {"anyOf": forms}
 
 
+_BOUND_KEYWORDS = (("gt", "exclusiveMinimum"), ("ge", "minimum"), ("lt", "exclusiveMaximum"), ("le", "maximum"))
 _COUNTED = 1_000  # more digits than this are left unbounded: regex engines refuse huge counts
+
+
+def _whole_number(bounds: dict[str, Any], whole: int, low: Decimal | None, exclusive: bool) -> list[JsonSchemaValue]:
+    """The integers within the field's digits and bounds (none: an empty list)."""
+    largest = 10**whole - 1 if whole <= _COUNTED else None
+    ceilings = [c for c in (largest, _floor_of(bounds.get("le")), _below(bounds.get("lt"))) if c is not None]
+    highest = min(ceilings) if ceilings else None
+    if low is not None:
+        lowest: int | None = math.floor(low) + 1 if exclusive else math.ceil(low)
+    else:
+        lowest = -largest if largest is not None else None
+    if lowest is not None and highest is not None and lowest > highest:
+        return []
+    number: JsonSchemaValue = {"type": "integer"}
+    if lowest is not None:
+        number["minimum"] = lowest
+    if highest is not None:
+        number["maximum"] = highest
+    return [number]
+
+
+def _floor_of(value: Any) -> int | None:
+    return None if value is None else math.floor(Decimal(value))
+
+
+def _below(value: Any) -> int | None:
+    return None if value is None else math.ceil(Decimal(value)) - 1
+
+
+def _decimal_floor(bounds: dict[str, Any]) -> tuple[Decimal | None, bool]:
+    """The lower bound, and whether it is exclusive."""
+    if bounds.get("gt") is not None:
+        return Decimal(bounds["gt"]), True
+    if bounds.get("ge") is not None:
+        return Decimal(bounds["ge"]), False
+    return None, False
 
 
 def _up_to(count: int) -> str:
     return f"{{0,{count}}}" if count <= _COUNTED else "*"
 
 
-_BOUND_KEYWORDS = (("gt", "exclusiveMinimum"), ("ge", "minimum"), ("lt", "exclusiveMaximum"), ("le", "maximum"))
-
-
-def _decimal_floor(schema: core_schema.DecimalSchema) -> tuple[Decimal | None, bool]:
-    """The lower bound, and whether it is exclusive."""
-    if schema.get("gt") is not None:
-        return Decimal(schema["gt"]), True
-    if schema.get("ge") is not None:
-        return Decimal(schema["ge"]), False
-    return None, False
-
-
-def _whole_ceilings(schema: core_schema.DecimalSchema) -> list[int]:
-    ceilings = []
-    if schema.get("le") is not None:
-        ceilings.append(math.floor(Decimal(schema["le"])))
-    if schema.get("lt") is not None:
-        ceilings.append(math.ceil(Decimal(schema["lt"])) - 1)
-    return ceilings
-
-
-def _decimal_pattern(whole: int, fraction: int, low: Decimal | None, positive: bool) -> str:
+def _decimal_pattern(whole: int, fraction: int, low: Decimal | None, exclusive: bool) -> str:
+    """Plain notation, no leading zeros; without a sign when the bound is zero, and above zero when it
+    excludes zero (a whole part, or a fraction that ends in a digit other than 0)."""
     digits = f"[1-9][0-9]{_up_to(whole - 1)}" if whole > 0 else None
-    dot = f"(\\.[0-9]{{1,{fraction}}})?" if fraction <= _COUNTED else "(\\.[0-9]+)?"
-    dot = dot if fraction else ""
-    if low is not None and low >= 0 and positive:  # above zero: a whole part, or a fraction not all zeros
+    dot = "" if not fraction else f"(\\.[0-9]{{1,{fraction}}})?" if fraction <= _COUNTED else "(\\.[0-9]+)?"
+    if low is not None and exclusive:
         choices = [f"{digits}{dot}"] if digits else []
         if fraction:
             choices.append(f"0\\.[0-9]{_up_to(fraction - 1)}[1-9]")
         return "^(" + "|".join(choices) + ")$"
-    sign = "" if low is not None and low >= 0 else "-?"
+    sign = "" if low is not None else "-?"
     return f"^{sign}({digits}|0){dot}$" if digits else f"^{sign}0{dot}$"
 
 
@@ -202,8 +219,7 @@ def _operation(command: type[Command], body_schema: dict[str, Any], access: Acce
         "summary": command.command_name,
         "description": _operation_description(command, roles, max_body_bytes),
         "x-eventfold-roles": roles,
-        "parameters": [{"$ref": "#/components/parameters/Idempotency-Key"},
-                       {"$ref": f"#/components/parameters/{CORRELATION_HEADER}"}],
+        "parameters": list(_PARAMETERS),
         "requestBody": {"required": True, "content": {"application/json": {"schema": body_schema}}},
         "responses": _responses(command, access, rate_limited),
     }
@@ -355,8 +371,8 @@ _PROBLEM = {
     },
 }
 
-_PARAMETERS = {
-    "Idempotency-Key": {
+_PARAMETERS = (
+    {
         "name": "Idempotency-Key",
         "in": "header",
         "required": False,
@@ -366,7 +382,7 @@ _PARAMETERS = {
         "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": IDEMPOTENCY_KEY_PATTERN},
         "example": "order-7f3a9c",
     },
-    CORRELATION_HEADER: {
+    {
         "name": CORRELATION_HEADER,
         "in": "header",
         "required": False,
@@ -375,7 +391,7 @@ _PARAMETERS = {
         "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": CORRELATION_ID_PATTERN},
         "example": "checkout-2026-05-01-0042",
     },
-}
+)
 
 _HEADERS = {
     CORRELATION_HEADER: {
