@@ -10,7 +10,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -114,12 +114,13 @@ class CliServer:
     (and keep the last text once stopped); a server that fails to start shows the end of its stderr.
     """
 
-    def __init__(self, role: str, env: Mapping[str, str], *, host: str = "127.0.0.1") -> None:
+    def __init__(self, role: str, env: Mapping[str, str], *, host: str = "127.0.0.1", args: Sequence[str] = ()
+                 ) -> None:
         with socket.socket() as probe:
             probe.bind((host, 0))
             self.port: int = probe.getsockname()[1]
         self.base_url = f"http://{host}:{self.port}"
-        self._command = [eventfold_executable(), role, "--host", host, "--port", str(self.port)]
+        self._command = [eventfold_executable(), role, "--host", host, "--port", str(self.port), *args]
         # Anonymous access unless the environment decides (write-api and query-api default to off).
         self._env = {"EVENTFOLD_ANONYMOUS_ROLES": "*", **env}
         self.process: subprocess.Popen[bytes] | None = None
