@@ -85,13 +85,12 @@ def role_env(url: str, settings: Any, nats_url: str, **extra: str) -> dict[str, 
     """The environment of an ``eventfold`` subprocess of this run (anonymous: no tokens are sent)."""
     kept = ("EVENTFOLD_LEASE_SECONDS", "EVENTFOLD_DISPATCH_CONCURRENCY")  # what a run may want to vary
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTFOLD_") or k in kept}
-    env.update({
+    return wp.eventfold_env(env, **{
         "PYTHONUNBUFFERED": "1", "EVENTFOLD_DATABASE_URL": url, "EVENTFOLD_DB_SCHEMA": SCHEMA,
         "EVENTFOLD_NATS_URL": nats_url, "EVENTFOLD_STREAM": settings.stream,
         "EVENTFOLD_SUBJECT_PREFIX": settings.subject_prefix, "EVENTFOLD_CONSUMER_PREFIX": settings.consumer_prefix,
-        "EVENTFOLD_ALLOW_ANONYMOUS": "true", **extra,
+        **extra,
     })
-    return env
 
 
 def init_db(env: dict[str, str]) -> None:

@@ -8,8 +8,9 @@ The stored state is one JSON document: ``{"v", "agg", "meta", "data"}``.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any, Literal
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from eventsourcing.persistence import Notification, StoredEvent
 from pydantic import TypeAdapter, ValidationError
@@ -18,7 +19,7 @@ from typing_extensions import TypedDict
 from framework.errors import EventSchemaError
 from framework.events import Event, EventEnvelope, EventMetadata, event_type_named
 
-__all__ = ["from_stored", "stored_trace_context", "to_stored"]
+__all__ = ["from_stored", "stored_at_version", "stored_trace_context", "to_stored"]
 
 
 def to_stored(envelope: EventEnvelope) -> StoredEvent:
@@ -35,6 +36,24 @@ def to_stored(envelope: EventEnvelope) -> StoredEvent:
         topic=event.event_name,
         state=json.dumps(document, separators=(",", ":")).encode(),
     )
+
+
+def stored_at_version(
+    event_name: str,
+    data: Mapping[str, Any],
+    schema_version: int,
+    *,
+    aggregate_type: str = "",
+    aggregate_id: UUID | None = None,
+    version: int = 1,
+    metadata: EventMetadata | None = None,
+) -> StoredEvent:
+    """An event as a store holds it, written when the event's payload was ``data`` at ``schema_version``
+    (what an older release stored): ``from_stored`` upcasts it (testing upcasters with old payloads)."""
+    document = {"v": schema_version, "agg": aggregate_type, "meta": _metadata(metadata or EventMetadata()),
+                "data": dict(data)}
+    return StoredEvent(originator_id=aggregate_id or uuid4(), originator_version=version, topic=event_name,
+                       state=json.dumps(document, separators=(",", ":")).encode())
 
 
 def _metadata(metadata: EventMetadata) -> dict[str, Any]:

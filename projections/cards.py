@@ -15,8 +15,7 @@ from example_app.corporate_actions import (
     EntitlementsCalculated,
 )
 from example_app.securities import SecurityRegistered
-from framework.projector import HandlerContext, Projector, on
-from framework.readmodel import ReadModel
+from framework.read import HandlerContext, Projector, ReadModel, on
 
 __all__ = ["CardsProjector", "CorporateActionCard", "SecurityRow"]
 

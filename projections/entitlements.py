@@ -6,8 +6,7 @@ from datetime import date
 from decimal import Decimal
 
 from example_app.corporate_actions import CorporateActionCancelled, EntitlementsCalculated
-from framework.projector import HandlerContext, Projector, on
-from framework.readmodel import ReadModel
+from framework.read import HandlerContext, Projector, ReadModel, on
 
 __all__ = ["EntitlementRow", "EntitlementsProjector"]
 

@@ -6,8 +6,7 @@ from datetime import date, datetime
 from uuid import UUID
 
 from example_app.accounts import AccountOpened, SecuritiesCredited, SecuritiesDebited
-from framework.projector import HandlerContext, Projector, on
-from framework.readmodel import ReadModel
+from framework.read import HandlerContext, Projector, ReadModel, on
 
 __all__ = ["AccountRow", "Holding", "HoldingMovement", "HoldingsProjector"]
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from example_app.notifications import DepositorNotified
-from framework.projector import HandlerContext, Projector, on
-from framework.readmodel import ReadModel
+from framework.read import HandlerContext, Projector, ReadModel, on
 
 __all__ = ["NotificationRow", "NotificationsProjector"]
 

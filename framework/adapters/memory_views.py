@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from framework.errors import ConcurrencyConflict, VersionSwitched
-from framework.query import BY_KEY, Condition, Sort, sorted_rows
+from framework.query import BY_KEY, Condition, Sort, check_conditions, sorted_rows
 from framework.readmodel import ReadModel
 from framework.staging import StagedBatch, StagedViews
 from framework.views import (
@@ -326,6 +326,7 @@ class MemoryViewStore:
         after: tuple[Any, ...] | None = None,
         limit: int | None = None,
     ) -> list[R]:
+        where = check_conditions(model, where)
         with self._lock:
             table = self._versions[(name, self.active_version(name))].tables.get(model.table, {})
             rows: list[R] = [r.copy_row() for r in table.values()]  # type: ignore[misc]

@@ -26,7 +26,7 @@ from psycopg_pool import ConnectionPool
 
 from framework.adapters.pg_columns import column_definitions, to_parameters
 from framework.errors import ConcurrencyConflict, RowRejected, StoreUnavailable, VersionSwitched
-from framework.query import BY_KEY, Condition, Sort
+from framework.query import BY_KEY, Condition, Sort, check_conditions
 from framework.readmodel import ReadModel
 from framework.settings import PostgresSettings
 from framework.staging import RowCache, StagedBatch, StagedViews
@@ -555,6 +555,7 @@ class PostgresViewStore:
         after: tuple[Any, ...] | None = None,
         limit: int | None = None,
     ) -> list[R]:
+        where = check_conditions(model, where)
         version = self._active_version_cached(name)
         tables = _Tables(self._schema, name, version)
         statement, params = _select(tables, model, where, sort, after, limit)
@@ -596,7 +597,7 @@ class PostgresViewStore:
         self._pool.close()
 
 
-_OPERATORS = {"eq": "=", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
+_OPERATORS = {"eq": "=", "ne": "<>", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
 
 
 def _select(
@@ -610,13 +611,9 @@ def _select(
     clauses: list[sql.Composable] = []
     params: list[Any] = []
     for condition in where:
-        column = sql.Identifier(condition.column)
-        if condition.operator == "in":
-            clauses.append(sql.SQL("{} = ANY(%s)").format(column))
-            params.append(list(condition.value))
-        else:
-            clauses.append(sql.SQL("{} {} %s").format(column, sql.SQL(_OPERATORS[condition.operator])))
-            params.append(condition.value.value if isinstance(condition.value, Enum) else condition.value)
+        clause, param = _condition(condition)
+        clauses.append(clause)
+        params.extend(param)
     columns = sort.columns(model)
     if after is not None:
         clauses.append(sql.SQL("({}) {} ({})").format(
@@ -635,6 +632,28 @@ def _select(
         statement += sql.SQL(" LIMIT %s")
         params.append(limit)
     return statement, params
+
+
+def _condition(condition: Condition) -> tuple[sql.Composable, list[Any]]:
+    """The SQL of one condition, meaning what ``Condition.matches`` means (NULL meets no comparison)."""
+    column, operator, value = sql.Identifier(condition.column), condition.operator, condition.value
+    if operator == "is_null":
+        return sql.SQL("{} IS NULL" if value else "{} IS NOT NULL").format(column), []
+    if operator == "in":
+        return sql.SQL("{} = ANY(%s)").format(column), [[_param(v) for v in value if v is not None]]
+    if operator in ("prefix", "contains"):
+        pattern = _like_literal(value) + "%"
+        return sql.SQL("{} LIKE %s ESCAPE '\\'").format(column), ["%" + pattern if operator == "contains" else pattern]
+    return sql.SQL("{} {} %s").format(column, sql.SQL(_OPERATORS[operator])), [_param(value)]
+
+
+def _param(value: Any) -> Any:
+    return value.value if isinstance(value, Enum) else value
+
+
+def _like_literal(text: str) -> str:
+    """``text`` as a LIKE pattern matching itself only: the escape character and wildcards escaped."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _arrays(columns: Sequence[str], kinds: dict[str, str]) -> sql.Composed:

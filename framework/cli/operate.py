@@ -8,7 +8,14 @@ import sys
 import time
 from typing import Any
 
-from framework.cli.common import load_projectors, open_store, open_views, require_postgres, select_projectors
+from framework.cli.common import (
+    add_app_option,
+    application,
+    open_store,
+    open_views,
+    require_postgres,
+    select_projectors,
+)
 from framework.errors import ConfigurationError
 from framework.settings import Settings
 from framework.status import projection_statuses
@@ -21,6 +28,7 @@ def register(commands: Any) -> None:
     replay.add_argument("name", metavar="NAME")
     replay.add_argument("--from", dest="from_position", type=int, default=0,
                         help="start from this position (events before it are not applied)")
+    add_app_option(replay)
     replay.set_defaults(run=run_replay)
 
     status = commands.add_parser("status", help="positions, lag and state of every projection")
@@ -54,7 +62,7 @@ def run_replay(settings: Settings, args: argparse.Namespace) -> int:
     from framework.replay import rebuild
 
     postgres = require_postgres(settings, "replay")
-    (projector,) = select_projectors(load_projectors(settings.projections), [args.name])
+    (projector,) = select_projectors(application(settings, args).build_projectors(), [args.name])
     if args.from_position < 0:
         raise ConfigurationError(f"--from {args.from_position} must not be negative")
     store, views = open_store(settings), open_views(postgres)

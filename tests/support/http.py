@@ -78,6 +78,9 @@ def eventfold_executable() -> str:
     return found
 
 
+EXAMPLE_APP = "example_app.app:app"
+
+
 def clean_env(**variables: str) -> dict[str, str]:
     """The current environment without any EVENTFOLD_* variable, plus ``variables``.
 
@@ -86,6 +89,7 @@ def clean_env(**variables: str) -> dict[str, str]:
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTFOLD_")}
     env["EVENTFOLD_ANONYMOUS_ROLES"] = "*"
+    env["EVENTFOLD_APP"] = EXAMPLE_APP  # the framework knows no application: the tests name theirs
     env.update(variables)
     return env
 
