@@ -93,8 +93,11 @@ def openapi_document(router: CommandRouter, title: str = "Eventfold write API", 
 
 _DESCRIPTION = (
     "Commands are sent as `POST /commands/{Name}` with a JSON body (`Content-Type: application/json`, "
-    "UTF-8). A success returns the aggregate's id, its version and the global `position` of the last "
-    "event written: send it as the `Eventfold-Position` header (a non-negative integer) of a GraphQL "
+    "UTF-8, each key once per object). Values are taken in JSON's own forms only: an integer is an integer "
+    "literal (`7`; `7.0`, `\"7\"` and `true` are refused, although JSON Schema counts 7.0 as an integer), "
+    "a string a string, dates and UUIDs as text, decimals as text or numbers. A success returns the "
+    "aggregate's id, its version and the global `position` of the last event written: send it as the "
+    "`Eventfold-Position` header (a non-negative integer) of a GraphQL "
     "query to read your own write. Every error is an RFC 9457 problem document "
     "(`application/problem+json`) with a stable `code`."
 )

@@ -33,14 +33,15 @@ from framework.adapters.postgres import PostgresEventStore
 from framework.adapters.postgres_views import PostgresViewStore
 from framework.graphql import QueryApiOptions
 from framework.graphql.app import build_schema
-from projections.graphql import PROJECTIONS_BY_FIELD, build_graphql
+from projections.graphql import build_graphql
 
 pytestmark = pytest.mark.postgres
 
 VALID_QUERIES = 30  # per top-level field
 INVALID_QUERIES = 15
 RAW_BODIES = 60
-GRAPHQL_SDL = str(build_schema(build_graphql().query, QueryApiOptions(), PROJECTIONS_BY_FIELD))
+_SPEC = build_graphql()
+GRAPHQL_SDL = str(build_schema(_SPEC.query, QueryApiOptions(), _SPEC.projections_by_field))
 SCHEMA = graphql.build_schema(GRAPHQL_SDL)
 
 
