@@ -8,6 +8,7 @@ and ISIN patterns against the server. The fuzzing over real HTTP is tests/integr
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import warnings
@@ -48,6 +49,7 @@ TOKENS_ONLY = Access(checks_tokens=True, anonymous=None)
 TOKENS_OR_CUSTODY = Access(checks_tokens=True, anonymous=anonymous(frozenset({"custody"})))
 
 
+@functools.cache  # the property tests read it once per drawn case; nobody changes it
 def document(access: Access | None = None, **options: Any) -> dict[str, Any]:
     return openapi_document(example_router, access=access, **options)
 
@@ -347,10 +349,13 @@ class _Amounts(Command):
     bounded: Annotated[Decimal, Field(max_digits=6, decimal_places=2, gt=-10, le=100)]
 
 
+_AMOUNTS = CommandRouter()
+_AMOUNTS.route(_Amounts, lambda command, unit: None)
+
+
+@functools.cache
 def _amount_forms() -> dict[str, list[dict[str, Any]]]:
-    router = CommandRouter()
-    router.route(_Amounts, lambda command, unit: None)
-    props = openapi_document(router)["components"]["schemas"]["_Amounts"]["properties"]
+    props = openapi_document(_AMOUNTS)["components"]["schemas"]["_Amounts"]["properties"]
     return {name: prop["anyOf"] if "anyOf" in prop else [{k: v for k, v in prop.items() if k != "title"}]
             for name, prop in props.items()}
 
@@ -361,9 +366,7 @@ def test_decimals_of_every_constraint_in_the_documented_forms_are_taken(data: st
     payload = {}
     for name, forms in _amount_forms().items():
         payload[name] = data.draw(st.one_of([_drawn(form) for form in forms]))
-    router = CommandRouter()
-    router.route(_Amounts, lambda command, unit: None)
-    router.parse_json("_Amounts", json.dumps(payload).encode())
+    _AMOUNTS.parse_json("_Amounts", json.dumps(payload).encode())
 
 
 def _drawn(form: dict[str, Any]) -> st.SearchStrategy[Any]:
@@ -415,3 +418,21 @@ def _example(doc: dict[str, Any], schema: dict[str, Any], where: str) -> Any:
         return {key: _example(doc, props[key], f"{where}.{key}") for key in props
                 if key in schema.get("required", []) or "examples" in props[key]}
     raise AssertionError(f"{where} has no example")
+
+
+@settings(max_examples=100, derandomize=True, database=None)
+@given(st.data())
+def test_text_of_the_documented_pattern_and_length_is_taken(data: st.DataObject) -> None:
+    """Names and reasons: the pattern asks for what stripping surrounding whitespace leaves non-empty."""
+    doc = document()
+    holder = schema_of(doc, "OpenAccount")["properties"]["holder_name"]
+    reason = schema_of(doc, "CancelCorporateAction")["properties"]["reason"]
+    opening = {"account_number": "ACC-1", "holder_name": data.draw(_text(holder))}
+    example_router.parse_json("OpenAccount", json.dumps(opening).encode())
+    cancelling = {"action_id": "DIV-1", "reason": data.draw(_text(reason))}
+    example_router.parse_json("CancelCorporateAction", json.dumps(cancelling).encode())
+
+
+def _text(schema: dict[str, Any]) -> st.SearchStrategy[str]:
+    return st.from_regex(schema["pattern"], fullmatch=True).filter(
+        lambda text: schema["minLength"] <= len(text) <= schema["maxLength"])
