@@ -467,8 +467,7 @@ def query_api(url: str, command: str | None) -> Server:
 
 
 def _eventfold_env(url: str) -> dict[str, str]:
-    # The benchmark sends no tokens: anonymous access (off by default for query-api).
-    return {"EVENTFOLD_DATABASE_URL": url, "EVENTFOLD_DB_SCHEMA": SCHEMA, "EVENTFOLD_ALLOW_ANONYMOUS": "true"}
+    return wp.eventfold_env(EVENTFOLD_DATABASE_URL=url, EVENTFOLD_DB_SCHEMA=SCHEMA)
 
 
 def check_answer(port: int, phase: Phase) -> str:
@@ -511,7 +510,7 @@ class Seeded:
 
 
 def init_db(url: str) -> None:
-    done = subprocess.run([*wp._eventfold_command(), "init-db"], env={**os.environ, **_eventfold_env(url)},
+    done = subprocess.run([*wp._eventfold_command(), "init-db"], env=_eventfold_env(url),
                           cwd=_HERE.parent, capture_output=True, text=True, timeout=120, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"eventfold init-db failed: {done.stderr.strip()[-500:]}")

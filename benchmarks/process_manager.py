@@ -16,7 +16,8 @@ Phases, one after the other so they never compete for the machine's cores:
                ``eventfold write-api`` with 16 HTTP clients (``write_path.py``'s phase: ``CreditHoldings``,
                distinct accounts), and the same API with 16 clients sending ``NotifyDepositor`` with an
                ``Idempotency-Key`` each (the very command and key handling the dispatcher uses), and
-               without the key (what the key costs).
+               without the key (what the key costs). ``NotifyDepositor`` is internal (no route), so
+               this write API serves ``bench_app.py``'s application, where a public twin of it has a route.
                Target: the process's commands/s >= 0.8x the write API's at 16 clients.
 2. ``lag``     how far the process lags behind a steady ``--rate`` (200) commands/s over HTTP for
                ``--lag-seconds`` (60): ``eventfold write-api``, ``eventfold relay`` and ``eventfold
@@ -76,6 +77,7 @@ SCHEMA = "efbench"
 TRADED = "US5949181045"  # credited by the lag phase's load; no action on it
 DIVIDEND = "US0378331005"  # the security the holders hold and the actions are announced on
 PHASES = ("throughput", "lag", "takeover")
+TWIN_APP = "benchmarks.bench_app:app"  # the example, plus a route for a twin of its internal NotifyDepositor
 
 
 # --------------------------------------------------------------------------- shared pieces
@@ -85,13 +87,12 @@ def role_env(url: str, settings: Any, nats_url: str, **extra: str) -> dict[str, 
     """The environment of an ``eventfold`` subprocess of this run (anonymous: no tokens are sent)."""
     kept = ("EVENTFOLD_LEASE_SECONDS", "EVENTFOLD_DISPATCH_CONCURRENCY")  # what a run may want to vary
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTFOLD_") or k in kept}
-    env.update({
+    return wp.eventfold_env(env, **{
         "PYTHONUNBUFFERED": "1", "EVENTFOLD_DATABASE_URL": url, "EVENTFOLD_DB_SCHEMA": SCHEMA,
         "EVENTFOLD_NATS_URL": nats_url, "EVENTFOLD_STREAM": settings.stream,
         "EVENTFOLD_SUBJECT_PREFIX": settings.subject_prefix, "EVENTFOLD_CONSUMER_PREFIX": settings.consumer_prefix,
-        "EVENTFOLD_ALLOW_ANONYMOUS": "true", **extra,
+        **extra,
     })
-    return env
 
 
 def init_db(env: dict[str, str]) -> None:
@@ -262,7 +263,7 @@ def bench_http_notify(server: wp.Server, accounts: list[str], clients: int, warm
                                        "message": f"Corporate action {action}: 0.25 USD on 1 units held"}).encode()
                     sent += 1
                     try:
-                        status, _ = await client.post_with("/commands/NotifyDepositor", body,
+                        status, _ = await client.post_with("/commands/NotifyDepositorOverHttp", body,
                                                            {"Idempotency-Key": f"bench:{action}"} if keyed else {})
                     except Exception as error:  # reported, not raised
                         result.errors[type(error).__name__] += 1
@@ -396,7 +397,7 @@ def phase_throughput(args: argparse.Namespace, scratch: sb.Scratch) -> sb.Verdic
     print(f"== 1. process-manager throughput: {args.accounts:,} accounts x {args.actions} validated dividends"
           f" = {args.accounts * args.actions:,} notifications due, caught up from scratch")
     w, d = args.warmup, args.duration
-    with wp.running_server(scratch.databases.create("http")) as server:
+    with wp.running_server(scratch.databases.create("http"), app=TWIN_APP) as server:
         accounts = [wp.account_number("ACC", i) for i in range(64)]
         wp.http_setup(server, accounts)
         credit = wp.bench_http("write API, 16 clients, CreditHoldings (write_path.py's http16)", server,

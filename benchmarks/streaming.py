@@ -1237,13 +1237,12 @@ def run_eventfold_e2e(args: argparse.Namespace, scratch: Scratch) -> LatencyResu
     settings = scratch.stream_settings("e2e")
     schema = "efbench"
     port = wp._free_port()
-    env = {
-        **os.environ, "PYTHONUNBUFFERED": "1",
-        "EVENTFOLD_DATABASE_URL": url, "EVENTFOLD_DB_SCHEMA": schema, "EVENTFOLD_NATS_URL": scratch.nats_url,
-        "EVENTFOLD_STREAM": settings.stream, "EVENTFOLD_SUBJECT_PREFIX": settings.subject_prefix,
-        "EVENTFOLD_CONSUMER_PREFIX": settings.consumer_prefix,
-        "EVENTFOLD_ALLOW_ANONYMOUS": "true",  # the benchmark sends no tokens (off by default for write-api)
-    }
+    env = wp.eventfold_env(
+        PYTHONUNBUFFERED="1",
+        EVENTFOLD_DATABASE_URL=url, EVENTFOLD_DB_SCHEMA=schema, EVENTFOLD_NATS_URL=scratch.nats_url,
+        EVENTFOLD_STREAM=settings.stream, EVENTFOLD_SUBJECT_PREFIX=settings.subject_prefix,
+        EVENTFOLD_CONSUMER_PREFIX=settings.consumer_prefix,
+    )
     eventfold = wp._eventfold_command()
     done = subprocess.run([*eventfold, "init-db"], env=env, capture_output=True, text=True, timeout=120)
     if done.returncode != 0:

@@ -36,7 +36,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -48,6 +48,29 @@ import psycopg
 from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate as EsAggregate
 from eventsourcing.domain import event as es_event
+
+# The example application (example_app/, projections/) lives in the repository, not in the installed
+# package: this process and every `eventfold` subprocess import it from here, whatever the cwd.
+REPOSITORY = Path(__file__).resolve().parent.parent
+EXAMPLE_APP = "example_app.app:app"  # the App every `eventfold` subprocess runs (EVENTFOLD_APP)
+
+
+def import_from_repository() -> None:
+    """Put the repository first on ``sys.path`` (a script's own folder is there, the root is not)."""
+    if str(REPOSITORY) not in sys.path:
+        sys.path.insert(0, str(REPOSITORY))
+
+
+def eventfold_env(base: Mapping[str, str] | None = None, /, **variables: str) -> dict[str, str]:
+    """``base`` (default: this environment) for an ``eventfold`` subprocess, plus ``variables``: the
+    example App, the repository on ``PYTHONPATH`` and anonymous access (the benchmarks send no tokens)."""
+    env = dict(os.environ if base is None else base)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPOSITORY), env.get("PYTHONPATH", "")] if p)
+    env.update({"EVENTFOLD_APP": EXAMPLE_APP, "EVENTFOLD_ANONYMOUS_ROLES": "*", **variables})
+    return env
+
+
+import_from_repository()
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 ISIN = "US0378331005"  # a valid ISIN (check digit included)
@@ -548,13 +571,12 @@ def _eventfold_command() -> list[str]:
 class Server:
     """``eventfold write-api`` (or ``command``) in a subprocess, on a free port, access log off."""
 
-    def __init__(self, url: str, command: list[str] | None = None) -> None:
+    def __init__(self, url: str, command: list[str] | None = None, *, app: str = EXAMPLE_APP) -> None:
         self.port = _free_port()
         self._command = command or [*_eventfold_command(), "write-api", "--host", "127.0.0.1",
                                     "--port", str(self.port)]
-        # The benchmark sends no tokens: anonymous access (off by default for write-api).
-        self._env = {**os.environ, "EVENTFOLD_DATABASE_URL": url, "PYTHONUNBUFFERED": "1",
-                     "BENCH_PORT": str(self.port), "EVENTFOLD_ALLOW_ANONYMOUS": "true"}
+        self._env = eventfold_env(EVENTFOLD_DATABASE_URL=url, PYTHONUNBUFFERED="1", BENCH_PORT=str(self.port),
+                                  EVENTFOLD_APP=app)
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed in stop())
             "w+", prefix="eventfold-bench-", suffix=".log")
         self._process: subprocess.Popen[bytes] | None = None
@@ -617,8 +639,8 @@ class Server:
 
 
 @contextmanager
-def running_server(url: str) -> Iterator[Server]:
-    server = Server(url)
+def running_server(url: str, *, app: str = EXAMPLE_APP) -> Iterator[Server]:
+    server = Server(url, app=app)
     server.init_db()
     server.start()
     try:

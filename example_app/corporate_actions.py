@@ -45,8 +45,8 @@ class CashTerms(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     kind: Literal["cash_dividend", "coupon"]
-    amount_per_unit: Annotated[Decimal, Field(gt=0, max_digits=18, decimal_places=6)]
-    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+    amount_per_unit: Annotated[Decimal, Field(gt=0, max_digits=18, decimal_places=6, examples=["0.25"])]
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$", examples=["USD"])]
 
 
 class SplitTerms(BaseModel):
@@ -54,8 +54,8 @@ class SplitTerms(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     kind: Literal["stock_split"]
-    new_units: Annotated[int, Field(gt=0)]
-    old_units: Annotated[int, Field(gt=0)]
+    new_units: Annotated[int, Field(gt=0, examples=[2])]
+    old_units: Annotated[int, Field(gt=0, examples=[1])]
 
 
 Terms = Annotated[CashTerms | SplitTerms, Field(discriminator="kind")]
@@ -73,10 +73,10 @@ class Entitlement(BaseModel):
     """What one account is due: cash for a distribution, new units for a split."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    account_number: str
-    holding: Annotated[int, Field(gt=0)]
-    cash_amount: Decimal | None = None
-    currency: str | None = None
+    account_number: Annotated[str, Field(examples=["ACC-0001"])]
+    holding: Annotated[int, Field(gt=0, examples=[1_000])]
+    cash_amount: Annotated[Decimal | None, Field(examples=["250.00"])] = None
+    currency: Annotated[str | None, Field(examples=["USD"])] = None
     new_units: int | None = None
 
 

@@ -6,6 +6,7 @@ Every command carries an idempotency key, so seeding twice (a restart with
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from datetime import date, timedelta
@@ -21,9 +22,9 @@ from example_app.commands import (
     ValidateCorporateAction,
 )
 from example_app.corporate_actions import CorporateAction
-from framework import Command, CommandBus, CommandContext, CommandRejected, UnitOfWork
+from framework import Command, CommandBus, CommandContext, CommandRejected, Seeding, UnitOfWork
 
-__all__ = ["SECURITIES", "demo_commands", "seed"]
+__all__ = ["SECURITIES", "demo_commands", "seed", "seed_demo"]
 
 SECURITIES = {"US0378331005": ("Apple Inc.", "USD"), "DE0007164600": ("SAP SE", "EUR"),
               "FR0000120271": ("TotalEnergies SE", "EUR")}
@@ -81,7 +82,36 @@ def seed(bus: CommandBus, today: date, *, settle_seconds: float = 5.0) -> int:
 def _wait_for_entitlements(bus: CommandBus, action_id: str, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        action = UnitOfWork(bus.store).find(CorporateAction, CorporateAction.id_for(action_id))
+        action = UnitOfWork(bus.store).find(CorporateAction, key=action_id)
         if action is not None and action.entitlements_calculated:
             return
         time.sleep(0.05)
+
+
+def seed_demo(seeding: Seeding) -> None:
+    """The example's ``App(seed=...)``: the demo data, then GraphQL queries to try with curl."""
+    position = seed(seeding.bus, date.today())
+    print(_demo_queries(seeding.base_url, position), flush=True)
+
+
+def _demo_queries(base: str, position: int) -> str:
+    def curl(query: str, header: str = "") -> str:
+        body = json.dumps({"query": query})
+        return f"  curl -s {base}/graphql -H 'content-type: application/json' {header}-d '{body}'"
+
+    return "\n".join([
+        "",
+        "Demo data loaded. Try these GraphQL queries (read models update within milliseconds):",
+        "",
+        curl("{ cards(first: 10) { edges { node { actionId status kind recordDate security { name } "
+             "entitlements { accountNumber cashAmount newUnits status } } } pageInfo { hasNextPage endCursor } } }",
+             f"-H 'Eventfold-Position: {position}' "),
+        curl('{ holdings(accountNumber: "ACC-1001") { isin quantity } }'),
+        curl('{ notifications(accountNumber: "ACC-1003") { nodes { actionId kind message } } }'),
+        curl('{ cards(filter: {status: "cancelled"}) { nodes { actionId cancellationReason } } }'),
+        curl("{ projections { name position lagEvents state } }"),
+        "",
+        "Commands go to POST /commands/{Name} (GET /openapi.json lists them); pass the `position` a command",
+        "returns as the Eventfold-Position header of a query to read your own write.",
+        "",
+    ])

@@ -26,28 +26,29 @@ __all__ = ["router"]
 router = CommandRouter()
 
 
+# Loaded by the key the command carries: "account 'ACC-1' does not exist" when there is none.
 def _security(unit: UnitOfWork, isin: str) -> Security:
-    return unit.get(Security, Security.id_for(isin), label=isin)
+    return unit.get(Security, key=isin)
 
 
 def _account(unit: UnitOfWork, number: str) -> Account:
-    return unit.get(Account, Account.id_for(number), label=number)
+    return unit.get(Account, key=number)
 
 
 def _action(unit: UnitOfWork, action_id: str) -> CorporateAction:
-    return unit.get(CorporateAction, CorporateAction.id_for(action_id), label=action_id)
+    return unit.get(CorporateAction, key=action_id)
 
 
 @router.handles
 def register_security(command: RegisterSecurity, unit: UnitOfWork) -> Security:
     security = Security.register(command.isin, command.name, command.currency)
-    return unit.add(security, label=command.isin)
+    return unit.add(security, key=command.isin)
 
 
 @router.handles
 def open_account(command: OpenAccount, unit: UnitOfWork) -> Account:
     account = Account.open(command.account_number, command.holder_name)
-    return unit.add(account, label=command.account_number)
+    return unit.add(account, key=command.account_number)
 
 
 @router.handles
@@ -82,7 +83,7 @@ def announce_corporate_action(command: AnnounceCorporateAction, unit: UnitOfWork
     action = CorporateAction.announce(
         command.action_id, command.isin, command.record_date, command.payment_date, command.terms
     )
-    return unit.add(action, label=command.action_id)
+    return unit.add(action, key=command.action_id)
 
 
 @router.handles
@@ -120,4 +121,4 @@ def notify_depositor(command: NotifyDepositor, unit: UnitOfWork) -> Notification
         command.account_number, command.action_id, command.kind, command.message
     )
     key = Notification.natural_key(command.action_id, command.account_number, command.kind)
-    return unit.add(notification, label=key)
+    return unit.add(notification, key=key)

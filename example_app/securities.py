@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, Field
 
 from framework import Aggregate, Event, event
 
-__all__ = ["Isin", "Security", "SecurityRegistered", "check_isin"]
+__all__ = ["ISIN_DESCRIPTION", "ISIN_PATTERN", "Isin", "Security", "SecurityRegistered", "check_isin"]
 
 
 def check_isin(value: str) -> str:
@@ -31,7 +31,19 @@ def _luhn_check_digit(digits: str) -> int:
     return (10 - total % 10) % 10
 
 
-Isin = Annotated[str, AfterValidator(check_isin)]
+ISIN_PATTERN = "^[A-Z]{2}[A-Z0-9]{9}[0-9]$"
+ISIN_DESCRIPTION = (
+    "An ISIN (ISO 6166): 2 letters, 9 letters or digits, and a check digit. The check digit is the Luhn "
+    "check digit of the first 11 characters with each letter written as its value (A=10 ... Z=35): "
+    "US037833100 is written 3028037833100, whose check digit is 5, hence US0378331005. Lower case "
+    "and surrounding spaces are taken and normalised."
+)
+
+# The pattern and format are the document's (format `isin`: the pattern plus the check digit); the
+# server checks with check_isin, which also takes lower case.
+Isin = Annotated[str, AfterValidator(check_isin),
+                 Field(description=ISIN_DESCRIPTION, examples=["US0378331005"],
+                       json_schema_extra={"pattern": ISIN_PATTERN, "format": "isin"})]
 
 
 class SecurityRegistered(Event):

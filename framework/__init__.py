@@ -5,6 +5,7 @@ strawberry. Adapters live in ``framework.adapters`` and ``framework.http``.
 """
 
 from framework.aggregate import Aggregate, event
+from framework.app import App, Seeding
 from framework.bus import CommandBus, CommandContext, Executed
 from framework.commands import Command, CommandRouter, Lax
 from framework.errors import (
@@ -23,7 +24,8 @@ from framework.errors import (
     StoreUnavailable,
     UnknownCommand,
 )
-from framework.events import Event, EventEnvelope, EventMetadata
+from framework.events import Event, EventEnvelope, EventMetadata, Upcaster
+from framework.history import History
 from framework.settings import Settings
 from framework.store import CommandResult, EventStore
 from framework.unit_of_work import UnitOfWork
@@ -32,6 +34,7 @@ __all__ = [
     "Aggregate",
     "AggregateNotFound",
     "AlreadyExists",
+    "App",
     "Command",
     "CommandBus",
     "CommandContext",
@@ -47,15 +50,18 @@ __all__ = [
     "EventStore",
     "EventfoldError",
     "Executed",
+    "History",
     "IdempotencyKeyInFlight",
     "IdempotencyKeyReused",
     "InvalidCommand",
     "InvalidTransition",
     "Lax",
     "RuleViolation",
+    "Seeding",
     "Settings",
     "StoreUnavailable",
     "UnitOfWork",
     "UnknownCommand",
+    "Upcaster",
     "event",
 ]

@@ -140,6 +140,9 @@ class BreakingEventStore:
     def read_stream(self, aggregate_id: UUID, after_version: int = 0) -> list[StoredEvent]:
         return self.breaker.call(lambda: self.store.read_stream(aggregate_id, after_version))
 
+    def read_stream_with_positions(self, aggregate_id: UUID, after_version: int = 0) -> list[Notification]:
+        return self.breaker.call(lambda: self.store.read_stream_with_positions(aggregate_id, after_version))
+
     def read_all(self, after_position: int, limit: int) -> list[Notification]:
         return self.breaker.call(lambda: self.store.read_all(after_position, limit))
 

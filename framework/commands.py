@@ -31,7 +31,18 @@ Handler = Callable[[Any, UnitOfWork], Aggregate | None]
 
 
 class Command(BaseModel):
-    """Base class of commands: imperative names, typed and validated fields."""
+    """Base class of commands: imperative names, typed and validated fields.
+
+    A command meant only for process managers and deadlines is declared internal, on the class line::
+
+        class NotifyDepositor(Command, internal=True):
+            account_number: str
+
+    The write API then has no route for it (``POST /commands/NotifyDepositor`` answers 404
+    ``unknown_command``, exactly as for a name that does not exist) and ``/openapi.json`` leaves it
+    out; the command bus runs it as any other (idempotency keys, retries, tracing), so a process
+    manager's ``context.issue`` and a dead letter's retry send it as before. Subclasses inherit it.
+    """
 
     # Every string a client sends is bounded; a field that needs more declares its own max_length.
     # Every value must also fit a store: see _refuse_unstorable.
@@ -40,6 +51,9 @@ class Command(BaseModel):
     command_name: ClassVar[str]
     allowed_roles: ClassVar[frozenset[str]] = frozenset()
     """Roles that may send this command over the write API (empty: any authenticated caller)."""
+    internal: ClassVar[bool] = False
+    """Sent only through the bus (process managers, deadlines), never over the write API: set it with
+    ``class Name(Command, internal=True)``."""
 
     @model_validator(mode="after")
     def _refuse_unstorable(self) -> Self:
@@ -55,6 +69,11 @@ class Command(BaseModel):
         if errors:
             raise ValidationError.from_exception_data(type(self).__name__, errors)
         return self
+
+    def __init_subclass__(cls, *, internal: bool | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if internal is not None:
+            cls.internal = internal
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -89,10 +108,23 @@ class CommandRouter:
         return iter(self._by_name.values())
 
     def command_type(self, name: str) -> type[Command]:
+        """The command routed under ``name``, internal or not (what the bus may run)."""
         try:
             return self._by_name[name]
         except KeyError:
             raise UnknownCommand(f"there is no command named {name!r}") from None
+
+    def public_command_type(self, name: str) -> type[Command]:
+        """The command a client may send under ``name``: an internal one is unknown here, in the
+        same words as a name that does not exist (a client cannot tell them apart)."""
+        command_type = self._by_name.get(name)
+        if command_type is None or command_type.internal:
+            raise UnknownCommand(f"there is no command named {name!r}")
+        return command_type
+
+    def public_commands(self) -> list[type[Command]]:
+        """The commands the write API serves (every routed one but the internal ones)."""
+        return [c for c in self._by_name.values() if not c.internal]
 
     def handler_for(self, command: Command) -> Handler:
         try:
@@ -120,8 +152,9 @@ class CommandRouter:
         (``InvalidCommand`` otherwise): a number for an int (``true``, ``"7"`` and ``7.5`` are refused),
         a string for a str, while what JSON has no type for comes as a string (dates, UUIDs, enums)
         and a Decimal as a string or a number. A field marked ``Lax()`` takes pydantic's conversions.
+        An internal command is unknown here (``UnknownCommand``): clients cannot send it.
         """
-        command_type = self.command_type(name)
+        command_type = self.public_command_type(name)
         payload = decode_json(body)  # its duplicate keys and constants; and the paths of any errors below
         try:
             return command_type.model_validate_json(body, strict=True)

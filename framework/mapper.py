@@ -10,10 +10,11 @@ event (``stored_header``, without validating its data) and snapshots' documents 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from eventsourcing.persistence import Notification, StoredEvent
 from pydantic import TypeAdapter, ValidationError
@@ -27,6 +28,7 @@ __all__ = [
     "decode_snapshot",
     "encode_snapshot",
     "from_stored",
+    "stored_at_version",
     "stored_header",
     "stored_trace_context",
     "to_stored",
@@ -47,6 +49,24 @@ def to_stored(envelope: EventEnvelope) -> StoredEvent:
         topic=event.event_name,
         state=json.dumps(document, separators=(",", ":")).encode(),
     )
+
+
+def stored_at_version(
+    event_name: str,
+    data: Mapping[str, Any],
+    schema_version: int,
+    *,
+    aggregate_type: str = "",
+    aggregate_id: UUID | None = None,
+    version: int = 1,
+    metadata: EventMetadata | None = None,
+) -> StoredEvent:
+    """An event as a store holds it, written when the event's payload was ``data`` at ``schema_version``
+    (what an older release stored): ``from_stored`` upcasts it (testing upcasters with old payloads)."""
+    document = {"v": schema_version, "agg": aggregate_type, "meta": _metadata(metadata or EventMetadata()),
+                "data": dict(data)}
+    return StoredEvent(originator_id=aggregate_id or uuid4(), originator_version=version, topic=event_name,
+                       state=json.dumps(document, separators=(",", ":")).encode())
 
 
 def _metadata(metadata: EventMetadata) -> dict[str, Any]:

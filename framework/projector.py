@@ -139,6 +139,11 @@ class Projector:
 
     name: ClassVar[str]
     read_models: ClassVar[tuple[type[ReadModel], ...]] = ()
+    per_aggregate: ClassVar[bool] = False
+    """Each row belongs to one aggregate: every row a handler reads or writes is one that only the events
+    of the aggregate it is handling touch (keyed by that aggregate's id or natural key). Then one
+    aggregate's rows can be rebuilt from its events alone (``eventfold replay NAME --aggregate``);
+    a projection whose rows combine aggregates (a card naming its security) must not declare it."""
     on_error: ClassVar[Literal["halt", "park", "retry"]] = "halt"
     """An event that keeps failing (its handler, or a value the read-model database refuses):
     ``halt`` this projection (others in the process keep running), ``park`` it as a dead letter

@@ -12,9 +12,11 @@ import base64
 import binascii
 import functools
 import json
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from enum import Enum
+from typing import Annotated, Any, Generic, Literal, Protocol, TypeVar, Union, get_args, get_origin
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -29,6 +31,7 @@ __all__ = [
     "PageRequest",
     "Queryable",
     "Sort",
+    "check_conditions",
     "decode_cursor",
     "encode_cursor",
     "paginate",
@@ -36,7 +39,9 @@ __all__ = [
 ]
 
 R = TypeVar("R", bound=ReadModel)
-Operator = Literal["eq", "lt", "lte", "gt", "gte", "in"]
+Operator = Literal["eq", "ne", "lt", "lte", "gt", "gte", "in", "prefix", "contains", "is_null"]
+OPERATORS: tuple[Operator, ...] = ("eq", "ne", "lt", "lte", "gt", "gte", "in", "prefix", "contains", "is_null")
+_TEXT_ONLY = frozenset({"prefix", "contains"})
 
 
 class InvalidQuery(InvalidCommand):
@@ -47,20 +52,109 @@ class InvalidQuery(InvalidCommand):
 
 @dataclass(frozen=True)
 class Condition:
+    """One filter on a read model's column; a query keeps the rows meeting every condition.
+
+    ``eq ne lt lte gt gte`` compare with ``value``; ``in`` takes a list (or tuple, set) of values;
+    ``prefix`` and ``contains`` take text and match it literally and case-sensitively (``%`` and
+    ``_`` are plain characters), on text columns only; ``is_null`` takes ``True`` (the column is
+    null) or ``False`` (it is not). A null column meets no condition but ``is_null``: ``ne`` does
+    not match it either (as in SQL), and comparing with ``None`` is refused (use ``is_null``).
+    Every view-store adapter gives these the same meaning (the conformance suite checks it).
+    """
+
     column: str
     operator: Operator
     value: Any
 
+    def __post_init__(self) -> None:
+        problem = _value_problem(self.operator, self.value)
+        if problem:
+            raise InvalidQuery(f"condition on {self.column!r}: {problem}")
+
     def matches(self, row: ReadModel) -> bool:
         actual = getattr(row, self.column)
-        if self.operator == "in":
-            return bool(actual in self.value)
+        if self.operator == "is_null":
+            return (actual is None) is bool(self.value)
         if actual is None:
             return False
-        return bool({
-            "eq": actual == self.value, "lt": actual < self.value, "lte": actual <= self.value,
-            "gt": actual > self.value, "gte": actual >= self.value,
-        }[self.operator])
+        return bool(_MATCHERS[self.operator](_plain(actual), self.value))
+
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, Enum) else value
+
+
+_MATCHERS: dict[str, Any] = {
+    "eq": lambda a, v: a == _plain(v),
+    "ne": lambda a, v: a != _plain(v),
+    "lt": lambda a, v: a < _plain(v),
+    "lte": lambda a, v: a <= _plain(v),
+    "gt": lambda a, v: a > _plain(v),
+    "gte": lambda a, v: a >= _plain(v),
+    "in": lambda a, v: any(item is not None and a == _plain(item) for item in v),
+    "prefix": lambda a, v: a.startswith(v),
+    "contains": lambda a, v: v in a,
+}
+
+
+def _value_problem(operator: str, value: Any) -> str | None:
+    """What is wrong with ``value`` for ``operator`` (None: nothing), the same for every adapter."""
+    if operator not in OPERATORS:
+        return f"unknown operator {operator!r} (one of {', '.join(OPERATORS)})"
+    if operator == "is_null":
+        return None if isinstance(value, bool) else "is_null takes True or False"
+    if operator == "in":
+        if not isinstance(value, list | tuple | set | frozenset):
+            return "in takes a list of values"
+        return next((p for p in map(_scalar_problem, value) if p), None)
+    if value is None:
+        return f"{operator} cannot compare with null: use is_null"
+    if operator in _TEXT_ONLY and not isinstance(value, str):
+        return f"{operator} takes text, not {type(value).__name__}"
+    return _scalar_problem(value)
+
+
+def _scalar_problem(value: Any) -> str | None:
+    if isinstance(value, str) and "\x00" in value:
+        return "text cannot contain NUL (\\u0000)"
+    return None
+
+
+def check_conditions(model: type[ReadModel], where: Sequence[Condition]) -> list[Condition]:
+    """``where`` with each value validated as its column's type (``"2"`` for an int column becomes 2,
+    an enum's value its member), so that every adapter compares the same values; a column the model
+    lacks, text matching on a column that is not text, or a value the column cannot hold is refused."""
+    return [_checked(model, condition) for condition in where]
+
+
+def _checked(model: type[ReadModel], condition: Condition) -> Condition:
+    field_info = model.model_fields.get(condition.column)
+    if field_info is None:
+        raise InvalidQuery(f"{model.__name__} has no column {condition.column!r}")
+    if condition.operator in _TEXT_ONLY and not _is_text(field_info.annotation):
+        raise InvalidQuery(f"{condition.operator} needs a text column; {condition.column!r} is not one")
+    if condition.operator in ("is_null", *_TEXT_ONLY):
+        return condition
+    adapter = _adapter(model, condition.column)
+    try:
+        if condition.operator == "in":
+            value: Any = [None if v is None else adapter.validate_python(v) for v in condition.value]
+        else:
+            value = adapter.validate_python(condition.value)
+    except ValidationError:
+        raise InvalidQuery(f"condition on {condition.column!r}: {condition.value!r:.80} is not a value of the column"
+                           ) from None
+    return Condition(condition.column, condition.operator, value)
+
+
+def _is_text(annotation: Any) -> bool:
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _is_text(get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        members = [a for a in get_args(annotation) if a is not type(None)]
+        return len(members) == 1 and _is_text(members[0])
+    return isinstance(annotation, type) and issubclass(annotation, str) and not issubclass(annotation, Enum)
 
 
 @dataclass(frozen=True)
@@ -177,7 +271,10 @@ def sorted_rows(
     rows: list[R], where: Sequence[Condition], sort: Sort, after: tuple[Any, ...] | None, limit: int | None
 ) -> list[R]:
     """The in-memory meaning of ``query``; adapters that compute in SQL must agree with it."""
-    chosen = [r for r in rows if all(c.matches(r) for c in where)]
+    try:
+        chosen = [r for r in rows if all(c.matches(r) for c in where)]
+    except TypeError as error:  # a value Python cannot order against the column's (naive and aware times)
+        raise InvalidQuery(f"a condition cannot be compared with its column: {error}") from None
     chosen.sort(key=sort.values, reverse=sort.descending)
     if after is not None:
         chosen = [r for r in chosen if _beyond(sort.values(r), after, sort.descending)]

@@ -6,18 +6,32 @@ switch transaction, which holds the projection's lock, so the live worker
 cannot interleave: its next batch sees the new version and continues from the
 new version's position. The previous version's tables are kept (one step of
 rollback); older ones are dropped.
+
+A rebuild for one aggregate (``rebuild_aggregate``) is the same, except that the
+new version starts as a copy of the active one in which that aggregate's rows are
+rebuilt from its events: the copy is made in the database, and no other handler runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from uuid import UUID
 
+from framework.errors import AggregateNotFound, ConfigurationError
+from framework.mapper import from_stored
 from framework.projector import Projector
-from framework.store import EventLog
+from framework.readmodel import ReadModel
+from framework.staging import StagedViews
+from framework.store import EventLog, EventStore, EventStreams
 from framework.views import RowCaching, ViewStore
-from framework.worker import ProjectionWorker, WorkerOptions
+from framework.worker import ProjectionHalted, ProjectionWorker, WorkerOptions
 
-__all__ = ["rebuild"]
+__all__ = ["AggregateRebuilt", "rebuild", "rebuild_aggregate"]
+
+R = TypeVar("R", bound=ReadModel)
+RowChange = tuple[type[ReadModel], tuple[Any, ...], ReadModel | None]
 
 
 def rebuild(
@@ -30,14 +44,85 @@ def rebuild(
     options: WorkerOptions | None = None,
 ) -> int:
     """Build and switch in a new version of ``projector``'s read models; return its number."""
-    name = projector.name
-    active = views.active_version(name)
-    known = [s.version for s in views.states() if s.name == name]
-    version = max([active, *known]) + 1
-    views.ensure_tables(name, version, projector.read_models)
-    views.set_state(name, version, "rebuilding")
+    version = _new_version(projector, views)
     worker = ProjectionWorker(projector, views, store, None, options, version=version, follow_active=False)
     worker.skip_to(from_position)
+    _catch_up_and_switch(worker, store, progress)
+    return version
+
+
+@dataclass(frozen=True)
+class AggregateRebuilt:
+    """What ``rebuild_aggregate`` did: the version now active, and the aggregate's rows it wrote
+    and deleted there (every other row is the previous version's)."""
+
+    version: int
+    written: int
+    deleted: int
+
+
+def rebuild_aggregate(
+    projector: Projector,
+    views: ViewStore,
+    store: EventStore,
+    aggregate_id: UUID,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    options: WorkerOptions | None = None,
+) -> AggregateRebuilt:
+    """Build and switch in a new version of ``projector``'s read models in which ``aggregate_id``'s rows
+    are rebuilt from its events and every other row is copied from the active version.
+
+    Only for a projector that declares ``per_aggregate = True`` (``ConfigurationError`` otherwise):
+    its rows of one aggregate are then exactly what that aggregate's events make of empty tables,
+    as a full rebuild would make them. Rows the aggregate's events no longer touch (under a key an
+    older handler used) are not found; a full ``rebuild`` removes those.
+    """
+    _require_per_aggregate(projector)
+    if not store.read_stream_with_positions(aggregate_id)[:1]:
+        raise AggregateNotFound(f"there are no events of aggregate {aggregate_id}")
+    name, models = projector.name, projector.read_models
+    active = views.active_version(name)
+    views.ensure_tables(name, active, models)  # a projection that never ran has empty tables to copy
+    version = _new_version(projector, views)
+    try:
+        position = views.copy_version(name, active, version, models)
+        changes = list(_rows_of(projector, store, aggregate_id, until=position))
+        _write(views, name, version, changes)
+    except BaseException:
+        views.drop_tables(name, version, models)  # nothing refers to it yet
+        raise
+    worker = ProjectionWorker(projector, views, store, None, options, version=version, follow_active=False)
+    _catch_up_and_switch(worker, store, progress)
+    deleted = sum(1 for _, _, row in changes if row is None)
+    return AggregateRebuilt(version, len(changes) - deleted, deleted)
+
+
+def _require_per_aggregate(projector: Projector) -> None:
+    if not projector.per_aggregate:
+        raise ConfigurationError(
+            f"{projector.name} cannot be rebuilt for one aggregate: it does not declare that each of its"
+            f" rows comes from one aggregate's events (per_aggregate = True); `eventfold replay"
+            f" {projector.name}` rebuilds it whole"
+        )
+
+
+def _new_version(projector: Projector, views: ViewStore) -> int:
+    name = projector.name
+    known = [s.version for s in views.states() if s.name == name]
+    version = max([views.active_version(name), *known]) + 1
+    views.ensure_tables(name, version, projector.read_models)
+    views.set_state(name, version, "rebuilding")
+    return version
+
+
+def _catch_up_and_switch(worker: ProjectionWorker, store: EventLog,
+                         progress: Callable[[int, int], None] | None) -> None:
+    """Catch the new version up, apply the last stretch in the switch, and drop the versions before
+    the one that was active (kept: one step of rollback)."""
+    name, version, views = worker.name, worker.version, worker.views
+    active = views.active_version(name)
+    known = [s.version for s in views.states() if s.name == name and s.version != version]
 
     def report(position: int) -> None:
         if progress:
@@ -53,6 +138,44 @@ def rebuild(
     views.set_state(name, version, "running")
     for old in known:
         if old < active:
-            views.drop_tables(name, old, projector.read_models)
+            views.drop_tables(name, old, worker.projector.read_models)
     report(store.head())
-    return version
+
+
+class _NoRows:
+    """Empty tables: one aggregate's rows are rebuilt from nothing."""
+
+    def load(self, model: type[R], key: tuple[Any, ...]) -> R | None:
+        return None
+
+    def load_where(self, model: type[R], equal: dict[str, Any]) -> list[R]:
+        return []
+
+
+def _rows_of(projector: Projector, store: EventStreams, aggregate_id: UUID, *, until: int) -> Iterator[RowChange]:
+    """What the aggregate's events up to ``until`` make of empty tables: each row they touched, with its
+    final state (None: deleted). A process manager's commands and deadlines are not kept: a rebuild
+    issues none (they were recorded the first time round)."""
+    scratch = StagedViews(_NoRows())
+    names = projector.handled_event_names()
+    for notification in store.read_stream_with_positions(aggregate_id):
+        if notification.id > until:
+            break
+        if notification.topic not in names:
+            continue
+        try:
+            envelope = from_stored(notification)
+            projector.apply(envelope, projector.context_for(envelope, scratch))
+        except Exception as error:
+            raise ProjectionHalted(f"{projector.name}: {notification.topic} at position {notification.id}"
+                                   f" failed: {type(error).__name__}: {error}") from error
+    return scratch.changes()
+
+
+def _write(views: ViewStore, name: str, version: int, changes: list[RowChange]) -> None:
+    with views.batch(name, version, follow_active=False) as batch:
+        for model, key, row in changes:
+            if row is None:
+                batch.delete(model, *key)
+            else:
+                batch.put(row)

@@ -74,9 +74,7 @@ class Settings:
     db_schema: str = "public"
     db_pool_size: int = 8
     db_connect_timeout: float = 2.0
-    app: str = "example_app.app:build_router"
-    projections: str = "projections:build_projectors"
-    graphql: str = "projections.graphql:build_graphql"
+    app: str | None = None  # `package.module:app` naming the application's App (framework.loading finds it)
     consistency_timeout_seconds: float = 5.0
     nats_url: str | None = None
     host: str = "127.0.0.1"
@@ -128,6 +126,7 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         read = _Reader(env)
+        read.refuse_retired(_RETIRED)
         defaults = cls()
         settings = cls(
             database_url=read.text("DATABASE_URL", defaults.database_url),
@@ -137,10 +136,8 @@ class Settings:
             db_connect_timeout=read.number(
                 "DB_CONNECT_TIMEOUT", float, defaults.db_connect_timeout, minimum=0.1
             ),
-            app=read.text("APP", defaults.app) or defaults.app,
-            projections=read.text("PROJECTIONS", defaults.projections) or defaults.projections,
+            app=read.text("APP", defaults.app) or None,
             nats_url=read.text("NATS_URL", defaults.nats_url) or None,
-            graphql=read.text("GRAPHQL", defaults.graphql) or defaults.graphql,
             consistency_timeout_seconds=read.number(
                 "CONSISTENCY_TIMEOUT_SECONDS", float, defaults.consistency_timeout_seconds, minimum=0,
                 maximum=60,
@@ -279,6 +276,14 @@ def _redact_all(url: str) -> str:
     return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
 
 
+# Variables that no longer mean anything, and what replaced them: silently ignoring one would run
+# an application without the projections or schema its operator named.
+_RETIRED = {
+    "PROJECTIONS": "list the projections in your App (App(projections=[...])) and name it with EVENTFOLD_APP",
+    "GRAPHQL": "give your App its schema (App(graphql=build_graphql)) and name it with EVENTFOLD_APP",
+}
+
+
 class _Reader:
     def __init__(self, env: Mapping[str, str]) -> None:
         self._env = env
@@ -303,6 +308,11 @@ class _Reader:
                 f"{PREFIX}{name}={raw!r} must be dot-separated tokens of {_NAME_CHARS}"
             )
         return raw
+
+    def refuse_retired(self, retired: Mapping[str, str]) -> None:
+        for name, instead in retired.items():
+            if self._env.get(PREFIX + name, "").strip():
+                raise ConfigurationError(f"{PREFIX}{name} is no longer read: {instead}")
 
     def text(self, name: str, default: str | None) -> str | None:
         value = self._env.get(PREFIX + name)

@@ -96,6 +96,10 @@ class EventStreams(Protocol):
     def read_stream(self, aggregate_id: UUID, after_version: int = 0) -> list[StoredEvent]:
         """One aggregate's events after ``after_version``, oldest first."""
 
+    def read_stream_with_positions(self, aggregate_id: UUID, after_version: int = 0) -> list[Notification]:
+        """``read_stream``, each event with its global position (``Notification.id``): an aggregate's
+        history as the global stream numbers it (``eventfold events``, ``replay --aggregate``)."""
+
 
 class EventLog(Protocol):
     """Every aggregate's events in one global order: what projections, replay and status read."""

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TypeVar
 from uuid import UUID, uuid4
 
 from framework.aggregate import Aggregate
 from framework.cache import AggregateCache
-from framework.errors import AggregateNotFound, AlreadyExists
+from framework.errors import AggregateNotFound, AlreadyExists, ConfigurationError
 from framework.events import EventEnvelope, EventMetadata
 from framework.mapper import from_stored
 from framework.snapshots import from_snapshot
@@ -45,31 +46,40 @@ class UnitOfWork:
         self._trust_cache = trust_cache and cache is not None
         self._touched: dict[UUID, Touched] = {}
 
-    def find(self, aggregate_type: type[A], aggregate_id: UUID) -> A | None:
-        """The aggregate, or None if it has no events."""
+    def find(self, aggregate_type: type[A], aggregate_id: UUID | None = None, *, key: str | None = None) -> A | None:
+        """The aggregate, or None if it has no events. Give its id, or the natural ``key`` it was
+        created for (``Type.id_for(key)``)."""
+        aggregate_id = _id_of(aggregate_type, aggregate_id, key)
         touched = self._touched.get(aggregate_id)
         if touched is not None:
-            return _as(aggregate_type, touched.aggregate)
+            return _as(aggregate_type, touched.aggregate, key)
         aggregate = self._load(aggregate_type, aggregate_id)
         if aggregate is not None:
             self._touched[aggregate_id] = Touched(aggregate, aggregate.version)
         return aggregate
 
-    def get(self, aggregate_type: type[A], aggregate_id: UUID, *, label: str = "") -> A:
-        """The aggregate, or AggregateNotFound naming it by ``label`` (or id)."""
-        aggregate = self.find(aggregate_type, aggregate_id)
+    def get(self, aggregate_type: type[A], aggregate_id: UUID | None = None, *, key: str | None = None,
+            label: str = "") -> A:
+        """The aggregate, or ``AggregateNotFound`` naming it in the caller's words.
+
+        ``unit.get(Account, key=command.account_number)`` loads ``Account.id_for(key)`` and, when there
+        is none, says ``account 'ACC-1' does not exist`` (the key the command carried, not the derived
+        id). Loading by id, ``label`` names it in that message instead of the id.
+        """
+        aggregate = self.find(aggregate_type, aggregate_id, key=key)
         if aggregate is None:
-            raise AggregateNotFound(
-                f"{aggregate_type.aggregate_name} {label or aggregate_id} does not exist"
-            )
+            raise AggregateNotFound(f"{describe(aggregate_type, aggregate_id, key or label)} does not exist")
         return aggregate
 
-    def add(self, aggregate: A, *, label: str = "") -> A:
-        """Track a new aggregate; AlreadyExists if one with its id is stored."""
-        if aggregate.id in self._touched or self._stored(aggregate.id):
-            raise AlreadyExists(
-                f"{type(aggregate).aggregate_name} {label or aggregate.id} already exists"
+    def add(self, aggregate: A, *, key: str | None = None, label: str = "") -> A:
+        """Track a new aggregate; ``AlreadyExists`` if one with its id is stored, naming it by ``key``
+        (the natural key its id derives from, checked) or ``label``, else by its id."""
+        if key is not None and aggregate.id != type(aggregate).id_for(key):
+            raise ConfigurationError(
+                f"{describe(type(aggregate), aggregate.id, '')} was not created for the key {key!r}"
             )
+        if aggregate.id in self._touched or self._stored(aggregate.id):
+            raise AlreadyExists(f"{describe(type(aggregate), aggregate.id, key or label)} already exists")
         self._touched[aggregate.id] = Touched(aggregate, 0)
         return aggregate
 
@@ -133,8 +143,28 @@ class UnitOfWork:
         return envelopes
 
 
-def _as(aggregate_type: type[A], aggregate: Aggregate) -> A:
+def _as(aggregate_type: type[A], aggregate: Aggregate, key: str | None) -> A:
     if not isinstance(aggregate, aggregate_type):
-        raise AggregateNotFound(f"{aggregate.id} is not a {aggregate_type.aggregate_name}")
+        raise AggregateNotFound(f"{describe(aggregate_type, aggregate.id, key or '')} does not exist"
+                                f" ({aggregate.id} is a {noun(type(aggregate))})")
     return aggregate
+
+
+def _id_of(aggregate_type: type[Aggregate], aggregate_id: UUID | None, key: str | None) -> UUID:
+    if (aggregate_id is None) == (key is None):
+        raise ConfigurationError(f"give either the id or the key of the {noun(aggregate_type)} to load")
+    return aggregate_id if aggregate_id is not None else aggregate_type.id_for(key or "")
+
+
+def noun(aggregate_type: type[Aggregate]) -> str:
+    """An aggregate type in words: ``CorporateAction`` is "corporate action"."""
+    return _WORD_BOUNDARY.sub(" ", aggregate_type.aggregate_name).lower()
+
+
+def describe(aggregate_type: type[Aggregate], aggregate_id: UUID | None, key: str) -> str:
+    """An aggregate as a user knows it: by the key they sent (``account 'ACC-1'``), else by its id."""
+    return f"{noun(aggregate_type)} {key!r}" if key else f"{noun(aggregate_type)} {aggregate_id}"
+
+
+_WORD_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 

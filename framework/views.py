@@ -230,6 +230,11 @@ class ProjectionVersions(Protocol):
     def drop_tables(self, name: str, version: int, models: Sequence[type[ReadModel]]) -> None:
         """Remove a version's tables and bookkeeping (after a switch)."""
 
+    def copy_version(self, name: str, source: int, target: int, models: Sequence[type[ReadModel]]) -> int:
+        """Copy ``source``'s rows and position into ``target`` (made by ``ensure_tables``, whose rows it
+        replaces), as one consistent snapshot taken while the live worker goes on; returns the position
+        copied. A rebuild for one aggregate starts from it (``framework.replay.rebuild_aggregate``)."""
+
     def active_version(self, name: str) -> int:
         """The version queries read; 1 for a projection never rebuilt."""
 

@@ -1,11 +1,12 @@
 """The example domain's read side: read models, projectors and the corporate-action process.
 
-``build_projectors`` is what the CLI loads (``EVENTFOLD_PROJECTIONS=projections:build_projectors``).
+``PROJECTORS`` is what the example's ``App`` lists (``example_app/app.py``); ``build_projectors``
+builds one of each, for tests that run workers in process.
 """
 
 from __future__ import annotations
 
-from framework.projector import Projector
+from framework.read import Projector
 from projections.cards import CardsProjector
 from projections.entitlements import EntitlementsProjector
 from projections.holdings import HoldingsProjector
@@ -13,6 +14,7 @@ from projections.notifications import NotificationsProjector
 from projections.process import CorporateActionProcess
 
 __all__ = [
+    "PROJECTORS",
     "CardsProjector",
     "CorporateActionProcess",
     "EntitlementsProjector",
@@ -22,11 +24,14 @@ __all__ = [
 ]
 
 
+PROJECTORS: tuple[type[Projector], ...] = (
+    HoldingsProjector,
+    CardsProjector,
+    EntitlementsProjector,
+    NotificationsProjector,
+    CorporateActionProcess,
+)
+
+
 def build_projectors() -> list[Projector]:
-    return [
-        HoldingsProjector(),
-        CardsProjector(),
-        EntitlementsProjector(),
-        NotificationsProjector(),
-        CorporateActionProcess(),
-    ]
+    return [projector() for projector in PROJECTORS]

@@ -15,8 +15,7 @@ from example_app.corporate_actions import (
     EntitlementsCalculated,
 )
 from example_app.securities import SecurityRegistered
-from framework.projector import HandlerContext, Projector, on
-from framework.readmodel import ReadModel
+from framework.read import HandlerContext, Projector, ReadModel, on
 
 __all__ = ["CardsProjector", "CorporateActionCard", "SecurityRow"]
 
@@ -53,6 +52,7 @@ class CorporateActionCard(ReadModel):
 class CardsProjector(Projector):
     name = "cards"
     read_models = (SecurityRow, CorporateActionCard)
+    # Not per_aggregate: a card names its security, a row another aggregate's events wrote.
 
     @on(SecurityRegistered)
     def registered(self, event: SecurityRegistered, context: HandlerContext) -> None:

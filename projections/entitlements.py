@@ -6,8 +6,7 @@ from datetime import date
 from decimal import Decimal
 
 from example_app.corporate_actions import CorporateActionCancelled, EntitlementsCalculated
-from framework.projector import HandlerContext, Projector, on
-from framework.readmodel import ReadModel
+from framework.read import HandlerContext, Projector, ReadModel, on
 
 __all__ = ["EntitlementRow", "EntitlementsProjector"]
 
@@ -30,6 +29,7 @@ class EntitlementRow(ReadModel):
 class EntitlementsProjector(Projector):
     name = "entitlements"
     read_models = (EntitlementRow,)
+    per_aggregate = True  # every row is one corporate action's (its calculation, its cancellation)
 
     @on(EntitlementsCalculated)
     def calculated(self, event: EntitlementsCalculated, context: HandlerContext) -> None:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from datetime import date
 from enum import Enum
-from typing import Any
 
 import strawberry
 from strawberry.types import Info
@@ -15,11 +13,13 @@ from framework.graphql import (
     GraphQLSpec,
     QueryContext,
     connection,
+    filter_input,
     graphql_type,
     page_request,
+    reads,
     requires,
 )
-from framework.query import Condition, Sort, paginate
+from framework.read import Condition, Sort, paginate
 from framework.status import projection_statuses
 from projections.cards import CorporateActionCard, SecurityRow
 from projections.entitlements import EntitlementRow
@@ -27,7 +27,7 @@ from projections.holdings import Holding as HoldingRow
 from projections.holdings import HoldingMovement
 from projections.notifications import NotificationRow
 
-__all__ = ["PROJECTIONS_BY_FIELD", "Query", "build_graphql"]
+__all__ = ["Query", "build_graphql"]
 
 Security = graphql_type(SecurityRow, name="Security", description="A registered security.")
 Entitlement = graphql_type(EntitlementRow, name="Entitlement",
@@ -35,6 +35,8 @@ Entitlement = graphql_type(EntitlementRow, name="Entitlement",
 Notification = graphql_type(NotificationRow, name="Notification", description="A message sent to a depositor.")
 Holding = graphql_type(HoldingRow, name="Holding", description="Units of one security held in one account.")
 CardFields = graphql_type(CorporateActionCard, name="CardFields")
+CardWhere = filter_input(CorporateActionCard, name="CardWhere",
+                         description="Cards whose columns meet every condition given (see the filter types).")
 
 
 def _context(info: Info) -> QueryContext:
@@ -46,32 +48,16 @@ def _context(info: Info) -> QueryContext:
 @strawberry.type(description="A corporate action as published on the public site.")
 class Card(CardFields):
     @strawberry.field(description="The security the action is about (batched: one query per page).")
+    @reads("cards")
     async def security(self, info: Info) -> Security | None:
         row = await _context(info).loader("cards", SecurityRow).load((self.isin,))
         return Security.from_row(row) if row else None
 
     @strawberry.field(description="Entitlements calculated for this action (batched across cards).")
+    @reads("entitlements")
     async def entitlements(self, info: Info) -> list[Entitlement]:
-        rows = await _entitlements_loader(_context(info)).load(self.action_id)
+        rows = await _context(info).rows_by("entitlements", EntitlementRow, "action_id").load(self.action_id)
         return [Entitlement.from_row(r) for r in rows]
-
-
-def _entitlements_loader(context: QueryContext) -> Any:
-    """Entitlements of many actions in one query (a DataLoader keyed by action id)."""
-    key = ("entitlements-by-action", EntitlementRow)
-    if key not in context._loaders:
-        from strawberry.dataloader import DataLoader
-
-        async def load(action_ids: list[str]) -> list[list[EntitlementRow]]:
-            rows = await context.read(context.views.query, "entitlements", EntitlementRow,
-                                      [Condition("action_id", "in", action_ids)])
-            grouped: dict[str, list[EntitlementRow]] = defaultdict(list)
-            for row in rows:
-                grouped[row.action_id].append(row)
-            return [grouped[a] for a in action_ids]
-
-        context._loaders[key] = DataLoader(load_fn=load)
-    return context._loaders[key]
 
 
 @strawberry.enum(description="How to order cards; ties are broken by action id.")
@@ -122,29 +108,34 @@ class ProjectionStatus:
 @strawberry.type(description="Read models of the depository back office. Commands go to the write API.")
 class Query:
     @strawberry.field(description="One corporate action's card.")
+    @reads("cards")
     async def card(self, info: Info, action_id: str) -> Card | None:
         row = await _context(info).loader("cards", CorporateActionCard).load((action_id,))
         return Card.from_row(row) if row else None
 
-    @strawberry.field(description="Cards, filtered and ordered, a page at a time (Relay connection).")
+    @strawberry.field(description="Cards, filtered and ordered, a page at a time (Relay connection). `filter` "
+                                  "and `where` may be given together: a card meets both.")
+    @reads("cards")
     async def cards(
         self, info: Info, filter: CardFilter | None = None, order_by: CardOrder = CardOrder.RECORD_DATE,
         descending: bool = False, first: int | None = None, after: str | None = None,
-        last: int | None = None, before: str | None = None,
+        last: int | None = None, before: str | None = None, where: CardWhere | None = None,
     ) -> Connection[Card]:
         context = _context(info)
-        where = filter.conditions() if filter else []
+        conditions = [*(filter.conditions() if filter else []), *(where.conditions() if where else [])]
         page = await context.read(paginate, context.views, "cards", CorporateActionCard,
-                                  page_request(first, after, last, before), where,
+                                  page_request(first, after, last, before), conditions,
                                   Sort(order_by.value, descending))
         return connection(page, Card.from_row)
 
     @strawberry.field(description="One security by ISIN.")
+    @reads("cards")
     async def security(self, info: Info, isin: str) -> Security | None:
         row = await _context(info).loader("cards", SecurityRow).load((isin,))
         return Security.from_row(row) if row else None
 
     @strawberry.field(description="What an account holds now, or at the end of the day `asOf`.")
+    @reads("holdings")
     async def holdings(self, info: Info, account_number: str, as_of: date | None = None) -> list[Holding]:
         context = _context(info)
         if as_of is None:
@@ -161,6 +152,7 @@ class Query:
                 for isin, quantity in sorted(balances.items()) if quantity]
 
     @strawberry.field(description="A depositor's entitlements, newest record date first.")
+    @reads("entitlements")
     async def entitlements(
         self, info: Info, account_number: str, first: int | None = None, after: str | None = None,
         last: int | None = None, before: str | None = None,
@@ -173,6 +165,7 @@ class Query:
         return connection(page, Entitlement.from_row)
 
     @strawberry.field(description="Notifications sent to a depositor, newest first.")
+    @reads("notifications")
     async def notifications(
         self, info: Info, account_number: str, first: int | None = None, after: str | None = None,
         last: int | None = None, before: str | None = None,
@@ -194,16 +187,7 @@ class Query:
         return [ProjectionStatus(**{k: v for k, v in s.as_dict().items()}) for s in statuses]
 
 
-PROJECTIONS_BY_FIELD: dict[str, list[str]] = {
-    "card": ["cards", "entitlements"],
-    "cards": ["cards", "entitlements"],
-    "security": ["cards"],
-    "holdings": ["holdings"],
-    "entitlements": ["entitlements"],
-    "notifications": ["notifications"],
-}
-
-
 def build_graphql() -> GraphQLSpec:
-    """What the CLI loads (``EVENTFOLD_GRAPHQL=projections.graphql:build_graphql``)."""
-    return GraphQLSpec(Query, PROJECTIONS_BY_FIELD)
+    """The example's schema: its ``App`` (``example_app/app.py``) names this function. Its fields declare
+    the projections they read (``@reads``): read-your-writes waits for those."""
+    return GraphQLSpec(Query)

@@ -6,8 +6,7 @@ from datetime import date, datetime
 from uuid import UUID
 
 from example_app.accounts import AccountOpened, SecuritiesCredited, SecuritiesDebited
-from framework.projector import HandlerContext, Projector, on
-from framework.readmodel import ReadModel
+from framework.read import HandlerContext, Projector, ReadModel, on
 
 __all__ = ["AccountRow", "Holding", "HoldingMovement", "HoldingsProjector"]
 
@@ -51,6 +50,7 @@ class HoldingMovement(ReadModel):
 class HoldingsProjector(Projector):
     name = "holdings"
     read_models = (AccountRow, Holding, HoldingMovement)
+    per_aggregate = True  # every row is one account's: `eventfold replay holdings --aggregate` can rebuild it
 
     @on(AccountOpened)
     def opened(self, event: AccountOpened, context: HandlerContext) -> None:

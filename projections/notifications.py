@@ -5,8 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from example_app.notifications import DepositorNotified
-from framework.projector import HandlerContext, Projector, on
-from framework.readmodel import ReadModel
+from framework.read import HandlerContext, Projector, ReadModel, on
 
 __all__ = ["NotificationRow", "NotificationsProjector"]
 
@@ -26,6 +25,7 @@ class NotificationRow(ReadModel):
 class NotificationsProjector(Projector):
     name = "notifications"
     read_models = (NotificationRow,)
+    per_aggregate = True  # one row per notification aggregate
 
     @on(DepositorNotified)
     def notified(self, event: DepositorNotified, context: HandlerContext) -> None:

@@ -30,8 +30,7 @@ from example_app.corporate_actions import (
     Terms,
 )
 from framework.errors import RuleViolation
-from framework.projector import HandlerContext, ProcessManager, Refusal, on
-from framework.readmodel import ReadModel
+from framework.read import HandlerContext, ProcessManager, ReadModel, Refusal, on
 
 __all__ = ["CorporateActionProcess"]
 

@@ -16,7 +16,9 @@ if [ -z "${EVENTFOLD_JWKS_URL:-}${EVENTFOLD_JWKS_FILE:-}${EVENTFOLD_JWT_KEY:-}" 
   export EVENTFOLD_ANONYMOUS_ROLES
   echo "no token key set: every caller may do everything (set EVENTFOLD_JWKS_URL for anything but a demo)" >&2
 fi
-export EVENTFOLD_DATABASE_URL EVENTFOLD_NATS_URL
+# The application every role runs: the repository's example unless you name yours (package.module:app).
+: "${EVENTFOLD_APP:=example_app.app:app}"
+export EVENTFOLD_DATABASE_URL EVENTFOLD_NATS_URL EVENTFOLD_APP
 bin=.venv/bin/eventfold
 "$bin" init-db
 pids=()

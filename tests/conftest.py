@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from support.nats import jetstream_settings, nats_server, private_nats  # noqa: F401  (shared fixtures)
@@ -26,6 +27,11 @@ from support.postgres import (
     find_or_start_server,
     unique_name,
 )
+
+# The example application lives in the repository, not in the installed distribution: the CLI
+# processes the tests start import it from here, whatever their working directory.
+_REPOSITORY = str(Path(__file__).resolve().parent.parent)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [_REPOSITORY, os.environ.get("PYTHONPATH", "")] if p)
 
 _USED: list[str] = []
 _PG_FIXTURES = {"pg_server", "pg_database", "pg_schema", "private_postgres"}

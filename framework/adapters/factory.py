@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
-from framework.commands import CommandRouter
-from framework.errors import ConfigurationError
 from framework.settings import Settings
 from framework.store import EventStore
 
-__all__ = ["load_router", "open_store"]
+__all__ = ["open_store"]
 
 MEMORY = ":memory:"
 
@@ -29,18 +26,3 @@ def open_store(settings: Settings) -> EventStore:
 
     Path(settings.sqlite_path).parent.mkdir(parents=True, exist_ok=True)
     return SQLiteEventStore(settings.sqlite_path)
-
-
-def load_router(spec: str) -> CommandRouter:
-    """Import ``module:function`` and call it for the application's command router."""
-    module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
-        raise ConfigurationError(f"EVENTFOLD_APP={spec!r} must look like 'package.module:function'")
-    try:
-        factory = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as e:
-        raise ConfigurationError(f"EVENTFOLD_APP={spec!r} cannot be loaded: {e}") from None
-    router = factory()
-    if not isinstance(router, CommandRouter):
-        raise ConfigurationError(f"EVENTFOLD_APP={spec!r} did not return a CommandRouter")
-    return router

@@ -35,6 +35,7 @@ class MemoryEventStore:
         self._checkpoints: dict[str, int] = {}
         self._keys: dict[str, _Claim] = {}
         self._snapshots: dict[UUID, StoredEvent] = {}
+        self._positions: dict[tuple[UUID, int], int] = {}  # (aggregate, version) -> global position
 
     def create_schema(self) -> None:
         """Nothing to create in memory."""
@@ -58,9 +59,12 @@ class MemoryEventStore:
         if not events:
             return []
         try:
-            return list(self._recorder.insert_events(events) or [])
+            positions = list(self._recorder.insert_events(events) or [])
         except IntegrityError as e:
             raise ConcurrencyConflict("an aggregate was changed concurrently") from e
+        for stored, position in zip(events, positions, strict=True):
+            self._positions[(_uuid(stored.originator_id), stored.originator_version)] = position
+        return positions
 
     def _check_owner(self, completion: IdempotencyCompletion) -> None:
         claim = self._keys.get(completion.key)
@@ -80,6 +84,13 @@ class MemoryEventStore:
 
     def read_stream(self, aggregate_id: UUID, after_version: int = 0) -> list[StoredEvent]:
         return list(self._recorder.select_events(aggregate_id, gt=after_version))
+
+    def read_stream_with_positions(self, aggregate_id: UUID, after_version: int = 0) -> list[Notification]:
+        with self._lock:
+            return [Notification(id=self._positions[(aggregate_id, e.originator_version)],
+                                 originator_id=aggregate_id, originator_version=e.originator_version,
+                                 topic=e.topic, state=e.state)
+                    for e in self._recorder.select_events(aggregate_id, gt=after_version)]
 
     def read_all(self, after_position: int, limit: int) -> list[Notification]:
         return list(

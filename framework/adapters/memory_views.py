@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from framework.errors import ConcurrencyConflict, VersionSwitched
-from framework.query import BY_KEY, Condition, Sort, sorted_rows
+from framework.query import BY_KEY, Condition, Sort, check_conditions, sorted_rows
 from framework.readmodel import ReadModel
 from framework.staging import StagedBatch, StagedViews
 from framework.views import (
@@ -116,6 +116,15 @@ class MemoryViewStore:
     def drop_tables(self, name: str, version: int, models: Sequence[type[ReadModel]]) -> None:
         with self._lock:
             self._versions.pop((name, version), None)
+
+    def copy_version(self, name: str, source: int, target: int, models: Sequence[type[ReadModel]]) -> int:
+        with self._lock:
+            old, new = self._versions[(name, source)], self._versions[(name, target)]
+            for model in models:  # rows are never changed in place (a batch puts new ones): share them
+                new.tables[model.table] = dict(old.tables.get(model.table, {}))
+            new.state = replace(new.state, position=old.state.position, last_event_at=old.state.last_event_at,
+                                updated_at=self._clock())
+            return old.state.position
 
     def active_version(self, name: str) -> int:
         with self._lock:
@@ -320,6 +329,7 @@ class MemoryViewStore:
         after: tuple[Any, ...] | None = None,
         limit: int | None = None,
     ) -> list[R]:
+        where = check_conditions(model, where)
         with self._lock:
             table = self._versions[(name, self.active_version(name))].tables.get(model.table, {})
             rows: list[R] = [r.copy_row() for r in table.values()]  # type: ignore[misc]

@@ -174,6 +174,11 @@ class PostgresEventStore:
             cursor.execute(self._sql.select_stream, (aggregate_id, after_version), prepare=True)
             return [_stored(row) for row in cursor.fetchall()]
 
+    def read_stream_with_positions(self, aggregate_id: UUID, after_version: int = 0) -> list[Notification]:
+        with self._cursor() as dict_cursor, dict_cursor.connection.cursor(row_factory=tuple_row) as cursor:
+            cursor.execute(self._sql.select_stream, (aggregate_id, after_version), prepare=True)
+            return _notifications(cursor)
+
     def read_all(self, after_position: int, limit: int) -> list[Notification]:
         with self._cursor() as dict_cursor, dict_cursor.connection.cursor(row_factory=tuple_row) as cursor:
             cursor.execute(self._sql.select_all, (after_position, limit), prepare=True)

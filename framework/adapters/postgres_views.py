@@ -26,7 +26,7 @@ from psycopg_pool import ConnectionPool
 
 from framework.adapters.pg_columns import column_definitions, to_parameters
 from framework.errors import ConcurrencyConflict, RowRejected, StoreUnavailable, VersionSwitched
-from framework.query import BY_KEY, Condition, Sort
+from framework.query import BY_KEY, Condition, Sort, check_conditions
 from framework.readmodel import ReadModel
 from framework.settings import PostgresSettings
 from framework.staging import RowCache, StagedBatch, StagedViews
@@ -286,6 +286,26 @@ class PostgresViewStore:
             conn.execute(sql.SQL("DELETE FROM {} WHERE name = %s AND version = %s").format(
                 self._table("eventfold_projection_positions")), (name, version))
         self._caches.pop((name, version), None)
+
+    def copy_version(self, name: str, source: int, target: int, models: Sequence[type[ReadModel]]) -> int:
+        """In the database (no row passes through Python), in one REPEATABLE READ transaction: the rows
+        and the position it copies are one snapshot, and it blocks no worker."""
+        old, new = _Tables(self._schema, name, source), _Tables(self._schema, name, target)
+        with self._connection() as conn, conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            for model in models:
+                columns = sql.SQL(", ").join(sql.Identifier(c) for c, _, _ in column_definitions(model))
+                conn.execute(sql.SQL("DELETE FROM {}").format(new.ident(model)))
+                conn.execute(sql.SQL("INSERT INTO {} ({c}) SELECT {c} FROM {}").format(
+                    new.ident(model), old.ident(model), c=columns))
+            row = conn.execute(sql.SQL(
+                "UPDATE {p} AS t SET position = s.position, last_event_at = s.last_event_at, updated_at = now()"
+                " FROM {p} AS s WHERE t.name = %(name)s AND t.version = %(target)s"
+                " AND s.name = %(name)s AND s.version = %(source)s RETURNING t.position").format(
+                    p=self._table("eventfold_projection_positions")),
+                {"name": name, "source": source, "target": target}).fetchone()
+        self._caches.pop((name, target), None)
+        return int(row["position"]) if row else 0
 
     def active_version(self, name: str) -> int:
         with self._connection() as conn:
@@ -555,6 +575,7 @@ class PostgresViewStore:
         after: tuple[Any, ...] | None = None,
         limit: int | None = None,
     ) -> list[R]:
+        where = check_conditions(model, where)
         version = self._active_version_cached(name)
         tables = _Tables(self._schema, name, version)
         statement, params = _select(tables, model, where, sort, after, limit)
@@ -596,7 +617,7 @@ class PostgresViewStore:
         self._pool.close()
 
 
-_OPERATORS = {"eq": "=", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
+_OPERATORS = {"eq": "=", "ne": "<>", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
 
 
 def _select(
@@ -610,13 +631,9 @@ def _select(
     clauses: list[sql.Composable] = []
     params: list[Any] = []
     for condition in where:
-        column = sql.Identifier(condition.column)
-        if condition.operator == "in":
-            clauses.append(sql.SQL("{} = ANY(%s)").format(column))
-            params.append(list(condition.value))
-        else:
-            clauses.append(sql.SQL("{} {} %s").format(column, sql.SQL(_OPERATORS[condition.operator])))
-            params.append(condition.value.value if isinstance(condition.value, Enum) else condition.value)
+        clause, param = _condition(condition)
+        clauses.append(clause)
+        params.extend(param)
     columns = sort.columns(model)
     if after is not None:
         clauses.append(sql.SQL("({}) {} ({})").format(
@@ -635,6 +652,28 @@ def _select(
         statement += sql.SQL(" LIMIT %s")
         params.append(limit)
     return statement, params
+
+
+def _condition(condition: Condition) -> tuple[sql.Composable, list[Any]]:
+    """The SQL of one condition, meaning what ``Condition.matches`` means (NULL meets no comparison)."""
+    column, operator, value = sql.Identifier(condition.column), condition.operator, condition.value
+    if operator == "is_null":
+        return sql.SQL("{} IS NULL" if value else "{} IS NOT NULL").format(column), []
+    if operator == "in":
+        return sql.SQL("{} = ANY(%s)").format(column), [[_param(v) for v in value if v is not None]]
+    if operator in ("prefix", "contains"):
+        pattern = _like_literal(value) + "%"
+        return sql.SQL("{} LIKE %s ESCAPE '\\'").format(column), ["%" + pattern if operator == "contains" else pattern]
+    return sql.SQL("{} {} %s").format(column, sql.SQL(_OPERATORS[operator])), [_param(value)]
+
+
+def _param(value: Any) -> Any:
+    return value.value if isinstance(value, Enum) else value
+
+
+def _like_literal(text: str) -> str:
+    """``text`` as a LIKE pattern matching itself only: the escape character and wildcards escaped."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _arrays(columns: Sequence[str], kinds: dict[str, str]) -> sql.Composed:

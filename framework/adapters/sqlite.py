@@ -94,6 +94,17 @@ class SQLiteEventStore:
         with _translated():
             return list(self._recorder.select_events(aggregate_id, gt=after_version))
 
+    def read_stream_with_positions(self, aggregate_id: UUID, after_version: int = 0) -> list[Notification]:
+        with self._read() as cursor:
+            cursor.execute(
+                f"SELECT rowid, originator_version, topic, state FROM {self._recorder.events_table_name}"
+                " WHERE originator_id = ? AND originator_version > ? ORDER BY originator_version",
+                (aggregate_id.hex, after_version),
+            )
+            return [Notification(id=row["rowid"], originator_id=aggregate_id,
+                                 originator_version=row["originator_version"], topic=row["topic"],
+                                 state=row["state"]) for row in cursor.fetchall()]
+
     def read_all(self, after_position: int, limit: int) -> list[Notification]:
         with _translated():
             return list(

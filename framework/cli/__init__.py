@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from framework.cli import operate, serve, stream
+from framework.cli import history, operate, scaffold, serve, stream
 from framework.cli.startup import CATCH_UP_COMMANDS, tune_collector_for_catch_up
 from framework.errors import EventfoldError
 from framework.faults import arm_faults
@@ -45,9 +45,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eventfold", description="Eventfold event-sourcing framework")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    scaffold.register(commands)
     serve.register(commands)
     stream.register(commands)
     operate.register(commands)
+    history.register(commands)
     return parser
 
 

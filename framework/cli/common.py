@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import importlib
 import signal
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
-from framework.adapters.factory import load_router, open_store
+from framework.adapters.factory import open_store
+from framework.app import App
 from framework.bus import CommandBus
+from framework.commands import CommandRouter
 from framework.errors import ConfigurationError
+from framework.loading import find_app_reference, load_app
 from framework.observe import Observer
 from framework.projector import Projector
 from framework.security import Authenticator
@@ -20,10 +24,11 @@ from framework.tracing import Tracer
 from framework.views import ViewStore
 
 __all__ = [
+    "add_app_option",
+    "application",
     "authenticator",
     "command_bus",
-    "load_graphql",
-    "load_projectors",
+    "graphql_of",
     "open_store",
     "open_views",
     "require_postgres",
@@ -64,43 +69,37 @@ def tracing(settings: Settings, role: str) -> Tracer:
     return configure_tracing(f"eventfold-{role}", dict(settings.otel))
 
 
-def command_bus(settings: Settings, store: EventStore, observer: Observer | None = None,
+def add_app_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--app", metavar="MODULE:APP",
+                        help="your application, e.g. shop.app:app (EVENTFOLD_APP, [tool.eventfold] app)")
+
+
+def application(settings: Settings, args: argparse.Namespace) -> App:
+    """The application named by ``--app``, ``EVENTFOLD_APP`` or pyproject.toml, loaded once."""
+    reference, source = find_app_reference(getattr(args, "app", None), settings.app, Path.cwd())
+    return load_app(reference, source=source)
+
+
+def graphql_of(app: App) -> Any:
+    """The application's ``GraphQLSpec``, checked (the core's ``App`` cannot name the adapter's type)."""
+    from framework.graphql import GraphQLSpec
+
+    spec = app.build_graphql()
+    if not isinstance(spec, GraphQLSpec):
+        raise ConfigurationError(f"App(graphql=...) must return a GraphQLSpec, not {type(spec).__name__}")
+    return spec
+
+
+def command_bus(settings: Settings, router: CommandRouter, store: EventStore, observer: Observer | None = None,
                 tracer: Tracer | None = None) -> CommandBus:
     return CommandBus(
-        load_router(settings.app),
+        router,
         store,
         max_attempts=settings.command_max_attempts,
         idempotency_lease_seconds=settings.idempotency_lease_seconds,
         observer=observer,
         tracer=tracer,
     )
-
-
-def load_projectors(spec: str) -> list[Projector]:
-    """Import ``module:function`` and call it for the projectors (EVENTFOLD_PROJECTIONS)."""
-    module_name, _, attribute = spec.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError, ValueError) as e:
-        raise ConfigurationError(f"EVENTFOLD_PROJECTIONS={spec!r} cannot be loaded: {e}") from None
-    projectors = list(factory())
-    if not all(isinstance(p, Projector) for p in projectors):
-        raise ConfigurationError(f"EVENTFOLD_PROJECTIONS={spec!r} must return Projector instances")
-    return projectors
-
-
-def load_graphql(spec: str) -> Any:
-    """Import ``module:function`` returning the application's ``GraphQLSpec`` (EVENTFOLD_GRAPHQL)."""
-    from framework.graphql import GraphQLSpec
-
-    module_name, _, attribute = spec.partition(":")
-    try:
-        built = getattr(importlib.import_module(module_name), attribute)()
-    except (ImportError, AttributeError, ValueError, TypeError) as e:
-        raise ConfigurationError(f"EVENTFOLD_GRAPHQL={spec!r} cannot be loaded: {e}") from None
-    if not isinstance(built, GraphQLSpec):
-        raise ConfigurationError(f"EVENTFOLD_GRAPHQL={spec!r} must return a GraphQLSpec")
-    return built
 
 
 def select_projectors(projectors: list[Projector], names: list[str]) -> list[Projector]:

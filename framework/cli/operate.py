@@ -1,4 +1,4 @@
-"""``eventfold replay``, ``status`` and ``dead-letters``: operating projections."""
+"""``eventfold replay`` (whole, or one aggregate's rows), ``status`` and ``dead-letters``: operating projections."""
 
 from __future__ import annotations
 
@@ -8,9 +8,18 @@ import sys
 import time
 from typing import Any
 
-from framework.cli.common import load_projectors, open_store, open_views, require_postgres, select_projectors
+from framework.cli.common import (
+    add_app_option,
+    application,
+    open_store,
+    open_views,
+    require_postgres,
+    select_projectors,
+)
+from framework.cli.history import aggregate_reference
 from framework.errors import ConfigurationError
-from framework.settings import Settings
+from framework.projector import Projector
+from framework.settings import PostgresSettings, Settings
 from framework.status import projection_statuses
 
 __all__ = ["register"]
@@ -21,6 +30,11 @@ def register(commands: Any) -> None:
     replay.add_argument("name", metavar="NAME")
     replay.add_argument("--from", dest="from_position", type=int, default=0,
                         help="start from this position (events before it are not applied)")
+    replay.add_argument("--aggregate", metavar="AGGREGATE",
+                        help="rebuild only this aggregate's rows (an id, or TYPE:KEY such as Account:ACC-1), in a "
+                             "new version otherwise copied from the active one; the projection must declare "
+                             "per_aggregate = True")
+    add_app_option(replay)
     replay.set_defaults(run=run_replay)
 
     status = commands.add_parser("status", help="positions, lag and state of every projection")
@@ -54,9 +68,12 @@ def run_replay(settings: Settings, args: argparse.Namespace) -> int:
     from framework.replay import rebuild
 
     postgres = require_postgres(settings, "replay")
-    (projector,) = select_projectors(load_projectors(settings.projections), [args.name])
+    app = application(settings, args)  # importing it defines its aggregate types, for --aggregate TYPE:KEY
+    (projector,) = select_projectors(app.build_projectors(), [args.name])
     if args.from_position < 0:
         raise ConfigurationError(f"--from {args.from_position} must not be negative")
+    if args.aggregate is not None:
+        return _replay_aggregate(settings, postgres, projector, args)
     store, views = open_store(settings), open_views(postgres)
     try:
         version = rebuild(projector, views, store, from_position=args.from_position,
@@ -65,6 +82,28 @@ def run_replay(settings: Settings, args: argparse.Namespace) -> int:
         views.close()
         store.close()
     print(f"\neventfold: {projector.name} version {version} is now active", file=sys.stderr)
+    return 0
+
+
+def _replay_aggregate(settings: Settings, postgres: PostgresSettings, projector: Projector,
+                      args: argparse.Namespace) -> int:
+    from framework.replay import rebuild_aggregate
+
+    if args.from_position:
+        raise ConfigurationError("--from and --aggregate do not combine: an aggregate's rows are rebuilt from its "
+                                 "first event")
+    reference = aggregate_reference(args.aggregate)  # TYPE among the aggregates the application imported
+    store, views = open_store(settings), open_views(postgres)
+    try:
+        if not store.read_stream_with_positions(reference.aggregate_id)[:1]:
+            raise ConfigurationError(f"there are no events of {reference.words}")
+        done = rebuild_aggregate(projector, views, store, reference.aggregate_id,
+                                 progress=_Progress(f"replay {projector.name} --aggregate"))
+    finally:
+        views.close()
+        store.close()
+    print(f"\neventfold: {projector.name} version {done.version} is now active, with the rows of "
+          f"{reference.words} rebuilt ({done.written} written, {done.deleted} deleted)", file=sys.stderr)
     return 0
 
 

@@ -5,22 +5,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any
 
+from framework.app import App, Seeding
 from framework.cli.common import (
+    add_app_option,
+    application,
     authenticator,
     command_bus,
-    load_graphql,
-    load_projectors,
+    graphql_of,
     open_store,
     open_views,
     require_postgres,
     tracing,
 )
+from framework.errors import ConfigurationError
 from framework.settings import Settings
 
 __all__ = ["register"]
@@ -29,11 +31,11 @@ log = logging.getLogger("eventfold")
 
 
 def register(commands: Any) -> None:
-    dev = commands.add_parser("dev", help="run the example app embedded: one process, no servers")
+    dev = commands.add_parser("dev", help="run your application embedded: one process, no servers")
     _serve_options(dev)
     dev.add_argument("--store", help="SQLite file for events (default .eventfold/events.sqlite3), or :memory:")
     dev.add_argument("--seed", action="store_true",
-                     help="load the demo data (idempotent) and print GraphQL queries to try")
+                     help="run the application's seed function (App(seed=...)) once the server is up")
     dev.set_defaults(run=run_dev)
 
     query_api = commands.add_parser("query-api", help="serve GraphQL over the read models on PostgreSQL")
@@ -45,6 +47,7 @@ def register(commands: Any) -> None:
     write_api.set_defaults(run=run_write_api)
 
     init_db = commands.add_parser("init-db", help="create the event store's and read models' tables (idempotent)")
+    add_app_option(init_db)
     init_db.set_defaults(run=run_init_db)
 
 
@@ -52,6 +55,7 @@ def _serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="interface to listen on (EVENTFOLD_HOST)")
     parser.add_argument("--port", type=int, help="port to listen on (EVENTFOLD_PORT)")
     parser.add_argument("--access-log", action="store_true", help="log every request")
+    add_app_option(parser)
 
 
 def run_dev(settings: Settings, args: argparse.Namespace) -> int:
@@ -68,19 +72,22 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
     from framework.worker import ProjectionWorker
 
     embedded = replace(settings, database_url=None)
+    application_ = application(embedded, args)
+    if args.seed and application_.seed is None:
+        raise ConfigurationError(f"--seed: application {application_.name!r} declares no seed function (App(seed=...))")
     auth = authenticator(embedded, "dev")
     store = open_store(embedded)
     store.create_schema()  # an embedded file is private to this process: set it up in place
     metrics = Metrics()
     tracer = tracing(settings, "dev")
-    bus = command_bus(embedded, store, metrics, tracer)
+    bus = command_bus(embedded, application_.commands, store, metrics, tracer)
     views = MemoryViewStore()  # rebuilt from the stored events at every start
     metrics.watch_relay(store)
     metrics.watch_projections(store, views)
     events = MemoryBus()
     workers = [ProjectionWorker(p, views, store, bus, observer=metrics, tracer=tracer)
-               for p in load_projectors(embedded.projections)]
-    graphql = load_graphql(embedded.graphql)
+               for p in application_.build_projectors()]
+    graphql = graphql_of(application_)
 
     @contextlib.asynccontextmanager
     async def background(_: Starlette) -> AsyncIterator[None]:
@@ -95,7 +102,7 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
         ]
         log.info("events are kept in %s; %d projections run in process", embedded.sqlite_path, len(workers))
         if args.seed:
-            tasks.append(asyncio.create_task(_seed(bus, embedded)))
+            tasks.append(asyncio.create_task(_seed(application_, bus, embedded)))
         try:
             yield
         finally:
@@ -112,36 +119,14 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
     return _serve(embedded, app, args, store.close)
 
 
-async def _seed(bus: Any, settings: Settings) -> None:
-    from datetime import date
-
-    from example_app.demo import seed
-
-    position = await asyncio.to_thread(seed, bus, date.today())
-    print(_demo_queries(f"http://{settings.host}:{settings.port}", position), flush=True)
-
-
-def _demo_queries(base: str, position: int) -> str:
-    def curl(query: str, header: str = "") -> str:
-        body = json.dumps({"query": query})
-        return f"  curl -s {base}/graphql -H 'content-type: application/json' {header}-d '{body}'"
-
-    return "\n".join([
-        "",
-        "Demo data loaded. Try these GraphQL queries (read models update within milliseconds):",
-        "",
-        curl("{ cards(first: 10) { edges { node { actionId status kind recordDate security { name } "
-             "entitlements { accountNumber cashAmount newUnits status } } } pageInfo { hasNextPage endCursor } } }",
-             f"-H 'Eventfold-Position: {position}' "),
-        curl('{ holdings(accountNumber: "ACC-1001") { isin quantity } }'),
-        curl('{ notifications(accountNumber: "ACC-1003") { nodes { actionId kind message } } }'),
-        curl('{ cards(filter: {status: "cancelled"}) { nodes { actionId cancellationReason } } }'),
-        curl("{ projections { name position lagEvents state } }"),
-        "",
-        "Commands go to POST /commands/{Name} (GET /openapi.json lists them); pass the `position` a command",
-        "returns as the Eventfold-Position header of a query to read your own write.",
-        "",
-    ])
+async def _seed(app: App, bus: Any, settings: Settings) -> None:
+    """Run the application's seed function off the event loop; a failure is logged, the server goes on."""
+    assert app.seed is not None  # checked before the server started
+    seeding = Seeding(bus, f"http://{settings.host}:{settings.port}")
+    try:
+        await asyncio.to_thread(app.seed, seeding)
+    except Exception:
+        log.exception("the seed function of %r failed", app.name)
 
 
 def run_query_api(settings: Settings, args: argparse.Namespace) -> int:
@@ -156,7 +141,7 @@ def run_query_api(settings: Settings, args: argparse.Namespace) -> int:
     metrics = Metrics()
     metrics.watch_projections(store, views)
     metrics.watch_breakers([breaker])
-    app = create_query_app(load_graphql(settings.graphql), views, store,
+    app = create_query_app(graphql_of(application(settings, args)), views, store,
                            options=_query_options(settings, introspection=False),
                            metrics=metrics, authenticator=auth, breaker=breaker, tracer=tracer)
 
@@ -199,7 +184,8 @@ def run_write_api(settings: Settings, args: argparse.Namespace) -> int:
     store = BreakingEventStore(open_store(settings), _breaker(settings, "event store"))
     metrics = Metrics()
     metrics.watch_breakers([store.breaker])
-    bus = command_bus(settings, store, metrics, tracing(settings, "write-api"))
+    bus = command_bus(settings, application(settings, args).commands, store, metrics,
+                      tracing(settings, "write-api"))
     app = create_write_app(bus, _write_options(settings), metrics=metrics, authenticator=auth)
     return _serve(settings, app, args, store.close)
 
@@ -211,7 +197,7 @@ def _breaker(settings: Settings, dependency: str) -> Any:
     return CircuitBreaker(settings.breaker_threshold, settings.breaker_cool_down_seconds, dependency=dependency)
 
 
-def run_init_db(settings: Settings, _: argparse.Namespace) -> int:
+def run_init_db(settings: Settings, args: argparse.Namespace) -> int:
     store = open_store(settings)
     store.create_schema()
     postgres = settings.postgres()
@@ -220,7 +206,7 @@ def run_init_db(settings: Settings, _: argparse.Namespace) -> int:
         return 0
     views = open_views(postgres)
     views.create_schema()
-    projectors = load_projectors(settings.projections)
+    projectors = application(settings, args).build_projectors()
     for projector in projectors:
         views.ensure_tables(projector.name, views.active_version(projector.name), projector.read_models)
     views.close()

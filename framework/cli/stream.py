@@ -15,8 +15,9 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from framework.cli.common import (
+    add_app_option,
+    application,
     command_bus,
-    load_projectors,
     open_store,
     open_views,
     require_postgres,
@@ -48,6 +49,7 @@ def register(commands: Any) -> None:
 
     project = commands.add_parser("project", help="run projection workers (all, or the named ones)")
     project.add_argument("names", nargs="*", metavar="NAME", help="projections to run (default: all)")
+    add_app_option(project)
     project.set_defaults(run=run_project_command)
 
 
@@ -135,7 +137,8 @@ def run_project_command(settings: Settings, args: argparse.Namespace) -> int:
 
     postgres = require_postgres(settings, "project")
     jetstream = _jetstream(settings)
-    projectors = select_projectors(load_projectors(settings.projections), args.names)
+    app = application(settings, args)
+    projectors = select_projectors(app.build_projectors(), args.names)
     store = open_store(settings)
     views = open_views(postgres)
     bus, ops = _Bus(), None
@@ -148,7 +151,7 @@ def run_project_command(settings: Settings, args: argparse.Namespace) -> int:
             metrics.watch_breakers([breaker])
             ops = _ops_server(settings, metrics, store, bus, views, names)
         tracer = tracing(settings, "project")
-        commands = command_bus(settings, store, metrics, tracer)
+        commands = command_bus(settings, app.commands, store, metrics, tracer)
         workers = [ProjectionWorker(p, views, store, commands, observer=metrics, tracer=tracer) for p in projectors]
 
         lease, owner = LeaseOptions.for_ttl(settings.lease_seconds), worker_identity()

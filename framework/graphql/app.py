@@ -9,8 +9,9 @@
 - Every error carries ``extensions.code``; anything unexpected is logged and
   answered as ``INTERNAL_SERVER_ERROR`` without detail.
 - Read-your-writes: a request with header ``Eventfold-Position: N`` waits
-  (bounded) until every projection its top-level fields read has applied
-  position N; the response's ``extensions.consistency`` says whether it did.
+  (bounded) until every projection its fields read (``@reads``, in
+  ``framework.graphql.reads``) has applied position N; the response's
+  ``extensions.consistency`` says whether it did.
 - No GraphiQL page (it would fetch its assets from a CDN) and no mutations:
   the write path is the write API.
 """
@@ -23,9 +24,10 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from enum import Enum
+from typing import Any, TypeVar, cast
 
 import strawberry
 from cross_web import HTTPException
@@ -63,12 +65,13 @@ from framework.breaker import CircuitBreaker
 from framework.errors import EventfoldError, RateLimited, Unauthenticated, Unavailable
 from framework.graphql.inputs import BadJson, parse_json, unstorable_text
 from framework.graphql.limits import DocumentLimits, check_document
+from framework.graphql.reads import ReadMap
 from framework.graphql.tracing import ReadSpans, tracing_extensions
 from framework.http.edge import EdgeApp
 from framework.http.gate import Gate, admitted
 from framework.http.health import Check, metrics_route, projections_check, ready_route, store_check, views_check
 from framework.metrics import Metrics
-from framework.query import InvalidQuery
+from framework.query import Condition, InvalidQuery
 from framework.readmodel import ReadModel
 from framework.security import ANONYMOUS, Authenticator, Principal
 from framework.store import EventLog
@@ -87,16 +90,21 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+K = TypeVar("K")
+V = TypeVar("V")
+R = TypeVar("R", bound=ReadModel)
+
 POSITION_HEADER = "eventfold-position"
 
 
 @dataclass(frozen=True)
 class GraphQLSpec:
-    """An application's query side: its root Query type, and which projections each top-level
-    field reads (what read-your-writes waits for)."""
+    """An application's query side: its root Query type. Its fields declare the projections they
+    read with ``@reads(...)`` (what read-your-writes waits for); ``projections_by_field`` adds
+    projections to top-level fields by name, for a field whose resolver cannot carry ``@reads``."""
 
     query: type
-    projections_by_field: Mapping[str, Sequence[str]]
+    projections_by_field: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -136,7 +144,7 @@ class QueryContext:
     principal: Principal = ANONYMOUS
     breaker: CircuitBreaker | None = None
     spans: ReadSpans | None = None  # set by the tracing extension when a tracer records spans
-    _loaders: dict[tuple[str, type[ReadModel]], DataLoader[Any, Any]] = field(default_factory=dict)
+    _loaders: dict[Hashable, DataLoader[Any, Any]] = field(default_factory=dict)
     _waiting: bool = field(default=False, init=False)  # the wait polls positions: its own span covers those reads
 
     async def read(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -151,15 +159,33 @@ class QueryContext:
             return await asyncio.to_thread(call, *args, **kwargs)
         return await asyncio.to_thread(self.breaker.call, functools.partial(call, *args, **kwargs))
 
-    def loader(self, projection: str, model: type[ReadModel]) -> DataLoader[tuple[Any, ...], Any]:
-        """A per-request DataLoader: every key asked for in one tick is fetched in one query."""
-        key = (projection, model)
-        if key not in self._loaders:
-            async def load(keys: list[tuple[Any, ...]]) -> list[Any]:
-                return list(await self.read(self.views.get_many, projection, model, keys))
+    def dataloader(self, name: Hashable, load: Callable[[list[K]], Awaitable[Sequence[V]]]) -> DataLoader[K, V]:
+        """The request's DataLoader called ``name``, made with ``load`` the first time it is asked for.
 
-            self._loaders[key] = DataLoader(load_fn=load)
-        return self._loaders[key]
+        Every key asked for in one tick reaches ``load`` at once; ``load`` returns one value per key,
+        in the keys' order (read the views through ``context.read``). One request, one cache."""
+        if name not in self._loaders:
+            self._loaders[name] = DataLoader(load_fn=load)
+        return cast(DataLoader[K, V], self._loaders[name])
+
+    def loader(self, projection: str, model: type[R]) -> DataLoader[tuple[Any, ...], R | None]:
+        """Rows by key (a tuple of the key's values), all asked in one tick fetched in one query."""
+        async def load(keys: list[tuple[Any, ...]]) -> list[R | None]:
+            return list(await self.read(self.views.get_many, projection, model, keys))
+
+        return self.dataloader(("rows", projection, model), load)
+
+    def rows_by(self, projection: str, model: type[R], column: str) -> DataLoader[Any, list[R]]:
+        """Rows whose ``column`` equals the key, in key order, for all keys of one tick in one query
+        (``column in (...)``): the children of many parents at once."""
+        async def load(values: list[Any]) -> list[list[R]]:
+            rows = await self.read(self.views.query, projection, model, [Condition(column, "in", values)])
+            grouped: dict[Any, list[R]] = {}
+            for row in rows:
+                grouped.setdefault(_plain(getattr(row, column)), []).append(row)
+            return [grouped.get(_plain(value), []) for value in values]
+
+        return self.dataloader(("rows_by", projection, model, column), load)
 
     async def wait_for(self, projections: Sequence[str], position: int) -> dict[str, Any]:
         """Wait (bounded) until every one of ``projections`` has applied ``position``; say whether they did."""
@@ -184,19 +210,27 @@ class QueryContext:
             await asyncio.sleep(self.options.poll_seconds)
 
 
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, Enum) else value
+
+
 class ReadYourWrites(SchemaExtension):
     """Waits for the projections the operation reads; reports the outcome in ``extensions``."""
 
     projections_by_field: Mapping[str, Sequence[str]] = {}
+    read_map: ReadMap | None = None
 
     async def on_execute(self) -> Any:
         context = self.execution_context.context
         if isinstance(context, QueryContext) and context.min_position is not None:
-            fields = _top_level_fields(self.execution_context.graphql_document,
-                                       self.execution_context.operation_name)
-            needed = sorted({p for f in fields for p in self.projections_by_field.get(f, ())})
-            context.consistency = await context.wait_for(needed, context.min_position)
+            context.consistency = await context.wait_for(sorted(self._needed()), context.min_position)
         yield
+
+    def _needed(self) -> set[str]:
+        document, operation = self.execution_context.graphql_document, self.execution_context.operation_name
+        declared = self.read_map.projections(document, operation) if self.read_map else set()
+        named = {p for f in _top_level_fields(document, operation) for p in self.projections_by_field.get(f, ())}
+        return declared | named
 
     def get_results(self) -> dict[str, Any]:
         context = self.execution_context.context
@@ -271,14 +305,15 @@ class _Schema(strawberry.Schema):
 
 
 def build_schema(
-    query: type, options: QueryApiOptions, projections_by_field: Mapping[str, Sequence[str]],
+    query: type, options: QueryApiOptions, projections_by_field: Mapping[str, Sequence[str]] | None = None,
     metrics: Metrics | None = None, *, tracer: Tracer | None = None,
 ) -> strawberry.Schema:
     """The schema with Eventfold's extensions: caches, limits, read-your-writes and request metrics."""
-    consistency = type("ReadYourWritesFor", (ReadYourWrites,), {"projections_by_field": projections_by_field})
+    named = {"projections_by_field": projections_by_field or {}}
+    consistency: Any = type("ReadYourWritesFor", (ReadYourWrites,), named)
     counted: list[Any] = [type("CountedIn", (CountedRequests,), {"metrics": metrics})] if metrics else []
     documents = _Documents(options)
-    return _Schema(
+    schema = _Schema(
         query=query,
         config=StrawberryConfig(name_converter=_CachedNames()),
         # Factories, not instances: an extension instance holds the current
@@ -290,6 +325,8 @@ def build_schema(
             *counted,
         ],
     )
+    consistency.read_map = ReadMap.of(schema)  # the fields' declarations, once the schema has its types
+    return schema
 
 
 _RULES = (*specified_rules, MaybeNullValidationRule, OneOfInputValidationRule)  # Strawberry's set

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import types as pytypes
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from enum import Enum
-from typing import Annotated, Any, Generic, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Generic, Literal, TypeVar, Union, get_args, get_origin
 from uuid import UUID
 
 import strawberry
+from pydantic import BaseModel, TypeAdapter
 from strawberry.scalars import JSON
 
+from framework.errors import ConfigurationError
 from framework.graphql.limits import DEFAULT_PAGE, MAX_PAGE
 from framework.query import InvalidQuery, Page, PageRequest
 from framework.readmodel import ReadModel
@@ -21,26 +23,122 @@ __all__ = ["Connection", "Edge", "PageInfo", "connection", "graphql_type", "page
 
 T = TypeVar("T")
 R = TypeVar("R", bound=ReadModel)
+Convert = Callable[[Any], Any]
 _NATIVE = (str, int, float, bool, Decimal, date, datetime, UUID)
 
 
-def _graphql_annotation(annotation: Any) -> Any:
-    """The field's Python type where Strawberry understands it; JSON for everything structured."""
+def _same(value: Any) -> Any:
+    return value
+
+
+def _enum_value(value: Any) -> Any:
+    return value.value if isinstance(value, Enum) else value
+
+
+def _graphql_field(annotation: Any) -> tuple[Any, Convert]:
+    """The GraphQL type of a field's Python type, and how to turn a value into what that type holds.
+
+    Scalars stay themselves (enums and literals become their values' type), lists and optionals keep their shape,
+    nested pydantic models become object types of their own (a union of models, a GraphQL union);
+    anything else (dicts, unions of scalars, tuples) is the ``JSON`` scalar, dumped as JSON."""
     origin = get_origin(annotation)
     if origin is Annotated:
-        return _graphql_annotation(get_args(annotation)[0])
+        return _graphql_field(get_args(annotation)[0])
     if origin in (Union, pytypes.UnionType):
-        members = [a for a in get_args(annotation) if a is not type(None)]
-        if len(members) == 1:
-            return _graphql_annotation(members[0]) | None
-        return JSON
-    if origin is list and all(a in _NATIVE for a in get_args(annotation)):
-        return annotation
+        return _union_field(annotation)
+    if origin is Literal and len({type(a) for a in get_args(annotation)}) == 1:
+        return _graphql_field(type(get_args(annotation)[0]))
+    if origin is list and len(get_args(annotation)) == 1:
+        item, convert = _graphql_field(get_args(annotation)[0])
+        return list[item], _each(convert)  # type: ignore[valid-type]
     if isinstance(annotation, type) and issubclass(annotation, Enum):
-        return str
+        return str, _enum_value
     if annotation in _NATIVE:
-        return annotation
-    return JSON
+        return annotation, _same
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return _object_type(annotation)
+    return JSON, _as_json(annotation)
+
+
+def _union_field(annotation: Any) -> tuple[Any, Convert]:
+    args = get_args(annotation)
+    members = [a for a in args if a is not type(None)]
+    optional = len(members) < len(args)
+    if len(members) == 1:
+        inner, convert = _graphql_field(members[0])
+    elif all(isinstance(m, type) and issubclass(m, BaseModel) for m in members):
+        inner, convert = _model_union(tuple(members))
+    else:
+        inner, convert = JSON, _as_json(annotation)
+    return (inner | None, _or_none(convert)) if optional else (inner, convert)
+
+
+def _each(convert: Convert) -> Convert:
+    return _same if convert is _same else lambda values: [convert(v) for v in values]
+
+
+def _or_none(convert: Convert) -> Convert:
+    return _same if convert is _same else lambda value: None if value is None else convert(value)
+
+
+def _as_json(annotation: Any) -> Convert:
+    adapter: TypeAdapter[Any] = TypeAdapter(annotation)
+    return lambda value: adapter.dump_python(value, mode="json")
+
+
+_OBJECTS: dict[type[BaseModel], tuple[type, Convert]] = {}
+_NAMES: dict[str, type[BaseModel]] = {}
+_BUILDING: set[type[BaseModel]] = set()
+
+
+def _object_type(model: type[BaseModel]) -> tuple[Any, Convert]:
+    """The object type of a nested model, made once per model (one schema name, one class).
+    A model nested in itself is JSON where it recurs."""
+    if model in _BUILDING:
+        return JSON, _as_json(model)
+    if model not in _OBJECTS:
+        name = model.model_config.get("title") or model.__name__
+        taken = _NAMES.setdefault(name, model)
+        if taken is not model:
+            raise ConfigurationError(
+                f"nested models {taken.__module__}.{taken.__qualname__} and {model.__module__}.{model.__qualname__}"
+                f" would both be the GraphQL type {name!r}: give one a title (model_config = ConfigDict(title=...))")
+        _BUILDING.add(model)
+        try:
+            created = _strawberry_type(name, model, model.model_fields.keys(), model.__doc__ or "")
+        finally:
+            _BUILDING.discard(model)
+        _OBJECTS[model] = (created, _converter(created))
+    return _OBJECTS[model]
+
+
+def _model_union(members: tuple[type[BaseModel], ...]) -> tuple[Any, Convert]:
+    types = [_object_type(m) for m in members]
+    if any(t is JSON for t, _ in types):
+        return JSON, _as_json(Union[members])  # noqa: UP007 - built at run time
+    name = "Or".join(t.__name__ for t, _ in types)
+    union: Any = Annotated[Union[tuple(t for t, _ in types)], strawberry.union(name)]  # noqa: UP007 - built at run time
+    by_model = dict(zip(members, (c for _, c in types), strict=True))
+    return union, lambda value: by_model[type(value)](value)
+
+
+def _converter(created: type) -> Convert:
+    converters: dict[str, Convert] = getattr(created, "_converters", {})
+    return lambda value: created(**{n: c(getattr(value, n)) for n, c in converters.items()})
+
+
+def _strawberry_type(name: str, model: type[BaseModel], fields: Iterable[str], description: str) -> type:
+    """A Strawberry type with ``fields`` of ``model``, each with its description, and their converters."""
+    annotations: dict[str, Any] = {}
+    namespace: dict[str, Any] = {"__doc__": description}
+    converters: dict[str, Convert] = {}
+    for field_name in fields:
+        info = model.model_fields[field_name]
+        annotations[field_name], converters[field_name] = _graphql_field(info.annotation)
+        if info.description:
+            namespace[field_name] = strawberry.field(description=info.description)
+    namespace |= {"__annotations__": annotations, "_converters": converters, "_columns": tuple(annotations)}
+    return strawberry.type(type(name, (), namespace), description=description or None)
 
 
 def graphql_type(
@@ -48,28 +146,20 @@ def graphql_type(
 ) -> type:
     """A Strawberry type with the read model's fields (camelCase in the schema).
 
-    Subclass it under ``@strawberry.type`` to add fields (a nested lookup, say);
-    build instances from rows with ``from_row``.
+    Nested pydantic models become object types named after their class (or their ``title``),
+    lists of them lists of those, and a union of models a GraphQL union. Subclass the result
+    under ``@strawberry.type`` to add fields (a nested lookup, say); build instances from rows
+    with ``from_row``.
     """
-    annotations = {
-        field_name: _graphql_annotation(info.annotation)
-        for field_name, info in model.model_fields.items()
-        if field_name not in exclude
-    }
-    namespace: dict[str, Any] = {"__annotations__": annotations, "__doc__": description or model.__doc__}
-    namespace["from_row"] = classmethod(_from_row)
-    namespace["_columns"] = tuple(annotations)
-    created = type(name or model.__name__, (), namespace)
-    return strawberry.type(created, description=description or model.__doc__ or None)
+    fields = [f for f in model.model_fields if f not in exclude]
+    created = _strawberry_type(name or model.__name__, model, fields, description or model.__doc__ or "")
+    created.from_row = classmethod(_from_row)  # type: ignore[attr-defined]
+    return created
 
 
 def _from_row(cls: type[T], row: ReadModel) -> T:
-    columns: tuple[str, ...] = getattr(cls, "_columns", ())  # inherited by subclasses that add fields
-    return cls(**{n: _plain(getattr(row, n)) for n in columns})
-
-
-def _plain(value: Any) -> Any:
-    return value.value if isinstance(value, Enum) else value
+    converters: dict[str, Convert] = getattr(cls, "_converters", {})  # inherited by subclasses that add fields
+    return cls(**{n: c(getattr(row, n)) for n, c in converters.items()})
 
 
 @strawberry.type(description="Where a page sits in the whole list (Relay cursor connections).")

@@ -88,6 +88,11 @@ class JwtAuthenticator:
         self._keys = _key_resolver(settings)
         self.blocking = bool(settings.jwks_url)  # may fetch keys over the network: call off the event loop
 
+    @property
+    def anonymous(self) -> Principal | None:
+        """Who a caller without a token is (None: refused)."""
+        return self._anonymous
+
     def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
             if self._anonymous is not None:

@@ -24,7 +24,7 @@ from framework.errors import EventfoldError, Unavailable
 from framework.http.edge import EdgeApp, request_correlation_id
 from framework.http.gate import Gate
 from framework.http.health import metrics_route, ready_route, store_check
-from framework.http.openapi import openapi_document
+from framework.http.openapi import access_of, openapi_document
 from framework.http.problems import problem, problem_for
 from framework.metrics import Metrics
 from framework.observe import NULL_OBSERVER, correlation_id
@@ -71,7 +71,11 @@ def create_write_app(
     options = options or WriteApiOptions()
     gate = Gate(authenticator, rate_per_second=options.rate_limit_per_second,
                 failures_per_minute=options.auth_failures_per_minute)
-    openapi = openapi_document(bus.router)
+    access = access_of(authenticator)
+    # failed authentications are counted only where tokens are checked
+    rate_limited = bool(options.rate_limit_per_second or (access.checks_tokens and options.auth_failures_per_minute))
+    openapi = openapi_document(bus.router, access=access, rate_limited=rate_limited,
+                               max_body_bytes=options.max_body_bytes)
     if metrics is None:
         metrics = Metrics()
         if bus.observer is NULL_OBSERVER:
@@ -111,7 +115,7 @@ async def _handle_command(request: Request, bus: CommandBus, options: WriteApiOp
                           gate: Gate) -> Response:
     principal = await gate.admit(request)  # 401 and 429 before anything else
     name = request.path_params["name"]
-    command_type = bus.router.command_type(name)  # 404 before reading a body
+    command_type = bus.router.public_command_type(name)  # 404 before reading a body (internal ones too)
     authorize(command_type, principal)
     _require_json(request)
     command = bus.router.parse_json(command_type.command_name, await _read_body(request, options.max_body_bytes))

@@ -1,7 +1,11 @@
-"""Given/when/then specifications for aggregates and command handlers, no server needed.
+"""Testing helpers, no server needed: given/when/then for aggregates, command handlers, projections
+and process managers, and old stored payloads read through the real mapper (upcasters).
 
     given(Account, opened, credited).when(lambda a: a.debit("X", 5)).then(debited)
     CommandSpec(router).given(Account, account_id, opened).when(DebitHoldings(...)).then(debited)
+    ProjectionSpec(HoldingsProjector()).given(Account, account_id, opened, credited).then(Holding(...))
+    ProcessSpec(Saga()).given(Order, order_id, placed).when(Order, order_id, paid).then_issued(Ship(...))
+    assert from_stored_payload(Registered, {"isin": "X"}, version=1) == Registered(isin="X", currency="EUR")
 """
 
 from __future__ import annotations
@@ -15,8 +19,20 @@ from framework.bus import CommandBus
 from framework.commands import Command, CommandRouter
 from framework.events import Event, EventEnvelope, EventMetadata
 from framework.mapper import from_stored, to_stored
+from framework.testing.projections import GIVEN_AT, ProcessSpec, ProjectionSpec, Scheduled
+from framework.testing.upcasting import from_stored_document, from_stored_payload
 
-__all__ = ["AggregateSpec", "CommandSpec", "given"]
+__all__ = [
+    "GIVEN_AT",
+    "AggregateSpec",
+    "CommandSpec",
+    "ProcessSpec",
+    "ProjectionSpec",
+    "Scheduled",
+    "from_stored_document",
+    "from_stored_payload",
+    "given",
+]
 
 A = TypeVar("A", bound=Aggregate)
 

@@ -20,12 +20,17 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar, TypeVar
 from uuid import UUID, uuid4
 
 import pytest
 
-from framework.errors import ConcurrencyConflict, IdempotencyKeyInFlight
+from framework.aggregate import Aggregate, event
+from framework.errors import AggregateNotFound, ConcurrencyConflict, IdempotencyKeyInFlight
+from framework.events import Event, EventEnvelope, EventMetadata
+from framework.history import History
+from framework.mapper import to_stored
 from framework.store import (
     Claimed,
     CommandResult,
@@ -49,6 +54,30 @@ def stored_event(aggregate_id: UUID, version: int, topic: str = "Thing", state: 
     if state is None:
         state = f'{{"aggregate":"{aggregate_id}","version":{version}}}'.encode()
     return StoredEvent(originator_id=aggregate_id, originator_version=version, topic=topic, state=state)
+
+
+class _Tallied(Event):
+    """The event of the aggregate the history tests load (a name no application uses)."""
+
+    event_name: ClassVar[str] = "eventfold.conformance.Tallied"
+    amount: int
+
+
+class _Tally(Aggregate):
+    aggregate_name: ClassVar[str] = "eventfold.conformance.Tally"
+    total: int = 0
+
+    @event(_Tallied)
+    def add(self, amount: int) -> None:
+        self.total += amount
+
+
+_MOMENT = datetime(2026, 6, 30, 12, 0, tzinfo=UTC)
+
+
+def _tallied(aggregate_id: UUID, version: int, amount: int, at: datetime) -> StoredEvent:
+    metadata = EventMetadata(recorded_at=at)
+    return to_stored(EventEnvelope(_Tally.aggregate_name, aggregate_id, version, _Tallied(amount=amount), metadata))
 
 
 def _as_uuid(value: UUID | str) -> UUID:
@@ -157,6 +186,62 @@ class EventStoreConformance:
         assert [e.originator_version for e in store.read_stream(aggregate_id, after_version=2)] == [3, 4, 5]
         assert store.read_stream(aggregate_id, after_version=5) == []
         assert [e.originator_version for e in store.read_stream(other)] == [1]
+
+    def test_read_stream_with_positions_numbers_a_stream_as_the_global_order_does(self, store: EventStore) -> None:
+        aggregate_id, other = uuid4(), uuid4()
+        mine = self._append_stream(store, aggregate_id, [1, 2])
+        self._append_stream(store, other, [1])
+        mine += store.append([stored_event(aggregate_id, 3, topic="Special", state=b"\x00\xffbinary")])
+
+        events = store.read_stream_with_positions(aggregate_id)
+        assert [(n.id, n.originator_version) for n in events] == list(zip(mine, [1, 2, 3], strict=True))
+        assert {_as_uuid(n.originator_id) for n in events} == {aggregate_id}
+        assert (events[2].topic, bytes(events[2].state)) == ("Special", b"\x00\xffbinary")
+        assert [(n.id, n.originator_version, n.topic, bytes(n.state)) for n in events] == [
+            (n.id, n.originator_version, n.topic, bytes(n.state)) for n in store.read_all(0, 100)
+            if _as_uuid(n.originator_id) == aggregate_id]
+        assert [n.id for n in store.read_stream_with_positions(aggregate_id, after_version=2)] == mine[2:]
+        assert store.read_stream_with_positions(aggregate_id, after_version=3) == []
+        assert store.read_stream_with_positions(uuid4()) == []
+
+    # --- an aggregate's past (framework.history), on this adapter ---------------------------
+
+    def _tally(self, store: EventStore, amounts: Sequence[int]) -> tuple[UUID, list[int]]:
+        """A tally whose events were recorded an hour apart from ``_MOMENT`` on."""
+        tally = uuid4()
+        positions = store.append([_tallied(tally, version, amount, _MOMENT + timedelta(hours=version - 1))
+                                  for version, amount in enumerate(amounts, start=1)])
+        return tally, positions
+
+    def test_history_loads_an_aggregate_at_a_version_at_a_moment_or_now(self, store: EventStore) -> None:
+        tally, _ = self._tally(store, [1, 10, 100])
+        self._tally(store, [5])  # another aggregate's events do not count
+        history = History(store)
+        assert [history.load(_Tally, tally, at_version=v).total for v in (1, 2, 3)] == [1, 11, 111]
+        assert history.load(_Tally, tally, at_version=2).version == 2
+        assert history.load(_Tally, tally).total == 111
+        at = [_MOMENT, _MOMENT + timedelta(minutes=59), _MOMENT + timedelta(hours=1), _MOMENT + timedelta(days=9)]
+        assert [history.load(_Tally, tally, as_of=moment).total for moment in at] == [1, 1, 11, 111]
+
+    def test_history_says_when_an_aggregate_did_not_exist_then(self, store: EventStore) -> None:
+        tally, _ = self._tally(store, [1, 10])
+        history = History(store)
+        with pytest.raises(AggregateNotFound, match="has no version 3: its latest is 2"):
+            history.load(_Tally, tally, at_version=3)
+        with pytest.raises(AggregateNotFound, match="did not exist yet at 2026-06-30T11:59:00"):
+            history.load(_Tally, tally, as_of=_MOMENT - timedelta(minutes=1))
+        with pytest.raises(AggregateNotFound, match="does not exist"):
+            history.load(_Tally, uuid4())
+
+    def test_history_lists_an_aggregate_s_events_with_versions_and_positions(self, store: EventStore) -> None:
+        tally, positions = self._tally(store, [1, 10, 100])
+        events = History(store).events(tally)
+        assert [(e.version, e.position, e.event) for e in events] == [
+            (1, positions[0], _Tallied(amount=1)), (2, positions[1], _Tallied(amount=10)),
+            (3, positions[2], _Tallied(amount=100))]
+        assert [e.metadata.recorded_at for e in events] == [_MOMENT + timedelta(hours=h) for h in range(3)]
+        assert [e.version for e in History(store).events(tally, after_version=1)] == [2, 3]
+        assert History(store).events(uuid4()) == []
 
     def test_read_all_pages_in_position_order(self, store: EventStore) -> None:
         first, second = uuid4(), uuid4()

@@ -50,6 +50,7 @@ class Row(ReadModel):
     detail: Detail
     extra: dict[str, Any]
     maybe: int | None = None
+    note: str | None = None
 
 
 def _row(group: str = "g", number: int = 1, **changes: Any) -> Row:
@@ -154,6 +155,28 @@ class ViewStoreConformance:
         with ready.read(NAME) as views:  # still version 1
             assert views.select(Row) == []
 
+    def test_copy_version_copies_rows_and_position_into_a_new_version(self, ready: ViewStore) -> None:
+        kept, gone = _row(number=1), _row(number=2, maybe=7)
+        with ready.batch(NAME, 1) as batch:
+            batch.put(kept)
+            batch.put(gone)
+            batch.advance(5, datetime(2026, 12, 1, tzinfo=UTC))
+        ready.ensure_tables(NAME, 2, [Row])
+        with ready.batch(NAME, 2, follow_active=False) as batch:
+            batch.put(_row(number=99))  # replaced by the copy
+        assert ready.copy_version(NAME, 1, 2, [Row]) == 5
+        assert ready.position(NAME, 2) == 5
+        with ready.batch(NAME, 2, follow_active=False) as batch:
+            assert [r.number for r in batch.select(Row)] == [1, 2]
+            assert batch.get(Row, "g", 1) == kept
+            batch.delete(Row, "g", 2)
+            batch.advance(6, None, since=5)
+        with ready.read(NAME) as views:  # the source is untouched, and still the active version
+            assert views.select(Row) == [kept, gone]
+        assert ready.position(NAME, 1) == 5 and ready.active_version(NAME) == 1
+        (state,) = [s for s in ready.states() if s.version == 2]
+        assert state.last_event_at == datetime(2026, 12, 1, tzinfo=UTC)
+
     def test_switch_makes_the_new_version_active(self, ready: ViewStore) -> None:
         ready.ensure_tables(NAME, 2, [Row])
         with ready.switch(NAME, 2) as batch:
@@ -241,6 +264,78 @@ class ViewStoreConformance:
         assert numbers(Condition("number", "gte", 5), Condition("number", "lt", 7)) == [5, 6]
         assert numbers(Condition("day", "lte", date(2026, 12, 2))) == [6, 7]
         assert numbers(Condition("number", "in", [2, 4, 9])) == [2, 4]
+        assert numbers(Condition("number", "ne", 4), Condition("number", "lte", 5)) == [1, 2, 3, 5]
+        assert numbers(Condition("colour", "in", [Colour.RED, "blue"]), Condition("number", "lt", 3)) == [1, 2]
+        assert numbers(Condition("number", "in", [])) == []
+
+    def test_condition_values_are_read_as_the_columns_type(self, numbered: ViewStore) -> None:
+        def numbers(*where: Condition) -> list[int]:
+            return [r.number for r in numbered.query(NAME, Row, list(where)) if r.group == "g"]
+
+        assert numbers(Condition("number", "eq", "2")) == [2]
+        assert numbers(Condition("day", "lte", "2026-12-02")) == [6, 7]
+        assert numbers(Condition("colour", "eq", "blue"), Condition("number", "gt", 4)) == [5, 7]
+        assert numbers(Condition("number", "in", ["3", 4])) == [3, 4]
+
+    @pytest.fixture
+    def noted(self, ready: ViewStore) -> ViewStore:
+        notes = ["50% off", "50 percent", "a_b", "axb", "back\\slash", "backslash", "UPPER", "upper",
+                 "", "Ünïcode ✓", None]
+        with ready.batch(NAME, 1) as batch:
+            for number, note in enumerate(notes, start=1):
+                batch.put(_row(number=number, note=note, maybe=None if number % 3 else number))
+        return ready
+
+    def _notes(self, views: ViewStore, *where: Condition) -> list[str | None]:
+        return [r.note for r in views.query(NAME, Row, list(where))]
+
+    def test_prefix_and_contains_match_text_literally_and_case_sensitively(self, noted: ViewStore) -> None:
+        assert self._notes(noted, Condition("note", "prefix", "50%")) == ["50% off"]
+        assert self._notes(noted, Condition("note", "prefix", "50")) == ["50% off", "50 percent"]
+        assert self._notes(noted, Condition("note", "contains", "_")) == ["a_b"]
+        assert self._notes(noted, Condition("note", "contains", "%")) == ["50% off"]
+        assert self._notes(noted, Condition("note", "contains", "\\")) == ["back\\slash"]
+        assert self._notes(noted, Condition("note", "contains", "k\\s")) == ["back\\slash"]
+        assert self._notes(noted, Condition("note", "prefix", "up")) == ["upper"]
+        assert self._notes(noted, Condition("note", "contains", "PP")) == ["UPPER"]
+        assert self._notes(noted, Condition("note", "contains", "nïc")) == ["Ünïcode ✓"]
+        assert self._notes(noted, Condition("note", "prefix", "Ü")) == ["Ünïcode ✓"]
+        assert self._notes(noted, Condition("note", "contains", "zzz")) == []
+        everything_but_null = [n for n in self._notes(noted) if n is not None]
+        assert self._notes(noted, Condition("note", "contains", "")) == everything_but_null
+        assert self._notes(noted, Condition("note", "prefix", "")) == everything_but_null
+
+    def test_null_meets_no_comparison_but_is_null(self, noted: ViewStore) -> None:
+        def numbers(*where: Condition) -> list[int]:
+            return [r.number for r in noted.query(NAME, Row, list(where))]
+
+        assert numbers(Condition("maybe", "is_null", False)) == [3, 6, 9]
+        assert numbers(Condition("maybe", "is_null", True), Condition("number", "lt", 6)) == [1, 2, 4, 5]
+        assert numbers(Condition("maybe", "ne", 3)) == [6, 9]  # not the nulls
+        assert numbers(Condition("maybe", "in", [3, None])) == [3]
+        assert numbers(Condition("maybe", "lt", 100)) == [3, 6, 9]
+        assert numbers(Condition("note", "is_null", True)) == [11]
+        assert numbers(Condition("note", "ne", "a_b"), Condition("number", "gt", 8)) == [9, 10]
+        assert numbers(Condition("note", "eq", "")) == [9]
+
+    @pytest.mark.parametrize("condition", [
+        lambda: Condition("nope", "eq", 1),
+        lambda: Condition("number", "prefix", "1"),
+        lambda: Condition("colour", "contains", "re"),
+        lambda: Condition("number", "eq", "two"),
+        lambda: Condition("day", "in", ["not a day"]),
+        lambda: Condition("maybe", "eq", None),
+        lambda: Condition("note", "prefix", 5),
+        lambda: Condition("note", "contains", "a\x00b"),
+        lambda: Condition("note", "eq", "a\x00b"),
+        lambda: Condition("number", "in", 3),
+        lambda: Condition("maybe", "is_null", "yes"),
+        lambda: Condition("number", "like", 3),  # type: ignore[arg-type]
+    ], ids=["unknown-column", "prefix-on-int", "contains-on-enum", "not-an-int", "not-a-day", "eq-null",
+            "prefix-not-text", "nul-in-contains", "nul-in-eq", "in-not-a-list", "is-null-not-bool", "unknown-op"])
+    def test_a_bad_condition_is_a_clear_error(self, noted: ViewStore, condition: Any) -> None:
+        with pytest.raises(InvalidQuery):
+            noted.query(NAME, Row, [condition()])
 
     def test_query_sorts_by_a_column_then_the_key(self, numbered: ViewStore) -> None:
         by_day = numbered.query(NAME, Row, [], Sort("day"))

@@ -31,6 +31,14 @@ def test_site_builds_strictly(site: Path) -> None:
     assert (site / "errors" / "index.html").exists()
 
 
+def test_the_api_reference_is_generated_from_the_public_modules(site: Path) -> None:
+    page = (site / "api-reference" / "index.html").read_text()
+    for documented in ["App", "build_projectors", "CommandRouter", "ProcessManager", "paginate", "GraphQLSpec",
+                       "CommandSpec", "Seeding"]:
+        assert f">{documented}<" in page or f"{documented}</" in page, documented
+    assert "Fresh projector instances, checked and with unique names." in page
+
+
 def test_site_loads_nothing_from_the_internet(site: Path) -> None:
     remote = [p.relative_to(site).as_posix() for p in site.rglob("*.html") if REMOTE_ASSET.search(p.read_text())]
     assert not remote, f"pages loading remote scripts, styles or images: {remote}"

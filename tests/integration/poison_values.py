@@ -1,7 +1,7 @@
 """A user's small application whose read models cannot hold every value its commands accept.
 
-Loaded by ``eventfold write-api`` (``EVENTFOLD_APP=poison_values:build_router``) and
-``eventfold project`` (``EVENTFOLD_PROJECTIONS=poison_values:build_projectors``) in the poison tests:
+Loaded by ``eventfold write-api`` and ``eventfold project`` (``EVENTFOLD_APP=poison_values:app``) in the
+poison tests:
 an amount is accepted by the command (a 64-bit integer) but the ledger stores it scaled by 1,000 in a
 bigint column, so a large amount is refused by PostgreSQL at commit; a note may be 200,000 characters.
 """
@@ -12,7 +12,7 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from framework import Aggregate, Command, CommandRouter, Event, UnitOfWork, event
+from framework import Aggregate, App, Command, CommandRouter, Event, UnitOfWork, event
 from framework.projector import HandlerContext, Projector, on
 from framework.readmodel import ReadModel
 
@@ -102,3 +102,6 @@ class Count(Projector):
 
 def build_projectors() -> list[Projector]:
     return [Ledger(), StrictLedger(), Count()]
+
+
+app = App(name="poison-values", commands=build_router(), projections=[Ledger, StrictLedger, Count])

@@ -12,7 +12,7 @@ The standard every test holds the system to is "nothing lost, nothing doubled":
 Roles run as real ``eventfold`` subprocesses (``Role``, stopped and killed by their own
 pid only) or in process (``InProcessRoles``: the runner loops on the NATS adapters in a
 thread of their own). ``build_poison_projectors`` is the test-only projection set that
-subprocesses load through ``EVENTFOLD_PROJECTIONS=streaming_helpers:build_poison_projectors``.
+subprocesses load through ``EVENTFOLD_APP=streaming_helpers:poison_app``.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ from framework.adapters.nats import JetStreamConsumer, JetStreamPublisher, JetSt
 from framework.adapters.postgres import PostgresEventStore
 from framework.adapters.postgres_views import PostgresViewStore
 from framework.aggregate import Aggregate
+from framework.app import App
 from framework.bus import CommandBus, CommandContext
 from framework.commands import Command
 from framework.events import EventEnvelope, EventMetadata
@@ -69,7 +70,8 @@ from projections import build_projectors
 
 TESTS_DIR = Path(__file__).resolve().parent.parent
 POISON_FILE_VARIABLE = "EVENTFOLD_TEST_POISON_FILE"
-POISON_PROJECTIONS = "streaming_helpers:build_poison_projectors"
+POISON_APP = "streaming_helpers:poison_app"
+EXAMPLE_APP = "example_app.app:app"
 TRACEBACK = "Traceback (most recent call last)"
 
 
@@ -195,7 +197,7 @@ class Deployment:
     schema: str
     jetstream: JetStreamSettings
     workdir: Path
-    projections: str = "projections:build_projectors"
+    app: str = EXAMPLE_APP
     extra_env: dict[str, str] = field(default_factory=dict)
     roles: list[Role] = field(default_factory=list)
     _closers: list[Callable[[], None]] = field(default_factory=list)
@@ -213,8 +215,8 @@ class Deployment:
             "EVENTFOLD_SUBJECT_PREFIX": js.subject_prefix,
             "EVENTFOLD_CONSUMER_PREFIX": js.consumer_prefix,
             "EVENTFOLD_STREAM_STORAGE": js.storage,
-            "EVENTFOLD_PROJECTIONS": self.projections,
-            "PYTHONPATH": os.pathsep.join([str(TESTS_DIR / "integration"), str(TESTS_DIR)]),
+            "EVENTFOLD_APP": self.app,
+            "PYTHONPATH": os.pathsep.join([str(TESTS_DIR / "integration"), str(TESTS_DIR), str(TESTS_DIR.parent)]),
             **self.extra_env,
             **extra,
         }
@@ -826,6 +828,15 @@ class HaltingPoisonProjector(PoisonProjector):
 def build_poison_projectors() -> list[Projector]:
     fault_file = os.environ[POISON_FILE_VARIABLE]
     return [ParkingPoisonProjector(fault_file), HaltingPoisonProjector(fault_file)]
+
+
+# The example's commands with the poison projections (the fault file is named by the environment).
+poison_app = App(
+    name="poison",
+    commands=build_router(),
+    projections=[lambda: ParkingPoisonProjector(os.environ[POISON_FILE_VARIABLE]),
+                 lambda: HaltingPoisonProjector(os.environ[POISON_FILE_VARIABLE])],
+)
 
 
 def set_poisoned(fault_file: Path, accounts: Sequence[str]) -> None:

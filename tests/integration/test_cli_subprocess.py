@@ -158,3 +158,14 @@ def test_write_api_serves_commands_from_the_cli(pg_database: PgDatabase, pg_sche
         ]
     finally:
         store.close()
+
+
+def test_a_server_that_logs_more_than_a_pipe_holds_keeps_serving() -> None:
+    """CliServer keeps a server's output in files: a pipe nobody read would block it at 64 KiB of logs."""
+    padding = "x" * 2_000
+    with CliServer("dev", clean_env(EVENTFOLD_SQLITE_PATH=":memory:"), args=["--access-log"]) as server, \
+            httpx.Client(base_url=server.base_url, timeout=15) as client:
+        for n in range(80):  # each request logs a line of over 2 KB: 160 KB in all
+            assert client.get(f"/healthz?n={n}&pad={padding}").status_code == 200
+        assert (server.stdout + server.stderr).count(padding) >= 80  # read while it runs...
+    assert (server.stdout + server.stderr).count(padding) >= 80  # ...and kept once it stopped

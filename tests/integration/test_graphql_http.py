@@ -21,6 +21,7 @@ import pytest
 from graphql_helpers import (
     APPLE,
     ASML,
+    BAE,
     CURRENCIES,
     HISTORY_ACCOUNT,
     NAMES,
@@ -45,7 +46,7 @@ from framework.adapters.postgres_views import PostgresViewStore
 from framework.bus import CommandBus
 from framework.graphql import QueryApiOptions, create_query_app
 from framework.http.write_api import WriteApiOptions, create_write_app
-from projections.graphql import PROJECTIONS_BY_FIELD, build_graphql
+from projections.graphql import build_graphql
 
 pytestmark = pytest.mark.postgres
 
@@ -176,6 +177,30 @@ def test_cards_by_every_filter_at_once(api: Api) -> None:
     expected = [i for i in by_record_date(api) if (a := api.expected.action(i)).isin == ASML
                 and a.status == "validated" and start <= a.record_date <= end]
     assert ids(all_cards(api, arguments)) == expected and expected
+
+
+def test_cards_where_every_condition_holds(api: Api) -> None:
+    """``where`` (``filter_input``) over PostgreSQL: text matching, null tests, ``ne`` and ``in``,
+    combined with ``filter``; the expectations are computed from what was sent."""
+    def expect(keep: Any) -> list[str]:
+        return [i for i in by_record_date(api) if keep(api.expected.action(i))]
+
+    cases = {
+        'where: {securityName: {contains: " Inc."}}': expect(lambda a: a.isin == APPLE),
+        'where: {securityName: {prefix: "a"}}': [],  # case-sensitive
+        'where: {securityName: {contains: "_"}}': [],  # `_` is not a wildcard
+        'where: {paymentDate: {isNull: false}}': expect(lambda a: a.payment_date is not None),
+        'where: {cancellationReason: {isNull: true}, status: {ne: "validated"}}':
+            expect(lambda a: a.cancellation_reason is None and a.status != "validated"),
+        f'where: {{isin: {{in: ["{ASML}", "{BAE}"]}}}}, filter: {{status: "validated"}}':
+            expect(lambda a: a.isin in (ASML, BAE) and a.status == "validated"),
+        'where: {kind: {prefix: "cash_"}}': expect(lambda a: a.kind.startswith("cash_")),
+    }
+    for arguments, expected in cases.items():
+        assert ids(all_cards(api, arguments)) == expected, arguments
+    assert any(cases.values()) and all(len(v) < len(api.expected.actions) for v in cases.values())
+    body = api.client.execute('{ cards(where: {kind: {prefix: "cash\\u0000"}}) { nodes { actionId } } }')
+    assert error_codes(body) == ["BAD_USER_INPUT"]
 
 
 @pytest.mark.parametrize("descending", [False, True], ids=["ascending", "descending"])
@@ -599,7 +624,7 @@ def test_an_external_client_introspects_and_runs_the_example_queries(api: Api) -
         assert client.schema is not None
         query_type = client.schema.query_type
         assert query_type is not None
-        assert set(PROJECTIONS_BY_FIELD) | {"projections"} == set(query_type.fields)
+        assert set(EXAMPLE_QUERIES) == set(query_type.fields)
         assert client.schema.mutation_type is None and client.schema.subscription_type is None
         answers = {}
         for name, (query, variables) in EXAMPLE_QUERIES.items():
@@ -680,7 +705,9 @@ def test_a_query_with_the_commands_position_sees_the_write(live: Live) -> None:
                        terms={"kind": "cash_dividend", "amount_per_unit": "1", "currency": "USD"})
     body = live.client.execute('{ card(actionId: "RYW-DIV") { status } }', position=position)
     assert body["data"] == {"card": {"status": "announced"}}
-    assert set(body["extensions"]["consistency"]["positions"]) == set(PROJECTIONS_BY_FIELD["card"])
+    assert set(body["extensions"]["consistency"]["positions"]) == {"cards"}, "what the selected fields declare"
+    body = live.client.execute('{ card(actionId: "RYW-DIV") { status entitlements { holding } } }', position=position)
+    assert set(body["extensions"]["consistency"]["positions"]) == {"cards", "entitlements"}
     position = command("ValidateCorporateAction", action_id="RYW-DIV")
     assert live.client.data('{ card(actionId: "RYW-DIV") { status } }', position=position) == {
         "card": {"status": "validated"}}

@@ -33,7 +33,7 @@ from framework.graphql.tracing import TracedOperations, hide_literals
 from framework.tracing import NULL_TRACER, Tracer, trace_context_from_headers
 from framework.worker import ProjectionWorker
 from projections.cards import CardsProjector
-from projections.graphql import PROJECTIONS_BY_FIELD, Query, build_graphql
+from projections.graphql import Query, build_graphql
 from projections.holdings import HoldingsProjector
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
@@ -242,12 +242,12 @@ def test_without_the_header_there_is_no_wait_span(served: Served) -> None:
 
 @pytest.mark.parametrize("tracer_given", [None, NULL_TRACER], ids=["no-tracer", "null-tracer"])
 def test_without_an_enabled_tracer_no_extension_is_installed(tracer_given: Tracer | None) -> None:
-    schema = build_schema(Query, QueryApiOptions(), PROJECTIONS_BY_FIELD, tracer=tracer_given)
+    schema = build_schema(Query, QueryApiOptions(), tracer=tracer_given)
     assert not any(isinstance(e, TracedOperations) for e in schema.get_extensions())
 
 
 def test_with_an_enabled_tracer_the_extension_is_installed(tracer: Tracer) -> None:
-    schema = build_schema(Query, QueryApiOptions(), PROJECTIONS_BY_FIELD, tracer=tracer)
+    schema = build_schema(Query, QueryApiOptions(), tracer=tracer)
     extensions = schema.get_extensions()
     assert isinstance(extensions[0], TracedOperations)  # first: its span encloses the others
     assert extensions[0] is not schema.get_extensions()[0]  # one per request

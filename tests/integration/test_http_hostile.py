@@ -177,13 +177,11 @@ def test_json_s_natural_forms_are_accepted(write_api: CliServer, issuer: Issuer,
     """Dates as ISO strings, decimals as strings or numbers, enums as their values."""
     isin, number = _security(custody), _account(custody)
     accepted(custody.post("/commands/CreditHoldings", json={"account_number": number, "isin": isin, "quantity": 10}))
-    with _client(write_api.base_url, issuer.bearer("actions", roles=["corporate-actions", "process"])) as client:
+    with _client(write_api.base_url, issuer.bearer("actions", roles=["corporate-actions"])) as client:
         for amount in ("0.25", 0.25, 1):
             accepted(client.post("/commands/AnnounceCorporateAction", json={
                 "action_id": new_code("CA"), "isin": isin, "record_date": "2026-06-30", "payment_date": "2026-07-15",
                 "terms": {"kind": "cash_dividend", "amount_per_unit": amount, "currency": "EUR"}}))
-        accepted(client.post("/commands/NotifyDepositor", json={
-            "account_number": number, "action_id": new_code("CA"), "kind": "entitlement", "message": "hello"}))
 
 
 # --- row 5: JSON and nothing else ----------------------------------------------------------------

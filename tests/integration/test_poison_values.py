@@ -30,8 +30,7 @@ LONG_NOTE = "x" * 100_000
 def deployment(pg_database: PgDatabase, pg_schema: str, jetstream_settings: JetStreamSettings,  # noqa: F811
                tmp_path: Path) -> Iterator[Deployment]:
     with deployment_for(pg_database, pg_schema, jetstream_settings, tmp_path,
-                        projections="poison_values:build_projectors",
-                        extra_env={"EVENTFOLD_APP": "poison_values:build_router"}) as deployed:
+                        app="poison_values:app") as deployed:
         yield deployed
 
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 from streaming_helpers import (
+    POISON_APP,
     POISON_FILE_VARIABLE,
-    POISON_PROJECTIONS,
     TRACEBACK,
     Backlog,
     CommandWriter,
@@ -99,7 +99,7 @@ def test_a_poison_event_is_parked_retried_discarded_or_halts_its_projection(
 ) -> None:
     fault = tmp_path / "poisoned.json"
     set_poisoned(fault, [])
-    with deployment_for(pg_database, pg_schema, jetstream_settings, tmp_path, projections=POISON_PROJECTIONS,
+    with deployment_for(pg_database, pg_schema, jetstream_settings, tmp_path, app=POISON_APP,
                         extra_env={POISON_FILE_VARIABLE: str(fault)}) as deployment:
         deployment.init_db()
         store, views = deployment.store(), deployment.views()

@@ -95,14 +95,16 @@ def test_healthz(client: httpx.Client) -> None:
     assert response.json() == {"status": "ok"}
 
 
-def test_openapi_describes_every_command(client: httpx.Client) -> None:
+def test_openapi_describes_every_command_but_the_internal_ones(client: httpx.Client) -> None:
     response = client.get("/openapi.json")
     assert response.status_code == 200
     document = response.json()
     assert document["openapi"].startswith("3.")
     schemas = document["components"]["schemas"]
-    commands = list(build_router())
+    commands = [c for c in build_router() if not c.internal]
     assert {c.command_name for c in commands} >= {"RegisterSecurity", "CancelCorporateAction"}
+    assert not {"NotifyDepositor", "RecordEntitlements"} & {c.command_name for c in commands}
+    assert not {"NotifyDepositor", "RecordEntitlements"} & set(schemas)
     assert set(document["paths"]) == {f"/commands/{c.command_name}" for c in commands}
     for command in commands:
         operation = document["paths"][f"/commands/{command.command_name}"]["post"]
@@ -140,17 +142,31 @@ def test_unknown_command_is_404(client: httpx.Client) -> None:
     assert "LaunchRocket" in body["detail"]
 
 
-def test_unknown_aggregate_is_404(client: httpx.Client, write_api: WriteApi) -> None:
+def test_an_internal_command_is_404_exactly_like_an_unknown_name(client: httpx.Client, write_api: WriteApi) -> None:
+    number = account(client)
+    head = write_api.store.head()
+    body = {"account_number": number, "action_id": new_code("CA"), "kind": "entitlement", "message": "hello"}
+    internal = post(client, "NotifyDepositor", body, **{"Idempotency-Key": new_code("K")})
+    unknown = post(client, "NotifyDepositorr", body, **{"Idempotency-Key": new_code("K")})
+    assert problem(internal, 404, "unknown_command") == {
+        k: v.replace("NotifyDepositorr", "NotifyDepositor") if isinstance(v, str) else v
+        for k, v in problem(unknown, 404, "unknown_command").items()}
+    problem(post(client, "RecordEntitlements", {"action_id": "CA-1", "entitlements": []}), 404, "unknown_command")
+    assert write_api.store.head() == head
+
+
+def test_unknown_aggregate_is_404_naming_the_key_the_command_carried(client: httpx.Client, write_api: WriteApi) -> None:
     isin = security(client)
     missing = new_code("NOPE")
     head = write_api.store.head()
     response = post(client, "DebitHoldings", {"account_number": missing, "isin": isin, "quantity": 1})
-    assert missing in problem(response, 404, "aggregate_not_found")["detail"]
-    response = post(client, "ValidateCorporateAction", {"action_id": new_code("CA")})
-    problem(response, 404, "aggregate_not_found")
-    number = account(client)
-    response = post(client, "CreditHoldings", {"account_number": number, "isin": new_isin(), "quantity": 1})
-    problem(response, 404, "aggregate_not_found")
+    assert problem(response, 404, "aggregate_not_found")["detail"] == f"account '{missing}' does not exist"
+    action_id = new_code("CA")
+    response = post(client, "ValidateCorporateAction", {"action_id": action_id})
+    assert problem(response, 404, "aggregate_not_found")["detail"] == f"corporate action '{action_id}' does not exist"
+    number, unknown_isin = account(client), new_isin()
+    response = post(client, "CreditHoldings", {"account_number": number, "isin": unknown_isin, "quantity": 1})
+    assert problem(response, 404, "aggregate_not_found")["detail"] == f"security '{unknown_isin}' does not exist"
     assert [e.event_name for e in events_after(write_api.store, head)] == ["AccountOpened"]
 
 
@@ -158,7 +174,7 @@ def test_creating_twice_is_409_already_exists(client: httpx.Client, write_api: W
     isin = security(client)
     head = write_api.store.head()
     response = post(client, "RegisterSecurity", {"isin": isin, "name": "Again", "currency": "EUR"})
-    assert isin in problem(response, 409, "already_exists")["detail"]
+    assert problem(response, 409, "already_exists")["detail"] == f"security '{isin}' already exists"
     number = account(client)
     response = post(client, "OpenAccount", {"account_number": number, "holder_name": "Someone Else"})
     problem(response, 409, "already_exists")

@@ -7,12 +7,13 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import uvicorn
@@ -77,6 +78,9 @@ def eventfold_executable() -> str:
     return found
 
 
+EXAMPLE_APP = "example_app.app:app"
+
+
 def clean_env(**variables: str) -> dict[str, str]:
     """The current environment without any EVENTFOLD_* variable, plus ``variables``.
 
@@ -85,11 +89,12 @@ def clean_env(**variables: str) -> dict[str, str]:
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTFOLD_")}
     env["EVENTFOLD_ANONYMOUS_ROLES"] = "*"
+    env["EVENTFOLD_APP"] = EXAMPLE_APP  # the framework knows no application: the tests name theirs
     env.update(variables)
     return env
 
 
-def wait_until_healthy(base_url: str, *, timeout: float = 30, process: subprocess.Popen[str] | None = None
+def wait_until_healthy(base_url: str, *, timeout: float = 30, process: subprocess.Popen[Any] | None = None
                        ) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -106,19 +111,26 @@ def wait_until_healthy(base_url: str, *, timeout: float = 30, process: subproces
 
 
 class CliServer:
-    """``eventfold <role>`` in a subprocess on a free port; stopped by its own pid."""
+    """``eventfold <role>`` in a subprocess on a free port; stopped by its own pid.
 
-    def __init__(self, role: str, env: Mapping[str, str], *, host: str = "127.0.0.1") -> None:
+    Its output goes to unnamed temporary files, not pipes: a pipe nobody reads fills up (64 KiB)
+    and then blocks the server at its next log line. ``stdout`` and ``stderr`` read them at any time
+    (and keep the last text once stopped); a server that fails to start shows the end of its stderr.
+    """
+
+    def __init__(self, role: str, env: Mapping[str, str], *, host: str = "127.0.0.1", args: Sequence[str] = ()
+                 ) -> None:
         with socket.socket() as probe:
             probe.bind((host, 0))
             self.port: int = probe.getsockname()[1]
         self.base_url = f"http://{host}:{self.port}"
-        self._command = [eventfold_executable(), role, "--host", host, "--port", str(self.port)]
+        self._command = [eventfold_executable(), role, "--host", host, "--port", str(self.port), *args]
         # Anonymous access unless the environment decides (write-api and query-api default to off).
         self._env = {"EVENTFOLD_ANONYMOUS_ROLES": "*", **env}
-        self.process: subprocess.Popen[str] | None = None
-        self.stdout = ""
-        self.stderr = ""
+        self.process: subprocess.Popen[bytes] | None = None
+        self._out: IO[bytes] | None = None
+        self._err: IO[bytes] | None = None
+        self._kept = ("", "")
 
     def __enter__(self) -> CliServer:
         self.start()
@@ -129,15 +141,24 @@ class CliServer:
     ) -> None:
         self.stop()
 
+    @property
+    def stdout(self) -> str:
+        return _read(self._out) if self._out is not None else self._kept[0]
+
+    @property
+    def stderr(self) -> str:
+        return _read(self._err) if self._err is not None else self._kept[1]
+
     def start(self, timeout: float = 30) -> None:
-        self.process = subprocess.Popen(
-            self._command, env=self._env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
+        # closed by stop(), which every start is followed by (the context manager, or the failure below)
+        self._out, self._err = tempfile.TemporaryFile(), tempfile.TemporaryFile()  # noqa: SIM115
+        self.process = subprocess.Popen(self._command, env=self._env, stdout=self._out, stderr=self._err,
+                                        stdin=subprocess.DEVNULL)
         try:
             wait_until_healthy(self.base_url, timeout=timeout, process=self.process)
-        except RuntimeError:
+        except RuntimeError as error:
             self.stop()
-            raise RuntimeError(f"{' '.join(self._command)} failed to start: {self.stderr}") from None
+            raise RuntimeError(f"{' '.join(self._command)} failed to start ({error}): {self.stderr[-3000:]}") from None
 
     def stop(self) -> int | None:
         """Terminate our own process (SIGTERM, then SIGKILL) and keep its output."""
@@ -146,8 +167,24 @@ class CliServer:
         if self.process.poll() is None:
             self.process.terminate()
         try:
-            self.stdout, self.stderr = self.process.communicate(timeout=15)
+            self.process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            self.stdout, self.stderr = self.process.communicate(timeout=15)
+            self.process.wait(timeout=15)
+        self._keep_output()
         return self.process.returncode
+
+    def _keep_output(self) -> None:
+        if self._out is None or self._err is None:
+            return
+        self._kept = (_read(self._out), _read(self._err))
+        self._out.close()
+        self._err.close()
+        self._out = self._err = None
+
+
+def _read(file: IO[bytes]) -> str:
+    """All a child wrote so far; pread leaves the offset the child writes at alone (the two share it)."""
+    fd = file.fileno()
+    size = os.fstat(fd).st_size
+    return os.pread(fd, size, 0).decode(errors="replace")

@@ -16,7 +16,7 @@ import framework
 FRAMEWORK = Path(framework.__file__).parent
 ADAPTER_DRIVERS = ("psycopg", "psycopg_pool", "nats", "strawberry", "starlette", "uvicorn", "prometheus_client",
                    "opentelemetry")
-EDGE_PACKAGES = ("framework.adapters", "framework.http")
+EDGE_PACKAGES = ("framework.adapters", "framework.http", "framework.graphql")
 # Top-level modules that are edges themselves, not core.
 EDGE_MODULES = {"cli", "metrics"}
 
@@ -24,6 +24,7 @@ EXPECTED_PUBLIC_API = [
     "Aggregate",
     "AggregateNotFound",
     "AlreadyExists",
+    "App",
     "Command",
     "CommandBus",
     "CommandContext",
@@ -39,16 +40,19 @@ EXPECTED_PUBLIC_API = [
     "EventStore",
     "EventfoldError",
     "Executed",
+    "History",
     "IdempotencyKeyInFlight",
     "IdempotencyKeyReused",
     "InvalidCommand",
     "InvalidTransition",
     "Lax",
     "RuleViolation",
+    "Seeding",
     "Settings",
     "StoreUnavailable",
     "UnitOfWork",
     "UnknownCommand",
+    "Upcaster",
     "event",
 ]
 
@@ -88,8 +92,21 @@ def test_the_guard_would_notice_a_driver() -> None:
     assert "starlette" in {_top(m) for m in _modules_loaded_by("import framework.http.write_api")}
 
 
+EXPECTED_READ_API = ["Condition", "Deadline", "HandlerContext", "InvalidQuery", "IssuedCommand", "Page", "PageRequest",
+                     "ProcessManager", "Projector", "ReadModel", "Refusal", "Sort", "on", "paginate"]
+
+
 def test_the_public_api_is_pinned() -> None:
     assert framework.__all__ == EXPECTED_PUBLIC_API
+
+
+def test_the_read_side_is_one_module_and_pulls_in_no_adapter() -> None:
+    import framework.read
+
+    assert framework.read.__all__ == EXPECTED_READ_API
+    assert all(getattr(framework.read, name) is not None for name in EXPECTED_READ_API)
+    loaded = _modules_loaded_by("import framework.read")
+    assert [m for m in loaded if _top(m) in ADAPTER_DRIVERS or m.startswith(EDGE_PACKAGES)] == []
 
 
 @pytest.mark.parametrize("name", EXPECTED_PUBLIC_API)

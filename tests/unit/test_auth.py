@@ -11,7 +11,7 @@ import pytest
 from support.tokens import AUDIENCE, ISSUER, Issuer, make_issuer, new_key
 
 from example_app.app import build_router
-from example_app.commands import OpenAccount, RecordEntitlements
+from example_app.commands import AnnounceCorporateAction, OpenAccount
 from framework import CommandBus, CommandContext, ConfigurationError, StoreUnavailable
 from framework.adapters.memory import MemoryEventStore
 from framework.adapters.memory_views import MemoryViewStore
@@ -138,7 +138,7 @@ def test_roles_are_checked_against_the_command() -> None:
     with pytest.raises(Forbidden, match="custody"):
         authorize(OpenAccount, Principal("a", frozenset({"registrar"})))
     with pytest.raises(Forbidden):
-        authorize(RecordEntitlements, Principal("a", frozenset({"custody"})))
+        authorize(AnnounceCorporateAction, Principal("a", frozenset({"custody"})))
 
 
 # --- write API ------------------------------------------------------------------------------------

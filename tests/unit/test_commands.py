@@ -10,6 +10,7 @@ from pydantic import Field
 
 from example_app import commands as example_commands
 from example_app.accounts import Account
+from example_app.corporate_actions import CorporateAction
 from example_app.handlers import router as example_router
 from framework import (
     AggregateNotFound,
@@ -113,6 +114,55 @@ def test_an_unrouted_command_instance_is_an_unknown_command() -> None:
         CommandRouter().handler_for(UnitPing(target=uuid4()))
 
 
+class UnitNotify(Command, internal=True):
+    """Sent by a process manager only."""
+
+    target: UUID
+
+
+class UnitNotifyAgain(UnitNotify):
+    pass
+
+
+class UnitNotifyInPublic(UnitNotify, internal=False):
+    pass
+
+
+def notify(command: UnitNotify, unit: UnitOfWork) -> None:
+    return None
+
+
+def test_an_internal_command_is_declared_on_the_class_line_and_inherited() -> None:
+    assert (UnitPing.internal, UnitNotify.internal, UnitNotifyAgain.internal) == (False, True, True)
+    assert UnitNotifyInPublic.internal is False
+    assert UnitNotify(target=uuid4()).model_dump().keys() == {"target"}  # a class setting, not a field
+
+
+def test_an_internal_command_is_routed_but_unknown_to_clients() -> None:
+    router = CommandRouter()
+    router.handles(ping)
+    router.handles(notify)
+    target = uuid4()
+    assert router.command_type("UnitNotify") is UnitNotify
+    assert router.parse("UnitNotify", {"target": str(target)}) == UnitNotify(target=target)  # the outbox's path
+    assert router.handler_for(UnitNotify(target=target)) is notify
+    assert router.public_commands() == [UnitPing]
+    assert list(router) == [UnitPing, UnitNotify]
+    assert router.public_command_type("UnitPing") is UnitPing
+    for lookup in (lambda: router.public_command_type("UnitNotify"),
+                   lambda: router.parse_json("UnitNotify", f'{{"target": "{target}"}}'.encode())):
+        with pytest.raises(UnknownCommand) as internal:
+            lookup()
+        with pytest.raises(UnknownCommand) as unknown:
+            router.public_command_type("UnitNowhere")
+        assert internal.value.message == unknown.value.message.replace("UnitNowhere", "UnitNotify")
+
+
+def test_the_example_marks_the_process_s_commands_internal() -> None:
+    internal = {c.command_name for c in example_router if c.internal}
+    assert internal == {"RecordEntitlements", "NotifyDepositor"}
+
+
 def test_the_example_routes_every_command_it_defines() -> None:
     defined = {getattr(example_commands, name) for name in example_commands.__all__}
     assert set(example_router) == defined
@@ -211,8 +261,47 @@ def test_find_returns_none_for_an_unknown_aggregate(store: MemoryEventStore) -> 
 
 
 def test_get_names_the_missing_aggregate_by_label(store: MemoryEventStore) -> None:
-    with pytest.raises(AggregateNotFound, match="Counter C-7 does not exist"):
+    with pytest.raises(AggregateNotFound, match="counter 'C-7' does not exist"):
         UnitOfWork(store).get(Counter, uuid4(), label="C-7")
+
+
+def test_get_by_key_names_the_key_the_command_carried(store: MemoryEventStore) -> None:
+    missing = uuid4()
+    with pytest.raises(AggregateNotFound) as by_key:
+        UnitOfWork(store).get(Account, key="ACC-404")
+    assert by_key.value.message == "account 'ACC-404' does not exist"
+    with pytest.raises(AggregateNotFound) as by_id:
+        UnitOfWork(store).get(Account, missing)
+    assert by_id.value.message == f"account {missing} does not exist"
+    with pytest.raises(AggregateNotFound, match="corporate action 'CA 1' does not exist"):
+        UnitOfWork(store).get(CorporateAction, key="CA 1")
+
+
+def test_get_and_find_by_key_load_the_id_the_key_derives(store: MemoryEventStore) -> None:
+    opened = Account.open("ACC-1", "Ada")
+    append_events(store, Account, opened.id, *opened.collect_events())
+    unit = UnitOfWork(store)
+    account = unit.get(Account, key="ACC-1")
+    assert account.id == Account.id_for("ACC-1") and account.holder_name == "Ada"
+    assert unit.find(Account, key="ACC-1") is account  # the same instance within a unit
+    assert UnitOfWork(store).find(Account, key="ACC-2") is None
+
+
+@pytest.mark.parametrize("arguments", [{}, {"aggregate_id": uuid4(), "key": "ACC-1"}])
+def test_get_takes_an_id_or_a_key(store: MemoryEventStore, arguments: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError, match="either the id or the key of the account"):
+        UnitOfWork(store).get(Account, **arguments)
+
+
+def test_add_by_key_names_the_key_and_checks_it(store: MemoryEventStore) -> None:
+    UnitOfWork(store).add(Account.open("ACC-1", "Ada"), key="ACC-1")
+    opened = Account.open("ACC-1", "Ada")
+    append_events(store, Account, opened.id, *opened.collect_events())
+    with pytest.raises(AlreadyExists) as refused:
+        UnitOfWork(store).add(Account.open("ACC-1", "Ada"), key="ACC-1")
+    assert refused.value.message == "account 'ACC-1' already exists"
+    with pytest.raises(ConfigurationError, match="not created for the key 'ACC-2'"):
+        UnitOfWork(store).add(Account.open("ACC-3", "Bob"), key="ACC-2")
 
 
 def test_get_returns_the_same_instance_within_a_unit(store: MemoryEventStore) -> None:
@@ -231,14 +320,14 @@ def test_an_aggregate_of_another_type_is_not_found(store: MemoryEventStore) -> N
     assert UnitOfWork(store).find(Counter, counter_id) is None  # stored as a PlainCounter
     unit = UnitOfWork(store)
     unit.get(PlainCounter, counter_id)
-    with pytest.raises(AggregateNotFound):
+    with pytest.raises(AggregateNotFound, match=f"account {counter_id} does not exist .* is a plain counter"):
         unit.get(Account, counter_id)  # already loaded, as something else
 
 
 def test_add_refuses_an_aggregate_that_is_stored(store: MemoryEventStore) -> None:
     counter_id = uuid4()
     append_events(store, Counter, counter_id, CounterStarted(label="c"))
-    with pytest.raises(AlreadyExists, match="Counter C-1 already exists"):
+    with pytest.raises(AlreadyExists, match="counter 'C-1' already exists"):
         UnitOfWork(store).add(Counter.start(counter_id, "again"), label="C-1")
 
 

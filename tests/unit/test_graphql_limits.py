@@ -9,9 +9,9 @@ from graphql import get_introspection_query, parse
 
 from framework.graphql.app import QueryApiOptions, build_schema
 from framework.graphql.limits import DocumentLimits, _Checker, check_document
-from projections.graphql import PROJECTIONS_BY_FIELD, Query
+from projections.graphql import Query
 
-SCHEMA = build_schema(Query, QueryApiOptions(), PROJECTIONS_BY_FIELD)._schema
+SCHEMA = build_schema(Query, QueryApiOptions())._schema
 OPEN = DocumentLimits(introspection=True)
 
 

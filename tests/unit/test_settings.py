@@ -19,7 +19,13 @@ def test_defaults_with_an_empty_environment() -> None:
     assert settings.db_pool_size == 8
     assert settings.command_max_attempts == 5
     assert settings.max_body_bytes == 1_048_576
-    assert settings.app == "example_app.app:build_router"
+    assert settings.app is None  # the framework knows no application: the user names theirs
+
+
+@pytest.mark.parametrize("name", ["EVENTFOLD_PROJECTIONS", "EVENTFOLD_GRAPHQL"])
+def test_retired_variables_are_refused_not_ignored(name: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"{name} is no longer read: .*App"):
+        Settings.from_env({name: "projections:build_projectors"})
 
 
 def test_settings_are_frozen() -> None:

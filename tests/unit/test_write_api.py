@@ -142,9 +142,11 @@ def test_other_media_types_are_415(client: TestClient, content_type: str | None)
     problem(response, 415, "unsupported_media_type")
 
 
-def test_openapi_describes_every_command(client: TestClient) -> None:
+def test_openapi_describes_every_command_but_the_internal_ones(client: TestClient) -> None:
     document = client.get("/openapi.json").json()
-    assert set(document["paths"]) == {f"/commands/{c.command_name}" for c in example_router}
+    public = {f"/commands/{c.command_name}" for c in example_router if not c.internal}
+    assert set(document["paths"]) == public
+    assert not {"NotifyDepositor", "RecordEntitlements"} & set(document["components"]["schemas"])
     operation = document["paths"]["/commands/CreditHoldings"]["post"]
     assert {"200", "400", "404", "409", "413", "415", "422", "503"} <= set(operation["responses"])
     assert "CreditHoldings" in document["components"]["schemas"]
@@ -211,21 +213,37 @@ def test_an_unknown_command_is_404_before_the_body_is_looked_at(client: TestClie
     problem(post_raw(client, "LaunchRocket", b"not json", "text/plain"), 404, "unknown_command")
 
 
+@pytest.mark.parametrize("name", ["NotifyDepositor", "RecordEntitlements"])
+def test_an_internal_command_is_404_exactly_like_an_unknown_name(
+    client: TestClient, store: MemoryEventStore, name: str
+) -> None:
+    seed(client)
+    head = store.head()
+    valid = {"account_number": "A-1", "action_id": "CA-1", "kind": "entitlement", "message": "hello"}
+    internal = post(client, name, valid if name == "NotifyDepositor" else {"action_id": "CA-1", "entitlements": []})
+    unknown = post(client, "LaunchRocket", valid)
+    assert (internal.status_code, internal.headers["content-type"]) == (unknown.status_code, PROBLEM_JSON) == (
+        404, PROBLEM_JSON)
+    assert internal.json() == {k: v.replace("LaunchRocket", name) if isinstance(v, str) else v
+                               for k, v in unknown.json().items()}
+    assert store.head() == head
+
+
 @pytest.mark.parametrize(
-    ("name", "payload", "missing"),
+    ("name", "payload", "detail"),
     [
-        ("CreditHoldings", {**credit(), "account_number": "Z-9"}, "Z-9"),
-        ("CreditHoldings", {**credit(), "isin": "DE0007164600"}, "DE0007164600"),
-        ("DebitHoldings", {**credit(), "account_number": "Z-9"}, "Z-9"),
-        ("ValidateCorporateAction", {"action_id": "CA-404"}, "CA-404"),
+        ("CreditHoldings", {**credit(), "account_number": "Z-9"}, "account 'Z-9' does not exist"),
+        ("CreditHoldings", {**credit(), "isin": "DE0007164600"}, "security 'DE0007164600' does not exist"),
+        ("DebitHoldings", {**credit(), "account_number": "Z-9"}, "account 'Z-9' does not exist"),
+        ("ValidateCorporateAction", {"action_id": "CA-404"}, "corporate action 'CA-404' does not exist"),
     ],
 )
-def test_an_unknown_aggregate_is_404(
-    client: TestClient, name: str, payload: dict[str, Any], missing: str
+def test_an_unknown_aggregate_is_404_naming_the_key_the_command_carried(
+    client: TestClient, name: str, payload: dict[str, Any], detail: str
 ) -> None:
     seed(client)
     body = problem(post(client, name, payload), 404, "aggregate_not_found")
-    assert missing in body["detail"]
+    assert body["detail"] == detail
 
 
 def test_an_unknown_path_is_a_404_problem(client: TestClient) -> None:
@@ -320,9 +338,10 @@ def test_a_reused_idempotency_key_is_422(client: TestClient) -> None:
 # --- 409 ------------------------------------------------------------------------------------
 
 
-def test_already_exists_is_409(client: TestClient) -> None:
+def test_already_exists_is_409_naming_the_key_the_command_carried(client: TestClient) -> None:
     seed(client)
-    problem(post(client, "OpenAccount", ADA), 409, "already_exists")
+    body = problem(post(client, "OpenAccount", ADA), 409, "already_exists")
+    assert body["detail"] == "account 'A-1' already exists"
 
 
 def test_an_invalid_transition_is_409_with_its_reason(client: TestClient) -> None:
