@@ -43,7 +43,7 @@ with warnings.catch_warnings():  # starlette would rather have httpx2, which is 
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
-ROLES = {c.command_name: sorted(c.allowed_roles) for c in example_router}
+ROLES = {c.command_name: sorted(c.allowed_roles) for c in example_router.public_commands()}  # internal: no route
 ALWAYS = {"200", "400", "404", "408", "409", "413", "415", "422", "431", "500", "503"}
 TOKENS_ONLY = Access(checks_tokens=True, anonymous=None)
 TOKENS_OR_CUSTODY = Access(checks_tokens=True, anonymous=anonymous(frozenset({"custody"})))
