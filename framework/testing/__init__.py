@@ -14,6 +14,8 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 from uuid import UUID, uuid4
 
+from framework.adapters.memory import MemoryEventStore
+from framework.adapters.memory_views import MemoryViewStore
 from framework.aggregate import Aggregate
 from framework.bus import CommandBus
 from framework.commands import Command, CommandRouter
@@ -26,6 +28,8 @@ __all__ = [
     "GIVEN_AT",
     "AggregateSpec",
     "CommandSpec",
+    "MemoryEventStore",
+    "MemoryViewStore",
     "ProcessSpec",
     "ProjectionSpec",
     "Scheduled",

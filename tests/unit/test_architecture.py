@@ -25,6 +25,7 @@ EXPECTED_PUBLIC_API = [
     "AggregateNotFound",
     "AlreadyExists",
     "App",
+    "BusUnavailable",
     "Command",
     "CommandBus",
     "CommandContext",
@@ -40,19 +41,28 @@ EXPECTED_PUBLIC_API = [
     "EventStore",
     "EventfoldError",
     "Executed",
+    "FieldError",
+    "Forbidden",
     "History",
     "IdempotencyKeyInFlight",
     "IdempotencyKeyReused",
     "InvalidCommand",
     "InvalidTransition",
+    "KeysUnavailable",
     "Lax",
+    "MalformedJson",
+    "RateLimited",
+    "RowRejected",
     "RuleViolation",
     "Seeding",
     "Settings",
     "StoreUnavailable",
+    "Unauthenticated",
+    "Unavailable",
     "UnitOfWork",
     "UnknownCommand",
     "Upcaster",
+    "VersionSwitched",
     "event",
 ]
 
@@ -92,8 +102,9 @@ def test_the_guard_would_notice_a_driver() -> None:
     assert "starlette" in {_top(m) for m in _modules_loaded_by("import framework.http.write_api")}
 
 
-EXPECTED_READ_API = ["Condition", "Deadline", "HandlerContext", "InvalidQuery", "IssuedCommand", "Page", "PageRequest",
-                     "ProcessManager", "Projector", "ReadModel", "Refusal", "Sort", "on", "paginate"]
+EXPECTED_READ_API = ["Condition", "Deadline", "Dispatcher", "HandlerContext", "InvalidQuery", "IssuedCommand", "Page",
+                     "PageRequest", "ProcessManager", "ProjectionWorker", "Projector", "ReadModel", "Refusal", "Sort",
+                     "on", "paginate", "rebuild", "rebuild_aggregate"]
 
 
 def test_the_public_api_is_pinned() -> None:
