@@ -1,10 +1,14 @@
 """Circuit breakers in front of a dependency: fail fast while it is down.
 
 After ``threshold`` consecutive "unavailable" errors the breaker opens: calls
-fail at once with that error for ``cool_down`` seconds instead of each
-waiting for a connection timeout. Then one call is let through as a probe; if
-the store answers, the breaker closes, if not it opens for another cool-down.
-Any other outcome (success, a conflict, a domain error) counts as an answer.
+fail at once with that error for a cool-down instead of each waiting for a
+connection timeout. Then one call is let through as a probe; if the store
+answers, the breaker closes, if not it opens for another cool-down. Any other
+outcome (success, a conflict, a domain error) counts as an answer.
+
+The cool-down starts short and doubles with each failed probe, up to
+``cool_down``: a dependency back after a restart of a second is probed soon
+after, one away for long is probed every ``cool_down`` seconds.
 """
 
 from __future__ import annotations
@@ -21,22 +25,29 @@ from framework.errors import BusUnavailable, StoreUnavailable, Unavailable
 from framework.store import ClaimOutcome, EventStore, IdempotencyCompletion, Notification, StoredEvent
 from framework.streaming import Delivery, EventConsumer, EventPublisher, FetchAhead
 
-__all__ = ["BreakingConsumer", "BreakingEventStore", "BreakingPublisher", "CircuitBreaker", "bus_breaker"]
+__all__ = [
+    "FIRST_COOL_DOWN", "BreakingConsumer", "BreakingEventStore", "BreakingPublisher", "CircuitBreaker", "bus_breaker",
+]
 
 T = TypeVar("T")
+FIRST_COOL_DOWN = 0.25  # seconds the roles' breakers stay open the first time (a probe is cheap: see pg_pool)
 
 
 class CircuitBreaker:
     """Closed → open after ``threshold`` consecutive failures → half-open (one probe) → closed.
 
     A failure is an ``unavailable`` error (the dependency did not answer); while
-    open, calls are refused with one, naming ``dependency``.
+    open, calls are refused with one, naming ``dependency``. It stays open
+    ``first_cool_down`` seconds (default: ``cool_down``) after opening, then twice
+    as long after each failed probe, up to ``cool_down``.
     """
 
-    def __init__(self, threshold: int = 5, cool_down: float = 5.0, *, dependency: str = "event store",
-                 unavailable: type[Unavailable] = StoreUnavailable,
+    def __init__(self, threshold: int = 5, cool_down: float = 5.0, *, first_cool_down: float | None = None,
+                 dependency: str = "event store", unavailable: type[Unavailable] = StoreUnavailable,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.threshold, self.cool_down, self._clock = threshold, cool_down, clock
+        self.first_cool_down = cool_down if first_cool_down is None else min(first_cool_down, cool_down)
+        self._open_for = self.first_cool_down  # this time's cool-down
         self.dependency, self._unavailable = dependency, unavailable
         self.opened_total = 0  # times it opened (closed → open), for metrics
         self.refused_total = 0  # calls answered without trying the dependency
@@ -50,14 +61,14 @@ class CircuitBreaker:
         with self._lock:
             if self._opened_at is None:
                 return "closed"
-            return "half-open" if self._clock() - self._opened_at >= self.cool_down else "open"
+            return "half-open" if self._clock() - self._opened_at >= self._open_for else "open"
 
     def refusing_for(self) -> float | None:
         """Seconds the breaker stays open (None when a call would be let through, maybe as the probe)."""
         with self._lock:
             if self._opened_at is None:
                 return None
-            left = self.cool_down - (self._clock() - self._opened_at)
+            left = self._open_for - (self._clock() - self._opened_at)
             return left if left > 0 or self._probing else None
 
     def refuse(self) -> float | None:
@@ -79,48 +90,54 @@ class CircuitBreaker:
     @contextlib.contextmanager
     def _guarded(self) -> Iterator[None]:
         """Admit the call (or refuse it), then count how it ended."""
-        self._admit()
+        probe = self._admit()
         try:
             yield
         except self._unavailable:
-            self._failed()
+            self._failed(probe)
             raise
         except asyncio.CancelledError:
-            self._cancelled()
+            self._cancelled(probe)
             raise
         except BaseException:
             self._answered()
             raise
         self._answered()
 
-    def _admit(self) -> None:
+    def _admit(self) -> bool:
+        """True if the call is let through as the probe."""
         with self._lock:
             if self._opened_at is None:
-                return
+                return False
             waited = self._clock() - self._opened_at
-            if waited < self.cool_down or self._probing:
+            if waited < self._open_for or self._probing:
                 self.refused_total += 1
-                left = max(0.0, self.cool_down - waited)
+                left = max(0.0, self._open_for - waited)
                 raise self._unavailable(f"the {self.dependency} is failing; not trying again for {left:.1f}s",
                                         public=True)
-            self._probing = True  # this call is the probe
+            self._probing = True
+            return True
 
-    def _failed(self) -> None:
+    def _failed(self, probe: bool) -> None:
         with self._lock:
             self._failures += 1
-            self._probing = False
-            if self._opened_at is None and self._failures >= self.threshold:
+            if probe:
+                self._probing = False
+                self._open_for = min(self.cool_down, self._open_for * 2)
+            elif self._opened_at is None and self._failures >= self.threshold:
                 self.opened_total += 1
+                self._open_for = self.first_cool_down
             if self._failures >= self.threshold or self._opened_at is not None:
-                self._opened_at = self._clock()
+                self._opened_at = self._clock()  # a call admitted before it opened restarts the cool-down
 
     def _answered(self) -> None:
         with self._lock:
             self._failures, self._opened_at, self._probing = 0, None, False
 
-    def _cancelled(self) -> None:
-        with self._lock:  # a cancelled probe proved nothing: let the next call probe
-            self._probing = False
+    def _cancelled(self, probe: bool) -> None:
+        if probe:
+            with self._lock:  # a cancelled probe proved nothing: let the next call probe
+                self._probing = False
 
 
 class BreakingEventStore:
@@ -176,9 +193,11 @@ class BreakingEventStore:
         self.store.close()
 
 
-def bus_breaker(threshold: int = 5, cool_down: float = 5.0) -> CircuitBreaker:
+def bus_breaker(threshold: int = 5, cool_down: float = 5.0, *, first_cool_down: float | None = None
+                ) -> CircuitBreaker:
     """A breaker for the message bus (counts ``BusUnavailable``)."""
-    return CircuitBreaker(threshold, cool_down, dependency="message bus", unavailable=BusUnavailable)
+    return CircuitBreaker(threshold, cool_down, first_cool_down=first_cool_down, dependency="message bus",
+                          unavailable=BusUnavailable)
 
 
 class BreakingPublisher:

@@ -101,7 +101,7 @@ class Settings:
     rate_limit_per_second: float | None = None  # both APIs, per client; None: no limit
     auth_failures_per_minute: float = 20.0  # both APIs: failed authentications per client address; 0: off
     breaker_threshold: int = 5  # write API: consecutive store failures that open the circuit breaker
-    breaker_cool_down_seconds: float = 5.0  # how long it stays open before one probe goes through
+    breaker_cool_down_seconds: float = 2.0  # the longest it stays open before one probe goes through
     lease_seconds: float = 3.0  # a projection worker's lease: a standby takes over this long after a crash
     dispatch_concurrency: int = 16  # process-manager commands in flight at once, per process manager
     # The query API's document limits, and introspection (None: on for `eventfold dev`, off for query-api).

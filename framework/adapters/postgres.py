@@ -21,12 +21,12 @@ from uuid import UUID
 import psycopg
 from eventsourcing.persistence import Notification, PersistenceError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
-from psycopg import Connection, Cursor
+from psycopg import Cursor
 from psycopg.errors import UndefinedFunction, UndefinedTable
-from psycopg.rows import DictRow, dict_row, tuple_row
-from psycopg_pool import ConnectionPool
+from psycopg.rows import DictRow, tuple_row
 
 from framework.adapters.idempotency import KeyRecord, outcome_for_existing
+from framework.adapters.pg_pool import PgPool
 from framework.errors import (
     ConcurrencyConflict,
     EventfoldError,
@@ -104,17 +104,8 @@ class PostgresEventStore:
     def __init__(self, settings: PostgresSettings) -> None:
         self._settings = settings
         self._schema = settings.schema.strip() or "public"
-        # Opened on first use, so a process can start while PostgreSQL is down; connect_timeout
-        # bounds the TCP connect itself, `timeout` the wait for a pooled connection.
-        self._pool: ConnectionPool[Connection[DictRow]] = ConnectionPool(
-            kwargs={
-                "host": settings.host, "port": settings.port, "dbname": settings.dbname,
-                "user": settings.user, "password": settings.password, "row_factory": dict_row,
-                "autocommit": True, "connect_timeout": max(1, round(settings.connect_timeout)),
-            },
-            min_size=settings.pool_size, max_size=settings.pool_size, timeout=settings.connect_timeout,
-            open=False,
-        )
+        self._pool = PgPool(settings, name="eventfold-events", min_size=settings.pool_size,
+                            max_size=settings.pool_size)
         self._sql = _Statements(self._schema, _EVENTS_TABLE)
 
     def create_schema(self) -> None:
@@ -147,10 +138,8 @@ class PostgresEventStore:
 
     @contextmanager
     def _cursor(self) -> Iterator[Cursor[DictRow]]:
-        with _translated():
-            self._pool.open(wait=False)
-            with self._pool.connection() as conn, conn.cursor() as cursor:
-                yield cursor
+        with _translated(), self._pool.connection() as conn, conn.cursor() as cursor:
+            yield cursor
 
     def append(
         self,

@@ -20,11 +20,10 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import Connection, sql
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool
 
 from framework.adapters.pg_columns import column_definitions, to_parameters
+from framework.adapters.pg_pool import PgPool
 from framework.errors import ConcurrencyConflict, RowRejected, StoreUnavailable, VersionSwitched
 from framework.query import BY_KEY, Condition, Sort, check_conditions
 from framework.readmodel import ReadModel
@@ -234,15 +233,7 @@ class _PostgresBatch(StagedBatch):
 class PostgresViewStore:
     def __init__(self, settings: PostgresSettings, *, cache_rows: int = 100_000) -> None:
         self._schema = settings.schema
-        self._pool: ConnectionPool[Conn] = ConnectionPool(
-            kwargs={
-                "host": settings.host, "port": settings.port, "dbname": settings.dbname,
-                "user": settings.user, "password": settings.password, "row_factory": dict_row,
-                "autocommit": True, "connect_timeout": max(1, round(settings.connect_timeout)),
-            },
-            min_size=1, max_size=max(2, settings.pool_size), timeout=settings.connect_timeout,
-            open=False,
-        )
+        self._pool = PgPool(settings, name="eventfold-views", min_size=1, max_size=max(2, settings.pool_size))
         self._cache_rows = cache_rows
         self._caches: dict[tuple[str, int], RowCache] = {}
         self._active_cache: dict[str, tuple[int, float]] = {}
@@ -251,7 +242,6 @@ class PostgresViewStore:
     @contextmanager
     def _connection(self) -> Iterator[Conn]:
         try:
-            self._pool.open(wait=False)
             with self._pool.connection() as conn:
                 yield conn
         except psycopg.OperationalError as e:

@@ -192,9 +192,10 @@ def run_write_api(settings: Settings, args: argparse.Namespace) -> int:
 
 def _breaker(settings: Settings, dependency: str) -> Any:
     """A breaker in front of a PostgreSQL dependency, tuned by EVENTFOLD_BREAKER_*."""
-    from framework.breaker import CircuitBreaker
+    from framework.breaker import FIRST_COOL_DOWN, CircuitBreaker
 
-    return CircuitBreaker(settings.breaker_threshold, settings.breaker_cool_down_seconds, dependency=dependency)
+    return CircuitBreaker(settings.breaker_threshold, settings.breaker_cool_down_seconds,
+                          first_cool_down=FIRST_COOL_DOWN, dependency=dependency)
 
 
 def run_init_db(settings: Settings, args: argparse.Namespace) -> int:

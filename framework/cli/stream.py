@@ -80,9 +80,10 @@ class _Bus:
 
 def _bus_breaker(settings: Settings) -> CircuitBreaker:
     """One breaker for the role's NATS connection: its publisher or all its consumers."""
-    from framework.breaker import bus_breaker
+    from framework.breaker import FIRST_COOL_DOWN, bus_breaker
 
-    return bus_breaker(settings.breaker_threshold, settings.breaker_cool_down_seconds)
+    return bus_breaker(settings.breaker_threshold, settings.breaker_cool_down_seconds,
+                       first_cool_down=FIRST_COOL_DOWN)
 
 
 def _ops_server(settings: Settings, metrics: Metrics, store: EventStore, bus: _Bus,

@@ -1,0 +1,129 @@
+"""The PostgreSQL adapters' connection pool: ``psycopg_pool`` made to recover at once from a restart.
+
+Three things keep a restarted server from costing more than the restart itself:
+
+* **No dead connection is handed out.** When the server goes away (a restart, an administrator's
+  ``pg_terminate_backend``, ``idle_session_timeout``) it closes every connection it had, and the
+  client's socket becomes readable. A checkout looks for that with one ``poll(2)`` of the socket, no
+  round trip (a ``SELECT 1`` per checkout would cost the write path a round trip per command); only a
+  connection with something to read is asked with an empty query. One found gone is thrown away and
+  the pool checks all its idle connections at once: they went with it. The same happens when a
+  connection breaks while in use, the first error of an outage.
+* **Connections are made when they are needed.** ``psycopg_pool`` retries a failed connection in the
+  background with a backoff that reaches seconds, so a server back after a second could wait that
+  long for it. Here a background attempt gives up at once (``reconnect_timeout=0``) and a request that
+  finds no idle connection makes the pool try again immediately.
+* **A request does not wait for a server that refuses.** When a connection attempt fails while a
+  request waits for one, the request fails within ``_SLICE`` seconds instead of waiting out the whole
+  pool timeout (the circuit breakers in front of the stores count it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import select
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+from psycopg import Connection
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from framework.settings import PostgresSettings
+
+__all__ = ["PgPool"]
+
+_SLICE = 0.1  # seconds a request waits for a connection before looking again at how the pool fares
+
+
+class NotAccepting(psycopg.OperationalError):
+    """A connection attempt failed while the request waited: PostgreSQL is not accepting connections."""
+
+
+class PgPool:
+    """Connections to one database, each alive when handed out (see the module docstring)."""
+
+    def __init__(self, settings: PostgresSettings, *, name: str, min_size: int, max_size: int) -> None:
+        self._timeout = settings.connect_timeout
+        self._failed_at = -math.inf  # when a connection attempt last failed (time.monotonic)
+        self._pool: ConnectionPool[Connection[DictRow]] = ConnectionPool(
+            kwargs={
+                "host": settings.host, "port": settings.port, "dbname": settings.dbname,
+                "user": settings.user, "password": settings.password, "row_factory": dict_row,
+                "autocommit": True, "connect_timeout": max(1, round(settings.connect_timeout)),
+            },
+            min_size=min_size, max_size=max_size, name=name, timeout=settings.connect_timeout,
+            reconnect_timeout=0, reconnect_failed=self._connect_failed,
+            open=False,  # opened on first use, so a process can start while PostgreSQL is down
+        )
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Connection[DictRow]]:
+        """A connection for one unit of work, committed (or rolled back on an error) and given back."""
+        self._pool.open(wait=False)
+        conn = self._live_connection()
+        try:
+            with conn:  # like ConnectionPool.connection(): the pool's connection stays open
+                yield conn
+        finally:
+            self._pool.putconn(conn)  # a broken one is replaced by the pool
+            if conn.broken:
+                self._check_idle()
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def _live_connection(self) -> Connection[DictRow]:
+        conn = self._checkout()
+        if not _went_away(conn):
+            return conn
+        self._pool.putconn(conn)
+        self._check_idle()
+        return self._checkout()  # an idle one just checked, or a new one
+
+    def _checkout(self) -> Connection[DictRow]:
+        """Wait for a connection in slices: between two, see whether a connection attempt failed
+        meanwhile (then fail now), and ask again, which makes the pool connect again if it lost
+        connections meanwhile (it retries only when asked). An idle connection is handed out at once."""
+        started = time.monotonic()
+        deadline = started + self._timeout
+        while True:
+            try:
+                return self._pool.getconn(timeout=max(0.001, min(_SLICE, deadline - time.monotonic())))
+            except PoolTimeout:
+                if self._failed_at >= started:
+                    raise NotAccepting("PostgreSQL is not accepting connections") from None
+                if time.monotonic() >= deadline:
+                    raise
+
+    def _check_idle(self) -> None:
+        """Test every idle connection now (an empty query each): one that broke means the others did too."""
+        if not self._pool.closed:
+            self._pool.check()
+
+    def _connect_failed(self, _: ConnectionPool[Any]) -> None:
+        self._failed_at = time.monotonic()
+
+
+def _went_away(conn: Connection[Any]) -> bool:
+    """Whether the server closed this idle connection; a round trip only if the socket has something to say."""
+    if conn.closed:
+        return True
+    if not _readable(conn.fileno()):
+        return False  # nothing arrived while it was idle: the usual case
+    try:  # the server's goodbye, or a stray notification: ask
+        ConnectionPool.check_connection(conn)
+    except psycopg.Error:
+        return True
+    return False
+
+
+def _readable(fd: int) -> bool:
+    if not hasattr(select, "poll"):  # Windows
+        return bool(select.select([fd], [], [], 0)[0])
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
