@@ -14,8 +14,9 @@ Three things keep a restarted server from costing more than the restart itself:
   long for it. Here a background attempt gives up at once (``reconnect_timeout=0``) and a request that
   finds no idle connection makes the pool try again immediately.
 * **A request does not wait for a server that refuses.** When a connection attempt fails while a
-  request waits for one, the request fails within ``_SLICE`` seconds instead of waiting out the whole
-  pool timeout (the circuit breakers in front of the stores count it).
+  request waits for one, the request fails within ``_SLICE`` seconds with the server's reason
+  (connection refused, starting up, a wrong password) instead of waiting out the whole pool timeout
+  (the circuit breakers in front of the stores count it).
 """
 
 from __future__ import annotations
@@ -49,13 +50,14 @@ class PgPool:
     def __init__(self, settings: PostgresSettings, *, name: str, min_size: int, max_size: int) -> None:
         self._timeout = settings.connect_timeout
         self._failed_at = -math.inf  # when a connection attempt last failed (time.monotonic)
+        self._kwargs: dict[str, Any] = {
+            "host": settings.host, "port": settings.port, "dbname": settings.dbname,
+            "user": settings.user, "password": settings.password, "row_factory": dict_row,
+            "autocommit": True, "connect_timeout": max(1, round(settings.connect_timeout)),
+            "application_name": name,  # which role's pool a backend serves, in pg_stat_activity
+        }
         self._pool: ConnectionPool[Connection[DictRow]] = ConnectionPool(
-            kwargs={
-                "host": settings.host, "port": settings.port, "dbname": settings.dbname,
-                "user": settings.user, "password": settings.password, "row_factory": dict_row,
-                "autocommit": True, "connect_timeout": max(1, round(settings.connect_timeout)),
-            },
-            min_size=min_size, max_size=max_size, name=name, timeout=settings.connect_timeout,
+            kwargs=self._kwargs, min_size=min_size, max_size=max_size, name=name, timeout=settings.connect_timeout,
             reconnect_timeout=0, reconnect_failed=self._connect_failed,
             open=False,  # opened on first use, so a process can start while PostgreSQL is down
         )
@@ -95,9 +97,19 @@ class PgPool:
                 return self._pool.getconn(timeout=max(0.001, min(_SLICE, deadline - time.monotonic())))
             except PoolTimeout:
                 if self._failed_at >= started:
-                    raise NotAccepting("PostgreSQL is not accepting connections") from None
+                    self._why_not_accepting()
+                    started = time.monotonic()  # it accepts now: the pool connects at the next ask
                 if time.monotonic() >= deadline:
                     raise
+
+    def _why_not_accepting(self) -> None:
+        """Raise ``NotAccepting`` with the server's own reason, learnt by connecting once more (the
+        pool's attempts do not say why they failed, and ``eventsourcing`` silences the pool's log)."""
+        try:
+            Connection.connect(**self._kwargs).close()
+        except psycopg.OperationalError as error:
+            lines = str(error).strip().splitlines() or ["PostgreSQL is not accepting connections"]
+            raise NotAccepting(lines[0]) from None
 
     def _check_idle(self) -> None:
         """Test every idle connection now (an empty query each): one that broke means the others did too."""

@@ -107,6 +107,52 @@ def test_a_cancelled_probe_lets_the_next_call_probe() -> None:
     asyncio.run(scenario())
 
 
+def test_the_cool_down_starts_short_and_doubles_with_each_failed_probe_up_to_the_longest() -> None:
+    """A dependency back after a short restart is probed soon; one away for long, every ``cool_down``."""
+    clock = Clock()
+    breaker = CircuitBreaker(2, 2.0, first_cool_down=0.25, clock=clock)
+    for _ in range(2):
+        with pytest.raises(StoreUnavailable, match="down"):
+            breaker.call(_raise_store_unavailable)
+    waits = []
+    for _ in range(5):
+        waits.append(breaker.refusing_for())
+        with pytest.raises(StoreUnavailable, match="not trying again"):
+            breaker.call(_raise_store_unavailable)  # refused: the dependency is not tried
+        clock.now += waits[-1] or 0.0
+        with pytest.raises(StoreUnavailable, match="^down$"):
+            breaker.call(_raise_store_unavailable)  # the probe, failing
+    assert waits == [0.25, 0.5, 1.0, 2.0, 2.0]
+    clock.now += 2.0
+    assert breaker.call(lambda: "answered") == "answered"
+    assert breaker.state == "closed"
+    for _ in range(2):  # opened again: the short cool-down again
+        with pytest.raises(StoreUnavailable):
+            breaker.call(_raise_store_unavailable)
+    assert breaker.refusing_for() == 0.25
+    assert (breaker.opened_total, breaker.refused_total) == (2, 5)
+
+
+def test_a_call_admitted_before_it_opened_does_not_lengthen_the_cool_down() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(1, 2.0, first_cool_down=0.25, clock=clock)
+
+    def straggler() -> None:  # admitted while closed, failing after another call opened the breaker
+        with pytest.raises(StoreUnavailable):
+            breaker.call(_raise_store_unavailable)
+        clock.now = 0.1
+        raise StoreUnavailable("a straggler")
+
+    with pytest.raises(StoreUnavailable, match="straggler"):
+        breaker.call(straggler)
+    assert breaker.refusing_for() == 0.25  # counted from the straggler's failure, not doubled
+
+
+def test_without_a_first_cool_down_it_is_the_cool_down() -> None:
+    assert CircuitBreaker(1, 5.0).first_cool_down == 5.0
+    assert CircuitBreaker(1, 1.0, first_cool_down=3.0).first_cool_down == 1.0
+
+
 def test_the_consumer_wrapper_fails_fast_while_open() -> None:
     bus = MemoryBus()
     consumer = BreakingConsumer(MemoryConsumer(bus, "w", deliver_all=True), bus_breaker(threshold=1, cool_down=60))
