@@ -1,8 +1,9 @@
 """The command bus: runs a handler, saves its events, retries on conflicts, honours idempotency keys.
 
 This is the one append path of the write side: every command's events reach
-the store through ``CommandBus._save``. A later change can batch concurrent
-commands into one transaction there without touching handlers or adapters.
+the store through ``CommandBus._save``. The PostgreSQL store groups concurrent
+appends into one transaction behind ``EventStore.append`` (group commit); each
+command still gets its own conflict, idempotency record and result.
 """
 
 from __future__ import annotations
