@@ -264,6 +264,9 @@ class PostgresEventStore:
         without, one statement and one round trip per append: ``eventfold_append``."""
         if self._group is not None:
             return self._group.submit(_Append(events, completion))
+        return self._append_one(events, completion)
+
+    def _append_one(self, events: Sequence[StoredEvent], completion: IdempotencyCompletion | None) -> list[int]:
         columns = ([e.originator_id for e in events], [e.originator_version for e in events],
                    [e.topic for e in events], [e.state for e in events])
         key = completion or _NO_KEY
@@ -283,6 +286,11 @@ class PostgresEventStore:
     def _append_group(self, group: Sequence[_Append]) -> Sequence[list[int] | BaseException]:
         """One statement, one round trip, one commit for the whole group: ``eventfold_append_group``.
         Each append gets its positions or its own error; a failure of the statement fails them all."""
+        if len(group) == 1:  # a lone append (an idle store): the leaner one-command statement
+            try:
+                return [self._append_one(group[0].events, group[0].completion)]
+            except EventfoldError as error:
+                return [error]
         ends, count = [], 0
         for append in group:
             count += len(append.events)
