@@ -345,8 +345,10 @@ class ProjectionWorker:
         origin = {"correlation_id": meta.correlation_id, "causation_id": str(meta.event_id),
                   "trace_context": dict(carried) if carried else None}
         for issued in context.issued:
+            carried = origin if issued.expected_version is None else {**origin,
+                                                                      "expected_version": issued.expected_version}
             batch.enqueue(OutboxEntry(self.name, issued.idempotency_key, issued.command.command_name,
-                                      issued.command.model_dump(mode="json"), issued.ordering_key, position, origin))
+                                      issued.command.model_dump(mode="json"), issued.ordering_key, position, carried))
         for key in context.cancelled:
             batch.cancel_deadline(self.name, key)
         for request in context.scheduled:

@@ -230,7 +230,7 @@ def test_a_success_says_how_to_read_your_own_write() -> None:
     assert "Eventfold-Position" in accepted["properties"]["position"]["description"]
     assert "Eventfold-Position" in doc["info"]["description"]
     headers = operation(doc, "OpenAccount")["responses"]["200"]["headers"]
-    assert set(headers) == {"X-Correlation-ID", "Idempotent-Replayed"}
+    assert set(headers) == {"X-Correlation-ID", "Idempotent-Replayed", "ETag"}
 
 
 # --- headers: the server's own checks --------------------------------------------------------------
