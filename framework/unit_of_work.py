@@ -64,10 +64,7 @@ class UnitOfWork:
         ``VersionMismatch`` if the stored aggregate is at another one."""
         aggregate_id = _id_of(aggregate_type, aggregate_id, key)
         touched = self._touched.get(aggregate_id)
-        if touched is not None:
-            found = _as(aggregate_type, touched.aggregate, key)
-        else:
-            found = self._load(aggregate_type, aggregate_id)
+        found = _as(aggregate_type, touched.aggregate, key) if touched else self._load(aggregate_type, aggregate_id)
         if expected_version is not None:
             self.expect(aggregate_id, expected_version, describe(aggregate_type, aggregate_id, key or ""))
         return found

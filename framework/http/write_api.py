@@ -174,7 +174,7 @@ def _expected_version(request: Request) -> int | None:
     value = request.headers.get("if-match")
     if value is None:
         return None
-    matched = _IF_MATCH.match(value)
+    matched = _IF_MATCH.match(value.strip(" \t"))  # spaces around a value are not part of it (RFC 9110 5.5)
     if matched is None:
         raise _BadRequest(400, "Malformed header", 'If-Match must be one version, as "3" (an ETag this API '
                           "returned) or 3", "malformed_header")
