@@ -49,7 +49,10 @@ NAMES = [p.name for p in build_projectors()]
 @pytest.fixture
 def deployment(pg_database: PgDatabase, pg_schema: str, jetstream_settings: JetStreamSettings,  # noqa: F811
                tmp_path: Path) -> Iterator[Deployment]:
-    with deployment_for(pg_database, pg_schema, jetstream_settings, tmp_path) as deployed:
+    # A command a killed worker left claimed is taken over when its claim's lease ends: 5 s here,
+    # not the default minute, so the settling after the kills is not a minute of waiting.
+    with deployment_for(pg_database, pg_schema, jetstream_settings, tmp_path,
+                        extra_env={"EVENTFOLD_IDEMPOTENCY_LEASE_SECONDS": "5"}) as deployed:
         yield deployed
 
 
