@@ -32,6 +32,7 @@ from framework.errors import (
     Unauthenticated,
     Unavailable,
     UnknownCommand,
+    VersionMismatch,
     VersionSwitched,
 )
 from framework.events import Event, EventEnvelope, EventMetadata, Upcaster
@@ -82,6 +83,7 @@ __all__ = [
     "UnitOfWork",
     "UnknownCommand",
     "Upcaster",
+    "VersionMismatch",
     "VersionSwitched",
     "event",
 ]

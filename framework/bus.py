@@ -1,8 +1,9 @@
 """The command bus: runs a handler, saves its events, retries on conflicts, honours idempotency keys.
 
 This is the one append path of the write side: every command's events reach
-the store through ``CommandBus._save``. A later change can batch concurrent
-commands into one transaction there without touching handlers or adapters.
+the store through ``CommandBus._save``. The PostgreSQL store groups concurrent
+appends into one transaction behind ``EventStore.append`` (group commit); each
+command still gets its own conflict, idempotency record and result.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from framework.errors import (
     EventfoldError,
     IdempotencyKeyInFlight,
     IdempotencyKeyReused,
+    VersionMismatch,
 )
 from framework.events import EventMetadata
 from framework.faults import fault_point
@@ -38,7 +40,7 @@ from framework.store import (
     Replay,
 )
 from framework.tracing import NULL_SPAN, NULL_TRACER, Span, TraceContext, Tracer
-from framework.unit_of_work import UnitOfWork
+from framework.unit_of_work import StaleCache, UnitOfWork, checked_expected_version, describe
 
 __all__ = ["CommandBus", "CommandContext", "Executed"]
 
@@ -56,6 +58,14 @@ class CommandContext:
     trace_context: TraceContext | None = None
     """W3C trace context the command runs in (a request's ``traceparent``, a projection's span).
     The bus starts the command's span as its child and stores the span's context in the events."""
+    expected_version: int | None = None
+    """The version of the command's aggregate (the one its handler returns, whose version the result
+    reports) that the sender decided on; 0: it must not exist yet. Any other stored version refuses
+    the command with ``VersionMismatch``, never retried. An idempotency key's replay answers first."""
+
+    def __post_init__(self) -> None:
+        if self.expected_version is not None:
+            checked_expected_version(self.expected_version)
 
 
 @dataclass(frozen=True)
@@ -164,14 +174,16 @@ class CommandBus:
 
     def _run(self, command: Command, context: CommandContext, claim: _Claim | None) -> CommandResult:
         attempt, holding = 1, frozenset[UUID]()
+        # Only a first attempt trusts the cache: a conflict means another process wrote.
+        trust_cache = self._max_attempts > 1
         while True:
-            # Only a first attempt trusts the cache: a conflict means another process wrote.
-            trust_cache = attempt == 1 and self._max_attempts > 1
             try:
                 if not holding:  # the common case: no turns to wait for
                     return self._attempt(command, context, claim, trust_cache=trust_cache, holding=holding)
                 with self._hot.turns(holding):
                     return self._attempt(command, context, claim, trust_cache=trust_cache, holding=holding)
+            except StaleCache:  # an expectation met cached state the store has moved past: decide again
+                trust_cache = False
             except _TakeTurns as hot:  # nothing was written: run again holding these aggregates' turns
                 holding |= hot.aggregate_ids
             except _Conflicted as conflicted:
@@ -182,7 +194,7 @@ class CommandBus:
                     raise ConcurrencyConflict(f"{command.command_name} conflicted with concurrent writes "
                                               f"{self._max_attempts} times") from None
                 holding |= conflicted.aggregate_ids
-                attempt += 1
+                attempt, trust_cache = attempt + 1, False
                 if attempt > 2:  # another process keeps winning: let it settle
                     time.sleep(random.uniform(0, 0.002 * attempt))
 
@@ -192,6 +204,8 @@ class CommandBus:
     ) -> CommandResult:
         unit = UnitOfWork(self.store, self._cache, trust_cache=trust_cache)
         primary = self.router.handler_for(command)(command, unit)
+        if context.expected_version is not None:
+            _check_expectation(unit, primary or _first_changed(unit), context.expected_version)
         changed = frozenset(t.aggregate.id for t in unit.touched if t.aggregate.version != t.loaded_version)
         hot = self._hot.hot_among(changed - holding)
         if hot:
@@ -267,6 +281,22 @@ def _end_command_span(span: Span, outcome: str, result: CommandResult | None,
     if error is not None:
         span.record_error(error)
     span.end()
+
+
+def _check_expectation(unit: UnitOfWork, main: Aggregate | None, expected: int) -> None:
+    """``VersionMismatch`` unless the command's aggregate was at ``expected`` when its handler decided.
+
+    A command that changes the aggregate it was loaded at needs no read here: the append refuses it
+    if the store holds a newer version, and the retry checks the expectation on fresh state."""
+    if main is None:  # the command answers with no aggregate: there is none at any version
+        if expected != 0:
+            raise VersionMismatch(f"the command answers with no aggregate; it expected version {expected}",
+                                  expected_version=expected, current_version=0)
+        return
+    loaded = unit.loaded_version(main.id)
+    if loaded == expected and main.version != loaded:
+        return
+    unit.expect(main.id, expected, describe(type(main), main.id, ""))
 
 
 def _first_changed(unit: UnitOfWork) -> Aggregate | None:

@@ -13,8 +13,10 @@ an entry finds it replayed). What happens to each command:
   bus's own retries, an unavailable store or bus, an open circuit breaker, or
   an unexpected error): postponed with jittered exponential backoff, and tried
   again until it succeeds; the commands after it with the same ordering key wait;
-* refused for good (a rule, a state, an unknown aggregate or command): handed to
-  the process manager's ``on_refused``, or parked as a dead letter.
+* refused for good (a rule, a state, an unknown aggregate or command, an
+  aggregate no longer at the version the command was issued for —
+  ``VersionMismatch``): handed to the process manager's ``on_refused``, or
+  parked as a dead letter.
 
 Commands with different ordering keys run concurrently (``concurrency``
 threads); one ordering key's commands run one at a time, in the order issued.
@@ -130,7 +132,7 @@ class Dispatcher:
         return CommandContext(
             correlation_id=origin.get("correlation_id"), causation_id=origin.get("causation_id"),
             actor=f"process-manager:{self.name}", idempotency_key=entry.key,
-            trace_context=origin.get("trace_context"),
+            trace_context=origin.get("trace_context"), expected_version=origin.get("expected_version"),
         )
 
     def _refused(self, entry: OutboxEntry, error: CommandRejected) -> int | None:

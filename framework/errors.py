@@ -14,6 +14,7 @@ HTTP and GraphQL layers expose to clients.
     │   ├── RuleViolation          a domain rule said no
     │   │   └── InvalidTransition  ...because of the state the aggregate is in
     │   ├── ConcurrencyConflict    retries exhausted on concurrent writes
+    │   ├── VersionMismatch        the aggregate is not at the version the sender decided on
     │   ├── IdempotencyKeyInFlight
     │   └── IdempotencyKeyReused   same key, different request
     ├── MalformedJson              a command's body is not JSON we accept (duplicate keys, not UTF-8, ...)
@@ -58,6 +59,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "UnknownCommand",
+    "VersionMismatch",
     "VersionSwitched",
 ]
 
@@ -131,6 +133,18 @@ class InvalidTransition(RuleViolation):
 
 class ConcurrencyConflict(CommandRejected):
     code = "concurrency_conflict"
+
+
+class VersionMismatch(CommandRejected):
+    """The sender decided on ``expected_version`` of an aggregate, which is at ``current_version``
+    (0: it does not exist). Never retried: the sender must look again and decide again (409)."""
+
+    code = "version_mismatch"
+
+    def __init__(self, message: str, *, expected_version: int, current_version: int) -> None:
+        super().__init__(message)
+        self.expected_version = expected_version
+        self.current_version = current_version
 
 
 class IdempotencyKeyInFlight(CommandRejected):

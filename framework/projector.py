@@ -29,6 +29,7 @@ from framework.commands import Command
 from framework.errors import CommandRejected, ConfigurationError
 from framework.events import Event, EventEnvelope
 from framework.readmodel import ReadModel
+from framework.unit_of_work import checked_expected_version
 from framework.views import Deadline, Views
 
 __all__ = [
@@ -63,6 +64,7 @@ class IssuedCommand:
     idempotency_key: str
     envelope: EventEnvelope
     ordering_key: str
+    expected_version: int | None = None  # of the command's aggregate, checked when it is dispatched
 
 
 @dataclass(frozen=True)
@@ -99,19 +101,27 @@ class HandlerContext:
     scheduled: list[DeadlineRequest] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
 
-    def issue(self, command: Command, *, discriminator: str = "", ordering_key: str | None = None) -> None:
+    def issue(self, command: Command, *, discriminator: str = "", ordering_key: str | None = None,
+              expected_version: int | None = None) -> None:
         """Issue ``command`` once, whatever happens to this worker.
 
         Its idempotency key derives from the triggering event and ``discriminator`` (default: the
         command's rank among this handler's commands), so a redelivered event issues nothing new.
         Commands with one ``ordering_key`` run one at a time in issue order; others run concurrently.
         The default is the triggering event's aggregate: reactions to one aggregate stay in its order.
+
+        ``expected_version``: the version of the command's aggregate this reaction was decided on
+        (``context.envelope.version`` when the command goes back to the aggregate that raised the
+        event; 0: it must not exist yet). If the aggregate has moved on by the time the command is
+        dispatched, the command is refused for good (``VersionMismatch``, to ``on_refused``).
         """
         self._check_issuer("issue commands")
+        if expected_version is not None:
+            checked_expected_version(expected_version)
         suffix = discriminator or str(len(self.issued))
         key = f"{self.issuer}:{self.origin or self.envelope.metadata.event_id}:{suffix}"
         order = ordering_key if ordering_key is not None else str(self.envelope.aggregate_id)
-        self.issued.append(IssuedCommand(command, key, self.envelope, order))
+        self.issued.append(IssuedCommand(command, key, self.envelope, order, expected_version))
 
     def schedule(self, name: str, at: datetime, *, key: str | None = None, data: dict[str, Any] | None = None) -> None:
         """Be woken at ``at`` (``on_deadline``), once, surviving restarts. One deadline per ``key``

@@ -37,6 +37,7 @@ class PostgresSettings:
     schema: str = "public"
     pool_size: int = 8
     connect_timeout: float = 2.0
+    group_commit: bool = True  # concurrent appends share one transaction (framework.adapters.group_commit)
 
     @classmethod
     def from_url(cls, url: str, *, key: str = "EVENTFOLD_DATABASE_URL") -> PostgresSettings:
@@ -74,6 +75,7 @@ class Settings:
     db_schema: str = "public"
     db_pool_size: int = 8
     db_connect_timeout: float = 2.0
+    group_commit: bool = True  # EVENTFOLD_GROUP_COMMIT: PostgreSQL appends of concurrent commands share a commit
     app: str | None = None  # `package.module:app` naming the application's App (framework.loading finds it)
     consistency_timeout_seconds: float = 5.0
     nats_url: str | None = None
@@ -136,6 +138,7 @@ class Settings:
             db_connect_timeout=read.number(
                 "DB_CONNECT_TIMEOUT", float, defaults.db_connect_timeout, minimum=0.1
             ),
+            group_commit=_default(read.flag("GROUP_COMMIT"), defaults.group_commit),
             app=read.text("APP", defaults.app) or None,
             nats_url=read.text("NATS_URL", defaults.nats_url) or None,
             consistency_timeout_seconds=read.number(
@@ -259,7 +262,12 @@ class Settings:
             schema=self.db_schema,
             pool_size=self.db_pool_size,
             connect_timeout=self.db_connect_timeout,
+            group_commit=self.group_commit,
         )
+
+
+def _default(value: bool | None, default: bool) -> bool:
+    return default if value is None else value
 
 
 def _is_nats_url(url: str) -> bool:

@@ -9,23 +9,32 @@ from uuid import UUID, uuid4
 
 from framework.aggregate import Aggregate
 from framework.cache import AggregateCache
-from framework.errors import AggregateNotFound, AlreadyExists, ConfigurationError
+from framework.errors import AggregateNotFound, AlreadyExists, ConfigurationError, VersionMismatch
 from framework.events import EventEnvelope, EventMetadata
 from framework.mapper import from_stored
 from framework.snapshots import from_snapshot
 from framework.store import EventStore
 
-__all__ = ["Touched", "UnitOfWork"]
+__all__ = ["StaleCache", "Touched", "UnitOfWork", "checked_expected_version"]
 
 A = TypeVar("A", bound=Aggregate)
 
 
 @dataclass
 class Touched:
-    """An aggregate in this unit of work and the version it was loaded at."""
+    """An aggregate in this unit of work and the version it was loaded at.
+
+    ``verified`` is False when that version was taken on trust (a cached aggregate whose newer events
+    were not read, a new one whose id was not looked up): the store may be further along."""
 
     aggregate: Aggregate
     loaded_version: int
+    verified: bool = True
+
+
+class StaleCache(Exception):
+    """An expected version was checked on cached state the store has moved past: the command must run
+    again on the store's state before its expectation can be answered (the bus does so)."""
 
 
 class UnitOfWork:
@@ -46,30 +55,60 @@ class UnitOfWork:
         self._trust_cache = trust_cache and cache is not None
         self._touched: dict[UUID, Touched] = {}
 
-    def find(self, aggregate_type: type[A], aggregate_id: UUID | None = None, *, key: str | None = None) -> A | None:
+    def find(self, aggregate_type: type[A], aggregate_id: UUID | None = None, *, key: str | None = None,
+             expected_version: int | None = None) -> A | None:
         """The aggregate, or None if it has no events. Give its id, or the natural ``key`` it was
-        created for (``Type.id_for(key)``)."""
+        created for (``Type.id_for(key)``).
+
+        ``expected_version``: the version the caller decided on (0: it must not exist yet);
+        ``VersionMismatch`` if the stored aggregate is at another one."""
         aggregate_id = _id_of(aggregate_type, aggregate_id, key)
         touched = self._touched.get(aggregate_id)
-        if touched is not None:
-            return _as(aggregate_type, touched.aggregate, key)
-        aggregate = self._load(aggregate_type, aggregate_id)
-        if aggregate is not None:
-            self._touched[aggregate_id] = Touched(aggregate, aggregate.version)
-        return aggregate
+        found = _as(aggregate_type, touched.aggregate, key) if touched else self._load(aggregate_type, aggregate_id)
+        if expected_version is not None:
+            self.expect(aggregate_id, expected_version, describe(aggregate_type, aggregate_id, key or ""))
+        return found
 
     def get(self, aggregate_type: type[A], aggregate_id: UUID | None = None, *, key: str | None = None,
-            label: str = "") -> A:
+            label: str = "", expected_version: int | None = None) -> A:
         """The aggregate, or ``AggregateNotFound`` naming it in the caller's words.
 
         ``unit.get(Account, key=command.account_number)`` loads ``Account.id_for(key)`` and, when there
         is none, says ``account 'ACC-1' does not exist`` (the key the command carried, not the derived
         id). Loading by id, ``label`` names it in that message instead of the id.
+
+        ``expected_version``: the version the caller decided on; ``VersionMismatch`` (409) naming the
+        current one if the stored aggregate is at another. ``unit.get(Account, key=..., expected_version=3)``
         """
         aggregate = self.find(aggregate_type, aggregate_id, key=key)
         if aggregate is None:
             raise AggregateNotFound(f"{describe(aggregate_type, aggregate_id, key or label)} does not exist")
+        if expected_version is not None:
+            self.expect(aggregate.id, expected_version, describe(aggregate_type, aggregate.id, key or label))
         return aggregate
+
+    def expect(self, aggregate_id: UUID, expected_version: int, name: str) -> None:
+        """``VersionMismatch`` unless the aggregate was loaded at ``expected_version`` (0: it was not
+        found) and the store holds nothing newer. ``name`` says which aggregate in the message.
+
+        A version taken on trust from the cache is confirmed with the store first: if the store has
+        moved past it, ``StaleCache`` asks for the command to run again on fresh state, whichever way
+        the comparison went (the cached state may have been what made it match, or not)."""
+        expected_version = checked_expected_version(expected_version)
+        touched = self._touched.get(aggregate_id)
+        loaded = touched.loaded_version if touched else 0
+        if touched is not None and not touched.verified:
+            if self._store.read_stream(aggregate_id, loaded)[:1]:
+                raise StaleCache(f"{name} is past version {loaded} in the store")
+            touched.verified = True
+        if loaded != expected_version:
+            raise VersionMismatch(_mismatch(name, expected_version, loaded), expected_version=expected_version,
+                                  current_version=loaded)
+
+    def loaded_version(self, aggregate_id: UUID) -> int:
+        """The version this unit loaded the aggregate at (0: new, or not in this unit)."""
+        touched = self._touched.get(aggregate_id)
+        return touched.loaded_version if touched else 0
 
     def add(self, aggregate: A, *, key: str | None = None, label: str = "") -> A:
         """Track a new aggregate; ``AlreadyExists`` if one with its id is stored, naming it by ``key``
@@ -80,7 +119,7 @@ class UnitOfWork:
             )
         if aggregate.id in self._touched or self._stored(aggregate.id):
             raise AlreadyExists(f"{describe(type(aggregate), aggregate.id, key or label)} already exists")
-        self._touched[aggregate.id] = Touched(aggregate, 0)
+        self._touched[aggregate.id] = Touched(aggregate, 0, verified=not self._trust_cache)
         return aggregate
 
     def _stored(self, aggregate_id: UUID) -> bool:
@@ -89,8 +128,10 @@ class UnitOfWork:
         return bool(self._store.read_stream(aggregate_id, 0)[:1])
 
     def _load(self, aggregate_type: type[A], aggregate_id: UUID) -> A | None:
+        """The aggregate, now tracked by this unit (None, and not tracked: it has no events)."""
         aggregate = self._from_cache(aggregate_type, aggregate_id)
         if aggregate is not None and self._trust_cache:
+            self._touched[aggregate_id] = Touched(aggregate, aggregate.version, verified=False)
             return aggregate
         if aggregate is None:
             aggregate = self._from_latest_snapshot(aggregate_type, aggregate_id)
@@ -101,6 +142,7 @@ class UnitOfWork:
                 return None
             aggregate = aggregate_type.blank(aggregate_id)
         aggregate.replay(e.event for e in envelopes)
+        self._touched[aggregate_id] = Touched(aggregate, aggregate.version)
         return aggregate
 
     def _from_cache(self, aggregate_type: type[A], aggregate_id: UUID) -> A | None:
@@ -141,6 +183,21 @@ class UnitOfWork:
                     )
                 )
         return envelopes
+
+
+def checked_expected_version(value: int) -> int:
+    """An expected version as given in code: a whole number, 0 or more (0: must not exist yet)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigurationError(f"an expected version is a whole number, 0 or more, not {value!r}")
+    return value
+
+
+def _mismatch(name: str, expected: int, current: int) -> str:
+    if current == 0:
+        return f"{name} does not exist; the command expected version {expected}"
+    if expected == 0:
+        return f"{name} exists already, at version {current}; the command expected it not to exist yet"
+    return f"{name} is at version {current}; the command expected version {expected}"
 
 
 def _as(aggregate_type: type[A], aggregate: Aggregate, key: str | None) -> A:

@@ -117,7 +117,8 @@ class OutboxEntry:
     payload: dict[str, Any]
     ordering_key: str  # entries with one ordering key run one at a time, in order
     position: int  # of the event that issued it
-    context: dict[str, Any] = field(default_factory=dict)  # correlation_id, causation_id, trace_context
+    # correlation_id, causation_id, trace_context, and expected_version when the command was issued with one
+    context: dict[str, Any] = field(default_factory=dict)
     id: int | None = None
     attempts: int = 0
     next_attempt_at: datetime | None = None

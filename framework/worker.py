@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from framework.bus import CommandBus
 from framework.errors import (
@@ -342,11 +343,13 @@ class ProjectionWorker:
             return
         meta = context.envelope.metadata
         carried = trace_context or meta.trace_context
-        origin = {"correlation_id": meta.correlation_id, "causation_id": str(meta.event_id),
-                  "trace_context": dict(carried) if carried else None}
+        origin: dict[str, Any] = {"correlation_id": meta.correlation_id, "causation_id": str(meta.event_id),
+                                  "trace_context": dict(carried) if carried else None}
         for issued in context.issued:
+            expected = {} if issued.expected_version is None else {"expected_version": issued.expected_version}
             batch.enqueue(OutboxEntry(self.name, issued.idempotency_key, issued.command.command_name,
-                                      issued.command.model_dump(mode="json"), issued.ordering_key, position, origin))
+                                      issued.command.model_dump(mode="json"), issued.ordering_key, position,
+                                      {**origin, **expected}))
         for key in context.cancelled:
             batch.cancel_deadline(self.name, key)
         for request in context.scheduled:

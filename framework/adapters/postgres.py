@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -25,6 +26,7 @@ from psycopg import Cursor
 from psycopg.errors import UndefinedFunction, UndefinedTable
 from psycopg.rows import DictRow, tuple_row
 
+from framework.adapters.group_commit import GroupCommit
 from framework.adapters.idempotency import KeyRecord, outcome_for_existing
 from framework.adapters.pg_pool import PgPool
 from framework.errors import (
@@ -94,10 +96,107 @@ $fn$
 """
 
 
+def _append_group_function(schema: str) -> str:
+    """Several commands' appends in one transaction: group commit (``EVENTFOLD_GROUP_COMMIT``).
+
+    One table lock and one NOTIFY for the group, then each command in its own
+    sub-transaction (an EXCEPTION block is a savepoint): its events, then its
+    idempotency key. A command whose (aggregate, version) exists already, or
+    whose key was taken over, is rolled back alone and reported; its neighbours
+    commit. Command ``i``'s events are ``event_*[command_ends[i-1]+1 : command_ends[i]]``.
+    Positions of a rolled-back command are gaps, as with a failed lone append;
+    the lock is held to the commit, so commit order still equals position order.
+    """
+    s, events = _quote(schema), f"{_quote(schema)}.{_quote(_EVENTS_TABLE)}"
+    return f"""
+CREATE OR REPLACE FUNCTION {s}.eventfold_append_group(
+    command_ends int[], event_ids uuid[], event_versions bigint[], event_topics text[], event_states bytea[],
+    key_names text[], key_owners uuid[], key_aggregates uuid[], key_versions bigint[])
+RETURNS TABLE (command_outcome text, command_positions bigint[]) LANGUAGE plpgsql AS $fn$
+DECLARE
+    first_event int := 1;
+    last_event int;
+    appended bigint[];
+BEGIN
+    -- Also for key-only groups: every group takes its locks in the same order (no deadlock).
+    LOCK TABLE {events} IN EXCLUSIVE MODE;
+    IF cardinality(event_ids) > 0 THEN
+        NOTIFY {_quote(_CHANNEL)};
+    END IF;
+    FOR i IN 1 .. coalesce(cardinality(command_ends), 0) LOOP
+        last_event := command_ends[i];
+        appended := '{{}}';
+        BEGIN
+            IF last_event >= first_event THEN
+                WITH inserted AS (
+                    INSERT INTO {events} (originator_id, originator_version, topic, state)
+                    SELECT * FROM unnest(event_ids[first_event:last_event],
+                        event_versions[first_event:last_event], event_topics[first_event:last_event],
+                        event_states[first_event:last_event])
+                    RETURNING notification_id)
+                SELECT array_agg(notification_id ORDER BY notification_id) INTO appended FROM inserted;
+            END IF;
+            IF key_names[i] IS NOT NULL THEN
+                UPDATE {s}.idempotency_keys SET completed_at = now(), aggregate_id = key_aggregates[i],
+                    version = key_versions[i], position = appended[cardinality(appended)]
+                WHERE key = key_names[i] AND owner = key_owners[i] AND completed_at IS NULL;
+                IF NOT FOUND THEN
+                    RAISE EXCEPTION 'idempotency key % was taken over', key_names[i]
+                        USING ERRCODE = '{_KEY_TAKEN_OVER}';
+                END IF;
+            END IF;
+            command_outcome := 'ok';
+            command_positions := appended;
+        EXCEPTION
+            WHEN unique_violation THEN
+                command_outcome := 'conflict';
+                command_positions := NULL;
+            WHEN SQLSTATE '{_KEY_TAKEN_OVER}' THEN
+                command_outcome := 'taken_over';
+                command_positions := NULL;
+            WHEN OTHERS THEN
+                command_outcome := 'failed: ' || SQLSTATE || ' ' || SQLERRM;
+                command_positions := NULL;
+        END;
+        RETURN NEXT;
+        first_event := last_event + 1;
+    END LOOP;
+END
+$fn$
+"""
+
+
 # The first version of eventfold_append took eventsourcing's composite type; it is not called any more.
 _DROP_OLD_APPEND = (
     "DROP FUNCTION IF EXISTS {s}.eventfold_append({s}.stored_event_uuid[], text, uuid, uuid, bigint)"
 )
+
+
+@dataclass(frozen=True)
+class _Append:
+    """One command's append, waiting for its group."""
+
+    events: Sequence[StoredEvent]
+    completion: IdempotencyCompletion | None
+
+
+_NO_KEY = IdempotencyCompletion("", UUID(int=0), None, 0)
+
+
+def _group_outcome(outcome: str, positions: list[int] | None) -> list[int] | BaseException:
+    """A command's row of ``eventfold_append_group``: the errors a lone append would raise."""
+    if outcome == "ok":
+        return list(positions or [])
+    if outcome == "conflict":
+        return ConcurrencyConflict("an aggregate was changed concurrently")
+    if outcome == "taken_over":
+        return IdempotencyKeyInFlight("the idempotency key was taken over by another request")
+    return StoreUnavailable(f"the PostgreSQL event store failed ({outcome.removeprefix('failed: ')})")
+
+
+def _again(error: EventfoldError) -> EventfoldError:
+    """A fresh copy of a translated driver error, for another append of the failed group."""
+    return _translation(error.__cause__) if isinstance(error.__cause__, Exception) else StoreUnavailable(str(error))
 
 
 class PostgresEventStore:
@@ -107,6 +206,9 @@ class PostgresEventStore:
         self._pool = PgPool(settings, name="eventfold-events", min_size=settings.pool_size,
                             max_size=settings.pool_size)
         self._sql = _Statements(self._schema, _EVENTS_TABLE)
+        self._group: GroupCommit[_Append, list[int]] | None = (
+            GroupCommit(self._append_group) if settings.group_commit else None
+        )
 
     def create_schema(self) -> None:
         with self._cursor() as cursor:  # fails fast (StoreUnavailable) when the server is down
@@ -117,6 +219,7 @@ class PostgresEventStore:
             for statement in (*_SCHEMA, _DROP_OLD_APPEND):
                 cursor.execute(statement.format(s=_quote(self._schema)).encode())
             cursor.execute(_append_function(self._schema).encode())
+            cursor.execute(_append_group_function(self._schema).encode())
 
     def _create_events_table(self) -> None:
         """``eventsourcing``'s own events table, notification index and type, made by its recorder."""
@@ -146,10 +249,16 @@ class PostgresEventStore:
         events: Sequence[StoredEvent],
         completion: IdempotencyCompletion | None = None,
     ) -> list[int]:
-        """One statement, one round trip: ``eventfold_append`` (see ``_append_function``)."""
+        """With group commit (the default), concurrent appends share a transaction: ``_append_group``;
+        without, one statement and one round trip per append: ``eventfold_append``."""
+        if self._group is not None:
+            return self._group.submit(_Append(events, completion))
+        return self._append_one(events, completion)
+
+    def _append_one(self, events: Sequence[StoredEvent], completion: IdempotencyCompletion | None) -> list[int]:
         columns = ([e.originator_id for e in events], [e.originator_version for e in events],
                    [e.topic for e in events], [e.state for e in events])
-        key = completion or IdempotencyCompletion("", UUID(int=0), None, 0)
+        key = completion or _NO_KEY
         with self._cursor() as cursor:
             cursor.execute(
                 self._sql.append,
@@ -157,6 +266,39 @@ class PostgresEventStore:
                 prepare=True,
             )
             return [row["new_position"] for row in cursor.fetchall()]
+
+    @property
+    def group_commit(self) -> GroupCommit[_Append, list[int]] | None:
+        """The group committer (None: group commit is off); its counters say how appends were grouped."""
+        return self._group
+
+    def _append_group(self, group: Sequence[_Append]) -> Sequence[list[int] | BaseException]:
+        """One statement, one round trip, one commit for the whole group: ``eventfold_append_group``.
+        Each append gets its positions or its own error; a failure of the statement fails them all."""
+        if len(group) == 1:  # a lone append (an idle store): the leaner one-command statement
+            try:
+                return [self._append_one(group[0].events, group[0].completion)]
+            except EventfoldError as error:
+                return [error]
+        ends, count = [], 0
+        for append in group:
+            count += len(append.events)
+            ends.append(count)
+        events = [e for append in group for e in append.events]
+        keys = [append.completion or _NO_KEY for append in group]
+        params = (
+            ends, [e.originator_id for e in events], [e.originator_version for e in events],
+            [e.topic for e in events], [e.state for e in events],
+            [k.key or None for k in keys], [k.owner for k in keys], [k.aggregate_id for k in keys],
+            [k.version for k in keys],
+        )
+        try:
+            with self._cursor() as cursor:
+                cursor.execute(self._sql.append_group, params, prepare=True)
+                rows = cursor.fetchall()
+        except EventfoldError as error:  # each append its own error instance (one traceback per thread)
+            return [error] + [_again(error) for _ in group[1:]]
+        return [_group_outcome(row["command_outcome"], row["command_positions"]) for row in rows]
 
     def read_stream(self, aggregate_id: UUID, after_version: int = 0) -> list[StoredEvent]:
         with self._cursor() as cursor:
@@ -260,6 +402,11 @@ class _Statements:
         self.append = (
             f"SELECT new_position FROM {s}.eventfold_append("
             "%s::uuid[], %s::bigint[], %s::text[], %s::bytea[], %s, %s, %s, %s)"
+        )
+        self.append_group = (
+            f"SELECT command_outcome, command_positions FROM {s}.eventfold_append_group("
+            "%s::int[], %s::uuid[], %s::bigint[], %s::text[], %s::bytea[],"
+            " %s::text[], %s::uuid[], %s::uuid[], %s::bigint[])"
         )
         self.select_stream = (
             f"SELECT * FROM {events} WHERE originator_id = %s AND originator_version > %s"

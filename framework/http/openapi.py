@@ -34,6 +34,7 @@ _BEARER = "bearer"
 _TEXT = "^[^\\u0000]*$"  # every command refuses a NUL in any string
 IDEMPOTENCY_KEY_PATTERN = "^[\\x21-\\x7e]{1,255}$"  # what write_api._header accepts
 CORRELATION_ID_PATTERN = "^[A-Za-z0-9._~:/+=@,;-]{1,255}$"  # what edge.valid_correlation_id keeps
+IF_MATCH_PATTERN = '^("(0|[1-9][0-9]{0,17})"|(0|[1-9][0-9]{0,17}))$'  # what write_api._expected_version takes
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,8 @@ _DESCRIPTION = (
     "a string a string, dates and UUIDs as text, decimals as text or numbers. A success returns the "
     "aggregate's id, its version and the global `position` of the last event written: send it as the "
     "`Eventfold-Position` header (a non-negative integer) of a GraphQL "
-    "query to read your own write. Every error is an RFC 9457 problem document "
+    "query to read your own write. The version comes back as the `ETag` too: send it as `If-Match` to act only "
+    "on the version you saw (409 `version_mismatch` otherwise). Every error is an RFC 9457 problem document "
     "(`application/problem+json`) with a stable `code`."
 )
 
@@ -259,16 +261,18 @@ class _Error:
 
 _ERRORS = (
     _Error(400, "The body is not JSON the server takes (`malformed_json`: not UTF-8, a byte order mark, NaN, "
-           "a key twice in one object...), `Idempotency-Key` is malformed (`malformed_header`), or the request "
-           "is not HTTP/1.1 (`malformed_request`, the connection is closed)",
+           "a key twice in one object...), `Idempotency-Key` or `If-Match` is malformed (`malformed_header`), or "
+           "the request is not HTTP/1.1 (`malformed_request`, the connection is closed)",
            ("malformed_json", "malformed_header", "malformed_request")),
     _Error(401, "No bearer token, or one that cannot be verified", ("unauthenticated",), ("WWW-Authenticate",)),
     _Error(403, "The caller has none of the command's roles", ("forbidden",)),
     _Error(404, "The command names an aggregate that does not exist", ("aggregate_not_found",)),
     _Error(408, "The headers or the body did not arrive in time; the connection is closed", ("request_timeout",)),
     _Error(409, "The aggregate exists already or its state forbids the command, concurrent writes kept winning, "
-           "or a request with this Idempotency-Key is still running",
-           ("already_exists", "invalid_transition", "concurrency_conflict", "idempotency_key_in_flight")),
+           "the aggregate is not at the If-Match version (`version_mismatch`, with `expected_version` and "
+           "`current_version`), or a request with this Idempotency-Key is still running",
+           ("already_exists", "invalid_transition", "concurrency_conflict", "version_mismatch",
+            "idempotency_key_in_flight")),
     _Error(413, "The body is over the limit", ("body_too_large",)),
     _Error(415, "The body is not sent as application/json (UTF-8)", ("unsupported_media_type",)),
     _Error(422, "The body does not validate (`invalid_command`, with `errors`), a domain rule refused the command "
@@ -320,8 +324,12 @@ def _error_response(error: _Error, access: Access) -> dict[str, Any]:
 
 
 def _problem_example(status: int, code: str) -> dict[str, Any]:
-    return {"type": f"urn:eventfold:problem:{code}", "title": code.replace("_", " ").capitalize(), "status": status,
-            "detail": "what went wrong, in words for a person", "code": code}
+    example = {"type": f"urn:eventfold:problem:{code}", "title": code.replace("_", " ").capitalize(),
+               "status": status, "detail": "what went wrong, in words for a person", "code": code}
+    return {**example, **_EXTRA_MEMBERS.get(code, {})}
+
+
+_EXTRA_MEMBERS: dict[str, dict[str, Any]] = {"version_mismatch": {"expected_version": 3, "current_version": 5}}
 
 
 _SUCCESS = {
@@ -330,6 +338,9 @@ _SUCCESS = {
         CORRELATION_HEADER: {"$ref": f"#/components/headers/{CORRELATION_HEADER}"},
         "Idempotent-Replayed": {"description": "`true` when this is the stored answer to an earlier request",
                                 "schema": {"type": "string", "enum": ["true"]}},
+        "ETag": {"description": "The aggregate's version after the command, as a strong entity tag (`\"4\"`): "
+                 "send it back as If-Match to act only on this version", "required": True,
+                 "schema": {"type": "string", "pattern": '^"(0|[1-9][0-9]*)"$'}},
     },
     "content": {"application/json": {"schema": {"$ref": _REF.format(model="CommandAccepted")}}},
 }
@@ -361,6 +372,10 @@ _PROBLEM = {
         "detail": {"type": "string"},
         "code": {"type": "string", "description": "stable machine-readable error code"},
         "reason": {"type": "string", "description": "which domain rule, for rule violations"},
+        "expected_version": {"type": "integer", "minimum": 0,
+                             "description": "the version If-Match named (version_mismatch)"},
+        "current_version": {"type": "integer", "minimum": 0,
+                            "description": "the aggregate's version now, 0 if it does not exist (version_mismatch)"},
         "errors": {
             "type": "array",
             "description": "each field that failed validation (invalid_command)",
@@ -384,6 +399,19 @@ _PARAMETERS = (
         "(else 400 malformed_header).",
         "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": IDEMPOTENCY_KEY_PATTERN},
         "example": "order-7f3a9c",
+    },
+    {
+        "name": "If-Match",
+        "in": "header",
+        "required": False,
+        "description": "The version of the command's aggregate (the one the answer names) the client decided on: "
+        "the ETag of an earlier answer (`\"3\"`) or the bare number (`3`); `0` means it must not exist yet. If the "
+        "aggregate is at another version the command is refused with 409 version_mismatch (with "
+        "`current_version`) and nothing is written; it is never retried for you. A weak tag, `*` or a list is 400 "
+        "malformed_header. With an Idempotency-Key already answered, the first answer is returned whatever "
+        "If-Match says.",
+        "schema": {"type": "string", "pattern": IF_MATCH_PATTERN},
+        "example": "\"3\"",
     },
     {
         "name": CORRELATION_HEADER,

@@ -26,6 +26,7 @@ from framework.errors import (
     Unauthenticated,
     Unavailable,
     UnknownCommand,
+    VersionMismatch,
 )
 
 __all__ = ["PROBLEM_JSON", "problem", "problem_for", "public_detail"]
@@ -45,6 +46,7 @@ _STATUS: list[tuple[type[EventfoldError], int, str]] = [
     (RuleViolation, 422, "Rule violated"),
     (AlreadyExists, 409, "Already exists"),
     (ConcurrencyConflict, 409, "Concurrency conflict"),
+    (VersionMismatch, 409, "Version mismatch"),
     (IdempotencyKeyInFlight, 409, "Request in flight"),
     (IdempotencyKeyReused, 422, "Idempotency key reused"),
     (CommandRejected, 422, "Command rejected"),
@@ -92,6 +94,8 @@ def problem_for(error: EventfoldError, *, retry_after: int) -> JSONResponse:
         extra["errors"] = [{"path": e.path, "message": e.message} for e in error.errors]
     if isinstance(error, RuleViolation):
         extra["reason"] = error.reason
+    if isinstance(error, VersionMismatch):
+        extra.update(expected_version=error.expected_version, current_version=error.current_version)
     headers = {"Retry-After": str(retry_after)} if status == 503 else None
     if isinstance(error, RateLimited):
         headers = {"Retry-After": str(error.retry_after)}

@@ -36,6 +36,8 @@ __all__ = ["WriteApiOptions", "create_write_app"]
 log = logging.getLogger(__name__)
 
 _HEADER_VALUE = re.compile(r"^[\x21-\x7e]{1,255}$")
+# If-Match: one strong entity tag, the ETag a success carries ("3"), or the bare version (3)
+_IF_MATCH = re.compile(r'^(?:"(0|[1-9][0-9]{0,17})"|(0|[1-9][0-9]{0,17}))$')
 # application/json, with at most a charset parameter, and that one UTF-8 (RFC 8259 §8.1)
 _JSON_MEDIA_TYPE = re.compile(r'application/json(\s*;\s*charset\s*=\s*("utf-8"|utf-8))?\s*', re.IGNORECASE)
 
@@ -162,7 +164,21 @@ def _context(request: Request, principal: Principal) -> CommandContext:
         actor=principal.subject,
         idempotency_key=key,
         trace_context=trace_context_from_headers(request.headers),  # invalid: a new trace starts
+        expected_version=_expected_version(request),
     )
+
+
+def _expected_version(request: Request) -> int | None:
+    """The version of ``If-Match``: ``"3"`` (the ETag of an earlier answer) or ``3``. A weak tag, ``*``
+    or a list is refused rather than half-understood."""
+    value = request.headers.get("if-match")
+    if value is None:
+        return None
+    matched = _IF_MATCH.match(value.strip(" \t"))  # spaces around a value are not part of it (RFC 9110 5.5)
+    if matched is None:
+        raise _BadRequest(400, "Malformed header", 'If-Match must be one version, as "3" (an ETag this API '
+                          "returned) or 3", "malformed_header")
+    return int(matched.group(1) or matched.group(2))
 
 
 def _header(request: Request, name: str) -> str | None:
@@ -182,7 +198,9 @@ def _accepted(executed: Executed, context: CommandContext) -> Response:
         "version": result.version,
         "position": result.position,
     }
-    headers = {"Idempotent-Replayed": "true"} if executed.replayed else None
+    headers = {"ETag": f'"{result.version}"'}  # what If-Match takes back
+    if executed.replayed:
+        headers["Idempotent-Replayed"] = "true"
     return JSONResponse(body, headers=headers)  # the edge adds X-Correlation-ID
 
 

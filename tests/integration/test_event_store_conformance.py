@@ -48,6 +48,25 @@ class TestPostgresEventStore(EventStoreConformance):
             store.close()
 
 
+@pytest.mark.postgres
+class TestPostgresEventStoreWithoutGroupCommit(TestPostgresEventStore):
+    """``EVENTFOLD_GROUP_COMMIT=false``: every append its own ``eventfold_append`` transaction."""
+
+    @pytest.fixture
+    def store(self, pg_database: PgDatabase, pg_schema: str) -> Iterator[EventStore]:
+        from dataclasses import replace
+
+        from framework.adapters.postgres import PostgresEventStore
+
+        store = PostgresEventStore(replace(pg_database.settings(pg_schema, pool_size=4), group_commit=False))
+        assert store.group_commit is None
+        store.create_schema()
+        try:
+            yield store
+        finally:
+            store.close()
+
+
 def _closed_port() -> int:
     import socket
 

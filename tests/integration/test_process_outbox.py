@@ -519,6 +519,56 @@ def test_on_refused_records_the_failure_and_compensates_exactly_once(
     dispatcher.close()
 
 
+class CreditIfUntouched(ProcessManager):
+    """Credits every account opened a unit, only if nothing happened to it since it was opened
+    (expected version: the opening's); a refusal is recorded as a failure."""
+
+    name = "credit_if_untouched"
+    read_models: tuple[type[ReadModel], ...] = (Opened, Failure)
+
+    def __init__(self, isin: str) -> None:
+        self.isin = isin
+
+    @on(AccountOpened)
+    def opened(self, event: AccountOpened, context: HandlerContext) -> None:
+        context.views.put(Opened(account_number=event.account_number))
+        context.issue(CreditHoldings(account_number=event.account_number, isin=self.isin, quantity=1,
+                                     reference="untouched"), expected_version=context.envelope.version)
+
+    def on_refused(self, refusal: Refusal, context: HandlerContext) -> bool:
+        command = refusal.command
+        assert isinstance(command, CreditHoldings), refusal
+        context.views.put(Failure(command_key=refusal.idempotency_key, account_number=command.account_number,
+                                  code=refusal.code, error=str(refusal.error)))
+        return True
+
+
+def test_an_expected_version_travels_through_the_outbox_and_a_mismatch_is_refused_for_good(
+    stores: tuple[PostgresEventStore, PostgresViewStore],
+) -> None:
+    store, views = stores
+    isin, (untouched, touched) = _fresh_setup(store, 2, "V")
+    bus = CommandBus(build_router(), store)
+    worker = ProjectionWorker(CreditIfUntouched(isin), views, store, bus)
+    clock = SteppingClock()
+    dispatcher = Dispatcher(worker, bus, clock=clock)
+    worker.catch_up()
+    assert {e.context["expected_version"] for e in views.outbox("credit_if_untouched", 10)} == {1}  # via jsonb
+    bus.execute(CreditHoldings(account_number=touched, isin=isin, quantity=2, reference="first"))
+
+    assert dispatcher.run_once() == 2  # one executed, one refused for good: neither postponed
+    (failure,) = views.query("credit_if_untouched", Failure)
+    assert (failure.account_number, failure.code) == (touched, "version_mismatch")
+    assert "at version 2; the command expected version 1" in failure.error
+    assert movements(store) == {(untouched, "credit", "untouched"): 1, (touched, "credit", "first"): 1}
+    clock.advance(3600)
+    assert dispatcher.run_once() == 0
+    assert views.outbox("credit_if_untouched", 10) == [] and views.dead_letters() == []
+    worker.catch_up()  # the credits are events it sees (and ignores) too
+    _assert_replayed(views, store, worker.projector, (Opened,))
+    dispatcher.close()
+
+
 # --- 4. deadlines ------------------------------------------------------------------------------------
 
 

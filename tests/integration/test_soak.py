@@ -1,6 +1,6 @@
 """The soak test: mixed load over real HTTP while the streaming roles are killed at random and NATS goes away.
 
-For ``EVENTFOLD_SOAK_SECONDS`` (60 by default; CI runs this bounded version, under two minutes in all),
+For ``EVENTFOLD_SOAK_SECONDS`` (45 by default; CI runs this bounded version, under two minutes in all),
 writer threads send a mix of valid commands to a real ``eventfold write-api`` subprocess (accounts
 opened, credits, debits, transfers, corporate actions announced, validated, rejected and cancelled),
 each with an ``Idempotency-Key`` and retried with the same key while the answer says "not now".
@@ -56,7 +56,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.nats]
 
 NAMES = [p.name for p in build_projectors()]
 PROCESS = "corporate_action_process"
-SOAK_SECONDS = float(os.environ.get("EVENTFOLD_SOAK_SECONDS", "60"))
+SOAK_SECONDS = float(os.environ.get("EVENTFOLD_SOAK_SECONDS", "45"))
 MIN_KILLS = 10
 NATS_DOWN_SECONDS = 3.0
 WRITERS = 4

@@ -49,8 +49,14 @@ NAMES = [p.name for p in build_projectors()]
 @pytest.fixture
 def deployment(pg_database: PgDatabase, pg_schema: str, jetstream_settings: JetStreamSettings,  # noqa: F811
                tmp_path: Path) -> Iterator[Deployment]:
-    with deployment_for(pg_database, pg_schema, jetstream_settings, tmp_path) as deployed:
+    # A command a killed worker left claimed is taken over when its claim's lease ends: 5 s here,
+    # not the default minute, so the settling after the kills is not a minute of waiting.
+    with deployment_for(pg_database, pg_schema, jetstream_settings, tmp_path,
+                        extra_env={"EVENTFOLD_IDEMPOTENCY_LEASE_SECONDS": "5"}) as deployed:
         yield deployed
+
+
+ACCOUNTS = 100  # x 50 credits: the backlog of 5,000 events the first kill lands in
 
 
 def test_a_worker_killed_mid_batch_resumes_with_nothing_lost_or_doubled(deployment: Deployment) -> None:
@@ -63,7 +69,7 @@ def test_a_worker_killed_mid_batch_resumes_with_nothing_lost_or_doubled(deployme
     # A big backlog first, so the worker's batches are big (5,000 events in catch-up, 1,000 live);
     # one action validated in it (the process issues its commands during catch-up), one
     # validated and cancelled before the process could record anything.
-    backlog = write_backlog(store, isin, accounts=150, credits_each=60,
+    backlog = write_backlog(store, isin, accounts=ACCOUNTS, credits_each=50,
                             actions=[("KILL-CA-1", "validate"), ("KILL-CA-2", "validate-cancel")])
     backlog_end = backlog[-1]
     relay = deployment.start("relay")
@@ -107,7 +113,7 @@ def test_a_worker_killed_mid_batch_resumes_with_nothing_lost_or_doubled(deployme
     print(f"first kill at {after_first_kill} (backlog ends at {backlog_end}); head {head}")
     assert_matches_replay(views, store)
     outcome = assert_process_outcomes(store)
-    assert len(outcome.entitled["KILL-CA-1"]) == 150
+    assert len(outcome.entitled["KILL-CA-1"]) == ACCOUNTS
     assert "KILL-CA-2" not in outcome.entitled  # cancelled before the process could record them
     assert len(outcome.entitled) > 1  # the writer's actions were processed too
     assert_stream_matches_store(deployment.jetstream, store)

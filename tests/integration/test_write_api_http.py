@@ -431,6 +431,94 @@ async def _send_together(
     return list(responses)
 
 
+# --- expected versions: If-Match and ETag ---------------------------------------------------------
+
+
+def test_if_match_on_the_current_version_runs_and_the_etag_is_the_new_version(
+    client: httpx.Client, write_api: WriteApi
+) -> None:
+    isin = security(client)
+    number = new_code("ACC")
+    opened = post(client, "OpenAccount", {"account_number": number, "holder_name": "Ada"}, **{"If-Match": '"0"'})
+    assert accepted(opened)["version"] == 1 and opened.headers["etag"] == '"1"'
+    credit = {"account_number": number, "isin": isin, "quantity": 5}
+    first = post(client, "CreditHoldings", credit, **{"If-Match": opened.headers["etag"]})  # the ETag, sent back
+    assert accepted(first)["version"] == 2 and first.headers["etag"] == '"2"'
+    second = post(client, "CreditHoldings", credit, **{"If-Match": "2"})  # the bare version
+    assert accepted(second)["version"] == 3 and second.headers["etag"] == '"3"'
+    assert holding_by_replay(write_api.store, number, isin) == (10, 0)
+
+
+def test_if_match_on_another_version_is_409_with_the_current_version_and_writes_nothing(
+    client: httpx.Client, write_api: WriteApi
+) -> None:
+    isin = security(client)
+    number = account(client, isin, 5)  # opened, credited: version 2
+    head = write_api.store.head()
+    response = post(client, "DebitHoldings", {"account_number": number, "isin": isin, "quantity": 1},
+                    **{"If-Match": '"1"'})
+    body = problem(response, 409, "version_mismatch")
+    assert (body["expected_version"], body["current_version"]) == (1, 2)
+    assert "version 2" in body["detail"] and "etag" not in response.headers
+    assert_no_traceback(response)
+    assert write_api.store.head() == head
+
+    fresh = post(client, "OpenAccount", {"account_number": new_code("ACC"), "holder_name": "Bo"}, **{"If-Match": "3"})
+    body = problem(fresh, 409, "version_mismatch")
+    assert (body["expected_version"], body["current_version"]) == (3, 0)  # it does not exist yet
+    assert write_api.store.head() == head
+
+
+def test_clients_that_decided_on_one_version_write_once_and_the_rest_hear_version_mismatch(
+    client: httpx.Client, write_api: WriteApi
+) -> None:
+    isin = security(client)
+    number = account(client, isin, 100)  # version 2
+    debit = {"account_number": number, "isin": isin, "quantity": 7}
+    responses = asyncio.run(_send_together(write_api.base_url, "DebitHoldings", [debit] * 8, {"If-Match": '"2"'}))
+    statuses = Counter(r.status_code for r in responses)
+    assert statuses == {200: 1, 409: 7}, statuses
+    for response in responses:
+        if response.status_code == 409:  # the bus's own retries end in a mismatch, never a conflict
+            assert problem(response, 409, "version_mismatch")["current_version"] == 3
+    assert holding_by_replay(write_api.store, number, isin) == (93, 0)
+
+
+def test_an_idempotency_key_replay_answers_first_whatever_if_match_says(
+    client: httpx.Client, write_api: WriteApi
+) -> None:
+    isin = security(client)
+    number = account(client, isin, 5)  # version 2
+    body = {"account_number": number, "isin": isin, "quantity": 1, "reference": "REF-IM"}
+    key = new_code("key")
+    first = post(client, "DebitHoldings", body, **{"Idempotency-Key": key, "If-Match": '"2"'})
+    first_body = accepted(first)
+    head = write_api.store.head()
+    for if_match in ('"2"', '"3"', "99"):  # stale now, current, never true: the key's answer stands
+        again = post(client, "DebitHoldings", body, **{"Idempotency-Key": key, "If-Match": if_match})
+        assert accepted(again) == first_body
+        assert again.headers["idempotent-replayed"] == "true" and again.headers["etag"] == '"3"'
+    assert write_api.store.head() == head
+
+    refused_key = new_code("key")  # a mismatch is not remembered: the key is free for a corrected expectation
+    problem(post(client, "DebitHoldings", body, **{"Idempotency-Key": refused_key, "If-Match": "2"}),
+            409, "version_mismatch")
+    retried = post(client, "DebitHoldings", body, **{"Idempotency-Key": refused_key, "If-Match": "3"})
+    assert accepted(retried)["version"] == 4 and "idempotent-replayed" not in retried.headers
+    assert holding_by_replay(write_api.store, number, isin) == (3, 0)
+
+
+@pytest.mark.parametrize("value", ['W/"1"', "*", '"1", "2"', "abc", "01", "-1", '"1', "1.0", '""',
+                                   "99999999999999999999"])
+def test_a_malformed_if_match_is_400_and_writes_nothing(client: httpx.Client, write_api: WriteApi,
+                                                         value: str) -> None:
+    head = write_api.store.head()
+    response = post(client, "OpenAccount", {"account_number": new_code("ACC"), "holder_name": "Ada"},
+                    **{"If-Match": value})
+    assert "If-Match" in problem(response, 400, "malformed_header")["detail"]
+    assert write_api.store.head() == head
+
+
 # --- concurrency ---------------------------------------------------------------------------------
 
 

@@ -62,6 +62,7 @@ EXPECTED_PUBLIC_API = [
     "UnitOfWork",
     "UnknownCommand",
     "Upcaster",
+    "VersionMismatch",
     "VersionSwitched",
     "event",
 ]

@@ -230,7 +230,7 @@ def test_a_success_says_how_to_read_your_own_write() -> None:
     assert "Eventfold-Position" in accepted["properties"]["position"]["description"]
     assert "Eventfold-Position" in doc["info"]["description"]
     headers = operation(doc, "OpenAccount")["responses"]["200"]["headers"]
-    assert set(headers) == {"X-Correlation-ID", "Idempotent-Replayed"}
+    assert set(headers) == {"X-Correlation-ID", "Idempotent-Replayed", "ETag"}
 
 
 # --- headers: the server's own checks --------------------------------------------------------------
@@ -256,6 +256,47 @@ def test_the_idempotency_key_pattern_is_what_the_server_accepts(value: str) -> N
             return
     documented = re.search(schema["pattern"], value) is not None and len(value) <= schema["maxLength"]
     assert documented == (response.status_code == 200), (value, response.status_code, response.text)
+
+
+_IF_MATCH_SAMPLES = ['"0"', "0", '"3"', "3", '"123456789012345678"', "123456789012345678", '"1234567890123456789"',
+                     "01", '"01"', "-1", 'W/"3"', "*", '"3", "4"', '"3', "3.0", '""', "", "abc", " 3", "3 "]
+
+
+@pytest.mark.parametrize("value", _IF_MATCH_SAMPLES)
+def test_the_if_match_pattern_is_what_the_server_accepts(value: str) -> None:
+    """Taken: a new account expected at 0 is opened (200), at any other version refused for what it asks
+    (409 version_mismatch); never 400 for a documented value, always 400 for another."""
+    pattern = _parameter("If-Match")["schema"]["pattern"]
+    with TestClient(create_write_app(CommandBus(example_router, MemoryEventStore()))) as client:
+        response = client.post("/commands/OpenAccount", json={"account_number": "A1", "holder_name": "Ann"},
+                               headers={"If-Match": value})
+    sent = value.strip()  # what a client puts around a header's value is not part of it (RFC 9110 5.5)
+    documented = re.search(pattern, sent) is not None
+    assert documented == (response.status_code != 400), (value, response.status_code, response.text)
+    if documented:
+        expected = int(sent.strip('"'))
+        assert response.status_code == (200 if expected == 0 else 409), response.text
+        assert response.json().get("code") in (None, "version_mismatch")
+
+
+def test_a_version_mismatch_is_documented_with_its_members_and_a_success_with_its_etag() -> None:
+    doc = document()
+    responses = operation(doc, "DebitHoldings")["responses"]
+    example = responses["409"]["content"]["application/problem+json"]["examples"]["version_mismatch"]["value"]
+    assert {"expected_version", "current_version"} <= set(example)
+    members = schema_of(doc, "Problem")["properties"]
+    assert members["expected_version"]["type"] == members["current_version"]["type"] == "integer"
+    etag = responses["200"]["headers"]["ETag"]
+    assert etag["required"] is True
+    assert "If-Match" in doc["info"]["description"] and "If-Match" in responses["400"]["description"]
+    with TestClient(create_write_app(CommandBus(example_router, MemoryEventStore()))) as client:
+        opened = client.post("/commands/OpenAccount", json={"account_number": "A1", "holder_name": "Ann"})
+        refused = client.post("/commands/OpenAccount", json={"account_number": "A2", "holder_name": "Bo"},
+                              headers={"If-Match": "5"})
+    assert re.search(etag["schema"]["pattern"], opened.headers["etag"]) and opened.headers["etag"] == '"1"'
+    body = refused.json()
+    assert (refused.status_code, body["expected_version"], body["current_version"]) == (409, 5, 0)
+    assert set(body) <= set(members)
 
 
 @pytest.mark.parametrize("value", _HEADER_SAMPLES)

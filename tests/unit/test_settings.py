@@ -226,3 +226,12 @@ def test_the_collector_is_tuned_at_the_start_of_a_catch_up_process_only() -> Non
     from framework.cli.startup import CATCH_UP_COMMANDS
 
     assert {"project", "replay"} == CATCH_UP_COMMANDS
+
+
+def test_group_commit_is_on_unless_turned_off_and_reaches_the_postgres_settings() -> None:
+    url = {"EVENTFOLD_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/events"}
+    on = Settings.from_env(url).postgres()
+    off = Settings.from_env({**url, "EVENTFOLD_GROUP_COMMIT": "false"}).postgres()
+    assert on is not None and on.group_commit is True
+    assert off is not None and off.group_commit is False
+    assert "EVENTFOLD_GROUP_COMMIT='maybe'" in error_for({"EVENTFOLD_GROUP_COMMIT": "maybe"})

@@ -1,0 +1,114 @@
+"""Group commit: appends that arrive together share one transaction (leader/follower).
+
+The first caller finds nobody committing and commits its own request at once, a
+group of one: an idle store adds no wait. Callers that arrive while a commit is
+in flight queue up; when it ends, the first of them leads the next commit and
+takes everyone queued by then. Each request still gets its own outcome: the
+commit function returns one result or error per request, so a request that
+fails does not fail its neighbours.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
+
+__all__ = ["GroupCommit"]
+
+R = TypeVar("R")
+T = TypeVar("T")
+
+# One outcome per request of a group, in the group's order: a result, or the error to raise.
+CommitGroup = Callable[[Sequence[R]], Sequence["T | BaseException"]]
+
+
+class _Waiter(Generic[R, T]):
+    __slots__ = ("done", "error", "leads", "request", "result")
+
+    def __init__(self, request: R) -> None:
+        self.request = request
+        self.done = threading.Event()
+        self.leads = False  # woken to lead the next commit, not with an outcome
+        self.result: T | None = None
+        self.error: BaseException | None = None
+
+    def outcome(self) -> T:
+        if self.error is not None:
+            raise self.error
+        return self.result  # type: ignore[return-value]  # set with error None: the request's result
+
+
+class GroupCommit(Generic[R, T]):
+    """Runs ``commit`` on groups of concurrent requests, one group at a time."""
+
+    def __init__(self, commit: CommitGroup[R, T]) -> None:
+        self._commit = commit
+        self._lock = threading.Lock()
+        self._queue: list[_Waiter[R, T]] = []
+        self._committing = False
+        # What the groups looked like, for tests and metrics: sizes, and requests that had to wait.
+        self.group_sizes: Counter[int] = Counter()
+        self.waited = 0
+
+    def submit(self, request: R) -> T:
+        """Commit ``request`` in the next group; its own result, or its own error raised."""
+        waiter: _Waiter[R, T] = _Waiter(request)
+        with self._lock:
+            self._queue.append(waiter)
+            leads = not self._committing
+            self._committing = True
+            if not leads:
+                self.waited += 1
+        if not leads:
+            waiter.done.wait()
+            if not waiter.leads:
+                return waiter.outcome()
+        self._lead()
+        return waiter.outcome()
+
+    def waiting(self) -> int:
+        """Requests queued for the next group (a test waits for its followers to line up)."""
+        with self._lock:
+            return len(self._queue)
+
+    def _lead(self) -> None:
+        with self._lock:
+            group, self._queue = self._queue, []
+            self.group_sizes[len(group)] += 1
+        try:
+            self._settle(group)
+        finally:
+            self._hand_over()
+
+    def _settle(self, group: list[_Waiter[R, T]]) -> None:
+        try:
+            outcomes = self._commit([w.request for w in group])
+            if len(outcomes) != len(group):
+                raise RuntimeError(f"group commit returned {len(outcomes)} outcomes for {len(group)} requests")
+        except BaseException as error:  # the whole group failed: each request gets its own copy
+            outcomes = [error] + [_failed_with(error) for _ in group[1:]]
+        for waiter, outcome in zip(group, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                waiter.error = outcome
+            else:
+                waiter.result = outcome
+            waiter.done.set()
+
+    def _hand_over(self) -> None:
+        """The first request queued meanwhile leads the next group; none: nobody is committing."""
+        with self._lock:
+            if not self._queue:
+                self._committing = False
+                return
+            successor = self._queue[0]
+        successor.leads = True
+        successor.done.set()
+
+
+def _failed_with(error: BaseException) -> BaseException:
+    """A fresh error per follower (one instance raised in many threads would share a traceback)."""
+    copy = RuntimeError(f"the group commit this request joined failed ({type(error).__name__}: {error})")
+    copy.__cause__ = error
+    return copy
