@@ -120,7 +120,7 @@ def test_the_cool_down_starts_short_and_doubles_with_each_failed_probe_up_to_the
         with pytest.raises(StoreUnavailable, match="not trying again"):
             breaker.call(_raise_store_unavailable)  # refused: the dependency is not tried
         clock.now += waits[-1] or 0.0
-        with pytest.raises(StoreUnavailable, match="^down$"):
+        with pytest.raises(StoreUnavailable, match=r"^down$"):
             breaker.call(_raise_store_unavailable)  # the probe, failing
     assert waits == [0.25, 0.5, 1.0, 2.0, 2.0]
     clock.now += 2.0
