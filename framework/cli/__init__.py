@@ -58,5 +58,6 @@ def _with_overrides(settings: Settings, args: argparse.Namespace) -> Settings:
         "host": getattr(args, "host", None),
         "port": getattr(args, "port", None),
         "sqlite_path": getattr(args, "store", None),
+        "write_workers": getattr(args, "workers", None),
     }
     return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
