@@ -7,7 +7,6 @@ import asyncio
 import atexit
 import contextlib
 import logging
-import os
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -27,9 +26,7 @@ from framework.cli.common import (
     tracing,
 )
 from framework.errors import ConfigurationError, EventfoldError
-from framework.faults import arm_faults
 from framework.loading import load_app
-from framework.logs import configure_logging
 from framework.settings import Settings
 
 __all__ = ["register", "write_api_worker"]
@@ -228,10 +225,10 @@ def write_api_worker() -> Any:
     """
     from uvicorn.config import STARTUP_FAILURE
 
+    from framework.cli import worker_settings  # the package imports this module: import it once loaded
+
     try:
-        settings = Settings.from_env(os.environ)
-        configure_logging(settings.log_format or "json", logging.INFO)
-        arm_faults(settings.faults)
+        settings = worker_settings()
         app, close = _write_api(settings, load_app(settings.app or "", source="EVENTFOLD_APP"))
     except EventfoldError as error:
         print(f"eventfold: {error.message}", file=sys.stderr)
@@ -250,18 +247,19 @@ def _serve_workers(settings: Settings, args: argparse.Namespace, reference: str)
     from uvicorn.config import STARTUP_FAILURE
     from uvicorn.supervisors import Multiprocess
 
+    from framework.cli import hand_to_workers
+
     # Workers read the environment: they must find the application this process found (--app or
     # pyproject.toml included) and log as it does.
-    os.environ.update({"EVENTFOLD_APP": reference, "EVENTFOLD_LOG_FORMAT": settings.log_format or "json",
-                       "EVENTFOLD_HOST": settings.host, "EVENTFOLD_PORT": str(settings.port)})
+    hand_to_workers({"EVENTFOLD_APP": reference, "EVENTFOLD_LOG_FORMAT": settings.log_format or "json",
+                     "EVENTFOLD_HOST": settings.host, "EVENTFOLD_PORT": str(settings.port)})
     config = uvicorn.Config(f"{__name__}:write_api_worker", factory=True, workers=settings.write_workers,
                             host=settings.host, port=settings.port, **_uvicorn_keywords(settings, args))
     log.info("listening on http://%s:%d with %d write-api processes", settings.host, settings.port,
              settings.write_workers)
     supervisor = Multiprocess(config, sockets=[config.bind_socket()])
     supervisor.run()
-    failed = [p.pid for p in supervisor.processes if p.exitcode == STARTUP_FAILURE]
-    return 2 if failed else 0
+    return 2 if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes) else 0
 
 
 def _breaker(settings: Settings, dependency: str) -> Any:
