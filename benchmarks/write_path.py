@@ -9,7 +9,9 @@ Phases, run one after the other so they never compete for the machine's cores:
 3. Eventfold's ``CommandBus`` in this process, no HTTP, one thread (``CreditHoldings``);
 4. Eventfold over HTTP: ``eventfold write-api`` (uvicorn, access log off) in a subprocess,
    driven with ``CreditHoldings`` commands by 1 client, 16 clients on different accounts, and
-   16 clients on one account (contended).
+   16 clients on one account (contended);
+5. the same 16 clients on distinct accounts against ``eventfold write-api --workers 2`` (two
+   processes on one port), to compare with one process.
 
 Every phase warms up, then measures for ``--duration`` seconds. The script creates its own
 databases (``eventfold_bench_<pid>_*``) on the server named by ``EVENTFOLD_BENCH_DATABASE_URL``
@@ -147,6 +149,18 @@ def _cpu_of(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
 
 
+def _cpu_of_tree(pid: int) -> float:
+    """CPU of a process and its live descendants (``write-api --workers N``: the parent and its workers)."""
+    return _cpu_of(pid) + sum(_cpu_of_tree(child) for child in _children(pid))
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
 def _machine_busy() -> float:
     """Seconds of CPU the whole machine spent busy (all cores), from /proc/stat."""
     try:
@@ -193,7 +207,7 @@ class CpuSampler(threading.Thread):
         sample = {"driver": _cpu_of(os.getpid()), "postgres": sum(_cpu_of(p) for p in self._pg),
                   "machine": _machine_busy()}
         if self._server is not None:
-            sample["server"] = _cpu_of(self._server)
+            sample["server"] = _cpu_of_tree(self._server)
         return sample
 
     def run(self) -> None:
@@ -571,10 +585,11 @@ def _eventfold_command() -> list[str]:
 class Server:
     """``eventfold write-api`` (or ``command``) in a subprocess, on a free port, access log off."""
 
-    def __init__(self, url: str, command: list[str] | None = None, *, app: str = EXAMPLE_APP) -> None:
+    def __init__(self, url: str, command: list[str] | None = None, *, app: str = EXAMPLE_APP,
+                 workers: int = 1) -> None:
         self.port = _free_port()
         self._command = command or [*_eventfold_command(), "write-api", "--host", "127.0.0.1",
-                                    "--port", str(self.port)]
+                                    "--port", str(self.port), "--workers", str(workers)]
         self._env = eventfold_env(EVENTFOLD_DATABASE_URL=url, PYTHONUNBUFFERED="1", BENCH_PORT=str(self.port),
                                   EVENTFOLD_APP=app)
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed in stop())
@@ -639,8 +654,8 @@ class Server:
 
 
 @contextmanager
-def running_server(url: str, *, app: str = EXAMPLE_APP) -> Iterator[Server]:
-    server = Server(url, app=app)
+def running_server(url: str, *, app: str = EXAMPLE_APP, workers: int = 1) -> Iterator[Server]:
+    server = Server(url, app=app, workers=workers)
     server.init_db()
     server.start()
     try:
@@ -693,6 +708,8 @@ def print_ratios(by_key: dict[str, Result]) -> None:
         ("Eventfold in-process 1 thread / eventsourcing save()", _ratio(proc, es)),
         ("Eventfold HTTP 1 client / Eventfold in-process 1 thread", _ratio(http1, proc)),
         ("Eventfold HTTP 16 clients / HTTP 1 client", _ratio(by_key.get("http16"), http1)),
+        ("Eventfold HTTP 16 clients: 2 write-api processes / 1", _ratio(by_key.get("http16x2"),
+                                                                          by_key.get("http16"))),
         ("eventsourcing save() / psycopg commit, 1 conn", _ratio(es, pg1)),
     ]
     for label, value in rows:
@@ -777,7 +794,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-ORDER = ["pg1", "pg4", "es", "proc", "http1", "http16", "http16same"]
+ORDER = ["pg1", "pg4", "es", "proc", "http1", "http16", "http16same", "http16x2"]
 
 
 def run_once(args: argparse.Namespace, databases: Databases) -> dict[str, Result]:
@@ -800,24 +817,38 @@ def run_once(args: argparse.Namespace, databases: Databases) -> dict[str, Result
         phase("es", lambda: bench_eventsourcing(es_url, w, d))
         proc_url = databases.create("proc")
         phase("proc", lambda: bench_in_process(proc_url, args.accounts, w, d))
-        if args.only and not args.only & {"http1", "http16", "http16same"}:
-            return results
-        with running_server(databases.create("http")) as server:
-            accounts = [account_number("ACC", i) for i in range(args.accounts)]
-            http_setup(server, accounts)
-            phase("http1", lambda: bench_http(
-                "Eventfold HTTP write API, 1 client", server, client_type,
-                spread_bodies(accounts, 1), w, d))
-            phase("http16", lambda: bench_http(
-                "Eventfold HTTP write API, 16 clients, distinct accounts", server, client_type,
-                spread_bodies(accounts, 16), w, d))
-            same = [json.dumps(credit_body(accounts[0])).encode()]
-            phase("http16same", lambda: bench_http(
-                "Eventfold HTTP write API, 16 clients, SAME account", server, client_type,
-                [same] * 16, w, d))
+        if not args.only or args.only & {"http1", "http16", "http16same"}:
+            run_one_process(args, databases, phase)
+        if not args.only or "http16x2" in args.only:
+            with running_server(databases.create("http2"), workers=2) as server:
+                accounts = [account_number("ACC", i) for i in range(args.accounts)]
+                http_setup(server, accounts)
+                phase("http16x2", lambda: bench_http(
+                    "Eventfold HTTP write API, 2 processes, 16 clients, distinct", server, client_type,
+                    spread_bodies(accounts, 16), w, d))
     finally:
         databases.drop_all()
     return results
+
+
+def run_one_process(args: argparse.Namespace, databases: Databases,
+                    phase: Callable[[str, Callable[[], Result]], None]) -> None:
+    """The HTTP phases against one ``write-api`` process."""
+    client_type = CLIENTS[args.client]
+    w, d = args.warmup, args.duration
+    with running_server(databases.create("http")) as server:
+        accounts = [account_number("ACC", i) for i in range(args.accounts)]
+        http_setup(server, accounts)
+        phase("http1", lambda: bench_http(
+            "Eventfold HTTP write API, 1 client", server, client_type,
+            spread_bodies(accounts, 1), w, d))
+        phase("http16", lambda: bench_http(
+            "Eventfold HTTP write API, 16 clients, distinct accounts", server, client_type,
+            spread_bodies(accounts, 16), w, d))
+        same = [json.dumps(credit_body(accounts[0])).encode()]
+        phase("http16same", lambda: bench_http(
+            "Eventfold HTTP write API, 16 clients, SAME account", server, client_type,
+            [same] * 16, w, d))
 
 
 def best_of(runs: list[dict[str, Result]]) -> dict[str, Result]:

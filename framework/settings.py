@@ -86,6 +86,7 @@ class Settings:
     header_timeout_seconds: float = 10.0  # to receive a request's line and headers
     body_timeout_seconds: float = 30.0  # to receive its body, once the headers are in
     max_connections: int = 1_000  # open at once; a request beyond is answered 503
+    write_workers: int = 1  # EVENTFOLD_WRITE_WORKERS: write-api processes sharing the port (--workers)
     command_max_attempts: int = 5
     idempotency_lease_seconds: float = 60.0
     retry_after_seconds: int = 1
@@ -156,6 +157,7 @@ class Settings:
                 "BODY_TIMEOUT_SECONDS", float, defaults.body_timeout_seconds, minimum=0.1, maximum=3600
             ),
             max_connections=read.number("MAX_CONNECTIONS", int, defaults.max_connections, minimum=1),
+            write_workers=read.number("WRITE_WORKERS", int, defaults.write_workers, minimum=1, maximum=256),
             command_max_attempts=read.number(
                 "COMMAND_MAX_ATTEMPTS", int, defaults.command_max_attempts, minimum=1
             ),

@@ -16,7 +16,7 @@ from framework.faults import arm_faults
 from framework.logs import configure_logging
 from framework.settings import Settings
 
-__all__ = ["main"]
+__all__ = ["hand_to_workers", "main", "worker_settings"]
 
 Runner = Callable[[Settings, argparse.Namespace], int]
 _JSON_LOGS_BY_DEFAULT = {"write-api", "query-api", "relay", "project"}  # the roles a deployment runs
@@ -42,6 +42,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def worker_settings() -> Settings:
+    """The start of a worker process a command spawned (``write-api --workers N``): the settings from
+    the environment its parent handed on, applied as ``main`` applies them (fault points, logging)."""
+    settings = Settings.from_env(os.environ)
+    arm_faults(settings.faults)
+    configure_logging(settings.log_format or "json", logging.INFO)
+    return settings
+
+
+def hand_to_workers(variables: dict[str, str]) -> None:
+    """Put ``variables`` in the environment the worker processes about to be spawned inherit."""
+    os.environ.update(variables)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eventfold", description="Eventfold event-sourcing framework")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -58,5 +72,6 @@ def _with_overrides(settings: Settings, args: argparse.Namespace) -> Settings:
         "host": getattr(args, "host", None),
         "port": getattr(args, "port", None),
         "sqlite_path": getattr(args, "store", None),
+        "write_workers": getattr(args, "workers", None),
     }
     return replace(settings, **{k: v for k, v in overrides.items() if v is not None})

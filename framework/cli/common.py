@@ -25,6 +25,7 @@ from framework.views import ViewStore
 
 __all__ = [
     "add_app_option",
+    "app_reference",
     "application",
     "authenticator",
     "command_bus",
@@ -76,8 +77,13 @@ def add_app_option(parser: argparse.ArgumentParser) -> None:
 
 def application(settings: Settings, args: argparse.Namespace) -> App:
     """The application named by ``--app``, ``EVENTFOLD_APP`` or pyproject.toml, loaded once."""
-    reference, source = find_app_reference(getattr(args, "app", None), settings.app, Path.cwd())
+    reference, source = app_reference(settings, args)
     return load_app(reference, source=source)
+
+
+def app_reference(settings: Settings, args: argparse.Namespace) -> tuple[str, str]:
+    """The reference naming the application, and where it came from (``--app``, ``EVENTFOLD_APP``, ...)."""
+    return find_app_reference(getattr(args, "app", None), settings.app, Path.cwd())
 
 
 def graphql_of(app: App) -> Any:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import contextlib
 import logging
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 from framework.app import App, Seeding
 from framework.cli.common import (
     add_app_option,
+    app_reference,
     application,
     authenticator,
     command_bus,
@@ -22,10 +25,11 @@ from framework.cli.common import (
     require_postgres,
     tracing,
 )
-from framework.errors import ConfigurationError
+from framework.errors import ConfigurationError, EventfoldError
+from framework.loading import load_app
 from framework.settings import Settings
 
-__all__ = ["register"]
+__all__ = ["register", "write_api_worker"]
 
 log = logging.getLogger("eventfold")
 
@@ -44,6 +48,8 @@ def register(commands: Any) -> None:
 
     write_api = commands.add_parser("write-api", help="serve the write API on PostgreSQL")
     _serve_options(write_api)
+    write_api.add_argument("--workers", type=_positive, metavar="N",
+                           help="worker processes sharing the port (EVENTFOLD_WRITE_WORKERS, default 1)")
     write_api.set_defaults(run=run_write_api)
 
     init_db = commands.add_parser("init-db", help="create the event store's and read models' tables (idempotent)")
@@ -56,6 +62,16 @@ def _serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, help="port to listen on (EVENTFOLD_PORT)")
     parser.add_argument("--access-log", action="store_true", help="log every request")
     add_app_option(parser)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes (1 or more)")
+    return value
 
 
 def run_dev(settings: Settings, args: argparse.Namespace) -> int:
@@ -175,6 +191,16 @@ def _write_options(settings: Settings) -> Any:
 
 
 def run_write_api(settings: Settings, args: argparse.Namespace) -> int:
+    reference, source = app_reference(settings, args)
+    app, close = _write_api(settings, load_app(reference, source=source))
+    if settings.write_workers == 1:
+        return _serve(settings, app, args, close)
+    close()  # built here only so that what would fail in every worker fails once, in one line
+    return _serve_workers(settings, args, reference)
+
+
+def _write_api(settings: Settings, application_: App) -> tuple[Any, Callable[[], None]]:
+    """The write API's ASGI app over PostgreSQL, and what closes its store."""
     from framework.breaker import BreakingEventStore
     from framework.http.write_api import create_write_app
     from framework.metrics import Metrics
@@ -184,10 +210,56 @@ def run_write_api(settings: Settings, args: argparse.Namespace) -> int:
     store = BreakingEventStore(open_store(settings), _breaker(settings, "event store"))
     metrics = Metrics()
     metrics.watch_breakers([store.breaker])
-    bus = command_bus(settings, application(settings, args).commands, store, metrics,
-                      tracing(settings, "write-api"))
+    bus = command_bus(settings, application_.commands, store, metrics, tracing(settings, "write-api"))
     app = create_write_app(bus, _write_options(settings), metrics=metrics, authenticator=auth)
-    return _serve(settings, app, args, store.close)
+    return app, store.close
+
+
+def write_api_worker() -> Any:
+    """The app of one ``write-api --workers N`` process: uvicorn calls this in each process it starts.
+
+    A worker is a fresh interpreter (uvicorn spawns them): it reads the settings from the environment,
+    where the parent left the application's resolved reference and the log format. The parent built
+    the same app before starting any worker, so a failure here is rare (the database went away in
+    between); it is one line, and the exit status that tells uvicorn not to restart the worker.
+    """
+    from uvicorn.config import STARTUP_FAILURE
+
+    from framework.cli import worker_settings  # the package imports this module: import it once loaded
+
+    try:
+        settings = worker_settings()
+        app, close = _write_api(settings, load_app(settings.app or "", source="EVENTFOLD_APP"))
+    except EventfoldError as error:
+        print(f"eventfold: {error.message}", file=sys.stderr)
+        sys.exit(STARTUP_FAILURE)
+    atexit.register(close)  # a spawned process runs its exit handlers once uvicorn has shut down
+    return app
+
+
+def _serve_workers(settings: Settings, args: argparse.Namespace, reference: str) -> int:
+    """Serve ``write_api_worker`` in ``settings.write_workers`` processes on one listening socket.
+
+    uvicorn's supervisor binds the socket here, starts the workers, restarts one that dies, and on
+    SIGTERM or SIGINT stops them all (each finishes its requests in flight) before returning.
+    """
+    import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
+
+    from framework.cli import hand_to_workers
+
+    # Workers read the environment: they must find the application this process found (--app or
+    # pyproject.toml included) and log as it does.
+    hand_to_workers({"EVENTFOLD_APP": reference, "EVENTFOLD_LOG_FORMAT": settings.log_format or "json",
+                     "EVENTFOLD_HOST": settings.host, "EVENTFOLD_PORT": str(settings.port)})
+    config = uvicorn.Config(f"{__name__}:write_api_worker", factory=True, workers=settings.write_workers,
+                            host=settings.host, port=settings.port, **_uvicorn_keywords(settings, args))
+    log.info("listening on http://%s:%d with %d write-api processes", settings.host, settings.port,
+             settings.write_workers)
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    supervisor.run()
+    return 2 if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes) else 0
 
 
 def _breaker(settings: Settings, dependency: str) -> Any:
@@ -219,18 +291,25 @@ def run_init_db(settings: Settings, args: argparse.Namespace) -> int:
 def _serve(settings: Settings, app: Any, args: argparse.Namespace, close: Callable[[], None]) -> int:
     import uvicorn
 
+    log.info("listening on http://%s:%d", settings.host, settings.port)
+    try:
+        uvicorn.run(app, host=settings.host, port=settings.port, **_uvicorn_keywords(settings, args))
+    finally:
+        close()
+    return 0
+
+
+def _uvicorn_keywords(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    """Logging and the server's limits, the same for one process and for each of several."""
+    import uvicorn
+
     from framework.http.server import ServerLimits, uvicorn_options
 
     limits = ServerLimits(max_header_bytes=settings.max_header_bytes,
                           header_timeout_seconds=settings.header_timeout_seconds,
                           body_timeout_seconds=settings.body_timeout_seconds,
                           max_connections=settings.max_connections)
-    log.info("listening on http://%s:%d", settings.host, settings.port)
-    try:
-        # JSON logs: uvicorn's records go through the root handler too (one format on stderr).
-        log_config: Any = None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG
-        uvicorn.run(app, host=settings.host, port=settings.port, access_log=args.access_log,
-                    log_level="info", log_config=log_config, **uvicorn_options(limits))
-    finally:
-        close()
-    return 0
+    # JSON logs: uvicorn's records go through the root handler too (one format on stderr).
+    log_config: Any = None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG
+    return {"access_log": args.access_log, "log_level": "info", "log_config": log_config,
+            **uvicorn_options(limits)}

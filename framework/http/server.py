@@ -19,18 +19,21 @@ After a refusal the server keeps reading (and dropping) what the client still se
 ``linger_seconds``, then closes: closing at once would reset the connection and could destroy the
 answer before the client reads it.
 
-``uvicorn_options(limits)`` gives the keywords for ``uvicorn.run`` or ``uvicorn.Config``.
+``uvicorn_options(limits)`` gives the keywords for ``uvicorn.run`` or ``uvicorn.Config``. The protocol
+class it names pickles as its limits, so uvicorn's worker processes (spawned, each unpickling its
+``Config``) rebuild the same class with the same limits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copyreg
 import http
 import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -55,8 +58,25 @@ class ServerLimits:
 
 def uvicorn_options(limits: ServerLimits) -> dict[str, Any]:
     """``http`` (the protocol with these limits) and ``limit_concurrency``, for ``uvicorn.run``."""
-    protocol = type("LimitedHttpProtocol", (_LimitedProtocol,), {"limits": limits})
-    return {"http": protocol, "limit_concurrency": limits.max_connections}
+    return {"http": limited_protocol(limits), "limit_concurrency": limits.max_connections}
+
+
+def limited_protocol(limits: ServerLimits) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol bounded by ``limits`` (a class of its own: uvicorn takes a class)."""
+    return cast("type[HttpToolsProtocol]",
+                _LimitedProtocolType("LimitedHttpProtocol", (_LimitedProtocol,), {"limits": limits}))
+
+
+class _LimitedProtocolType(type):
+    """The metaclass of the limited protocols, so that pickling one of them (below) keeps its limits."""
+
+
+def _pickle_limited_protocol(protocol: _LimitedProtocolType) -> tuple[Any, tuple[ServerLimits]]:
+    # A class pickles by its name by default, and the name alone would lose the limits in a worker.
+    return limited_protocol, (protocol.limits,)  # type: ignore[attr-defined]
+
+
+copyreg.pickle(_LimitedProtocolType, _pickle_limited_protocol)
 
 
 def _problem(status: int, detail: str, code: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
@@ -74,7 +94,7 @@ def _raw_response(status: int, headers: list[tuple[bytes, bytes]], body: bytes) 
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
-class _LimitedProtocol(HttpToolsProtocol):
+class _LimitedProtocol(HttpToolsProtocol, metaclass=_LimitedProtocolType):
     limits: ClassVar[ServerLimits]
     _busy_logged_at: ClassVar[float] = -_BUSY_LOG_INTERVAL
 

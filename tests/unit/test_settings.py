@@ -111,6 +111,8 @@ def error_for(env: dict[str, str]) -> str:
         ("EVENTFOLD_DB_CONNECT_TIMEOUT", "0"),
         ("EVENTFOLD_DB_CONNECT_TIMEOUT", "soon"),
         ("EVENTFOLD_MAX_BODY_BYTES", "0"),
+        ("EVENTFOLD_WRITE_WORKERS", "0"),
+        ("EVENTFOLD_WRITE_WORKERS", "two"),
         ("EVENTFOLD_COMMAND_MAX_ATTEMPTS", "0"),
         ("EVENTFOLD_IDEMPOTENCY_LEASE_SECONDS", "0.5"),
         ("EVENTFOLD_RETRY_AFTER_SECONDS", "-3"),
@@ -235,3 +237,21 @@ def test_group_commit_is_on_unless_turned_off_and_reaches_the_postgres_settings(
     assert on is not None and on.group_commit is True
     assert off is not None and off.group_commit is False
     assert "EVENTFOLD_GROUP_COMMIT='maybe'" in error_for({"EVENTFOLD_GROUP_COMMIT": "maybe"})
+
+
+def test_write_workers_default_to_one_process() -> None:
+    assert Settings.from_env({}).write_workers == 1
+    assert Settings.from_env({"EVENTFOLD_WRITE_WORKERS": "4"}).write_workers == 4
+
+
+def test_the_server_protocol_keeps_its_limits_when_pickled_into_a_worker() -> None:
+    """uvicorn spawns each worker with its Config pickled: the protocol class must arrive with its limits."""
+    import pickle
+
+    from framework.http.server import ServerLimits, uvicorn_options
+
+    limits = ServerLimits(max_header_bytes=4_096, header_timeout_seconds=3.0, max_connections=7)
+    protocol = uvicorn_options(limits)["http"]
+    rebuilt = pickle.loads(pickle.dumps(protocol))
+    assert rebuilt.limits == limits  # type: ignore[attr-defined]
+    assert rebuilt.__mro__[1:] == protocol.__mro__[1:]
