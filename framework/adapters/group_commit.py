@@ -10,6 +10,7 @@ fails does not fail its neighbours.
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -108,7 +109,12 @@ class GroupCommit(Generic[R, T]):
 
 
 def _failed_with(error: BaseException) -> BaseException:
-    """A fresh error per follower (one instance raised in many threads would share a traceback)."""
-    copy = RuntimeError(f"the group commit this request joined failed ({type(error).__name__}: {error})")
-    copy.__cause__ = error
-    return copy
+    """A fresh error of the same kind per follower (one instance raised in many threads would share a
+    traceback): a store that is down is ``StoreUnavailable`` (503) for every request of the group."""
+    try:
+        fresh = copy.copy(error)
+    except Exception:  # an error that cannot be rebuilt from its arguments
+        fresh = RuntimeError(f"the group commit this request joined failed ({type(error).__name__}: {error})")
+    fresh.__traceback__ = None
+    fresh.__cause__ = error
+    return fresh

@@ -99,3 +99,32 @@ def test_a_failed_commit_fails_every_request_of_its_group_and_the_next_group_sti
     with pytest.raises(ConnectionError):
         committer.submit("a")
     assert committer.submit("b") == "B"
+
+
+def test_when_a_whole_group_fails_every_request_gets_an_error_of_the_same_kind() -> None:
+    """A store that went down is StoreUnavailable (503) for every request of the group, not a 500."""
+    from framework.errors import StoreUnavailable
+
+    first_done = threading.Event()
+
+    def commit(group: Sequence[str]) -> list[str]:
+        if not first_done.is_set():
+            first_done.set()
+            assert release.wait(10)
+            return [r.upper() for r in group]
+        raise StoreUnavailable("the event store is unavailable")
+
+    release = threading.Event()
+    committer = GroupCommit(commit)
+    answers: dict[str, object] = {}
+    threads = _submit_all(committer, ["lead"], answers)
+    assert first_done.wait(10)
+    threads += _submit_all(committer, ["b", "c", "d"], answers)
+    _wait_until(lambda: committer.waiting() == 3)
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert answers["lead"] == "LEAD"
+    failed = [answers[r] for r in ("b", "c", "d")]
+    assert all(isinstance(e, StoreUnavailable) and e.message == "the event store is unavailable" for e in failed)
+    assert len({id(e) for e in failed}) == 3  # one instance each: no traceback shared between threads
