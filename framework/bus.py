@@ -24,6 +24,7 @@ from framework.errors import (
     EventfoldError,
     IdempotencyKeyInFlight,
     IdempotencyKeyReused,
+    RuleViolation,
     VersionMismatch,
 )
 from framework.events import EventMetadata
@@ -183,6 +184,11 @@ class CommandBus:
                 with self._hot.turns(holding):
                     return self._attempt(command, context, claim, trust_cache=trust_cache, holding=holding)
             except StaleCache:  # an expectation met cached state the store has moved past: decide again
+                trust_cache = False
+            except RuleViolation:
+                if not trust_cache:
+                    raise
+                # Refused on cached state another process may have moved past: decide again on the store's.
                 trust_cache = False
             except _TakeTurns as hot:  # nothing was written: run again holding these aggregates' turns
                 holding |= hot.aggregate_ids

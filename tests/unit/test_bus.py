@@ -374,6 +374,19 @@ def test_a_rule_decided_on_stale_cached_state_is_decided_again_on_fresh_state(st
     assert holding(store) == 0
 
 
+def test_a_refusal_decided_on_stale_cached_state_is_decided_again_on_fresh_state(store: EventStore) -> None:
+    """The first process has A-1 cached holding nothing; another process credited it meanwhile: the
+    debit the stale copy would refuse is decided again on the store's state, and goes through."""
+    first, second = CommandBus(example_router, store), CommandBus(example_router, store)
+    first.execute(RegisterSecurity(isin=APPLE, name="Apple", currency="USD"))
+    first.execute(OpenAccount(account_number="A-1", holder_name="Ada"))  # cached by the first: holds 0
+    second.execute(credit(10))
+    executed = first.execute(DebitHoldings(account_number="A-1", isin=APPLE, quantity=5))
+    assert executed.result.version == 3 and holding(store) == 5
+    with pytest.raises(RuleViolation, match="holds 5"):  # a refusal on fresh state stays a refusal
+        first.execute(DebitHoldings(account_number="A-1", isin=APPLE, quantity=50))
+
+
 def test_a_command_on_a_stale_cached_aggregate_lands_on_fresh_state(store: EventStore) -> None:
     first, _ = two_processes(store)
     executed = first.execute(credit(3))
