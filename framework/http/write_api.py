@@ -129,15 +129,23 @@ async def _handle_command(request: Request, bus: CommandBus, options: WriteApiOp
     name = request.path_params["name"]
     command_type = bus.router.public_command_type(name)  # 404 before reading a body (internal ones too)
     authorize(command_type, principal)
-    _require_json(request)
-    command = bus.router.parse_json(command_type.command_name, await _read_body(request, options.max_body_bytes))
-    context = _context(request, principal)
+    headers = _headers(request)
+    _require_json(headers)
+    body = await _read_body(request, headers, options.max_body_bytes)
+    command = bus.router.parse_json(command_type.command_name, body)
+    context = _context(request, principal, headers)
     token = correlation_id.set(context.correlation_id)
     try:
         executed = await _in_thread(threads, bus.execute, command, context)
     finally:
         correlation_id.reset(token)
     return _accepted(executed, context)
+
+
+def _headers(request: Request) -> dict[str, str]:
+    """The request's headers by (lower-case) name, the first of repeated ones as ``Request.headers.get``
+    answers: one pass instead of a scan of every header per name looked up."""
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in reversed(request.scope["headers"])}
 
 
 async def _in_thread(threads: ThreadPoolExecutor, function: Callable[..., T], *args: object) -> T:
@@ -156,17 +164,17 @@ async def _in_thread(threads: ThreadPoolExecutor, function: Callable[..., T], *a
         raise
 
 
-def _require_json(request: Request) -> None:
+def _require_json(headers: dict[str, str]) -> None:
     """application/json only: a browser sends anything else (text/plain, a form) across sites without
     asking first (no CORS preflight), so accepting it would let any web page send commands."""
-    if not _JSON_MEDIA_TYPE.fullmatch(request.headers.get("content-type", "")):
+    if not _JSON_MEDIA_TYPE.fullmatch(headers.get("content-type", "")):
         raise _BadRequest(415, "Unsupported media type",
                           "send the command as application/json (UTF-8, the only charset allowed)",
                           "unsupported_media_type")
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
+async def _read_body(request: Request, headers: dict[str, str], limit: int) -> bytes:
+    declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
     body = bytearray()
@@ -181,23 +189,23 @@ def _too_large(limit: int) -> _BadRequest:
     return _BadRequest(413, "Body too large", f"the body exceeds {limit} bytes", "body_too_large")
 
 
-def _context(request: Request, principal: Principal) -> CommandContext:
-    key = _header(request, "idempotency-key")
+def _context(request: Request, principal: Principal, headers: dict[str, str]) -> CommandContext:
+    key = _header(headers, "idempotency-key")
     request_id = str(uuid4())
     return CommandContext(
         correlation_id=request_correlation_id(request.scope) or request_id,
         causation_id=request_id,
         actor=principal.subject,
         idempotency_key=key,
-        trace_context=trace_context_from_headers(request.headers),  # invalid: a new trace starts
-        expected_version=_expected_version(request),
+        trace_context=trace_context_from_headers(headers),  # invalid: a new trace starts
+        expected_version=_expected_version(headers),
     )
 
 
-def _expected_version(request: Request) -> int | None:
+def _expected_version(headers: dict[str, str]) -> int | None:
     """The version of ``If-Match``: ``"3"`` (the ETag of an earlier answer) or ``3``. A weak tag, ``*``
     or a list is refused rather than half-understood."""
-    value = request.headers.get("if-match")
+    value = headers.get("if-match")
     if value is None:
         return None
     matched = _IF_MATCH.match(value.strip(" \t"))  # spaces around a value are not part of it (RFC 9110 5.5)
@@ -207,8 +215,8 @@ def _expected_version(request: Request) -> int | None:
     return int(matched.group(1) or matched.group(2))
 
 
-def _header(request: Request, name: str) -> str | None:
-    value = request.headers.get(name)
+def _header(headers: dict[str, str], name: str) -> str | None:
+    value = headers.get(name)
     if value is None:
         return None
     if not _HEADER_VALUE.match(value):
