@@ -13,7 +13,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass, replace
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from framework.aggregate import Aggregate
 from framework.cache import AggregateCache
@@ -29,6 +29,7 @@ from framework.errors import (
 )
 from framework.events import EventMetadata
 from framework.faults import fault_point
+from framework.ids import random_uuid
 from framework.mapper import to_stored
 from framework.observe import NULL_OBSERVER, Observer, command_outcome
 from framework.snapshots import snapshot_due, to_snapshot
@@ -150,7 +151,7 @@ class CommandBus:
 
     def _execute_once(self, command: Command, context: CommandContext, key: str) -> Executed:
         request_hash = fingerprint(command)
-        claim = _Claim(key, uuid4())
+        claim = _Claim(key, random_uuid())
         outcome = self.store.claim_idempotency_key(key, request_hash, claim.owner, self._lease)
         if not isinstance(outcome, Claimed) and outcome.request_hash != request_hash:
             raise IdempotencyKeyReused(

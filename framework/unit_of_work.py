@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import TypeVar
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from framework.aggregate import Aggregate
 from framework.cache import AggregateCache
 from framework.errors import AggregateNotFound, AlreadyExists, ConfigurationError, VersionMismatch
 from framework.events import EventEnvelope, EventMetadata
+from framework.ids import random_uuid
 from framework.mapper import from_stored
 from framework.snapshots import from_snapshot
 from framework.store import EventStore
@@ -172,7 +173,7 @@ class UnitOfWork:
             events = aggregate.collect_events()
             first = aggregate.version - len(events) + 1
             for offset, new_event in enumerate(events):
-                stamped = metadata.model_copy(update={"event_id": uuid4()})
+                stamped = metadata.model_copy(update={"event_id": random_uuid()})
                 envelopes.append(
                     EventEnvelope(
                         aggregate_type=type(aggregate).aggregate_name,

@@ -22,12 +22,12 @@ import json
 import logging
 import re
 from collections.abc import Iterable, Mapping
-from uuid import uuid4
 
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from framework.ids import random_uuid
 from framework.observe import correlation_id
 
 __all__ = ["CORRELATION_HEADER", "Edge", "EdgeApp", "request_correlation_id", "valid_correlation_id"]
@@ -60,7 +60,7 @@ class Edge:
         if scope["type"] != "http" or _SCOPE_KEY in scope:  # not HTTP, or an outer edge did it
             await self.app(scope, receive, send)
             return
-        chosen = _incoming(scope["headers"]) or str(uuid4())
+        chosen = _incoming(scope["headers"]) or str(random_uuid())
         scope[_SCOPE_KEY] = chosen
         echoed = (_HEADER, chosen.encode())
         started = False

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
-from uuid import uuid4
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -30,6 +29,7 @@ from framework.http.gate import Gate
 from framework.http.health import metrics_route, ready_route, store_check
 from framework.http.openapi import access_of, openapi_document
 from framework.http.problems import problem, problem_for
+from framework.ids import random_uuid
 from framework.metrics import Metrics
 from framework.observe import NULL_OBSERVER, correlation_id
 from framework.security import Authenticator, Principal, authorize
@@ -191,7 +191,7 @@ def _too_large(limit: int) -> _BadRequest:
 
 def _context(request: Request, principal: Principal, headers: dict[str, str]) -> CommandContext:
     key = _header(headers, "idempotency-key")
-    request_id = str(uuid4())
+    request_id = str(random_uuid())
     return CommandContext(
         correlation_id=request_correlation_id(request.scope) or request_id,
         causation_id=request_id,
