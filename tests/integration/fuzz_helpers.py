@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -51,6 +52,8 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from support.http import clean_env, eventfold_executable
+from support.tokens import AUDIENCE, ISSUER, Issuer
 
 from example_app.securities import check_isin
 
@@ -242,3 +245,17 @@ _SCALARS: dict[str, Callable[[Any], bool]] = {
     "DateTime": lambda v: isinstance(v, str) and _DATE.match(v) is not None,
     "Decimal": lambda v: isinstance(v, str),
 }
+
+
+def tokened_env(database_url: str, schema: str, issuer: Issuer) -> dict[str, str]:
+    """A server of the fuzz tests: tokens required (the issuer's key), limits out of the fuzzer's way;
+    the schema initialised."""
+    env = clean_env(
+        EVENTFOLD_DATABASE_URL=database_url, EVENTFOLD_DB_SCHEMA=schema, EVENTFOLD_DB_POOL_SIZE="2",
+        EVENTFOLD_ALLOW_ANONYMOUS="false", EVENTFOLD_JWKS_FILE=str(issuer.jwks_file),
+        EVENTFOLD_JWT_ALGORITHMS="RS256", EVENTFOLD_JWT_ISSUER=ISSUER, EVENTFOLD_JWT_AUDIENCE=AUDIENCE,
+        EVENTFOLD_RATE_LIMIT_PER_SECOND="100000", EVENTFOLD_AUTH_FAILURES_PER_MINUTE="100000")
+    init = subprocess.run([eventfold_executable(), "init-db"], env=env, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert init.returncode == 0, init.stderr
+    return env

@@ -11,7 +11,6 @@ refused with a code for what no schema can say (``fuzz_helpers``). The runs are 
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
@@ -20,14 +19,14 @@ import graphql
 import httpx
 import pytest
 import schemathesis
-from fuzz_helpers import check_graphql_answer, fuzz, graphql_error_codes, operations
+from fuzz_helpers import check_graphql_answer, fuzz, graphql_error_codes, operations, tokened_env
 from graphql_helpers import ReadSide, fill_example
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import Case, GenerationMode
-from support.http import CliServer, clean_env, eventfold_executable
+from support.http import CliServer
 from support.postgres import PgDatabase
-from support.tokens import AUDIENCE, ISSUER, Issuer, make_issuer
+from support.tokens import Issuer, make_issuer
 
 from framework.adapters.postgres import PostgresEventStore
 from framework.adapters.postgres_views import PostgresViewStore
@@ -53,14 +52,7 @@ def issuer(tmp_path_factory: pytest.TempPathFactory) -> Issuer:
 @pytest.fixture(scope="module")
 def query_api(pg_database: PgDatabase, issuer: Issuer) -> Iterator[CliServer]:
     with pg_database.fresh_schema("fuzzgql") as schema:
-        env = clean_env(
-            EVENTFOLD_DATABASE_URL=pg_database.url(), EVENTFOLD_DB_SCHEMA=schema, EVENTFOLD_DB_POOL_SIZE="2",
-            EVENTFOLD_ALLOW_ANONYMOUS="false", EVENTFOLD_JWKS_FILE=str(issuer.jwks_file),
-            EVENTFOLD_JWT_ALGORITHMS="RS256", EVENTFOLD_JWT_ISSUER=ISSUER, EVENTFOLD_JWT_AUDIENCE=AUDIENCE,
-            EVENTFOLD_RATE_LIMIT_PER_SECOND="100000", EVENTFOLD_AUTH_FAILURES_PER_MINUTE="100000")
-        init = subprocess.run([eventfold_executable(), "init-db"], env=env, capture_output=True, text=True,
-                              timeout=60, check=False)
-        assert init.returncode == 0, init.stderr
+        env = tokened_env(pg_database.url(), schema, issuer)
         _fill_read_models(pg_database, schema)
         with CliServer("query-api", env) as server:
             yield server

@@ -8,7 +8,6 @@ one the document describes (``fuzz_helpers``). The runs are deterministic and bo
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
@@ -16,13 +15,13 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-from fuzz_helpers import check_write_answer, fuzz, integers_as_literals, operations
+from fuzz_helpers import check_write_answer, fuzz, integers_as_literals, operations, tokened_env
 from http_helpers import accepted
 from openapi_spec_validator import validate
 from schemathesis import Case, GenerationMode
-from support.http import CliServer, clean_env, eventfold_executable
+from support.http import CliServer
 from support.postgres import PgDatabase
-from support.tokens import AUDIENCE, ISSUER, Issuer, make_issuer
+from support.tokens import Issuer, make_issuer
 
 pytestmark = pytest.mark.postgres
 
@@ -47,14 +46,7 @@ def issuer(tmp_path_factory: pytest.TempPathFactory) -> Issuer:
 @pytest.fixture(scope="module")
 def write_api(pg_database: PgDatabase, issuer: Issuer) -> Iterator[CliServer]:
     with pg_database.fresh_schema("fuzz") as schema:
-        env = clean_env(
-            EVENTFOLD_DATABASE_URL=pg_database.url(), EVENTFOLD_DB_SCHEMA=schema, EVENTFOLD_DB_POOL_SIZE="2",
-            EVENTFOLD_ALLOW_ANONYMOUS="false", EVENTFOLD_JWKS_FILE=str(issuer.jwks_file),
-            EVENTFOLD_JWT_ALGORITHMS="RS256", EVENTFOLD_JWT_ISSUER=ISSUER, EVENTFOLD_JWT_AUDIENCE=AUDIENCE,
-            EVENTFOLD_RATE_LIMIT_PER_SECOND="100000", EVENTFOLD_AUTH_FAILURES_PER_MINUTE="100000")
-        init = subprocess.run([eventfold_executable(), "init-db"], env=env, capture_output=True, text=True,
-                              timeout=60, check=False)
-        assert init.returncode == 0, init.stderr
+        env = tokened_env(pg_database.url(), schema, issuer)
         with CliServer("write-api", env) as server:
             yield server
         assert "Traceback" not in server.stderr, server.stderr[-3000:]
