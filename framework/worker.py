@@ -28,6 +28,7 @@ from typing import Any
 from framework.bus import CommandBus
 from framework.errors import (
     BusUnavailable,
+    ConfigurationError,
     EventfoldError,
     RowRejected,
     StoreUnavailable,
@@ -37,10 +38,11 @@ from framework.events import EventEnvelope
 from framework.faults import fault_point
 from framework.mapper import from_stored
 from framework.observe import NULL_OBSERVER, Observer, correlation_id
+from framework.partitions import Partition
 from framework.projector import HandlerContext, ProcessManager, Projector, Refusal
 from framework.store import EventLog, Notification
 from framework.tracing import NULL_SPAN, NULL_TRACER, Span, TraceContext, Tracer, trace_context_of, traced
-from framework.views import Batch, DeadLetter, Deadline, OutboxEntry, RowCaching, ViewStore
+from framework.views import Batch, DeadLetter, Deadline, OutboxEntry, PartitionedViews, RowCaching, ViewStore
 
 __all__ = ["HandlerFailed", "ProjectionHalted", "ProjectionWorker", "RetryLater", "WorkerOptions"]
 
@@ -94,8 +96,10 @@ class ProjectionWorker:
         sleep: Callable[[float], None] = time.sleep,
         observer: Observer | None = None,
         tracer: Tracer | None = None,
+        partition: Partition | None = None,
     ) -> None:
         self.projector = projector
+        self.partition = partition
         self.observer = observer or NULL_OBSERVER
         self.tracer = tracer or NULL_TRACER
         self.views = views
@@ -107,7 +111,9 @@ class ProjectionWorker:
         self._names = projector.handled_event_names()
         self.version = version or views.active_version(projector.name)
         views.ensure_tables(projector.name, self.version, projector.read_models)
-        self.position = views.position(projector.name, self.version)
+        self._partitioned = _partitioned_views(views, projector, partition)
+        self._check_partitioning()
+        self.position = self._stored_position()
         self.handled = 0  # events handled so far (a retried batch counts its events again)
         self.furthest = 0  # the furthest position handled: a heartbeat reports progress when it moves
         self.on_outbox: Callable[[], None] | None = None  # called after a commit that issued commands
@@ -118,6 +124,43 @@ class ProjectionWorker:
     @property
     def name(self) -> str:
         return self.projector.name
+
+    @property
+    def label(self) -> str:
+        """The projection, and the partition this worker applies if it applies one ("holdings[3/8]")."""
+        return self.name if self.partition is None else f"{self.name}[{self.partition}]"
+
+    # --- where this worker's position is kept: the version's row, or its partition's --------------
+
+    def _check_partitioning(self) -> None:
+        if self._partitioned is not None and self.partition is not None:
+            self._partitioned.ensure_partitions(self.name, self.version, self.partition.count)
+        elif self.partition is None and isinstance(self.views, PartitionedViews):
+            count = self.views.partition_count(self.name, self.version)
+            if count:
+                raise ConfigurationError(
+                    f"{self.name} v{self.version} is partitioned ({count} partitions): run it with its"
+                    f" partitions (the projector's partitions = {count}), or replay it unpartitioned")
+
+    def _stored_position(self) -> int:
+        if self._partitioned is not None and self.partition is not None:
+            return self._partitioned.partition_position(self.name, self.version, self.partition.index)
+        return self.views.position(self.name, self.version)
+
+    def _batch(self, *, follow_active: bool | None = None) -> contextlib.AbstractContextManager[Batch]:
+        follow = self._follow_active if follow_active is None else follow_active
+        if self._partitioned is not None and self.partition is not None:
+            return self._partitioned.partition_batch(self.name, self.version, self.partition.index,
+                                                     follow_active=follow)
+        return self.views.batch(self.name, self.version, follow_active=follow)
+
+    def _mine(self, notification: Notification) -> bool:
+        """Whether the notification's event is this worker's to apply (always, unless partitioned)."""
+        if self.partition is None:
+            return True
+        if self.projector.keys_by_aggregate():
+            return self.partition.holds(str(notification.originator_id))
+        return self.partition.holds(self.projector.partition_key(from_stored(notification)))
 
     def catch_up(self, until: int | None = None, progress: Callable[[int], None] | None = None) -> int:
         """Apply stored events after the position, up to ``until`` (default: the head now).
@@ -177,7 +220,11 @@ class ProjectionWorker:
         return staged
 
     def _commit_staged(self, staged: Batch, batch: Sequence[Notification], started: float) -> int:
-        self.views.commit_staged(self.name, self.version, staged, follow_active=self._follow_active)
+        if self._partitioned is not None and self.partition is not None:
+            self._partitioned.commit_staged_partition(self.name, self.version, self.partition.index, staged,
+                                                      follow_active=self._follow_active)
+        else:
+            self.views.commit_staged(self.name, self.version, staged, follow_active=self._follow_active)
         self._batch_done(batch, started, staged)
         return batch[-1].id
 
@@ -214,6 +261,9 @@ class ProjectionWorker:
             self._apply_new(notifications)
         except VersionSwitched:
             self._follow_switch()
+            if self.partition is not None:  # the new version's partition may be behind: from the store
+                self.catch_up(until=max(n.id for n in notifications))
+                return
             self._apply_new(notifications)
 
     def _apply_new(self, notifications: Sequence[Notification]) -> None:
@@ -222,6 +272,10 @@ class ProjectionWorker:
             self._settle(self._without_gaps(fresh))
 
     def _without_gaps(self, fresh: list[Notification]) -> list[Notification]:
+        if self.partition is not None:
+            # A partition's consumer delivers only its own events, in stream order, from a consumer
+            # created before the catch-up it follows (framework.sharing): its gaps are other partitions'.
+            return fresh
         expected = range(self.position + 1, fresh[-1].id + 1)
         if len(fresh) == len(expected):
             return fresh
@@ -231,7 +285,9 @@ class ProjectionWorker:
 
     def _follow_switch(self) -> None:
         self.version = self.views.active_version(self.name)
-        self.position = self.views.position(self.name, self.version)
+        if self._partitioned is not None and self.partition is not None:
+            self._partitioned.ensure_partitions(self.name, self.version, self.partition.count)
+        self.position = self._stored_position()
         log.info("%s: following the switch to version %d at position %d",
                  self.name, self.version, self.position)
 
@@ -240,7 +296,8 @@ class ProjectionWorker:
         (this one stood by, lost its lease, or lost a commit's compare-and-set) are forgotten."""
         self._forget_cached()
         self.version = self.views.active_version(self.name) if self._follow_active else self.version
-        self.position = self.furthest = self.views.position(self.name, self.version)
+        self._check_partitioning()
+        self.position = self.furthest = self._stored_position()
         if self.position == 0:
             self._cache_empty_tables()
 
@@ -249,13 +306,14 @@ class ProjectionWorker:
             self._cache.forget_cached(self.name, self.version)
 
     def _cache_empty_tables(self) -> None:
-        if self._cache is not None:
+        # Not for a partition: other processes write the other partitions' rows into the same tables.
+        if self._cache is not None and self.partition is None:
             self._cache.cache_empty_tables(self.name, self.version, self.projector.read_models)
 
     def skip_to(self, position: int) -> None:
         """Record that nothing before ``position`` is to be applied (a rebuild from a later position)."""
         if position > self.position:
-            with self.views.batch(self.name, self.version, follow_active=self._follow_active) as batch:
+            with self._batch() as batch:
                 batch.advance(position, None, since=self.position)
             self.position = position
 
@@ -284,7 +342,7 @@ class ProjectionWorker:
 
     def _transaction(self, notifications: Sequence[Notification]) -> None:
         started = time.perf_counter()
-        with self.views.batch(self.name, self.version, follow_active=self._follow_active) as batch:
+        with self._batch() as batch:
             self.apply_within(batch, notifications, since=self.position)
         self.position = notifications[-1].id
         self._batch_done(notifications, started, batch)
@@ -304,7 +362,7 @@ class ProjectionWorker:
         return recorded_at
 
     def _handled_at(self, batch: Batch, notification: Notification) -> datetime | None:
-        if notification.topic not in self._names:
+        if notification.topic not in self._names or not self._mine(notification):
             return None  # not ours: only the position moves past it
         token = correlation_id.set(None)
         try:
@@ -376,7 +434,7 @@ class ProjectionWorker:
             raise RetryLater(f"{self.name} will retry position {notification.id}: {reason}")
         letter = DeadLetter(self.name, notification.id, notification.topic,
                             str(notification.originator_id), reason[:2000])
-        with self.views.batch(self.name, self.version, follow_active=self._follow_active) as batch:
+        with self._batch() as batch:
             batch.park(letter)
             batch.advance(notification.id, None, since=self.position)
         self.position = notification.id
@@ -393,10 +451,10 @@ class ProjectionWorker:
                 succeeded += self._requeue(letter)
                 continue
             stored = self.store.read_all(letter.position - 1, 1)
-            if not stored or stored[0].id != letter.position:
+            if not stored or stored[0].id != letter.position or not self._mine(stored[0]):
                 continue
             try:
-                with self.views.batch(self.name, self.version) as batch:
+                with self._batch(follow_active=True) as batch:
                     self._handle(batch, stored[0])
                     self.views.settle_dead_letter(batch, letter.id or 0)
                 succeeded += 1
@@ -451,6 +509,16 @@ class ProjectionWorker:
     def _envelope_at(self, position: int) -> EventEnvelope | None:
         stored = self.store.read_all(position - 1, 1)
         return from_stored(stored[0]) if stored and stored[0].id == position else None
+
+
+def _partitioned_views(views: ViewStore, projector: Projector, partition: Partition | None) -> PartitionedViews | None:
+    if partition is None:
+        return None
+    if isinstance(projector, ProcessManager):
+        raise ConfigurationError(f"{projector.name}: a process manager cannot be partitioned (its outbox is one)")
+    if not isinstance(views, PartitionedViews):
+        raise ConfigurationError(f"{projector.name}: partitioned projections need read models in PostgreSQL")
+    return views
 
 
 def _command_letter(entry: OutboxEntry, refusal: Refusal) -> DeadLetter:
