@@ -213,8 +213,8 @@ def with_partitions(projector: Projector, count: int) -> Projector:
     cls = type(projector)
     if isinstance(projector, ProcessManager) and count > 1:
         raise ConfigurationError(f"{projector.name}: a process manager cannot be partitioned (its outbox is one)")
-    variant = type(cls.__name__, (cls,), {"partitions": count, "__module__": cls.__module__})
-    copy: Projector = variant.__new__(variant)
+    variant: type[Projector] = type(cls.__name__, (cls,), {"partitions": count, "__module__": cls.__module__})
+    copy = object.__new__(variant)
     copy.__dict__.update(projector.__dict__)
     return copy
 
