@@ -238,6 +238,7 @@ async def _run_partition(worker: ProjectionWorker, make_consumer: ConsumerFactor
         try:
             await consumer.bind()
             await asyncio.to_thread(worker.reload)
+            await asyncio.to_thread(worker.views.set_state, worker.name, worker.version, "running")
             await asyncio.to_thread(worker.catch_up)
             await _follow(worker, consumer, stop, options)
             backoff.reset()

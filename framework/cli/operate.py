@@ -128,6 +128,9 @@ def run_status(settings: Settings, args: argparse.Namespace) -> int:
         print("  ".join(str(row[c]).ljust(widths[c]) for c in columns))
         if row["error"]:
             print(f"  error: {row['error']}")
+        for part in row["partitions"]:
+            print(f"  partition {part['index']}/{part['count']}  position {part['position']}"
+                  f"  lag {part['lag_events']}  owner {part['owner'] or '-'}")
     return 0
 
 

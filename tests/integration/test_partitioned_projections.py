@@ -13,6 +13,7 @@ Reassignment times are printed, never asserted (only bounded, generously, by the
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Iterator
@@ -34,7 +35,9 @@ from streaming_helpers import (
 from support.nats import jetstream_settings, nats_server  # noqa: F401  (fixtures)
 from support.postgres import PgDatabase
 
+from example_app.commands import CreditHoldings
 from framework.adapters.nats import JetStreamSettings
+from framework.bus import CommandContext
 from framework.sharing import partition_lease
 from framework.views import ViewStore
 
@@ -117,6 +120,34 @@ def test_two_then_three_workers_share_the_partitions_and_apply_each_event_once(d
     print(f"events applied per worker: {per_pid}")
     assert {w.pid for w in workers} <= set(per_pid), per_pid  # each worker applied its share of events
     assert all(w.alive for w in workers)
+    assert_status_per_partition(deployment, workers)
+    assert_read_your_writes_waits_for_every_partition(deployment, writer)
+
+
+def assert_status_per_partition(deployment: Deployment, workers: list[Role]) -> None:
+    """``eventfold status --json``: each partition's owner (one of the workers), position and lag."""
+    store = deployment.store()
+    rows = {row["name"]: row for row in json.loads(deployment.cli_ok("status", "--json").stdout) if row["active"]}
+    head = store.head()
+    for name in NAMES:
+        row = rows[name]
+        assert row["state"] == "running" and row["position"] == head and row["lag_events"] == 0, row
+        parts = row["partitions"]
+        assert [p["index"] for p in parts] == list(range(PARTITIONS)), parts
+        assert all(p["position"] == head and p["lag_events"] == 0 for p in parts), parts
+        assert {pid_of(p["owner"]) for p in parts} == {w.pid for w in workers}, parts
+        assert set(row["owner"].split(", ")) == {p["owner"] for p in parts}, row
+
+
+def assert_read_your_writes_waits_for_every_partition(deployment: Deployment, writer: CommandWriter) -> None:
+    """A write lands in one partition; every other one passes its position too (they have nothing before
+    it), so a query waiting for that position (the lowest partition's) is answered."""
+    views = deployment.views()
+    result = writer.bus.execute(CreditHoldings(account_number=writer.accounts[0], isin=writer.isin, quantity=1),
+                                CommandContext(idempotency_key=f"{writer.prefix}-ryw")).result
+    assert result.position is not None
+    wait_until(lambda: all(views.active_position(name) >= result.position for name in NAMES),  # type: ignore[operator]
+               timeout=BOUND, message="every partition to pass the write's position")
 
 
 def test_a_rebalance_under_load_loses_nothing_and_applies_nothing_twice(deployment: Deployment) -> None:
