@@ -285,8 +285,7 @@ class ProjectionWorker:
 
     def _follow_switch(self) -> None:
         self.version = self.views.active_version(self.name)
-        if self._partitioned is not None and self.partition is not None:
-            self._partitioned.ensure_partitions(self.name, self.version, self.partition.count)
+        self._check_partitioning()  # a rebuild may have split (or re-split) it: this worker may not fit
         self.position = self._stored_position()
         log.info("%s: following the switch to version %d at position %d",
                  self.name, self.version, self.position)

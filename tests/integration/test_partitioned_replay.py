@@ -1,0 +1,95 @@
+"""Rebuilding a partitioned projection (issue 13): its partitions in parallel, still blue-green.
+
+* ``rebuild(..., parallel=4)`` of a projection of 8 partitions: the new version has a position per
+  partition, all at the head, each account event applied exactly once, rows equal to a replay, and
+  it is the active version;
+* a replay with another count (``with_partitions``, what ``EVENTFOLD_PARTITIONS`` does) is how the
+  count changes: the new version has the new count, and a worker with the old count refuses it
+  with one clear error instead of applying anything;
+* a worker of one partition that follows the switch catches its partition up from the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from partition_helpers import PARTITIONS, AppliedLog, PartitionedHoldings, assert_applied_once
+from streaming_helpers import assert_matches_replay, new_isin, write_backlog
+from support.postgres import PgDatabase
+
+from framework.adapters.postgres import PostgresEventStore
+from framework.adapters.postgres_views import PostgresViewStore
+from framework.errors import ConfigurationError
+from framework.partitions import Partition
+from framework.projector import with_partitions
+from framework.replay import rebuild
+from framework.worker import ProjectionWorker
+
+pytestmark = [pytest.mark.postgres]
+
+
+@pytest.fixture
+def store(pg_database: PgDatabase, pg_schema: str) -> Iterator[PostgresEventStore]:
+    store = PostgresEventStore(pg_database.settings(pg_schema))
+    store.create_schema()
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def views(pg_database: PgDatabase, pg_schema: str) -> Iterator[PostgresViewStore]:
+    views = PostgresViewStore(pg_database.settings(pg_schema, pool_size=8))
+    views.create_schema()
+    yield views
+    views.close()
+
+
+def test_a_partitioned_projection_is_rebuilt_in_parallel_and_switched_in(
+        store: PostgresEventStore, views: PostgresViewStore) -> None:
+    write_backlog(store, new_isin(), accounts=300, credits_each=8)
+    seen: list[tuple[int, int]] = []
+    for projector in (PartitionedHoldings(), AppliedLog()):
+        version = rebuild(projector, views, store, parallel=4, progress=lambda p, h: seen.append((p, h)))
+        assert version == 2 and views.active_version(projector.name) == 2
+        rows = [p for p in views.partition_states() if p.name == projector.name and p.version == 2]
+        assert [p.index for p in rows] == list(range(PARTITIONS))
+        assert all(p.count == PARTITIONS and p.position == store.head() for p in rows), rows
+    assert seen and seen[-1][0] == store.head()
+    assert_matches_replay(views, store, [PartitionedHoldings()])
+    assert_applied_once(views, store)
+
+
+def test_the_partition_count_changes_with_a_replay(store: PostgresEventStore, views: PostgresViewStore) -> None:
+    write_backlog(store, new_isin(), accounts=100, credits_each=4)
+    rebuild(AppliedLog(), views, store, parallel=2)
+    fewer = with_partitions(AppliedLog(), 2)
+    assert rebuild(fewer, views, store, parallel=2) == 3
+    assert views.partition_count("applied", 3) == 2
+    assert_applied_once(views, store)
+    with pytest.raises(ConfigurationError, match="applied v3 has 2 partitions, not 8: changing the count takes a"
+                                                 " replay"):
+        ProjectionWorker(AppliedLog(), views, store, partition=Partition(0, PARTITIONS))
+    with pytest.raises(ConfigurationError, match="applied v3 is partitioned \\(2 partitions\\)"):
+        ProjectionWorker(AppliedLog(), views, store)
+
+
+def test_a_partition_worker_follows_a_switch_and_catches_up_from_the_store(
+        store: PostgresEventStore, views: PostgresViewStore) -> None:
+    write_backlog(store, new_isin(), accounts=50, credits_each=2)
+    workers = [ProjectionWorker(AppliedLog(), views, store, partition=Partition(i, PARTITIONS))
+               for i in range(PARTITIONS)]
+    for worker in workers:
+        worker.catch_up()
+    rebuild(AppliedLog(), views, store, parallel=2)
+    write_backlog(store, new_isin(), accounts=50, credits_each=2)
+    fresh = store.read_all(workers[0].position, 1_000_000)
+    for worker in workers:  # the bus delivers only a partition's own events (here its last), after the switch
+        assert worker.partition is not None
+        own = [n for n in fresh if worker.partition.holds(str(n.originator_id))]
+        worker.apply(own[-1:])
+        assert worker.version == 2 and worker.position == own[-1].id
+    assert_applied_once(views, store)
+    for worker in workers:  # idle, each partition passes the head (framework.sharing does it)
+        worker.skip_to(store.head())
+    assert views.active_position("applied") == store.head()
