@@ -205,6 +205,16 @@ class _Sharing:
         with contextlib.suppress(*_UNAVAILABLE):
             await asyncio.to_thread(self.store_views.release_lease, member_lease(self.name, self.owner),
                                     self.owner)
+            await asyncio.to_thread(self._stopped_if_last)
+
+    def _stopped_if_last(self) -> None:
+        """The last worker to leave records ``stopped`` (a halted projection stays ``halted``)."""
+        if self.views.live_leases(member_lease(self.name)):
+            return
+        version = self.store_views.active_version(self.name)
+        if any(s.name == self.name and s.version == version and s.state == "running"
+               for s in self.store_views.states()):
+            self.store_views.set_state(self.name, version, "stopped")
 
 
 async def run_partitioned(
