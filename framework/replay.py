@@ -22,7 +22,7 @@ from uuid import UUID
 
 from framework.errors import AggregateNotFound, ConfigurationError
 from framework.mapper import from_stored
-from framework.partitions import Partition
+from framework.partitions import Partition, partition_of
 from framework.projector import Projector
 from framework.readmodel import ReadModel
 from framework.staging import StagedViews
@@ -70,23 +70,35 @@ def _rebuild_partitions(projector: Projector, views: ViewStore, store: EventLog,
     if parallel < 1:
         raise ConfigurationError(f"parallel must be at least 1, not {parallel}")
     version = _new_version(projector, views)
-    workers = [ProjectionWorker(projector, views, store, None, options, version=version, follow_active=False,
-                                partition=Partition(index, projector.partitions))
-               for index in range(projector.partitions)]
+    workers = _partition_workers(projector, views, store, version, options)
     for worker in workers:
         worker.skip_to(from_position)
+    _catch_up_partitions(workers, store, progress, parallel=parallel)
+    _switch_in(workers[0], store, progress)
+    return version
 
+
+def _partition_workers(projector: Projector, views: ViewStore, store: EventLog, version: int,
+                       options: WorkerOptions | None) -> list[ProjectionWorker]:
+    count = projector.partitions
+    if isinstance(views, PartitionedViews):
+        count = views.partition_count(projector.name, version) or count
+    return [ProjectionWorker(projector, views, store, None, options, version=version, follow_active=False,
+                             partition=Partition(index, count)) for index in range(count)]
+
+
+def _catch_up_partitions(workers: list[ProjectionWorker], store: EventLog,
+                         progress: Callable[[int, int], None] | None, *, parallel: int) -> None:
     def report(_: int) -> None:
         if progress:
             progress(min(w.position for w in workers), store.head())
 
-    with ThreadPoolExecutor(min(parallel, len(workers)), thread_name_prefix=f"replay-{projector.name}") as pool:
+    name = workers[0].name
+    with ThreadPoolExecutor(min(parallel, len(workers)), thread_name_prefix=f"replay-{name}") as pool:
         for _ in range(2):
             target = store.head()
             for done in [pool.submit(w.catch_up, target, report) for w in workers]:
                 done.result()
-    _switch_in(workers[0], store, progress)
-    return version
 
 
 @dataclass(frozen=True)
@@ -124,16 +136,37 @@ def rebuild_aggregate(
     views.ensure_tables(name, active, models)  # a projection that never ran has empty tables to copy
     version = _new_version(projector, views)
     try:
-        position = views.copy_version(name, active, version, models)
+        position = _aggregate_position(projector, views, version, aggregate_id,
+                                       views.copy_version(name, active, version, models))
         changes = list(_rows_of(projector, store, aggregate_id, until=position))
         _write(views, name, version, changes)
     except BaseException:
         views.drop_tables(name, version, models)  # nothing refers to it yet
         raise
-    worker = ProjectionWorker(projector, views, store, None, options, version=version, follow_active=False)
-    _catch_up_and_switch(worker, store, progress)
+    if isinstance(views, PartitionedViews) and views.partition_count(name, version):
+        # Copied from a partitioned version: its partitions catch up (each from its copied position).
+        workers = _partition_workers(projector, views, store, version, options)
+        _catch_up_partitions(workers, store, progress, parallel=1)
+        _switch_in(workers[0], store, progress)
+    else:
+        worker = ProjectionWorker(projector, views, store, None, options, version=version, follow_active=False)
+        _catch_up_and_switch(worker, store, progress)
     deleted = sum(1 for _, _, row in changes if row is None)
     return AggregateRebuilt(version, len(changes) - deleted, deleted)
+
+
+def _aggregate_position(projector: Projector, views: ViewStore, version: int, aggregate_id: UUID,
+                        copied: int) -> int:
+    """The position the copied rows of the aggregate stand at: its partition's, when partitioned."""
+    if not isinstance(views, PartitionedViews):
+        return copied
+    count = views.partition_count(projector.name, version)
+    if not count:
+        return copied
+    if not projector.keys_by_aggregate():
+        raise ConfigurationError(f"{projector.name} is partitioned by a key of its own: one aggregate's events may"
+                                 f" lie in several partitions; `eventfold replay {projector.name}` rebuilds it whole")
+    return views.partition_position(projector.name, version, partition_of(str(aggregate_id), count))
 
 
 def _require_per_aggregate(projector: Projector) -> None:

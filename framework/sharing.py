@@ -113,9 +113,10 @@ class _Sharing:
                     await self._tick()
                     backoff.reset()
                     delay = self.lease.standby_poll_seconds
-                except _UNAVAILABLE as error:
+                except (*_UNAVAILABLE, ConfigurationError) as error:  # e.g. a replay changed the count
                     delay = backoff.delay()
-                    log.warning("projection %s: %s; retrying in %.1fs", self.name, _describe(error), delay)
+                    level = logging.ERROR if isinstance(error, ConfigurationError) else logging.WARNING
+                    log.log(level, "projection %s: %s; retrying in %.1fs", self.name, _describe(error), delay)
                 await _pause(self.stop, delay)
         finally:
             await self._leave()
@@ -170,10 +171,14 @@ class _Sharing:
                 continue
             if await asyncio.to_thread(self.store_views.acquire_lease, partition_lease(self.name, index),
                                        self.owner, self.lease.ttl_seconds, progressed=True):
-                self._start(index)
+                await self._start(index)
 
-    def _start(self, index: int) -> None:
-        worker = self.make_worker(Partition(index, self.count))
+    async def _start(self, index: int) -> None:
+        try:
+            worker = await asyncio.to_thread(self.make_worker, Partition(index, self.count))
+        except BaseException:
+            await self._release(index)
+            raise
         stop = asyncio.Event()
         session = f"{self.owner}-{uuid.uuid4().hex[:6]}"
         task = asyncio.create_task(_run_partition(worker, self.make_consumer, stop, self.options, session))
