@@ -108,6 +108,10 @@ class _Sharing:
     async def run(self) -> None:
         backoff = Backoff()
         try:
+            with contextlib.suppress(*_UNAVAILABLE):  # workers started together see each other first
+                await asyncio.to_thread(self.store_views.acquire_lease, member_lease(self.name, self.owner),
+                                        self.owner, self.lease.ttl_seconds)
+                await _pause(self.stop, self.lease.standby_poll_seconds)
             while not self.stop.is_set():
                 try:
                     await self._tick()
@@ -254,7 +258,7 @@ async def _run_partition(worker: ProjectionWorker, make_consumer: ConsumerFactor
             await consumer.bind()
             await asyncio.to_thread(worker.reload)
             await asyncio.to_thread(worker.views.set_state, worker.name, worker.version, "running")
-            await asyncio.to_thread(worker.catch_up)
+            await asyncio.to_thread(worker.catch_up, interrupted=stop.is_set)  # a handover need not wait
             await _follow(worker, consumer, stop, options)
             backoff.reset()
         except ProjectionHalted as error:

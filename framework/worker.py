@@ -162,7 +162,8 @@ class ProjectionWorker:
             return self.partition.holds(str(notification.originator_id))
         return self.partition.holds(self.projector.partition_key(from_stored(notification)))
 
-    def catch_up(self, until: int | None = None, progress: Callable[[int], None] | None = None) -> int:
+    def catch_up(self, until: int | None = None, progress: Callable[[int], None] | None = None, *,
+                 interrupted: Callable[[], bool] | None = None) -> int:
         """Apply stored events after the position, up to ``until`` (default: the head now).
 
         Three things overlap: reading the next batch from the store, running the
@@ -170,18 +171,20 @@ class ProjectionWorker:
         through the previous batch's changes (``layer_over``) while that one is
         still committing; if a commit fails the cached rows are forgotten and the
         error surfaces (the position is the last commit). A commit the read-model
-        database refuses is settled the careful way, then catching up goes on.
+        database refuses is settled the careful way, then catching up goes on. ``interrupted`` is
+        asked before each batch: when it says so, catching up ends there (what is committed stays).
         """
         target = self.store.head() if until is None else until
         while True:
             try:
-                return self._catch_up(target, progress)
+                return self._catch_up(target, progress, interrupted)
             except VersionSwitched:  # a rebuild was switched in meanwhile: continue on it
                 self._follow_switch()
             except _Rejected as rejected:
                 self._settle(rejected.notifications)
 
-    def _catch_up(self, target: int, progress: Callable[[int], None] | None) -> int:
+    def _catch_up(self, target: int, progress: Callable[[int], None] | None,
+                  interrupted: Callable[[], bool] | None = None) -> int:
         size = self.options.catch_up_batch
         with ThreadPoolExecutor(2, thread_name_prefix=f"catch-up-{self.name}") as pool:
             reading = pool.submit(self.store.read_all, self.position, size)
@@ -189,7 +192,7 @@ class ProjectionWorker:
             previous: Batch | None = None
             staged_to = self.position
             try:
-                while staged_to < target:
+                while staged_to < target and not (interrupted and interrupted()):
                     batch = [n for n in reading.result() if n.id <= target]
                     if not batch:
                         break
