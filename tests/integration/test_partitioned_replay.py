@@ -14,13 +14,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from partition_helpers import PARTITIONS, AppliedLog, PartitionedHoldings, assert_applied_once
+from partition_helpers import PARTITIONS, Applied, AppliedLog, PartitionedHoldings, assert_applied_once
 from streaming_helpers import assert_matches_replay, new_isin, write_backlog
 from support.postgres import PgDatabase
 
 from framework.adapters.postgres import PostgresEventStore
 from framework.adapters.postgres_views import PostgresViewStore
-from framework.errors import ConfigurationError
+from framework.errors import ConcurrencyConflict, ConfigurationError
 from framework.partitions import Partition
 from framework.projector import with_partitions
 from framework.replay import rebuild, rebuild_aggregate
@@ -119,3 +119,27 @@ def test_one_aggregate_of_a_partitioned_projection_is_rebuilt_from_its_partition
         assert_matches_replay(fresh, store, [PartitionedHoldings()])
     finally:
         fresh.close()
+
+
+def test_a_partitions_position_is_a_compare_and_set_and_the_projection_is_at_the_lowest(
+        views: PostgresViewStore) -> None:
+    views.ensure_tables("applied", 1, AppliedLog.read_models)
+    views.ensure_partitions("applied", 1, 4)
+    views.ensure_partitions("applied", 1, 4)  # idempotent
+    with views.partition_batch("applied", 1, 0) as batch:
+        batch.put(Applied(position=5, aggregate_id="a", times=1, pid=1))
+        batch.advance(10, None, since=0)
+    conflict = pytest.raises(ConcurrencyConflict, match="applied v1 partition 0 was advanced by another worker")
+    with conflict, views.partition_batch("applied", 1, 0) as late:  # a worker that lost its lease, unaware
+        late.put(Applied(position=6, aggregate_id="b", times=1, pid=2))
+        late.advance(12, None, since=0)
+    assert [row.position for row in views.query("applied", Applied)] == [5]  # the late batch wrote nothing
+    assert views.partition_position("applied", 1, 0) == 10
+    assert views.position("applied", 1) == 0 == views.active_position("applied")  # partitions 1-3 are at 0
+    for index in (1, 2, 3):
+        with views.partition_batch("applied", 1, index) as batch:
+            batch.advance(10 + index, None, since=0)
+    assert views.active_position("applied") == 10
+    assert {s.name: s.position for s in views.states()}["applied"] == 10
+    with pytest.raises(ConfigurationError, match="has 4 partitions, not 8"):
+        views.ensure_partitions("applied", 1, 8)
