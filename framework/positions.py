@@ -97,6 +97,7 @@ class PositionWatch:
     _order: itertools.count[int] = field(default_factory=itertools.count, init=False)
     _waiting: int = field(default=0, init=False)
     _head: int = field(default=0, init=False)
+    _head_read_at: float = field(default=float("-inf"), init=False)
     _stop: asyncio.Event | None = field(default=None, init=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False)
     _loading: asyncio.Lock | None = field(default=None, init=False)
@@ -266,11 +267,15 @@ class PositionWatch:
         self._head = max(self._head, await asyncio.to_thread(self.head))
         return self._head if position > self._head else None
 
-    async def current_head(self) -> int | None:
-        """The event store's head now (one read), or None without a store."""
+    async def current_head(self, max_age: float = 0.0) -> int | None:
+        """The event store's head, read again when the last read is older than ``max_age`` seconds (so that
+        many subscribers share one read); None without a store."""
         if self.head is None:
             return None
-        self._head = max(self._head, await asyncio.to_thread(self.head))
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._head_read_at > max_age:
+            self._head = max(self._head, await asyncio.to_thread(self.head))
+            self._head_read_at = loop.time()
         return self._head
 
 

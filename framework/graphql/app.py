@@ -19,12 +19,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TypeVar, cast
@@ -677,7 +678,7 @@ def create_query_app(
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    app = EdgeApp(routes=[  # correlation ids on every response (framework.http.edge)
+    app = EdgeApp(lifespan=_closing(watch), routes=[  # correlation ids on every response (framework.http.edge)
         *query_routes(spec, views, store, options=options, metrics=metrics, authenticator=authenticator,
                       breaker=breaker, tracer=tracer, watch=watch),
         Route("/healthz", healthz),
@@ -687,6 +688,19 @@ def create_query_app(
     # No redirect of `/graphql/` to `/graphql`: Starlette builds its location from the Host header.
     app.router.redirect_slashes = False
     return app
+
+
+def _closing(watch: PositionWatch | None) -> Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]:
+    """A lifespan stopping the watch's listener when the server stops."""
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if watch is not None:
+                await watch.close()
+
+    return lifespan
 
 
 async def _routing_error(_: Request, error: Exception) -> Response:
