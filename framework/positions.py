@@ -264,7 +264,10 @@ class PositionWatch:
         """The store's head when ``position`` is past it (read only when the last head seen is before it)."""
         if self.head is None or position <= self._head:
             return None
-        self._head = max(self._head, await asyncio.to_thread(self.head))
+        assert self._loading is not None  # started by positions()
+        async with self._loading:  # concurrent askers share one read
+            if position > self._head:
+                self._head = max(self._head, await asyncio.to_thread(self.head))
         return self._head if position > self._head else None
 
     async def current_head(self, max_age: float = 0.0) -> int | None:
