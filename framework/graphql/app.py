@@ -459,6 +459,7 @@ def _error(message: str, code: str, error: GraphQLError) -> dict[str, Any]:
 
 
 _UNAVAILABLE = "eventfold.unavailable"  # set when nothing could be read: the answer becomes a 503
+_TOO_MANY_WAITING = "eventfold.too_many_waiting"  # the read-your-writes wait was refused: a 503 too
 
 
 class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
@@ -487,6 +488,9 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
             response = await self.run(Request(scope=scope, receive=receive))
             if scope.get(_UNAVAILABLE):
                 _make_unavailable(response, self._breaker)
+            elif scope.get(_TOO_MANY_WAITING):
+                response.status_code = 503
+                response.headers["Retry-After"] = str(scope[_TOO_MANY_WAITING])
         except Unauthenticated as error:
             response = _graphql_error(401, error.message, "UNAUTHENTICATED")
             response.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
@@ -532,6 +536,9 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
             response["errors"] = [_formatted(e, suggestions=self._options.introspection) for e in result.errors]
             if _nothing_read(result):
                 request.scope[_UNAVAILABLE] = True
+            waits = [e.original_error for e in result.errors if isinstance(e.original_error, TooManyWaiting)]
+            if waits:  # refused before anything was read: a 503, as for an unavailable read model
+                request.scope[_TOO_MANY_WAITING] = waits[0].retry_after
         if result.extensions:
             response["extensions"] = result.extensions
         return response
