@@ -252,11 +252,12 @@ class PositionWatch:
                 self._moved(name)
 
     async def _recheck(self, stop: asyncio.Event) -> None:
-        """A safety net for a lost notification: read again every ``recheck_seconds`` while anything waits."""
+        """A safety net for a lost notification: read again every ``recheck_seconds`` while anything waits
+        (a request, or a subscription)."""
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.recheck_seconds)
-            if self._waiting and not stop.is_set():
+            if (self._waiting or self._subscriptions) and not stop.is_set():
                 with contextlib.suppress(EventfoldError):
                     await self._refresh([p for p, heap in self._heaps.items() if heap])
 

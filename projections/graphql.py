@@ -235,7 +235,7 @@ class Subscription:
                                [Condition("account_number", "eq", account_number), Condition("position", "gt", after)],
                                Sort("position"), limit=500)
 
-        async for row in changed_rows(info, "notifications", since, read):
+        async for row in changed_rows(info, "notifications", since, read, page_size=500):
             yield NotificationUpdate(position=row.position, notification=Notification.from_row(row))
 
     @strawberry.subscription(description="A projection's position and lag, each time it moves (role `ops`).",

@@ -91,20 +91,25 @@ R = TypeVar("R", bound=_Positioned)
 
 
 async def changed_rows(info: Info[Any, Any], projection: str, since: int | None,
-                       read: Callable[[int], Sequence[R]]) -> AsyncIterator[R]:
+                       read: Callable[[int], Sequence[R]], *, page_size: int | None = None) -> AsyncIterator[R]:
     """Rows of ``projection`` changed after position ``since`` (``read(after)`` returns them, run off the
-    event loop), in position order; then, each time the projection commits, the rows it changed."""
+    event loop), in position order; then, each time the projection commits, the rows it changed.
+
+    ``page_size``: the most rows ``read`` returns at once (its ``limit``); a full page is followed by
+    another read at once, since more rows may lie beyond it."""
     context = _live_context(info)
     watch = _watch(context)
     with watch.subscribed():
         heard = (await watch.positions([projection]))[projection]
         last = heard if since is None else since
         while True:
-            for row in sorted(await context.read(read, last), key=_position_of):
+            rows = await context.read(read, last)
+            for row in sorted(rows, key=_position_of):
                 if row.position > last:
                     last = row.position
                     yield row
-            await watch.until([projection], max(heard, last) + 1, counted=False)
+            if page_size is None or len(rows) < page_size:
+                await watch.until([projection], max(heard, last) + 1, counted=False)
             heard = (await watch.positions([projection]))[projection]
 
 
