@@ -22,25 +22,49 @@ import contextlib
 import heapq
 import itertools
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Protocol
 
 from framework.errors import EventfoldError, TooManyWaiting
+from framework.readmodel import ReadModel
 
-__all__ = ["Deliver", "PositionChange", "PositionSignals", "PositionSource", "PositionWatch"]
+__all__ = ["Deliver", "Interest", "PositionChange", "PositionSignals", "PositionSource", "PositionWatch", "Touched",
+           "key_text", "touched_by"]
 
 log = logging.getLogger(__name__)
 
 
+Touched = Mapping[str, frozenset[tuple[str, ...]]]  # table -> keys of the rows a batch changed, as text
+
+
 @dataclass(frozen=True)
 class PositionChange:
-    """A projection version committed ``position``; ``switched``: that version just became the active one."""
+    """A projection version committed ``position``; ``switched``: that version just became the active one.
+
+    ``touched``: the keys of the rows the commit changed, by table, each value as text (``key_text``);
+    None when unknown (too many to announce), which means any row may have changed."""
 
     projection: str
     version: int
     position: int
     switched: bool = False
+    touched: Touched | None = field(default=None, compare=False)
+
+
+def key_text(values: Iterable[Any]) -> tuple[str, ...]:
+    """A row key as announced in ``PositionChange.touched``: each value as text (an enum's value)."""
+    return tuple(str(v.value if isinstance(v, Enum) else v) for v in values)
+
+
+def touched_by(changes: Iterable[tuple[type[ReadModel], tuple[Any, ...], Any]]
+               ) -> dict[str, frozenset[tuple[str, ...]]]:
+    """``touched`` for a batch's changes (``StagedBatch.changes()``)."""
+    keys: dict[str, set[tuple[str, ...]]] = {}
+    for model, key, _ in changes:
+        keys.setdefault(model.table, set()).add(key_text(key))
+    return {table: frozenset(found) for table, found in keys.items()}
 
 
 Deliver = Callable[[PositionChange | None], None]  # None: changes may have been missed, read positions again
@@ -68,6 +92,18 @@ class _Waiter:
     projections: tuple[str, ...]
     position: int
     future: asyncio.Future[None]
+
+
+@dataclass(eq=False)
+class Interest:
+    """A subscriber's interest in a projection's commits: all of them (``table`` None), or those changing
+    a row of ``table`` whose key holds ``value`` (as text) at ``index``. ``event`` is set by each one."""
+
+    projection: str
+    table: str | None = None
+    index: int = 0
+    value: str = ""
+    event: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -101,11 +137,17 @@ class PositionWatch:
     _stop: asyncio.Event | None = field(default=None, init=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False)
     _loading: asyncio.Lock | None = field(default=None, init=False)
+    _interests: dict[str, set[Interest]] = field(default_factory=dict, init=False)  # by projection
+    _by_key: dict[tuple[str, str, int, str], set[Interest]] = field(default_factory=dict, init=False)
 
     @property
     def waiting(self) -> int:
         """Read-your-writes waits in progress."""
         return self._waiting
+
+    def positions_known(self) -> dict[str, int]:
+        """The positions heard so far, without reading anything."""
+        return {name: known.position for name, known in self._known.items()}
 
     @property
     def subscriptions(self) -> int:
@@ -195,6 +237,38 @@ class PositionWatch:
         finally:
             self._subscriptions -= 1
 
+    @contextlib.contextmanager
+    def interest(self, interest: Interest) -> Iterator[asyncio.Event]:
+        """Have ``interest.event`` set by every commit of its projection that concerns it, while inside."""
+        self._interests.setdefault(interest.projection, set()).add(interest)
+        where = (interest.projection, interest.table or "", interest.index, interest.value)
+        if interest.table is not None:
+            self._by_key.setdefault(where, set()).add(interest)
+        try:
+            yield interest.event
+        finally:
+            self._interests[interest.projection].discard(interest)
+            self._by_key.get(where, set()).discard(interest)
+
+    def _tell(self, projection: str, touched: Touched | None) -> None:
+        """Set the events of the interests in ``projection`` that the change may concern."""
+        interests = self._interests.get(projection)
+        if not interests:
+            return
+        if touched is None or len(interests) <= sum(len(keys) for keys in touched.values()):
+            for interest in interests:
+                if interest.table is None or touched is None or _concerns(interest, touched):
+                    interest.event.set()
+            return
+        for interest in interests:
+            if interest.table is None:
+                interest.event.set()
+        for table, keys in touched.items():
+            for key in keys:
+                for index, value in enumerate(key):
+                    for interest in self._by_key.get((projection, table, index, value), ()):
+                        interest.event.set()
+
     def _reached(self, projections: Sequence[str], position: int) -> bool:
         return all(self._known[p].position >= position for p in projections)
 
@@ -223,8 +297,10 @@ class PositionWatch:
             return  # nobody asked about it yet: it is read when someone does
         if change.switched and change.version != known.version:
             self._known[change.projection] = _Known(change.version, change.position)
+            self._tell(change.projection, None)  # another version: any row may differ
         elif change.version == known.version and change.position > known.position:
             known.position = change.position
+            self._tell(change.projection, change.touched)
         else:
             return
         self._moved(change.projection)
@@ -249,6 +325,7 @@ class PositionWatch:
             known = self._known.get(name)
             if known is None or known.version != version or position > known.position:
                 self._known[name] = _Known(version, position)
+                self._tell(name, None)  # moved without a word: what changed is not known
                 self._moved(name)
 
     async def _recheck(self, stop: asyncio.Event) -> None:
@@ -258,8 +335,9 @@ class PositionWatch:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.recheck_seconds)
             if (self._waiting or self._subscriptions) and not stop.is_set():
+                followed = {p for p, heap in self._heaps.items() if heap} | {p for p, i in self._interests.items() if i}
                 with contextlib.suppress(EventfoldError):
-                    await self._refresh([p for p, heap in self._heaps.items() if heap])
+                    await self._refresh(sorted(followed & set(self._known)))
 
     async def _head_if_before(self, position: int) -> int | None:
         """The store's head when ``position`` is past it (read only when the last head seen is before it)."""
@@ -281,6 +359,11 @@ class PositionWatch:
             self._head = max(self._head, await asyncio.to_thread(self.head))
             self._head_read_at = loop.time()
         return self._head
+
+
+def _concerns(interest: Interest, touched: Touched) -> bool:
+    keys = touched.get(interest.table or "", ())
+    return any(len(key) > interest.index and key[interest.index] == interest.value for key in keys)
 
 
 def _read_positions(source: PositionSource, names: list[str]) -> dict[str, tuple[int, int]]:

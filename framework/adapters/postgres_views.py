@@ -26,7 +26,7 @@ from psycopg.types.json import Jsonb
 from framework.adapters.pg_columns import column_definitions, to_parameters
 from framework.adapters.pg_pool import PgPool
 from framework.errors import ConcurrencyConflict, RowRejected, StoreUnavailable, VersionSwitched
-from framework.positions import PositionChange
+from framework.positions import PositionChange, Touched, touched_by
 from framework.query import BY_KEY, Condition, Sort, check_conditions
 from framework.readmodel import ReadModel
 from framework.settings import PostgresSettings
@@ -84,17 +84,37 @@ def position_channel(schema: str) -> str:
     return f"eventfold_positions.{hashlib.sha256(schema.encode()).hexdigest()[:40]}"
 
 
-def position_notice(name: str, version: int, position: int, *, switched: bool = False) -> str:
-    """The payload announcing a committed position: ``version position flag name``."""
-    return f"{version} {position} {'s' if switched else '-'} {name}"
+_MAX_NOTICE = 7_900  # PostgreSQL refuses a NOTIFY payload of 8,000 bytes or more
+
+
+def position_notice(name: str, version: int, position: int, *, switched: bool = False,
+                    touched: Touched | None = None) -> str:
+    """The payload announcing a committed position: ``version position flag name``, then on a second
+    line the keys of the rows the batch changed, as JSON by table, when they fit (else: not known)."""
+    head = f"{version} {position} {'s' if switched else '-'} {name}"
+    if not touched:
+        return head
+    keys = json.dumps({table: sorted(map(list, found)) for table, found in touched.items()},
+                      separators=(",", ":"), ensure_ascii=False)
+    return head if len(head.encode()) + len(keys.encode()) + 1 > _MAX_NOTICE else f"{head}\n{keys}"
 
 
 def parse_notice(payload: str) -> PositionChange | None:
     """The change a payload announces; None for one this version cannot read."""
-    parts = payload.split(" ", 3)
+    head, _, keys = payload.partition("\n")
+    parts = head.split(" ", 3)
     if len(parts) != 4 or not parts[0].isdigit() or not parts[1].isdigit():
         return None
-    return PositionChange(parts[3], int(parts[0]), int(parts[1]), switched=parts[2] == "s")
+    return PositionChange(parts[3], int(parts[0]), int(parts[1]), switched=parts[2] == "s",
+                          touched=_parse_touched(keys) if keys else None)
+
+
+def _parse_touched(text: str) -> Touched | None:
+    try:
+        found = json.loads(text)
+        return {str(table): frozenset(tuple(str(v) for v in key) for key in keys) for table, keys in found.items()}
+    except (ValueError, TypeError, AttributeError):
+        return None
 
 
 # Take the lease if it is free, expired or ours; renew it if ours. No row back: another owner holds it.
@@ -423,7 +443,7 @@ class PostgresViewStore:
             " updated_at = now() WHERE name = %s AND version = %s AND " + guard + " RETURNING 1)"
             " SELECT pg_notify(%s, %s) FROM moved"
         ).format(self._table("eventfold_projection_positions"))
-        notice = position_notice(name, version, batch.position)
+        notice = position_notice(name, version, batch.position, touched=touched_by(batch.changes()))
         moved = conn.execute(advance, (batch.position, batch.event_time, name, version, expected,
                                        self.channel, notice)).rowcount
         if moved != 1:

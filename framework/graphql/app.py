@@ -11,7 +11,12 @@
 - Read-your-writes: a request with header ``Eventfold-Position: N`` waits
   (bounded) until every projection its fields read (``@reads``, in
   ``framework.graphql.reads``) has applied position N; the response's
-  ``extensions.consistency`` says whether it did.
+  ``extensions.consistency`` says whether it did. With a ``PositionWatch``
+  (``framework.positions``; the CLI always gives one) the wait is woken by
+  the projections' commits; without one it reads the positions every
+  ``poll_seconds``.
+- Subscriptions over WebSocket when the spec has a subscription type
+  (``framework.graphql.live``).
 - No GraphiQL page (it would fetch its assets from a CDN) and no mutations:
   the write path is the write API.
 """
@@ -151,7 +156,7 @@ class QueryContext:
     watch: PositionWatch | None = None  # the process's position listener: waits without polling
     connection_params: dict[str, Any] | None = None  # a WebSocket's connection_init payload
     _loaders: dict[Hashable, DataLoader[Any, Any]] = field(default_factory=dict)
-    _waiting: bool = field(default=False, init=False)  # the wait polls positions: its own span covers those reads
+    _waiting: bool = field(default=False, init=False)  # the wait reads positions: its own span covers those reads
 
     async def read(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a (blocking) view-store call off the event loop, through the breaker when there is one."""

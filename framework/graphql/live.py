@@ -38,7 +38,8 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types import ExecutionResult, Info
 
 from framework.errors import ConfigurationError, EventfoldError, RateLimited, Unauthenticated
-from framework.positions import PositionWatch
+from framework.positions import Interest, PositionWatch, key_text
+from framework.readmodel import ReadModel
 
 if TYPE_CHECKING:
     from framework.graphql.app import QueryContext
@@ -91,26 +92,39 @@ R = TypeVar("R", bound=_Positioned)
 
 
 async def changed_rows(info: Info[Any, Any], projection: str, since: int | None,
-                       read: Callable[[int], Sequence[R]], *, page_size: int | None = None) -> AsyncIterator[R]:
+                       read: Callable[[int], Sequence[R]], *, page_size: int | None = None,
+                       rows_of: tuple[type[ReadModel], str, Any] | None = None) -> AsyncIterator[R]:
     """Rows of ``projection`` changed after position ``since`` (``read(after)`` returns them, run off the
     event loop), in position order; then, each time the projection commits, the rows it changed.
 
     ``page_size``: the most rows ``read`` returns at once (its ``limit``); a full page is followed by
-    another read at once, since more rows may lie beyond it."""
+    another read at once, since more rows may lie beyond it. ``rows_of``: ``(model, key column,
+    value)`` when ``read`` returns only rows of ``model`` with that value in that column of their key:
+    then a commit reads again only when it changed such a row (or cannot say which rows it changed),
+    not at every commit of the projection."""
     context = _live_context(info)
     watch = _watch(context)
-    with watch.subscribed():
-        heard = (await watch.positions([projection]))[projection]
+    with watch.subscribed(), watch.interest(_interest(projection, rows_of)) as changed:
+        heard = (await watch.positions([projection]))[projection]  # and the watch follows it from now on
         last = heard if since is None else since
         while True:
+            changed.clear()  # before the read: a commit during it or after it sets it again
             rows = await context.read(read, last)
             for row in sorted(rows, key=_position_of):
                 if row.position > last:
                     last = row.position
                     yield row
             if page_size is None or len(rows) < page_size:
-                await watch.until([projection], max(heard, last) + 1, counted=False)
-            heard = (await watch.positions([projection]))[projection]
+                await changed.wait()
+
+
+def _interest(projection: str, rows_of: tuple[type[ReadModel], str, Any] | None) -> Interest:
+    if rows_of is None:
+        return Interest(projection)
+    model, column, value = rows_of
+    if column not in model.key:
+        raise ConfigurationError(f"rows_of: {column!r} is not a column of {model.__name__}'s key {model.key}")
+    return Interest(projection, model.table, model.key.index(column), key_text([value])[0])
 
 
 async def moved_positions(info: Info[Any, Any], projections: Sequence[str], since: int | None

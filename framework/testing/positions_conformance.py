@@ -120,3 +120,17 @@ class PositionSignalsConformance:
         heard = listen_while(signals, act, lambda h: any(c.switched for c in changes(h, "ticks")))
         switched = [c for c in changes(heard, "ticks") if c.switched]
         assert switched[0].version == 2 and switched[0].position in (0, 8)
+
+    def test_a_commit_says_which_rows_it_changed(self, views: ViewStore, signals: PositionSignals) -> None:
+        views.ensure_tables("ticks", 1, [Tick])
+
+        def act() -> None:
+            with views.batch("ticks", 1) as batch:
+                batch.put(Tick(name="one", count=1))
+                batch.put(Tick(name="two", count=2))
+                batch.delete(Tick, "gone")
+                batch.advance(5, None)
+
+        heard = listen_while(signals, act, lambda h: bool(changes(h, "ticks")))
+        touched = changes(heard, "ticks")[0].touched
+        assert touched == {"ticks": frozenset({("one",), ("two",), ("gone",)})}

@@ -11,7 +11,7 @@ import pytest
 from framework.adapters.memory_positions import MemoryPositionSignals
 from framework.adapters.memory_views import MemoryViewStore
 from framework.errors import TooManyWaiting
-from framework.positions import PositionSignals, PositionWatch
+from framework.positions import Interest, PositionSignals, PositionWatch
 from framework.testing.positions_conformance import PositionSignalsConformance, Tick, commit
 from framework.views import ViewStore
 
@@ -130,3 +130,32 @@ def test_a_switch_to_another_version_moves_the_waits_to_its_position() -> None:
         return outcome
 
     assert asyncio.run(run())["reached"]
+
+
+def test_an_interest_in_some_rows_is_told_only_of_commits_changing_them() -> None:
+    views, _, watch = watched()
+
+    def put(name: str, position: int) -> None:
+        with views.batch("a", 1) as batch:
+            batch.put(Tick(name=name, count=position))
+            batch.advance(position, None)
+
+    async def run() -> tuple[list[bool], list[bool]]:
+        await watch.positions(["a"])
+        mine, every = Interest("a", "ticks", 0, "mine"), Interest("a")
+        told_mine, told_every = [], []
+        with watch.interest(mine), watch.interest(every):
+            for name, position in (("other", 1), ("mine", 2), ("other", 3)):
+                await asyncio.to_thread(put, name, position)
+                while watch.positions_known()["a"] < position:
+                    await asyncio.sleep(0.01)
+                told_mine.append(mine.event.is_set())
+                told_every.append(every.event.is_set())
+                mine.event.clear()
+                every.event.clear()
+        await watch.close()
+        return told_mine, told_every
+
+    told_mine, told_every = asyncio.run(run())
+    assert told_mine == [False, True, False]
+    assert told_every == [True, True, True]
