@@ -159,3 +159,13 @@ def test_an_interest_in_some_rows_is_told_only_of_commits_changing_them() -> Non
     told_mine, told_every = asyncio.run(run())
     assert told_mine == [False, True, False]
     assert told_every == [True, True, True]
+
+
+def test_subscriptions_past_the_bound_are_refused_with_a_clear_error() -> None:
+    _, _, watch = watched(max_subscriptions=1)
+    with watch.subscribed():
+        with pytest.raises(TooManyWaiting, match="1 subscriptions"), watch.subscribed():
+            pass
+        assert watch.subscriptions == 1
+    with watch.subscribed():  # room again
+        assert watch.subscriptions == 1
