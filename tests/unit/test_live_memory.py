@@ -12,6 +12,9 @@ import httpx
 import pytest
 from support.http import ServerThread
 from support.live import LiveClient
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+from websockets.typing import Subprotocol
 
 from example_app.app import build_router
 from example_app.commands import (
@@ -125,3 +128,12 @@ def test_a_card_subscription_follows_its_states(embedded: tuple[Embedded, str]) 
     assert positions == sorted(set(positions)) and positions[0] > announced  # in order, once each
     statuses = [u["card"]["status"] for u in updates]
     assert statuses[-1] == "cancelled" and set(statuses) <= {"validated", "cancelled"}
+
+
+def test_the_legacy_graphql_ws_protocol_is_not_offered(embedded: tuple[Embedded, str]) -> None:
+    _, url = embedded
+    ws_url = url.replace("http://", "ws://", 1) + "/graphql"
+    with connect(ws_url, subprotocols=[Subprotocol("graphql-ws")], open_timeout=10) as ws:
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4406
