@@ -133,7 +133,7 @@ def test_a_card_subscription_follows_its_states(embedded: tuple[Embedded, str]) 
 def test_the_legacy_graphql_ws_protocol_is_not_offered(embedded: tuple[Embedded, str]) -> None:
     _, url = embedded
     ws_url = url.replace("http://", "ws://", 1) + "/graphql"
-    with connect(ws_url, subprotocols=[Subprotocol("graphql-ws")], open_timeout=10) as ws:
-        with pytest.raises(ConnectionClosed) as closed:
-            ws.recv(timeout=10)
+    with connect(ws_url, subprotocols=[Subprotocol("graphql-ws")], open_timeout=10) as ws, \
+            pytest.raises(ConnectionClosed) as closed:
+        ws.recv(timeout=10)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4406
