@@ -58,11 +58,14 @@ def key_text(values: Iterable[Any]) -> tuple[str, ...]:
     return tuple(str(v.value if isinstance(v, Enum) else v) for v in values)
 
 
-def touched_by(changes: Iterable[tuple[type[ReadModel], tuple[Any, ...], Any]]
-               ) -> dict[str, frozenset[tuple[str, ...]]]:
-    """``touched`` for a batch's changes (``StagedBatch.changes()``)."""
+def touched_by(changes: Iterable[tuple[type[ReadModel], tuple[Any, ...], Any]], limit: int = 256
+               ) -> dict[str, frozenset[tuple[str, ...]]] | None:
+    """``touched`` for a batch's changes (``StagedBatch.changes()``); None past ``limit`` rows (a big
+    catch-up batch is not worth describing: its listeners read again, once)."""
     keys: dict[str, set[tuple[str, ...]]] = {}
-    for model, key, _ in changes:
+    for count, (model, key, _) in enumerate(changes):
+        if count == limit:
+            return None
         keys.setdefault(model.table, set()).add(key_text(key))
     return {table: frozenset(found) for table, found in keys.items()}
 

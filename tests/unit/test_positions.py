@@ -11,7 +11,7 @@ import pytest
 from framework.adapters.memory_positions import MemoryPositionSignals
 from framework.adapters.memory_views import MemoryViewStore
 from framework.errors import TooManyWaiting
-from framework.positions import Interest, PositionSignals, PositionWatch
+from framework.positions import Interest, PositionSignals, PositionWatch, touched_by
 from framework.testing.positions_conformance import PositionSignalsConformance, Tick, commit
 from framework.views import ViewStore
 
@@ -169,3 +169,9 @@ def test_subscriptions_past_the_bound_are_refused_with_a_clear_error() -> None:
         assert watch.subscriptions == 1
     with watch.subscribed():  # room again
         assert watch.subscriptions == 1
+
+
+def test_a_big_batch_is_not_described_row_by_row() -> None:
+    changes = [(Tick, (f"t{i}",), None) for i in range(3)]
+    assert touched_by(changes, limit=3) == {"ticks": frozenset({("t0",), ("t1",), ("t2",)})}
+    assert touched_by(changes, limit=2) is None  # unknown: every interest in the projection is told
