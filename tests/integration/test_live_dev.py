@@ -15,7 +15,6 @@ ISIN = "US0378331005"
 CARD = "subscription($id: String!, $since: Int!) { card(actionId: $id, since: $since) { position card { status } } }"
 
 
-
 def test_eventfold_dev_serves_subscriptions_and_waits_without_polling(tmp_path: Path) -> None:
     """The embedded mode: the in-process view store's commits feed the same watch."""
     env = clean_env(EVENTFOLD_SQLITE_PATH=str(tmp_path / "events.sqlite3"))
