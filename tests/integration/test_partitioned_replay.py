@@ -18,12 +18,14 @@ from partition_helpers import PARTITIONS, Applied, AppliedLog, PartitionedHoldin
 from streaming_helpers import assert_matches_replay, new_isin, write_backlog
 from support.postgres import PgDatabase
 
+from framework.adapters.pg_positions import PostgresPositionSignals
 from framework.adapters.postgres import PostgresEventStore
 from framework.adapters.postgres_views import PostgresViewStore
 from framework.errors import ConcurrencyConflict, ConfigurationError
 from framework.partitions import Partition
 from framework.projector import with_partitions
 from framework.replay import rebuild, rebuild_aggregate
+from framework.testing.positions_conformance import changes, listen_while
 from framework.worker import ProjectionWorker
 from projections.holdings import AccountRow, Holding
 
@@ -143,3 +145,24 @@ def test_a_partitions_position_is_a_compare_and_set_and_the_projection_is_at_the
     assert {s.name: s.position for s in views.states()}["applied"] == 10
     with pytest.raises(ConfigurationError, match="has 4 partitions, not 8"):
         views.ensure_partitions("applied", 1, 8)
+
+
+def test_a_partitions_commit_announces_the_projections_lowest_position(
+        views: PostgresViewStore, pg_database: PgDatabase, pg_schema: str) -> None:
+    views.ensure_tables("applied", 1, AppliedLog.read_models)
+    views.ensure_partitions("applied", 1, 2)
+
+    def advance(index: int, position: int) -> None:
+        with views.partition_batch("applied", 1, index) as batch:
+            batch.put(Applied(position=position, aggregate_id=str(index), times=1, pid=0))
+            batch.advance(position, None)
+
+    def act() -> None:
+        advance(0, 10)  # partition 1 is still at 0: the projection is at 0
+        advance(1, 7)  # now at 7
+        advance(1, 12)  # partition 0 is the lowest: 10
+
+    signals = PostgresPositionSignals(pg_database.settings(pg_schema), check_seconds=0.1)
+    heard = listen_while(signals, act, lambda h: len(changes(h, "applied")) >= 3)
+    assert [c.position for c in changes(heard, "applied")] == [0, 7, 10]
+    assert changes(heard, "applied")[0].touched == {"applied": frozenset({("10",)})}
