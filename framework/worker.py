@@ -235,11 +235,14 @@ class ProjectionWorker:
         """Report a committed batch to the observer, log one line, and wake the dispatcher if it issued."""
         fault_point("batch.committed")
         seconds = time.perf_counter() - started
-        self.observer.batch_applied(self.name, len(batch), seconds)
-        log.info("%s: applied %d events (%d..%d) in %.1f ms", self.name, len(batch), batch[0].id,
+        # A partition passes over the other partitions' events: it applied only its own.
+        size = len(batch) if self.partition is None else sum(1 for n in batch if self._mine(n))
+        self.observer.batch_applied(self.name, size, seconds)
+        log.info("%s: applied %d events (%d..%d) in %.1f ms", self.label, size, batch[0].id,
                  batch[-1].id, seconds * 1000, extra={
                      "projection": self.name, "first_position": batch[0].id, "last_position": batch[-1].id,
-                     "size": len(batch), "duration_ms": round(seconds * 1000, 3)})
+                     "size": size, "duration_ms": round(seconds * 1000, 3),
+                     **({"partition": self.partition.index} if self.partition is not None else {})})
         if self.on_outbox is not None and getattr(committed, "outbox", None):
             self.on_outbox()
 
