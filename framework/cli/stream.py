@@ -176,8 +176,8 @@ def run_project_command(settings: Settings, args: argparse.Namespace) -> int:
             await asyncio.gather(
                 *(run_projection(w, c, stop, lease=lease, owner=owner, dispatch=dispatch)
                   for w, c in zip(workers, consumers, strict=True)),
-                *(run_partitioned(p, views, partition_worker(p), partition_consumers(connection, p, lease), stop,
-                                  lease=lease, owner=owner) for p in partitioned))
+                *(run_partitioned(p, views, partition_worker(p), partition_consumers(connection, p, lease, breaker),
+                                  stop, lease=lease, owner=owner) for p in partitioned))
 
         run_until_signalled(lambda stop: _run_role(jetstream, bus, ops, stop, project))
     finally:
@@ -188,20 +188,21 @@ def run_project_command(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def partition_consumers(connection: JetStreamConnection, projector: Projector,
-                        lease: LeaseOptions) -> ConsumerFactory:
+def partition_consumers(connection: JetStreamConnection, projector: Projector, lease: LeaseOptions,
+                        breaker: CircuitBreaker) -> ConsumerFactory:
     """Fresh consumers of one partition's events: filtered by subject when the projector partitions by
     aggregate id (else every event, which the partition's worker sorts out); a consumer its worker
     could not delete (killed) is removed by the server once unused for a while."""
     from framework.adapters.nats import JetStreamConsumer, partition_filter
+    from framework.breaker import BreakingPartitionConsumer
 
     prefix = connection.settings.subject_prefix
 
     def make(partition: Partition, session: str) -> PartitionConsumer:
         subject = partition_filter(prefix, partition) if projector.keys_by_aggregate() else None
         name = f"{projector.name}-p{partition.index}of{partition.count}-{session}"
-        return JetStreamConsumer(connection, name, filter_subject=subject,
-                                 inactive_threshold=max(60.0, 10 * lease.ttl_seconds))
+        return BreakingPartitionConsumer(JetStreamConsumer(
+            connection, name, filter_subject=subject, inactive_threshold=max(60.0, 10 * lease.ttl_seconds)), breaker)
 
     return make
 
