@@ -129,6 +129,7 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
     query_options = _query_options(embedded, introspection=True)
     routes = [*query_routes(graphql, views, store, options=query_options, metrics=metrics,
                             authenticator=auth, tracer=tracer),
+              *_console(embedded, store, views, application_, auth),
               Mount("/", app=write_app)]
     app = EdgeApp(routes=routes, lifespan=background)
     app.router.redirect_slashes = False  # a redirect would be built from the Host header a client sent
@@ -145,8 +146,23 @@ async def _seed(app: App, bus: Any, settings: Settings) -> None:
         log.exception("the seed function of %r failed", app.name)
 
 
+def _console(settings: Settings, store: Any, views: Any, application_: App, auth: Any) -> list[Any]:
+    """``/console/`` and the ``/ops/`` API it calls, unless ``EVENTFOLD_CONSOLE=off``."""
+    if not settings.console:
+        return []
+    from framework.http.console import console_routes
+    from framework.http.operator import operator_routes
+
+    factories = dict(zip((p.name for p in application_.build_projectors()), application_.projections, strict=True))
+    return [*console_routes(), *operator_routes(store, views, [], authenticator=auth, projector_factories=factories,
+                                                auth_failures_per_minute=settings.auth_failures_per_minute or None)]
+
+
 def run_query_api(settings: Settings, args: argparse.Namespace) -> int:
+    from starlette.routing import Mount
+
     from framework.graphql import create_query_app
+    from framework.http.edge import EdgeApp
     from framework.metrics import Metrics
 
     postgres = require_postgres(settings, "query-api")
@@ -157,9 +173,14 @@ def run_query_api(settings: Settings, args: argparse.Namespace) -> int:
     metrics = Metrics()
     metrics.watch_projections(store, views)
     metrics.watch_breakers([breaker])
-    app = create_query_app(graphql_of(application(settings, args)), views, store,
+    application_ = application(settings, args)
+    app = create_query_app(graphql_of(application_), views, store,
                            options=_query_options(settings, introspection=False),
                            metrics=metrics, authenticator=auth, breaker=breaker, tracer=tracer)
+    console = _console(settings, store, views, application_, auth)
+    if console:
+        app = EdgeApp(routes=[*console, Mount("/", app=app)])
+        app.router.redirect_slashes = False
 
     def close() -> None:
         views.close()
