@@ -176,7 +176,7 @@ def follow_correlation(store: EventLog, correlation_id: str, *, scan: int = TRAI
         raise ConfigurationError("give a correlation id")
     head = store.head()
     where = EventFilter(correlation_id=correlation_id)
-    steps: dict[tuple[str | None, str | None], CommandStep] = {}
+    steps: dict[tuple[str | None, str | None, int], CommandStep] = {}
     by_event_id: dict[str, int] = {}
     last = 0
     for stored in _scan(store, 0, scan):
@@ -189,10 +189,15 @@ def follow_correlation(store: EventLog, correlation_id: str, *, scan: int = TRAI
     return Trail(correlation_id, list(steps.values()), last, head)
 
 
-def _step_of(steps: dict[tuple[str | None, str | None], CommandStep], event: StoredEventView,
+def _step_of(steps: dict[tuple[str | None, str | None, int], CommandStep], event: StoredEventView,
              by_event_id: dict[str, int]) -> CommandStep:
+    """The step of the command that wrote ``event``: the events with its causation id and actor. Events
+    without a causation id (written outside the HTTP API) make one step per run of consecutive ones."""
     causation, actor = _text(event.metadata.get("causation_id")), _text(event.metadata.get("actor"))
-    key = (causation, actor)
+    key = (causation, actor, 0)
+    if causation is None:
+        last = next(reversed(steps), None)
+        key = last if last is not None and last[:2] == (None, actor) else (None, actor, len(steps))
     if key not in steps:
         steps[key] = CommandStep(causation, actor, by_event_id.get(causation or ""))
     return steps[key]
