@@ -13,7 +13,6 @@ and says where it stopped (``next_after``), so a sparse filter costs bounded wor
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,6 +21,7 @@ from typing import Any
 from eventsourcing.persistence import Notification
 
 from framework.errors import ConfigurationError
+from framework.mapper import raw_document
 from framework.store import EventLog
 
 __all__ = ["BrowsedPage", "CommandStep", "EventFilter", "StoredEventView", "Trail", "browse", "event_at",
@@ -57,14 +57,11 @@ class StoredEventView:
 
 def event_view(stored: Notification) -> StoredEventView:
     """The event at a position as stored; a document that is not JSON shows as its text."""
-    document = _document(stored.state)
-    meta = document.get("meta")
-    version = document.get("v")
+    document = raw_document(stored)
     return StoredEventView(
-        position=stored.id, aggregate_id=str(stored.originator_id),
-        aggregate_type=_text(document.get("agg")), version=stored.originator_version, type=stored.topic,
-        schema_version=version if isinstance(version, int) else None,
-        data=document.get("data", document.get("text")), metadata=meta if isinstance(meta, dict) else {},
+        position=stored.id, aggregate_id=str(stored.originator_id), aggregate_type=document.aggregate_type,
+        version=stored.originator_version, type=stored.topic, schema_version=document.schema_version,
+        data=document.data, metadata=document.metadata,
     )
 
 
@@ -212,14 +209,6 @@ def _scan(store: EventLog, after: int, budget: int) -> Iterator[Notification]:
         yield from chunk
         seen += len(chunk)
         after = chunk[-1].id
-
-
-def _document(state: bytes | str) -> dict[str, Any]:
-    try:
-        document = json.loads(state)
-    except ValueError:
-        return {"text": state.decode("utf-8", "replace") if isinstance(state, bytes) else state}
-    return document if isinstance(document, dict) else {"data": document}
 
 
 def _text(value: Any) -> str | None:
