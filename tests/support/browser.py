@@ -53,11 +53,16 @@ class BrowserPage:
 
 
 def _reporter(request: pytest.FixtureRequest) -> Callable[[str], None]:
-    """Write a line to the terminal even while pytest captures the test's output (screenshot paths)."""
-    terminal = request.config.pluginmanager.get_plugin("terminalreporter")
-    if terminal is None:
-        return print
-    return lambda line: terminal.write_line(line)
+    """Print a line even while pytest captures the test's output (screenshot paths)."""
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+
+    def say(line: str) -> None:
+        if capture is None:
+            print(line, flush=True)
+            return
+        with capture.global_and_fixture_disabled():
+            print(f"\n{line}", flush=True)
+    return say
 
 
 @pytest.fixture(scope="module")
