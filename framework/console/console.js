@@ -6,7 +6,7 @@ const TOKEN_KEY = "eventfold.console.token";
 const POLL_MS = 2000;
 const COLORS = ["#1a5fb4", "#c01c28", "#26a269", "#e66100", "#613583", "#986a44", "#0e7c86", "#a51d2d"];
 let timer = null;
-let view = null;
+let chartMetric = 0; // 0: lag in events, 1: lag in seconds (the two figures of each sample)
 
 // ---- small DOM helpers (text only: nothing from the server is ever parsed as HTML)
 function h(tag, attrs, ...children) {
@@ -107,7 +107,7 @@ function lagChart(history) {
   const width = 900, height = 220, left = 50, bottom = 24;
   const now = history.now, start = now - 3600;
   const names = [...new Set(history.samples.flatMap((s) => Object.keys(s.lag)))].sort();
-  const peak = Math.max(1, ...history.samples.flatMap((s) => Object.values(s.lag).map((v) => v[0])));
+  const peak = Math.max(1, ...history.samples.flatMap((s) => Object.values(s.lag).map((v) => v[chartMetric])));
   const x = (t) => left + ((t - start) / 3600) * (width - left - 10);
   const y = (v) => height - bottom - (v / peak) * (height - bottom - 10);
   const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, width: "100%", class: "chart", id: "lag-chart", role: "img" });
@@ -124,7 +124,7 @@ function lagChart(history) {
     chart.append(text);
   }
   names.forEach((name, i) => {
-    const points = history.samples.filter((s) => s.t >= start && name in s.lag).map((s) => `${x(s.t).toFixed(1)},${y(s.lag[name][0]).toFixed(1)}`);
+    const points = history.samples.filter((s) => s.t >= start && name in s.lag).map((s) => `${x(s.t).toFixed(1)},${y(s.lag[name][chartMetric]).toFixed(1)}`);
     if (points.length) chart.append(svg("polyline", { points: points.join(" "), fill: "none", stroke: COLORS[i % COLORS.length], "stroke-width": 2, "data-projection": name }));
   });
   const legend = h("p", { class: "legend" }, names.map((name, i) => {
@@ -132,7 +132,9 @@ function lagChart(history) {
     swatch.style.background = COLORS[i % COLORS.length];
     return h("span", {}, swatch, name);
   }));
-  return h("section", {}, h("h2", {}, "Lag over the last hour (events behind; ", String(history.samples.length), " samples)"), chart, legend);
+  const metric = h("select", { id: "chart-metric", onchange: (e) => { chartMetric = Number(e.target.value); } },
+    h("option", { value: 0, selected: chartMetric === 0 }, "events behind"), h("option", { value: 1, selected: chartMetric === 1 }, "seconds behind"));
+  return h("section", {}, h("h2", {}, "Lag over the last hour (", String(history.samples.length), " samples) "), h("label", {}, "in ", metric), chart, legend);
 }
 
 function projectionsPage() {
@@ -304,7 +306,6 @@ function route() {
   const [path, query] = (location.hash.slice(1) || "/projections").split("?");
   const params = new URLSearchParams(query || "");
   const [, page, argument] = path.split("/");
-  view = page;
   for (const link of document.querySelectorAll("nav a")) link.classList.toggle("current", link.dataset.page === page || (page === "stream" || page === "trail") && link.dataset.page === "events");
   if (page === "dead-letters") deadLettersPage();
   else if (page === "events") eventsPage(params);
