@@ -132,16 +132,16 @@ function lagChart(history) {
     swatch.style.background = COLORS[i % COLORS.length];
     return h("span", {}, swatch, name);
   }));
-  const metric = h("select", { id: "chart-metric", onchange: (e) => { chartMetric = Number(e.target.value); } },
-    h("option", { value: 0, selected: chartMetric === 0 }, "events behind"), h("option", { value: 1, selected: chartMetric === 1 }, "seconds behind"));
-  return h("section", {}, h("h2", {}, "Lag over the last hour (", String(history.samples.length), " samples) "), h("label", {}, "in ", metric), chart, legend);
+  return h("section", {}, h("p", { id: "chart-samples" }, String(history.samples.length), " samples, one every ", String(history.every_seconds), " s"), chart, legend);
 }
 
 function projectionsPage() {
   const table = h("div");
   const chart = h("div");
   const stamp = h("p", { id: "status-at" });
-  show(h("h2", {}, "Projections"), stamp, table, chart);
+  const metric = h("select", { id: "chart-metric", onchange: (e) => { chartMetric = Number(e.target.value); } },
+    h("option", { value: 0, selected: chartMetric === 0 }, "events behind"), h("option", { value: 1, selected: chartMetric === 1 }, "seconds behind"));
+  show(h("h2", {}, "Projections"), stamp, table, h("h2", {}, "Lag over the last hour, in ", metric), chart);
   every(POLL_MS, async () => {
     const [status, history] = await Promise.all([api("/ops/status"), api("/ops/lag-history")]);
     stamp.textContent = "Head " + status.head + " · updated " + new Date(status.at).toLocaleTimeString();

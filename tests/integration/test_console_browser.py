@@ -79,6 +79,7 @@ def only_local(console: Console, page: BrowserPage) -> None:
     assert page.urls, "the page made no request"
     strays = [u for u in page.urls if not u.startswith(console.base_url + "/")]
     assert not strays, f"requests left the machine: {strays}"
+    assert not page.errors, page.errors
 
 
 def cells(page: BrowserPage, projection: str) -> dict[str, str]:

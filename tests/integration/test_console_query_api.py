@@ -82,3 +82,4 @@ def test_query_api_console_asks_for_a_token_then_matches_eventfold_status(
         chromium_page.screenshot("console-query-api")
     strays = [u for u in chromium_page.urls if not u.startswith(server.base_url + "/")]
     assert not strays, f"requests left the machine: {strays}"
+    assert not chromium_page.errors, chromium_page.errors

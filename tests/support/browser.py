@@ -38,10 +38,12 @@ def _missing(reason: str) -> None:
 
 @dataclass
 class BrowserPage:
-    """A Playwright page, every URL it requested (in order), and where its screenshots go."""
+    """A Playwright page, every URL it requested (in order), its scripts' uncaught errors, and where its
+    screenshots go."""
 
     page: Any
     urls: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # uncaught exceptions of the page's scripts
     say: Callable[[str], None] = print
 
     def screenshot(self, name: str) -> Path:
@@ -90,6 +92,7 @@ def chromium_page(chromium_browser: Any, request: pytest.FixtureRequest) -> Iter
     page.set_default_timeout(10_000)
     recorded = BrowserPage(page, say=_reporter(request))
     context.on("request", lambda request: recorded.urls.append(request.url))
+    page.on("pageerror", lambda error: recorded.errors.append(str(error)))
     try:
         yield recorded
     finally:
