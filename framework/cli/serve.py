@@ -155,7 +155,8 @@ def _console(settings: Settings, store: Any, views: Any, application_: App, auth
 
     factories = dict(zip((p.name for p in application_.build_projectors()), application_.projections, strict=True))
     return [*console_routes(), *operator_routes(store, views, [], authenticator=auth, projector_factories=factories,
-                                                auth_failures_per_minute=settings.auth_failures_per_minute or None)]
+                                                auth_failures_per_minute=settings.auth_failures_per_minute or None,
+                                                rate_limit_per_second=settings.rate_limit_per_second)]
 
 
 def run_query_api(settings: Settings, args: argparse.Namespace) -> int:

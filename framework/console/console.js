@@ -163,7 +163,7 @@ function deadLettersPage() {
       h("thead", {}, h("tr", {}, ["Id", "Projection", "Position", "Event", "Failed at", "Error", ""].map((t) => h("th", {}, t)))),
       h("tbody", {}, letters.map((l) => h("tr", { "data-letter": l.id },
         h("td", { class: "num" }, l.id), h("td", {}, l.projection), h("td", { class: "num" }, l.position),
-        h("td", {}, l.command ? "command " + (l.command.name || "") : l.event_name), h("td", {}, l.failed_at || ""),
+        h("td", {}, l.command ? "command " + (l.command.command_name || "") + " (after " + l.event_name + ")" : l.event_name), h("td", {}, l.failed_at || ""),
         h("td", { class: "error" }, l.error),
         h("td", {},
           h("button", { type: "button", class: "link", onclick: () => letterDetail(l, detail) }, "Show"), " ",

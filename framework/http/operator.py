@@ -148,10 +148,12 @@ def _now() -> str:
 def operator_routes(store: EventStore, views: ViewStore, projectors: Sequence[Projector], *,
                     authenticator: Authenticator | None = None, projector_factories:
                     dict[str, Callable[[], Projector]] | None = None,
-                    auth_failures_per_minute: float | None = None) -> list[BaseRoute]:
+                    auth_failures_per_minute: float | None = None,
+                    rate_limit_per_second: float | None = None) -> list[BaseRoute]:
     """The ``/ops/`` routes over ``store`` and ``views``. ``projectors``: the application's (what a
-    replay can rebuild; ``projector_factories`` builds a fresh one per rebuild when given)."""
-    gate = Gate(authenticator, failures_per_minute=auth_failures_per_minute)
+    replay can rebuild; ``projector_factories`` builds a fresh one per rebuild when given). The limits
+    are the APIs' (``framework.http.gate``)."""
+    gate = Gate(authenticator, rate_per_second=rate_limit_per_second, failures_per_minute=auth_failures_per_minute)
     factories = projector_factories or {p.name: _same(p) for p in projectors}
     api = _OperatorApi(store, views, ReplayJobs(factories, views, store))
     handlers: list[tuple[str, Handler, str]] = [

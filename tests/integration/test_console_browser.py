@@ -206,3 +206,22 @@ def test_a_blue_green_rebuild_is_started_watched_and_switched(console: Console, 
     page.wait_for_selector(f"#replay-versions tr[data-projection='holdings'][data-version='{before['version'] + 1}']")
     chromium_page.screenshot("console-replays")
     only_local(console, chromium_page)
+
+
+def test_partitions_in_the_status_are_shown_under_their_projection(console: Console,
+                                                                   chromium_page: BrowserPage) -> None:
+    """Partitioned projections (when the status carries a ``partitions`` list) show one line per partition."""
+    status = console.get("/ops/status")
+    holdings = next(p for p in status["projections"] if p["name"] == "holdings")
+    holdings["partitions"] = [{"partition": 0, "owner": "host-a:1", "position": 20, "lag_events": 3},
+                              {"partition": 1, "owner": None, "position": 23, "lag_events": 0}]
+    page = chromium_page.page
+    page.route("**/ops/status", lambda route: route.fulfill(json=status))  # what a partitioned status would say
+    page.goto(console.base_url + "/console/")
+    lines = page.locator("tr.partition[data-partition-of='holdings']")
+    lines.first.wait_for()
+    assert lines.count() == 2
+    assert "owner: host-a:1" in lines.nth(0).inner_text() and "lag_events: 3" in lines.nth(0).inner_text()
+    assert "owner: -" in lines.nth(1).inner_text()
+    assert page.locator("tr.partition[data-partition-of='cards']").count() == 0
+    only_local(console, chromium_page)
