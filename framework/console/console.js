@@ -73,10 +73,15 @@ function confirmed(text) {
   });
 }
 
+// Re-run `work` every `ms` until the page changes. A refusal (no token, a token without the role, too many
+// requests) stops it: polling on would only count failed authentications against this address.
 function every(ms, work) {
-  const run = () => work().then(() => notice("")).catch(failed);
-  run();
+  const run = () => work().then(() => notice("")).catch((error) => {
+    if ([401, 403, 429].includes(error.status)) clearInterval(timer);
+    failed(error);
+  });
   timer = setInterval(run, ms);
+  run();
 }
 
 // ---- Projections
