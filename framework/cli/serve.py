@@ -159,6 +159,18 @@ def _console(settings: Settings, store: Any, views: Any, application_: App, auth
                                                 rate_limit_per_second=settings.rate_limit_per_second)]
 
 
+async def _console_routing_error(_: Any, error: Exception) -> Any:
+    """A method the console's or the operations API's routes do not take: problem details, not plain text."""
+    from starlette.exceptions import HTTPException
+
+    from framework.http.problems import problem
+
+    status = error.status_code if isinstance(error, HTTPException) else 404
+    title = "Method not allowed" if status == 405 else "Not found"
+    headers = dict(error.headers or {}) if isinstance(error, HTTPException) else None
+    return problem(status, title, f"{title.lower()} here", title.lower().replace(" ", "_"), headers)
+
+
 def run_query_api(settings: Settings, args: argparse.Namespace) -> int:
     from starlette.routing import Mount
 
@@ -180,7 +192,8 @@ def run_query_api(settings: Settings, args: argparse.Namespace) -> int:
                            metrics=metrics, authenticator=auth, breaker=breaker, tracer=tracer)
     console = _console(settings, store, views, application_, auth)
     if console:
-        app = EdgeApp(routes=[*console, Mount("/", app=app)])
+        app = EdgeApp(routes=[*console, Mount("/", app=app)],
+                      exception_handlers={404: _console_routing_error, 405: _console_routing_error})
         app.router.redirect_slashes = False
 
     def close() -> None:

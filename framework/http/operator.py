@@ -156,27 +156,35 @@ def operator_routes(store: EventStore, views: ViewStore, projectors: Sequence[Pr
     gate = Gate(authenticator, rate_per_second=rate_limit_per_second, failures_per_minute=auth_failures_per_minute)
     factories = projector_factories or {p.name: _same(p) for p in projectors}
     api = _OperatorApi(store, views, ReplayJobs(factories, views, store))
-    handlers: list[tuple[str, Handler, str]] = [
-        ("/ops/status", api.status, "GET"),
-        ("/ops/lag-history", api.lag_history, "GET"),
-        ("/ops/dead-letters", api.dead_letters, "GET"),
-        ("/ops/dead-letters/{letter_id}/{action}", api.settle_letter, "POST"),
-        ("/ops/events", api.events, "GET"),
-        ("/ops/events/{position}", api.event, "GET"),
-        ("/ops/streams/{aggregate}", api.stream, "GET"),
-        ("/ops/correlations/{correlation_id}", api.correlation, "GET"),
-        ("/ops/replays", api.replays, "GET"),
-        ("/ops/replays", api.start_replay, "POST"),
-    ]
-    return [Route(path, _guarded(gate, handler, api.history), methods=[method]) for path, handler, method in handlers]
+    handlers: dict[str, dict[str, Handler]] = {
+        "/ops/status": {"GET": api.status},
+        "/ops/lag-history": {"GET": api.lag_history},
+        "/ops/dead-letters": {"GET": api.dead_letters},
+        "/ops/dead-letters/{letter_id}/{action}": {"POST": api.settle_letter},
+        "/ops/events": {"GET": api.events},
+        "/ops/events/{position}": {"GET": api.event},
+        "/ops/streams/{aggregate}": {"GET": api.stream},
+        "/ops/correlations/{correlation_id}": {"GET": api.correlation},
+        "/ops/replays": {"GET": api.replays, "POST": api.start_replay},
+    }
+    # GET and POST reach every route, so that the wrong one of the two is a 405 here rather than whatever
+    # an application mounted beside these routes answers.
+    return [Route(path, _guarded(gate, by_method, api.history), methods=["GET", "POST"])
+            for path, by_method in handlers.items()]
 
 
 def _same(projector: Projector) -> Callable[[], Projector]:
     return lambda: type(projector)()
 
 
-def _guarded(gate: Gate, handler: Handler, history: LagHistory) -> Callable[[Request], Awaitable[Response]]:
+def _guarded(gate: Gate, handlers: dict[str, Handler], history: LagHistory) -> Callable[[Request], Awaitable[Response]]:
+    allowed = ", ".join(sorted(handlers))
+
     async def endpoint(request: Request) -> Response:
+        handler = handlers.get(request.method)
+        if handler is None:
+            return problem(405, "Method not allowed", f"this route takes {allowed}", "method_not_allowed",
+                           {"Allow": allowed})
         try:
             principal = await gate.admit(request)
             if not has_any_role(principal, _OPS):

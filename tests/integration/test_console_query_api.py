@@ -8,6 +8,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from support.browser import BrowserPage
 from support.http import CliServer, clean_env, eventfold_executable
@@ -62,6 +63,13 @@ def test_query_api_console_asks_for_a_token_then_matches_eventfold_status(
     rows = {row["name"]: row for row in json.loads(status.stdout)}
     assert rows["holdings"]["position"] == 3 and rows["holdings"]["head"] == head == 4
     with CliServer("query-api", env) as server:
+        refused = httpx.get(server.base_url + "/ops/status", timeout=10)
+        assert refused.status_code == 401 and refused.headers["content-type"] == "application/problem+json"
+        wrong = httpx.post(server.base_url + "/ops/status", timeout=10)
+        assert wrong.status_code == 405 and wrong.headers["content-type"] == "application/problem+json"
+        graphql = httpx.post(server.base_url + "/graphql", json={"query": "{ projections { name } }"}, timeout=10,
+                             headers=issuer.bearer("olga", ["ops"]))
+        assert sorted(p["name"] for p in graphql.json()["data"]["projections"]) == sorted(rows)  # still served
         page = chromium_page.page
         page.goto(server.base_url + "/console/")
         page.locator("#notice.error").get_by_text("role ops").wait_for()  # no token: refused, and told why

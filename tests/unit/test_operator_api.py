@@ -101,6 +101,8 @@ def test_bad_input_is_a_clear_400(world: World) -> None:
     assert client.post("/ops/replays", json={"projection": "nope"}).status_code == 400
     assert client.post("/ops/replays", json=["holdings"]).status_code == 422
     assert client.get("/ops/events/99").status_code == 404
+    wrong = client.post("/ops/status", json={})
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "GET"
 
 
 def test_events_page_by_page_filtered_by_type_and_time(world: World) -> None:
