@@ -71,9 +71,10 @@ class LagHistory:
         return list(self._samples)
 
     def start(self) -> None:
-        """Sample in the background from now on (in the running event loop; once)."""
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        """Sample in the background from now on, in the running event loop (again if that loop is another)."""
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
+            self._task = loop.create_task(self._run())
 
     async def _run(self) -> None:
         while True:
