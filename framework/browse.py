@@ -23,9 +23,10 @@ from eventsourcing.persistence import Notification
 from framework.errors import ConfigurationError
 from framework.mapper import raw_document
 from framework.store import EventLog
+from framework.views import ViewStore
 
-__all__ = ["BrowsedPage", "CommandStep", "EventFilter", "StoredEventView", "Trail", "browse", "event_at",
-           "event_view", "follow_correlation"]
+__all__ = ["BrowsedPage", "CommandStep", "EventFilter", "IssuedCommand", "StoredEventView", "Trail", "browse",
+           "event_at", "event_view", "follow_correlation", "issued_commands"]
 
 CHUNK = 500  # events read from the store at a time
 SCAN_PER_PAGE = 20_000  # events one page may look at before it answers with what it found
@@ -220,3 +221,39 @@ def _moment(value: Any) -> datetime | None:
         return datetime.fromisoformat(value) if isinstance(value, str) else None
     except ValueError:
         return None
+
+
+@dataclass(frozen=True)
+class IssuedCommand:
+    """A command a process manager issued under a correlation id that has written no event (yet):
+    ``pending`` in its outbox (``attempts`` and ``last_error`` say how it goes), or ``refused`` for good
+    and parked as a dead letter (``error``)."""
+
+    projection: str
+    command_name: str
+    payload: dict[str, Any]
+    state: str  # pending | refused
+    caused_by: int  # the position of the event that made the process manager issue it
+    attempts: int = 0
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"projection": self.projection, "command_name": self.command_name, "payload": self.payload,
+                "state": self.state, "caused_by": self.caused_by, "attempts": self.attempts, "error": self.error}
+
+
+def issued_commands(views: ViewStore, correlation_id: str, *, limit: int = 1000) -> list[IssuedCommand]:
+    """The commands process managers issued under ``correlation_id`` that are still in their outboxes, or
+    were refused and parked: the ones a trail of events cannot show, as they wrote nothing."""
+    found: list[IssuedCommand] = []
+    for name in sorted({state.name for state in views.states()}):
+        found += [IssuedCommand(e.projection, e.command_name, e.payload, "pending", e.position, e.attempts,
+                                e.last_error)
+                  for e in views.outbox(name, limit) if e.context.get("correlation_id") == correlation_id]
+    for letter in views.dead_letters():
+        command = letter.command or {}
+        if (command.get("context") or {}).get("correlation_id") == correlation_id:
+            found.append(IssuedCommand(letter.projection, str(command.get("command_name")),
+                                       dict(command.get("payload") or {}), "refused", letter.position,
+                                       error=letter.error))
+    return found

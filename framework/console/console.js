@@ -168,7 +168,7 @@ function deadLettersPage() {
       h("thead", {}, h("tr", {}, ["Id", "Projection", "Position", "Event", "Failed at", "Error", ""].map((t) => h("th", {}, t)))),
       h("tbody", {}, letters.map((l) => h("tr", { "data-letter": l.id },
         h("td", { class: "num" }, l.id), h("td", {}, l.projection), h("td", { class: "num" }, l.position),
-        h("td", {}, l.command ? "command " + (l.command.command_name || "") + " (after " + l.event_name + ")" : l.event_name), h("td", {}, l.failed_at || ""),
+        h("td", {}, l.event_name), h("td", {}, l.failed_at || ""),
         h("td", { class: "error" }, l.error),
         h("td", {},
           h("button", { type: "button", class: "link", onclick: () => letterDetail(l, detail) }, "Show"), " ",
@@ -272,8 +272,18 @@ async function trailPage(correlation) {
         h("p", {}, title), h("ul", {}, step.events.map((e) => h("li", { "data-type": e.type, "data-position": e.position },
           h("button", { type: "button", class: "link", onclick: () => eventDetail(e) }, e.type), " on " + (e.aggregate_type || "") + " v" + e.version + " at #" + e.position))));
     });
+    const issued = trail.issued.map((c) => {
+      const cause = byPosition.get(c.caused_by);
+      return h("div", { class: "step issued waiting", "data-command": c.command_name, "data-state": c.state },
+        h("p", {}, `Command ${c.command_name} issued by process manager `, h("strong", {}, c.projection),
+          cause ? [" because of ", h("button", { type: "button", class: "link", onclick: () => eventDetail(cause) }, cause.type + " #" + cause.position)] : ` because of #${c.caused_by}`,
+          c.state === "pending" ? ` — not executed yet (${c.attempts} attempts${c.error ? ", last error: " + c.error : ""})` : ` — refused: ${c.error}`),
+        json(c.payload));
+    });
     const note = trail.complete ? "" : ` (searched up to position ${trail.scanned_to} of ${trail.head})`;
-    document.getElementById("trail").replaceChildren(h("p", {}, `${trail.steps.length} commands, ${byPosition.size} events${note}`), ...steps);
+    document.getElementById("trail").replaceChildren(
+      h("p", {}, `${trail.steps.length} commands wrote ${byPosition.size} events${note}`), ...steps,
+      issued.length ? h("h3", {}, "Issued, without events yet") : null, ...issued);
   } catch (error) { failed(error); }
 }
 

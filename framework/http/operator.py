@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from framework.browse import EventFilter, browse, event_at, event_view, follow_correlation
+from framework.browse import EventFilter, browse, event_at, event_view, follow_correlation, issued_commands
 from framework.errors import ConfigurationError, EventfoldError, Forbidden
 from framework.http.gate import Gate
 from framework.http.problems import problem, problem_for
@@ -277,11 +277,13 @@ class _OperatorApi:
                 "events": [event_view(s).as_dict() for s in stored]}
 
     async def correlation(self, request: Request) -> dict[str, Any]:
-        trail = await run_in_threadpool(follow_correlation, self.store, request.path_params["correlation_id"])
+        correlation_id = request.path_params["correlation_id"]
+        trail = await run_in_threadpool(follow_correlation, self.store, correlation_id)
+        waiting = await run_in_threadpool(issued_commands, self.views, correlation_id)
         steps = [{"causation_id": s.causation_id, "actor": s.actor, "issued_by": s.issued_by,
                   "caused_by": s.caused_by, "events": [e.as_dict() for e in s.events]} for s in trail.steps]
         return {"correlation_id": trail.correlation_id, "steps": steps, "scanned_to": trail.scanned_to,
-                "head": trail.head, "complete": trail.complete}
+                "head": trail.head, "complete": trail.complete, "issued": [c.as_dict() for c in waiting]}
 
     async def replays(self, _: Request) -> dict[str, Any]:
         return {"projections": sorted(self.jobs.projectors), "replays": [asdict(j) for j in self.jobs.jobs]}

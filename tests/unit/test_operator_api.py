@@ -151,7 +151,22 @@ def test_a_correlation_is_followed_to_the_commands_a_process_manager_issued(worl
     assert calculated.caused_by == trail.steps[1].events[0].position
     assert notified.caused_by == calculated.events[0].position and trail.complete
     answer = world.client().get("/ops/correlations/ca-1").json()
-    assert answer["steps"][3]["issued_by"] == "corporate_action_process"
+    assert answer["steps"][3]["issued_by"] == "corporate_action_process" and answer["issued"] == []
+
+
+def test_commands_issued_but_not_executed_are_part_of_the_trail(world: World) -> None:
+    from example_app.commands import ValidateCorporateAction
+    from projections.process import CorporateActionProcess
+
+    process = ProjectionWorker(CorporateActionProcess(), world.views, world.store, world.bus)
+    world.send(AnnounceCorporateAction.model_validate({
+        "action_id": "CA-2", "isin": "US0378331005", "record_date": date.today() + timedelta(days=3),
+        "terms": {"kind": "cash_dividend", "amount_per_unit": "0.5", "currency": "USD"}}), "ca-2")
+    validated = world.send(ValidateCorporateAction(action_id="CA-2"), "ca-2")
+    process.catch_up()  # the process manager issued its command; no dispatcher has run it
+    (waiting,) = world.client().get("/ops/correlations/ca-2").json()["issued"]
+    assert waiting["state"] == "pending" and waiting["projection"] == "corporate_action_process"
+    assert waiting["caused_by"] == validated and waiting["command_name"] and waiting["payload"]["action_id"] == "CA-2"
 
 
 def test_dead_letters_are_listed_retried_and_discarded(world: World) -> None:
