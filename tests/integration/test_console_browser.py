@@ -129,12 +129,13 @@ def test_event_browser_pages_filters_and_opens_a_stream(console: Console, chromi
     detail = page.locator("#event-detail")
     detail.get_by_text("CA-APPLE-DIV").first.wait_for()
     assert "correlation_id" in detail.inner_text() and "recorded_at" in detail.inner_text()
+    chromium_page.screenshot("console-events")
     page.fill("#open-stream input[name=aggregate]", "Account:ACC-1001")
     page.click("#open-stream button")
     page.wait_for_selector("#stream #events tbody tr")
     types = page.locator("#stream #events tbody tr td:nth-child(3)").all_inner_texts()
     assert types[0] == "AccountOpened" and "SecuritiesDebited" in types
-    chromium_page.screenshot("console-events")
+    chromium_page.screenshot("console-stream")
     only_local(console, chromium_page)
 
 
