@@ -128,6 +128,7 @@ class Settings:
     stream_max_age_seconds: float = 0.0  # 0: kept forever
     stream_duplicate_window_seconds: float = 120.0
     consumer_prefix: str = "eventfold-"
+    console: bool = True  # EVENTFOLD_CONSOLE: dev and query-api serve /console/ and the /ops/ API
     faults: str = ""  # EVENTFOLD_FAULTS: a testing aid, the fault points to arm (framework.faults)
     otel: tuple[tuple[str, str], ...] = ()  # the OTEL_* variables: OpenTelemetry's own configuration
 
@@ -231,6 +232,7 @@ class Settings:
             consumer_prefix=read.matching(
                 "CONSUMER_PREFIX", defaults.consumer_prefix, _PREFIX_CHARS, _NAME_CHARS, allow_empty=True
             ),
+            console=_default(read.flag("CONSOLE"), defaults.console),
             faults=read.text("FAULTS", defaults.faults) or defaults.faults,
             otel=tuple(sorted((k, v) for k, v in env.items() if k.startswith("OTEL_"))),
         )
