@@ -1,6 +1,6 @@
-"""The application of ``partitions.py``: the example's commands and projections ``scale_1``, ``scale_2`` and
-``scale_4``, each partitioned (``EFBENCH_PARTITIONS``, default 8), whose handler keeps one row per account
-and waits ``EFBENCH_IO_MS`` (default 20) per 100 events it handles: an I/O-bound read model."""
+"""The application of the scale-out phase of ``streaming.py``: the example's commands and projections
+``scale_1``, ``scale_2``, ``scale_4`` and ``scale_rb`` (rebalance), each partitioned (``EFBENCH_PARTITIONS``,
+default 8), whose handler keeps one row per account and waits ``EFBENCH_IO_MS`` (default 20) per 100 events it handles: an I/O-bound read model."""
 
 from __future__ import annotations
 
@@ -64,4 +64,8 @@ class Scale4(_Scale):
     name: ClassVar[str] = "scale_4"
 
 
-app = App(name="scale", commands=build_router(), projections=[Scale1, Scale2, Scale4])
+class ScaleRebalance(_Scale):
+    name: ClassVar[str] = "scale_rb"
+
+
+app = App(name="scale", commands=build_router(), projections=[Scale1, Scale2, Scale4, ScaleRebalance])
