@@ -1,6 +1,7 @@
 """The application of the scale-out phase of ``streaming.py``: the example's commands and projections
 ``scale_1``, ``scale_2``, ``scale_4`` and ``scale_rb`` (rebalance), each partitioned (``EFBENCH_PARTITIONS``,
-default 8), whose handler keeps one row per account and waits ``EFBENCH_IO_MS`` (default 20) per 100 events it handles: an I/O-bound read model."""
+default 8), whose handler keeps one row per account and waits ``EFBENCH_IO_MS`` (default 20) per 100 events it
+handles: an I/O-bound read model."""
 
 from __future__ import annotations
 

@@ -798,7 +798,8 @@ def phase_replay(args: argparse.Namespace, scratch: Scratch) -> Verdict:
     print(f"  Eventfold replay / raw insert: {rate / raw:.2f}x; / raw read: {rate / rows[0].rate:.2f}x")
     passed = ratio_line("replay, one partition / raw insert", rate / raw, REPLAY_TARGET_RATIO)
     rss_ok = rss_mb <= REPLAY_TARGET_RSS_MB
-    print(f"  peak RSS {rss_mb:,.0f} MB   target <= {REPLAY_TARGET_RSS_MB:.0f} MB   {'PASS' if rss_ok else 'FALLS SHORT'}")
+    print(f"  peak RSS {rss_mb:,.0f} MB   target <= {REPLAY_TARGET_RSS_MB:.0f} MB"
+          f"   {'PASS' if rss_ok else 'FALLS SHORT'}")
     parted_ok = ratio_line("replay, 4 partitions in parallel / raw insert", parted.rate / raw, PARTED_TARGET_RATIO)
     print()
     return Verdict("replay", f"{rate / raw:.2f}x raw, {rss_mb:,.0f} MB; 4 parts {parted.rate / raw:.2f}x",
