@@ -49,6 +49,9 @@ __all__ = ["HandlerFailed", "ProjectionHalted", "ProjectionWorker", "RetryLater"
 log = logging.getLogger(__name__)
 
 
+_MINE_CACHE_SIZE = 65_536
+
+
 @dataclass(frozen=True)
 class WorkerOptions:
     catch_up_batch: int = 5000
@@ -112,6 +115,7 @@ class ProjectionWorker:
         self.version = version or views.active_version(projector.name)
         views.ensure_tables(projector.name, self.version, projector.read_models)
         self._partitioned = _partitioned_views(views, projector, partition)
+        self._aggregates_mine: dict[Any, bool] = {}  # aggregate id -> in this partition (a hash each time else)
         self._check_partitioning()
         self.position = self._stored_position()
         self.handled = 0  # events handled so far (a retried batch counts its events again)
@@ -159,7 +163,13 @@ class ProjectionWorker:
         if self.partition is None:
             return True
         if self.projector.keys_by_aggregate():
-            return self.partition.holds(str(notification.originator_id))
+            aggregate = notification.originator_id
+            mine = self._aggregates_mine.get(aggregate)
+            if mine is None:
+                if len(self._aggregates_mine) >= _MINE_CACHE_SIZE:
+                    self._aggregates_mine.clear()
+                mine = self._aggregates_mine[aggregate] = self.partition.holds(str(aggregate))
+            return mine
         return self.partition.holds(self.projector.partition_key(from_stored(notification)))
 
     def catch_up(self, until: int | None = None, progress: Callable[[int], None] | None = None, *,

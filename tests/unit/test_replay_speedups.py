@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 from uuid import UUID, uuid4
 
 import pytest
+from pydantic import PrivateAttr
 
 import framework.mapper as mapper
 from example_app.accounts import AccountOpened, SecuritiesCredited
@@ -227,3 +228,76 @@ def test_datetimes_and_dates_survive_the_copy() -> None:
     views.put(row)
     assert views.get(Flat, "d") == row
     assert datetime(2026, 1, 2, tzinfo=UTC).date() == views.get(Flat, "d").day  # type: ignore[union-attr]
+
+
+class WithPrivate(ReadModel):
+    table = "with_private"
+    key = ("name",)
+
+    name: str
+    _note: str = PrivateAttr(default="")
+
+
+def test_a_flat_row_with_private_attributes_is_copied_with_them() -> None:
+    row = WithPrivate(name="x")
+    row._note = "kept"
+    views = StagedViews(_Source({}))
+    views.put(row)
+    copy = views.get(WithPrivate, "x")
+    assert copy == row and copy is not row and copy._note == "kept"
+
+
+# --- the pages a partitioned rebuild's partitions share -------------------------------------
+
+
+class _CountingLog:
+    def __init__(self, events: int, fail_first: bool = False) -> None:
+        self.events = [Notification(AGGREGATE_ID, i, "t", b"{}", i) for i in range(1, events + 1)]
+        self.reads: list[tuple[int, int]] = []
+        self.fail_first = fail_first
+
+    def read_all(self, after_position: int, limit: int) -> list[Notification]:
+        self.reads.append((after_position, limit))
+        if self.fail_first:
+            self.fail_first = False
+            raise OSError("store down")
+        return [n for n in self.events if n.id > after_position][:limit]
+
+    def head(self) -> int:
+        return len(self.events)
+
+
+def test_partitions_read_each_page_of_the_store_once() -> None:
+    from framework.replay import _SharedPages
+
+    log = _CountingLog(10)
+    pages = _SharedPages(log, readers=3)
+    for _ in range(3):
+        assert [n.id for n in pages.read_all(0, 4)] == [1, 2, 3, 4]
+        assert [n.id for n in pages.read_all(4, 4)] == [5, 6, 7, 8]
+    assert log.reads == [(0, 4), (4, 4)]
+    assert [n.id for n in pages.read_all(0, 4)] == [1, 2, 3, 4]  # every reader had it: read again
+    assert log.reads == [(0, 4), (4, 4), (0, 4)]
+    assert pages.head() == 10
+
+
+def test_a_failed_page_read_is_not_kept() -> None:
+    from framework.replay import _SharedPages
+
+    log = _CountingLog(5, fail_first=True)
+    pages = _SharedPages(log, readers=2)
+    with pytest.raises(OSError):
+        pages.read_all(0, 5)
+    assert len(pages.read_all(0, 5)) == 5
+    assert log.reads == [(0, 5), (0, 5)]
+
+
+def test_pages_beyond_the_bound_are_let_go() -> None:
+    from framework.replay import _SharedPages
+
+    log = _CountingLog(20)
+    pages = _SharedPages(log, readers=2, keep=2)
+    for after in (0, 5, 10):
+        pages.read_all(after, 5)
+    pages.read_all(0, 5)  # the oldest was let go: read again
+    assert log.reads == [(0, 5), (5, 5), (10, 5), (0, 5)]
