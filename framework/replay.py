@@ -14,8 +14,6 @@ rebuilt from its events: the copy is made in the database, and no other handler 
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,8 +25,9 @@ from framework.mapper import from_stored
 from framework.partitions import Partition, partition_of
 from framework.projector import Projector
 from framework.readmodel import ReadModel
+from framework.shared_pages import SharedPages
 from framework.staging import StagedViews
-from framework.store import EventLog, EventStore, EventStreams, Notification
+from framework.store import EventLog, EventStore, EventStreams
 from framework.views import PartitionedViews, RowCaching, ViewStore
 from framework.worker import ProjectionHalted, ProjectionWorker, WorkerOptions
 
@@ -85,76 +84,9 @@ def _partition_workers(projector: Projector, views: ViewStore, store: EventLog, 
     count = projector.partitions
     if isinstance(views, PartitionedViews):
         count = views.partition_count(projector.name, version) or count
-    pages = _SharedPages(store, readers=count)  # the partitions read the same pages: read each once
+    pages = SharedPages(store, readers=count)  # the partitions read the same pages: read each once
     return [ProjectionWorker(projector, views, pages, None, options, version=version, follow_active=False,
                              partition=Partition(index, count)) for index in range(count)]
-
-
-class _SharedPages:
-    """The event store as the partitions of one rebuild read it: each catches up through the same pages
-    (``read_all(after, limit)`` with the same arguments, since every partition advances past every event
-    of a page), so a page is read from the store once and kept until each of ``readers`` has had it, or
-    until ``keep`` newer pages push it out (a partition far behind then reads it from the store itself).
-    A page is what the store returned for those arguments at some moment: the same as a read then."""
-
-    def __init__(self, store: EventLog, *, readers: int, keep: int = 8) -> None:
-        self._store, self._readers, self._keep = store, readers, keep
-        self._pages: OrderedDict[tuple[int, int], _Page] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def read_all(self, after_position: int, limit: int) -> list[Notification]:
-        key = (after_position, limit)
-        with self._lock:
-            page = self._pages.get(key)
-            if page is None:
-                page = self._pages[key] = _Page()
-                while len(self._pages) > self._keep:
-                    self._pages.popitem(last=False)
-                first = True
-            else:
-                first = False
-        if first:
-            try:
-                page.fill(self._store.read_all, after_position, limit)
-            except BaseException:
-                with self._lock:  # not kept: whoever asks again reads again
-                    if self._pages.get(key) is page:
-                        del self._pages[key]
-                raise
-        rows = page.take()
-        with self._lock:
-            page.readers += 1
-            if page.readers >= self._readers and self._pages.get(key) is page:
-                del self._pages[key]
-        return rows
-
-    def head(self) -> int:
-        return self._store.head()
-
-
-class _Page:
-    """One page being read (by the first partition to ask) or read: the others wait for it."""
-
-    def __init__(self) -> None:
-        self.readers = 0
-        self._done = threading.Event()
-        self._rows: list[Notification] = []
-        self._error: BaseException | None = None
-
-    def fill(self, read: Callable[[int, int], list[Notification]], after: int, limit: int) -> None:
-        try:
-            self._rows = read(after, limit)
-        except BaseException as error:
-            self._error = error
-            raise
-        finally:
-            self._done.set()
-
-    def take(self) -> list[Notification]:
-        self._done.wait()
-        if self._error is not None:
-            raise self._error
-        return self._rows
 
 
 def _catch_up_partitions(workers: list[ProjectionWorker], store: EventLog,

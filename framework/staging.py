@@ -185,30 +185,11 @@ def _copy(row: R | None) -> R | None:
     model = type(row)
     flat = _FLAT.get(model)
     if flat is None:
-        flat = _FLAT[model] = _plain(model)
-    if flat is _PLAIN:  # what pydantic's __copy__ does for such a model, minus its checks and dispatch
-        new = _new(model)
-        _set(new, "__dict__", row.__dict__.copy())
-        _set(new, "__pydantic_extra__", None)
-        _set(new, "__pydantic_fields_set__", row.__pydantic_fields_set__.copy())
-        _set(new, "__pydantic_private__", None)
-        return new
+        flat = _FLAT[model] = model._flat()
     return copy.copy(row) if flat else row.copy_row()
 
 
-def _plain(model: type[ReadModel]) -> bool | object:
-    """``_PLAIN`` for a model of scalars without private attributes or extra fields, else whether it is flat."""
-    if not model._flat():
-        return False
-    if model.__private_attributes__ or model.model_config.get("extra") == "allow":
-        return True
-    return _PLAIN
-
-
-_PLAIN: Any = object()
-_FLAT: dict[type[ReadModel], Any] = {}
-_new = object.__new__
-_set = object.__setattr__
+_FLAT: dict[type[ReadModel], bool] = {}
 
 
 def _key_getter(model: type[ReadModel]) -> Callable[[ReadModel], tuple[Any, ...]]:

@@ -268,10 +268,10 @@ class _CountingLog:
 
 
 def test_partitions_read_each_page_of_the_store_once() -> None:
-    from framework.replay import _SharedPages
+    from framework.shared_pages import SharedPages
 
     log = _CountingLog(10)
-    pages = _SharedPages(log, readers=3)
+    pages = SharedPages(log, readers=3)
     for _ in range(3):
         assert [n.id for n in pages.read_all(0, 4)] == [1, 2, 3, 4]
         assert [n.id for n in pages.read_all(4, 4)] == [5, 6, 7, 8]
@@ -282,10 +282,10 @@ def test_partitions_read_each_page_of_the_store_once() -> None:
 
 
 def test_a_failed_page_read_is_not_kept() -> None:
-    from framework.replay import _SharedPages
+    from framework.shared_pages import SharedPages
 
     log = _CountingLog(5, fail_first=True)
-    pages = _SharedPages(log, readers=2)
+    pages = SharedPages(log, readers=2)
     with pytest.raises(OSError):
         pages.read_all(0, 5)
     assert len(pages.read_all(0, 5)) == 5
@@ -293,11 +293,22 @@ def test_a_failed_page_read_is_not_kept() -> None:
 
 
 def test_pages_beyond_the_bound_are_let_go() -> None:
-    from framework.replay import _SharedPages
+    from framework.shared_pages import SharedPages
 
     log = _CountingLog(20)
-    pages = _SharedPages(log, readers=2, keep=2)
+    pages = SharedPages(log, readers=2, keep=2)
     for after in (0, 5, 10):
         pages.read_all(after, 5)
     pages.read_all(0, 5)  # the oldest was let go: read again
     assert log.reads == [(0, 5), (5, 5), (10, 5), (0, 5)]
+
+
+def test_the_partial_last_page_is_read_again_by_each_partition() -> None:
+    from framework.shared_pages import SharedPages
+
+    log = _CountingLog(3)
+    pages = SharedPages(log, readers=2)
+    assert len(pages.read_all(0, 5)) == 3
+    log.events.append(Notification(AGGREGATE_ID, 4, "t", b"{}", 4))  # the log grew meanwhile
+    assert len(pages.read_all(0, 5)) == 4
+    assert log.reads == [(0, 5), (0, 5)]
