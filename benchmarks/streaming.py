@@ -14,12 +14,15 @@ Phases, one after the other so they never compete for the machine's cores:
                ``deliver_all`` ``JetStreamConsumer``; the worker's catch-up from the event store is
                switched off (on the instance), so the measured path is fetch -> apply -> commit -> ack.
                Raw baseline: a pull consumer on the same stream, ``fetch(1000)`` + one ack per fetch
-               (ack policy ALL, as Eventfold's consumer). Target: >= 0.5x raw.
+               (ack policy ALL, as Eventfold's consumer). Target (issue 13): >= 0.7x raw.
 3. ``replay``  ``framework.replay.rebuild`` of ``HoldingsProjector`` from ``--events`` (1,000,000)
-               stored events, in a child process whose peak RSS (``ru_maxrss``) is reported; beside
-               it, raw batched inserts (``unnest``, 1000 rows per transaction) into a table shaped
-               like the projection's largest one, and a raw read of the store. Target: >= 25,000
-               events/s and peak RSS < 300 MB. Seeding is timed and reported separately.
+               stored events, one partition, in a child process whose peak RSS (``ru_maxrss``) is
+               reported; then the same split into 4 partitions rebuilt 4 in parallel (``parallel=4``),
+               in another child. Beside them, raw batched inserts (``unnest`` of binary arrays, 1000
+               rows per transaction) into a table shaped like the projection's largest one, and a raw
+               read of the store. Targets (issue 13): one partition >= 0.6x the raw insert with peak
+               RSS <= 150 MB; 4 partitions in parallel >= 1.0x the raw insert. Seeding is timed and
+               reported separately.
 4. ``e2e``     latency from "command accepted" (the HTTP response of a real ``eventfold write-api``
                subprocess) to "read model updated" (its tracking position, committed in the same
                transaction as the rows, polled every ``--poll-ms``), at a steady ``--rate`` (200)
@@ -28,6 +31,17 @@ Phases, one after the other so they never compete for the machine's cores:
                (INSERT + NOTIFY, a LISTEN relay publishing to JetStream, a pull consumer writing a
                table and its position in one transaction), each role its own process.
                Target: p99 accepted -> visible <= 100 ms.
+5. ``scaleout`` one partitioned projection of ``scale_app.py`` (``--partitions``, 8) caught up over
+               ``--scale-events`` (200,000) events, already published by ``eventfold relay``, by 1, 2
+               and 4 ``eventfold project`` processes started together; its handler keeps a row per
+               account and waits ``--io-ms`` (20) ms per 100 events it handles (an I/O-bound read
+               model). Reported: events/s from the processes' start until every partition is at the
+               head (their start-up included), and the ratio to one process. Targets (issue 13):
+               >= 1.7x with 2, >= 3x with 4. One process applies all its partitions concurrently (a
+               thread each), so its waits already overlap: the ratios measure CPU, which 2 cores cap.
+               Then rebalance, default settings: while one process catches ``scale_rb`` up, a second
+               is started (seconds to its first applied batch, from its log), then killed with
+               SIGKILL (seconds until the first holds every partition lease). Target: <= 5 s each.
 
 The script creates its own databases (``eventfold_bench_<pid>_*``) on the server named by
 ``EVENTFOLD_BENCH_DATABASE_URL`` (default ``postgresql://postgres@127.0.0.1:5432/postgres``) and its
@@ -35,9 +49,10 @@ own JetStream streams (``efbench_<pid>_*``, subjects ``efbench.<pid>.*``) on ``E
 (default ``nats://127.0.0.1:4222``), and removes all of them at the end; it stops the processes it
 started by their pid. It prints figures, ratios and verdicts, and never asserts.
 
-    python benchmarks/streaming.py                      # full run (1M events for replay; ~5 min)
+    python benchmarks/streaming.py                      # full run (1M events for replay; ~10 min)
     python benchmarks/streaming.py --quick              # smoke run
     python benchmarks/streaming.py --only replay --events 200000
+    python benchmarks/streaming.py --only scaleout --scale-events 50000
     python benchmarks/streaming.py --only project --py-spy /path/to/py-spy   # where the time goes
 """
 
