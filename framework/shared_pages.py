@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from framework.store import EventLog, Notification
 
@@ -18,12 +19,30 @@ class SharedPages:
     have had it, or until ``keep`` newer pages push it out (a partition far behind, or one that started
     elsewhere, reads from the store itself). Only a full page is kept: its events can no longer change,
     so a kept page is exactly what the store would answer now. The last, partial, page of the log is
-    read by each partition itself (the log may have grown since)."""
+    read by each partition itself (the log may have grown since).
 
-    def __init__(self, store: EventLog, *, readers: int, keep: int = 8) -> None:
+    ``readers=None``: the partitions a worker process applies, which start and stop catching up at
+    any time: a page is kept for as many as are catching up (``catching_up``) when it is read, and
+    nothing is kept once none is."""
+
+    def __init__(self, store: EventLog, *, readers: int | None = None, keep: int = 8) -> None:
         self._store, self._readers, self._keep = store, readers, keep
         self._pages: OrderedDict[tuple[int, int], _Page] = OrderedDict()
         self._lock = threading.Lock()
+        self._catching_up = 0
+
+    @contextlib.contextmanager
+    def catching_up(self) -> Iterator[None]:
+        """Around one partition's catch-up (with ``readers=None``)."""
+        with self._lock:
+            self._catching_up += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._catching_up -= 1
+                if not self._catching_up:
+                    self._pages.clear()
 
     def read_all(self, after_position: int, limit: int) -> list[Notification]:
         key = (after_position, limit)
@@ -47,7 +66,8 @@ class SharedPages:
         rows = page.take()
         with self._lock:
             page.readers += 1
-            if (page.readers >= self._readers or len(rows) < limit) and self._pages.get(key) is page:
+            readers = self._readers if self._readers is not None else self._catching_up
+            if (page.readers >= readers or len(rows) < limit) and self._pages.get(key) is page:
                 del self._pages[key]
         return rows
 

@@ -35,6 +35,7 @@ from framework.errors import BusUnavailable, ConcurrencyConflict, ConfigurationE
 from framework.partitions import Partition
 from framework.projector import Projector
 from framework.runner import Backoff, LeaseOptions, worker_identity
+from framework.shared_pages import SharedPages
 from framework.streaming import EventConsumer
 from framework.views import PartitionedViews, ViewStore
 from framework.worker import ProjectionHalted, ProjectionWorker
@@ -258,7 +259,7 @@ async def _run_partition(worker: ProjectionWorker, make_consumer: ConsumerFactor
             await consumer.bind()
             await asyncio.to_thread(worker.reload)
             await asyncio.to_thread(worker.views.set_state, worker.name, worker.version, "running")
-            await asyncio.to_thread(worker.catch_up, interrupted=stop.is_set)  # a handover need not wait
+            await asyncio.to_thread(_catch_up, worker, stop)
             await _follow(worker, consumer, stop, options)
             backoff.reset()
         except ProjectionHalted as error:
@@ -272,6 +273,14 @@ async def _run_partition(worker: ProjectionWorker, make_consumer: ConsumerFactor
         finally:
             with contextlib.suppress(Exception):
                 await consumer.delete()
+
+
+def _catch_up(worker: ProjectionWorker, stop: asyncio.Event) -> None:
+    """Catch the partition up from the store (a handover need not wait for the end): through the pages
+    its process's other partitions read, if it shares them (``SharedPages``)."""
+    shared = worker.store.catching_up() if isinstance(worker.store, SharedPages) else contextlib.nullcontext()
+    with shared:
+        worker.catch_up(interrupted=stop.is_set)
 
 
 async def _follow(worker: ProjectionWorker, consumer: PartitionConsumer, stop: asyncio.Event,

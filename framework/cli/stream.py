@@ -138,6 +138,7 @@ def run_project_command(settings: Settings, args: argparse.Namespace) -> int:
     from framework.dispatcher import DispatchOptions
     from framework.metrics import Metrics
     from framework.runner import LeaseOptions, run_projection, worker_identity
+    from framework.shared_pages import SharedPages
     from framework.sharing import run_partitioned
     from framework.worker import ProjectionWorker
 
@@ -166,8 +167,10 @@ def run_project_command(settings: Settings, args: argparse.Namespace) -> int:
         dispatch = DispatchOptions(concurrency=settings.dispatch_concurrency)
 
         def partition_worker(projector: Projector) -> Callable[[Partition], ProjectionWorker]:
+            pages = SharedPages(store)  # partitions catching up side by side read each page once
+
             def make(partition: Partition) -> ProjectionWorker:
-                return ProjectionWorker(projector, views, store, None, observer=metrics, tracer=tracer,
+                return ProjectionWorker(projector, views, pages, None, observer=metrics, tracer=tracer,
                                         partition=partition)
             return make
 

@@ -312,3 +312,20 @@ def test_the_partial_last_page_is_read_again_by_each_partition() -> None:
     log.events.append(Notification(AGGREGATE_ID, 4, "t", b"{}", 4))  # the log grew meanwhile
     assert len(pages.read_all(0, 5)) == 4
     assert log.reads == [(0, 5), (0, 5)]
+
+
+def test_a_process_s_partitions_share_pages_while_they_catch_up_and_keep_none_after() -> None:
+    from framework.shared_pages import SharedPages
+
+    log = _CountingLog(10)
+    pages = SharedPages(log)  # readers: as many as are catching up
+    with pages.catching_up(), pages.catching_up():
+        pages.read_all(0, 5)
+        pages.read_all(0, 5)  # the second partition: from the first one's read
+        pages.read_all(0, 5)  # both had it: let go
+        with pages.catching_up():
+            pages.read_all(5, 5)
+    assert log.reads == [(0, 5), (0, 5), (5, 5)]
+    assert pages._pages == {}  # nobody catching up: nothing kept
+    pages.read_all(5, 5)  # outside a catch-up (a dead letter's event): read, not kept
+    assert log.reads[-1] == (5, 5) and pages._pages == {}
