@@ -45,7 +45,14 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(log_format: str, level: int = logging.INFO) -> None:
-    """Send every log record to stderr, as ``json`` lines or ``text``; replaces earlier handlers."""
+    """Send every log record to stderr, as ``json`` lines or ``text``; replaces earlier handlers.
+
+    Neither format shows a record's thread or process, so records do not look them up (the logging
+    module's documented switches): the write path logs a line per command, and a process id is a
+    system call each time."""
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
