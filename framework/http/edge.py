@@ -105,7 +105,8 @@ async def _internal_error(send: Send) -> None:
 
 class EdgeApp(Starlette):
     """A Starlette app inside an ``Edge``; ``front``, when given, wraps Starlette's own stack inside the
-    edge (a route answered before Starlette's middleware, as the write API's commands)."""
+    edge (a route answered before Starlette's middleware, as the write API's commands). An app given
+    middleware of its own (``add_middleware``) has no front: every request goes through that middleware."""
 
     def __init__(self, *args: Any, front: Callable[[ASGIApp], ASGIApp] | None = None, **kwargs: Any) -> None:
         self._front = front
@@ -113,4 +114,4 @@ class EdgeApp(Starlette):
 
     def build_middleware_stack(self) -> ASGIApp:
         stack = super().build_middleware_stack()
-        return Edge(self._front(stack) if self._front is not None else stack)
+        return Edge(self._front(stack) if self._front is not None and not self.user_middleware else stack)

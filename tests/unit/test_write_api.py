@@ -535,3 +535,24 @@ def test_other_methods_and_paths_still_go_through_starlette(client: TestClient) 
     assert client.get("/commands/CreditHoldings").status_code == 405
     assert client.post("/commands/").status_code == 404
     assert client.post("/commands/CreditHoldings/").status_code == 404  # no slash redirect
+
+
+def test_middleware_added_to_the_app_sees_commands_too() -> None:
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+    seen: list[str] = []
+
+    class Recording:
+        def __init__(self, app: ASGIApp) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http":
+                seen.append(scope["path"])
+            await self.app(scope, receive, send)
+
+    app = create_write_app(CommandBus(example_router, MemoryEventStore()))
+    app.add_middleware(Recording)
+    with TestClient(app) as client:
+        assert client.post("/commands/RegisterSecurity", json=APPLE_SECURITY).status_code == 200
+    assert seen == ["/commands/RegisterSecurity"]
