@@ -12,6 +12,8 @@
   (bounded) until every projection its fields read (``@reads``, in
   ``framework.graphql.reads``) has applied position N; the response's
   ``extensions.consistency`` says whether it did.
+- Answers are kept while the positions of the read models they came from have not moved
+  (``framework.graphql.responses``); a kept answer is served without executing anything.
 - No GraphiQL page (it would fetch its assets from a CDN) and no mutations:
   the write path is the write API.
 """
@@ -40,6 +42,7 @@ from graphql import (
     GraphQLSchema,
     InlineFragmentNode,
     OperationDefinitionNode,
+    OperationType,
     SelectionSetNode,
     parse,
     specified_rules,
@@ -66,6 +69,7 @@ from framework.errors import EventfoldError, RateLimited, Unauthenticated, Unava
 from framework.graphql.inputs import BadJson, parse_json, unstorable_text
 from framework.graphql.limits import DocumentLimits, check_document
 from framework.graphql.reads import ReadMap
+from framework.graphql.responses import PositionClock, Positions, ResponseCache, cache_key, positions_reader
 from framework.graphql.tracing import ReadSpans, tracing_extensions
 from framework.http.edge import EdgeApp
 from framework.http.gate import Gate, admitted
@@ -125,6 +129,7 @@ class QueryApiOptions:
     ready_timeout_seconds: float = 2.0
     rate_limit_per_second: float | None = None  # per token subject, else per client address (as the write API)
     auth_failures_per_minute: float | None = None  # failed authentications per client address
+    response_cache_entries: int = 1_024  # answers kept while their read models stand still; 0: off
 
     def document_limits(self) -> DocumentLimits:
         return DocumentLimits(self.max_depth, self.max_aliases, self.max_cost, self.max_overlaps,
@@ -144,6 +149,7 @@ class QueryContext:
     principal: Principal = ANONYMOUS
     breaker: CircuitBreaker | None = None
     spans: ReadSpans | None = None  # set by the tracing extension when a tracer records spans
+    clock: PositionClock | None = None  # fresh positions, for answers the response cache may keep
     _loaders: dict[Hashable, DataLoader[Any, Any]] = field(default_factory=dict)
     _waiting: bool = field(default=False, init=False)  # the wait polls positions: its own span covers those reads
 
@@ -224,6 +230,9 @@ class ReadYourWrites(SchemaExtension):
         context = self.execution_context.context
         if isinstance(context, QueryContext) and context.min_position is not None:
             context.consistency = await context.wait_for(sorted(self._needed()), context.min_position)
+        if isinstance(context, QueryContext) and context.clock is not None and _KEEP in context.request.scope:
+            # Read before executing: the rows read next are at these positions or later (see responses.py).
+            context.request.scope[_SEEN] = await context.clock.now()
         yield
 
     def _needed(self) -> set[str]:
@@ -300,6 +309,12 @@ def _code(error: GraphQLError) -> str:
 
 
 class _Schema(strawberry.Schema):
+    """Strawberry's schema, with what the query API plans documents with."""
+
+    documents: _Documents
+    read_map: ReadMap
+    projections_by_field: Mapping[str, Sequence[str]]
+
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
         """Errors are logged once, by the response formatting (with their tracebacks when unexpected)."""
 
@@ -325,7 +340,8 @@ def build_schema(
             *counted,
         ],
     )
-    consistency.read_map = ReadMap.of(schema)  # the fields' declarations, once the schema has its types
+    consistency.read_map = schema.read_map = ReadMap.of(schema)  # the fields' declarations, once it has its types
+    schema.documents, schema.projections_by_field = documents, named["projections_by_field"]
     return schema
 
 
@@ -449,17 +465,70 @@ def _error(message: str, code: str, error: GraphQLError) -> dict[str, Any]:
 
 
 _UNAVAILABLE = "eventfold.unavailable"  # set when nothing could be read: the answer becomes a 503
+_OPERATION = "eventfold.operation"  # the operation name of a request answered from the cache
+_KEEP = "eventfold.keep"  # (cache key, plan): the answer may be kept
+_SEEN = "eventfold.seen"  # the positions read just before it was executed
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What is known of one operation before running it: the projections it reads (it may be kept)."""
+
+    projections: tuple[str, ...]
+
+
+class _Plans:
+    """Per document text and operation name, cached with the parse and validation: whether the
+    answer may be kept (a valid query whose every top-level field declares what it reads), and what
+    it reads. ``None``: run it every time."""
+
+    def __init__(self, schema: _Schema) -> None:
+        self._schema = schema
+        self._planned = functools.lru_cache(maxsize=256)(self._plan)
+
+    def plan(self, text: str, operation: str | None) -> _Plan | None:
+        return self._planned(text, operation) if len(text) <= _CACHED_TEXT else None
+
+    def _plan(self, text: str, operation: str | None) -> _Plan | None:
+        schema = self._schema
+        try:
+            document = schema.documents.document(text)
+        except GraphQLError:
+            return None
+        if schema.documents.errors(schema._schema, text, document):  # graphql-core's schema (see on_validate)
+            return None
+        operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+        if len(operations) != 1 or operations[0].operation is not OperationType.QUERY:
+            return None  # several operations: cheap enough to run (and their choice to check) each time
+        top = _top_level_fields(document, operation) - {"__typename"}
+        declared = [schema.read_map.root_projections(f) | set(schema.projections_by_field.get(f, ())) for f in top]
+        if not top or not all(declared):
+            return None
+        found = schema.read_map.projections(document, operation).union(*declared)
+        return _Plan(tuple(sorted(found)))
 
 
 class _QueryApi(GraphQL[QueryContext, None]):
     def __init__(self, schema: strawberry.Schema, views: ViewStore, store: EventLog | None,
                  options: QueryApiOptions, authenticator: Authenticator | None = None,
-                 breaker: CircuitBreaker | None = None) -> None:
+                 breaker: CircuitBreaker | None = None, metrics: Metrics | None = None) -> None:
         super().__init__(schema, graphql_ide=None, allow_queries_via_get=True)
         self._views, self._store, self._options = views, store, options
-        self._breaker = breaker
+        self._breaker, self._metrics = breaker, metrics
         self._gate = Gate(authenticator, rate_per_second=options.rate_limit_per_second,
                           failures_per_minute=options.auth_failures_per_minute)
+        self._plans: _Plans | None = None
+        self._clock: PositionClock | None = None
+        self._responses = ResponseCache(options.response_cache_entries)
+        if isinstance(schema, _Schema) and options.response_cache_entries > 0:
+            named = {p for ps in schema.projections_by_field.values() for p in ps}
+            self._read_positions = positions_reader(views, sorted(schema.read_map.declared() | named))
+            self._plans, self._clock = _Plans(schema), PositionClock(self._positions)
+
+    async def _positions(self) -> Positions:
+        if self._breaker is None:
+            return await asyncio.to_thread(self._read_positions)
+        return await asyncio.to_thread(self._breaker.call, self._read_positions)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Request-level failures (bad JSON, no query, wrong method) answered in the GraphQL error shape."""
@@ -473,7 +542,10 @@ class _QueryApi(GraphQL[QueryContext, None]):
             return
         try:
             await self._gate.admit(Request(scope=scope))  # get_context reads the principal back
-            response = await self.run(Request(scope=scope, receive=receive))
+            request = Request(scope=scope, receive=receive)
+            response = await self._kept(request) if self._plans is not None else None
+            if response is None:
+                response = await self.run(request)
             if scope.get(_UNAVAILABLE):
                 _make_unavailable(response, self._breaker)
         except Unauthenticated as error:
@@ -489,6 +561,51 @@ class _QueryApi(GraphQL[QueryContext, None]):
         except (AttributeError, TypeError):  # a JSON body that is not an object trips Strawberry up
             response = _graphql_error(400, "the body must be a JSON object with a `query`", "BAD_REQUEST")
         await response(scope, receive, send)
+
+    async def _kept(self, request: Request) -> Response | None:
+        """The kept answer to this request, if its read models have not moved since (else None, and
+        the request is marked so that its answer is kept)."""
+        keep = await self._keepable(request)
+        if keep is None:
+            return None
+        request.scope[_KEEP] = keep
+        key, plan = keep
+        kept = self._responses.get(key)
+        if kept is None:
+            return None
+        started = time.perf_counter()
+        assert self._clock is not None  # set with the plans
+        now = await self._clock.now()
+        minimum = _min_position(request)
+        if not kept.valid_at(now) or (minimum is not None and any(now[p][1] < minimum for p in plan.projections)):
+            return None
+        if self._metrics is not None:
+            self._metrics.graphql_request(request.scope.get(_OPERATION), "ok", time.perf_counter() - started)
+        if minimum is None:
+            return Response(kept.body, media_type="application/json")
+        positions = {p: now[p][1] for p in plan.projections}
+        consistency = {"requested": minimum, "reached": True, "positions": positions}
+        return JSONResponse({"data": kept.data, "extensions": {"consistency": consistency}})
+
+    async def _keepable(self, request: Request) -> tuple[Hashable, _Plan] | None:
+        """The cache key and plan of a plain JSON POST of one query the cache may keep."""
+        if request.method != "POST" or not request.headers.get("content-type", "").startswith("application/json"):
+            return None
+        try:
+            data = parse_json(await request.body(), self._options.max_nesting)
+        except BadJson:
+            return None  # Strawberry answers it
+        if not isinstance(data, dict) or data.get("extensions") is not None:
+            return None
+        query, variables, operation = data.get("query"), data.get("variables"), data.get("operationName")
+        if not (isinstance(query, str) and isinstance(variables, dict | None) and isinstance(operation, str | None)):
+            return None
+        assert self._plans is not None
+        plan = self._plans.plan(query, operation)
+        if plan is None:
+            return None
+        request.scope[_OPERATION] = operation
+        return cache_key(query, variables, operation, admitted(request)), plan
 
     def decode_json(self, data: str | bytes) -> object:
         """Strawberry's hook for the body and JSON query parameters: UTF-8, bounded nesting, or a 400."""
@@ -506,7 +623,7 @@ class _QueryApi(GraphQL[QueryContext, None]):
     async def get_context(self, request: Any, response: Any) -> QueryContext:
         return QueryContext(request, self._views, self._store, self._options,
                             min_position=_min_position(request),
-                            principal=admitted(request), breaker=self._breaker)
+                            principal=admitted(request), breaker=self._breaker, clock=self._clock)
 
     async def process_result(self, request: Any, result: ExecutionResult) -> GraphQLHTTPResponse:
         response: GraphQLHTTPResponse = {"data": result.data}
@@ -516,7 +633,16 @@ class _QueryApi(GraphQL[QueryContext, None]):
                 request.scope[_UNAVAILABLE] = True
         if result.extensions:
             response["extensions"] = result.extensions
+        self._keep(request, result)
         return response
+
+    def _keep(self, request: Any, result: ExecutionResult) -> None:
+        keep, seen = request.scope.get(_KEEP), request.scope.get(_SEEN)
+        if keep is None or seen is None or result.errors or result.data is None:
+            return
+        key, plan = keep
+        if all(p in seen for p in plan.projections):
+            self._responses.put(key, seen, plan.projections, result.data)
 
 
 def _nothing_read(result: ExecutionResult) -> bool:
@@ -623,7 +749,7 @@ def query_routes(
     requests are answered 503 at once."""
     options = options or QueryApiOptions()
     schema = build_schema(spec.query, options, spec.projections_by_field, metrics, tracer=tracer)
-    graphql = _Guard(_QueryApi(schema, views, store, options, authenticator, breaker), options.max_body_bytes)
+    graphql = _Guard(_QueryApi(schema, views, store, options, authenticator, breaker, metrics), options.max_body_bytes)
     return [Route("/graphql", graphql, methods=["GET", "POST"])]
 
 
