@@ -16,6 +16,7 @@ from strawberry.scalars import JSON
 
 from framework.errors import ConfigurationError
 from framework.graphql.limits import DEFAULT_PAGE, MAX_PAGE
+from framework.graphql.scalars import Long
 from framework.query import InvalidQuery, Page, PageRequest
 from framework.readmodel import ReadModel
 
@@ -38,7 +39,8 @@ def _enum_value(value: Any) -> Any:
 def _graphql_field(annotation: Any) -> tuple[Any, Convert]:
     """The GraphQL type of a field's Python type, and how to turn a value into what that type holds.
 
-    Scalars stay themselves (enums and literals become their values' type), lists and optionals keep their shape,
+    Scalars stay themselves (``int`` is ``Long``, 64-bit like the column; enums and literals become their
+    values' type), lists and optionals keep their shape,
     nested pydantic models become object types of their own (a union of models, a GraphQL union);
     anything else (dicts, unions of scalars, tuples) is the ``JSON`` scalar, dumped as JSON."""
     origin = get_origin(annotation)
@@ -53,6 +55,8 @@ def _graphql_field(annotation: Any) -> tuple[Any, Convert]:
         return list[item], _each(convert)  # type: ignore[valid-type]
     if isinstance(annotation, type) and issubclass(annotation, Enum):
         return str, _enum_value
+    if annotation is int:  # a bigint column: GraphQL's Int is 32-bit (framework.graphql.scalars)
+        return Long, _same
     if annotation in _NATIVE:
         return annotation, _same
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
