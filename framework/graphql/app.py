@@ -83,6 +83,7 @@ from framework.tracing import Tracer
 from framework.views import ViewStore
 
 __all__ = [
+    "GRAPHQL_RESPONSE",
     "POSITION_HEADER",
     "GraphQLSpec",
     "QueryApiOptions",
@@ -99,6 +100,7 @@ V = TypeVar("V")
 R = TypeVar("R", bound=ReadModel)
 
 POSITION_HEADER = "eventfold-position"
+GRAPHQL_RESPONSE = "application/graphql-response+json"  # GraphQL over HTTP's own media type
 
 
 @dataclass(frozen=True)
@@ -465,6 +467,8 @@ def _error(message: str, code: str, error: GraphQLError) -> dict[str, Any]:
 
 
 _UNAVAILABLE = "eventfold.unavailable"  # set when nothing could be read: the answer becomes a 503
+_MEDIA = "eventfold.graphql_response"  # the client asked for application/graphql-response+json
+_REQUEST_ERROR = "eventfold.request_error"  # ... and its request was not executed: a 400
 _OPERATION = "eventfold.operation"  # the operation name of a request answered from the cache
 _KEEP = "eventfold.keep"  # (cache key, plan): the answer may be kept
 _SEEN = "eventfold.seen"  # the positions read just before it was executed
@@ -633,6 +637,9 @@ class _QueryApi(GraphQL[QueryContext, None]):
                 request.scope[_UNAVAILABLE] = True
         if result.extensions:
             response["extensions"] = result.extensions
+        if request.scope.get(_MEDIA) and _not_executed(result):  # GraphQL over HTTP: a 400 without `data`
+            request.scope[_REQUEST_ERROR] = True
+            response.pop("data", None)
         self._keep(request, result)
         return response
 
@@ -643,6 +650,11 @@ class _QueryApi(GraphQL[QueryContext, None]):
         key, plan = keep
         if all(p in seen for p in plan.projections):
             self._responses.put(key, seen, plan.projections, result.data)
+
+
+def _not_executed(result: ExecutionResult) -> bool:
+    """The document failed to parse or validate, or its variables to coerce: errors without a path, no data."""
+    return result.data is None and bool(result.errors) and all(e.path is None for e in result.errors or [])
 
 
 def _nothing_read(result: ExecutionResult) -> bool:
@@ -694,6 +706,9 @@ class _Guard:
             await self._app(scope, receive, send)
             return
         headers = dict(scope.get("headers", []))
+        if _wants_graphql_response(headers.get(b"accept")):
+            scope[_MEDIA] = True
+            send = _as_graphql_response(send, scope)
         declared = headers.get(b"content-length", b"0")
         if declared.isdigit() and int(declared) > self._limit:
             await _too_large(self._limit)(scope, receive, send)
@@ -707,6 +722,42 @@ class _Guard:
             await self._app(scope, _limited(receive, self._limit), send)
         except _BodyTooLarge:  # Strawberry reads the whole body before it answers
             await _too_large(self._limit)(scope, receive, send)
+
+
+def _wants_graphql_response(accept: bytes | None) -> bool:
+    """The Accept header prefers ``application/graphql-response+json`` (or ranks it as high as
+    ``application/json``): GraphQL over HTTP's media type and status codes. Else ``application/json``."""
+    if not accept:
+        return False
+    weights: dict[str, float] = {}
+    for part in accept.decode("latin-1").lower().split(","):
+        media, *parameters = part.split(";")
+        weight = 1.0
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            if name.strip() == "q":
+                try:
+                    weight = float(value)
+                except ValueError:
+                    weight = 0.0
+        weights[media.strip()] = max(weight, weights.get(media.strip(), 0.0))
+    ours = weights.get(GRAPHQL_RESPONSE, 0.0)
+    return ours > 0 and ours >= weights.get("application/json", 0.0)
+
+
+def _as_graphql_response(send: Send, scope: Scope) -> Send:
+    """Answers in ``application/graphql-response+json``; 400 for a request that was not executed."""
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"content-type"]
+            kind = dict(message.get("headers", [])).get(b"content-type", b"")
+            if kind.startswith(b"application/json"):
+                kind = GRAPHQL_RESPONSE.encode() + b"; charset=utf-8"
+            status = 400 if scope.get(_REQUEST_ERROR) else message["status"]
+            message = {**message, "status": status, "headers": [*headers, (b"content-type", kind)]}
+        await send(message)
+
+    return wrapped
 
 
 def _too_large(limit: int) -> Response:
