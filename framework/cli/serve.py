@@ -179,7 +179,7 @@ def _query_options(settings: Settings, *, introspection: bool) -> Any:
                            auth_failures_per_minute=settings.auth_failures_per_minute or None,
                            max_depth=settings.graphql_max_depth, max_aliases=settings.graphql_max_aliases,
                            max_tokens=settings.graphql_max_tokens, max_cost=settings.graphql_max_cost,
-                           introspection=chosen)
+                           introspection=chosen, response_cache_entries=settings.graphql_response_cache)
 
 
 def _write_options(settings: Settings) -> Any:
