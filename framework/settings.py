@@ -114,7 +114,7 @@ class Settings:
     graphql_max_tokens: int = 2_000
     graphql_max_cost: int = 5_000
     graphql_response_cache: int = 1_024  # answers the query API keeps while their read models stand still; 0: off
-    graphql_explorer: bool | None = None  # the browser explorer at /graphql/explorer (None: on for dev, off for query-api)
+    graphql_explorer: bool | None = None  # the browser explorer at /graphql/explorer (None: dev only)
     # The JetStream event stream (relay, project): JetStream acks do not mean fsync by default, so
     # storage and replicas are the user's to set (file and >= 3 replicas on a cluster: durable).
     stream: str = "eventfold"

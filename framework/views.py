@@ -23,6 +23,7 @@ from framework.query import BY_KEY, Condition, Sort
 from framework.readmodel import ReadModel
 
 __all__ = [
+    "ActivePositions",
     "Batch",
     "DeadLetter",
     "DeadLetters",
@@ -36,7 +37,6 @@ __all__ = [
     "ProjectionLifecycle",
     "ProjectionState",
     "ProjectionVersions",
-    "ActivePositions",
     "ReadModels",
     "RowCaching",
     "ViewStore",
