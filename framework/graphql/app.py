@@ -14,8 +14,8 @@
   ``extensions.consistency`` says whether it did.
 - Answers are kept while the positions of the read models they came from have not moved
   (``framework.graphql.responses``); a kept answer is served without executing anything.
-- No GraphiQL page (it would fetch its assets from a CDN) and no mutations:
-  the write path is the write API.
+- With ``explorer``, a browser explorer of our own at ``/graphql/explorer`` that loads nothing from
+  the internet (``framework.graphql.explorer``). No mutations: the write path is the write API.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ from strawberry.types import ExecutionResult
 
 from framework.breaker import CircuitBreaker
 from framework.errors import EventfoldError, RateLimited, Unauthenticated, Unavailable
+from framework.graphql.explorer import explorer_routes
 from framework.graphql.inputs import BadJson, parse_json, unstorable_text
 from framework.graphql.limits import DocumentLimits, check_document
 from framework.graphql.reads import ReadMap
@@ -132,6 +133,7 @@ class QueryApiOptions:
     rate_limit_per_second: float | None = None  # per token subject, else per client address (as the write API)
     auth_failures_per_minute: float | None = None  # failed authentications per client address
     response_cache_entries: int = 1_024  # answers kept while their read models stand still; 0: off
+    explorer: bool = False  # the browser explorer at /graphql/explorer (framework.graphql.explorer)
 
     def document_limits(self) -> DocumentLimits:
         return DocumentLimits(self.max_depth, self.max_aliases, self.max_cost, self.max_overlaps,
@@ -793,7 +795,8 @@ def query_routes(
     breaker: CircuitBreaker | None = None,
     tracer: Tracer | None = None,
 ) -> list[Route]:
-    """``/graphql`` (GET and POST), to mount beside other routes (the embedded mode does).
+    """``/graphql`` (GET and POST), and ``/graphql/explorer`` when enabled, to mount beside other routes
+    (the embedded mode does).
 
     Without ``authenticator`` every caller is anonymous (and passes every ``requires``).
     With ``breaker``, every read-model call goes through it, and while it is open
@@ -801,7 +804,8 @@ def query_routes(
     options = options or QueryApiOptions()
     schema = build_schema(spec.query, options, spec.projections_by_field, metrics, tracer=tracer)
     graphql = _Guard(_QueryApi(schema, views, store, options, authenticator, breaker, metrics), options.max_body_bytes)
-    return [Route("/graphql", graphql, methods=["GET", "POST"])]
+    routes = [Route("/graphql", graphql, methods=["GET", "POST"])]
+    return [*routes, *explorer_routes("/graphql")] if options.explorer else routes
 
 
 def create_query_app(
