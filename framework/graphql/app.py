@@ -180,10 +180,15 @@ class QueryContext:
 
     def loader(self, projection: str, model: type[R]) -> DataLoader[tuple[Any, ...], R | None]:
         """Rows by key (a tuple of the key's values), all asked in one tick fetched in one query."""
+        found = self._loaders.get(("rows", projection, model))  # asked once per row of a page: no closure unless new
+        if found is not None:
+            return cast(DataLoader[tuple[Any, ...], R | None], found)
+
         async def load(keys: list[tuple[Any, ...]]) -> list[R | None]:
             return list(await self.read(self.views.get_many, projection, model, keys))
 
-        return self.dataloader(("rows", projection, model), load)
+        made = self._loaders[("rows", projection, model)] = DataLoader(load_fn=load)
+        return made
 
     def rows_by(self, projection: str, model: type[R], column: str) -> DataLoader[Any, list[R]]:
         """Rows whose ``column`` equals the key, in key order, for all keys of one tick in one query
@@ -650,7 +655,8 @@ class _QueryApi(GraphQL[QueryContext, None]):
         if keep is None or seen is None or result.errors or result.data is None:
             return
         key, plan = keep
-        if all(p in seen for p in plan.projections):
+        if all(p in seen for p in plan.projections) and self._clock is not None and self._clock.settled(
+                plan.projections):
             self._responses.put(key, seen, plan.projections, result.data)
 
 

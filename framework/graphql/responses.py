@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
@@ -52,11 +54,26 @@ class PositionClock:
     committed before the call is in them. Callers arriving while a read is under way wait for
     the next one, which they all share: one statement per round, however many requests wait."""
 
-    def __init__(self, read: Callable[[], Awaitable[Positions]]) -> None:
-        self._read = read
+    def __init__(self, read: Callable[[], Awaitable[Positions]], *, settle_seconds: float = 2.0,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._read, self._settle, self._monotonic = read, settle_seconds, monotonic
         self._lock = asyncio.Lock()
         self._next: asyncio.Future[Positions] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._versions: dict[str, int] = {}
+        self._switched_at: dict[str, float] = {}
+
+    def settled(self, names: Sequence[str]) -> bool:
+        """No active version of ``names`` was seen to change in the last ``settle_seconds``: a view store
+        may go on reading the version it looked up a moment ago (PostgreSQL's caches it for a second),
+        so an answer computed just after a switch is not kept."""
+        now = self._monotonic()
+        return all(now - self._switched_at.get(name, -math.inf) > self._settle for name in names)
+
+    def _observe(self, positions: Positions) -> None:
+        for name, (version, _) in positions.items():
+            if self._versions.setdefault(name, version) != version:
+                self._versions[name], self._switched_at[name] = version, self._monotonic()
 
     async def now(self) -> Positions:
         future = self._next
@@ -72,7 +89,9 @@ class PositionClock:
             if self._next is future:
                 self._next = None  # callers from now on need a read that starts after them
             try:
-                future.set_result(await self._read())
+                positions = await self._read()
+                self._observe(positions)
+                future.set_result(positions)
             except Exception as error:  # every caller of the round gets it
                 future.set_exception(error)
                 future.exception()  # retrieved: a round nobody waits for any more logs nothing

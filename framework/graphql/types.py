@@ -127,8 +127,7 @@ def _model_union(members: tuple[type[BaseModel], ...]) -> tuple[Any, Convert]:
 
 
 def _converter(created: type) -> Convert:
-    converters: dict[str, Convert] = getattr(created, "_converters", {})
-    return lambda value: created(**{n: c(getattr(value, n)) for n, c in converters.items()})
+    return lambda value: _build(created, value)
 
 
 def _strawberry_type(name: str, model: type[BaseModel], fields: Iterable[str], description: str) -> type:
@@ -162,8 +161,29 @@ def graphql_type(
 
 
 def _from_row(cls: type[T], row: ReadModel) -> T:
-    converters: dict[str, Convert] = getattr(cls, "_converters", {})  # inherited by subclasses that add fields
-    return cls(**{n: c(getattr(row, n)) for n, c in converters.items()})
+    return _build(cls, row)
+
+
+def _build(cls: type[T], row: BaseModel) -> T:
+    """An instance of ``cls`` from a row: plain columns copied as they are, the others converted."""
+    plain, converted = _plan_of(cls)
+    values = row.__dict__  # pydantic keeps a model's fields there: no attribute lookup per column
+    fields = {n: values[n] for n in plain}
+    for name, convert in converted:
+        fields[name] = convert(values[name])
+    return cls(**fields)
+
+
+_PLANS: dict[type, tuple[tuple[str, ...], tuple[tuple[str, Convert], ...]]] = {}
+
+
+def _plan_of(cls: type) -> tuple[tuple[str, ...], tuple[tuple[str, Convert], ...]]:
+    found = _PLANS.get(cls)
+    if found is None:
+        converters: dict[str, Convert] = getattr(cls, "_converters", {})  # inherited by subclasses adding fields
+        found = _PLANS[cls] = (tuple(n for n, c in converters.items() if c is _same),
+                               tuple((n, c) for n, c in converters.items() if c is not _same))
+    return found
 
 
 @strawberry.type(description="Where a page sits in the whole list (Relay cursor connections).")
