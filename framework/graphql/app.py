@@ -323,6 +323,7 @@ class _Schema(strawberry.Schema):
     documents: _Documents
     read_map: ReadMap
     projections_by_field: Mapping[str, Sequence[str]]
+    traced: bool  # operations are traced: each runs (its span, and its reads' spans, are what a trace shows)
 
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
         """Errors are logged once, by the response formatting (with their tracebacks when unexpected)."""
@@ -337,13 +338,14 @@ def build_schema(
     consistency: Any = type("ReadYourWritesFor", (ReadYourWrites,), named)
     counted: list[Any] = [type("CountedIn", (CountedRequests,), {"metrics": metrics})] if metrics else []
     documents = _Documents(options)
+    traced = tracing_extensions(tracer, _code)
     schema = _Schema(
         query=query,
         config=StrawberryConfig(name_converter=_CachedNames()),
         # Factories, not instances: an extension instance holds the current
         # request's execution context, so sharing one between requests races.
         extensions=[
-            *tracing_extensions(tracer, _code),  # first: its span encloses the other extensions' work
+            *traced,  # first: its span encloses the other extensions' work
             lambda: _Checked(documents),
             consistency,
             *counted,
@@ -351,6 +353,7 @@ def build_schema(
     )
     consistency.read_map = schema.read_map = ReadMap.of(schema)  # the fields' declarations, once it has its types
     schema.documents, schema.projections_by_field = documents, named["projections_by_field"]
+    schema.traced = bool(traced)
     return schema
 
 
@@ -531,7 +534,7 @@ class _QueryApi(GraphQL[QueryContext, None]):
         self._plans: _Plans | None = None
         self._clock: PositionClock | None = None
         self._responses = ResponseCache(options.response_cache_entries)
-        if isinstance(schema, _Schema) and options.response_cache_entries > 0:
+        if isinstance(schema, _Schema) and options.response_cache_entries > 0 and not schema.traced:
             named = {p for ps in schema.projections_by_field.values() for p in ps}
             self._read_positions = positions_reader(views, sorted(schema.read_map.declared() | named))
             self._plans, self._clock = _Plans(schema), PositionClock(self._positions)
