@@ -241,7 +241,9 @@ class ReadYourWrites(SchemaExtension):
             context.consistency = await context.wait_for(sorted(self._needed()), context.min_position)
         if isinstance(context, QueryContext) and context.clock is not None and _KEEP in context.request.scope:
             # Read before executing: the rows read next are at these positions or later (see responses.py).
-            context.request.scope[_SEEN] = await context.clock.now()
+            seen = await _fresh(context.clock)
+            if seen is not None:
+                context.request.scope[_SEEN] = seen
         yield
 
     def _needed(self) -> set[str]:
@@ -255,6 +257,16 @@ class ReadYourWrites(SchemaExtension):
         if isinstance(context, QueryContext) and context.consistency is not None:
             return {"consistency": context.consistency}
         return {}
+
+
+async def _fresh(clock: PositionClock) -> Positions | None:
+    """Fresh positions, or None when they cannot be read: then nothing is kept or served from the cache,
+    and the request runs as if there were no cache (its own reads report the failure)."""
+    try:
+        return await clock.now()
+    except Exception:  # the read models are down: the request's own reads say so, in the usual way
+        log.debug("positions for the response cache could not be read", exc_info=True)
+        return None
 
 
 def _top_level_fields(document: Any, operation_name: str | None) -> set[str]:
@@ -589,10 +601,12 @@ class _QueryApi(GraphQL[QueryContext, None]):
             return None
         started = time.perf_counter()
         assert self._clock is not None  # set with the plans
-        now = await self._clock.now()
+        now = await _fresh(self._clock)
         minimum = _min_position(request)
-        if not kept.valid_at(now) or (minimum is not None and any(now[p][1] < minimum for p in plan.projections)):
+        if now is None or not kept.valid_at(now):
             return None
+        if minimum is not None and any(now[p][1] < minimum for p in plan.projections):
+            return None  # it waits, or answers reached: false
         if self._metrics is not None:
             self._metrics.graphql_request(request.scope.get(_OPERATION), "ok", time.perf_counter() - started)
         if minimum is None:
