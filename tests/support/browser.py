@@ -12,6 +12,9 @@ package when it is missing).
         browser_page.page.goto(url)
         assert browser_page.requests_not_to_this_machine() == []
 
+One browser per test module: while it is open, Playwright's event loop runs in the test thread, so
+``asyncio.run`` cannot be called there (keep browser tests in modules of their own).
+
 Every request a page makes is recorded (``BrowserPage.requests``), with the URLs that left the
 machine picked out, so a test can insist that a page loads nothing from the internet. Screenshots
 go to ``tmp/artifacts/`` under the repository (or ``EVENTFOLD_TEST_ARTIFACTS``); the path is printed.
@@ -47,9 +50,13 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
-    """One headless Chromium for the session (a Playwright ``Browser``)."""
+    """One headless Chromium per test module (a Playwright ``Browser``).
+
+    Playwright's sync API runs an event loop in this thread while the browser is open, so
+    ``asyncio.run`` cannot be called meanwhile: the browser closes at the end of the module that
+    used it (keep browser tests in modules of their own)."""
     path = chromium_path()
     if not os.access(path, os.X_OK):
         _unavailable(f"no Chromium at {path} (Debian: apt-get install -y chromium)")
