@@ -109,6 +109,9 @@ class Settings:
     breaker_cool_down_seconds: float = 2.0  # the longest it stays open before one probe goes through
     lease_seconds: float = 3.0  # a projection worker's lease: a standby takes over this long after a crash
     dispatch_concurrency: int = 16  # process-manager commands in flight at once, per process manager
+    # EVENTFOLD_PARTITIONS="holdings=8,cards=1": a projection's partition count, instead of its projector's
+    # (a power of two; changing it takes a replay). project and replay read it.
+    partitions: tuple[tuple[str, int], ...] = ()
     # The query API's document limits, and introspection (None: on for `eventfold dev`, off for query-api).
     graphql_introspection: bool | None = None
     graphql_max_depth: int = 10
@@ -127,6 +130,7 @@ class Settings:
     stream_max_age_seconds: float = 0.0  # 0: kept forever
     stream_duplicate_window_seconds: float = 120.0
     consumer_prefix: str = "eventfold-"
+    console: bool = True  # EVENTFOLD_CONSOLE: dev and query-api serve /console/ and the /ops/ API
     faults: str = ""  # EVENTFOLD_FAULTS: a testing aid, the fault points to arm (framework.faults)
     otel: tuple[tuple[str, str], ...] = ()  # the OTEL_* variables: OpenTelemetry's own configuration
 
@@ -198,6 +202,7 @@ class Settings:
             dispatch_concurrency=read.number(
                 "DISPATCH_CONCURRENCY", int, defaults.dispatch_concurrency, minimum=1, maximum=256
             ),
+            partitions=read.partitions("PARTITIONS"),
             breaker_threshold=read.number("BREAKER_THRESHOLD", int, defaults.breaker_threshold, minimum=1),
             breaker_cool_down_seconds=read.number(
                 "BREAKER_COOL_DOWN_SECONDS", float, defaults.breaker_cool_down_seconds, minimum=0
@@ -233,6 +238,7 @@ class Settings:
             consumer_prefix=read.matching(
                 "CONSUMER_PREFIX", defaults.consumer_prefix, _PREFIX_CHARS, _NAME_CHARS, allow_empty=True
             ),
+            console=_default(read.flag("CONSOLE"), defaults.console),
             faults=read.text("FAULTS", defaults.faults) or defaults.faults,
             otel=tuple(sorted((k, v) for k, v in env.items() if k.startswith("OTEL_"))),
         )
@@ -346,6 +352,21 @@ class _Reader:
         raw = self._env.get(PREFIX + name, "")
         names = tuple(n.strip() for n in raw.split(",") if n.strip())
         return names or default
+
+    def partitions(self, name: str) -> tuple[tuple[str, int], ...]:
+        """Comma-separated ``projection=count`` pairs, each count a power of two from 1 to 256."""
+        pairs: list[tuple[str, int]] = []
+        for item in self.names(name, ()):
+            projection, _, count = item.partition("=")
+            if not projection.strip() or not count.strip().isdigit():
+                raise ConfigurationError(f"{PREFIX}{name}={self._env[PREFIX + name]!r}: expected projection=count"
+                                         f" pairs separated by commas, not {item!r}")
+            number = int(count)
+            if number < 1 or number > 256 or number & (number - 1):
+                raise ConfigurationError(f"{PREFIX}{name}: {projection.strip()}={number} is not a power of two"
+                                         " from 1 to 256")
+            pairs.append((projection.strip(), number))
+        return tuple(pairs)
 
     def roles(self, name: str) -> tuple[str, ...] | None:
         """Comma-separated role names, or ``*`` alone (every role); unset or empty: None."""

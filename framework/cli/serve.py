@@ -131,6 +131,7 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
     query_options = _query_options(embedded, introspection=True)
     routes = [*query_routes(graphql, views, store, options=query_options, metrics=metrics,
                             authenticator=auth, tracer=tracer, watch=watch),
+              *_console(embedded, store, views, application_, auth),
               Mount("/", app=write_app)]
     app = EdgeApp(routes=routes, lifespan=background)
     app.router.redirect_slashes = False  # a redirect would be built from the Host header a client sent
@@ -145,6 +146,19 @@ async def _seed(app: App, bus: Any, settings: Settings) -> None:
         await asyncio.to_thread(app.seed, seeding)
     except Exception:
         log.exception("the seed function of %r failed", app.name)
+
+
+def _console(settings: Settings, store: Any, views: Any, application_: App, auth: Any) -> list[Any]:
+    """``/console/`` and the ``/ops/`` API it calls, unless ``EVENTFOLD_CONSOLE=off``."""
+    if not settings.console:
+        return []
+    from framework.http.console import console_routes
+    from framework.http.operator import operator_routes
+
+    factories = dict(zip((p.name for p in application_.build_projectors()), application_.projections, strict=True))
+    return [*console_routes(), *operator_routes(store, views, [], authenticator=auth, projector_factories=factories,
+                                                auth_failures_per_minute=settings.auth_failures_per_minute or None,
+                                                rate_limit_per_second=settings.rate_limit_per_second)]
 
 
 def run_query_api(settings: Settings, args: argparse.Namespace) -> int:
@@ -162,9 +176,11 @@ def run_query_api(settings: Settings, args: argparse.Namespace) -> int:
     from framework.adapters.pg_positions import PostgresPositionSignals
 
     watch = _watch(settings, PostgresPositionSignals(postgres), views, store)
-    app = create_query_app(graphql_of(application(settings, args)), views, store,
+    application_ = application(settings, args)
+    app = create_query_app(graphql_of(application_), views, store,
                            options=_query_options(settings, introspection=False),
                            metrics=metrics, authenticator=auth, breaker=breaker, tracer=tracer, watch=watch)
+    app.router.routes[:0] = _console(settings, store, views, application_, auth)  # before its catch-all errors
 
     def close() -> None:
         views.close()

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from http_helpers import WriteApi, assert_no_traceback, serve_write_api
-from support.browser import browser_page, chromium  # noqa: F401  (fixtures: a headless Chromium and its pages)
 from support.postgres import PgDatabase
 
 from framework.adapters.postgres import PostgresEventStore

@@ -10,10 +10,11 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from support.browser import BrowserPage, artifact_path
+from support.browser import BrowserPage
 from support.http import CliServer, clean_env, eventfold_executable
 from support.postgres import PgDatabase
 
@@ -25,6 +26,14 @@ ISIN = "GB00B03MLX29"
 def dev(tmp_path: Path) -> Iterator[CliServer]:
     with CliServer("dev", clean_env(EVENTFOLD_SQLITE_PATH=str(tmp_path / "events.sqlite3"))) as server:
         yield server
+
+
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+def _left_the_machine(urls: list[str]) -> list[str]:
+    """Requested URLs whose host is not this machine (``data:`` URLs stay in the page)."""
+    return [u for u in urls if urlsplit(u).scheme != "data" and urlsplit(u).hostname not in LOCAL_HOSTS]
 
 
 def _run(browser: BrowserPage, query: str, **headers: str) -> tuple[Any, str, dict[str, str]]:
@@ -41,35 +50,33 @@ def _run(browser: BrowserPage, query: str, **headers: str) -> tuple[Any, str, di
     return shown, page.text_content("#status") or "", sent.value.headers
 
 
-def test_dev_serves_an_explorer_that_stays_on_this_machine(dev: CliServer, browser_page: BrowserPage) -> None:
+def test_dev_serves_an_explorer_that_stays_on_this_machine(dev: CliServer, chromium_page: BrowserPage) -> None:
     written = httpx.post(f"{dev.base_url}/commands/RegisterSecurity", timeout=30,
                          json={"isin": ISIN, "name": "Explorer plc", "currency": "GBP"})
     assert written.status_code == 200, written.text
     position = written.json()["position"]
 
-    page = browser_page.page
+    page = chromium_page.page
     page.goto(f"{dev.base_url}{EXPLORER}")
     page.wait_for_selector("details[data-type='Query'] .field")  # the schema browser, from introspection
     assert "cards" in (page.text_content("#types") or "")
 
-    answer, status, sent = _run(browser_page, f'{{ security(isin: "{ISIN}") {{ name currency }} }}',
+    answer, status, sent = _run(chromium_page, f'{{ security(isin: "{ISIN}") {{ name currency }} }}',
                                 position=str(position), authorization="a-token")
     assert status.startswith("HTTP 200"), status
     assert sent["eventfold-position"] == str(position) and sent["authorization"] == "Bearer a-token"
     assert answer["data"] == {"security": {"name": "Explorer plc", "currency": "GBP"}}
     assert answer["extensions"]["consistency"]["reached"] is True, "Eventfold-Position was sent"
 
-    shot = artifact_path("graphql-explorer-dev.png")
-    page.screenshot(path=str(shot), full_page=True)
-    print(f"\nexplorer screenshot: {shot}")
+    chromium_page.screenshot("graphql-explorer-dev")  # prints where it is
 
-    assert browser_page.console_errors == [], "no script error"
-    refused, status, _sent = _run(browser_page, "{ nosuchfield }")
+    assert chromium_page.errors == [], "no script error"
+    refused, status, _sent = _run(chromium_page, "{ nosuchfield }")
     assert status.startswith("HTTP 400") and refused["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
     assert "data" not in refused, "the explorer asks for application/graphql-response+json"
 
-    assert browser_page.requests, "the page's requests were recorded"
-    assert browser_page.requests_not_to_this_machine() == []
+    assert chromium_page.urls, "the page's requests were recorded"
+    assert _left_the_machine(chromium_page.urls) == []
 
 
 def test_the_explorer_sends_nothing_it_cannot_serve_itself(dev: CliServer) -> None:
@@ -95,13 +102,13 @@ def database(pg_database: PgDatabase) -> Iterator[dict[str, str]]:
 
 @pytest.mark.postgres
 def test_query_api_serves_it_only_when_the_setting_says(database: dict[str, str],
-                                                       browser_page: BrowserPage) -> None:
+                                                       chromium_page: BrowserPage) -> None:
     with CliServer("query-api", clean_env(**database)) as plain:
         assert httpx.get(f"{plain.base_url}{EXPLORER}", timeout=30).status_code == 404, "off by default"
     on = clean_env(**database, EVENTFOLD_GRAPHQL_EXPLORER="true", EVENTFOLD_GRAPHQL_INTROSPECTION="true")
     with CliServer("query-api", on) as server:
-        browser_page.page.goto(f"{server.base_url}{EXPLORER}")
-        browser_page.page.wait_for_selector("details[data-type='Query'] .field")
-        answer, status, _sent = _run(browser_page, '{ holdings(accountNumber: "NOBODY") { quantity } }')
+        chromium_page.page.goto(f"{server.base_url}{EXPLORER}")
+        chromium_page.page.wait_for_selector("details[data-type='Query'] .field")
+        answer, status, _sent = _run(chromium_page, '{ holdings(accountNumber: "NOBODY") { quantity } }')
         assert status.startswith("HTTP 200") and answer == {"data": {"holdings": []}}
-        assert browser_page.requests_not_to_this_machine() == []
+        assert _left_the_machine(chromium_page.urls) == []
