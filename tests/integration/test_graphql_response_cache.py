@@ -3,11 +3,20 @@ the read models it came from have not moved, and never to a request asking for a
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from graphql_helpers import APPLE, CountingViewStore, GraphQLClient, ReadSide, read_model_statements
+from graphql_helpers import (
+    APPLE,
+    CountingViewStore,
+    GraphQLClient,
+    LiveProjections,
+    ReadSide,
+    read_model_statements,
+)
 from support.http import ServerThread
 from support.postgres import PgDatabase
 
@@ -106,3 +115,49 @@ def test_answers_with_errors_or_undeclared_fields_are_not_kept(cached: Cached) -
         assert cached.client.execute(bad)["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
     assert _rows_read(cached, '{ cards(first: 2) { nodes { actionId } } }')[1] == 1
     assert _rows_read(cached, '{ cards(first: 2) { nodes { actionId } } }')[1] == 0
+
+
+def test_concurrent_readers_during_writes_never_see_the_past(cached: Cached) -> None:
+    """Writes projected live while readers ask again and again: no reader's answers go backwards,
+    an answer that says it reached a position holds every credit up to it, and the last write shows."""
+    written: list[tuple[int, int]] = []  # (position, total after it), in order
+    lock = threading.Lock()
+    done = threading.Event()
+    problems: list[str] = []
+
+    def reader() -> None:
+        with GraphQLClient(cached.client.url.removesuffix("/graphql")) as client:
+            last, asked = 0, 0
+            while not done.is_set():
+                with lock:
+                    known = written[-1] if written else None
+                asked += 1  # every other request without a position: those answers are the ones kept
+                body = client.execute(HOLDINGS, position=known[0] if known and asked % 2 else None)
+                quantity = body["data"]["holdings"][0]["quantity"]
+                if quantity < last:
+                    problems.append(f"went back from {last} to {quantity}")
+                reached = (body.get("extensions") or {}).get("consistency", {}).get("reached")
+                if known and asked % 2 and reached and quantity < known[1]:
+                    problems.append(f"reached {known[0]} but holds {quantity} < {known[1]}")
+                last = quantity
+
+    with LiveProjections(cached.side), concurrent.futures.ThreadPoolExecutor(4) as pool:
+        readers = [pool.submit(reader) for _ in range(4)]
+        total = 10
+        for index in range(25):
+            total += 1
+            position = cached.side.execute([CreditHoldings(account_number="RC-1", isin=APPLE, quantity=1)],
+                                           key_prefix=f"rc-live-{index}")
+            with lock:
+                written.append((position, total))
+        for _ in range(200):  # bounded: the live projection catches up (each try waits up to 0.3 s)
+            final = cached.client.execute(HOLDINGS, position=written[-1][0])
+            if final["extensions"]["consistency"]["reached"]:
+                break
+        done.set()
+        for future in readers:
+            future.result()
+    assert problems == []
+    assert final["extensions"]["consistency"]["reached"] is True
+    assert final["data"] == {"holdings": [{"isin": APPLE, "quantity": total}]}
+    assert cached.client.data(HOLDINGS) == final["data"], "and the answer kept after it is the new one"
