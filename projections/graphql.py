@@ -6,7 +6,6 @@ from collections.abc import AsyncGenerator
 from dataclasses import asdict
 from datetime import date
 from enum import Enum
-from typing import Any
 
 import strawberry
 from strawberry.types import Info
@@ -24,7 +23,7 @@ from framework.graphql import (
     requires,
 )
 from framework.graphql.live import changed_rows, moved_positions
-from framework.read import Condition, Page, PageRequest, Sort, paginate
+from framework.read import Condition, Sort, paginate
 from framework.status import projection_statuses
 from projections.cards import CorporateActionCard, SecurityRow
 from projections.entitlements import EntitlementRow
@@ -141,12 +140,9 @@ class Query:
     ) -> Connection[Card]:
         context = _context(info)
         conditions = [*(filter.conditions() if filter else []), *(where.conditions() if where else [])]
-        with_securities = _selects(info.selected_fields, "security")
-        page, isins, securities = await context.read(
-            _page_of_cards, context.views, page_request(first, after, last, before), conditions,
-            Sort(order_by.value, descending), with_securities)
-        if with_securities:  # read in the same trip as the page: `security` asks no query of its own
-            context.prime("cards", SecurityRow, isins, securities)
+        page = await context.read(paginate, context.views, "cards", CorporateActionCard,
+                                  page_request(first, after, last, before), conditions,
+                                  Sort(order_by.value, descending))
         return connection(page, Card.from_row)
 
     @strawberry.field(description="One security by ISIN.")
@@ -270,22 +266,6 @@ class Subscription:
             position = positions[name]
             head = position if head is None else max(head, position)
             yield LagUpdate(projection=name, position=position, head=head, lag_events=head - position)
-
-
-Cards = tuple[Page[CorporateActionCard], list[tuple[str]], list[SecurityRow | None]]
-
-
-def _page_of_cards(views: Any, request: PageRequest, conditions: list[Condition], sort: Sort,
-                   with_securities: bool) -> Cards:
-    """A page of cards and, when asked, their securities: one trip to the view store (two statements)."""
-    page = paginate(views, "cards", CorporateActionCard, request, conditions, sort)
-    isins = [(isin,) for isin in sorted({row.isin for row in page.rows})] if with_securities else []
-    return page, isins, views.get_many("cards", SecurityRow, isins) if isins else []
-
-
-def _selects(fields: list[Any], name: str) -> bool:
-    """Whether ``name`` is selected anywhere below ``fields`` (fragments included)."""
-    return any(getattr(f, "name", None) == name or _selects(getattr(f, "selections", []), name) for f in fields)
 
 
 def build_graphql() -> GraphQLSpec:

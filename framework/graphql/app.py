@@ -201,11 +201,6 @@ class QueryContext:
         made = self._loaders[("rows", projection, model)] = DataLoader(load_fn=load)
         return made
 
-    def prime(self, projection: str, model: type[R], keys: Sequence[tuple[Any, ...]], rows: Sequence[R | None]) -> None:
-        """Rows read already (beside a page, in the same trip to the view store) answer
-        ``loader(projection, model)`` for ``keys`` without another query; ``None``: no such row."""
-        self.loader(projection, model).prime_many(dict(zip(keys, rows, strict=True)))
-
     def rows_by(self, projection: str, model: type[R], column: str) -> DataLoader[Any, list[R]]:
         """Rows whose ``column`` equals the key, in key order, for all keys of one tick in one query
         (``column in (...)``): the children of many parents at once."""
