@@ -106,12 +106,15 @@ async def _internal_error(send: Send) -> None:
 class EdgeApp(Starlette):
     """A Starlette app inside an ``Edge``; ``front``, when given, wraps Starlette's own stack inside the
     edge (a route answered before Starlette's middleware, as the write API's commands). An app given
-    middleware of its own (``add_middleware``) has no front: every request goes through that middleware."""
+    middleware or exception handlers of its own (``add_middleware``, ``add_exception_handler``) has no
+    front: every request goes through what was added."""
 
     def __init__(self, *args: Any, front: Callable[[ASGIApp], ASGIApp] | None = None, **kwargs: Any) -> None:
         self._front = front
         super().__init__(*args, **kwargs)
+        self._built_with = dict(self.exception_handlers)
 
     def build_middleware_stack(self) -> ASGIApp:
         stack = super().build_middleware_stack()
-        return Edge(self._front(stack) if self._front is not None and not self.user_middleware else stack)
+        untouched = not self.user_middleware and self.exception_handlers == self._built_with
+        return Edge(self._front(stack) if self._front is not None and untouched else stack)

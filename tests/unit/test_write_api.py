@@ -556,3 +556,17 @@ def test_middleware_added_to_the_app_sees_commands_too() -> None:
     with TestClient(app) as client:
         assert client.post("/commands/RegisterSecurity", json=APPLE_SECURITY).status_code == 200
     assert seen == ["/commands/RegisterSecurity"]
+
+
+def test_an_exception_handler_added_to_the_app_sees_command_errors_too() -> None:
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse, Response
+
+    async def teapot(_: Request, error: Exception) -> Response:
+        return PlainTextResponse(f"handled {error}", status_code=418)
+
+    app = create_write_app(CommandBus(exploding_router(lambda: RuntimeError("boom")), MemoryEventStore()))
+    app.add_exception_handler(RuntimeError, teapot)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.post("/commands/Explode", json={"note": "x"})
+    assert (response.status_code, response.text) == (418, "handled boom")
