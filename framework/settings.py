@@ -118,6 +118,8 @@ class Settings:
     graphql_max_aliases: int = 15
     graphql_max_tokens: int = 2_000
     graphql_max_cost: int = 5_000
+    graphql_response_cache: int = 1_024  # answers the query API keeps while their read models stand still; 0: off
+    graphql_explorer: bool | None = None  # the browser explorer at /graphql/explorer (None: dev only)
     # The JetStream event stream (relay, project): JetStream acks do not mean fsync by default, so
     # storage and replicas are the user's to set (file and >= 3 replicas on a cluster: durable).
     stream: str = "eventfold"
@@ -218,6 +220,10 @@ class Settings:
             graphql_max_cost=read.number(
                 "GRAPHQL_MAX_COST", int, defaults.graphql_max_cost, minimum=1, maximum=1_000_000
             ),
+            graphql_response_cache=read.number(
+                "GRAPHQL_RESPONSE_CACHE", int, defaults.graphql_response_cache, minimum=0, maximum=1_000_000
+            ),
+            graphql_explorer=read.flag("GRAPHQL_EXPLORER"),
             stream=read.matching("STREAM", defaults.stream, _NAME, _NAME_CHARS),
             subject_prefix=read.subject_prefix("SUBJECT_PREFIX", defaults.subject_prefix),
             stream_storage=read.choice("STREAM_STORAGE", ("file", "memory")) or defaults.stream_storage,

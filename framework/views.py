@@ -23,6 +23,7 @@ from framework.query import BY_KEY, Condition, Sort
 from framework.readmodel import ReadModel
 
 __all__ = [
+    "ActivePositions",
     "Batch",
     "DeadLetter",
     "DeadLetters",
@@ -325,6 +326,16 @@ class RowCaching(Protocol):
     def cache_empty_tables(self, name: str, version: int, models: Sequence[type[ReadModel]]) -> None:
         """Start the version's row cache knowing which tables are empty (a projection starting from
         scratch), so that a key it does not hold needs no query."""
+
+
+@runtime_checkable
+class ActivePositions(Protocol):
+    """An optional, speed-only port: the active version and position of many projections in one read
+    (the query API's response cache checks them per request). Without it, ``active_version`` and
+    ``position`` are asked per projection."""
+
+    def active_positions(self, names: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """``(active version, its position)`` of each of ``names``; ``(1, 0)`` for one never run."""
 
 
 class ProjectionLifecycle(Protocol):

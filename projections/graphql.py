@@ -13,6 +13,7 @@ from strawberry.types import Info
 from framework.graphql import (
     Connection,
     GraphQLSpec,
+    Long,
     QueryContext,
     connection,
     filter_input,
@@ -105,9 +106,9 @@ class ProjectionStatus:
     version: int
     active: bool
     state: str
-    position: int
-    head: int
-    lag_events: int
+    position: Long
+    head: Long
+    lag_events: Long
     lag_seconds: float
     dead_letters: int
     error: str | None

@@ -749,6 +749,17 @@ class PostgresViewStore:
     def active_position(self, name: str) -> int:
         return self.position(name, self.active_version(name))
 
+    def active_positions(self, names: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """One statement: each projection's active version (1 when never switched) and its position."""
+        statement = sql.SQL(
+            "SELECT n.name, coalesce(a.version, 1) AS version, coalesce(p.position, 0) AS position"
+            " FROM unnest(%s::text[]) AS n(name) LEFT JOIN {a} a ON a.name = n.name"
+            " LEFT JOIN {p} p ON p.name = n.name AND p.version = coalesce(a.version, 1)").format(
+            a=self._table("eventfold_projection_active"), p=self._table("eventfold_projection_positions"))
+        with self._connection() as conn:
+            rows = conn.execute(statement, (list(names),), prepare=True).fetchall()
+        return {r["name"]: (int(r["version"]), int(r["position"])) for r in rows}
+
     @functools.lru_cache(maxsize=256)  # noqa: B019 - statements live as long as the store
     def _get_many_statement(self, name: str, version: int, model: type[ReadModel]) -> bytes:
         tables = _Tables(self._schema, name, version)
