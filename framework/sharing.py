@@ -135,8 +135,8 @@ class _Sharing:
                      share, self.count)
             self.told = share
         await self._reap()
-        while len(self.running) > share:
-            await self._hand_over(max(self.running))
+        extra = sorted(self.running)[share:]  # handed over together: each finishes the batch in hand
+        await asyncio.gather(*(self._hand_over(index) for index in extra))
         if len(self.running) < share:
             await self._take(share)
 
