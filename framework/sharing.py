@@ -28,6 +28,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -94,6 +95,7 @@ class _Sharing:
     lease: LeaseOptions
     owner: str
     options: ShareOptions
+    pool: Executor | None = None  # the partitions' own threads (None: the loop's default executor)
     running: dict[int, _Running] = field(default_factory=dict)
     renew_at: float = 0.0
     told: int = -1
@@ -186,7 +188,8 @@ class _Sharing:
             raise
         stop = asyncio.Event()
         session = f"{self.owner}-{uuid.uuid4().hex[:6]}"
-        task = asyncio.create_task(_run_partition(worker, self.make_consumer, stop, self.options, session))
+        task = asyncio.create_task(_run_partition(worker, self.make_consumer, stop, self.options, session,
+                                                  self.pool))
         self.running[index] = _Running(worker, stop, task)
         log.info("%s: applying partition %d of %d (%s)", self.name, index, self.count, self.owner)
 
@@ -241,13 +244,17 @@ async def run_partitioned(
     """Apply this worker's share of ``projector``'s partitions until ``stop``; see the module's docstring."""
     if not isinstance(views, PartitionedViews):
         raise ConfigurationError(f"{projector.name}: partitioned projections need read models in PostgreSQL")
-    sharing = _Sharing(projector, views, views, make_worker, make_consumer, stop, lease or LeaseOptions(),
-                       owner or worker_identity(), options or ShareOptions())
-    await sharing.run()
+    pool = ThreadPoolExecutor(projector.partitions, thread_name_prefix=f"partitions-{projector.name}")
+    try:
+        sharing = _Sharing(projector, views, views, make_worker, make_consumer, stop, lease or LeaseOptions(),
+                           owner or worker_identity(), options or ShareOptions(), pool)
+        await sharing.run()
+    finally:
+        pool.shutdown(wait=False)  # its partitions have ended (or are being cancelled: not waited for here)
 
 
 async def _run_partition(worker: ProjectionWorker, make_consumer: ConsumerFactory, stop: asyncio.Event,
-                         options: ShareOptions, session: str) -> None:
+                         options: ShareOptions, session: str, pool: Executor | None = None) -> None:
     """Apply one partition until ``stop``: a fresh consumer, a catch-up from the store, then the
     consumer's deliveries; after any error, the same again with a new consumer."""
     assert worker.partition is not None
@@ -259,8 +266,10 @@ async def _run_partition(worker: ProjectionWorker, make_consumer: ConsumerFactor
             await consumer.bind()
             await asyncio.to_thread(worker.reload)
             await asyncio.to_thread(worker.views.set_state, worker.name, worker.version, "running")
-            await asyncio.to_thread(_catch_up, worker, stop)
-            await _follow(worker, consumer, stop, options)
+            # On the partitions' own threads: a long catch-up must not hold one of the few threads the
+            # leases' renewals and the sharing's polls run on (asyncio's default executor).
+            await asyncio.get_running_loop().run_in_executor(pool, _catch_up, worker, stop)
+            await _follow(worker, consumer, stop, options, pool)
             backoff.reset()
         except ProjectionHalted as error:
             log.error("%s", error)
@@ -284,13 +293,13 @@ def _catch_up(worker: ProjectionWorker, stop: asyncio.Event) -> None:
 
 
 async def _follow(worker: ProjectionWorker, consumer: PartitionConsumer, stop: asyncio.Event,
-                  options: ShareOptions) -> None:
+                  options: ShareOptions, pool: Executor | None = None) -> None:
     idle, next_letters = True, 0.0
     while not stop.is_set():
         head = await consumer.published_head() if idle else None
         delivery = await consumer.fetch(options.batch_size, options.fetch_seconds)
         if delivery.notifications:
-            await asyncio.to_thread(worker.apply, delivery.notifications)
+            await asyncio.get_running_loop().run_in_executor(pool, worker.apply, delivery.notifications)
             await delivery.ack()  # after the commit: a crash before it means a redelivery
             idle = False
         else:
