@@ -149,10 +149,10 @@ def run_query_api(settings: Settings, args: argparse.Namespace) -> int:
     from framework.graphql import create_query_app
     from framework.metrics import Metrics
 
-    postgres = require_postgres(settings, "query-api")
+    require_postgres(settings, "query-api")
     auth = authenticator(settings, "query-api")
     tracer = tracing(settings, "query-api")  # a span per GraphQL operation (and the provider for the app's own spans)
-    store, views = open_store(settings), open_views(postgres)
+    store, views = open_store(settings), open_views(settings, "query-api", for_queries=True)
     breaker = _breaker(settings, "read models")
     metrics = Metrics()
     metrics.watch_projections(store, views)
@@ -273,11 +273,10 @@ def _breaker(settings: Settings, dependency: str) -> Any:
 def run_init_db(settings: Settings, args: argparse.Namespace) -> int:
     store = open_store(settings)
     store.create_schema()
-    postgres = settings.postgres()
-    if postgres is None:
+    if settings.postgres() is None:
         print(f"eventfold: event store schema is ready ({settings.sqlite_path})")
         return 0
-    views = open_views(postgres)
+    views = open_views(settings, "init-db")
     views.create_schema()
     projectors = application(settings, args).build_projectors()
     for projector in projectors:
