@@ -23,6 +23,7 @@ PREFIX = "EVENTFOLD_"
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 _NATS_SCHEMES = {"nats", "tls", "ws", "wss"}
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_TAG = re.compile(r"^[A-Za-z0-9_:.=-]+$")
 _PREFIX_CHARS = re.compile(r"^[A-Za-z0-9_-]*$")
 _NAME_CHARS = "letters, digits, '-' or '_'"
 
@@ -127,6 +128,8 @@ class Settings:
     stream_retention: str = "limits"  # limits | interest
     stream_max_age_seconds: float = 0.0  # 0: kept forever
     stream_duplicate_window_seconds: float = 120.0
+    stream_placement_cluster: str | None = None  # EVENTFOLD_STREAM_PLACEMENT_CLUSTER: the JetStream cluster
+    stream_placement_tags: tuple[str, ...] = ()  # EVENTFOLD_STREAM_PLACEMENT_TAGS: servers carrying all these tags
     consumer_prefix: str = "eventfold-"
     faults: str = ""  # EVENTFOLD_FAULTS: a testing aid, the fault points to arm (framework.faults)
     otel: tuple[tuple[str, str], ...] = ()  # the OTEL_* variables: OpenTelemetry's own configuration
@@ -224,6 +227,8 @@ class Settings:
             stream_duplicate_window_seconds=read.number(
                 "STREAM_DUPLICATE_WINDOW_SECONDS", float, defaults.stream_duplicate_window_seconds, minimum=0
             ),
+            stream_placement_cluster=read.optional_matching("STREAM_PLACEMENT_CLUSTER", _NAME, _NAME_CHARS),
+            stream_placement_tags=read.tags("STREAM_PLACEMENT_TAGS"),
             consumer_prefix=read.matching(
                 "CONSUMER_PREFIX", defaults.consumer_prefix, _PREFIX_CHARS, _NAME_CHARS, allow_empty=True
             ),
@@ -345,6 +350,21 @@ class _Reader:
         if not pattern.match(value):
             raise ConfigurationError(f"{PREFIX}{name}={value!r} must contain only {what}")
         return value
+
+    def optional_matching(self, name: str, pattern: re.Pattern[str], what: str) -> str | None:
+        raw = (self._env.get(PREFIX + name) or "").strip()
+        return self.matching(name, raw, pattern, what) if raw else None
+
+    def tags(self, name: str) -> tuple[str, ...]:
+        """Comma-separated server tags (``az:eu-1,ssd``), each of letters, digits and ``-_:.=``."""
+        tags = self.names(name, ())
+        for tag in tags:
+            if not _TAG.match(tag):
+                raise ConfigurationError(
+                    f"{PREFIX}{name}={self._env[PREFIX + name]!r}: tag {tag!r} must contain only letters, digits, "
+                    "'-', '_', ':', '.' or '='"
+                )
+        return tags
 
     def subject_prefix(self, name: str, default: str) -> str:
         """Dot-separated tokens, each a name (NATS subject wildcards and empty tokens refused)."""

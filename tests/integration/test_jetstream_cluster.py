@@ -10,7 +10,6 @@ read model equals a fresh replay of the store, and every depositor was told once
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,10 +29,11 @@ from streaming_helpers import (
     wait_until,
 )
 from support.nats import settings_for
-from support.nats_cluster import NatsCluster, nats_cluster  # noqa: F401  (fixture)
+from support.nats_cluster import CLUSTER_NAME, NatsCluster, nats_cluster  # noqa: F401  (fixture)
 from support.postgres import PgDatabase
 
 from framework.adapters.nats import JetStreamSettings
+from projections import build_projectors
 
 pytestmark = [pytest.mark.postgres, pytest.mark.nats]
 
@@ -46,7 +46,8 @@ def cluster_stream(nats_cluster: NatsCluster) -> JetStreamSettings:  # noqa: F81
 @pytest.fixture
 def deployment(pg_database: PgDatabase, pg_schema: str, cluster_stream: JetStreamSettings,
                tmp_path: Path) -> Iterator[Deployment]:
-    extra = {"EVENTFOLD_STREAM_REPLICAS": "3", "EVENTFOLD_LOG_FORMAT": "text"}
+    extra = {"EVENTFOLD_STREAM_REPLICAS": "3", "EVENTFOLD_STREAM_PLACEMENT_CLUSTER": CLUSTER_NAME,
+             "EVENTFOLD_LOG_FORMAT": "text"}
     with deployment_for(pg_database, pg_schema, cluster_stream, tmp_path, extra_env=extra) as deployed:
         yield deployed
 
@@ -75,16 +76,19 @@ def test_killing_the_stream_leader_then_a_consumer_leader_loses_and_doubles_noth
     setup_security(deployment.bus(store), isin)
     deployment.start("relay")
     deployment.start("project")
+    consumers = [cluster_stream.consumer_name(p.name) for p in build_projectors()]
     writer = CommandWriter(deployment.bus(store), isin, accounts=8, actions_every=60, pause=0.002)
     writer.start()
     try:
         with StreamWatcher(cluster_stream) as watcher:
             grows(watcher, 100)
+            nats_cluster.wait_replicas_current(cluster_stream, consumers)  # the workers' consumers exist, R3
             stream_leader = nats_cluster.leader_of(cluster_stream)
             stream_leader.kill()  # kill -9 mid-load: a new stream leader is elected among the two left
             grows(watcher, 300)
             stream_leader.start()  # back on its store: it catches up as a replica
-            nats_cluster.wait_replicas_current(cluster_stream)
+            # One node lost at a time: the next goes only once the stream and every consumer caught up.
+            nats_cluster.wait_replicas_current(cluster_stream, consumers)
 
             consumer = cluster_stream.consumer_name("holdings")
             consumer_leader = nats_cluster.leader_of(cluster_stream, consumer)
@@ -96,8 +100,9 @@ def test_killing_the_stream_leader_then_a_consumer_leader_loses_and_doubles_noth
     finally:
         writer.stop()
     wait_settled(views, store, timeout=120)
+    config = nats_cluster.stream_config(cluster_stream)
+    assert (config.num_replicas, config.placement.cluster if config.placement else None) == (3, CLUSTER_NAME)
     assert_stream_matches_store(cluster_stream, store)  # 0 lost, 0 duplicates in the stream
     assert_matches_replay(views, store)  # every read model equals a replay
     assert_process_outcomes(store)  # every depositor told exactly once per action
     deployment.assert_no_tracebacks()
-    assert time.monotonic()  # the whole test is bounded by the waits above (a couple of minutes at most)

@@ -18,9 +18,10 @@ import os
 import sys
 import sysconfig
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nats.js.errors
 import pytest
@@ -36,7 +37,9 @@ from support.nats import (
     probe,
 )
 
-__all__ = ["NatsCluster", "cluster_binary", "nats_cluster"]
+__all__ = ["CLUSTER_NAME", "NatsCluster", "cluster_binary", "nats_cluster"]
+
+CLUSTER_NAME = "eventfold-test"
 
 
 def cluster_binary() -> Path:
@@ -63,7 +66,7 @@ class NatsCluster:
         try:
             for route_port in route_ports:
                 node = ThrowawayNats.create(binary=binary)
-                node.extra_args = ("--cluster_name", "eventfold-test", "--cluster",
+                node.extra_args = ("--cluster_name", CLUSTER_NAME, "--cluster",
                                    f"nats://127.0.0.1:{route_port}", "--routes", routes)
                 cluster.nodes.append(node)
             for node in cluster.nodes:
@@ -123,21 +126,21 @@ class NatsCluster:
             time.sleep(0.2)
         raise AssertionError(f"no leader of {consumer or settings.stream} within {timeout}s")
 
-    def wait_replicas_current(self, settings: JetStreamSettings, *, timeout: float = 60.0) -> None:
-        """Until the stream has a leader and every other replica is current (a restarted node caught up)."""
+    def wait_replicas_current(self, settings: JetStreamSettings, consumers: Sequence[str] = (), *,
+                              timeout: float = 60.0) -> None:
+        """Until the stream and each of its server-side ``consumers`` has a leader and every other replica
+        is current: a node that came back has caught up, and another may be lost."""
 
         async def current() -> bool:
             connection = await connect(replace_servers(settings, self.running_servers()), timeout=5)
             try:
-                info = await connection.js.stream_info(settings.stream)
+                infos = [await connection.js.stream_info(settings.stream)]
+                infos += [await connection.js.consumer_info(settings.stream, name) for name in consumers]
             except nats.js.errors.Error:
                 return False
             finally:
                 await connection.close()
-            cluster = info.cluster
-            replicas = cluster.replicas or [] if cluster is not None else []
-            return bool(cluster and cluster.leader) and len(replicas) == len(self.nodes) - 1 and all(
-                r.current and not r.offline for r in replicas)
+            return all(self._all_current(info.cluster) for info in infos)
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -145,7 +148,25 @@ class NatsCluster:
                 if asyncio.run(current()):
                     return
             time.sleep(0.3)
-        raise AssertionError(f"the replicas of {settings.stream} were not current within {timeout}s")
+        raise AssertionError(f"the replicas of {settings.stream} and {list(consumers)} were not current "
+                             f"within {timeout}s")
+
+    def _all_current(self, cluster: Any) -> bool:
+        replicas = (cluster.replicas or []) if cluster is not None else []
+        return bool(cluster and cluster.leader) and len(replicas) == len(self.nodes) - 1 and all(
+            r.current and not r.offline for r in replicas)
+
+    def stream_config(self, settings: JetStreamSettings) -> Any:
+        """The stream's configuration as the cluster holds it."""
+
+        async def read() -> Any:
+            connection = await connect(replace_servers(settings, self.running_servers()), timeout=5)
+            try:
+                return (await connection.js.stream_info(settings.stream)).config
+            finally:
+                await connection.close()
+
+        return asyncio.run(read())
 
     def running_servers(self) -> tuple[str, ...]:
         return tuple(node.url for node in self.nodes if node.running)

@@ -299,3 +299,26 @@ def test_a_bad_read_or_query_url_names_its_variable(name: str) -> None:
 def test_a_read_or_query_url_without_the_event_store_is_refused(name: str) -> None:
     with pytest.raises(ConfigurationError, match=f"{name}=.* needs EVENTFOLD_DATABASE_URL"):
         Settings.from_env({name: READ_URL})
+
+
+def test_stream_placement_is_read_and_reaches_the_stream_config() -> None:
+    from framework.adapters.nats import JetStreamSettings
+
+    settings = Settings.from_env({"EVENTFOLD_STREAM_PLACEMENT_CLUSTER": "east-1", "EVENTFOLD_STREAM_REPLICAS": "3",
+                                  "EVENTFOLD_STREAM_PLACEMENT_TAGS": " az:eu-1 , ssd "})
+    assert (settings.stream_placement_cluster, settings.stream_placement_tags) == ("east-1", ("az:eu-1", "ssd"))
+    config = JetStreamSettings.from_settings(settings).stream_config()
+    assert config.num_replicas == 3
+    assert config.placement is not None
+    assert (config.placement.cluster, config.placement.tags) == ("east-1", ["az:eu-1", "ssd"])
+    assert JetStreamSettings.from_settings(Settings()).stream_config().placement is None
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("EVENTFOLD_STREAM_PLACEMENT_CLUSTER", "east 1"),
+    ("EVENTFOLD_STREAM_PLACEMENT_TAGS", "ssd,bad tag"),
+    ("EVENTFOLD_STREAM_PLACEMENT_TAGS", "a,*"),
+])
+def test_a_bad_placement_names_the_variable_and_the_value(name: str, value: str) -> None:
+    message = error_for({name: value})
+    assert name in message and repr(value) in message
