@@ -411,6 +411,7 @@ class JetStreamPublisher:
         self._window = max(1, min(window, 4000))  # below nats-py's own limit of pending acks
         self._owns_connection = owns_connection
         self._stream_ready = False
+        self._stream_checked = False  # brought to the settings once
         self._clock = clock
         self._failed: tuple[int, float] | None = None  # (first position, when) of the batch that last failed
 
@@ -452,8 +453,11 @@ class JetStreamPublisher:
             return
         self._connection.check_connected()
         if not self._stream_ready:
-            await self._connection.ensure_stream()
-            self._stream_ready = True
+            # The first time, bring the stream to the settings; after a publish no stream answered (a leader
+            # election, or a server that lost it), only make sure it exists: an update while a cluster
+            # node is away could be refused for want of peers.
+            await self._connection.ensure_stream(update=not self._stream_checked)
+            self._stream_ready = self._stream_checked = True
         futures: list[asyncio.Future[Any]] = []
         try:
             await self._send_all(notifications, futures)

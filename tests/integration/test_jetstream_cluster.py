@@ -100,6 +100,8 @@ def test_killing_the_stream_leader_then_a_consumer_leader_loses_and_doubles_noth
     finally:
         writer.stop()
     wait_settled(views, store, timeout=120)
+    consumer_leader.start()  # the cluster whole again for the audit (its own consumer reads the stream)
+    nats_cluster.wait_replicas_current(cluster_stream, consumers)
     config = nats_cluster.stream_config(cluster_stream)
     assert (config.num_replicas, config.placement.cluster if config.placement else None) == (3, CLUSTER_NAME)
     assert_stream_matches_store(cluster_stream, store)  # 0 lost, 0 duplicates in the stream

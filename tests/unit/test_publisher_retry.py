@@ -68,7 +68,7 @@ class FakeConnection:
     def check_connected(self) -> None:
         return None
 
-    async def ensure_stream(self) -> None:
+    async def ensure_stream(self, *, update: bool = True) -> None:
         return None
 
 
