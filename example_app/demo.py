@@ -111,6 +111,8 @@ def _demo_queries(base: str, position: int) -> str:
         curl('{ cards(filter: {status: "cancelled"}) { nodes { actionId cancellationReason } } }'),
         curl("{ projections { name position lagEvents state } }"),
         "",
+        f"The operator console (projections, dead letters, events, replays) is at {base}/console/",
+        "",
         "Commands go to POST /commands/{Name} (GET /openapi.json lists them); pass the `position` a command",
         "returns as the Eventfold-Position header of a query to read your own write.",
         "",

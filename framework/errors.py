@@ -26,6 +26,7 @@ HTTP and GraphQL layers expose to clients.
     ├── Unauthenticated            no valid credentials (missing, malformed, expired token)
     ├── Forbidden                  valid credentials without a role the request needs
     ├── RateLimited                too many requests from one client; retry later
+    ├── TooManyWaiting             the process already holds as many read-your-writes waits as it may
     └── ConfigurationError         a setting is missing or malformed
 """
 
@@ -56,6 +57,7 @@ __all__ = [
     "RowRejected",
     "RuleViolation",
     "StoreUnavailable",
+    "TooManyWaiting",
     "Unauthenticated",
     "Unavailable",
     "UnknownCommand",
@@ -221,6 +223,17 @@ class RateLimited(EventfoldError):
     """The client sent more requests than its allowance; ``retry_after`` is in seconds (429)."""
 
     code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class TooManyWaiting(EventfoldError):
+    """A request would wait for a position while the process already holds its limit of waiting
+    requests (``EVENTFOLD_MAX_WAITING_REQUESTS``); ``retry_after`` is in seconds (503)."""
+
+    code = "too_many_waiting"
 
     def __init__(self, message: str, retry_after: int = 1) -> None:
         super().__init__(message)

@@ -24,10 +24,12 @@ from framework.errors import EventSchemaError
 from framework.events import Event, EventEnvelope, EventMetadata, event_type_named
 
 __all__ = [
+    "RawDocument",
     "StoredHeader",
     "decode_snapshot",
     "encode_snapshot",
     "from_stored",
+    "raw_document",
     "stored_at_version",
     "stored_header",
     "stored_trace_context",
@@ -179,6 +181,31 @@ def stored_header(stored: StoredEvent) -> StoredHeader:
         recorded_at=_moment(meta.get("recorded_at")),
         trace_context=_strings(meta.get("trace_context")),
     )
+
+
+@dataclass(frozen=True)
+class RawDocument:
+    """A stored event's document as it is stored: neither validated nor upcast (for people to read, in
+    the operator console). A document that is not a JSON object is all ``data``."""
+
+    aggregate_type: str | None
+    schema_version: int | None
+    metadata: dict[str, Any]
+    data: Any
+
+
+def raw_document(stored: StoredEvent) -> RawDocument:
+    """The document of ``stored`` as stored, whatever the event classes of this process say about it."""
+    try:
+        document = json.loads(stored.state)
+    except ValueError:
+        text = stored.state.decode("utf-8", "replace") if isinstance(stored.state, bytes) else str(stored.state)
+        return RawDocument(None, None, {}, text)
+    if not isinstance(document, dict):
+        return RawDocument(None, None, {}, document)
+    meta, version = document.get("meta"), document.get("v")
+    return RawDocument(_text(document.get("agg")), version if isinstance(version, int) else None,
+                       meta if isinstance(meta, dict) else {}, document.get("data"))
 
 
 def stored_trace_context(stored: StoredEvent) -> dict[str, str] | None:

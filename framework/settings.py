@@ -84,6 +84,8 @@ class Settings:
     group_commit: bool = True  # EVENTFOLD_GROUP_COMMIT: PostgreSQL appends of concurrent commands share a commit
     app: str | None = None  # `package.module:app` naming the application's App (framework.loading finds it)
     consistency_timeout_seconds: float = 5.0
+    max_waiting_requests: int = 1_000  # read-your-writes waits held at once per query process; more get 503
+    max_subscriptions: int = 10_000  # live GraphQL subscriptions open at once per query process
     nats_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
@@ -131,6 +133,7 @@ class Settings:
     stream_placement_cluster: str | None = None  # EVENTFOLD_STREAM_PLACEMENT_CLUSTER: the JetStream cluster
     stream_placement_tags: tuple[str, ...] = ()  # EVENTFOLD_STREAM_PLACEMENT_TAGS: servers carrying all these tags
     consumer_prefix: str = "eventfold-"
+    console: bool = True  # EVENTFOLD_CONSOLE: dev and query-api serve /console/ and the /ops/ API
     faults: str = ""  # EVENTFOLD_FAULTS: a testing aid, the fault points to arm (framework.faults)
     otel: tuple[tuple[str, str], ...] = ()  # the OTEL_* variables: OpenTelemetry's own configuration
 
@@ -156,6 +159,12 @@ class Settings:
             consistency_timeout_seconds=read.number(
                 "CONSISTENCY_TIMEOUT_SECONDS", float, defaults.consistency_timeout_seconds, minimum=0,
                 maximum=60,
+            ),
+            max_waiting_requests=read.number(
+                "MAX_WAITING_REQUESTS", int, defaults.max_waiting_requests, minimum=0, maximum=1_000_000
+            ),
+            max_subscriptions=read.number(
+                "MAX_SUBSCRIPTIONS", int, defaults.max_subscriptions, minimum=0, maximum=1_000_000
             ),
             host=read.text("HOST", defaults.host) or defaults.host,
             port=read.number("PORT", int, defaults.port, minimum=0, maximum=65535),
@@ -232,6 +241,7 @@ class Settings:
             consumer_prefix=read.matching(
                 "CONSUMER_PREFIX", defaults.consumer_prefix, _PREFIX_CHARS, _NAME_CHARS, allow_empty=True
             ),
+            console=_default(read.flag("CONSOLE"), defaults.console),
             faults=read.text("FAULTS", defaults.faults) or defaults.faults,
             otel=tuple(sorted((k, v) for k, v in env.items() if k.startswith("OTEL_"))),
         )

@@ -47,6 +47,7 @@ class CorporateActionCard(ReadModel):
     entitled_accounts: int | None = None
     announced_at: datetime
     updated_at: datetime
+    position: int = 0  # of the event that last changed the card: what a live subscription resumes from
 
 
 class CardsProjector(Projector):
@@ -67,7 +68,7 @@ class CardsProjector(Projector):
             security_name=security.name if security else event.isin,
             kind=event.terms.kind, record_date=event.record_date, payment_date=event.payment_date,
             terms=event.terms.model_dump(mode="json"), status="announced",
-            announced_at=at, updated_at=at,
+            announced_at=at, updated_at=at, position=context.envelope.position or 0,
         ))
 
     @on(CorporateActionValidated)
@@ -90,4 +91,5 @@ class CardsProjector(Projector):
         card = context.views.get(CorporateActionCard, action_id)
         assert card is not None, f"no card for {action_id}"
         changes["updated_at"] = context.envelope.metadata.recorded_at
+        changes["position"] = context.envelope.position or 0
         context.views.put(card.model_copy(update=changes))

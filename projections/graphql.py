@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from datetime import date
 from enum import Enum
 
@@ -19,6 +20,7 @@ from framework.graphql import (
     reads,
     requires,
 )
+from framework.graphql.live import changed_rows, moved_positions
 from framework.read import Condition, Sort, paginate
 from framework.status import projection_statuses
 from projections.cards import CorporateActionCard, SecurityRow
@@ -27,7 +29,7 @@ from projections.holdings import Holding as HoldingRow
 from projections.holdings import HoldingMovement
 from projections.notifications import NotificationRow
 
-__all__ = ["Query", "build_graphql"]
+__all__ = ["Query", "Subscription", "build_graphql"]
 
 Security = graphql_type(SecurityRow, name="Security", description="A registered security.")
 Entitlement = graphql_type(EntitlementRow, name="Entitlement",
@@ -187,7 +189,70 @@ class Query:
         return [ProjectionStatus(**{k: v for k, v in s.as_dict().items()}) for s in statuses]
 
 
+@strawberry.type(description="A card as of `position`, the position of the event that last changed it.")
+class CardUpdate:
+    position: int
+    card: Card
+
+
+@strawberry.type(description="A notification, sent by the event at `position`.")
+class NotificationUpdate:
+    position: int
+    notification: Notification
+
+
+@strawberry.type(description="A projection's position and how far it trails the event store's head.")
+class LagUpdate:
+    projection: str
+    position: int
+    head: int
+    lag_events: int
+
+
+@strawberry.type(description="Live queries over WebSocket (graphql-transport-ws). Each update carries the "
+                             "position it reflects: resubscribe with `since` set to the last one to miss nothing.")
+class Subscription:
+    @strawberry.subscription(description="A corporate action's card as it moves through its states: first as it "
+                                         "is (if changed after `since`), then at each change.")
+    async def card(self, info: Info, action_id: str, since: int = 0) -> AsyncGenerator[CardUpdate, None]:
+        views = _context(info).views
+
+        def read(after: int) -> list[CorporateActionCard]:
+            return views.query("cards", CorporateActionCard,
+                               [Condition("action_id", "eq", action_id), Condition("position", "gt", after)])
+
+        rows_of = (CorporateActionCard, "action_id", action_id)  # woken only by changes of this card
+        async for row in changed_rows(info, "cards", since, read, rows_of=rows_of):
+            yield CardUpdate(position=row.position, card=Card.from_row(row))
+
+    @strawberry.subscription(description="A depositor's notifications sent after `since` (none given: from now), "
+                                         "then each new one, in order.")
+    async def notifications(self, info: Info, account_number: str, since: int | None = None
+                            ) -> AsyncGenerator[NotificationUpdate, None]:
+        views = _context(info).views
+
+        def read(after: int) -> list[NotificationRow]:
+            return views.query("notifications", NotificationRow,
+                               [Condition("account_number", "eq", account_number), Condition("position", "gt", after)],
+                               Sort("position"), limit=500)
+
+        async for row in changed_rows(info, "notifications", since, read, page_size=500,
+                                      rows_of=(NotificationRow, "account_number", account_number)):
+            yield NotificationUpdate(position=row.position, notification=Notification.from_row(row))
+
+    @strawberry.subscription(description="A projection's position and lag, each time it moves (role `ops`).",
+                             permission_classes=[requires("ops")])
+    async def projection_lag(self, info: Info, name: str, since: int | None = None
+                             ) -> AsyncGenerator[LagUpdate, None]:
+        context = _context(info)
+        async for positions in moved_positions(info, [name], since):
+            head = await context.watch.current_head(max_age=0.25) if context.watch else None
+            position = positions[name]
+            head = position if head is None else max(head, position)
+            yield LagUpdate(projection=name, position=position, head=head, lag_events=head - position)
+
+
 def build_graphql() -> GraphQLSpec:
     """The example's schema: its ``App`` (``example_app/app.py``) names this function. Its fields declare
     the projections they read (``@reads``): read-your-writes waits for those."""
-    return GraphQLSpec(Query)
+    return GraphQLSpec(Query, subscription=Subscription)

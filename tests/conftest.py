@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.browser import chromium_browser, chromium_page  # noqa: F401  (shared fixtures)
 from support.nats import jetstream_settings, nats_server, private_nats  # noqa: F401  (shared fixtures)
 from support.postgres import (
     NoPostgres,

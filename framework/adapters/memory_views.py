@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from framework.errors import ConcurrencyConflict, VersionSwitched
+from framework.positions import PositionChange, touched_by
 from framework.query import BY_KEY, Condition, Sort, check_conditions, sorted_rows
 from framework.readmodel import ReadModel
 from framework.staging import StagedBatch, StagedViews
@@ -69,6 +70,8 @@ class _MemoryBatch(StagedBatch):
                 last_event_at=self.event_time or state.last_event_at,
                 updated_at=self._store._clock(),
             )
+            self._store._announce(PositionChange(self._name, state.version, self.position,
+                                                 touched=touched_by(self.changes())))
         for letter in self.letters:
             self._store._park(letter)
         for letter_id in self.settled:
@@ -102,6 +105,22 @@ class MemoryViewStore:
         self._deadlines: dict[tuple[str, str], Deadline] = {}
         self._leases: dict[str, LeaseState] = {}
         self._next_id = 1
+        self._observers: list[Callable[[PositionChange], None]] = []
+
+    def observe(self, observer: Callable[[PositionChange], None]) -> Callable[[], None]:
+        """Call ``observer`` with every committed position (under the store's lock: it must only hand
+        the change on); returns what stops it. ``framework.adapters.memory_positions`` listens so."""
+        with self._lock:
+            self._observers.append(observer)
+        return lambda: self._forget(observer)
+
+    def _forget(self, observer: Callable[[PositionChange], None]) -> None:
+        with self._lock:
+            self._observers.remove(observer)
+
+    def _announce(self, change: PositionChange) -> None:
+        for observer in list(self._observers):
+            observer(change)
 
     def create_schema(self) -> None:
         """Nothing to create in memory."""
@@ -160,6 +179,8 @@ class MemoryViewStore:
         with self.batch(name, version, follow_active=False) as batch:
             yield batch
             self._active[name] = version
+            self._announce(PositionChange(name, version, self._versions[(name, version)].state.position,
+                                          switched=True))
 
     def set_state(self, name: str, version: int, state: str, error: str | None = None) -> None:
         with self._lock:

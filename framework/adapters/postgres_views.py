@@ -8,6 +8,7 @@ with a guard (it only moves forward), and both commit together.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import operator
 import time
@@ -25,6 +26,7 @@ from psycopg.types.json import Jsonb
 from framework.adapters.pg_columns import column_definitions, to_parameters
 from framework.adapters.pg_pool import PgPool
 from framework.errors import ConcurrencyConflict, RowRejected, StoreUnavailable, VersionSwitched
+from framework.positions import PositionChange, Touched, touched_by
 from framework.query import BY_KEY, Condition, Sort, check_conditions
 from framework.readmodel import ReadModel
 from framework.settings import PostgresSettings
@@ -40,7 +42,7 @@ from framework.views import (
     Views,
 )
 
-__all__ = ["PostgresViewStore"]
+__all__ = ["PostgresViewStore", "parse_notice", "position_channel", "position_notice"]
 
 R = TypeVar("R", bound=ReadModel)
 Conn = Connection[dict[str, Any]]
@@ -72,6 +74,48 @@ CREATE TABLE IF NOT EXISTS {s}.eventfold_deadlines (
 CREATE TABLE IF NOT EXISTS {s}.eventfold_projection_leases (
     name text PRIMARY KEY, owner text NOT NULL, expires_at timestamptz NOT NULL, progress_at timestamptz);
 """
+
+def position_channel(schema: str) -> str:
+    """The NOTIFY channel of a schema's projection positions: one per schema, so that stores (and
+    parallel test runs) in one database do not hear each other. At most 63 bytes, PostgreSQL's limit."""
+    channel = f"eventfold_positions.{schema}"
+    if len(channel.encode()) <= 63:
+        return channel
+    return f"eventfold_positions.{hashlib.sha256(schema.encode()).hexdigest()[:40]}"
+
+
+_MAX_NOTICE = 7_900  # PostgreSQL refuses a NOTIFY payload of 8,000 bytes or more
+
+
+def position_notice(name: str, version: int, position: int, *, switched: bool = False,
+                    touched: Touched | None = None) -> str:
+    """The payload announcing a committed position: ``version position flag name``, then on a second
+    line the keys of the rows the batch changed, as JSON by table, when they fit (else: not known)."""
+    head = f"{version} {position} {'s' if switched else '-'} {name}"
+    if not touched:
+        return head
+    keys = json.dumps({table: sorted(map(list, found)) for table, found in touched.items()},
+                      separators=(",", ":"), ensure_ascii=False)
+    return head if len(head.encode()) + len(keys.encode()) + 1 > _MAX_NOTICE else f"{head}\n{keys}"
+
+
+def parse_notice(payload: str) -> PositionChange | None:
+    """The change a payload announces; None for one this version cannot read."""
+    head, _, keys = payload.partition("\n")
+    parts = head.split(" ", 3)
+    if len(parts) != 4 or not parts[0].isdigit() or not parts[1].isdigit():
+        return None
+    return PositionChange(parts[3], int(parts[0]), int(parts[1]), switched=parts[2] == "s",
+                          touched=_parse_touched(keys) if keys else None)
+
+
+def _parse_touched(text: str) -> Touched | None:
+    try:
+        found = json.loads(text)
+        return {str(table): frozenset(tuple(str(v) for v in key) for key in keys) for table, keys in found.items()}
+    except (ValueError, TypeError, AttributeError):
+        return None
+
 
 # Take the lease if it is free, expired or ours; renew it if ours. No row back: another owner holds it.
 _ACQUIRE = """
@@ -238,6 +282,7 @@ class PostgresViewStore:
         self._caches: dict[tuple[str, int], RowCache] = {}
         self._active_cache: dict[str, tuple[int, float]] = {}
         self._s = sql.Identifier(self._schema)
+        self.channel = position_channel(self._schema)
 
     @contextmanager
     def _connection(self) -> Iterator[Conn]:
@@ -324,6 +369,10 @@ class PostgresViewStore:
             self._commit(conn, name, version, batch)
             conn.execute(sql.SQL("UPDATE {} SET version = %s WHERE name = %s").format(
                 self._table("eventfold_projection_active")), (version, name))
+            position = conn.execute(sql.SQL("SELECT position FROM {} WHERE name = %s AND version = %s").format(
+                self._table("eventfold_projection_positions")), (name, version)).fetchone()
+            conn.execute("SELECT pg_notify(%s, %s)", (self.channel, position_notice(
+                name, version, int(position["position"]) if position else 0, switched=True)))
 
     @contextmanager
     def _transaction(
@@ -388,11 +437,15 @@ class PostgresViewStore:
             return
         guard, expected = ("position = %s", batch.since) if batch.since is not None else ("position < %s",
                                                                                         batch.position)
+        # One statement: the new position, and its NOTIFY (delivered to listeners when this commits).
         advance = sql.SQL(
-            "UPDATE {} SET position = %s, last_event_at = coalesce(%s, last_event_at),"
-            " updated_at = now() WHERE name = %s AND version = %s AND " + guard
+            "WITH moved AS (UPDATE {} SET position = %s, last_event_at = coalesce(%s, last_event_at),"
+            " updated_at = now() WHERE name = %s AND version = %s AND " + guard + " RETURNING 1)"
+            " SELECT pg_notify(%s, %s) FROM moved"
         ).format(self._table("eventfold_projection_positions"))
-        moved = conn.execute(advance, (batch.position, batch.event_time, name, version, expected)).rowcount
+        notice = position_notice(name, version, batch.position, touched=touched_by(batch.changes()))
+        moved = conn.execute(advance, (batch.position, batch.event_time, name, version, expected,
+                                       self.channel, notice)).rowcount
         if moved != 1:
             raise ConcurrencyConflict(f"{name} v{version} was advanced by another worker")
 

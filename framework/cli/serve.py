@@ -79,6 +79,7 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
     from starlette.routing import Mount
 
     from framework.adapters.memory_bus import MemoryBus, MemoryConsumer, MemoryPublisher
+    from framework.adapters.memory_positions import MemoryPositionSignals
     from framework.adapters.memory_views import MemoryViewStore
     from framework.graphql.app import query_routes
     from framework.http.edge import EdgeApp
@@ -98,6 +99,7 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
     tracer = tracing(settings, "dev")
     bus = command_bus(embedded, application_.commands, store, metrics, tracer)
     views = MemoryViewStore()  # rebuilt from the stored events at every start
+    watch = _watch(embedded, MemoryPositionSignals(views), views, store)
     metrics.watch_relay(store)
     metrics.watch_projections(store, views)
     events = MemoryBus()
@@ -123,12 +125,13 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
             yield
         finally:
             stop.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, watch.close(), return_exceptions=True)
 
     write_app = create_write_app(bus, _write_options(embedded), metrics=metrics, authenticator=auth)
     query_options = _query_options(embedded, introspection=True)
     routes = [*query_routes(graphql, views, store, options=query_options, metrics=metrics,
-                            authenticator=auth, tracer=tracer),
+                            authenticator=auth, tracer=tracer, watch=watch),
+              *_console(embedded, store, views, application_, auth),
               Mount("/", app=write_app)]
     app = EdgeApp(routes=routes, lifespan=background)
     app.router.redirect_slashes = False  # a redirect would be built from the Host header a client sent
@@ -145,6 +148,19 @@ async def _seed(app: App, bus: Any, settings: Settings) -> None:
         log.exception("the seed function of %r failed", app.name)
 
 
+def _console(settings: Settings, store: Any, views: Any, application_: App, auth: Any) -> list[Any]:
+    """``/console/`` and the ``/ops/`` API it calls, unless ``EVENTFOLD_CONSOLE=off``."""
+    if not settings.console:
+        return []
+    from framework.http.console import console_routes
+    from framework.http.operator import operator_routes
+
+    factories = dict(zip((p.name for p in application_.build_projectors()), application_.projections, strict=True))
+    return [*console_routes(), *operator_routes(store, views, [], authenticator=auth, projector_factories=factories,
+                                                auth_failures_per_minute=settings.auth_failures_per_minute or None,
+                                                rate_limit_per_second=settings.rate_limit_per_second)]
+
+
 def run_query_api(settings: Settings, args: argparse.Namespace) -> int:
     from framework.graphql import create_query_app
     from framework.metrics import Metrics
@@ -157,15 +173,28 @@ def run_query_api(settings: Settings, args: argparse.Namespace) -> int:
     metrics = Metrics()
     metrics.watch_projections(store, views)
     metrics.watch_breakers([breaker])
-    app = create_query_app(graphql_of(application(settings, args)), views, store,
+    from framework.adapters.pg_positions import PostgresPositionSignals
+
+    watch = _watch(settings, PostgresPositionSignals(postgres), views, store)
+    application_ = application(settings, args)
+    app = create_query_app(graphql_of(application_), views, store,
                            options=_query_options(settings, introspection=False),
-                           metrics=metrics, authenticator=auth, breaker=breaker, tracer=tracer)
+                           metrics=metrics, authenticator=auth, breaker=breaker, tracer=tracer, watch=watch)
+    app.router.routes[:0] = _console(settings, store, views, application_, auth)  # before its catch-all errors
 
     def close() -> None:
         views.close()
         store.close()
 
     return _serve(settings, app, args, close)
+
+
+def _watch(settings: Settings, signals: Any, views: Any, store: Any) -> Any:
+    """The process's position watch: read-your-writes and subscriptions wait on it, not by polling."""
+    from framework.positions import PositionWatch
+
+    return PositionWatch(signals, views, store.head, max_waiting=settings.max_waiting_requests,
+                         max_subscriptions=settings.max_subscriptions)
 
 
 def _query_options(settings: Settings, *, introspection: bool) -> Any:

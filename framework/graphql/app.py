@@ -11,7 +11,12 @@
 - Read-your-writes: a request with header ``Eventfold-Position: N`` waits
   (bounded) until every projection its fields read (``@reads``, in
   ``framework.graphql.reads``) has applied position N; the response's
-  ``extensions.consistency`` says whether it did.
+  ``extensions.consistency`` says whether it did. With a ``PositionWatch``
+  (``framework.positions``; the CLI always gives one) the wait is woken by
+  the projections' commits; without one it reads the positions every
+  ``poll_seconds``.
+- Subscriptions over WebSocket when the spec has a subscription type
+  (``framework.graphql.live``).
 - No GraphiQL page (it would fetch its assets from a CDN) and no mutations:
   the write path is the write API.
 """
@@ -19,12 +24,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TypeVar, cast
@@ -49,7 +55,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.asgi import GraphQL
 from strawberry.dataloader import DataLoader
@@ -62,15 +68,17 @@ from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
 from strawberry.types import ExecutionResult
 
 from framework.breaker import CircuitBreaker
-from framework.errors import EventfoldError, RateLimited, Unauthenticated, Unavailable
+from framework.errors import EventfoldError, RateLimited, TooManyWaiting, Unauthenticated, Unavailable
 from framework.graphql.inputs import BadJson, parse_json, unstorable_text
 from framework.graphql.limits import DocumentLimits, check_document
+from framework.graphql.live import LIVE_PROTOCOLS, LiveConnections, stream_extensions
 from framework.graphql.reads import ReadMap
 from framework.graphql.tracing import ReadSpans, tracing_extensions
 from framework.http.edge import EdgeApp
 from framework.http.gate import Gate, admitted
 from framework.http.health import Check, metrics_route, projections_check, ready_route, store_check, views_check
 from framework.metrics import Metrics
+from framework.positions import PositionWatch
 from framework.query import Condition, InvalidQuery
 from framework.readmodel import ReadModel
 from framework.security import ANONYMOUS, Authenticator, Principal
@@ -105,6 +113,7 @@ class GraphQLSpec:
 
     query: type
     projections_by_field: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    subscription: type | None = None  # live queries over WebSocket (``framework.graphql.live``)
 
 
 @dataclass(frozen=True)
@@ -144,8 +153,10 @@ class QueryContext:
     principal: Principal = ANONYMOUS
     breaker: CircuitBreaker | None = None
     spans: ReadSpans | None = None  # set by the tracing extension when a tracer records spans
+    watch: PositionWatch | None = None  # the process's position listener: waits without polling
+    connection_params: dict[str, Any] | None = None  # a WebSocket's connection_init payload
     _loaders: dict[Hashable, DataLoader[Any, Any]] = field(default_factory=dict)
-    _waiting: bool = field(default=False, init=False)  # the wait polls positions: its own span covers those reads
+    _waiting: bool = field(default=False, init=False)  # the wait reads positions: its own span covers those reads
 
     async def read(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a (blocking) view-store call off the event loop, through the breaker when there is one."""
@@ -201,6 +212,8 @@ class QueryContext:
             self._waiting = False
 
     async def _poll(self, projections: Sequence[str], position: int) -> dict[str, Any]:
+        if self.watch is not None:
+            return await self.watch.wait_for(projections, position, self.options.consistency_timeout)
         deadline = time.monotonic() + self.options.consistency_timeout
         while True:
             positions = {p: await self.read(self.views.active_position, p) for p in projections}
@@ -306,7 +319,7 @@ class _Schema(strawberry.Schema):
 
 def build_schema(
     query: type, options: QueryApiOptions, projections_by_field: Mapping[str, Sequence[str]] | None = None,
-    metrics: Metrics | None = None, *, tracer: Tracer | None = None,
+    metrics: Metrics | None = None, *, tracer: Tracer | None = None, subscription: type | None = None,
 ) -> strawberry.Schema:
     """The schema with Eventfold's extensions: caches, limits, read-your-writes and request metrics."""
     named = {"projections_by_field": projections_by_field or {}}
@@ -315,6 +328,7 @@ def build_schema(
     documents = _Documents(options)
     schema = _Schema(
         query=query,
+        subscription=subscription,
         config=StrawberryConfig(name_converter=_CachedNames()),
         # Factories, not instances: an extension instance holds the current
         # request's execution context, so sharing one between requests races.
@@ -323,6 +337,7 @@ def build_schema(
             lambda: _Checked(documents),
             consistency,
             *counted,
+            *stream_extensions(_formatted),
         ],
     )
     consistency.read_map = ReadMap.of(schema)  # the fields' declarations, once the schema has its types
@@ -449,15 +464,17 @@ def _error(message: str, code: str, error: GraphQLError) -> dict[str, Any]:
 
 
 _UNAVAILABLE = "eventfold.unavailable"  # set when nothing could be read: the answer becomes a 503
+_TOO_MANY_WAITING = "eventfold.too_many_waiting"  # the read-your-writes wait was refused: a 503 too
 
 
-class _QueryApi(GraphQL[QueryContext, None]):
+class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
     def __init__(self, schema: strawberry.Schema, views: ViewStore, store: EventLog | None,
                  options: QueryApiOptions, authenticator: Authenticator | None = None,
-                 breaker: CircuitBreaker | None = None) -> None:
-        super().__init__(schema, graphql_ide=None, allow_queries_via_get=True)
+                 breaker: CircuitBreaker | None = None, watch: PositionWatch | None = None) -> None:
+        super().__init__(schema, graphql_ide=None, allow_queries_via_get=True,
+                         subscription_protocols=LIVE_PROTOCOLS)
         self._views, self._store, self._options = views, store, options
-        self._breaker = breaker
+        self._breaker, self._watch = breaker, watch
         self._gate = Gate(authenticator, rate_per_second=options.rate_limit_per_second,
                           failures_per_minute=options.auth_failures_per_minute)
 
@@ -476,11 +493,17 @@ class _QueryApi(GraphQL[QueryContext, None]):
             response = await self.run(Request(scope=scope, receive=receive))
             if scope.get(_UNAVAILABLE):
                 _make_unavailable(response, self._breaker)
+            elif scope.get(_TOO_MANY_WAITING):
+                response.status_code = 503
+                response.headers["Retry-After"] = str(scope[_TOO_MANY_WAITING])
         except Unauthenticated as error:
             response = _graphql_error(401, error.message, "UNAUTHENTICATED")
             response.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
         except RateLimited as error:
             response = _graphql_error(429, error.message, "RATE_LIMITED")
+            response.headers["Retry-After"] = str(error.retry_after)
+        except TooManyWaiting as error:
+            response = _graphql_error(503, error.message, "TOO_MANY_WAITING")
             response.headers["Retry-After"] = str(error.retry_after)
         except Unavailable as error:  # e.g. the token keys cannot be fetched
             response = _unavailable(1.0, error.message)
@@ -504,9 +527,13 @@ class _QueryApi(GraphQL[QueryContext, None]):
         return data
 
     async def get_context(self, request: Any, response: Any) -> QueryContext:
+        if self.is_websocket_request(request):  # its principal comes with connection_init (on_ws_connect)
+            # A WebSocket: a Request's connection part (headers, client); it has no body to read.
+            return QueryContext(cast(Request, request), self._views, self._store, self._options,
+                                breaker=self._breaker, watch=self._watch)
         return QueryContext(request, self._views, self._store, self._options,
                             min_position=_min_position(request),
-                            principal=admitted(request), breaker=self._breaker)
+                            principal=admitted(request), breaker=self._breaker, watch=self._watch)
 
     async def process_result(self, request: Any, result: ExecutionResult) -> GraphQLHTTPResponse:
         response: GraphQLHTTPResponse = {"data": result.data}
@@ -514,6 +541,9 @@ class _QueryApi(GraphQL[QueryContext, None]):
             response["errors"] = [_formatted(e, suggestions=self._options.introspection) for e in result.errors]
             if _nothing_read(result):
                 request.scope[_UNAVAILABLE] = True
+            waits = [e.original_error for e in result.errors if isinstance(e.original_error, TooManyWaiting)]
+            if waits:  # refused before anything was read: a 503, as for an unavailable read model
+                request.scope[_TOO_MANY_WAITING] = waits[0].retry_after
         if result.extensions:
             response["extensions"] = result.extensions
         return response
@@ -615,16 +645,23 @@ def query_routes(
     authenticator: Authenticator | None = None,
     breaker: CircuitBreaker | None = None,
     tracer: Tracer | None = None,
-) -> list[Route]:
+    watch: PositionWatch | None = None,
+) -> list[BaseRoute]:
     """``/graphql`` (GET and POST), to mount beside other routes (the embedded mode does).
 
     Without ``authenticator`` every caller is anonymous (and passes every ``requires``).
     With ``breaker``, every read-model call goes through it, and while it is open
-    requests are answered 503 at once."""
+    requests are answered 503 at once. With ``watch``, read-your-writes waits on it (no polling), and
+    a spec with a ``subscription`` type is also served over WebSocket on ``/graphql``."""
     options = options or QueryApiOptions()
-    schema = build_schema(spec.query, options, spec.projections_by_field, metrics, tracer=tracer)
-    graphql = _Guard(_QueryApi(schema, views, store, options, authenticator, breaker), options.max_body_bytes)
-    return [Route("/graphql", graphql, methods=["GET", "POST"])]
+    schema = build_schema(spec.query, options, spec.projections_by_field, metrics, tracer=tracer,
+                          subscription=spec.subscription)
+    api = _QueryApi(schema, views, store, options, authenticator, breaker, watch)
+    graphql = _Guard(api, options.max_body_bytes)
+    routes: list[BaseRoute] = [Route("/graphql", graphql, methods=["GET", "POST"])]
+    if spec.subscription is not None:
+        routes.append(WebSocketRoute("/graphql", api))
+    return routes
 
 
 def create_query_app(
@@ -637,6 +674,7 @@ def create_query_app(
     authenticator: Authenticator | None = None,
     breaker: CircuitBreaker | None = None,
     tracer: Tracer | None = None,
+    watch: PositionWatch | None = None,
 ) -> Starlette:
     """The query API: ``/graphql``, ``GET /healthz``, ``GET /readyz`` and ``GET /metrics``.
 
@@ -652,9 +690,9 @@ def create_query_app(
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    app = EdgeApp(routes=[  # correlation ids on every response (framework.http.edge)
+    app = EdgeApp(lifespan=_closing(watch), routes=[  # correlation ids on every response (framework.http.edge)
         *query_routes(spec, views, store, options=options, metrics=metrics, authenticator=authenticator,
-                      breaker=breaker, tracer=tracer),
+                      breaker=breaker, tracer=tracer, watch=watch),
         Route("/healthz", healthz),
         ready_route(readiness_checks(views, store, options), options.ready_timeout_seconds),
         metrics_route(metrics),
@@ -662,6 +700,19 @@ def create_query_app(
     # No redirect of `/graphql/` to `/graphql`: Starlette builds its location from the Host header.
     app.router.redirect_slashes = False
     return app
+
+
+def _closing(watch: PositionWatch | None) -> Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]:
+    """A lifespan stopping the watch's listener when the server stops."""
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if watch is not None:
+                await watch.close()
+
+    return lifespan
 
 
 async def _routing_error(_: Request, error: Exception) -> Response:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 
 from framework.errors import RateLimited, Unauthenticated
 from framework.http.ratelimit import RateLimiter
@@ -43,10 +43,14 @@ class Gate:
                           if failures_per_minute else None)
 
     async def admit(self, request: Request) -> Principal:
+        return await self.admit_header(request, request.headers.get("authorization"))
+
+    async def admit_header(self, request: HTTPConnection, authorization: str | None) -> Principal:
+        """``admit`` with the ``Authorization`` value given apart (a WebSocket's ``connection_init``)."""
         address = client_address(request)
         self._refuse_a_failing_address(address)
         try:
-            principal = await self._authenticate(request.headers.get("authorization"))
+            principal = await self._authenticate(authorization)
         except Unauthenticated:
             if self._failures is not None:
                 self._failures.spend(address)
@@ -68,7 +72,7 @@ class Gate:
         return self._authenticator.authenticate(header)
 
 
-def admitted(request: Request) -> Principal:
+def admitted(request: HTTPConnection) -> Principal:
     """The principal ``Gate.admit`` let in with this request (``Unauthenticated`` if it let none in)."""
     principal = request.scope.get(_PRINCIPAL)
     if not isinstance(principal, Principal):
@@ -76,5 +80,5 @@ def admitted(request: Request) -> Principal:
     return principal
 
 
-def client_address(request: Request) -> str:
+def client_address(request: HTTPConnection) -> str:
     return request.client.host if request.client else "unknown"

@@ -625,7 +625,9 @@ def test_an_external_client_introspects_and_runs_the_example_queries(api: Api) -
         query_type = client.schema.query_type
         assert query_type is not None
         assert set(EXAMPLE_QUERIES) == set(query_type.fields)
-        assert client.schema.mutation_type is None and client.schema.subscription_type is None
+        assert client.schema.mutation_type is None  # commands go to the write API
+        subscriptions = client.schema.subscription_type  # live queries, over WebSocket
+        assert subscriptions is not None and set(subscriptions.fields) == {"card", "notifications", "projectionLag"}
         answers = {}
         for name, (query, variables) in EXAMPLE_QUERIES.items():
             result = session.execute(GraphQLRequest(query, variable_values=variables), get_execution_result=True)

@@ -87,7 +87,8 @@ def test_an_announced_action_is_a_card_named_after_its_security() -> None:
         SecurityRow(isin=APPLE, name="Apple Inc.", currency="USD"),
         CorporateActionCard(action_id="CA-1", isin=APPLE, security_name="Apple Inc.", kind="cash_dividend",
                             record_date=RECORD, payment_date=None, terms=DIVIDEND.model_dump(mode="json"),
-                            status="validated", announced_at=GIVEN_AT, updated_at=validated_at),
+                            status="validated", announced_at=GIVEN_AT, updated_at=validated_at,
+                            position=3),  # of the validation: the card's last change
     )
 
 

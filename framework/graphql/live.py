@@ -1,0 +1,165 @@
+"""Live queries: GraphQL subscriptions over WebSocket (``graphql-transport-ws``), fed by the position watch.
+
+A subscription field is an async generator; the helpers here make one from what a user already has
+(a projection and a blocking read of the view store), with no polling per subscriber:
+
+    @strawberry.type
+    class Subscription:
+        @strawberry.subscription
+        async def notifications(self, info: Info, account_number: str, since: int | None = None
+                                ) -> AsyncGenerator[Notification, None]:
+            read = lambda after: views.query("notifications", NotificationRow,
+                                             [Condition("account_number", "eq", account_number),
+                                              Condition("position", "gt", after)], Sort("position"))
+            async for row in changed_rows(info, "notifications", since, read):
+                yield Notification.from_row(row)
+
+``changed_rows`` yields the rows whose ``position`` column (the position of the event that last
+changed the row) is past ``since``, in position order, then every row changed later, as its batch
+commits. Each update carries the position it reflects, so a client that reconnects with the last
+position it got misses nothing and gets nothing twice (a row changed several times while a client
+was away, or slower than the changes, is sent once, as it is now: a subscriber gets the latest
+state, never a queue that grows). ``since`` None starts from now.
+
+Connections authenticate like queries: ``{"Authorization": "Bearer <token>"}`` in ``connection_init``'s
+payload (a bad or missing token closes the socket with 4403); field permissions, document limits and
+error codes are the queries' own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from graphql import GraphQLError
+from strawberry.exceptions import ConnectionRejectionError
+from strawberry.extensions import SchemaExtension
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+from strawberry.types import ExecutionResult, Info
+
+from framework.errors import ConfigurationError, EventfoldError, RateLimited, Unauthenticated
+from framework.positions import Interest, PositionWatch, key_text
+from framework.readmodel import ReadModel
+
+if TYPE_CHECKING:
+    from framework.graphql.app import QueryContext
+    from framework.http.gate import Gate
+
+__all__ = ["LIVE_PROTOCOLS", "LiveConnections", "changed_rows", "moved_positions", "stream_extensions"]
+
+T = TypeVar("T")
+LIVE_PROTOCOLS = (GRAPHQL_TRANSPORT_WS_PROTOCOL,)  # not the legacy graphql-ws
+
+
+class LiveConnections:
+    """The query API's WebSocket side: ``connection_init`` authenticates the connection."""
+
+    _gate: Gate
+
+    async def on_ws_connect(self, context: Any) -> None:
+        params = getattr(context, "connection_params", None) or {}
+        header = params.get("Authorization", params.get("authorization"))
+        if header is not None and not isinstance(header, str):
+            raise ConnectionRejectionError({"message": "Authorization must be a string"})
+        try:
+            context.principal = await self._gate.admit_header(context.request, header)
+        except (Unauthenticated, RateLimited) as error:
+            raise ConnectionRejectionError({"message": error.message, "code": error.code.upper()}) from None
+
+
+def stream_extensions(formatted: Callable[[GraphQLError], dict[str, Any]]) -> list[Any]:
+    """An extension giving the errors of streamed results (subscriptions) the queries' messages and codes."""
+
+    class CodedStreamErrors(SchemaExtension):
+        def on_stream_result(self, result: Any) -> Iterator[None]:
+            if isinstance(result, ExecutionResult) and result.errors:
+                result.errors = [_coded(e, formatted(e)) for e in result.errors]
+            yield
+
+    return [CodedStreamErrors]
+
+
+def _coded(error: GraphQLError, shown: dict[str, Any]) -> GraphQLError:
+    return GraphQLError(shown["message"], error.nodes, error.source, error.positions, error.path,
+                        extensions=shown.get("extensions"))
+
+
+class _Positioned(Protocol):
+    position: int
+
+
+R = TypeVar("R", bound=_Positioned)
+
+
+async def changed_rows(info: Info[Any, Any], projection: str, since: int | None,
+                       read: Callable[[int], Sequence[R]], *, page_size: int | None = None,
+                       rows_of: tuple[type[ReadModel], str, Any] | None = None) -> AsyncIterator[R]:
+    """Rows of ``projection`` changed after position ``since`` (``read(after)`` returns them, run off the
+    event loop), in position order; then, each time the projection commits, the rows it changed.
+
+    ``page_size``: the most rows ``read`` returns at once (its ``limit``); a full page is followed by
+    another read at once, since more rows may lie beyond it. ``rows_of``: ``(model, key column,
+    value)`` when ``read`` returns only rows of ``model`` with that value in that column of their key:
+    then a commit reads again only when it changed such a row (or cannot say which rows it changed),
+    not at every commit of the projection."""
+    context = _live_context(info)
+    watch = _watch(context)
+    with watch.subscribed(), watch.interest(_interest(projection, rows_of)) as changed:
+        heard = (await watch.positions([projection]))[projection]  # and the watch follows it from now on
+        last = heard if since is None else since
+        while True:
+            changed.clear()  # before the read: a commit during it or after it sets it again
+            rows = await context.read(read, last)
+            for row in sorted(rows, key=_position_of):
+                if row.position > last:
+                    last = row.position
+                    yield row
+            if page_size is None or len(rows) < page_size:
+                await changed.wait()
+
+
+def _interest(projection: str, rows_of: tuple[type[ReadModel], str, Any] | None) -> Interest:
+    if rows_of is None:
+        return Interest(projection)
+    model, column, value = rows_of
+    if column not in model.key:
+        raise ConfigurationError(f"rows_of: {column!r} is not a column of {model.__name__}'s key {model.key}")
+    return Interest(projection, model.table, model.key.index(column), key_text([value])[0])
+
+
+async def moved_positions(info: Info[Any, Any], projections: Sequence[str], since: int | None
+                          ) -> AsyncIterator[dict[str, int]]:
+    """The positions of ``projections`` each time one of them moves past what was last sent (first at
+    once unless ``since`` is given and none is past it)."""
+    watch = _watch(_live_context(info))
+    with watch.subscribed():
+        sent: dict[str, int] | None = None
+        while True:
+            now = await watch.positions(projections)
+            if now != sent and (since is None or sent is not None or max(now.values(), default=0) > since):
+                sent = now
+                yield now
+            await watch.any_beyond(now)
+
+
+def _position_of(row: _Positioned) -> int:
+    return row.position
+
+
+def _live_context(info: Info[Any, Any]) -> QueryContext:
+    from framework.graphql.app import QueryContext
+
+    context = info.context
+    if not isinstance(context, QueryContext):
+        raise ConfigurationError("subscriptions are served by the query API (framework.graphql)")
+    return context
+
+
+def _watch(context: QueryContext) -> PositionWatch:
+    if context.watch is None:
+        raise _LiveOff("live queries are not enabled on this server")
+    return context.watch
+
+
+class _LiveOff(EventfoldError):
+    code = "live_queries_off"
