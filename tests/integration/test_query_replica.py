@@ -11,8 +11,8 @@ read from the replica it answers from. Once replay resumes, the waiting query an
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -81,12 +81,12 @@ def test_query_api_answers_from_the_replica_and_waits_for_its_replay(
                 # Committed on the primary, not replayed on the replica: query-api does not see it...
                 assert graphql.data(HOLDINGS, {"account": account})["holdings"] == [{"isin": isin, "quantity": 42}]
                 # ...and a query asking for its position waits, reading the positions from the replica.
-                since = standby_now(pair)
                 waiting = Answer(query_api.base_url, account, second)
                 waiting.start()
-                wait_until(lambda: polls_positions_since(pair, since), timeout=60,
-                           message="query-api to poll the replica's positions for the waiting query")
-                assert waiting.is_alive(), waiting.body  # it cannot reach the position while replay is paused
+                # A waiting request costs no SQL and no metric shows it: give it time to arrive (nothing timed
+                # is asserted: while replay is paused it cannot be answered with the position reached).
+                time.sleep(1.0)
+                assert waiting.is_alive(), waiting.body
             finally:
                 pair.resume_replay()
             waiting.join(90)
@@ -100,20 +100,6 @@ def test_query_api_answers_from_the_replica_and_waits_for_its_replay(
         deployment.assert_no_tracebacks()
     finally:
         primary_views.close()
-
-
-def standby_now(pair: PrimaryAndStandby) -> datetime:
-    with pair.standby.connect(READS) as conn:
-        now: datetime = conn.execute("SELECT clock_timestamp()").fetchone()[0]
-    return now
-
-
-def polls_positions_since(pair: PrimaryAndStandby, since: datetime) -> bool:
-    """Whether a session on the replica ran the read-your-writes wait's position query since ``since``."""
-    with pair.standby.connect(READS) as conn:
-        found = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND query_start > %s"
-                             " AND query LIKE 'SELECT position FROM%%'", (READS, since)).fetchone()[0]
-    return bool(found)
 
 
 class Answer(threading.Thread):
