@@ -93,6 +93,10 @@ _STREAM_NOT_FOUND = 10059
 _CONSUMER_NOT_FOUND = 10014
 _STREAM_NAME_IN_USE = 10058
 
+# How long to wait for a stream's answer after a publish it did not answer: while its replicas elect a
+# leader nobody answers, and a short wait retries (with the caller's backoff) soon after the election.
+_ELECTION_CHECK_SECONDS = 1.0
+
 # Everything nats-py raises when the server cannot be reached or does not answer in time.
 _NATS_ERRORS: tuple[type[BaseException], ...] = (nats.errors.Error, asyncio.TimeoutError, OSError)
 _CLOSE_ERRORS: tuple[type[BaseException], ...] = (*_NATS_ERRORS, AttributeError, ValueError)
@@ -255,9 +259,10 @@ class JetStreamConnection:
         words = f", placement cluster={cluster}" if cluster else ""
         return words + (f", placement tags={','.join(tags)}" if tags else "")
 
-    async def stream_exists(self) -> bool:
+    async def stream_exists(self, *, timeout: float | None = None) -> bool:
+        """Whether the stream exists (``timeout``: seconds to wait for the answer, else the API's own)."""
         try:
-            await self.js.stream_info(self.settings.stream)
+            await asyncio.wait_for(self.js.stream_info(self.settings.stream), timeout)
         except nats.js.errors.NotFoundError:
             return False
         except _NATS_ERRORS as error:
@@ -453,10 +458,7 @@ class JetStreamPublisher:
             return
         self._connection.check_connected()
         if not self._stream_ready:
-            # The first time, bring the stream to the settings; after a publish no stream answered (a leader
-            # election, or a server that lost it), only make sure it exists: an update while a cluster
-            # node is away could be refused for want of peers.
-            await self._connection.ensure_stream(update=not self._stream_checked)
+            await self._stream_again() if self._stream_checked else await self._connection.ensure_stream()
             self._stream_ready = self._stream_checked = True
         futures: list[asyncio.Future[Any]] = []
         try:
@@ -469,6 +471,13 @@ class JetStreamPublisher:
         finally:
             for future in futures:  # frees the pending slots of unanswered publishes
                 future.cancel()
+
+    async def _stream_again(self) -> None:
+        """After a publish no stream answered: a leader election on a cluster (asking the stream, not the
+        cluster's meta leader, which may be electing too), or a server that lost the stream (create it,
+        without updating: an update while a cluster node is away could be refused for want of peers)."""
+        if not await self._connection.stream_exists(timeout=_ELECTION_CHECK_SECONDS):
+            await self._connection.ensure_stream(update=False)
 
     async def _send_all(self, notifications: Sequence[Notification],
                         futures: list[asyncio.Future[Any]]) -> None:
