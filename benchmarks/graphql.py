@@ -33,6 +33,11 @@ and never asserts: speed is reported, not tested.
     python benchmarks/graphql.py --quick         # smoke run
     python benchmarks/graphql.py --only hello,card --duration 10
     python benchmarks/graphql.py --py-spy /path/to/py-spy   # and where (a) spends the server's CPU
+    EVENTFOLD_GRAPHQL_RESPONSE_CACHE=0 python benchmarks/graphql.py   # every answer computed (no kept answers)
+
+The query API keeps answers while the read models they came from stand still (docs/graphql.md): with
+the read models idle, (a) and (b) are served from kept answers after their first request; the
+environment passes to the server, so EVENTFOLD_GRAPHQL_RESPONSE_CACHE=0 measures execution itself.
 """
 
 from __future__ import annotations
@@ -614,7 +619,7 @@ def profile_card(py_spy: str, driver: RawDriver | WrkDriver, server: Server, pha
     if spy.returncode != 0:
         print(f"py-spy failed: {err.decode(errors='replace')[-400:]}")
         return
-    print(f"py-spy of `eventfold query-api` under (a), {connections} connections, {seconds:.0f} s,"
+    print(f"py-spy of `eventfold query-api` under {phase.key}, {connections} connections, {seconds:.0f} s,"
           f" {result.rate:,.0f} req/s while sampled (sampling slows it); raw stacks: {raw}")
     _fold(raw, top)
 
@@ -795,6 +800,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=1, help="run every phase N times, report the best")
     parser.add_argument("--py-spy", dest="py_spy", help="py-spy binary: profile the server under (a) at the end")
     parser.add_argument("--py-spy-seconds", type=float, default=8.0)
+    parser.add_argument("--py-spy-phase", choices=["card", "cards"], default="card", help="the phase profiled")
     parser.add_argument("--query-api", dest="query_api", metavar="COMMAND",
                         help="serve (a) and (b) with COMMAND instead of `eventfold query-api` (an A/B of a"
                              " patch); it gets the same environment and --host/--port")
@@ -858,7 +864,7 @@ def run(args: argparse.Namespace) -> int:
             run_phases(ours, table, server, driver, args, results)
             report(results)
             if args.py_spy:
-                profile_card(args.py_spy, driver, server, table["card"], args.connections,
+                profile_card(args.py_spy, driver, server, table[args.py_spy_phase], args.connections,
                              args.py_spy_seconds, args.top)
     finally:
         databases.drop_all()

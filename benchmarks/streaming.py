@@ -697,6 +697,7 @@ def _apply_variants(names: list[str]) -> None:
 
 def replay_child(url: str, views_schema: str, variants: str = "") -> int:
     """Runs in a child process: ``rebuild`` the holdings projection, report time and memory as JSON."""
+    from framework.projector import with_partitions
     from framework.replay import rebuild
     from projections.holdings import HoldingsProjector
 
@@ -704,7 +705,7 @@ def replay_child(url: str, views_schema: str, variants: str = "") -> int:
     store, views = _stores(url, views_schema=views_schema)
     rss_start = _rss_kb()
     started, cpu0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
-    version = rebuild(HoldingsProjector(), views, store)
+    version = rebuild(with_partitions(HoldingsProjector(), 1), views, store)  # one partition, as before issue 13
     seconds = time.perf_counter() - started
     usage = resource.getrusage(resource.RUSAGE_SELF)
     position = views.position("holdings", version)
@@ -1242,6 +1243,7 @@ def run_eventfold_e2e(args: argparse.Namespace, scratch: Scratch) -> LatencyResu
         EVENTFOLD_DATABASE_URL=url, EVENTFOLD_DB_SCHEMA=schema, EVENTFOLD_NATS_URL=scratch.nats_url,
         EVENTFOLD_STREAM=settings.stream, EVENTFOLD_SUBJECT_PREFIX=settings.subject_prefix,
         EVENTFOLD_CONSUMER_PREFIX=settings.consumer_prefix,
+        EVENTFOLD_PARTITIONS="holdings=1",  # one worker, one position row: what the poller reads
     )
     eventfold = wp._eventfold_command()
     done = subprocess.run([*eventfold, "init-db"], env=env, capture_output=True, text=True, timeout=120)

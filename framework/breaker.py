@@ -18,15 +18,19 @@ import contextlib
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from uuid import UUID
 
 from framework.errors import BusUnavailable, StoreUnavailable, Unavailable
 from framework.store import ClaimOutcome, EventStore, IdempotencyCompletion, Notification, StoredEvent
 from framework.streaming import Delivery, EventConsumer, EventPublisher, FetchAhead
 
+if TYPE_CHECKING:
+    from framework.sharing import PartitionConsumer
+
 __all__ = [
-    "FIRST_COOL_DOWN", "BreakingConsumer", "BreakingEventStore", "BreakingPublisher", "CircuitBreaker", "bus_breaker",
+    "FIRST_COOL_DOWN", "BreakingConsumer", "BreakingEventStore", "BreakingPartitionConsumer", "BreakingPublisher",
+    "CircuitBreaker", "bus_breaker",
 ]
 
 T = TypeVar("T")
@@ -248,3 +252,17 @@ class BreakingConsumer:
 
     async def close(self) -> None:
         await self.consumer.close()
+
+
+class BreakingPartitionConsumer(BreakingConsumer):
+    """A partition's consumer (``framework.sharing.PartitionConsumer``) through a bus breaker."""
+
+    def __init__(self, consumer: PartitionConsumer, breaker: CircuitBreaker | None = None) -> None:
+        super().__init__(consumer, breaker)
+        self.partition_consumer = consumer
+
+    async def published_head(self) -> int:
+        return await self.breaker.call_async(self.partition_consumer.published_head)
+
+    async def delete(self) -> None:
+        await self.partition_consumer.delete()  # clean-up: tried even when open

@@ -180,13 +180,26 @@ class _ProjectionCollector(Collector):
             "deadlines_pending": _gauge("eventfold_projection_deadlines_pending",
                                         "Deadlines a process manager is waiting for", ["projection"]),
         }
+        partition_position = _gauge("eventfold_projection_partition_position",
+                                    "Last position a partition has passed", ["projection", "partition"])
+        partition_lag = _gauge("eventfold_projection_partition_lag_events",
+                               "Events stored after a partition's position", ["projection", "partition"])
+        partition_owner = _gauge("eventfold_projection_partition_owner",
+                                 "1 for the worker holding a partition's lease", ["projection", "partition", "owner"])
         for status in statuses:
             if not status.active or (self._names is not None and status.name not in self._names):
                 continue
             values: dict[str, Any] = {**status.as_dict(), "stalled": int(status.state == "stalled")}
             for key, family in families.items():
                 family.add_metric([status.name], float(values[key]))
+            for part in status.partitions:
+                labels = [status.name, str(part.index)]
+                partition_position.add_metric(labels, float(part.position))
+                partition_lag.add_metric(labels, float(part.lag_events))
+                if part.owner:
+                    partition_owner.add_metric([*labels, part.owner], 1.0)
         yield from families.values()
+        yield from (partition_position, partition_lag, partition_owner)
 
 
 class _RelayCollector(Collector):

@@ -28,6 +28,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 from framework.commands import Command
 from framework.errors import CommandRejected, ConfigurationError
 from framework.events import Event, EventEnvelope
+from framework.partitions import check_partition_count
 from framework.readmodel import ReadModel
 from framework.unit_of_work import checked_expected_version
 from framework.views import Deadline, Views
@@ -41,6 +42,7 @@ __all__ = [
     "Projector",
     "Refusal",
     "on",
+    "with_partitions",
 ]
 
 E = TypeVar("E", bound=Event)
@@ -158,16 +160,34 @@ class Projector:
     """An event that keeps failing (its handler, or a value the read-model database refuses):
     ``halt`` this projection (others in the process keep running), ``park`` it as a dead letter
     and go on, or ``retry`` it with backoff until it succeeds (the projection waits)."""
+    partitions: ClassVar[int] = 1
+    """How many partitions its events are split into (a power of two up to 256; 1: not partitioned).
+    Each partition is applied in order on its own, with its own position, by whichever worker holds
+    its lease (``eventfold project NAME`` started several times share them). Only for a projection
+    whose rows each belong to one partition key (``partition_key``, default the aggregate id); changing
+    the count takes a replay. See ``framework.partitions`` and docs/projections.md."""
     _handlers: ClassVar[dict[type[Event], Handler]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        check_partition_count(getattr(cls, "name", cls.__name__), cls.partitions)
         cls._handlers = {}
         for klass in reversed(cls.__mro__):
             for attribute in vars(klass).values():
                 event_type = getattr(attribute, _HANDLES, None)
                 if event_type is not None:
                     cls._handlers[event_type] = attribute
+
+    def partition_key(self, envelope: EventEnvelope) -> str:
+        """The key whose partition the event belongs to (default: its aggregate id). Override it to
+        partition by something else (the bus then delivers every event to every partition, which
+        keeps its own)."""
+        return str(envelope.aggregate_id)
+
+    @classmethod
+    def keys_by_aggregate(cls) -> bool:
+        """Partitioned by aggregate id (the default key): the bus can filter a partition's events."""
+        return cls.partition_key is Projector.partition_key
 
     @classmethod
     def handled_event_names(cls) -> set[str]:
@@ -183,6 +203,20 @@ class Projector:
 
     def context_for(self, envelope: EventEnvelope, views: Views, origin: str = "") -> HandlerContext:
         return HandlerContext(envelope, views)
+
+
+def with_partitions(projector: Projector, count: int) -> Projector:
+    """``projector`` split into ``count`` partitions instead of its class's (``EVENTFOLD_PARTITIONS``):
+    an instance of a subclass that differs only in ``partitions``."""
+    if count == projector.partitions:
+        return projector
+    cls = type(projector)
+    if isinstance(projector, ProcessManager) and count > 1:
+        raise ConfigurationError(f"{projector.name}: a process manager cannot be partitioned (its outbox is one)")
+    variant: type[Projector] = type(cls.__name__, (cls,), {"partitions": count, "__module__": cls.__module__})
+    copy = object.__new__(variant)
+    copy.__dict__.update(projector.__dict__)
+    return copy
 
 
 class ProcessManager(Projector):

@@ -15,17 +15,19 @@ rebuilt from its events: the copy is made in the database, and no other handler 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from uuid import UUID
 
 from framework.errors import AggregateNotFound, ConfigurationError
 from framework.mapper import from_stored
+from framework.partitions import Partition, partition_of
 from framework.projector import Projector
 from framework.readmodel import ReadModel
 from framework.staging import StagedViews
 from framework.store import EventLog, EventStore, EventStreams
-from framework.views import RowCaching, ViewStore
+from framework.views import PartitionedViews, RowCaching, ViewStore
 from framework.worker import ProjectionHalted, ProjectionWorker, WorkerOptions
 
 __all__ = ["AggregateRebuilt", "rebuild", "rebuild_aggregate"]
@@ -42,13 +44,61 @@ def rebuild(
     from_position: int = 0,
     progress: Callable[[int, int], None] | None = None,
     options: WorkerOptions | None = None,
+    parallel: int = 4,
 ) -> int:
-    """Build and switch in a new version of ``projector``'s read models; return its number."""
+    """Build and switch in a new version of ``projector``'s read models; return its number.
+
+    A partitioned projector (on a view store that keeps partitions) is rebuilt partition by partition,
+    ``parallel`` at a time, each from the event store into its own position; see ``_rebuild_partitions``.
+    """
+    if projector.partitions > 1 and isinstance(views, PartitionedViews):
+        return _rebuild_partitions(projector, views, store, from_position, progress, options, parallel)
     version = _new_version(projector, views)
     worker = ProjectionWorker(projector, views, store, None, options, version=version, follow_active=False)
     worker.skip_to(from_position)
     _catch_up_and_switch(worker, store, progress)
     return version
+
+
+def _rebuild_partitions(projector: Projector, views: ViewStore, store: EventLog, from_position: int,
+                        progress: Callable[[int, int], None] | None, options: WorkerOptions | None,
+                        parallel: int) -> int:
+    """Each partition caught up on its own thread (``parallel`` at once) to the head, twice (the second
+    pass takes what was stored during the first), then the version is switched in. What is stored
+    after the second pass is applied by the live workers, which follow the switch and catch their
+    partitions up from the store: until then read-your-writes waits for them, as it should."""
+    if parallel < 1:
+        raise ConfigurationError(f"parallel must be at least 1, not {parallel}")
+    version = _new_version(projector, views)
+    workers = _partition_workers(projector, views, store, version, options)
+    for worker in workers:
+        worker.skip_to(from_position)
+    _catch_up_partitions(workers, store, progress, parallel=parallel)
+    _switch_in(workers[0], store, progress)
+    return version
+
+
+def _partition_workers(projector: Projector, views: ViewStore, store: EventLog, version: int,
+                       options: WorkerOptions | None) -> list[ProjectionWorker]:
+    count = projector.partitions
+    if isinstance(views, PartitionedViews):
+        count = views.partition_count(projector.name, version) or count
+    return [ProjectionWorker(projector, views, store, None, options, version=version, follow_active=False,
+                             partition=Partition(index, count)) for index in range(count)]
+
+
+def _catch_up_partitions(workers: list[ProjectionWorker], store: EventLog,
+                         progress: Callable[[int, int], None] | None, *, parallel: int) -> None:
+    def report(_: int) -> None:
+        if progress:
+            progress(min(w.position for w in workers), store.head())
+
+    name = workers[0].name
+    with ThreadPoolExecutor(min(parallel, len(workers)), thread_name_prefix=f"replay-{name}") as pool:
+        for _ in range(2):
+            target = store.head()
+            for done in [pool.submit(w.catch_up, target, report) for w in workers]:
+                done.result()
 
 
 @dataclass(frozen=True)
@@ -86,16 +136,37 @@ def rebuild_aggregate(
     views.ensure_tables(name, active, models)  # a projection that never ran has empty tables to copy
     version = _new_version(projector, views)
     try:
-        position = views.copy_version(name, active, version, models)
+        position = _aggregate_position(projector, views, version, aggregate_id,
+                                       views.copy_version(name, active, version, models))
         changes = list(_rows_of(projector, store, aggregate_id, until=position))
         _write(views, name, version, changes)
     except BaseException:
         views.drop_tables(name, version, models)  # nothing refers to it yet
         raise
-    worker = ProjectionWorker(projector, views, store, None, options, version=version, follow_active=False)
-    _catch_up_and_switch(worker, store, progress)
+    if isinstance(views, PartitionedViews) and views.partition_count(name, version):
+        # Copied from a partitioned version: its partitions catch up (each from its copied position).
+        workers = _partition_workers(projector, views, store, version, options)
+        _catch_up_partitions(workers, store, progress, parallel=1)
+        _switch_in(workers[0], store, progress)
+    else:
+        worker = ProjectionWorker(projector, views, store, None, options, version=version, follow_active=False)
+        _catch_up_and_switch(worker, store, progress)
     deleted = sum(1 for _, _, row in changes if row is None)
     return AggregateRebuilt(version, len(changes) - deleted, deleted)
+
+
+def _aggregate_position(projector: Projector, views: ViewStore, version: int, aggregate_id: UUID,
+                        copied: int) -> int:
+    """The position the copied rows of the aggregate stand at: its partition's, when partitioned."""
+    if not isinstance(views, PartitionedViews):
+        return copied
+    count = views.partition_count(projector.name, version)
+    if not count:
+        return copied
+    if not projector.keys_by_aggregate():
+        raise ConfigurationError(f"{projector.name} is partitioned by a key of its own: one aggregate's events may"
+                                 f" lie in several partitions; `eventfold replay {projector.name}` rebuilds it whole")
+    return views.partition_position(projector.name, version, partition_of(str(aggregate_id), count))
 
 
 def _require_per_aggregate(projector: Projector) -> None:
@@ -133,13 +204,33 @@ def _catch_up_and_switch(worker: ProjectionWorker, store: EventLog,
         remaining = store.read_all(worker.position, 1_000_000_000)
         if remaining:
             worker.apply_within(batch, remaining, since=worker.position)
+    _switched(worker, known, active, report)
+
+
+def _switch_in(worker: ProjectionWorker, store: EventLog, progress: Callable[[int, int], None] | None) -> None:
+    """Make a partitioned version active (its partitions caught up already), then as ``_catch_up_and_switch``."""
+    name, version, views = worker.name, worker.version, worker.views
+    active = views.active_version(name)
+    known = [s.version for s in views.states() if s.name == name and s.version != version]
+    with views.switch(name, version):
+        pass
+
+    def report(position: int) -> None:
+        if progress:
+            progress(views.position(name, version), store.head())
+
+    _switched(worker, known, active, report)
+
+
+def _switched(worker: ProjectionWorker, known: list[int], active: int, report: Callable[[int], None]) -> None:
+    name, version, views = worker.name, worker.version, worker.views
     if isinstance(views, RowCaching):  # a live worker (this process's or another's) writes next
         views.forget_cached(name, version)
     views.set_state(name, version, "running")
     for old in known:
         if old < active:
             views.drop_tables(name, old, worker.projector.read_models)
-    report(store.head())
+    report(views.position(name, version))
 
 
 class _NoRows:

@@ -115,12 +115,17 @@ class Settings:
     breaker_cool_down_seconds: float = 2.0  # the longest it stays open before one probe goes through
     lease_seconds: float = 3.0  # a projection worker's lease: a standby takes over this long after a crash
     dispatch_concurrency: int = 16  # process-manager commands in flight at once, per process manager
+    # EVENTFOLD_PARTITIONS="holdings=8,cards=1": a projection's partition count, instead of its projector's
+    # (a power of two; changing it takes a replay). project and replay read it.
+    partitions: tuple[tuple[str, int], ...] = ()
     # The query API's document limits, and introspection (None: on for `eventfold dev`, off for query-api).
     graphql_introspection: bool | None = None
     graphql_max_depth: int = 10
     graphql_max_aliases: int = 15
     graphql_max_tokens: int = 2_000
     graphql_max_cost: int = 5_000
+    graphql_response_cache: int = 1_024  # answers the query API keeps while their read models stand still; 0: off
+    graphql_explorer: bool | None = None  # the browser explorer at /graphql/explorer (None: dev only)
     # The JetStream event stream (relay, project): JetStream acks do not mean fsync by default, so
     # storage and replicas are the user's to set (file and >= 3 replicas on a cluster: durable).
     stream: str = "eventfold"
@@ -208,6 +213,7 @@ class Settings:
             dispatch_concurrency=read.number(
                 "DISPATCH_CONCURRENCY", int, defaults.dispatch_concurrency, minimum=1, maximum=256
             ),
+            partitions=read.partitions("PARTITIONS"),
             breaker_threshold=read.number("BREAKER_THRESHOLD", int, defaults.breaker_threshold, minimum=1),
             breaker_cool_down_seconds=read.number(
                 "BREAKER_COOL_DOWN_SECONDS", float, defaults.breaker_cool_down_seconds, minimum=0
@@ -225,6 +231,10 @@ class Settings:
             graphql_max_cost=read.number(
                 "GRAPHQL_MAX_COST", int, defaults.graphql_max_cost, minimum=1, maximum=1_000_000
             ),
+            graphql_response_cache=read.number(
+                "GRAPHQL_RESPONSE_CACHE", int, defaults.graphql_response_cache, minimum=0, maximum=1_000_000
+            ),
+            graphql_explorer=read.flag("GRAPHQL_EXPLORER"),
             stream=read.matching("STREAM", defaults.stream, _NAME, _NAME_CHARS),
             subject_prefix=read.subject_prefix("SUBJECT_PREFIX", defaults.subject_prefix),
             stream_storage=read.choice("STREAM_STORAGE", ("file", "memory")) or defaults.stream_storage,
@@ -400,6 +410,21 @@ class _Reader:
         raw = self._env.get(PREFIX + name, "")
         names = tuple(n.strip() for n in raw.split(",") if n.strip())
         return names or default
+
+    def partitions(self, name: str) -> tuple[tuple[str, int], ...]:
+        """Comma-separated ``projection=count`` pairs, each count a power of two from 1 to 256."""
+        pairs: list[tuple[str, int]] = []
+        for item in self.names(name, ()):
+            projection, _, count = item.partition("=")
+            if not projection.strip() or not count.strip().isdigit():
+                raise ConfigurationError(f"{PREFIX}{name}={self._env[PREFIX + name]!r}: expected projection=count"
+                                         f" pairs separated by commas, not {item!r}")
+            number = int(count)
+            if number < 1 or number > 256 or number & (number - 1):
+                raise ConfigurationError(f"{PREFIX}{name}: {projection.strip()}={number} is not a power of two"
+                                         " from 1 to 256")
+            pairs.append((projection.strip(), number))
+        return tuple(pairs)
 
     def roles(self, name: str) -> tuple[str, ...] | None:
         """Comma-separated role names, or ``*`` alone (every role); unset or empty: None."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import operator
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
@@ -47,15 +48,23 @@ class RowCache:
         self._maxsize = maxsize
         self._complete: set[type[ReadModel]] = set(complete)
         self.read: set[type[ReadModel]] = set()  # models looked up by key: their writes are cached
+        # The partitions of a partitioned projection applied in one process share the cache (their
+        # rows are disjoint), from several threads: each operation holds the lock.
+        self._lock = threading.RLock()
 
     def lookup(self, key: RowKey) -> tuple[bool, ReadModel | None]:
-        row = self._rows.get(key, _MISSING)
-        if row is _MISSING:
-            return key[0] in self._complete, None
-        self._rows.move_to_end(key)
-        return True, row
+        with self._lock:
+            row = self._rows.get(key, _MISSING)
+            if row is _MISSING:
+                return key[0] in self._complete, None
+            self._rows.move_to_end(key)
+            return True, row
 
     def store(self, key: RowKey, row: ReadModel | None) -> None:
+        with self._lock:
+            self._store(key, row)
+
+    def _store(self, key: RowKey, row: ReadModel | None) -> None:
         self._rows[key] = row
         self._rows.move_to_end(key)
         while len(self._rows) > self._maxsize:
@@ -64,23 +73,28 @@ class RowCache:
 
     def refresh(self, key: RowKey, row: ReadModel | None) -> None:
         """Update a row that is cached; leave the cache alone otherwise."""
-        if key in self._rows:
-            self._rows[key] = row
+        with self._lock:
+            if key in self._rows:
+                self._rows[key] = row
 
     def publish(self, changes: dict[RowKey, ReadModel | None]) -> None:
         """A batch's changes (committed, or committing): rows of models looked up by key are
         cached; rows only written (a movement history) just update what the cache holds."""
         read = self.read
-        for key, row in changes.items():
-            if key[0] in read:
-                self.store(key, row)
-            else:
-                self.refresh(key, row)
-                self._complete.discard(key[0])
+        with self._lock:
+            for key, row in changes.items():
+                if key[0] in read:
+                    self._store(key, row)
+                elif key in self._rows:
+                    self._rows[key] = row
+                    self._complete.discard(key[0])
+                else:
+                    self._complete.discard(key[0])
 
     def clear(self) -> None:
-        self._rows.clear()
-        self._complete.clear()
+        with self._lock:
+            self._rows.clear()
+            self._complete.clear()
 
 
 class StagedViews:

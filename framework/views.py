@@ -23,6 +23,7 @@ from framework.query import BY_KEY, Condition, Sort
 from framework.readmodel import ReadModel
 
 __all__ = [
+    "ActivePositions",
     "Batch",
     "DeadLetter",
     "DeadLetters",
@@ -30,6 +31,8 @@ __all__ = [
     "LeaseState",
     "OutboxEntry",
     "OutboxStats",
+    "PartitionState",
+    "PartitionedViews",
     "ProcessStore",
     "ProjectionBatches",
     "ProjectionLeases",
@@ -169,6 +172,19 @@ class ProjectionState:
     updated_at: datetime | None
 
 
+@dataclass(frozen=True)
+class PartitionState:
+    """One partition of a partitioned projection version: its own position (``framework.partitions``)."""
+
+    name: str
+    version: int
+    index: int
+    count: int
+    position: int
+    last_event_at: datetime | None
+    updated_at: datetime | None
+
+
 class ProjectionLeases(Protocol):
     """One active worker per projection: a lease with a time-to-live, renewed by a heartbeat.
 
@@ -190,6 +206,41 @@ class ProjectionLeases(Protocol):
 
     def leases(self) -> list[LeaseState]:
         """Every lease row, expired or not."""
+
+
+@runtime_checkable
+class PartitionedViews(Protocol):
+    """An optional port: a view store that keeps a position per partition (PostgreSQL's does).
+
+    A partitioned projection version has one tracking row per partition, each moved by the
+    partition's own batches (a compare-and-set on it, like the projection's single row), and the
+    version's position (``position``, ``active_position``, ``states``) is the lowest of them:
+    every partition has passed it.
+    """
+
+    def ensure_partitions(self, name: str, version: int, count: int) -> None:
+        """Create the version's ``count`` partition rows if missing, each starting at the version's
+        position; ``ConfigurationError`` if it already has another count (changing it takes a replay)."""
+
+    def partition_count(self, name: str, version: int) -> int:
+        """How many partitions the version has (0: it is not partitioned)."""
+
+    def partition_position(self, name: str, version: int, index: int) -> int:
+        """The last position partition ``index`` has passed."""
+
+    def partition_batch(self, name: str, version: int, index: int, *,
+                        follow_active: bool = True) -> AbstractContextManager[Batch]:
+        """Like ``batch``, but ``advance`` moves partition ``index``'s position."""
+
+    def commit_staged_partition(self, name: str, version: int, index: int, batch: Batch, *,
+                                follow_active: bool = True) -> None:
+        """Like ``commit_staged``, moving partition ``index``'s position."""
+
+    def partition_states(self) -> list[PartitionState]:
+        """Every partition row, by name, version and index."""
+
+    def live_leases(self, prefix: str) -> list[LeaseState]:
+        """The unexpired leases whose name starts with ``prefix`` (by the database's clock)."""
 
 
 class ProcessStore(Protocol):
@@ -275,6 +326,16 @@ class RowCaching(Protocol):
     def cache_empty_tables(self, name: str, version: int, models: Sequence[type[ReadModel]]) -> None:
         """Start the version's row cache knowing which tables are empty (a projection starting from
         scratch), so that a key it does not hold needs no query."""
+
+
+@runtime_checkable
+class ActivePositions(Protocol):
+    """An optional, speed-only port: the active version and position of many projections in one read
+    (the query API's response cache checks them per request). Without it, ``active_version`` and
+    ``position`` are asked per projection."""
+
+    def active_positions(self, names: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """``(active version, its position)`` of each of ``names``; ``(1, 0)`` for one never run."""
 
 
 class ProjectionLifecycle(Protocol):

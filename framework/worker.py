@@ -28,6 +28,7 @@ from typing import Any
 from framework.bus import CommandBus
 from framework.errors import (
     BusUnavailable,
+    ConfigurationError,
     EventfoldError,
     RowRejected,
     StoreUnavailable,
@@ -37,10 +38,11 @@ from framework.events import EventEnvelope
 from framework.faults import fault_point
 from framework.mapper import from_stored
 from framework.observe import NULL_OBSERVER, Observer, correlation_id
+from framework.partitions import Partition
 from framework.projector import HandlerContext, ProcessManager, Projector, Refusal
 from framework.store import EventLog, Notification
 from framework.tracing import NULL_SPAN, NULL_TRACER, Span, TraceContext, Tracer, trace_context_of, traced
-from framework.views import Batch, DeadLetter, Deadline, OutboxEntry, RowCaching, ViewStore
+from framework.views import Batch, DeadLetter, Deadline, OutboxEntry, PartitionedViews, RowCaching, ViewStore
 
 __all__ = ["HandlerFailed", "ProjectionHalted", "ProjectionWorker", "RetryLater", "WorkerOptions"]
 
@@ -94,8 +96,10 @@ class ProjectionWorker:
         sleep: Callable[[float], None] = time.sleep,
         observer: Observer | None = None,
         tracer: Tracer | None = None,
+        partition: Partition | None = None,
     ) -> None:
         self.projector = projector
+        self.partition = partition
         self.observer = observer or NULL_OBSERVER
         self.tracer = tracer or NULL_TRACER
         self.views = views
@@ -107,7 +111,9 @@ class ProjectionWorker:
         self._names = projector.handled_event_names()
         self.version = version or views.active_version(projector.name)
         views.ensure_tables(projector.name, self.version, projector.read_models)
-        self.position = views.position(projector.name, self.version)
+        self._partitioned = _partitioned_views(views, projector, partition)
+        self._check_partitioning()
+        self.position = self._stored_position()
         self.handled = 0  # events handled so far (a retried batch counts its events again)
         self.furthest = 0  # the furthest position handled: a heartbeat reports progress when it moves
         self.on_outbox: Callable[[], None] | None = None  # called after a commit that issued commands
@@ -119,7 +125,45 @@ class ProjectionWorker:
     def name(self) -> str:
         return self.projector.name
 
-    def catch_up(self, until: int | None = None, progress: Callable[[int], None] | None = None) -> int:
+    @property
+    def label(self) -> str:
+        """The projection, and the partition this worker applies if it applies one ("holdings[3/8]")."""
+        return self.name if self.partition is None else f"{self.name}[{self.partition}]"
+
+    # --- where this worker's position is kept: the version's row, or its partition's --------------
+
+    def _check_partitioning(self) -> None:
+        if self._partitioned is not None and self.partition is not None:
+            self._partitioned.ensure_partitions(self.name, self.version, self.partition.count)
+        elif self.partition is None and isinstance(self.views, PartitionedViews):
+            count = self.views.partition_count(self.name, self.version)
+            if count:
+                raise ConfigurationError(
+                    f"{self.name} v{self.version} is partitioned ({count} partitions): run it with its"
+                    f" partitions (the projector's partitions = {count}), or replay it unpartitioned")
+
+    def _stored_position(self) -> int:
+        if self._partitioned is not None and self.partition is not None:
+            return self._partitioned.partition_position(self.name, self.version, self.partition.index)
+        return self.views.position(self.name, self.version)
+
+    def _batch(self, *, follow_active: bool | None = None) -> contextlib.AbstractContextManager[Batch]:
+        follow = self._follow_active if follow_active is None else follow_active
+        if self._partitioned is not None and self.partition is not None:
+            return self._partitioned.partition_batch(self.name, self.version, self.partition.index,
+                                                     follow_active=follow)
+        return self.views.batch(self.name, self.version, follow_active=follow)
+
+    def _mine(self, notification: Notification) -> bool:
+        """Whether the notification's event is this worker's to apply (always, unless partitioned)."""
+        if self.partition is None:
+            return True
+        if self.projector.keys_by_aggregate():
+            return self.partition.holds(str(notification.originator_id))
+        return self.partition.holds(self.projector.partition_key(from_stored(notification)))
+
+    def catch_up(self, until: int | None = None, progress: Callable[[int], None] | None = None, *,
+                 interrupted: Callable[[], bool] | None = None) -> int:
         """Apply stored events after the position, up to ``until`` (default: the head now).
 
         Three things overlap: reading the next batch from the store, running the
@@ -127,18 +171,20 @@ class ProjectionWorker:
         through the previous batch's changes (``layer_over``) while that one is
         still committing; if a commit fails the cached rows are forgotten and the
         error surfaces (the position is the last commit). A commit the read-model
-        database refuses is settled the careful way, then catching up goes on.
+        database refuses is settled the careful way, then catching up goes on. ``interrupted`` is
+        asked before each batch: when it says so, catching up ends there (what is committed stays).
         """
         target = self.store.head() if until is None else until
         while True:
             try:
-                return self._catch_up(target, progress)
+                return self._catch_up(target, progress, interrupted)
             except VersionSwitched:  # a rebuild was switched in meanwhile: continue on it
                 self._follow_switch()
             except _Rejected as rejected:
                 self._settle(rejected.notifications)
 
-    def _catch_up(self, target: int, progress: Callable[[int], None] | None) -> int:
+    def _catch_up(self, target: int, progress: Callable[[int], None] | None,
+                  interrupted: Callable[[], bool] | None = None) -> int:
         size = self.options.catch_up_batch
         with ThreadPoolExecutor(2, thread_name_prefix=f"catch-up-{self.name}") as pool:
             reading = pool.submit(self.store.read_all, self.position, size)
@@ -146,7 +192,7 @@ class ProjectionWorker:
             previous: Batch | None = None
             staged_to = self.position
             try:
-                while staged_to < target:
+                while staged_to < target and not (interrupted and interrupted()):
                     batch = [n for n in reading.result() if n.id <= target]
                     if not batch:
                         break
@@ -177,7 +223,11 @@ class ProjectionWorker:
         return staged
 
     def _commit_staged(self, staged: Batch, batch: Sequence[Notification], started: float) -> int:
-        self.views.commit_staged(self.name, self.version, staged, follow_active=self._follow_active)
+        if self._partitioned is not None and self.partition is not None:
+            self._partitioned.commit_staged_partition(self.name, self.version, self.partition.index, staged,
+                                                      follow_active=self._follow_active)
+        else:
+            self.views.commit_staged(self.name, self.version, staged, follow_active=self._follow_active)
         self._batch_done(batch, started, staged)
         return batch[-1].id
 
@@ -185,11 +235,14 @@ class ProjectionWorker:
         """Report a committed batch to the observer, log one line, and wake the dispatcher if it issued."""
         fault_point("batch.committed")
         seconds = time.perf_counter() - started
-        self.observer.batch_applied(self.name, len(batch), seconds)
-        log.info("%s: applied %d events (%d..%d) in %.1f ms", self.name, len(batch), batch[0].id,
+        # A partition passes over the other partitions' events: it applied only its own.
+        size = len(batch) if self.partition is None else sum(1 for n in batch if self._mine(n))
+        self.observer.batch_applied(self.name, size, seconds)
+        log.info("%s: applied %d events (%d..%d) in %.1f ms", self.label, size, batch[0].id,
                  batch[-1].id, seconds * 1000, extra={
                      "projection": self.name, "first_position": batch[0].id, "last_position": batch[-1].id,
-                     "size": len(batch), "duration_ms": round(seconds * 1000, 3)})
+                     "size": size, "duration_ms": round(seconds * 1000, 3),
+                     **({"partition": self.partition.index} if self.partition is not None else {})})
         if self.on_outbox is not None and getattr(committed, "outbox", None):
             self.on_outbox()
 
@@ -214,6 +267,9 @@ class ProjectionWorker:
             self._apply_new(notifications)
         except VersionSwitched:
             self._follow_switch()
+            if self.partition is not None:  # the new version's partition may be behind: from the store
+                self.catch_up(until=max(n.id for n in notifications))
+                return
             self._apply_new(notifications)
 
     def _apply_new(self, notifications: Sequence[Notification]) -> None:
@@ -222,6 +278,10 @@ class ProjectionWorker:
             self._settle(self._without_gaps(fresh))
 
     def _without_gaps(self, fresh: list[Notification]) -> list[Notification]:
+        if self.partition is not None:
+            # A partition's consumer delivers only its own events, in stream order, from a consumer
+            # created before the catch-up it follows (framework.sharing): its gaps are other partitions'.
+            return fresh
         expected = range(self.position + 1, fresh[-1].id + 1)
         if len(fresh) == len(expected):
             return fresh
@@ -231,7 +291,8 @@ class ProjectionWorker:
 
     def _follow_switch(self) -> None:
         self.version = self.views.active_version(self.name)
-        self.position = self.views.position(self.name, self.version)
+        self._check_partitioning()  # a rebuild may have split (or re-split) it: this worker may not fit
+        self.position = self._stored_position()
         log.info("%s: following the switch to version %d at position %d",
                  self.name, self.version, self.position)
 
@@ -240,7 +301,8 @@ class ProjectionWorker:
         (this one stood by, lost its lease, or lost a commit's compare-and-set) are forgotten."""
         self._forget_cached()
         self.version = self.views.active_version(self.name) if self._follow_active else self.version
-        self.position = self.furthest = self.views.position(self.name, self.version)
+        self._check_partitioning()
+        self.position = self.furthest = self._stored_position()
         if self.position == 0:
             self._cache_empty_tables()
 
@@ -249,13 +311,14 @@ class ProjectionWorker:
             self._cache.forget_cached(self.name, self.version)
 
     def _cache_empty_tables(self) -> None:
-        if self._cache is not None:
+        # Not for a partition: other processes write the other partitions' rows into the same tables.
+        if self._cache is not None and self.partition is None:
             self._cache.cache_empty_tables(self.name, self.version, self.projector.read_models)
 
     def skip_to(self, position: int) -> None:
         """Record that nothing before ``position`` is to be applied (a rebuild from a later position)."""
         if position > self.position:
-            with self.views.batch(self.name, self.version, follow_active=self._follow_active) as batch:
+            with self._batch() as batch:
                 batch.advance(position, None, since=self.position)
             self.position = position
 
@@ -284,7 +347,7 @@ class ProjectionWorker:
 
     def _transaction(self, notifications: Sequence[Notification]) -> None:
         started = time.perf_counter()
-        with self.views.batch(self.name, self.version, follow_active=self._follow_active) as batch:
+        with self._batch() as batch:
             self.apply_within(batch, notifications, since=self.position)
         self.position = notifications[-1].id
         self._batch_done(notifications, started, batch)
@@ -304,7 +367,7 @@ class ProjectionWorker:
         return recorded_at
 
     def _handled_at(self, batch: Batch, notification: Notification) -> datetime | None:
-        if notification.topic not in self._names:
+        if notification.topic not in self._names or not self._mine(notification):
             return None  # not ours: only the position moves past it
         token = correlation_id.set(None)
         try:
@@ -376,7 +439,7 @@ class ProjectionWorker:
             raise RetryLater(f"{self.name} will retry position {notification.id}: {reason}")
         letter = DeadLetter(self.name, notification.id, notification.topic,
                             str(notification.originator_id), reason[:2000])
-        with self.views.batch(self.name, self.version, follow_active=self._follow_active) as batch:
+        with self._batch() as batch:
             batch.park(letter)
             batch.advance(notification.id, None, since=self.position)
         self.position = notification.id
@@ -393,10 +456,10 @@ class ProjectionWorker:
                 succeeded += self._requeue(letter)
                 continue
             stored = self.store.read_all(letter.position - 1, 1)
-            if not stored or stored[0].id != letter.position:
+            if not stored or stored[0].id != letter.position or not self._mine(stored[0]):
                 continue
             try:
-                with self.views.batch(self.name, self.version) as batch:
+                with self._batch(follow_active=True) as batch:
                     self._handle(batch, stored[0])
                     self.views.settle_dead_letter(batch, letter.id or 0)
                 succeeded += 1
@@ -451,6 +514,16 @@ class ProjectionWorker:
     def _envelope_at(self, position: int) -> EventEnvelope | None:
         stored = self.store.read_all(position - 1, 1)
         return from_stored(stored[0]) if stored and stored[0].id == position else None
+
+
+def _partitioned_views(views: ViewStore, projector: Projector, partition: Partition | None) -> PartitionedViews | None:
+    if partition is None:
+        return None
+    if isinstance(projector, ProcessManager):
+        raise ConfigurationError(f"{projector.name}: a process manager cannot be partitioned (its outbox is one)")
+    if not isinstance(views, PartitionedViews):
+        raise ConfigurationError(f"{projector.name}: partitioned projections need read models in PostgreSQL")
+    return views
 
 
 def _command_letter(entry: OutboxEntry, refusal: Refusal) -> DeadLetter:

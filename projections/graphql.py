@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from dataclasses import asdict
 from datetime import date
 from enum import Enum
 
@@ -12,6 +13,7 @@ from strawberry.types import Info
 from framework.graphql import (
     Connection,
     GraphQLSpec,
+    Long,
     QueryContext,
     connection,
     filter_input,
@@ -89,22 +91,35 @@ class CardFilter:
         return conditions
 
 
+@strawberry.type(description="One partition of a partitioned projection.")
+class PartitionStatus:
+    index: int
+    count: int
+    owner: str | None = strawberry.field(description="The worker holding the partition's lease (host:pid:id).")
+    position: int = strawberry.field(description="Every event of the partition up to here is applied.")
+    lag_events: int = strawberry.field(description="Events stored after the partition's position.")
+
+
 @strawberry.type(description="Where a projection stands.")
 class ProjectionStatus:
     name: str
     version: int
     active: bool
     state: str
-    position: int
-    head: int
-    lag_events: int
+    position: Long
+    head: Long
+    lag_events: Long
     lag_seconds: float
     dead_letters: int
     error: str | None
-    owner: str | None = strawberry.field(description="The worker holding the projection's lease (host:pid:id).")
+    owner: str | None = strawberry.field(
+        description="The worker holding the projection's lease (host:pid:id); the workers holding any of a"
+                    " partitioned projection's partitions, comma-separated.")
     outbox_pending: int = strawberry.field(description="Commands a process manager issued, not yet executed.")
     outbox_oldest_seconds: float = strawberry.field(description="How long the oldest of them has waited.")
     deadlines_pending: int = strawberry.field(description="Deadlines a process manager is waiting for.")
+    partitions: list[PartitionStatus] = strawberry.field(
+        description="A partitioned projection's partitions; its position is the lowest of theirs.")
 
 
 @strawberry.type(description="Read models of the depository back office. Commands go to the write API.")
@@ -186,7 +201,8 @@ class Query:
         if context.store is None:
             return []
         statuses = await context.read(projection_statuses, context.store, context.views)
-        return [ProjectionStatus(**{k: v for k, v in s.as_dict().items()}) for s in statuses]
+        return [ProjectionStatus(**{**s.as_dict(), "partitions": [PartitionStatus(**asdict(p)) for p in s.partitions]})
+                for s in statuses]
 
 
 @strawberry.type(description="A card as of `position`, the position of the event that last changed it.")

@@ -51,6 +51,7 @@ class HoldingsProjector(Projector):
     name = "holdings"
     read_models = (AccountRow, Holding, HoldingMovement)
     per_aggregate = True  # every row is one account's: `eventfold replay holdings --aggregate` can rebuild it
+    partitions = 4  # ...so accounts can be split: `eventfold project holdings` started twice shares them
 
     @on(AccountOpened)
     def opened(self, event: AccountOpened, context: HandlerContext) -> None:

@@ -366,5 +366,10 @@ class MemoryViewStore:
         with self._lock:
             return self.position(name, self.active_version(name))
 
+    def active_positions(self, names: Sequence[str]) -> dict[str, tuple[int, int]]:
+        with self._lock:
+            versions = {name: self.active_version(name) for name in names}
+            return {name: (version, self.position(name, version)) for name, version in versions.items()}
+
     def close(self) -> None:
         """Nothing to release."""

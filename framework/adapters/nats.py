@@ -1,7 +1,9 @@
 """The bus port on NATS JetStream: the only module of Eventfold that imports ``nats``.
 
 One stream (default ``eventfold``) captures ``{prefix}.>``; every stored event
-is published to ``{prefix}.{aggregate_type}.{aggregate_id}`` with its stored
+is published to ``{prefix}.{aggregate_type}.{aggregate_id}.{b0}.….{b7}`` (the
+aggregate id's partition bucket as eight bit tokens, ``framework.partitions``:
+one partition of a partitioned projection is one filter subject) with its stored
 JSON document as the payload, unchanged, and its position, name and identity
 in headers. ``Nats-Msg-Id`` is the global position, so JetStream drops the
 duplicates a relay re-publishes after a crash (within the stream's duplicate
@@ -51,6 +53,7 @@ from nats.js.api import (
 
 from framework.errors import BusUnavailable, ConfigurationError
 from framework.mapper import stored_header
+from framework.partitions import Partition, bucket_tokens
 from framework.settings import DEFAULT_NATS_URL, Settings
 from framework.store import Notification
 from framework.streaming import Delivery
@@ -72,6 +75,7 @@ __all__ = [
     "connect",
     "message_for",
     "notification_from",
+    "partition_filter",
     "subject_token",
 ]
 
@@ -388,7 +392,17 @@ def message_for(notification: Notification, subject_prefix: str) -> tuple[str, d
             value = _header_safe(trace.get(key))
             if value:
                 headers[key] = value
-    return f"{subject_prefix}.{subject_token(aggregate_type)}.{subject_token(aggregate_id)}", headers
+    bucket = ".".join(bucket_tokens(aggregate_id))
+    return f"{subject_prefix}.{subject_token(aggregate_type)}.{subject_token(aggregate_id)}.{bucket}", headers
+
+
+def partition_filter(subject_prefix: str, partition: Partition) -> str:
+    """The filter subject of one partition's events (partitioned by aggregate id), see ``message_for``."""
+    bits = partition.bucket_prefix()
+    if not bits:
+        return f"{subject_prefix}.>"
+    rest = "" if len(bits) == 8 else ".>"
+    return f"{subject_prefix}.*.*.{'.'.join(bits)}{rest}"
 
 
 class JetStreamPublisher:
@@ -499,22 +513,26 @@ class JetStreamPublisher:
     async def last_published_position(self) -> int:
         """The ``Eventfold-Position`` of the stream's last message (0: empty, missing or expired)."""
         self._connection.check_connected()
-        js, stream = self._connection.js, self._settings.stream
-        try:
-            info = await js.stream_info(stream)
-            last = info.state.last_seq
-            if not last:
-                return 0
-            message = await js.get_msg(stream, seq=last)
-        except nats.js.errors.NotFoundError:
-            return 0
-        except _NATS_ERRORS as error:
-            raise _unavailable("reading the last message", error) from error
-        return int((message.headers or {}).get(HEADER_POSITION, 0))
+        return await _last_position(self._connection.js, self._settings.stream)
 
     async def close(self) -> None:
         if self._owns_connection:
             await self._connection.close()
+
+
+async def _last_position(js: JetStreamContext, stream: str) -> int:
+    """The ``Eventfold-Position`` of the stream's last message (0: empty, missing or expired)."""
+    try:
+        info = await js.stream_info(stream)
+        last = info.state.last_seq
+        if not last:
+            return 0
+        message = await js.get_msg(stream, seq=last)
+    except nats.js.errors.NotFoundError:
+        return 0
+    except _NATS_ERRORS as error:
+        raise _unavailable("reading the last message", error) from error
+    return int((message.headers or {}).get(HEADER_POSITION, 0))
 
 
 # --- consumer ----------------------------------------------------------------------------------
@@ -549,10 +567,14 @@ class JetStreamConsumer:
         max_ack_pending: int = 20_000,
         request_timeout: float = 5.0,
         owns_connection: bool = False,
+        filter_subject: str | None = None,
+        inactive_threshold: float | None = None,
     ) -> None:
         self._connection = connection
         self._settings = connection.settings
         self.name = self._settings.consumer_name(durable_name)
+        self._filter_subject = filter_subject or self._settings.subjects
+        self._inactive_threshold = inactive_threshold
         self._deliver_all = deliver_all
         self._ack_wait = ack_wait
         self._max_ack_pending = max_ack_pending
@@ -576,7 +598,8 @@ class JetStreamConsumer:
             ack_wait=self._ack_wait,
             max_ack_pending=self._max_ack_pending,
             max_deliver=-1,
-            filter_subject=self._settings.subjects,
+            filter_subject=self._filter_subject,
+            inactive_threshold=self._inactive_threshold,
         )
 
     async def bind(self) -> None:
@@ -664,6 +687,17 @@ class JetStreamConsumer:
 
     async def hand_back(self) -> None:
         await self._return_unacked()
+
+    async def published_head(self) -> int:
+        """The position of the newest event on the stream (0: empty), whatever this consumer filters."""
+        self._connection.check_connected()
+        return await _last_position(self._connection.js, self._settings.stream)
+
+    async def delete(self) -> None:
+        """Close, and delete the durable consumer on the server (a partition's, when its owner lets it go)."""
+        await self.close()
+        with contextlib.suppress(*_NATS_ERRORS):
+            await self._connection.js.delete_consumer(self._settings.stream, self.name)
 
     async def _return_unacked(self) -> None:
         """NAK an unacknowledged delivery so it comes first in the next fetch (ack_wait covers failures)."""

@@ -25,7 +25,7 @@ from psycopg.types.json import Jsonb
 
 from framework.adapters.pg_columns import column_definitions, to_parameters
 from framework.adapters.pg_pool import PgPool
-from framework.errors import ConcurrencyConflict, RowRejected, StoreUnavailable, VersionSwitched
+from framework.errors import ConcurrencyConflict, ConfigurationError, RowRejected, StoreUnavailable, VersionSwitched
 from framework.positions import PositionChange, Touched, touched_by
 from framework.query import BY_KEY, Condition, Sort, check_conditions
 from framework.readmodel import ReadModel
@@ -38,6 +38,7 @@ from framework.views import (
     LeaseState,
     OutboxEntry,
     OutboxStats,
+    PartitionState,
     ProjectionState,
     Views,
 )
@@ -73,6 +74,16 @@ CREATE TABLE IF NOT EXISTS {s}.eventfold_deadlines (
     attempts int NOT NULL DEFAULT 0, UNIQUE (projection, key));
 CREATE TABLE IF NOT EXISTS {s}.eventfold_projection_leases (
     name text PRIMARY KEY, owner text NOT NULL, expires_at timestamptz NOT NULL, progress_at timestamptz);
+CREATE TABLE IF NOT EXISTS {s}.eventfold_partition_positions (
+    name text NOT NULL, version int NOT NULL, partition int NOT NULL, partitions int NOT NULL,
+    position bigint NOT NULL DEFAULT 0, last_event_at timestamptz,
+    updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (name, version, partition));
+"""
+
+# A version's position: the lowest of its partitions' when it is partitioned, else its own row's.
+_POSITION = """
+SELECT coalesce((SELECT min(position) FROM {pp} WHERE name = %(name)s AND version = %(version)s),
+                (SELECT position FROM {p} WHERE name = %(name)s AND version = %(version)s), 0) AS position
 """
 
 def position_channel(schema: str) -> str:
@@ -252,6 +263,7 @@ class _PostgresBatch(StagedBatch):
     def __init__(self, source: _Source | _PooledSource, tables: _Tables, cache: RowCache | None) -> None:
         super().__init__(source, cache)
         self.tables = tables
+        self.partition: int | None = None  # whose position ``advance`` moves (None: the version's own)
 
     def flush(self, conn: Conn) -> None:
         deletes: dict[type[ReadModel], list[tuple[Any, ...]]] = defaultdict(list)
@@ -318,8 +330,9 @@ class PostgresViewStore:
         with self._connection() as conn, conn.transaction():
             for model in models:
                 conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(tables.ident(model)))
-            conn.execute(sql.SQL("DELETE FROM {} WHERE name = %s AND version = %s").format(
-                self._table("eventfold_projection_positions")), (name, version))
+            for table in ("eventfold_projection_positions", "eventfold_partition_positions"):
+                conn.execute(sql.SQL("DELETE FROM {} WHERE name = %s AND version = %s").format(
+                    self._table(table)), (name, version))
         self._caches.pop((name, version), None)
 
     def copy_version(self, name: str, source: int, target: int, models: Sequence[type[ReadModel]]) -> int:
@@ -339,6 +352,7 @@ class PostgresViewStore:
                 " AND s.name = %(name)s AND s.version = %(source)s RETURNING t.position").format(
                     p=self._table("eventfold_projection_positions")),
                 {"name": name, "source": source, "target": target}).fetchone()
+            self._copy_partitions(conn, name, source, target)
         self._caches.pop((name, target), None)
         return int(row["position"]) if row else 0
 
@@ -348,11 +362,82 @@ class PostgresViewStore:
                 self._table("eventfold_projection_active")), (name,)).fetchone()
         return int(row["version"]) if row else 1
 
+    def _copy_partitions(self, conn: Conn, name: str, source: int, target: int) -> None:
+        partitions = self._table("eventfold_partition_positions")
+        conn.execute(sql.SQL("DELETE FROM {} WHERE name = %s AND version = %s").format(partitions), (name, target))
+        conn.execute(sql.SQL(
+            "INSERT INTO {pp} (name, version, partition, partitions, position, last_event_at)"
+            " SELECT name, %(target)s, partition, partitions, position, last_event_at FROM {pp}"
+            " WHERE name = %(name)s AND version = %(source)s").format(pp=partitions),
+            {"name": name, "source": source, "target": target})
+
     def position(self, name: str, version: int) -> int:
         with self._connection() as conn:
-            row = conn.execute(sql.SQL("SELECT position FROM {} WHERE name = %s AND version = %s").format(
-                self._table("eventfold_projection_positions")), (name, version)).fetchone()
+            return self._lowest(conn, name, version)
+
+    # --- partitions (the optional ``PartitionedViews`` port) ------------------------------------
+
+    def ensure_partitions(self, name: str, version: int, count: int) -> None:
+        partitions = self._table("eventfold_partition_positions")
+        with self._connection() as conn, conn.transaction():
+            conn.execute(sql.SQL("SELECT FROM {} WHERE name = %s FOR UPDATE").format(
+                self._table("eventfold_projection_active")), (name,))
+            row = conn.execute(sql.SQL("SELECT max(partitions) AS n FROM {} WHERE name = %s AND version = %s").format(
+                partitions), (name, version)).fetchone()
+            known = int(row["n"]) if row and row["n"] is not None else 0
+            if known and known != count:
+                raise ConfigurationError(
+                    f"{name} v{version} has {known} partitions, not {count}: changing the count takes a replay"
+                    f" (`eventfold replay {name}`) with the new count")
+            conn.execute(sql.SQL(
+                "INSERT INTO {pp} (name, version, partition, partitions, position, last_event_at)"
+                " SELECT %(name)s, %(version)s, i, %(count)s, coalesce(p.position, 0), p.last_event_at"
+                " FROM generate_series(0, %(count)s - 1) AS i"
+                " LEFT JOIN {p} AS p ON p.name = %(name)s AND p.version = %(version)s"
+                " ON CONFLICT DO NOTHING").format(pp=partitions, p=self._table("eventfold_projection_positions")),
+                {"name": name, "version": version, "count": count})
+
+    def partition_count(self, name: str, version: int) -> int:
+        with self._connection() as conn:
+            row = conn.execute(sql.SQL("SELECT max(partitions) AS n FROM {} WHERE name = %s AND version = %s").format(
+                self._table("eventfold_partition_positions")), (name, version)).fetchone()
+        return int(row["n"]) if row and row["n"] is not None else 0
+
+    def partition_position(self, name: str, version: int, index: int) -> int:
+        with self._connection() as conn:
+            row = conn.execute(sql.SQL(
+                "SELECT position FROM {} WHERE name = %s AND version = %s AND partition = %s").format(
+                self._table("eventfold_partition_positions")), (name, version, index)).fetchone()
         return int(row["position"]) if row else 0
+
+    @contextmanager
+    def partition_batch(self, name: str, version: int, index: int, *, follow_active: bool = True) -> Iterator[Batch]:
+        with self._transaction(name, version, lock="SHARE") as (conn, batch, active):
+            if follow_active and active != version:
+                raise VersionSwitched(f"{name} now serves version {active}")
+            batch.partition = index
+            yield batch
+            self._commit(conn, name, version, batch)
+
+    def commit_staged_partition(self, name: str, version: int, index: int, batch: Batch, *,
+                                follow_active: bool = True) -> None:
+        assert isinstance(batch, _PostgresBatch)
+        batch.partition = index
+        self.commit_staged(name, version, batch, follow_active=follow_active)
+
+    def partition_states(self) -> list[PartitionState]:
+        with self._connection() as conn:
+            rows = conn.execute(sql.SQL("SELECT * FROM {} ORDER BY name, version, partition").format(
+                self._table("eventfold_partition_positions"))).fetchall()
+        return [PartitionState(r["name"], r["version"], r["partition"], r["partitions"], r["position"],
+                               r["last_event_at"], r["updated_at"]) for r in rows]
+
+    def live_leases(self, prefix: str) -> list[LeaseState]:
+        with self._connection() as conn:
+            rows = conn.execute(sql.SQL(
+                "SELECT * FROM {} WHERE starts_with(name, %s) AND expires_at > clock_timestamp() ORDER BY name").format(
+                self._table("eventfold_projection_leases")), (prefix,)).fetchall()
+        return [LeaseState(r["name"], r["owner"], r["expires_at"], r["progress_at"]) for r in rows]
 
     @contextmanager
     def batch(self, name: str, version: int, *, follow_active: bool = True) -> Iterator[Batch]:
@@ -369,10 +454,8 @@ class PostgresViewStore:
             self._commit(conn, name, version, batch)
             conn.execute(sql.SQL("UPDATE {} SET version = %s WHERE name = %s").format(
                 self._table("eventfold_projection_active")), (version, name))
-            position = conn.execute(sql.SQL("SELECT position FROM {} WHERE name = %s AND version = %s").format(
-                self._table("eventfold_projection_positions")), (name, version)).fetchone()
             conn.execute("SELECT pg_notify(%s, %s)", (self.channel, position_notice(
-                name, version, int(position["position"]) if position else 0, switched=True)))
+                name, version, self._lowest(conn, name, version), switched=True)))
 
     @contextmanager
     def _transaction(
@@ -435,6 +518,9 @@ class PostgresViewStore:
         (``since``), else only forward: two workers can never both apply one stretch of events."""
         if batch.position is None:
             return
+        if batch.partition is not None:
+            self._advance_partition(conn, name, version, batch, batch.partition)
+            return
         guard, expected = ("position = %s", batch.since) if batch.since is not None else ("position < %s",
                                                                                         batch.position)
         # One statement: the new position, and its NOTIFY (delivered to listeners when this commits).
@@ -448,6 +534,29 @@ class PostgresViewStore:
                                        self.channel, notice)).rowcount
         if moved != 1:
             raise ConcurrencyConflict(f"{name} v{version} was advanced by another worker")
+
+    def _advance_partition(self, conn: Conn, name: str, version: int, batch: _PostgresBatch, index: int) -> None:
+        assert batch.position is not None
+        guard, expected = ("position = %s", batch.since) if batch.since is not None else ("position < %s",
+                                                                                        batch.position)
+        advance = sql.SQL(
+            "UPDATE {} SET position = %s, last_event_at = coalesce(%s, last_event_at), updated_at = now()"
+            " WHERE name = %s AND version = %s AND partition = %s AND " + guard
+        ).format(self._table("eventfold_partition_positions"))
+        moved = conn.execute(advance, (batch.position, batch.event_time, name, version, index, expected)).rowcount
+        if moved != 1:
+            raise ConcurrencyConflict(f"{name} v{version} partition {index} was advanced by another worker")
+        # The projection's position is its lowest partition's: announce that (as this transaction sees the
+        # others: never above the truth; a watch keeps the highest it heard, and rechecks).
+        lowest = self._lowest(conn, name, version)
+        conn.execute("SELECT pg_notify(%s, %s)", (self.channel, position_notice(
+            name, version, lowest, touched=touched_by(batch.changes()))))
+
+    def _lowest(self, conn: Conn, name: str, version: int) -> int:
+        statement = sql.SQL(_POSITION).format(pp=self._table("eventfold_partition_positions"),
+                                              p=self._table("eventfold_projection_positions"))
+        row = conn.execute(statement, {"name": name, "version": version}).fetchone()
+        return int(row["position"]) if row else 0
 
     def _write_letters(self, conn: Conn, version: int, batch: _PostgresBatch) -> None:
         letters = self._table("eventfold_dead_letters")
@@ -569,9 +678,12 @@ class PostgresViewStore:
 
     def states(self) -> list[ProjectionState]:
         with self._connection() as conn:
-            rows = conn.execute(sql.SQL("SELECT * FROM {} ORDER BY name, version").format(
-                self._table("eventfold_projection_positions"))).fetchall()
-        return [ProjectionState(r["name"], r["version"], r["position"], r["state"], r["error"],
+            rows = conn.execute(sql.SQL(
+                "SELECT p.*, coalesce((SELECT min(pp.position) FROM {pp} AS pp WHERE pp.name = p.name"
+                " AND pp.version = p.version), p.position) AS lowest FROM {p} AS p ORDER BY name, version").format(
+                p=self._table("eventfold_projection_positions"),
+                pp=self._table("eventfold_partition_positions"))).fetchall()
+        return [ProjectionState(r["name"], r["version"], r["lowest"], r["state"], r["error"],
                                 r["last_event_at"], r["updated_at"]) for r in rows]
 
     def dead_letters(self, name: str | None = None) -> list[DeadLetter]:
@@ -636,6 +748,17 @@ class PostgresViewStore:
 
     def active_position(self, name: str) -> int:
         return self.position(name, self.active_version(name))
+
+    def active_positions(self, names: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """One statement: each projection's active version (1 when never switched) and its position."""
+        statement = sql.SQL(
+            "SELECT n.name, coalesce(a.version, 1) AS version, coalesce(p.position, 0) AS position"
+            " FROM unnest(%s::text[]) AS n(name) LEFT JOIN {a} a ON a.name = n.name"
+            " LEFT JOIN {p} p ON p.name = n.name AND p.version = coalesce(a.version, 1)").format(
+            a=self._table("eventfold_projection_active"), p=self._table("eventfold_projection_positions"))
+        with self._connection() as conn:
+            rows = conn.execute(statement, (list(names),), prepare=True).fetchall()
+        return {r["name"]: (int(r["version"]), int(r["position"])) for r in rows}
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 - statements live as long as the store
     def _get_many_statement(self, name: str, version: int, model: type[ReadModel]) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from framework.commands import CommandRouter
 from framework.errors import ConfigurationError
 from framework.loading import find_app_reference, load_app
 from framework.observe import Observer
-from framework.projector import Projector
+from framework.projector import Projector, with_partitions
 from framework.security import Authenticator
 from framework.settings import PostgresSettings, Settings
 from framework.store import EventStore
@@ -113,12 +113,16 @@ def command_bus(settings: Settings, router: CommandRouter, store: EventStore, ob
     )
 
 
-def select_projectors(projectors: list[Projector], names: list[str]) -> list[Projector]:
+def select_projectors(projectors: list[Projector], names: list[str],
+                      partitions: Sequence[tuple[str, int]] = ()) -> list[Projector]:
+    """The projectors named (all when none is), with the partition counts ``EVENTFOLD_PARTITIONS`` sets."""
     known = {p.name: p for p in projectors}
-    unknown = [n for n in names if n not in known]
+    unknown = [n for n in [*names, *(name for name, _ in partitions)] if n not in known]
     if unknown:
         raise ConfigurationError(f"unknown projection {unknown[0]!r}; known: {', '.join(sorted(known))}")
-    return [known[n] for n in names] if names else projectors
+    counts = dict(partitions)
+    chosen = [known[n] for n in names] if names else projectors
+    return [with_partitions(p, counts[p.name]) if p.name in counts else p for p in chosen]
 
 
 def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[Any]]) -> None:

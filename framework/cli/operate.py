@@ -34,6 +34,9 @@ def register(commands: Any) -> None:
                         help="rebuild only this aggregate's rows (an id, or TYPE:KEY such as Account:ACC-1), in a "
                              "new version otherwise copied from the active one; the projection must declare "
                              "per_aggregate = True")
+    replay.add_argument("--parallel", type=int, default=4, metavar="N",
+                        help="a partitioned projection's partitions rebuilt at once (default 4); its partition "
+                             "count is the projector's, or EVENTFOLD_PARTITIONS'")
     add_app_option(replay)
     replay.set_defaults(run=run_replay)
 
@@ -69,15 +72,17 @@ def run_replay(settings: Settings, args: argparse.Namespace) -> int:
 
     postgres = require_postgres(settings, "replay")
     app = application(settings, args)  # importing it defines its aggregate types, for --aggregate TYPE:KEY
-    (projector,) = select_projectors(app.build_projectors(), [args.name])
+    (projector,) = select_projectors(app.build_projectors(), [args.name], settings.partitions)
     if args.from_position < 0:
         raise ConfigurationError(f"--from {args.from_position} must not be negative")
+    if args.parallel < 1:
+        raise ConfigurationError(f"--parallel {args.parallel} must be at least 1")
     if args.aggregate is not None:
         return _replay_aggregate(settings, postgres, projector, args)
     store, views = open_store(settings), open_views(settings, "replay")
     try:
         version = rebuild(projector, views, store, from_position=args.from_position,
-                          progress=_Progress(f"replay {projector.name}"))
+                          progress=_Progress(f"replay {projector.name}"), parallel=args.parallel)
     finally:
         views.close()
         store.close()
@@ -128,6 +133,9 @@ def run_status(settings: Settings, args: argparse.Namespace) -> int:
         print("  ".join(str(row[c]).ljust(widths[c]) for c in columns))
         if row["error"]:
             print(f"  error: {row['error']}")
+        for part in row["partitions"]:
+            print(f"  partition {part['index']}/{part['count']}  position {part['position']}"
+                  f"  lag {part['lag_events']}  owner {part['owner'] or '-'}")
     return 0
 
 

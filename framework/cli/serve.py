@@ -215,17 +215,20 @@ def _watch(settings: Settings, signals: Any, views: Any, store: Any) -> Any:
 
 
 def _query_options(settings: Settings, *, introspection: bool) -> Any:
-    """``introspection``: the role's default (on for dev, off for query-api) unless the setting says."""
+    """``introspection`` (and the explorer): the role's default (on for dev, off for query-api) unless the
+    settings say."""
     from framework.graphql import QueryApiOptions
 
     chosen = introspection if settings.graphql_introspection is None else settings.graphql_introspection
+    explorer = introspection if settings.graphql_explorer is None else settings.graphql_explorer
     return QueryApiOptions(consistency_timeout=settings.consistency_timeout_seconds,
                            ready_max_lag_seconds=settings.ready_max_lag_seconds,
                            rate_limit_per_second=settings.rate_limit_per_second,
                            auth_failures_per_minute=settings.auth_failures_per_minute or None,
                            max_depth=settings.graphql_max_depth, max_aliases=settings.graphql_max_aliases,
                            max_tokens=settings.graphql_max_tokens, max_cost=settings.graphql_max_cost,
-                           introspection=chosen)
+                           introspection=chosen, response_cache_entries=settings.graphql_response_cache,
+                           explorer=explorer)
 
 
 def _write_options(settings: Settings) -> Any:

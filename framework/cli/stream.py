@@ -33,6 +33,10 @@ if TYPE_CHECKING:
     from framework.breaker import CircuitBreaker
     from framework.http.ops import OpsServer
     from framework.metrics import Metrics
+    from framework.partitions import Partition
+    from framework.read import Projector
+    from framework.runner import LeaseOptions
+    from framework.sharing import ConsumerFactory, PartitionConsumer
     from framework.store import EventStore
     from framework.views import ViewStore
 
@@ -134,12 +138,13 @@ def run_project_command(settings: Settings, args: argparse.Namespace) -> int:
     from framework.dispatcher import DispatchOptions
     from framework.metrics import Metrics
     from framework.runner import LeaseOptions, run_projection, worker_identity
+    from framework.sharing import run_partitioned
     from framework.worker import ProjectionWorker
 
     require_postgres(settings, "project")
     jetstream = _jetstream(settings)
     app = application(settings, args)
-    projectors = select_projectors(app.build_projectors(), args.names)
+    projectors = select_projectors(app.build_projectors(), args.names, settings.partitions)
     store = open_store(settings)
     views = open_views(settings, "project")
     bus, ops = _Bus(), None
@@ -153,15 +158,26 @@ def run_project_command(settings: Settings, args: argparse.Namespace) -> int:
             ops = _ops_server(settings, metrics, store, bus, views, names)
         tracer = tracing(settings, "project")
         commands = command_bus(settings, app.commands, store, metrics, tracer)
-        workers = [ProjectionWorker(p, views, store, commands, observer=metrics, tracer=tracer) for p in projectors]
+        single = [p for p in projectors if p.partitions == 1]
+        partitioned = [p for p in projectors if p.partitions > 1]
+        workers = [ProjectionWorker(p, views, store, commands, observer=metrics, tracer=tracer) for p in single]
 
         lease, owner = LeaseOptions.for_ttl(settings.lease_seconds), worker_identity()
         dispatch = DispatchOptions(concurrency=settings.dispatch_concurrency)
 
+        def partition_worker(projector: Projector) -> Callable[[Partition], ProjectionWorker]:
+            def make(partition: Partition) -> ProjectionWorker:
+                return ProjectionWorker(projector, views, store, None, observer=metrics, tracer=tracer,
+                                        partition=partition)
+            return make
+
         async def project(connection: JetStreamConnection, stop: asyncio.Event) -> None:
             consumers = [BreakingConsumer(JetStreamConsumer(connection, w.name), breaker) for w in workers]
-            await asyncio.gather(*(run_projection(w, c, stop, lease=lease, owner=owner, dispatch=dispatch)
-                                   for w, c in zip(workers, consumers, strict=True)))
+            await asyncio.gather(
+                *(run_projection(w, c, stop, lease=lease, owner=owner, dispatch=dispatch)
+                  for w, c in zip(workers, consumers, strict=True)),
+                *(run_partitioned(p, views, partition_worker(p), partition_consumers(connection, p, lease, breaker),
+                                  stop, lease=lease, owner=owner) for p in partitioned))
 
         run_until_signalled(lambda stop: _run_role(jetstream, bus, ops, stop, project))
     finally:
@@ -170,6 +186,25 @@ def run_project_command(settings: Settings, args: argparse.Namespace) -> int:
         views.close()
         store.close()
     return 0
+
+
+def partition_consumers(connection: JetStreamConnection, projector: Projector, lease: LeaseOptions,
+                        breaker: CircuitBreaker) -> ConsumerFactory:
+    """Fresh consumers of one partition's events: filtered by subject when the projector partitions by
+    aggregate id (else every event, which the partition's worker sorts out); a consumer its worker
+    could not delete (killed) is removed by the server once unused for a while."""
+    from framework.adapters.nats import JetStreamConsumer, partition_filter
+    from framework.breaker import BreakingPartitionConsumer
+
+    prefix = connection.settings.subject_prefix
+
+    def make(partition: Partition, session: str) -> PartitionConsumer:
+        subject = partition_filter(prefix, partition) if projector.keys_by_aggregate() else None
+        name = f"{projector.name}-p{partition.index}of{partition.count}-{session}"
+        return BreakingPartitionConsumer(JetStreamConsumer(
+            connection, name, filter_subject=subject, inactive_threshold=max(60.0, 10 * lease.ttl_seconds)), breaker)
+
+    return make
 
 
 async def _run_role(jetstream: JetStreamSettings, bus: _Bus, ops: OpsServer | None, stop: asyncio.Event,

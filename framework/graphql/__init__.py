@@ -12,12 +12,14 @@ from framework.graphql.filters import (
     EnumFilter,
     FloatFilter,
     IntFilter,
+    LongFilter,
     StringFilter,
     UUIDFilter,
     filter_input,
 )
 from framework.graphql.permissions import requires
 from framework.graphql.reads import reads
+from framework.graphql.scalars import Long
 from framework.graphql.types import Connection, Edge, PageInfo, connection, graphql_type, page_request
 
 __all__ = [
@@ -31,6 +33,8 @@ __all__ = [
     "FloatFilter",
     "GraphQLSpec",
     "IntFilter",
+    "Long",
+    "LongFilter",
     "PageInfo",
     "QueryApiOptions",
     "QueryContext",

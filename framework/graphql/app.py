@@ -17,8 +17,10 @@
   ``poll_seconds``.
 - Subscriptions over WebSocket when the spec has a subscription type
   (``framework.graphql.live``).
-- No GraphiQL page (it would fetch its assets from a CDN) and no mutations:
-  the write path is the write API.
+- Answers are kept while the positions of the read models they came from have not moved
+  (``framework.graphql.responses``); a kept answer is served without executing anything.
+- With ``explorer``, a browser explorer of our own at ``/graphql/explorer`` that loads nothing from
+  the internet (``framework.graphql.explorer``). No mutations: the write path is the write API.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from graphql import (
     GraphQLSchema,
     InlineFragmentNode,
     OperationDefinitionNode,
+    OperationType,
     SelectionSetNode,
     parse,
     specified_rules,
@@ -69,10 +72,12 @@ from strawberry.types import ExecutionResult
 
 from framework.breaker import CircuitBreaker
 from framework.errors import EventfoldError, RateLimited, TooManyWaiting, Unauthenticated, Unavailable
+from framework.graphql.explorer import explorer_routes
 from framework.graphql.inputs import BadJson, parse_json, unstorable_text
 from framework.graphql.limits import DocumentLimits, check_document
 from framework.graphql.live import LIVE_PROTOCOLS, LiveConnections, stream_extensions
 from framework.graphql.reads import ReadMap
+from framework.graphql.responses import PositionClock, Positions, ResponseCache, cache_key, positions_reader
 from framework.graphql.tracing import ReadSpans, tracing_extensions
 from framework.http.edge import EdgeApp
 from framework.http.gate import Gate, admitted
@@ -87,6 +92,7 @@ from framework.tracing import Tracer
 from framework.views import ViewStore
 
 __all__ = [
+    "GRAPHQL_RESPONSE",
     "POSITION_HEADER",
     "GraphQLSpec",
     "QueryApiOptions",
@@ -103,6 +109,7 @@ V = TypeVar("V")
 R = TypeVar("R", bound=ReadModel)
 
 POSITION_HEADER = "eventfold-position"
+GRAPHQL_RESPONSE = "application/graphql-response+json"  # GraphQL over HTTP's own media type
 
 
 @dataclass(frozen=True)
@@ -134,6 +141,8 @@ class QueryApiOptions:
     ready_timeout_seconds: float = 2.0
     rate_limit_per_second: float | None = None  # per token subject, else per client address (as the write API)
     auth_failures_per_minute: float | None = None  # failed authentications per client address
+    response_cache_entries: int = 1_024  # answers kept while their read models stand still; 0: off
+    explorer: bool = False  # the browser explorer at /graphql/explorer (framework.graphql.explorer)
 
     def document_limits(self) -> DocumentLimits:
         return DocumentLimits(self.max_depth, self.max_aliases, self.max_cost, self.max_overlaps,
@@ -153,6 +162,7 @@ class QueryContext:
     principal: Principal = ANONYMOUS
     breaker: CircuitBreaker | None = None
     spans: ReadSpans | None = None  # set by the tracing extension when a tracer records spans
+    clock: PositionClock | None = None  # fresh positions, for answers the response cache may keep
     watch: PositionWatch | None = None  # the process's position listener: waits without polling
     connection_params: dict[str, Any] | None = None  # a WebSocket's connection_init payload
     _loaders: dict[Hashable, DataLoader[Any, Any]] = field(default_factory=dict)
@@ -181,10 +191,15 @@ class QueryContext:
 
     def loader(self, projection: str, model: type[R]) -> DataLoader[tuple[Any, ...], R | None]:
         """Rows by key (a tuple of the key's values), all asked in one tick fetched in one query."""
+        found = self._loaders.get(("rows", projection, model))  # asked once per row of a page: no closure unless new
+        if found is not None:
+            return cast(DataLoader[tuple[Any, ...], R | None], found)
+
         async def load(keys: list[tuple[Any, ...]]) -> list[R | None]:
             return list(await self.read(self.views.get_many, projection, model, keys))
 
-        return self.dataloader(("rows", projection, model), load)
+        made = self._loaders[("rows", projection, model)] = DataLoader(load_fn=load)
+        return made
 
     def rows_by(self, projection: str, model: type[R], column: str) -> DataLoader[Any, list[R]]:
         """Rows whose ``column`` equals the key, in key order, for all keys of one tick in one query
@@ -237,6 +252,12 @@ class ReadYourWrites(SchemaExtension):
         context = self.execution_context.context
         if isinstance(context, QueryContext) and context.min_position is not None:
             context.consistency = await context.wait_for(sorted(self._needed()), context.min_position)
+        if (isinstance(context, QueryContext) and context.clock is not None and _KEEP in context.request.scope
+                and context.min_position is None):  # after a wait, many wake at once: none reads positions again
+            # Read before executing: the rows read next are at these positions or later (see responses.py).
+            seen = await _fresh(context.clock)
+            if seen is not None:
+                context.request.scope[_SEEN] = seen
         yield
 
     def _needed(self) -> set[str]:
@@ -250,6 +271,16 @@ class ReadYourWrites(SchemaExtension):
         if isinstance(context, QueryContext) and context.consistency is not None:
             return {"consistency": context.consistency}
         return {}
+
+
+async def _fresh(clock: PositionClock) -> Positions | None:
+    """Fresh positions, or None when they cannot be read: then nothing is kept or served from the cache,
+    and the request runs as if there were no cache (its own reads report the failure)."""
+    try:
+        return await clock.now()
+    except Exception:  # the read models are down: the request's own reads say so, in the usual way
+        log.debug("positions for the response cache could not be read", exc_info=True)
+        return None
 
 
 def _top_level_fields(document: Any, operation_name: str | None) -> set[str]:
@@ -313,6 +344,13 @@ def _code(error: GraphQLError) -> str:
 
 
 class _Schema(strawberry.Schema):
+    """Strawberry's schema, with what the query API plans documents with."""
+
+    documents: _Documents
+    read_map: ReadMap
+    projections_by_field: Mapping[str, Sequence[str]]
+    traced: bool  # operations are traced: each runs (its span, and its reads' spans, are what a trace shows)
+
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
         """Errors are logged once, by the response formatting (with their tracebacks when unexpected)."""
 
@@ -326,6 +364,7 @@ def build_schema(
     consistency: Any = type("ReadYourWritesFor", (ReadYourWrites,), named)
     counted: list[Any] = [type("CountedIn", (CountedRequests,), {"metrics": metrics})] if metrics else []
     documents = _Documents(options)
+    traced = tracing_extensions(tracer, _code)
     schema = _Schema(
         query=query,
         subscription=subscription,
@@ -333,14 +372,16 @@ def build_schema(
         # Factories, not instances: an extension instance holds the current
         # request's execution context, so sharing one between requests races.
         extensions=[
-            *tracing_extensions(tracer, _code),  # first: its span encloses the other extensions' work
+            *traced,  # first: its span encloses the other extensions' work
             lambda: _Checked(documents),
             consistency,
             *counted,
             *stream_extensions(_formatted),
         ],
     )
-    consistency.read_map = ReadMap.of(schema)  # the fields' declarations, once the schema has its types
+    consistency.read_map = schema.read_map = ReadMap.of(schema)  # the fields' declarations, once it has its types
+    schema.documents, schema.projections_by_field = documents, named["projections_by_field"]
+    schema.traced = bool(traced)
     return schema
 
 
@@ -465,18 +506,74 @@ def _error(message: str, code: str, error: GraphQLError) -> dict[str, Any]:
 
 _UNAVAILABLE = "eventfold.unavailable"  # set when nothing could be read: the answer becomes a 503
 _TOO_MANY_WAITING = "eventfold.too_many_waiting"  # the read-your-writes wait was refused: a 503 too
+_MEDIA = "eventfold.graphql_response"  # the client asked for application/graphql-response+json
+_REQUEST_ERROR = "eventfold.request_error"  # ... and its request was not executed: a 400
+_OPERATION = "eventfold.operation"  # the operation name of a request answered from the cache
+_KEEP = "eventfold.keep"  # (cache key, plan): the answer may be kept
+_SEEN = "eventfold.seen"  # the positions read just before it was executed
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What is known of one operation before running it: the projections it reads (it may be kept)."""
+
+    projections: tuple[str, ...]
+
+
+class _Plans:
+    """Per document text and operation name, cached with the parse and validation: whether the
+    answer may be kept (a valid query whose every top-level field declares what it reads), and what
+    it reads. ``None``: run it every time."""
+
+    def __init__(self, schema: _Schema) -> None:
+        self._schema = schema
+        self._planned = functools.lru_cache(maxsize=256)(self._plan)
+
+    def plan(self, text: str, operation: str | None) -> _Plan | None:
+        return self._planned(text, operation) if len(text) <= _CACHED_TEXT else None
+
+    def _plan(self, text: str, operation: str | None) -> _Plan | None:
+        schema = self._schema
+        try:
+            document = schema.documents.document(text)
+        except GraphQLError:
+            return None
+        if schema.documents.errors(schema._schema, text, document):  # graphql-core's schema (see on_validate)
+            return None
+        operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+        if len(operations) != 1 or operations[0].operation is not OperationType.QUERY:
+            return None  # several operations: cheap enough to run (and their choice to check) each time
+        top = _top_level_fields(document, operation) - {"__typename"}
+        declared = [schema.read_map.root_projections(f) | set(schema.projections_by_field.get(f, ())) for f in top]
+        if not top or not all(declared):
+            return None
+        found = schema.read_map.projections(document, operation).union(*declared)
+        return _Plan(tuple(sorted(found)))
 
 
 class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
     def __init__(self, schema: strawberry.Schema, views: ViewStore, store: EventLog | None,
                  options: QueryApiOptions, authenticator: Authenticator | None = None,
-                 breaker: CircuitBreaker | None = None, watch: PositionWatch | None = None) -> None:
+                 breaker: CircuitBreaker | None = None, watch: PositionWatch | None = None,
+                 metrics: Metrics | None = None) -> None:
         super().__init__(schema, graphql_ide=None, allow_queries_via_get=True,
                          subscription_protocols=LIVE_PROTOCOLS)
         self._views, self._store, self._options = views, store, options
-        self._breaker, self._watch = breaker, watch
+        self._breaker, self._watch, self._metrics = breaker, watch, metrics
         self._gate = Gate(authenticator, rate_per_second=options.rate_limit_per_second,
                           failures_per_minute=options.auth_failures_per_minute)
+        self._plans: _Plans | None = None
+        self._clock: PositionClock | None = None
+        self._responses = ResponseCache(options.response_cache_entries)
+        if isinstance(schema, _Schema) and options.response_cache_entries > 0 and not schema.traced:
+            named = {p for ps in schema.projections_by_field.values() for p in ps}
+            self._read_positions = positions_reader(views, sorted(schema.read_map.declared() | named))
+            self._plans, self._clock = _Plans(schema), PositionClock(self._positions)
+
+    async def _positions(self) -> Positions:
+        if self._breaker is None:
+            return await asyncio.to_thread(self._read_positions)
+        return await asyncio.to_thread(self._breaker.call, self._read_positions)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Request-level failures (bad JSON, no query, wrong method) answered in the GraphQL error shape."""
@@ -490,7 +587,10 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
             return
         try:
             await self._gate.admit(Request(scope=scope))  # get_context reads the principal back
-            response = await self.run(Request(scope=scope, receive=receive))
+            request = Request(scope=scope, receive=receive)
+            response = await self._kept(request) if self._plans is not None else None
+            if response is None:
+                response = await self.run(request)
             if scope.get(_UNAVAILABLE):
                 _make_unavailable(response, self._breaker)
             elif scope.get(_TOO_MANY_WAITING):
@@ -513,6 +613,57 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
             response = _graphql_error(400, "the body must be a JSON object with a `query`", "BAD_REQUEST")
         await response(scope, receive, send)
 
+    async def _kept(self, request: Request) -> Response | None:
+        """The kept answer to this request, if its read models have not moved since (else None, and
+        the request is marked so that its answer is kept)."""
+        keep = await self._keepable(request)
+        if keep is None:
+            return None
+        request.scope[_KEEP] = keep
+        key, plan = keep
+        kept = self._responses.get(key)
+        if kept is None:
+            return None
+        started = time.perf_counter()
+        assert self._clock is not None  # set with the plans
+        minimum = _min_position(request)
+        if minimum is not None and self._watch is not None:
+            heard = self._watch.positions_known()
+            if any(heard.get(p, 0) < minimum for p in plan.projections):
+                return None  # not there yet as far as the watch has heard: it waits, woken by the watch
+        now = await _fresh(self._clock)
+        if now is None or not kept.valid_at(now):
+            return None
+        if minimum is not None and any(now[p][1] < minimum for p in plan.projections):
+            return None  # it waits, or answers reached: false
+        if self._metrics is not None:
+            self._metrics.graphql_request(request.scope.get(_OPERATION), "ok", time.perf_counter() - started)
+        if minimum is None:
+            return Response(kept.body, media_type="application/json")
+        positions = {p: now[p][1] for p in plan.projections}
+        consistency = {"requested": minimum, "reached": True, "positions": positions}
+        return JSONResponse({"data": kept.data, "extensions": {"consistency": consistency}})
+
+    async def _keepable(self, request: Request) -> tuple[Hashable, _Plan] | None:
+        """The cache key and plan of a plain JSON POST of one query the cache may keep."""
+        if request.method != "POST" or not request.headers.get("content-type", "").startswith("application/json"):
+            return None
+        try:
+            data = parse_json(await request.body(), self._options.max_nesting)
+        except BadJson:
+            return None  # Strawberry answers it
+        if not isinstance(data, dict) or data.get("extensions") is not None:
+            return None
+        query, variables, operation = data.get("query"), data.get("variables"), data.get("operationName")
+        if not (isinstance(query, str) and isinstance(variables, dict | None) and isinstance(operation, str | None)):
+            return None
+        assert self._plans is not None
+        plan = self._plans.plan(query, operation)
+        if plan is None:
+            return None
+        request.scope[_OPERATION] = operation
+        return cache_key(query, variables, operation, admitted(request)), plan
+
     def decode_json(self, data: str | bytes) -> object:
         """Strawberry's hook for the body and JSON query parameters: UTF-8, bounded nesting, or a 400."""
         try:
@@ -533,7 +684,8 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
                                 breaker=self._breaker, watch=self._watch)
         return QueryContext(request, self._views, self._store, self._options,
                             min_position=_min_position(request),
-                            principal=admitted(request), breaker=self._breaker, watch=self._watch)
+                            principal=admitted(request), breaker=self._breaker, watch=self._watch,
+                            clock=self._clock)
 
     async def process_result(self, request: Any, result: ExecutionResult) -> GraphQLHTTPResponse:
         response: GraphQLHTTPResponse = {"data": result.data}
@@ -546,7 +698,25 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
                 request.scope[_TOO_MANY_WAITING] = waits[0].retry_after
         if result.extensions:
             response["extensions"] = result.extensions
+        if request.scope.get(_MEDIA) and _not_executed(result):  # GraphQL over HTTP: a 400 without `data`
+            request.scope[_REQUEST_ERROR] = True
+            response.pop("data", None)
+        self._keep(request, result)
         return response
+
+    def _keep(self, request: Any, result: ExecutionResult) -> None:
+        keep, seen = request.scope.get(_KEEP), request.scope.get(_SEEN)
+        if keep is None or seen is None or result.errors or result.data is None:
+            return
+        key, plan = keep
+        if all(p in seen for p in plan.projections) and self._clock is not None and self._clock.settled(
+                plan.projections):
+            self._responses.put(key, seen, plan.projections, result.data)
+
+
+def _not_executed(result: ExecutionResult) -> bool:
+    """The document failed to parse or validate, or its variables to coerce: errors without a path, no data."""
+    return result.data is None and bool(result.errors) and all(e.path is None for e in result.errors or [])
 
 
 def _nothing_read(result: ExecutionResult) -> bool:
@@ -598,6 +768,9 @@ class _Guard:
             await self._app(scope, receive, send)
             return
         headers = dict(scope.get("headers", []))
+        if _wants_graphql_response(headers.get(b"accept")):
+            scope[_MEDIA] = True
+            send = _as_graphql_response(send, scope)
         declared = headers.get(b"content-length", b"0")
         if declared.isdigit() and int(declared) > self._limit:
             await _too_large(self._limit)(scope, receive, send)
@@ -611,6 +784,42 @@ class _Guard:
             await self._app(scope, _limited(receive, self._limit), send)
         except _BodyTooLarge:  # Strawberry reads the whole body before it answers
             await _too_large(self._limit)(scope, receive, send)
+
+
+def _wants_graphql_response(accept: bytes | None) -> bool:
+    """The Accept header prefers ``application/graphql-response+json`` (or ranks it as high as
+    ``application/json``): GraphQL over HTTP's media type and status codes. Else ``application/json``."""
+    if not accept:
+        return False
+    weights: dict[str, float] = {}
+    for part in accept.decode("latin-1").lower().split(","):
+        media, *parameters = part.split(";")
+        weight = 1.0
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            if name.strip() == "q":
+                try:
+                    weight = float(value)
+                except ValueError:
+                    weight = 0.0
+        weights[media.strip()] = max(weight, weights.get(media.strip(), 0.0))
+    ours = weights.get(GRAPHQL_RESPONSE, 0.0)
+    return ours > 0 and ours >= weights.get("application/json", 0.0)
+
+
+def _as_graphql_response(send: Send, scope: Scope) -> Send:
+    """Answers in ``application/graphql-response+json``; 400 for a request that was not executed."""
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"content-type"]
+            kind = dict(message.get("headers", [])).get(b"content-type", b"")
+            if kind.startswith(b"application/json"):
+                kind = GRAPHQL_RESPONSE.encode() + b"; charset=utf-8"
+            status = 400 if scope.get(_REQUEST_ERROR) else message["status"]
+            message = {**message, "status": status, "headers": [*headers, (b"content-type", kind)]}
+        await send(message)
+
+    return wrapped
 
 
 def _too_large(limit: int) -> Response:
@@ -647,7 +856,8 @@ def query_routes(
     tracer: Tracer | None = None,
     watch: PositionWatch | None = None,
 ) -> list[BaseRoute]:
-    """``/graphql`` (GET and POST), to mount beside other routes (the embedded mode does).
+    """``/graphql`` (GET and POST), and ``/graphql/explorer`` when enabled, to mount beside other routes
+    (the embedded mode does).
 
     Without ``authenticator`` every caller is anonymous (and passes every ``requires``).
     With ``breaker``, every read-model call goes through it, and while it is open
@@ -656,11 +866,13 @@ def query_routes(
     options = options or QueryApiOptions()
     schema = build_schema(spec.query, options, spec.projections_by_field, metrics, tracer=tracer,
                           subscription=spec.subscription)
-    api = _QueryApi(schema, views, store, options, authenticator, breaker, watch)
+    api = _QueryApi(schema, views, store, options, authenticator, breaker, watch, metrics)
     graphql = _Guard(api, options.max_body_bytes)
     routes: list[BaseRoute] = [Route("/graphql", graphql, methods=["GET", "POST"])]
     if spec.subscription is not None:
         routes.append(WebSocketRoute("/graphql", api))
+    if options.explorer:
+        routes.extend(explorer_routes("/graphql"))
     return routes
 
 

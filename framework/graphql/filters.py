@@ -25,6 +25,7 @@ from uuid import UUID
 import strawberry
 
 from framework.errors import ConfigurationError
+from framework.graphql.scalars import Long
 from framework.query import Condition
 from framework.readmodel import ReadModel
 
@@ -36,6 +37,7 @@ __all__ = [
     "EnumFilter",
     "FloatFilter",
     "IntFilter",
+    "LongFilter",
     "StringFilter",
     "UUIDFilter",
     "filter_input",
@@ -99,10 +101,10 @@ class UUIDFilter:
     conditions = _conditions
 
 
-def _ordered_filter(name: str, scalar: type, what: str) -> type:
+def _ordered_filter(name: str, scalar: Any, what: str) -> type:
     """An operator input for an ordered scalar: comparisons, ``in`` and ``isNull``."""
     annotations = {op: scalar | None for op in ("eq", "ne", "lt", "lte", "gt", "gte")}
-    annotations |= {"in_": list[scalar] | None, "is_null": bool | None}  # type: ignore[valid-type]
+    annotations |= {"in_": list[scalar] | None, "is_null": bool | None}
     namespace: dict[str, Any] = {op: None for op in annotations}
     namespace |= {"__annotations__": annotations, "conditions": _conditions,
                   "in_": strawberry.field(default=None, name="in", description=_IN),
@@ -110,7 +112,8 @@ def _ordered_filter(name: str, scalar: type, what: str) -> type:
     return strawberry.input(type(name, (), namespace), description=f"Conditions on {what}, all of which must hold.")
 
 
-IntFilter = _ordered_filter("IntFilter", int, "an integer column")
+IntFilter = _ordered_filter("IntFilter", int, "a 32-bit integer")
+LongFilter = _ordered_filter("LongFilter", Long, "an integer column (64-bit, as the column)")
 FloatFilter = _ordered_filter("FloatFilter", float, "a floating-point column")
 DecimalFilter = _ordered_filter("DecimalFilter", Decimal, "a decimal column")
 DateFilter = _ordered_filter("DateFilter", date, "a date column")
@@ -118,7 +121,7 @@ DateTimeFilter = _ordered_filter("DateTimeFilter", datetime, "a date-and-time co
 
 # bool before int and datetime before date: each is a subclass of the next
 _FILTERS: list[tuple[type, type]] = [
-    (bool, BooleanFilter), (Enum, EnumFilter), (str, StringFilter), (int, IntFilter), (float, FloatFilter),
+    (bool, BooleanFilter), (Enum, EnumFilter), (str, StringFilter), (int, LongFilter), (float, FloatFilter),
     (Decimal, DecimalFilter), (datetime, DateTimeFilter), (date, DateFilter), (UUID, UUIDFilter),
 ]
 

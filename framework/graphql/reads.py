@@ -104,6 +104,11 @@ class ReadMap:
             found |= field.projections
         return found
 
+    def root_projections(self, field_name: str) -> frozenset[str]:
+        """What the root query type's field ``field_name`` declares (nothing for an unknown field)."""
+        found = self._fields.get(self._query, {}).get(field_name)
+        return found.projections if found else frozenset()
+
     def declared(self) -> set[str]:
         """Every projection some field declares (to check them against the application's projections)."""
         return {p for by_name in self._fields.values() for f in by_name.values() for p in f.projections}

@@ -16,6 +16,7 @@ from strawberry.scalars import JSON
 
 from framework.errors import ConfigurationError
 from framework.graphql.limits import DEFAULT_PAGE, MAX_PAGE
+from framework.graphql.scalars import Long
 from framework.query import InvalidQuery, Page, PageRequest
 from framework.readmodel import ReadModel
 
@@ -38,7 +39,8 @@ def _enum_value(value: Any) -> Any:
 def _graphql_field(annotation: Any) -> tuple[Any, Convert]:
     """The GraphQL type of a field's Python type, and how to turn a value into what that type holds.
 
-    Scalars stay themselves (enums and literals become their values' type), lists and optionals keep their shape,
+    Scalars stay themselves (``int`` is ``Long``, 64-bit like the column; enums and literals become their
+    values' type), lists and optionals keep their shape,
     nested pydantic models become object types of their own (a union of models, a GraphQL union);
     anything else (dicts, unions of scalars, tuples) is the ``JSON`` scalar, dumped as JSON."""
     origin = get_origin(annotation)
@@ -53,6 +55,8 @@ def _graphql_field(annotation: Any) -> tuple[Any, Convert]:
         return list[item], _each(convert)  # type: ignore[valid-type]
     if isinstance(annotation, type) and issubclass(annotation, Enum):
         return str, _enum_value
+    if annotation is int:  # a bigint column: GraphQL's Int is 32-bit (framework.graphql.scalars)
+        return Long, _same
     if annotation in _NATIVE:
         return annotation, _same
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
@@ -123,8 +127,7 @@ def _model_union(members: tuple[type[BaseModel], ...]) -> tuple[Any, Convert]:
 
 
 def _converter(created: type) -> Convert:
-    converters: dict[str, Convert] = getattr(created, "_converters", {})
-    return lambda value: created(**{n: c(getattr(value, n)) for n, c in converters.items()})
+    return lambda value: _build(created, value)
 
 
 def _strawberry_type(name: str, model: type[BaseModel], fields: Iterable[str], description: str) -> type:
@@ -158,8 +161,29 @@ def graphql_type(
 
 
 def _from_row(cls: type[T], row: ReadModel) -> T:
-    converters: dict[str, Convert] = getattr(cls, "_converters", {})  # inherited by subclasses that add fields
-    return cls(**{n: c(getattr(row, n)) for n, c in converters.items()})
+    return _build(cls, row)
+
+
+def _build(cls: type[T], row: BaseModel) -> T:
+    """An instance of ``cls`` from a row: plain columns copied as they are, the others converted."""
+    plain, converted = _plan_of(cls)
+    values = row.__dict__  # pydantic keeps a model's fields there: no attribute lookup per column
+    fields = {n: values[n] for n in plain}
+    for name, convert in converted:
+        fields[name] = convert(values[name])
+    return cls(**fields)
+
+
+_PLANS: dict[type, tuple[tuple[str, ...], tuple[tuple[str, Convert], ...]]] = {}
+
+
+def _plan_of(cls: type) -> tuple[tuple[str, ...], tuple[tuple[str, Convert], ...]]:
+    found = _PLANS.get(cls)
+    if found is None:
+        converters: dict[str, Convert] = getattr(cls, "_converters", {})  # inherited by subclasses adding fields
+        found = _PLANS[cls] = (tuple(n for n, c in converters.items() if c is _same),
+                               tuple((n, c) for n, c in converters.items() if c is not _same))
+    return found
 
 
 @strawberry.type(description="Where a page sits in the whole list (Relay cursor connections).")

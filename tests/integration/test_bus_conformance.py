@@ -30,6 +30,7 @@ from framework.adapters.nats import (
     connect,
 )
 from framework.errors import BusUnavailable, ConfigurationError
+from framework.partitions import bucket_tokens
 from framework.store import Notification
 from framework.streaming import EventConsumer, EventPublisher
 from framework.testing.bus_conformance import BusConformance, BusHarness, drain, notifications
@@ -99,7 +100,8 @@ def test_messages_carry_subject_headers_and_the_stored_document(
         finally:
             await connection.close()
         subject, headers, payload = messages[0]
-        assert subject == f"{jetstream_settings.subject_prefix}.Thing.{sent[0].originator_id}"
+        bucket = ".".join(bucket_tokens(str(sent[0].originator_id)))
+        assert subject == f"{jetstream_settings.subject_prefix}.Thing.{sent[0].originator_id}.{bucket}"
         assert payload == sent[0].state
         assert headers["Nats-Msg-Id"] == headers["Eventfold-Position"] == "1"
         assert headers["Eventfold-Event"] == sent[0].topic

@@ -73,7 +73,10 @@ TAKEOVER_BOUND = 30.0  # seconds: a bound against hanging, not the ≤ 5 s targe
 @pytest.fixture
 def deployment(pg_database: PgDatabase, pg_schema: str, jetstream_settings: JetStreamSettings,  # noqa: F811
                tmp_path: Path) -> Iterator[Deployment]:
-    with deployment_for(pg_database, pg_schema, jetstream_settings, tmp_path) as deployed:
+    # One worker per projection is what this file tests: the example's holdings run unpartitioned here
+    # (test_partitioned_projections.py tests workers sharing partitions).
+    with deployment_for(pg_database, pg_schema, jetstream_settings, tmp_path,
+                        extra_env={"EVENTFOLD_PARTITIONS": "holdings=1"}) as deployed:
         yield deployed
 
 

@@ -63,7 +63,7 @@ pytestmark = [pytest.mark.postgres]
 NAMES = [p.name for p in build_projectors()]
 STATUS_COLUMNS = ["name", "version", "active", "state", "position", "head", "lag_events", "lag_seconds",
                   "dead_letters"]
-STATUS_FIELDS = [*STATUS_COLUMNS, "owner", "outbox_pending", "outbox_oldest_seconds", "deadlines_pending"]
+STATUS_FIELDS = [*STATUS_COLUMNS, "owner", "outbox_pending", "outbox_oldest_seconds", "deadlines_pending", "partitions"]
 STATUS_TABLE = [*STATUS_COLUMNS, "outbox", "deadlines", "owner"]
 
 

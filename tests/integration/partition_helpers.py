@@ -1,0 +1,90 @@
+"""A test application with two partitioned projections, for workers sharing partitions.
+
+``applied`` keeps one row per event it handled, counting the transactions that applied it
+(``times``) and naming the process that did (``pid``): an event applied twice shows ``times == 2``,
+whatever the rows of an idempotent read model would hide. ``holdings`` is the example's projector
+split into the same number of partitions.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import ClassVar
+
+from example_app.accounts import AccountOpened, SecuritiesCredited, SecuritiesDebited
+from example_app.app import build_router
+from framework.app import App
+from framework.events import Event
+from framework.projector import HandlerContext, Projector, on
+from framework.readmodel import ReadModel
+from framework.store import EventStore
+from framework.views import ViewStore
+from projections.holdings import HoldingsProjector
+
+PARTITIONS = 8
+PARTITION_APP = "partition_helpers:partition_app"
+
+
+class Applied(ReadModel):
+    table = "applied"
+    key = ("position",)
+
+    position: int
+    aggregate_id: str
+    times: int
+    pid: int
+
+
+class AppliedLog(Projector):
+    name: ClassVar[str] = "applied"
+    read_models = (Applied,)
+    partitions = PARTITIONS
+
+    def _count(self, context: HandlerContext) -> None:
+        position = context.envelope.position
+        assert position is not None
+        seen = context.views.get(Applied, position)
+        context.views.put(Applied(position=position, aggregate_id=str(context.envelope.aggregate_id),
+                                  times=(seen.times if seen else 0) + 1, pid=os.getpid()))
+
+    @on(AccountOpened)
+    def opened(self, event: Event, context: HandlerContext) -> None:
+        self._count(context)
+
+    @on(SecuritiesCredited)
+    def credited(self, event: Event, context: HandlerContext) -> None:
+        self._count(context)
+
+    @on(SecuritiesDebited)
+    def debited(self, event: Event, context: HandlerContext) -> None:
+        self._count(context)
+
+
+class PartitionedHoldings(HoldingsProjector):
+    partitions = PARTITIONS
+
+
+def build_partition_projectors() -> list[Projector]:
+    return [PartitionedHoldings(), AppliedLog()]
+
+
+partition_app = App(name="partitions", commands=build_router(), projections=[PartitionedHoldings, AppliedLog])
+
+NAMES = ["holdings", "applied"]
+HANDLED = {"AccountOpened", "SecuritiesCredited", "SecuritiesDebited"}
+
+
+def assert_applied_once(views: ViewStore, store: EventStore) -> dict[int, int]:
+    """Every account event applied exactly once (none twice, none skipped); returns events per pid."""
+    rows = {row.position: row for row in views.query("applied", Applied)}
+    expected = [n.id for n in store.read_all(0, 1_000_000_000) if n.topic in HANDLED]
+    missing = [p for p in expected if p not in rows]
+    twice = {p: row.times for p, row in rows.items() if row.times != 1}
+    extra = sorted(set(rows) - set(expected))
+    assert not missing and not twice and not extra, (
+        f"{len(missing)} skipped (first {missing[:5]}), applied more than once: {dict(list(twice.items())[:5])},"
+        f" unknown {extra[:5]}")
+    per_pid: dict[int, int] = {}
+    for row in rows.values():
+        per_pid[row.pid] = per_pid.get(row.pid, 0) + 1
+    return per_pid

@@ -1,0 +1,168 @@
+"""Rebuilding a partitioned projection (issue 13): its partitions in parallel, still blue-green.
+
+* ``rebuild(..., parallel=4)`` of a projection of 8 partitions: the new version has a position per
+  partition, all at the head, each account event applied exactly once, rows equal to a replay, and
+  it is the active version;
+* a replay with another count (``with_partitions``, what ``EVENTFOLD_PARTITIONS`` does) is how the
+  count changes: the new version has the new count, and a worker with the old count refuses it
+  with one clear error instead of applying anything;
+* a worker of one partition that follows the switch catches its partition up from the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from partition_helpers import PARTITIONS, Applied, AppliedLog, PartitionedHoldings, assert_applied_once
+from streaming_helpers import assert_matches_replay, new_isin, write_backlog
+from support.postgres import PgDatabase
+
+from framework.adapters.pg_positions import PostgresPositionSignals
+from framework.adapters.postgres import PostgresEventStore
+from framework.adapters.postgres_views import PostgresViewStore
+from framework.errors import ConcurrencyConflict, ConfigurationError
+from framework.partitions import Partition
+from framework.projector import with_partitions
+from framework.replay import rebuild, rebuild_aggregate
+from framework.testing.positions_conformance import changes, listen_while
+from framework.worker import ProjectionWorker
+from projections.holdings import AccountRow, Holding
+
+pytestmark = [pytest.mark.postgres]
+
+
+@pytest.fixture
+def store(pg_database: PgDatabase, pg_schema: str) -> Iterator[PostgresEventStore]:
+    store = PostgresEventStore(pg_database.settings(pg_schema))
+    store.create_schema()
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def views(pg_database: PgDatabase, pg_schema: str) -> Iterator[PostgresViewStore]:
+    views = PostgresViewStore(pg_database.settings(pg_schema, pool_size=8))
+    views.create_schema()
+    yield views
+    views.close()
+
+
+def test_a_partitioned_projection_is_rebuilt_in_parallel_and_switched_in(
+        store: PostgresEventStore, views: PostgresViewStore) -> None:
+    write_backlog(store, new_isin(), accounts=300, credits_each=8)
+    seen: list[tuple[int, int]] = []
+    for projector in (PartitionedHoldings(), AppliedLog()):
+        version = rebuild(projector, views, store, parallel=4, progress=lambda p, h: seen.append((p, h)))
+        assert version == 2 and views.active_version(projector.name) == 2
+        rows = [p for p in views.partition_states() if p.name == projector.name and p.version == 2]
+        assert [p.index for p in rows] == list(range(PARTITIONS))
+        assert all(p.count == PARTITIONS and p.position == store.head() for p in rows), rows
+    assert seen and seen[-1][0] == store.head()
+    assert_matches_replay(views, store, [PartitionedHoldings()])
+    assert_applied_once(views, store)
+
+
+def test_the_partition_count_changes_with_a_replay(store: PostgresEventStore, views: PostgresViewStore) -> None:
+    write_backlog(store, new_isin(), accounts=100, credits_each=4)
+    rebuild(AppliedLog(), views, store, parallel=2)
+    fewer = with_partitions(AppliedLog(), 2)
+    assert rebuild(fewer, views, store, parallel=2) == 3
+    assert views.partition_count("applied", 3) == 2
+    assert_applied_once(views, store)
+    with pytest.raises(ConfigurationError, match="applied v3 has 2 partitions, not 8: changing the count takes a"
+                                                 " replay"):
+        ProjectionWorker(AppliedLog(), views, store, partition=Partition(0, PARTITIONS))
+    with pytest.raises(ConfigurationError, match="applied v3 is partitioned \\(2 partitions\\)"):
+        ProjectionWorker(AppliedLog(), views, store)
+
+
+def test_a_partition_worker_follows_a_switch_and_catches_up_from_the_store(
+        store: PostgresEventStore, views: PostgresViewStore) -> None:
+    write_backlog(store, new_isin(), accounts=50, credits_each=2)
+    workers = [ProjectionWorker(AppliedLog(), views, store, partition=Partition(i, PARTITIONS))
+               for i in range(PARTITIONS)]
+    for worker in workers:
+        worker.catch_up()
+    rebuild(AppliedLog(), views, store, parallel=2)
+    write_backlog(store, new_isin(), accounts=50, credits_each=2)
+    fresh = store.read_all(workers[0].position, 1_000_000)
+    for worker in workers:  # the bus delivers only a partition's own events (here its last), after the switch
+        assert worker.partition is not None
+        own = [n for n in fresh if worker.partition.holds(str(n.originator_id))]
+        worker.apply(own[-1:])
+        assert worker.version == 2 and worker.position == own[-1].id
+    assert_applied_once(views, store)
+    for worker in workers:  # idle, each partition passes the head (framework.sharing does it)
+        worker.skip_to(store.head())
+    assert views.active_position("applied") == store.head()
+
+
+def test_one_aggregate_of_a_partitioned_projection_is_rebuilt_from_its_partitions_position(
+        store: PostgresEventStore, views: PostgresViewStore, pg_database: PgDatabase, pg_schema: str) -> None:
+    write_backlog(store, new_isin(), accounts=40, credits_each=3)
+    workers = [ProjectionWorker(PartitionedHoldings(), views, store, partition=Partition(i, PARTITIONS))
+               for i in range(PARTITIONS)]
+    for worker in workers[:3]:  # the partitions stand at different positions
+        worker.catch_up()
+    write_backlog(store, new_isin(), accounts=40, credits_each=3)
+    for worker in workers:
+        worker.catch_up()
+    account = store.read_all(0, 1)[0].originator_id
+    with views.batch("holdings", 1) as batch:  # a handler's bug damaged one account's rows
+        for row in views.query("holdings", Holding):
+            if row.account_number == batch.get(AccountRow, account).account_number:  # type: ignore[union-attr]
+                batch.delete(Holding, row.account_number, row.isin)
+    done = rebuild_aggregate(PartitionedHoldings(), views, store, account)
+    assert done.version == 2 and done.written > 0
+    assert views.partition_count("holdings", 2) == PARTITIONS
+    fresh = PostgresViewStore(pg_database.settings(pg_schema))  # queries look the active version up once a second
+    try:
+        assert_matches_replay(fresh, store, [PartitionedHoldings()])
+    finally:
+        fresh.close()
+
+
+def test_a_partitions_position_is_a_compare_and_set_and_the_projection_is_at_the_lowest(
+        views: PostgresViewStore) -> None:
+    views.ensure_tables("applied", 1, AppliedLog.read_models)
+    views.ensure_partitions("applied", 1, 4)
+    views.ensure_partitions("applied", 1, 4)  # idempotent
+    with views.partition_batch("applied", 1, 0) as batch:
+        batch.put(Applied(position=5, aggregate_id="a", times=1, pid=1))
+        batch.advance(10, None, since=0)
+    conflict = pytest.raises(ConcurrencyConflict, match="applied v1 partition 0 was advanced by another worker")
+    with conflict, views.partition_batch("applied", 1, 0) as late:  # a worker that lost its lease, unaware
+        late.put(Applied(position=6, aggregate_id="b", times=1, pid=2))
+        late.advance(12, None, since=0)
+    assert [row.position for row in views.query("applied", Applied)] == [5]  # the late batch wrote nothing
+    assert views.partition_position("applied", 1, 0) == 10
+    assert views.position("applied", 1) == 0 == views.active_position("applied")  # partitions 1-3 are at 0
+    for index in (1, 2, 3):
+        with views.partition_batch("applied", 1, index) as batch:
+            batch.advance(10 + index, None, since=0)
+    assert views.active_position("applied") == 10
+    assert {s.name: s.position for s in views.states()}["applied"] == 10
+    with pytest.raises(ConfigurationError, match="has 4 partitions, not 8"):
+        views.ensure_partitions("applied", 1, 8)
+
+
+def test_a_partitions_commit_announces_the_projections_lowest_position(
+        views: PostgresViewStore, pg_database: PgDatabase, pg_schema: str) -> None:
+    views.ensure_tables("applied", 1, AppliedLog.read_models)
+    views.ensure_partitions("applied", 1, 2)
+
+    def advance(index: int, position: int) -> None:
+        with views.partition_batch("applied", 1, index) as batch:
+            batch.put(Applied(position=position, aggregate_id=str(index), times=1, pid=0))
+            batch.advance(position, None)
+
+    def act() -> None:
+        advance(0, 10)  # partition 1 is still at 0: the projection is at 0
+        advance(1, 7)  # now at 7
+        advance(1, 12)  # partition 0 is the lowest: 10
+
+    signals = PostgresPositionSignals(pg_database.settings(pg_schema), check_seconds=0.1)
+    heard = listen_while(signals, act, lambda h: len(changes(h, "applied")) >= 3)
+    assert [c.position for c in changes(heard, "applied")] == [0, 7, 10]
+    assert changes(heard, "applied")[0].touched == {"applied": frozenset({("10",)})}
