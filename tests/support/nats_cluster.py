@@ -128,19 +128,20 @@ class NatsCluster:
 
     def wait_replicas_current(self, settings: JetStreamSettings, consumers: Sequence[str] = (), *,
                               timeout: float = 60.0) -> None:
-        """Until the stream and each of its server-side ``consumers`` has a leader and every other replica
-        is current: a node that came back has caught up, and another may be lost."""
+        """Until the stream, every consumer it has and each of the server-side ``consumers`` named has a
+        leader and every other replica current: a node that came back has caught up, another may be lost."""
 
         async def current() -> bool:
             connection = await connect(replace_servers(settings, self.running_servers()), timeout=5)
             try:
-                infos = [await connection.js.stream_info(settings.stream)]
-                infos += [await connection.js.consumer_info(settings.stream, name) for name in consumers]
+                infos: list[Any] = [await connection.js.stream_info(settings.stream)]
+                infos += await connection.js.consumers_info(settings.stream)
+                found = {info.name for info in infos[1:]}
             except nats.js.errors.Error:
                 return False
             finally:
                 await connection.close()
-            return all(self._all_current(info.cluster) for info in infos)
+            return set(consumers) <= found and all(self._all_current(info.cluster) for info in infos)
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
