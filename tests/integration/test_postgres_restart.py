@@ -220,8 +220,9 @@ def _schema(settings: PostgresSettings) -> None:
 
 
 @pytest.mark.nats
+@pytest.mark.parametrize("write_async", ["off", "on"], ids=["threads", "loop"])
 def test_a_postgresql_restart_under_load_costs_a_few_retries_and_loses_nothing(
-    private_postgres: PostgresServer, jetstream_settings: JetStreamSettings,
+    private_postgres: PostgresServer, jetstream_settings: JetStreamSettings, write_async: str,
 ) -> None:
     cluster = private_postgres.cluster
     assert cluster is not None
@@ -229,7 +230,8 @@ def test_a_postgresql_restart_under_load_costs_a_few_retries_and_loses_nothing(
     _schema(settings)
     # Every setting its default but one: the breaker opens at the first failure (three clients may see
     # fewer failures in a row than the default five), so what is tested is its probe finding PostgreSQL back.
-    env = clean_env(EVENTFOLD_DATABASE_URL=private_postgres.url("postgres"), EVENTFOLD_BREAKER_THRESHOLD="1")
+    env = clean_env(EVENTFOLD_DATABASE_URL=private_postgres.url("postgres"), EVENTFOLD_BREAKER_THRESHOLD="1",
+                    EVENTFOLD_WRITE_ASYNC=write_async)
     store, views = PostgresEventStore(settings), PostgresViewStore(settings)
     try:
         with (InProcessRoles(store, views, CommandBus(build_router(), store), jetstream_settings,
