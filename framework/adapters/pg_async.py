@@ -66,6 +66,7 @@ class AsyncPostgresAppender:
         self._opened = False
         self._sql = _Statements(settings.schema.strip() or "public", _EVENTS_TABLE)
         self._group: AsyncGroupCommit[_Append, list[int]] = AsyncGroupCommit(self._append_group)
+        self._grouping = settings.group_commit  # EVENTFOLD_GROUP_COMMIT=false: one transaction per append
 
     @property
     def group_commit(self) -> AsyncGroupCommit[_Append, list[int]]:
@@ -73,6 +74,8 @@ class AsyncPostgresAppender:
 
     async def append(self, events: Sequence[StoredEvent],
                      completion: IdempotencyCompletion | None = None) -> list[int]:
+        if not self._grouping:
+            return await self._append_one(_Append(events, completion))
         return await self._group.submit(_Append(events, completion))
 
     async def claim_idempotency_key(self, key: str, request_hash: str, owner: UUID,
