@@ -1,7 +1,8 @@
 """The write API: ``POST /commands/{CommandName}``, ``GET /openapi.json``, ``/healthz``, ``/readyz``, ``/metrics``.
 
 Requests are parsed and checked here; the command itself runs on a worker
-thread through the synchronous ``CommandBus``. Every failure leaves as
+thread through the synchronous ``CommandBus`` or, given an ``AsyncAppender``
+(``EVENTFOLD_WRITE_ASYNC``), on the event loop through ``CommandBus.execute_async``. Every failure leaves as
 problem details; an unexpected exception is logged with its traceback (by the
 edge, ``framework.http.edge``) and the client sees only a generic 500.
 
