@@ -10,7 +10,7 @@ import logging
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from framework.app import App, Seeding
 from framework.cli.common import (
@@ -28,6 +28,10 @@ from framework.cli.common import (
 from framework.errors import ConfigurationError, EventfoldError
 from framework.loading import load_app
 from framework.settings import Settings
+
+if TYPE_CHECKING:
+    from framework.breaker import CircuitBreaker
+    from framework.store import AsyncAppender
 
 __all__ = ["register", "write_api_worker"]
 
@@ -165,28 +169,45 @@ def run_query_api(settings: Settings, args: argparse.Namespace) -> int:
     from framework.graphql import create_query_app
     from framework.metrics import Metrics
 
-    postgres = require_postgres(settings, "query-api")
+    require_postgres(settings, "query-api")
     auth = authenticator(settings, "query-api")
     tracer = tracing(settings, "query-api")  # a span per GraphQL operation (and the provider for the app's own spans)
-    store, views = open_store(settings), open_views(postgres)
+    store, views = open_store(settings), open_views(settings, "query-api", for_queries=True)
+    # On a replica (EVENTFOLD_QUERY_DATABASE_URL), what writes (the console's operations) goes to the primary.
+    on_replica = settings.query_postgres() != settings.read_postgres()
+    primary = open_views(settings, "query-api") if on_replica else views
     breaker = _breaker(settings, "read models")
     metrics = Metrics()
     metrics.watch_projections(store, views)
     metrics.watch_breakers([breaker])
-    from framework.adapters.pg_positions import PostgresPositionSignals
-
-    watch = _watch(settings, PostgresPositionSignals(postgres), views, store)
+    watch = _watch(settings, _position_signals(settings, views, on_replica=on_replica), views, store)
     application_ = application(settings, args)
     app = create_query_app(graphql_of(application_), views, store,
                            options=_query_options(settings, introspection=False),
                            metrics=metrics, authenticator=auth, breaker=breaker, tracer=tracer, watch=watch)
-    app.router.routes[:0] = _console(settings, store, views, application_, auth)  # before its catch-all errors
+    app.router.routes[:0] = _console(settings, store, primary, application_, auth)  # before its catch-all errors
 
     def close() -> None:
+        if primary is not views:
+            primary.close()
         views.close()
         store.close()
 
     return _serve(settings, app, args, close)
+
+
+def _position_signals(settings: Settings, views: Any, *, on_replica: bool) -> Any:
+    """Commits heard on the read database; on a replica, each delivered once the replica replayed it."""
+    from framework.adapters.pg_positions import PostgresPositionSignals
+
+    read = settings.read_postgres()
+    assert read is not None  # query-api runs on PostgreSQL
+    signals = PostgresPositionSignals(read)
+    if not on_replica:
+        return signals
+    from framework.adapters.replica_positions import ReplicaPositionSignals
+
+    return ReplicaPositionSignals(signals, views)
 
 
 def _watch(settings: Settings, signals: Any, views: Any, store: Any) -> Any:
@@ -243,8 +264,20 @@ def _write_api(settings: Settings, application_: App) -> tuple[Any, Callable[[],
     metrics = Metrics()
     metrics.watch_breakers([store.breaker])
     bus = command_bus(settings, application_.commands, store, metrics, tracing(settings, "write-api"))
-    app = create_write_app(bus, _write_options(settings), metrics=metrics, authenticator=auth)
+    app = create_write_app(bus, _write_options(settings), metrics=metrics, authenticator=auth,
+                           appender=_async_appender(settings, store.breaker))
     return app, store.close
+
+
+def _async_appender(settings: Settings, breaker: CircuitBreaker) -> AsyncAppender | None:
+    """``EVENTFOLD_WRITE_ASYNC``: the event store's writes on the event loop, behind the store's breaker."""
+    postgres = settings.postgres()
+    if not settings.write_async or postgres is None:
+        return None
+    from framework.adapters.pg_async import AsyncPostgresAppender
+    from framework.breaker import BreakingAsyncAppender
+
+    return BreakingAsyncAppender(AsyncPostgresAppender(postgres), breaker)
 
 
 def write_api_worker() -> Any:
@@ -305,11 +338,10 @@ def _breaker(settings: Settings, dependency: str) -> Any:
 def run_init_db(settings: Settings, args: argparse.Namespace) -> int:
     store = open_store(settings)
     store.create_schema()
-    postgres = settings.postgres()
-    if postgres is None:
+    if settings.postgres() is None:
         print(f"eventfold: event store schema is ready ({settings.sqlite_path})")
         return 0
-    views = open_views(postgres)
+    views = open_views(settings, "init-db")
     views.create_schema()
     projectors = application(settings, args).build_projectors()
     for projector in projectors:
