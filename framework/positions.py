@@ -142,6 +142,8 @@ class PositionWatch:
     _loading: asyncio.Lock | None = field(default=None, init=False)
     _interests: dict[str, set[Interest]] = field(default_factory=dict, init=False)  # by projection
     _by_key: dict[tuple[str, str, int, str], set[Interest]] = field(default_factory=dict, init=False)
+    # Reads in flight that live subscribers share (framework.graphql.live), with the position heard when each began.
+    shared_reads: dict[Any, tuple[asyncio.Future[Any], int]] = field(default_factory=dict, init=False)
 
     @property
     def waiting(self) -> int:
