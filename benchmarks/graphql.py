@@ -883,13 +883,13 @@ async def _subscriber(port: int, query: str, got: list[tuple[int, float]], ready
                 if kind == "next":
                     payload = message["payload"]
                     if payload.get("errors"):
-                        errors["GraphQL errors"] += 1
+                        errors[f"GraphQL error: {payload['errors'][0].get('message', '')[:80]}"] += 1
                     else:
                         got.append((int(payload["data"]["card"]["position"]), received))
                 elif kind == "ping":
                     await ws.send(json.dumps({"type": "pong"}))
                 elif kind in ("error", "complete"):
-                    errors[kind] += 1
+                    errors[f"{kind}: {json.dumps(message.get('payload'))[:80]}"] += 1
                     return
                 if stop.is_set():
                     return
@@ -1369,6 +1369,9 @@ def run_loaded(url: str, loaded: list[str], subs: bool, table: dict[str, Phase],
         if subs:
             print("  running: subs ...", file=sys.stderr, flush=True)
             live = run_live(url, server.port, server.pid, args.subscriptions, args.per_key, args.write_rate, pg_pids)
+            if live.errors:
+                print(f"  (subscriptions failed; the query API's log ends: {server.log_tail()[-1200:]})",
+                      file=sys.stderr)
     finally:
         projector.stop()
     return live
