@@ -21,6 +21,8 @@ __all__ = ["TEXT_FORMAT", "JsonFormatter", "configure_logging"]
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "taskName"}
+# What json.dumps(line, default=str, ensure_ascii=False) builds on every call, built once.
+_ENCODER = json.JSONEncoder(default=str, ensure_ascii=False)
 
 
 class JsonFormatter(logging.Formatter):
@@ -41,11 +43,18 @@ class JsonFormatter(logging.Formatter):
             line["exception"] = self.formatException(record.exc_info)
         elif record.stack_info:
             line["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(line, default=str, ensure_ascii=False)
+        return _ENCODER.encode(line)
 
 
 def configure_logging(log_format: str, level: int = logging.INFO) -> None:
-    """Send every log record to stderr, as ``json`` lines or ``text``; replaces earlier handlers."""
+    """Send every log record to stderr, as ``json`` lines or ``text``; replaces earlier handlers.
+
+    Neither format shows a record's thread or process, so records do not look them up (the logging
+    module's documented switches): the write path logs a line per command, and a process id is a
+    system call each time."""
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()

@@ -23,6 +23,7 @@ PREFIX = "EVENTFOLD_"
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 _NATS_SCHEMES = {"nats", "tls", "ws", "wss"}
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_TAG = re.compile(r"^[A-Za-z0-9_:.=-]+$")
 _PREFIX_CHARS = re.compile(r"^[A-Za-z0-9_-]*$")
 _NAME_CHARS = "letters, digits, '-' or '_'"
 
@@ -71,6 +72,11 @@ class Settings:
     """Everything configurable, with the defaults of the embedded mode."""
 
     database_url: str | None = None
+    # The read models' database (workers, replay, status, init-db, query-api); None: the event store's.
+    read_database_url: str | None = None
+    read_db_schema: str | None = None  # EVENTFOLD_READ_DB_SCHEMA; None: EVENTFOLD_DB_SCHEMA
+    # Where query-api reads read models and positions, e.g. a streaming replica; None: the read database.
+    query_database_url: str | None = None
     sqlite_path: str = ".eventfold/events.sqlite3"
     db_schema: str = "public"
     db_pool_size: int = 8
@@ -129,6 +135,8 @@ class Settings:
     stream_retention: str = "limits"  # limits | interest
     stream_max_age_seconds: float = 0.0  # 0: kept forever
     stream_duplicate_window_seconds: float = 120.0
+    stream_placement_cluster: str | None = None  # EVENTFOLD_STREAM_PLACEMENT_CLUSTER: the JetStream cluster
+    stream_placement_tags: tuple[str, ...] = ()  # EVENTFOLD_STREAM_PLACEMENT_TAGS: servers carrying all these tags
     consumer_prefix: str = "eventfold-"
     console: bool = True  # EVENTFOLD_CONSOLE: dev and query-api serve /console/ and the /ops/ API
     faults: str = ""  # EVENTFOLD_FAULTS: a testing aid, the fault points to arm (framework.faults)
@@ -141,6 +149,9 @@ class Settings:
         defaults = cls()
         settings = cls(
             database_url=read.text("DATABASE_URL", defaults.database_url),
+            read_database_url=read.text("READ_DATABASE_URL", None) or None,
+            read_db_schema=read.text("READ_DB_SCHEMA", None) or None,
+            query_database_url=read.text("QUERY_DATABASE_URL", None) or None,
             sqlite_path=read.text("SQLITE_PATH", defaults.sqlite_path) or defaults.sqlite_path,
             db_schema=read.text("DB_SCHEMA", defaults.db_schema) or defaults.db_schema,
             db_pool_size=read.number("DB_POOL_SIZE", int, defaults.db_pool_size, minimum=1),
@@ -235,6 +246,8 @@ class Settings:
             stream_duplicate_window_seconds=read.number(
                 "STREAM_DUPLICATE_WINDOW_SECONDS", float, defaults.stream_duplicate_window_seconds, minimum=0
             ),
+            stream_placement_cluster=read.optional_matching("STREAM_PLACEMENT_CLUSTER", _NAME, _NAME_CHARS),
+            stream_placement_tags=read.tags("STREAM_PLACEMENT_TAGS"),
             consumer_prefix=read.matching(
                 "CONSUMER_PREFIX", defaults.consumer_prefix, _PREFIX_CHARS, _NAME_CHARS, allow_empty=True
             ),
@@ -243,6 +256,7 @@ class Settings:
             otel=tuple(sorted((k, v) for k, v in env.items() if k.startswith("OTEL_"))),
         )
         settings.postgres()  # a malformed URL fails here, at start-up
+        settings._check_read_databases()
         settings.nats_servers()  # ...and so does a malformed NATS URL
         settings._check_stream()
         return settings
@@ -254,6 +268,16 @@ class Settings:
                 f"{PREFIX}STREAM_DUPLICATE_WINDOW_SECONDS={window!r} must not exceed "
                 f"{PREFIX}STREAM_MAX_AGE_SECONDS={max_age!r}"
             )
+
+    def _check_read_databases(self) -> None:
+        for key, url in (("READ_DATABASE_URL", self.read_database_url),
+                         ("QUERY_DATABASE_URL", self.query_database_url)):
+            if url and not self.database_url:
+                raise ConfigurationError(
+                    f"{PREFIX}{key}={_redact(url)!r} needs {PREFIX}DATABASE_URL (the event store) too"
+                )
+        self.read_postgres()
+        self.query_postgres()
 
     def nats_servers(self) -> tuple[str, ...]:
         """The NATS servers of ``EVENTFOLD_NATS_URL`` (comma-separated), the local default when unset."""
@@ -271,17 +295,36 @@ class Settings:
         return servers
 
     def postgres(self) -> PostgresSettings | None:
-        """The PostgreSQL connection, or None for the embedded store."""
+        """The event store's PostgreSQL connection, or None for the embedded store."""
         if not self.database_url:
             return None
-        parsed = PostgresSettings.from_url(self.database_url)
+        return self._postgres(self.database_url, "DATABASE_URL", self.db_schema)
+
+    def read_postgres(self) -> PostgresSettings | None:
+        """The read models' PostgreSQL (``EVENTFOLD_READ_DATABASE_URL``, else the event store's); None: embedded."""
+        if not self.database_url:
+            return None
+        schema = self.read_db_schema or self.db_schema
+        if not self.read_database_url:
+            return self._postgres(self.database_url, "DATABASE_URL", schema)
+        return self._postgres(self.read_database_url, "READ_DATABASE_URL", schema)
+
+    def query_postgres(self) -> PostgresSettings | None:
+        """Where query-api reads read models and positions (``EVENTFOLD_QUERY_DATABASE_URL``, e.g. a
+        streaming replica of the read database), else the read database; None: embedded."""
+        if not self.database_url or not self.query_database_url:
+            return self.read_postgres()
+        return self._postgres(self.query_database_url, "QUERY_DATABASE_URL", self.read_db_schema or self.db_schema)
+
+    def _postgres(self, url: str, key: str, schema: str) -> PostgresSettings:
+        parsed = PostgresSettings.from_url(url, key=PREFIX + key)
         return PostgresSettings(
             host=parsed.host,
             port=parsed.port,
             dbname=parsed.dbname,
             user=parsed.user,
             password=parsed.password,
-            schema=self.db_schema,
+            schema=schema,
             pool_size=self.db_pool_size,
             connect_timeout=self.db_connect_timeout,
             group_commit=self.group_commit,
@@ -327,6 +370,21 @@ class _Reader:
         if not pattern.match(value):
             raise ConfigurationError(f"{PREFIX}{name}={value!r} must contain only {what}")
         return value
+
+    def optional_matching(self, name: str, pattern: re.Pattern[str], what: str) -> str | None:
+        raw = (self._env.get(PREFIX + name) or "").strip()
+        return self.matching(name, raw, pattern, what) if raw else None
+
+    def tags(self, name: str) -> tuple[str, ...]:
+        """Comma-separated server tags (``az:eu-1,ssd``), each of letters, digits and ``-_:.=``."""
+        tags = self.names(name, ())
+        for tag in tags:
+            if not _TAG.match(tag):
+                raise ConfigurationError(
+                    f"{PREFIX}{name}={self._env[PREFIX + name]!r}: tag {tag!r} must contain only letters, digits, "
+                    "'-', '_', ':', '.' or '='"
+                )
+        return tags
 
     def subject_prefix(self, name: str, default: str) -> str:
         """Dot-separated tokens, each a name (NATS subject wildcards and empty tokens refused)."""

@@ -2,6 +2,8 @@
 # Starts every distributed role on this machine: write-api (8001), relay, project, query-api (8002).
 # Needs EVENTFOLD_DATABASE_URL (postgresql://...) and EVENTFOLD_NATS_URL (nats://...) and a venv
 # (bash scripts/demo.sh or scripts/test.sh creates one). Ctrl-C stops the roles it started.
+# Optional: EVENTFOLD_READ_DATABASE_URL puts the read models in another database (default: the event
+# store's), EVENTFOLD_QUERY_DATABASE_URL has query-api read a streaming replica of it (docs/operations.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${EVENTFOLD_DATABASE_URL:?set EVENTFOLD_DATABASE_URL=postgresql://user@host:5432/dbname}"

@@ -26,14 +26,24 @@ CommitGroup = Callable[[Sequence[R]], Sequence["T | BaseException"]]
 
 
 class _Waiter(Generic[R, T]):
-    __slots__ = ("done", "error", "leads", "request", "result")
+    __slots__ = ("_released", "error", "leads", "request", "result")
 
     def __init__(self, request: R) -> None:
         self.request = request
-        self.done = threading.Event()
+        # Held from the start, released once: the cheapest one-shot signal between two threads (an
+        # Event is a Condition, a lock and a list of waiters; this path signals once per command).
+        self._released = threading.Lock()
+        self._released.acquire()
         self.leads = False  # woken to lead the next commit, not with an outcome
         self.result: T | None = None
         self.error: BaseException | None = None
+
+    def wake(self) -> None:
+        """Wake the request's thread: its outcome is set, or it is to lead. Called once per waiter."""
+        self._released.release()
+
+    def wait(self) -> None:
+        self._released.acquire()
 
     def outcome(self) -> T:
         if self.error is not None:
@@ -63,7 +73,7 @@ class GroupCommit(Generic[R, T]):
             if not leads:
                 self.waited += 1
         if not leads:
-            waiter.done.wait()
+            waiter.wait()
             if not waiter.leads:
                 return waiter.outcome()
         self._lead()
@@ -95,7 +105,7 @@ class GroupCommit(Generic[R, T]):
                 waiter.error = outcome
             else:
                 waiter.result = outcome
-            waiter.done.set()
+            waiter.wake()
 
     def _hand_over(self) -> None:
         """The first request queued meanwhile leads the next group; none: nobody is committing."""
@@ -105,7 +115,7 @@ class GroupCommit(Generic[R, T]):
                 return
             successor = self._queue[0]
         successor.leads = True
-        successor.done.set()
+        successor.wake()
 
 
 def _failed_with(error: BaseException) -> BaseException:

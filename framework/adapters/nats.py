@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
@@ -44,6 +45,7 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
     DiscardPolicy,
+    Placement,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -95,6 +97,10 @@ _STREAM_NOT_FOUND = 10059
 _CONSUMER_NOT_FOUND = 10014
 _STREAM_NAME_IN_USE = 10058
 
+# How long to wait for a stream's answer after a publish it did not answer: while its replicas elect a
+# leader nobody answers, and a short wait retries (with the caller's backoff) soon after the election.
+_ELECTION_CHECK_SECONDS = 1.0
+
 # Everything nats-py raises when the server cannot be reached or does not answer in time.
 _NATS_ERRORS: tuple[type[BaseException], ...] = (nats.errors.Error, asyncio.TimeoutError, OSError)
 _CLOSE_ERRORS: tuple[type[BaseException], ...] = (*_NATS_ERRORS, AttributeError, ValueError)
@@ -120,6 +126,8 @@ class JetStreamSettings:
     max_age_seconds: float = 0.0
     duplicate_window_seconds: float = 120.0
     consumer_prefix: str = "eventfold-"
+    placement_cluster: str | None = None  # the JetStream cluster the stream's replicas go to
+    placement_tags: tuple[str, ...] = ()  # ...on servers carrying every one of these tags
 
     @property
     def subjects(self) -> str:
@@ -140,6 +148,8 @@ class JetStreamSettings:
             max_age_seconds=settings.stream_max_age_seconds,
             duplicate_window_seconds=settings.stream_duplicate_window_seconds,
             consumer_prefix=settings.consumer_prefix,
+            placement_cluster=settings.stream_placement_cluster,
+            placement_tags=settings.stream_placement_tags,
         )
 
     @classmethod
@@ -157,7 +167,19 @@ class JetStreamSettings:
             max_age=self.max_age_seconds,
             duplicate_window=self.duplicate_window_seconds,
             discard=DiscardPolicy.OLD,
+            placement=self.placement(),
         )
+
+    def placement(self) -> Placement | None:
+        """Where the stream's replicas go (None: wherever the server puts them)."""
+        if self.placement_cluster is None and not self.placement_tags:
+            return None
+        return Placement(cluster=self.placement_cluster, tags=list(self.placement_tags) or None)
+
+    @property
+    def effective_duplicate_window(self) -> float:
+        """The duplicate window the server applies (0 asks for its default, two minutes)."""
+        return self.duplicate_window_seconds or 120.0
 
     def consumer_name(self, durable_name: str) -> str:
         """The server-side name of a durable consumer (prefixed; characters NATS refuses become '_')."""
@@ -233,12 +255,18 @@ class JetStreamConnection:
         return ConfigurationError(
             f"NATS refused stream {self.settings.stream!r} with subjects {self.settings.subjects!r}, "
             f"storage={self.settings.storage}, replicas={self.settings.replicas}, "
-            f"retention={self.settings.retention}: {error.description or error}"
+            f"retention={self.settings.retention}{self._placement_words()}: {error.description or error}"
         )
 
-    async def stream_exists(self) -> bool:
+    def _placement_words(self) -> str:
+        cluster, tags = self.settings.placement_cluster, self.settings.placement_tags
+        words = f", placement cluster={cluster}" if cluster else ""
+        return words + (f", placement tags={','.join(tags)}" if tags else "")
+
+    async def stream_exists(self, *, timeout: float | None = None) -> bool:
+        """Whether the stream exists (``timeout``: seconds to wait for the answer, else the API's own)."""
         try:
-            await self.js.stream_info(self.settings.stream)
+            await asyncio.wait_for(self.js.stream_info(self.settings.stream), timeout)
         except nats.js.errors.NotFoundError:
             return False
         except _NATS_ERRORS as error:
@@ -384,16 +412,27 @@ class JetStreamPublisher:
 
     Creates the stream (or brings it to the settings) before its first publish.
     ``close()`` closes the connection only if the publisher was opened with ``open()``.
+
+    A batch published again after a failure (a leader election on a cluster, a server gone away)
+    relies on the stream's duplicate window to drop what the failed attempt did store. When the
+    retry comes later than that window allows (an outage longer than it), the window cannot be
+    trusted any more: the publisher then first asks the stream for its last position and sends only
+    what lies beyond it (a hole the failed attempt left below that is filled by the workers' gap
+    back-fill from the store), so a long outage doubles nothing either.
     """
 
     def __init__(self, connection: JetStreamConnection, *, ack_timeout: float = 10.0,
-                 window: int = 2000, owns_connection: bool = False) -> None:
+                 window: int = 2000, owns_connection: bool = False,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._connection = connection
         self._settings = connection.settings
         self._ack_timeout = ack_timeout
         self._window = max(1, min(window, 4000))  # below nats-py's own limit of pending acks
         self._owns_connection = owns_connection
         self._stream_ready = False
+        self._stream_checked = False  # brought to the settings once
+        self._clock = clock
+        self._failed: tuple[int, float] | None = None  # (first position, when) of the batch that last failed
 
     @classmethod
     async def open(cls, settings: JetStreamSettings, *, ack_timeout: float = 10.0,
@@ -404,10 +443,37 @@ class JetStreamPublisher:
     async def publish(self, notifications: Sequence[Notification]) -> None:
         if not notifications:
             return
+        first, now = notifications[0].id, self._clock()
+        try:
+            await self._publish(await self._beyond_stale_window(notifications, now))
+        except BusUnavailable:
+            if self._failed is None or self._failed[0] != first:
+                self._failed = (first, now)  # the first failed attempt: the window counts from it
+            raise
+        self._failed = None
+
+    async def _beyond_stale_window(self, notifications: Sequence[Notification], now: float
+                                   ) -> Sequence[Notification]:
+        """``notifications``, less what the stream already holds when the duplicate window of an earlier
+        failed attempt at this batch may have run out."""
+        failed = self._failed
+        margin = self._ack_timeout + 1.0  # the failed attempt may have stored messages until its ack timeout
+        if failed is None or failed[0] != notifications[0].id:
+            return notifications
+        if now - failed[1] + margin < self._settings.effective_duplicate_window:
+            return notifications
+        last = await self.last_published_position()
+        log.warning("relay: republishing after %.0fs, longer than the duplicate window allows: sending only "
+                    "the positions after %d, the stream's last", now - failed[1], last)
+        return [n for n in notifications if n.id > last]
+
+    async def _publish(self, notifications: Sequence[Notification]) -> None:
+        if not notifications:
+            return
         self._connection.check_connected()
         if not self._stream_ready:
-            await self._connection.ensure_stream()
-            self._stream_ready = True
+            await self._stream_again() if self._stream_checked else await self._connection.ensure_stream()
+            self._stream_ready = self._stream_checked = True
         futures: list[asyncio.Future[Any]] = []
         try:
             await self._send_all(notifications, futures)
@@ -419,6 +485,13 @@ class JetStreamPublisher:
         finally:
             for future in futures:  # frees the pending slots of unanswered publishes
                 future.cancel()
+
+    async def _stream_again(self) -> None:
+        """After a publish no stream answered: a leader election on a cluster (asking the stream, not the
+        cluster's meta leader, which may be electing too), or a server that lost the stream (create it,
+        without updating: an update while a cluster node is away could be refused for want of peers)."""
+        if not await self._connection.stream_exists(timeout=_ELECTION_CHECK_SECONDS):
+            await self._connection.ensure_stream(update=False)
 
     async def _send_all(self, notifications: Sequence[Notification],
                         futures: list[asyncio.Future[Any]]) -> None:

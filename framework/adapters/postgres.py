@@ -244,6 +244,12 @@ class PostgresEventStore:
         with _translated(), self._pool.connection() as conn, conn.cursor() as cursor:
             yield cursor
 
+    @contextmanager
+    def _tuple_cursor(self) -> Iterator[Cursor[tuple[Any, ...]]]:
+        """Rows as tuples: the appends' results, read by position (no column names built per statement)."""
+        with _translated(), self._pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cursor:
+            yield cursor
+
     def append(
         self,
         events: Sequence[StoredEvent],
@@ -259,13 +265,13 @@ class PostgresEventStore:
         columns = ([e.originator_id for e in events], [e.originator_version for e in events],
                    [e.topic for e in events], [e.state for e in events])
         key = completion or _NO_KEY
-        with self._cursor() as cursor:
+        with self._tuple_cursor() as cursor:
             cursor.execute(
                 self._sql.append,
                 (*columns, key.key or None, key.owner, key.aggregate_id, key.version),
                 prepare=True,
             )
-            return [row["new_position"] for row in cursor.fetchall()]
+            return [row[0] for row in cursor.fetchall()]  # new_position
 
     @property
     def group_commit(self) -> GroupCommit[_Append, list[int]] | None:
@@ -293,12 +299,12 @@ class PostgresEventStore:
             [k.version for k in keys],
         )
         try:
-            with self._cursor() as cursor:
+            with self._tuple_cursor() as cursor:
                 cursor.execute(self._sql.append_group, params, prepare=True)
                 rows = cursor.fetchall()
         except EventfoldError as error:  # each append its own error instance (one traceback per thread)
             return [error] + [_again(error) for _ in group[1:]]
-        return [_group_outcome(row["command_outcome"], row["command_positions"]) for row in rows]
+        return [_group_outcome(outcome, positions) for outcome, positions in rows]  # command_outcome, _positions
 
     def read_stream(self, aggregate_id: UUID, after_version: int = 0) -> list[StoredEvent]:
         with self._cursor() as cursor:

@@ -48,9 +48,14 @@ def require_postgres(settings: Settings, role: str) -> PostgresSettings:
     return postgres
 
 
-def open_views(postgres: PostgresSettings) -> ViewStore:
+def open_views(settings: Settings, role: str, *, for_queries: bool = False) -> ViewStore:
+    """The read models' store: on ``EVENTFOLD_READ_DATABASE_URL`` (default: the event store's database),
+    or for ``for_queries`` (query-api) on ``EVENTFOLD_QUERY_DATABASE_URL`` (e.g. a streaming replica)."""
     from framework.adapters.postgres_views import PostgresViewStore
 
+    require_postgres(settings, role)
+    postgres = settings.query_postgres() if for_queries else settings.read_postgres()
+    assert postgres is not None  # set whenever the event store's URL is
     return PostgresViewStore(postgres)
 
 

@@ -79,7 +79,7 @@ def run_replay(settings: Settings, args: argparse.Namespace) -> int:
         raise ConfigurationError(f"--parallel {args.parallel} must be at least 1")
     if args.aggregate is not None:
         return _replay_aggregate(settings, postgres, projector, args)
-    store, views = open_store(settings), open_views(postgres)
+    store, views = open_store(settings), open_views(settings, "replay")
     try:
         version = rebuild(projector, views, store, from_position=args.from_position,
                           progress=_Progress(f"replay {projector.name}"), parallel=args.parallel)
@@ -98,7 +98,7 @@ def _replay_aggregate(settings: Settings, postgres: PostgresSettings, projector:
         raise ConfigurationError("--from and --aggregate do not combine: an aggregate's rows are rebuilt from its "
                                  "first event")
     reference = aggregate_reference(args.aggregate)  # TYPE among the aggregates the application imported
-    store, views = open_store(settings), open_views(postgres)
+    store, views = open_store(settings), open_views(settings, "replay")
     try:
         if not store.read_stream_with_positions(reference.aggregate_id)[:1]:
             raise ConfigurationError(f"there are no events of {reference.words}")
@@ -113,8 +113,8 @@ def _replay_aggregate(settings: Settings, postgres: PostgresSettings, projector:
 
 
 def run_status(settings: Settings, args: argparse.Namespace) -> int:
-    postgres = require_postgres(settings, "status")
-    store, views = open_store(settings), open_views(postgres)
+    require_postgres(settings, "status")
+    store, views = open_store(settings), open_views(settings, "status")
     try:
         rows = [status.as_dict() for status in projection_statuses(store, views)]
     finally:
@@ -140,7 +140,7 @@ def run_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_dead_letters(settings: Settings, args: argparse.Namespace) -> int:
-    views = open_views(require_postgres(settings, "dead-letters"))
+    views = open_views(settings, "dead-letters")
     try:
         if args.action == "list":
             for letter in views.dead_letters(args.target):

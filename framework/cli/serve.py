@@ -165,28 +165,45 @@ def run_query_api(settings: Settings, args: argparse.Namespace) -> int:
     from framework.graphql import create_query_app
     from framework.metrics import Metrics
 
-    postgres = require_postgres(settings, "query-api")
+    require_postgres(settings, "query-api")
     auth = authenticator(settings, "query-api")
     tracer = tracing(settings, "query-api")  # a span per GraphQL operation (and the provider for the app's own spans)
-    store, views = open_store(settings), open_views(postgres)
+    store, views = open_store(settings), open_views(settings, "query-api", for_queries=True)
+    # On a replica (EVENTFOLD_QUERY_DATABASE_URL), what writes (the console's operations) goes to the primary.
+    on_replica = settings.query_postgres() != settings.read_postgres()
+    primary = open_views(settings, "query-api") if on_replica else views
     breaker = _breaker(settings, "read models")
     metrics = Metrics()
     metrics.watch_projections(store, views)
     metrics.watch_breakers([breaker])
-    from framework.adapters.pg_positions import PostgresPositionSignals
-
-    watch = _watch(settings, PostgresPositionSignals(postgres), views, store)
+    watch = _watch(settings, _position_signals(settings, views, on_replica=on_replica), views, store)
     application_ = application(settings, args)
     app = create_query_app(graphql_of(application_), views, store,
                            options=_query_options(settings, introspection=False),
                            metrics=metrics, authenticator=auth, breaker=breaker, tracer=tracer, watch=watch)
-    app.router.routes[:0] = _console(settings, store, views, application_, auth)  # before its catch-all errors
+    app.router.routes[:0] = _console(settings, store, primary, application_, auth)  # before its catch-all errors
 
     def close() -> None:
+        if primary is not views:
+            primary.close()
         views.close()
         store.close()
 
     return _serve(settings, app, args, close)
+
+
+def _position_signals(settings: Settings, views: Any, *, on_replica: bool) -> Any:
+    """Commits heard on the read database; on a replica, each delivered once the replica replayed it."""
+    from framework.adapters.pg_positions import PostgresPositionSignals
+
+    read = settings.read_postgres()
+    assert read is not None  # query-api runs on PostgreSQL
+    signals = PostgresPositionSignals(read)
+    if not on_replica:
+        return signals
+    from framework.adapters.replica_positions import ReplicaPositionSignals
+
+    return ReplicaPositionSignals(signals, views)
 
 
 def _watch(settings: Settings, signals: Any, views: Any, store: Any) -> Any:
@@ -305,11 +322,10 @@ def _breaker(settings: Settings, dependency: str) -> Any:
 def run_init_db(settings: Settings, args: argparse.Namespace) -> int:
     store = open_store(settings)
     store.create_schema()
-    postgres = settings.postgres()
-    if postgres is None:
+    if settings.postgres() is None:
         print(f"eventfold: event store schema is ready ({settings.sqlite_path})")
         return 0
-    views = open_views(postgres)
+    views = open_views(settings, "init-db")
     views.create_schema()
     projectors = application(settings, args).build_projectors()
     for projector in projectors:

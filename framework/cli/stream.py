@@ -141,12 +141,12 @@ def run_project_command(settings: Settings, args: argparse.Namespace) -> int:
     from framework.sharing import run_partitioned
     from framework.worker import ProjectionWorker
 
-    postgres = require_postgres(settings, "project")
+    require_postgres(settings, "project")
     jetstream = _jetstream(settings)
     app = application(settings, args)
     projectors = select_projectors(app.build_projectors(), args.names, settings.partitions)
     store = open_store(settings)
-    views = open_views(postgres)
+    views = open_views(settings, "project")
     bus, ops = _Bus(), None
     breaker = _bus_breaker(settings)
     try:

@@ -21,7 +21,8 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect
@@ -103,7 +104,17 @@ async def _internal_error(send: Send) -> None:
 
 
 class EdgeApp(Starlette):
-    """A Starlette app inside an ``Edge``."""
+    """A Starlette app inside an ``Edge``; ``front``, when given, wraps Starlette's own stack inside the
+    edge (a route answered before Starlette's middleware, as the write API's commands). An app given
+    middleware or exception handlers of its own (``add_middleware``, ``add_exception_handler``) has no
+    front: every request goes through what was added."""
+
+    def __init__(self, *args: Any, front: Callable[[ASGIApp], ASGIApp] | None = None, **kwargs: Any) -> None:
+        self._front = front
+        super().__init__(*args, **kwargs)
+        self._built_with = dict(self.exception_handlers)
 
     def build_middleware_stack(self) -> ASGIApp:
-        return Edge(super().build_middleware_stack())
+        stack = super().build_middleware_stack()
+        untouched = not self.user_middleware and self.exception_handlers == self._built_with
+        return Edge(self._front(stack) if self._front is not None and untouched else stack)

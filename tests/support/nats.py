@@ -177,6 +177,7 @@ class ThrowawayNats:
     port: int
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     removed: bool = False
+    extra_args: tuple[str, ...] = ()  # e.g. a cluster member's --cluster / --routes
 
     @classmethod
     def create(cls, *, binary: Path | None = None, port: int | None = None) -> ThrowawayNats:
@@ -206,6 +207,11 @@ class ThrowawayNats:
         return f"nats://127.0.0.1:{self.port}"
 
     @property
+    def name(self) -> str:
+        """The server's name (``-n``): what JetStream's cluster info calls it (leader, replicas)."""
+        return f"eventfold-test-{self.port}"
+
+    @property
     def store_dir(self) -> Path:
         return self.root / "jetstream"
 
@@ -228,7 +234,7 @@ class ThrowawayNats:
         if self.running:
             return
         command = [str(self.binary), "-js", "-a", "127.0.0.1", "-p", str(self.port),
-                   "-sd", str(self.store_dir), "-n", f"eventfold-test-{self.port}"]
+                   "-sd", str(self.store_dir), "-n", self.name, *self.extra_args]
         with self.logfile.open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, start_new_session=True)

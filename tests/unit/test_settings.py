@@ -255,3 +255,70 @@ def test_the_server_protocol_keeps_its_limits_when_pickled_into_a_worker() -> No
     rebuilt = pickle.loads(pickle.dumps(protocol))
     assert rebuilt.limits == limits  # type: ignore[attr-defined]
     assert rebuilt.__mro__[1:] == protocol.__mro__[1:]
+
+
+# --- the read models' database and the query replica ---------------------------------------------
+
+STORE_URL = "postgresql://app@store.example:5432/events"
+READ_URL = "postgresql://reader:pw@reads.example:6432/views"
+REPLICA_URL = "postgresql://reader@replica.example:5432/views"
+
+
+def test_read_models_share_the_event_store_database_by_default() -> None:
+    settings = Settings.from_env({"EVENTFOLD_DATABASE_URL": STORE_URL, "EVENTFOLD_DB_SCHEMA": "app"})
+    assert settings.read_postgres() == settings.postgres() == settings.query_postgres()
+
+
+def test_read_models_on_their_own_database_and_query_api_on_a_replica() -> None:
+    settings = Settings.from_env({
+        "EVENTFOLD_DATABASE_URL": STORE_URL, "EVENTFOLD_READ_DATABASE_URL": READ_URL,
+        "EVENTFOLD_QUERY_DATABASE_URL": REPLICA_URL, "EVENTFOLD_DB_SCHEMA": "app",
+        "EVENTFOLD_READ_DB_SCHEMA": "views", "EVENTFOLD_DB_POOL_SIZE": "3",
+    })
+    store, read, query = settings.postgres(), settings.read_postgres(), settings.query_postgres()
+    assert store is not None and read is not None and query is not None
+    assert (store.host, store.dbname, store.schema) == ("store.example", "events", "app")
+    assert (read.host, read.port, read.dbname, read.user, read.password, read.schema, read.pool_size) == (
+        "reads.example", 6432, "views", "reader", "pw", "views", 3)
+    assert (query.host, query.dbname, query.schema) == ("replica.example", "views", "views")
+
+
+def test_the_query_database_defaults_to_the_read_database() -> None:
+    settings = Settings.from_env({"EVENTFOLD_DATABASE_URL": STORE_URL, "EVENTFOLD_READ_DATABASE_URL": READ_URL})
+    assert settings.query_postgres() == settings.read_postgres() != settings.postgres()
+
+
+@pytest.mark.parametrize("name", ["EVENTFOLD_READ_DATABASE_URL", "EVENTFOLD_QUERY_DATABASE_URL"])
+def test_a_bad_read_or_query_url_names_its_variable(name: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"{name}='mysql://u:\\*\\*\\*@x/db'") as caught:
+        Settings.from_env({"EVENTFOLD_DATABASE_URL": STORE_URL, name: "mysql://u:secret@x/db"})
+    assert "secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["EVENTFOLD_READ_DATABASE_URL", "EVENTFOLD_QUERY_DATABASE_URL"])
+def test_a_read_or_query_url_without_the_event_store_is_refused(name: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"{name}=.* needs EVENTFOLD_DATABASE_URL"):
+        Settings.from_env({name: READ_URL})
+
+
+def test_stream_placement_is_read_and_reaches_the_stream_config() -> None:
+    from framework.adapters.nats import JetStreamSettings
+
+    settings = Settings.from_env({"EVENTFOLD_STREAM_PLACEMENT_CLUSTER": "east-1", "EVENTFOLD_STREAM_REPLICAS": "3",
+                                  "EVENTFOLD_STREAM_PLACEMENT_TAGS": " az:eu-1 , ssd "})
+    assert (settings.stream_placement_cluster, settings.stream_placement_tags) == ("east-1", ("az:eu-1", "ssd"))
+    config = JetStreamSettings.from_settings(settings).stream_config()
+    assert config.num_replicas == 3
+    assert config.placement is not None
+    assert (config.placement.cluster, config.placement.tags) == ("east-1", ["az:eu-1", "ssd"])
+    assert JetStreamSettings.from_settings(Settings()).stream_config().placement is None
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("EVENTFOLD_STREAM_PLACEMENT_CLUSTER", "east 1"),
+    ("EVENTFOLD_STREAM_PLACEMENT_TAGS", "ssd,bad tag"),
+    ("EVENTFOLD_STREAM_PLACEMENT_TAGS", "a,*"),
+])
+def test_a_bad_placement_names_the_variable_and_the_value(name: str, value: str) -> None:
+    message = error_for({name: value})
+    assert name in message and repr(value) in message

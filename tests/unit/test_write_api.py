@@ -481,3 +481,92 @@ def test_a_framework_error_without_a_status_is_a_generic_500() -> None:
     body = problem(response, 500, "event_schema_error")
     assert body["detail"] == "the server could not process the request"
     assert "corrupt" not in response.text
+
+
+# --- the direct command route and Starlette's route answer alike ---------------------------------
+
+
+def _mounted(router: CommandRouter = example_router) -> TestClient:
+    """The write API mounted under /w (as ``eventfold dev`` mounts it): its commands go through
+    Starlette's middleware and router, not the edge's direct route."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    app = create_write_app(CommandBus(router, MemoryEventStore()))
+    return TestClient(Starlette(routes=[Mount("/w", app=app)]), raise_server_exceptions=False)
+
+
+def _exchange(client: TestClient, prefix: str) -> list[tuple[int, dict[str, str], str]]:
+    """What a client sees of a few commands: status, headers but the per-request id, body."""
+    requests: list[tuple[str, Any, dict[str, str]]] = [
+        ("RegisterSecurity", APPLE_SECURITY, {}), ("OpenAccount", ADA, KEY_1), ("OpenAccount", ADA, KEY_1),
+        ("CreditHoldings", {"account_number": "A-1", "isin": APPLE, "quantity": "1"}, {}),
+        ("CreditHoldings", {"account_number": "A-1", "isin": APPLE, "quantity": 1}, {"If-Match": '"9"'}),
+        ("CreditHoldings", {"account_number": "A-1", "isin": APPLE, "quantity": 1}, {"If-Match": '"1"'}),
+        ("NoSuchCommand", {}, {}), ("", {}, {}), ("CreditHoldings/x", {}, {}),
+    ]
+    seen = []
+    for name, body, headers in requests:
+        response = client.post(f"{prefix}/commands/{name}", json=body,
+                                headers={**headers, "X-Correlation-ID": "same"})
+        kept = {k: v for k, v in response.headers.items() if k != "content-length"}
+        text = response.text.replace(str(response.json().get("aggregate_id")), "ID") if response.status_code == 200 \
+            else response.text
+        seen.append((response.status_code, kept, text))
+    return seen
+
+
+def test_the_direct_command_route_answers_as_starlettes_route_does() -> None:
+    with make_client() as direct, _mounted() as mounted:
+        assert _exchange(direct, "") == _exchange(mounted, "/w")
+
+
+def test_an_unexpected_exception_is_the_same_500_on_both_routes(caplog: pytest.LogCaptureFixture) -> None:
+    router = exploding_router(lambda: RuntimeError("boom"))
+    with caplog.at_level(logging.ERROR), make_client(router) as direct, _mounted(router) as mounted:
+        answers = [(r.status_code, r.headers["content-type"], r.text) for r in (
+            direct.post("/commands/Explode", json={"note": "x"}),
+            mounted.post("/w/commands/Explode", json={"note": "x"}))]
+    assert answers[0] == answers[1] and answers[0][0] == 500
+    assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 2  # once per request
+
+
+def test_other_methods_and_paths_still_go_through_starlette(client: TestClient) -> None:
+    assert client.get("/commands/CreditHoldings").status_code == 405
+    assert client.post("/commands/").status_code == 404
+    assert client.post("/commands/CreditHoldings/").status_code == 404  # no slash redirect
+
+
+def test_middleware_added_to_the_app_sees_commands_too() -> None:
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+    seen: list[str] = []
+
+    class Recording:
+        def __init__(self, app: ASGIApp) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http":
+                seen.append(scope["path"])
+            await self.app(scope, receive, send)
+
+    app = create_write_app(CommandBus(example_router, MemoryEventStore()))
+    app.add_middleware(Recording)
+    with TestClient(app) as client:
+        assert client.post("/commands/RegisterSecurity", json=APPLE_SECURITY).status_code == 200
+    assert seen == ["/commands/RegisterSecurity"]
+
+
+def test_an_exception_handler_added_to_the_app_sees_command_errors_too() -> None:
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse, Response
+
+    async def teapot(_: Request, error: Exception) -> Response:
+        return PlainTextResponse(f"handled {error}", status_code=418)
+
+    app = create_write_app(CommandBus(exploding_router(lambda: RuntimeError("boom")), MemoryEventStore()))
+    app.add_exception_handler(RuntimeError, teapot)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.post("/commands/Explode", json={"note": "x"})
+    assert (response.status_code, response.text) == (418, "handled boom")
