@@ -1394,6 +1394,9 @@ def run_loaded(url: str, loaded: list[str], subs: bool, table: dict[str, Phase],
             HONESTY["writes"] = Honesty(answers=len(log))
             WRITES["rate"] = len(log) / (log[-1][3] - log[0][3]) if len(log) > 1 else 0.0
         if subs:
+            behind = _caught_up(url)  # the load phases' backlog (their process manager's work) is done first
+            if behind:
+                print(f"  (the projector was still {behind} events behind after 120 s)", file=sys.stderr)
             print("  running: subs ...", file=sys.stderr, flush=True)
             live = run_live(url, server.port, server.pid, args.subscriptions, args.per_key, args.write_rate, pg_pids)
             if live.errors:
@@ -1402,6 +1405,31 @@ def run_loaded(url: str, loaded: list[str], subs: bool, table: dict[str, Phase],
     finally:
         projector.stop()
     return live
+
+
+def _caught_up(url: str, timeout: float = 120.0) -> int:
+    """Wait until every projection has applied the store's head and the head stands still (the process
+    manager's commands written too); the events still to apply at ``timeout`` (0: caught up)."""
+    from framework.adapters.postgres import PostgresEventStore
+    from framework.adapters.postgres_views import PostgresViewStore
+    from framework.settings import Settings
+    from projections import build_projectors
+
+    postgres = Settings(database_url=url, db_schema=SCHEMA).postgres()
+    assert postgres is not None
+    store, views = PostgresEventStore(postgres), PostgresViewStore(postgres)
+    names, deadline, behind = [p.name for p in build_projectors()], time.monotonic() + timeout, 0
+    try:
+        while time.monotonic() < deadline:
+            head = store.head()
+            behind = head - min(views.active_position(n) for n in names)
+            if not behind and store.head() == head:
+                return 0
+            time.sleep(0.2)
+        return behind
+    finally:
+        views.close()
+        store.close()
 
 
 HONESTY: dict[str, Honesty] = {}
