@@ -878,6 +878,8 @@ class Live:
     seconds: float = 0.0
     messages: int = 0
     latencies: list[float] = field(default_factory=list)  # seconds, commit heard -> message received
+    slow: list[tuple[float, float]] = field(default_factory=list)  # (commit heard, seconds) of those over 100 ms
+    unnamed: list[float] = field(default_factory=list)  # when commits of cards naming no rows were heard
     unmatched: int = 0  # a message whose commit was not heard (should be 0)
     out_of_order: int = 0  # a subscriber's positions not strictly increasing
     missed_final: int = 0  # subscribers whose last message is not their card's final row
@@ -925,7 +927,7 @@ async def _subscriber(port: int, query: str, got: list[tuple[int, float]], ready
         ready.set()
 
 
-async def _listen_commits(url: str, heard: list[tuple[int, float]], started: asyncio.Event,
+async def _listen_commits(url: str, heard: list[tuple[int, float]], unnamed: list[float], started: asyncio.Event,
                           stop: asyncio.Event) -> None:
     """The cards projection's commits, as the query API hears them (the same NOTIFY), with the time heard."""
     from framework.adapters.postgres_views import parse_notice, position_channel
@@ -939,6 +941,8 @@ async def _listen_commits(url: str, heard: list[tuple[int, float]], started: asy
                 change = parse_notice(notice.payload)
                 if change is not None and change.projection == "cards":
                     heard.append((change.position, at))
+                    if change.touched is None:
+                        unnamed.append(at)
 
 
 def run_live(url: str, port: int, server_pid: int | None, subscriptions: int, per_key: int,
@@ -954,7 +958,7 @@ def run_live(url: str, port: int, server_pid: int | None, subscriptions: int, pe
 
     async def main() -> None:
         stop, listening = asyncio.Event(), asyncio.Event()
-        listener = asyncio.create_task(_listen_commits(url, heard, listening, stop))
+        listener = asyncio.create_task(_listen_commits(url, heard, live.unnamed, listening, stop))
         began = time.perf_counter()
         readies = [asyncio.Event() for _ in range(live.subscriptions)]
         tasks = []
@@ -1011,6 +1015,8 @@ def run_live(url: str, port: int, server_pid: int | None, subscriptions: int, pe
                 live.unmatched += 1
                 continue
             live.latencies.append(received - heard[at][1])
+            if received - heard[at][1] > 0.1:
+                live.slow.append((heard[at][1] - heard[0][1], received - heard[at][1]))
         if final.get(keys[i % len(keys)], 0) != last:
             live.missed_final += 1
     return live
@@ -1201,6 +1207,13 @@ def print_loaded(results: dict[str, Result], live: Live | None) -> None:
         print(f"  server CPU {live.server_cpu:.2f} s = {_fmt(per_message, '.2f')} ms per message;"
               f" other load {_fmt(live.other_load, '.0f')}%; out of order {live.out_of_order},"
               f" unmatched {live.unmatched}, missed final state {live.missed_final}, errors {errors}")
+        if live.unnamed:
+            print(f"  {len(live.unnamed)} commits of cards named no rows (a batch too big to describe: every"
+                  " subscriber reads again)")
+        if live.slow:
+            stalls = sorted({round(at, 1) for at, _ in live.slow})
+            print(f"  {len(live.slow)} messages over 100 ms, of commits heard at (s into the phase):"
+                  f" {', '.join(f'{t:.1f}' for t in stalls[:12])}{' ...' if len(stalls) > 12 else ''}")
 
 
 TARGET_P99_MS_14 = 20.0  # issue 14's target for (a)
