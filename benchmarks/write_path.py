@@ -590,12 +590,12 @@ class Server:
     """``eventfold write-api`` (or ``command``) in a subprocess, on a free port, access log off."""
 
     def __init__(self, url: str, command: list[str] | None = None, *, app: str = EXAMPLE_APP,
-                 workers: int = 1) -> None:
+                 workers: int = 1, write_async: bool = False) -> None:
         self.port = _free_port()
         self._command = command or [*_eventfold_command(), "write-api", "--host", "127.0.0.1",
                                     "--port", str(self.port), "--workers", str(workers)]
         self._env = eventfold_env(EVENTFOLD_DATABASE_URL=url, PYTHONUNBUFFERED="1", BENCH_PORT=str(self.port),
-                                  EVENTFOLD_APP=app)
+                                  EVENTFOLD_APP=app, EVENTFOLD_WRITE_ASYNC="on" if write_async else "off")
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed in stop())
             "w+", prefix="eventfold-bench-", suffix=".log")
         self._process: subprocess.Popen[bytes] | None = None
@@ -658,8 +658,9 @@ class Server:
 
 
 @contextmanager
-def running_server(url: str, *, app: str = EXAMPLE_APP, workers: int = 1) -> Iterator[Server]:
-    server = Server(url, app=app, workers=workers)
+def running_server(url: str, *, app: str = EXAMPLE_APP, workers: int = 1,
+                   write_async: bool = False) -> Iterator[Server]:
+    server = Server(url, app=app, workers=workers, write_async=write_async)
     server.init_db()
     server.start()
     try:
@@ -720,6 +721,10 @@ def print_ratios(by_key: dict[str, Result]) -> None:
                                                                      by_key.get("http32"))),
         ("Eventfold HTTP 16 clients: 2 write-api processes / 1", _ratio(by_key.get("http16x2"),
                                                                           by_key.get("http16"))),
+        ("Eventfold HTTP 1 client, async path / eventsourcing save()", _ratio(by_key.get("async1"), es)),
+        ("Eventfold HTTP 32 clients, async path / psycopg commit, 1 conn", _ratio(by_key.get("async32"), pg1)),
+        ("Eventfold HTTP 32 clients, async path, one account / distinct", _ratio(by_key.get("async32same"),
+                                                                                 by_key.get("async32"))),
         ("eventsourcing save() / psycopg commit, 1 conn", _ratio(es, pg1)),
     ]
     for label, value in rows:
@@ -836,7 +841,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-ORDER = ["pg1", "pg4", "es", "proc", "http1", "http16", "http16same", "http32", "http32same", "http16x2"]
+ORDER = ["pg1", "pg4", "es", "proc", "http1", "http16", "http16same", "http32", "http32same", "http16x2",
+         "async1", "async16", "async32", "async32same"]
+# The same HTTP phases against a write-api with EVENTFOLD_WRITE_ASYNC=on (commands on the event loop)
+ASYNC = {"async1", "async16", "async32", "async32same"}
 ONE_PROCESS = {"http1", "http16", "http16same", "http32", "http32same"}
 
 
@@ -869,6 +877,8 @@ def run_once(args: argparse.Namespace, databases: Databases) -> dict[str, Result
                 phase("http16x2", lambda: bench_http(
                     "Eventfold HTTP write API, 2 processes, 16 clients, distinct", server, client_type,
                     spread_bodies(accounts, 16), w, d))
+        if not args.only or args.only & ASYNC:
+            run_async_process(args, databases, phase)
     finally:
         databases.drop_all()
     return results
@@ -897,6 +907,24 @@ def run_one_process(args: argparse.Namespace, databases: Databases,
             spread_bodies(accounts, 32), w, d))
         phase("http32same", lambda: bench_http(
             "Eventfold HTTP write API, 32 clients, SAME account", server, client_type,
+            [same] * 32, w, d))
+
+
+def run_async_process(args: argparse.Namespace, databases: Databases,
+                      phase: Callable[[str, Callable[[], Result]], None]) -> None:
+    """HTTP phases against one ``write-api`` process with ``EVENTFOLD_WRITE_ASYNC=on``."""
+    client_type = CLIENTS[args.client]
+    w, d = args.warmup, args.duration
+    with running_server(databases.create("async"), write_async=True) as server:
+        accounts = [account_number("ACC", i) for i in range(args.accounts)]
+        http_setup(server, accounts)
+        for clients in (1, 16, 32):
+            phase(f"async{clients}", lambda n=clients: bench_http(
+                f"Eventfold HTTP write API, async path, {n} clients, distinct accounts", server, client_type,
+                spread_bodies(accounts, n), w, d))
+        same = [json.dumps(credit_body(accounts[0])).encode()]
+        phase("async32same", lambda: bench_http(
+            "Eventfold HTTP write API, async path, 32 clients, SAME account", server, client_type,
             [same] * 32, w, d))
 
 

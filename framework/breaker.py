@@ -22,14 +22,22 @@ from typing import TYPE_CHECKING, TypeVar
 from uuid import UUID
 
 from framework.errors import BusUnavailable, StoreUnavailable, Unavailable
-from framework.store import ClaimOutcome, EventStore, IdempotencyCompletion, Notification, StoredEvent
+from framework.store import (
+    AsyncAppender,
+    ClaimOutcome,
+    EventStore,
+    IdempotencyCompletion,
+    Notification,
+    StoredEvent,
+)
 from framework.streaming import Delivery, EventConsumer, EventPublisher, FetchAhead
 
 if TYPE_CHECKING:
     from framework.sharing import PartitionConsumer
 
 __all__ = [
-    "FIRST_COOL_DOWN", "BreakingConsumer", "BreakingEventStore", "BreakingPartitionConsumer", "BreakingPublisher",
+    "FIRST_COOL_DOWN", "BreakingAsyncAppender", "BreakingConsumer", "BreakingEventStore",
+    "BreakingPartitionConsumer", "BreakingPublisher",
     "CircuitBreaker", "bus_breaker",
 ]
 
@@ -195,6 +203,29 @@ class BreakingEventStore:
 
     def close(self) -> None:
         self.store.close()
+
+
+class BreakingAsyncAppender:
+    """An ``AsyncAppender`` whose calls go through a ``CircuitBreaker`` (the event store's, shared with
+    the ``BreakingEventStore`` of the same store: one dependency, one breaker)."""
+
+    def __init__(self, appender: AsyncAppender, breaker: CircuitBreaker) -> None:
+        self.appender, self.breaker = appender, breaker
+
+    async def append(self, events: Sequence[StoredEvent],
+                     completion: IdempotencyCompletion | None = None) -> list[int]:
+        return await self.breaker.call_async(lambda: self.appender.append(events, completion))
+
+    async def claim_idempotency_key(self, key: str, request_hash: str, owner: UUID,
+                                    lease_seconds: float) -> ClaimOutcome:
+        return await self.breaker.call_async(
+            lambda: self.appender.claim_idempotency_key(key, request_hash, owner, lease_seconds))
+
+    async def release_idempotency_key(self, key: str, owner: UUID) -> None:
+        await self.breaker.call_async(lambda: self.appender.release_idempotency_key(key, owner))
+
+    async def close(self) -> None:
+        await self.appender.close()
 
 
 def bus_breaker(threshold: int = 5, cool_down: float = 5.0, *, first_cool_down: float | None = None

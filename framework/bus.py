@@ -12,7 +12,9 @@ import hashlib
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from typing import Any, cast
 from uuid import UUID
 
 from framework.aggregate import Aggregate
@@ -34,7 +36,9 @@ from framework.mapper import to_stored
 from framework.observe import NULL_OBSERVER, Observer, command_outcome
 from framework.snapshots import snapshot_due, to_snapshot
 from framework.store import (
+    AsyncAppender,
     Claimed,
+    ClaimOutcome,
     CommandResult,
     EventStore,
     IdempotencyCompletion,
@@ -47,6 +51,9 @@ from framework.unit_of_work import StaleCache, UnitOfWork, checked_expected_vers
 __all__ = ["CommandBus", "CommandContext", "Executed"]
 
 log = logging.getLogger(__name__)
+
+# Awaits a synchronous function run on a thread: ``await offload(function, *args)``.
+Offload = Callable[..., Awaitable[Any]]
 
 
 @dataclass(frozen=True)
@@ -123,6 +130,85 @@ class CommandBus:
         _end_command_span(span, "replayed" if executed.replayed else "ok", executed.result, None)
         return executed
 
+    async def execute_async(self, command: Command, context: CommandContext | None, appender: AsyncAppender,
+                            offload: Offload) -> Executed:
+        """``execute`` on an event loop: decided on the loop from cached aggregates and appended through
+        ``appender`` (the same store's writes, awaited), with the same outcomes, log line and metrics.
+        What needs the store's reads (a cache miss, a retry) runs ``_run`` through ``offload``, which
+        awaits a function run on a thread."""
+        context = context or CommandContext()
+        started = time.perf_counter()
+        span = self._command_span(command, context)
+        if span is not NULL_SPAN:
+            context = replace(context, trace_context=span.carrier() or context.trace_context)
+        try:
+            executed = await self._execute_async(command, context, appender, offload)
+        except BaseException as error:
+            self._finished(command, context, command_outcome(error), started, None)
+            _end_command_span(span, command_outcome(error), None, error)
+            raise
+        self._finished(command, context, "replayed" if executed.replayed else "ok", started, executed.result)
+        _end_command_span(span, "replayed" if executed.replayed else "ok", executed.result, None)
+        return executed
+
+    async def _execute_async(self, command: Command, context: CommandContext, appender: AsyncAppender,
+                             offload: Offload) -> Executed:
+        key = context.idempotency_key
+        if key is None:
+            return Executed(await self._run_async(command, context, None, appender, offload))
+        request_hash = fingerprint(command)
+        claim = _Claim(key, random_uuid())
+        outcome = await appender.claim_idempotency_key(key, request_hash, claim.owner, self._lease)
+        answered = _claim_answer(key, request_hash, outcome)
+        if answered is not None:
+            return answered
+        fault_point("command.claimed")
+        try:
+            return Executed(await self._run_async(command, context, claim, appender, offload))
+        except BaseException:
+            try:
+                await appender.release_idempotency_key(claim.key, claim.owner)
+            except EventfoldError:
+                log.warning("could not release idempotency key %r; its lease will expire", claim.key)
+            raise
+
+    async def _run_async(self, command: Command, context: CommandContext, claim: _Claim | None,
+                         appender: AsyncAppender, offload: Offload) -> CommandResult:
+        """A first attempt on the loop when the cache may be trusted; the rest on a thread."""
+        state = self._first_try()
+        if state.trust_cache:
+            try:
+                return await self._attempt_async(command, context, claim, appender, offload)
+            except _NeedsStore:  # nothing was written
+                pass
+            except (StaleCache, RuleViolation, _TakeTurns, _Conflicted) as error:
+                state = self._after(command, state, error)
+        result: CommandResult = await offload(self._run, command, context, claim, state)
+        return result
+
+    async def _attempt_async(self, command: Command, context: CommandContext, claim: _Claim | None,
+                             appender: AsyncAppender, offload: Offload) -> CommandResult:
+        unit = UnitOfWork(_CACHE_ONLY, self._cache, trust_cache=True)
+        primary = self.router.handler_for(command)(command, unit)
+        main = primary or _first_changed(unit)
+        if context.expected_version is not None:
+            _check_expectation(unit, main, context.expected_version)
+        changed = frozenset(t.aggregate.id for t in unit.touched if t.aggregate.version != t.loaded_version)
+        hot = self._hot.hot_among(changed)
+        if hot:
+            raise _TakeTurns(frozenset(hot))
+        envelopes = unit.collect(_metadata(context))
+        try:
+            positions = await appender.append([to_stored(e) for e in envelopes], _completion(claim, main))
+        except ConcurrencyConflict as error:
+            raise _Conflicted(error, changed) from None
+        fault_point("command.appended")
+        self.observer.events_appended(len(positions))
+        unit.remember()
+        if any(snapshot_due(t.aggregate, t.loaded_version) for t in unit.touched):
+            await offload(self._snapshot, unit)
+        return _result(main, positions)
+
     def _command_span(self, command: Command, context: CommandContext) -> Span:
         """The command's span, the child of ``context.trace_context`` (NULL_SPAN: tracing is off)."""
         if not self.tracer.enabled:
@@ -153,14 +239,9 @@ class CommandBus:
         request_hash = fingerprint(command)
         claim = _Claim(key, random_uuid())
         outcome = self.store.claim_idempotency_key(key, request_hash, claim.owner, self._lease)
-        if not isinstance(outcome, Claimed) and outcome.request_hash != request_hash:
-            raise IdempotencyKeyReused(
-                f"idempotency key {key!r} was already used for a different request"
-            )
-        if isinstance(outcome, Replay):
-            return Executed(outcome.result, replayed=True)
-        if isinstance(outcome, InFlight):
-            raise IdempotencyKeyInFlight(f"a request with idempotency key {key!r} is still running")
+        answered = _claim_answer(key, request_hash, outcome)
+        if answered is not None:
+            return answered
         fault_point("command.claimed")
         try:
             return Executed(self._run(command, context, claim))
@@ -174,36 +255,46 @@ class CommandBus:
         except EventfoldError:
             log.warning("could not release idempotency key %r; its lease will expire", claim.key)
 
-    def _run(self, command: Command, context: CommandContext, claim: _Claim | None) -> CommandResult:
-        attempt, holding = 1, frozenset[UUID]()
-        # Only a first attempt trusts the cache: a conflict means another process wrote.
-        trust_cache = self._max_attempts > 1
+    def _run(self, command: Command, context: CommandContext, claim: _Claim | None,
+             tried: _Try | None = None) -> CommandResult:
+        """Attempts until one answers; ``tried``: where an attempt made elsewhere (the loop) left off."""
+        state = tried or self._first_try()
         while True:
             try:
-                if not holding:  # the common case: no turns to wait for
-                    return self._attempt(command, context, claim, trust_cache=trust_cache, holding=holding)
-                with self._hot.turns(holding):
-                    return self._attempt(command, context, claim, trust_cache=trust_cache, holding=holding)
-            except StaleCache:  # an expectation met cached state the store has moved past: decide again
-                trust_cache = False
-            except RuleViolation:
-                if not trust_cache:
-                    raise
-                # Refused on cached state another process may have moved past: decide again on the store's.
-                trust_cache = False
-            except _TakeTurns as hot:  # nothing was written: run again holding these aggregates' turns
-                holding |= hot.aggregate_ids
-            except _Conflicted as conflicted:
-                self._hot.heat(conflicted.aggregate_ids)
-                if attempt >= self._max_attempts == 1:
-                    raise conflicted.error from None
-                if attempt >= self._max_attempts:
-                    raise ConcurrencyConflict(f"{command.command_name} conflicted with concurrent writes "
-                                              f"{self._max_attempts} times") from None
-                holding |= conflicted.aggregate_ids
-                attempt, trust_cache = attempt + 1, False
-                if attempt > 2:  # another process keeps winning: let it settle
-                    time.sleep(random.uniform(0, 0.002 * attempt))
+                if not state.holding:  # the common case: no turns to wait for
+                    return self._attempt(command, context, claim, trust_cache=state.trust_cache,
+                                         holding=state.holding)
+                with self._hot.turns(state.holding):
+                    return self._attempt(command, context, claim, trust_cache=state.trust_cache,
+                                         holding=state.holding)
+            except (StaleCache, RuleViolation, _TakeTurns, _Conflicted) as error:
+                state = self._after(command, state, error)
+                if state.attempt > 2 and isinstance(error, _Conflicted):  # another process keeps winning
+                    time.sleep(random.uniform(0, 0.002 * state.attempt))
+
+    def _first_try(self) -> _Try:
+        # Only a first attempt trusts the cache: a conflict means another process wrote.
+        return _Try(1, self._max_attempts > 1, frozenset())
+
+    def _after(self, command: Command, state: _Try, error: Exception) -> _Try:
+        """The next attempt after ``error`` ended ``state``'s, or the error the command ends with."""
+        if isinstance(error, StaleCache):  # an expectation met cached state the store has moved past
+            return replace(state, trust_cache=False)
+        if isinstance(error, RuleViolation):
+            if not state.trust_cache:
+                raise error
+            # Refused on cached state another process may have moved past: decide again on the store's.
+            return replace(state, trust_cache=False)
+        if isinstance(error, _TakeTurns):  # nothing was written: run again holding these aggregates' turns
+            return replace(state, holding=state.holding | error.aggregate_ids)
+        assert isinstance(error, _Conflicted)
+        self._hot.heat(error.aggregate_ids)
+        if state.attempt >= self._max_attempts == 1:
+            raise error.error from None
+        if state.attempt >= self._max_attempts:
+            raise ConcurrencyConflict(f"{command.command_name} conflicted with concurrent writes "
+                                      f"{self._max_attempts} times") from None
+        return _Try(state.attempt + 1, False, state.holding | error.aggregate_ids)
 
     def _attempt(
         self, command: Command, context: CommandContext, claim: _Claim | None, *, trust_cache: bool,
@@ -229,29 +320,14 @@ class CommandBus:
         context: CommandContext,
         claim: _Claim | None,
     ) -> CommandResult:
-        metadata = EventMetadata(
-            correlation_id=context.correlation_id,
-            causation_id=context.causation_id,
-            actor=context.actor,
-            trace_context=dict(context.trace_context) if context.trace_context else None,
-        )
-        envelopes = unit.collect(metadata)
+        envelopes = unit.collect(_metadata(context))
         main = primary or _first_changed(unit)
-        completion = None
-        if claim is not None:
-            completion = IdempotencyCompletion(
-                claim.key, claim.owner, main.id if main else None, main.version if main else 0
-            )
-        positions = self.store.append([to_stored(e) for e in envelopes], completion)
+        positions = self.store.append([to_stored(e) for e in envelopes], _completion(claim, main))
         fault_point("command.appended")
         self.observer.events_appended(len(positions))
         unit.remember()
         self._snapshot(unit)
-        return CommandResult(
-            aggregate_id=main.id if main else None,
-            version=main.version if main else 0,
-            position=positions[-1] if positions else None,
-        )
+        return _result(main, positions)
 
     def _snapshot(self, unit: UnitOfWork) -> None:
         """Best effort: the command is already committed, so a failure only costs speed later."""
@@ -262,6 +338,66 @@ class CommandBus:
                 self.store.save_snapshot(to_snapshot(touched.aggregate))
             except EventfoldError:
                 log.warning("snapshot of %s failed", touched.aggregate.id, exc_info=True)
+
+
+@dataclass(frozen=True)
+class _Try:
+    """Where a command's attempts stand: which attempt, whether it trusts the cache, turns it holds."""
+
+    attempt: int
+    trust_cache: bool
+    holding: frozenset[UUID]
+
+
+def _metadata(context: CommandContext) -> EventMetadata:
+    return EventMetadata(
+        correlation_id=context.correlation_id,
+        causation_id=context.causation_id,
+        actor=context.actor,
+        trace_context=dict(context.trace_context) if context.trace_context else None,
+    )
+
+
+def _completion(claim: _Claim | None, main: Aggregate | None) -> IdempotencyCompletion | None:
+    if claim is None:
+        return None
+    return IdempotencyCompletion(claim.key, claim.owner, main.id if main else None, main.version if main else 0)
+
+
+def _result(main: Aggregate | None, positions: list[int]) -> CommandResult:
+    return CommandResult(
+        aggregate_id=main.id if main else None,
+        version=main.version if main else 0,
+        position=positions[-1] if positions else None,
+    )
+
+
+class _NeedsStore(BaseException):
+    """A command decided on the loop needs the store's reads: it runs on a thread instead. A
+    ``BaseException``, so that a handler catching ``Exception`` does not swallow it."""
+
+
+class _CacheOnly:
+    """The store a unit of work decided on the loop sees: any read means "run it on a thread"."""
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        def needs_store(*_: object, **__: object) -> Any:
+            raise _NeedsStore(name)
+        return needs_store
+
+
+_CACHE_ONLY = cast(EventStore, _CacheOnly())
+
+
+def _claim_answer(key: str, request_hash: str, outcome: ClaimOutcome) -> Executed | None:
+    """What a claim's outcome answers by itself (a replay, or an error raised); None: the key is ours."""
+    if not isinstance(outcome, Claimed) and outcome.request_hash != request_hash:
+        raise IdempotencyKeyReused(f"idempotency key {key!r} was already used for a different request")
+    if isinstance(outcome, Replay):
+        return Executed(outcome.result, replayed=True)
+    if isinstance(outcome, InFlight):
+        raise IdempotencyKeyInFlight(f"a request with idempotency key {key!r} is still running")
+    return None
 
 
 class _TakeTurns(Exception):

@@ -82,6 +82,7 @@ class Settings:
     db_pool_size: int = 8
     db_connect_timeout: float = 2.0
     group_commit: bool = True  # EVENTFOLD_GROUP_COMMIT: PostgreSQL appends of concurrent commands share a commit
+    write_async: bool = False  # EVENTFOLD_WRITE_ASYNC: write-api decides and appends commands on the event loop
     app: str | None = None  # `package.module:app` naming the application's App (framework.loading finds it)
     consistency_timeout_seconds: float = 5.0
     max_waiting_requests: int = 1_000  # read-your-writes waits held at once per query process; more get 503
@@ -159,6 +160,7 @@ class Settings:
                 "DB_CONNECT_TIMEOUT", float, defaults.db_connect_timeout, minimum=0.1
             ),
             group_commit=_default(read.flag("GROUP_COMMIT"), defaults.group_commit),
+            write_async=_default(read.flag("WRITE_ASYNC"), defaults.write_async),
             app=read.text("APP", defaults.app) or None,
             nats_url=read.text("NATS_URL", defaults.nats_url) or None,
             consistency_timeout_seconds=read.number(

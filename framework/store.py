@@ -19,6 +19,7 @@ from uuid import UUID
 from eventsourcing.persistence import Notification, StoredEvent
 
 __all__ = [
+    "AsyncAppender",
     "ClaimOutcome",
     "Claimed",
     "CommandResult",
@@ -160,3 +161,21 @@ class EventStore(EventStreams, EventLog, IdempotencyKeys, SnapshotStore, RelayTr
 
     def close(self) -> None:
         """Release connections."""
+
+
+class AsyncAppender(Protocol):
+    """The command side's writes awaited on an event loop: an optional speed-only port (the write API's
+    ``EVENTFOLD_WRITE_ASYNC``), with the same guarantees as ``EventStreams.append`` and ``IdempotencyKeys``
+    of the same store. Reads stay on ``EventStore``."""
+
+    async def append(
+        self, events: Sequence[StoredEvent], completion: IdempotencyCompletion | None = None
+    ) -> list[int]: ...
+
+    async def claim_idempotency_key(
+        self, key: str, request_hash: str, owner: UUID, lease_seconds: float
+    ) -> ClaimOutcome: ...
+
+    async def release_idempotency_key(self, key: str, owner: UUID) -> None: ...
+
+    async def close(self) -> None: ...

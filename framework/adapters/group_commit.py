@@ -10,19 +10,21 @@ fails does not fail its neighbours.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-__all__ = ["GroupCommit"]
+__all__ = ["AsyncGroupCommit", "GroupCommit"]
 
 R = TypeVar("R")
 T = TypeVar("T")
 
 # One outcome per request of a group, in the group's order: a result, or the error to raise.
 CommitGroup = Callable[[Sequence[R]], Sequence["T | BaseException"]]
+AsyncCommitGroup = Callable[[Sequence[R]], Awaitable[Sequence["T | BaseException"]]]
 
 
 class _Waiter(Generic[R, T]):
@@ -128,3 +130,56 @@ def _failed_with(error: BaseException) -> BaseException:
     fresh.__traceback__ = None
     fresh.__cause__ = error
     return fresh
+
+
+class AsyncGroupCommit(Generic[R, T]):
+    """``GroupCommit`` on an event loop: requests queued while a group commits form the next group.
+
+    A committer task runs while requests are queued and ends when none is: a lone request is committed
+    at the loop's next turn, with no added wait. A request whose caller is cancelled still commits (its
+    group's statement is not interrupted); only the caller stops waiting for the answer."""
+
+    def __init__(self, commit: AsyncCommitGroup[R, T]) -> None:
+        self._commit = commit
+        self._queue: list[tuple[R, asyncio.Future[T]]] = []
+        self._committer: asyncio.Task[None] | None = None
+        self.group_sizes: Counter[int] = Counter()
+        self.waited = 0
+
+    async def submit(self, request: R) -> T:
+        """Commit ``request`` in the next group; its own result, or its own error raised."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.append((request, future))
+        if self._committer is None:
+            self._committer = loop.create_task(self._drain())
+        else:
+            self.waited += 1
+        return await future
+
+    def waiting(self) -> int:
+        return len(self._queue)
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                group, self._queue = self._queue, []
+                self.group_sizes[len(group)] += 1
+                await self._settle(group)
+        finally:
+            self._committer = None
+
+    async def _settle(self, group: list[tuple[R, asyncio.Future[T]]]) -> None:
+        try:
+            outcomes = await self._commit([request for request, _ in group])
+            if len(outcomes) != len(group):
+                raise RuntimeError(f"group commit returned {len(outcomes)} outcomes for {len(group)} requests")
+        except Exception as error:  # the whole group failed: each request gets its own copy
+            outcomes = [error] + [_failed_with(error) for _ in group[1:]]
+        for (_, future), outcome in zip(group, outcomes, strict=True):
+            if future.done():  # its caller was cancelled
+                continue
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)

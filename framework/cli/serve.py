@@ -10,7 +10,7 @@ import logging
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from framework.app import App, Seeding
 from framework.cli.common import (
@@ -28,6 +28,10 @@ from framework.cli.common import (
 from framework.errors import ConfigurationError, EventfoldError
 from framework.loading import load_app
 from framework.settings import Settings
+
+if TYPE_CHECKING:
+    from framework.breaker import CircuitBreaker
+    from framework.store import AsyncAppender
 
 __all__ = ["register", "write_api_worker"]
 
@@ -260,8 +264,20 @@ def _write_api(settings: Settings, application_: App) -> tuple[Any, Callable[[],
     metrics = Metrics()
     metrics.watch_breakers([store.breaker])
     bus = command_bus(settings, application_.commands, store, metrics, tracing(settings, "write-api"))
-    app = create_write_app(bus, _write_options(settings), metrics=metrics, authenticator=auth)
+    app = create_write_app(bus, _write_options(settings), metrics=metrics, authenticator=auth,
+                           appender=_async_appender(settings, store.breaker))
     return app, store.close
+
+
+def _async_appender(settings: Settings, breaker: CircuitBreaker) -> AsyncAppender | None:
+    """``EVENTFOLD_WRITE_ASYNC``: the event store's writes on the event loop, behind the store's breaker."""
+    postgres = settings.postgres()
+    if not settings.write_async or postgres is None:
+        return None
+    from framework.adapters.pg_async import AsyncPostgresAppender
+    from framework.breaker import BreakingAsyncAppender
+
+    return BreakingAsyncAppender(AsyncPostgresAppender(postgres), breaker)
 
 
 def write_api_worker() -> Any:

@@ -1,7 +1,8 @@
 """The write API: ``POST /commands/{CommandName}``, ``GET /openapi.json``, ``/healthz``, ``/readyz``, ``/metrics``.
 
 Requests are parsed and checked here; the command itself runs on a worker
-thread through the synchronous ``CommandBus``. Every failure leaves as
+thread through the synchronous ``CommandBus`` or, given an ``AsyncAppender``
+(``EVENTFOLD_WRITE_ASYNC``), on the event loop through ``CommandBus.execute_async``. Every failure leaves as
 problem details; an unexpected exception is logged with its traceback (by the
 edge, ``framework.http.edge``) and the client sees only a generic 500.
 
@@ -21,7 +22,7 @@ import logging
 import queue
 import re
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -32,6 +33,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from framework.bus import CommandBus, CommandContext, Executed
+from framework.commands import Command
 from framework.errors import EventfoldError, Unavailable
 from framework.http.edge import EdgeApp, request_correlation_id
 from framework.http.gate import Gate
@@ -42,6 +44,7 @@ from framework.ids import random_uuid
 from framework.metrics import Metrics
 from framework.observe import NULL_OBSERVER, correlation_id
 from framework.security import Authenticator, Principal, authorize
+from framework.store import AsyncAppender
 from framework.tracing import trace_context_from_headers
 
 __all__ = ["WriteApiOptions", "create_write_app"]
@@ -81,12 +84,18 @@ def create_write_app(
     *,
     metrics: Metrics | None = None,
     authenticator: Authenticator | None = None,
+    appender: AsyncAppender | None = None,
 ) -> EdgeApp:
     """The write API. ``metrics`` is what ``/metrics`` serves (default: a fresh registry, which
     becomes the bus's observer when the bus has none).
 
     Without ``authenticator`` every caller is anonymous and may send every command (the library
     default, for tests and embedding); the CLI passes one built from the settings.
+
+    With ``appender`` (the same store's writes on the event loop, ``EVENTFOLD_WRITE_ASYNC``) commands
+    run through ``CommandBus.execute_async``: decided on the loop when their aggregates are cached,
+    appended through ``appender``, on a command thread only for what needs the store's reads. The app's
+    lifespan closes it.
     """
     options = options or WriteApiOptions()
     gate = Gate(authenticator, rate_per_second=options.rate_limit_per_second,
@@ -101,10 +110,18 @@ def create_write_app(
         if bus.observer is NULL_OBSERVER:
             bus.observer = metrics
     threads = _CommandThreads(_COMMAND_THREADS)
+    if appender is None:
+        def execute(command: Command, context: CommandContext) -> Awaitable[Executed]:
+            return threads.run(bus.execute, command, context)
+    else:
+        on_loop = appender
+
+        def execute(command: Command, context: CommandContext) -> Awaitable[Executed]:
+            return bus.execute_async(command, context, on_loop, threads.run)
 
     async def command(request: Request, name: str) -> Response:
         try:
-            return await _handle_command(request, name, bus, options, gate, threads)
+            return await _handle_command(request, name, bus, options, gate, execute)
         except _BadRequest as bad:
             return bad.response
         except EventfoldError as error:
@@ -131,9 +148,20 @@ def create_write_app(
             metrics_route(metrics),
         ],
         exception_handlers={HTTPException: _http_problem, Exception: _internal_error},
+        lifespan=None if appender is None else _closing(appender),
     )
     app.router.redirect_slashes = False  # a redirect would be built from the Host header a client sent
     return app
+
+
+def _closing(appender: AsyncAppender) -> Callable[[object], contextlib.AbstractAsyncContextManager[None]]:
+    @contextlib.asynccontextmanager
+    async def lifespan(_: object) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await appender.close()
+    return lifespan
 
 
 class _CommandRoute:
@@ -170,7 +198,7 @@ class _CommandRoute:
 
 
 async def _handle_command(request: Request, name: str, bus: CommandBus, options: WriteApiOptions,
-                          gate: Gate, threads: _CommandThreads) -> Response:
+                          gate: Gate, execute: Callable[[Command, CommandContext], Awaitable[Executed]]) -> Response:
     principal = await gate.admit(request)  # 401 and 429 before anything else
     command_type = bus.router.public_command_type(name)  # 404 before reading a body (internal ones too)
     authorize(command_type, principal)
@@ -181,7 +209,7 @@ async def _handle_command(request: Request, name: str, bus: CommandBus, options:
     context = _context(request, principal, headers)
     token = correlation_id.set(context.correlation_id)
     try:
-        executed = await threads.run(bus.execute, command, context)
+        executed = await execute(command, context)
     finally:
         correlation_id.reset(token)
     return _accepted(executed, context)

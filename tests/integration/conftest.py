@@ -19,12 +19,19 @@ def app_schema(pg_database: PgDatabase) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def write_api(pg_database: PgDatabase, app_schema: str) -> Iterator[WriteApi]:
+def write_async() -> bool:
+    """Whether ``write_api`` runs commands on the event loop (``EVENTFOLD_WRITE_ASYNC``); a module
+    overrides this fixture, parametrized, to run its tests both ways."""
+    return False
+
+
+@pytest.fixture(scope="module")
+def write_api(pg_database: PgDatabase, app_schema: str, write_async: bool) -> Iterator[WriteApi]:
     checker = PostgresEventStore(pg_database.settings(app_schema, pool_size=2))
     checker.create_schema()
-    server, server_store = serve_write_api(pg_database.settings(app_schema, pool_size=8))
+    server, server_store = serve_write_api(pg_database.settings(app_schema, pool_size=8), write_async=write_async)
     try:
-        yield WriteApi(server.base_url, checker, app_schema)
+        yield WriteApi(server.base_url, checker, app_schema, write_async)
     finally:
         server.stop()
         server_store.close()

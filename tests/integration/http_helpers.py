@@ -14,6 +14,7 @@ from support.http import ServerThread
 from example_app.accounts import Account
 from example_app.app import build_router
 from example_app.securities import check_isin
+from framework.adapters.pg_async import AsyncPostgresAppender
 from framework.adapters.postgres import PostgresEventStore
 from framework.bus import CommandBus
 from framework.events import EventEnvelope
@@ -35,16 +36,19 @@ class WriteApi:
     base_url: str
     store: PostgresEventStore
     schema: str
+    write_async: bool = False  # commands decided and appended on the event loop (EVENTFOLD_WRITE_ASYNC)
 
 
 def serve_write_api(
-    settings: PostgresSettings, *, max_attempts: int = 5
+    settings: PostgresSettings, *, max_attempts: int = 5, write_async: bool = False
 ) -> tuple[ServerThread, PostgresEventStore]:
-    """The example app's write API on uvicorn (in a thread) over a PostgreSQL store; started."""
+    """The example app's write API on uvicorn (in a thread) over a PostgreSQL store; started.
+    ``write_async``: through the async command path, which the app's lifespan closes."""
     store = PostgresEventStore(settings)
     bus = CommandBus(build_router(), store, max_attempts=max_attempts, idempotency_lease_seconds=60)
     options = WriteApiOptions(max_body_bytes=MAX_BODY_BYTES, retry_after_seconds=RETRY_AFTER_SECONDS)
-    server = ServerThread(create_write_app(bus, options))
+    appender = AsyncPostgresAppender(settings) if write_async else None
+    server = ServerThread(create_write_app(bus, options, appender=appender), lifespan="on" if write_async else "off")
     try:
         server.start()
     except BaseException:

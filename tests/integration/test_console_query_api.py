@@ -21,7 +21,7 @@ from framework.adapters.postgres import PostgresEventStore
 from framework.adapters.postgres_views import PostgresViewStore
 from framework.bus import CommandBus, CommandContext
 from framework.worker import ProjectionWorker
-from projections.holdings import HoldingsProjector
+from projections.entitlements import EntitlementsProjector
 
 
 @pytest.fixture
@@ -31,7 +31,8 @@ def issuer(tmp_path: Path) -> Issuer:
 
 @pytest.fixture
 def database(pg_database: PgDatabase, pg_schema: str) -> Iterator[dict[str, str]]:
-    """Initialised tables with a few events, of which only ``holdings`` has applied the first three."""
+    """Initialised tables with a few events, of which ``entitlements`` has applied the first three and
+    ``holdings`` (partitioned) all of them, rebuilt by ``eventfold replay`` into version 2."""
     env = {"EVENTFOLD_DATABASE_URL": pg_database.url(), "EVENTFOLD_DB_SCHEMA": pg_schema}
     done = subprocess.run([eventfold_executable(), "init-db"], env=clean_env(**env), capture_output=True, text=True,
                           timeout=60, check=False)
@@ -44,12 +45,15 @@ def database(pg_database: PgDatabase, pg_schema: str) -> Iterator[dict[str, str]
                         OpenAccount(account_number="ACC-1", holder_name="Ada"),
                         CreditHoldings(account_number="ACC-1", isin="US0378331005", quantity=5)):
             bus.execute(command, CommandContext(correlation_id="console-pg"))
-        ProjectionWorker(HoldingsProjector(), views, store).catch_up()
+        ProjectionWorker(EntitlementsProjector(), views, store).catch_up()
         bus.execute(OpenAccount(account_number="ACC-2", holder_name="Alan"), CommandContext())
         env["head"] = str(store.head())
     finally:
         views.close()
         store.close()
+    replay = subprocess.run([eventfold_executable(), "replay", "holdings"], env=clean_env(**env), capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert replay.returncode == 0, replay.stderr
     yield env
 
 
@@ -60,8 +64,9 @@ def test_query_api_console_asks_for_a_token_then_matches_eventfold_status(
                     EVENTFOLD_JWT_ISSUER=ISSUER, EVENTFOLD_JWT_AUDIENCE=AUDIENCE)
     status = subprocess.run([eventfold_executable(), "status", "--json"], env=env, capture_output=True, text=True,
                             timeout=60, check=True)
-    rows = {row["name"]: row for row in json.loads(status.stdout)}
-    assert rows["holdings"]["position"] == 3 and rows["holdings"]["head"] == head == 4
+    rows = {row["name"]: row for row in json.loads(status.stdout) if row["state"] != "retired"}  # active versions
+    assert rows["entitlements"]["position"] == 3 and rows["entitlements"]["head"] == head == 4
+    assert rows["holdings"]["version"] == 2 and len(rows["holdings"]["partitions"]) == 4
     with CliServer("query-api", env) as server:
         refused = httpx.get(server.base_url + "/ops/status", timeout=10)
         assert refused.status_code == 401 and refused.headers["content-type"] == "application/problem+json"
@@ -69,7 +74,7 @@ def test_query_api_console_asks_for_a_token_then_matches_eventfold_status(
         assert wrong.status_code == 405 and wrong.headers["content-type"] == "application/problem+json"
         graphql = httpx.post(server.base_url + "/graphql", json={"query": "{ projections { name } }"}, timeout=10,
                              headers=issuer.bearer("olga", ["ops"]))
-        assert sorted(p["name"] for p in graphql.json()["data"]["projections"]) == sorted(rows)  # still served
+        assert sorted(p["name"] for p in graphql.json()["data"]["projections"]) == sorted([*rows, "holdings"])  # and v1
         page = chromium_page.page
         page.goto(server.base_url + "/console/")
         page.locator("#notice.error").get_by_text("role ops").wait_for()  # no token: refused, and told why
@@ -82,11 +87,16 @@ def test_query_api_console_asks_for_a_token_then_matches_eventfold_status(
         assert page.evaluate("sessionStorage.getItem('eventfold.console.token')").count(".") == 2  # kept for the tab
         assert page.get_attribute("#status-at", "data-head") == str(head)
         for name, row in rows.items():
-            cells = page.locator(f"#projections tr[data-projection='{name}']").first.locator("td")
+            shown_row = f"#projections tr[data-projection='{name}'][data-version='{row['version']}']"
+            cells = page.locator(shown_row).locator("td")
             shown = {c.get_attribute("data-field"): c.inner_text() for c in cells.all()}
             for field in ("version", "state", "position", "head", "lag_events", "dead_letters", "outbox_pending",
                           "deadlines_pending"):
                 assert shown[field] == str(row[field]), (name, field, shown, row)
+        lines = page.locator("#projections tr.partition[data-partition-of='holdings']").all_inner_texts()
+        assert len(lines) == len(rows["holdings"]["partitions"])
+        for line, partition in zip(lines, rows["holdings"]["partitions"], strict=True):
+            assert f"index: {partition['index']}" in line and f"position: {partition['position']}" in line, line
         chromium_page.screenshot("console-query-api")
     strays = [u for u in chromium_page.urls if not u.startswith(server.base_url + "/")]
     assert not strays, f"requests left the machine: {strays}"

@@ -39,6 +39,12 @@ from example_app.securities import Security
 pytestmark = pytest.mark.postgres
 
 
+@pytest.fixture(scope="module", params=[False, True], ids=["threads", "loop"])
+def write_async(request: pytest.FixtureRequest) -> bool:
+    """Every test here runs against both command paths: threads, and the event loop (EVENTFOLD_WRITE_ASYNC)."""
+    return bool(request.param)
+
+
 # --- helpers -------------------------------------------------------------------------------------
 
 
@@ -306,7 +312,7 @@ def test_an_unreachable_store_is_503_with_retry_after_and_recovers_without_resta
     with TcpProxy(pg_server.host, pg_server.port) as proxy:
         settings = replace(pg_database.settings(write_api.schema, pool_size=2),
                            host=proxy.host, port=proxy.port, connect_timeout=2.0)
-        server, store = serve_write_api(settings)
+        server, store = serve_write_api(settings, write_async=write_api.write_async)
         try:
             with httpx.Client(base_url=server.base_url, timeout=60) as client:
                 _cut_and_restore(client, proxy, write_api)

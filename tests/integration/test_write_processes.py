@@ -34,13 +34,14 @@ OPENING = 10_000  # each account's opening credit: no debit of the load can brea
 RETRIED = {"idempotency_key_in_flight", "concurrency_conflict", "store_unavailable"}
 
 
+@pytest.mark.parametrize("write_async", ["off", "on"], ids=["threads", "loop"])
 def test_two_write_api_processes_execute_each_key_once_and_agree_with_a_replay(
-    pg_database: PgDatabase, pg_schema: str
+    pg_database: PgDatabase, pg_schema: str, write_async: str
 ) -> None:
     check = PostgresEventStore(pg_database.settings(pg_schema))
     check.create_schema()
     env = clean_env(EVENTFOLD_DATABASE_URL=pg_database.url(), EVENTFOLD_DB_SCHEMA=pg_schema,
-                    EVENTFOLD_DB_POOL_SIZE="4", EVENTFOLD_LOG_FORMAT="text")
+                    EVENTFOLD_DB_POOL_SIZE="4", EVENTFOLD_LOG_FORMAT="text", EVENTFOLD_WRITE_ASYNC=write_async)
     isin, accounts = new_isin(), [new_code("MPA"), new_code("MPB")]
     commands = {f"{new_code('K')}-{n}": _command(n, accounts, isin) for n in range(KEYS)}
     try:

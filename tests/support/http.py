@@ -28,12 +28,12 @@ class ServerThread:
     be taken between choosing it and serving on it.
     """
 
-    def __init__(self, app: Any, *, host: str = "127.0.0.1") -> None:
+    def __init__(self, app: Any, *, host: str = "127.0.0.1", lifespan: str = "off") -> None:
         self._socket = socket.create_server((host, 0))
         self.port: int = self._socket.getsockname()[1]
         self.base_url = f"http://{host}:{self.port}"
         config = uvicorn.Config(
-            app, lifespan="off", log_level="warning", access_log=False, timeout_graceful_shutdown=5
+            app, lifespan=lifespan, log_level="warning", access_log=False, timeout_graceful_shutdown=5
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(

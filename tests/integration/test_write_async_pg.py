@@ -1,0 +1,262 @@
+"""The async command path (``EVENTFOLD_WRITE_ASYNC``) on real PostgreSQL: commands decided on the event
+loop and appended through psycopg's async pool keep every answer the threaded path gives.
+
+As in test_group_commit_pg, groups are made certain by holding the events table's lock from another
+connection while the commands pile up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any
+from uuid import uuid4
+
+import pytest
+from support.postgres import PgDatabase, PostgresServer
+
+from example_app.accounts import Account
+from example_app.commands import CreditHoldings, DebitHoldings, OpenAccount, RegisterSecurity
+from example_app.handlers import router
+from framework.adapters.pg_async import AsyncPostgresAppender
+from framework.adapters.postgres import PostgresEventStore
+from framework.breaker import BreakingAsyncAppender, CircuitBreaker
+from framework.bus import CommandBus, CommandContext, Executed
+from framework.commands import Command
+from framework.errors import (
+    AggregateNotFound,
+    IdempotencyKeyInFlight,
+    IdempotencyKeyReused,
+    RuleViolation,
+    StoreUnavailable,
+    VersionMismatch,
+)
+from framework.store import Claimed, StoredEvent
+from framework.unit_of_work import UnitOfWork
+
+pytestmark = pytest.mark.postgres
+
+ISIN = "US0378331005"
+
+
+@pytest.fixture
+def store(pg_database: PgDatabase, pg_schema: str) -> Iterator[PostgresEventStore]:
+    store = PostgresEventStore(replace(pg_database.settings(pg_schema, pool_size=8), group_commit=True))
+    store.create_schema()
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+class Offload:
+    """``asyncio.to_thread``, counting what went to a thread."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self, function: Callable[..., Any], *args: object) -> Any:
+        self.calls += 1
+        return await asyncio.to_thread(function, *args)
+
+
+@contextmanager
+def _events_locked(pg_database: PgDatabase, schema: str) -> Iterator[None]:
+    with pg_database.connect() as conn, conn.transaction():
+        conn.execute(f'LOCK TABLE "{schema}".stored_events IN EXCLUSIVE MODE')
+        yield
+
+
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    for _ in range(2000):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"timed out waiting until {what}")
+
+
+def _run(main: Callable[[AsyncPostgresAppender], Awaitable[Any]], settings: Any) -> Any:
+    async def with_appender() -> Any:
+        appender = AsyncPostgresAppender(settings)
+        try:
+            return await main(appender)
+        finally:
+            await appender.close()
+    return asyncio.run(with_appender())
+
+
+def _setup(bus: CommandBus, accounts: list[str]) -> None:
+    bus.execute(RegisterSecurity(isin=ISIN, name="Apple", currency="USD"))
+    for number in accounts:
+        bus.execute(OpenAccount(account_number=number, holder_name="Async"))
+
+
+def _holding(store: PostgresEventStore, number: str) -> int:
+    return UnitOfWork(store, None).get(Account, Account.id_for(number)).holding(ISIN)
+
+
+def test_concurrent_commands_on_the_loop_each_get_the_answer_they_would_get_alone(
+    store: PostgresEventStore, pg_database: PgDatabase, pg_schema: str
+) -> None:
+    bus = CommandBus(router, store)
+    distinct = [f"DIST-{n}" for n in range(4)]
+    _setup(bus, ["HOT-1", "KEYS-1", "KEYS-2", *distinct])  # also fills the bus's cache
+    first_same = bus.execute(CreditHoldings(account_number="KEYS-1", isin=ISIN, quantity=5),
+                             CommandContext(idempotency_key="same"))
+    bus.execute(CreditHoldings(account_number="KEYS-2", isin=ISIN, quantity=7), CommandContext(idempotency_key="diff"))
+    head = store.head()
+    offload = Offload()
+
+    async def main(appender: AsyncPostgresAppender) -> tuple[dict[str, object], int]:
+        async def run(command: Command, key: str | None = None) -> object:
+            try:
+                return await bus.execute_async(command, CommandContext(idempotency_key=key), appender, offload)
+            except Exception as error:  # the test compares errors too
+                return error
+
+        calls = {
+            **{f"hot {n}": run(CreditHoldings(account_number="HOT-1", isin=ISIN, quantity=1)) for n in range(8)},
+            **{n: run(CreditHoldings(account_number=n, isin=ISIN, quantity=2)) for n in distinct},
+            "same key, same body": run(CreditHoldings(account_number="KEYS-1", isin=ISIN, quantity=5), "same"),
+            "same key, other body": run(CreditHoldings(account_number="KEYS-2", isin=ISIN, quantity=1), "diff"),
+            **{f"new key {n}": run(CreditHoldings(account_number="KEYS-2", isin=ISIN, quantity=3), "new")
+               for n in range(2)},
+            "too much": run(DebitHoldings(account_number="DIST-0", isin=ISIN, quantity=1_000)),
+        }
+        with _events_locked(pg_database, pg_schema):
+            tasks = {name: asyncio.ensure_future(call) for name, call in calls.items()}
+            await _until(lambda: appender.group_commit.waiting() >= 1, "commands queue behind a commit")
+        answers = {name: await task for name, task in tasks.items()}
+        return answers, max(appender.group_commit.group_sizes)
+
+    answers, largest_group = _run(main, replace(pg_database.settings(pg_schema, pool_size=4)))
+    assert largest_group >= 2
+
+    hot = [answers[f"hot {n}"] for n in range(8)]
+    assert all(isinstance(a, Executed) and not a.replayed for a in hot), hot  # conflicts were retried
+    assert sorted(a.result.version for a in hot if isinstance(a, Executed)) == list(range(2, 10))
+    assert all(isinstance(answers[n], Executed) for n in distinct)
+    same = answers["same key, same body"]
+    assert isinstance(same, Executed) and same.replayed and same.result == first_same.result
+    assert isinstance(answers["same key, other body"], IdempotencyKeyReused)
+    assert isinstance(answers["too much"], RuleViolation)
+    new_key = [answers[f"new key {n}"] for n in range(2)]
+    executed = [a for a in new_key if isinstance(a, Executed) and not a.replayed]
+    assert len(executed) == 1
+    other = next(a for a in new_key if a is not executed[0])
+    assert isinstance(other, IdempotencyKeyInFlight) or (isinstance(other, Executed) and other.replayed)
+    assert offload.calls >= 1  # the hot conflicts' retries (and the refused debit) read the store on a thread
+
+    accepted = 8 + len(distinct) + 1
+    assert len(store.read_all(head, 1_000)) == accepted
+    assert _holding(store, "HOT-1") == 8
+    assert [_holding(store, n) for n in distinct] == [2] * len(distinct)
+    assert _holding(store, "KEYS-1") == 5
+    assert _holding(store, "KEYS-2") == 7 + 3
+    replay = store.claim_idempotency_key("new", "h", uuid4(), 60)
+    assert getattr(replay, "result", None) is not None
+
+
+def test_a_cached_command_stays_on_the_loop_and_a_cache_miss_goes_to_a_thread(
+    store: PostgresEventStore, pg_database: PgDatabase, pg_schema: str
+) -> None:
+    bus = CommandBus(router, store)
+    _setup(bus, ["CACHED-1"])
+    other_bus = CommandBus(router, store)  # its cache is empty: every aggregate is a miss
+    offload = Offload()
+
+    async def main(appender: AsyncPostgresAppender) -> tuple[Executed, int, Executed, int]:
+        cached = await bus.execute_async(CreditHoldings(account_number="CACHED-1", isin=ISIN, quantity=4),
+                                         None, appender, offload)
+        on_loop = offload.calls
+        missed = await other_bus.execute_async(CreditHoldings(account_number="CACHED-1", isin=ISIN, quantity=1),
+                                               None, appender, offload)
+        return cached, on_loop, missed, offload.calls
+
+    cached, on_loop, missed, after_miss = _run(main, pg_database.settings(pg_schema, pool_size=2))
+    assert on_loop == 0 and cached.result.version == 2
+    assert after_miss == 1 and missed.result.version == 3
+    assert _holding(store, "CACHED-1") == 5
+
+
+def test_expected_version_and_errors_on_the_loop_are_the_threaded_path_s(
+    store: PostgresEventStore, pg_database: PgDatabase, pg_schema: str
+) -> None:
+    bus = CommandBus(router, store)
+    _setup(bus, ["EXP-1"])
+
+    async def main(appender: AsyncPostgresAppender) -> list[object]:
+        async def run(command: Command, context: CommandContext) -> object:
+            try:
+                return await bus.execute_async(command, context, appender, Offload())
+            except Exception as error:
+                return error
+
+        credit = CreditHoldings(account_number="EXP-1", isin=ISIN, quantity=1)
+        return [
+            await run(credit, CommandContext(expected_version=1)),
+            await run(credit, CommandContext(expected_version=1)),  # it is at 2 now
+            await run(CreditHoldings(account_number="NOPE", isin=ISIN, quantity=1), CommandContext()),
+            await run(credit, CommandContext(expected_version=2, idempotency_key="k")),
+            await run(credit, CommandContext(expected_version=7, idempotency_key="k")),  # replay answers first
+        ]
+
+    matched, mismatched, missing, keyed, replayed = _run(main, pg_database.settings(pg_schema, pool_size=2))
+    assert isinstance(matched, Executed) and matched.result.version == 2
+    assert isinstance(mismatched, VersionMismatch) and mismatched.current_version == 2
+    assert isinstance(missing, AggregateNotFound)
+    assert isinstance(keyed, Executed) and keyed.result.version == 3
+    assert isinstance(replayed, Executed) and replayed.replayed and replayed.result == keyed.result
+    assert _holding(store, "EXP-1") == 2
+
+
+def test_the_async_appender_fails_fast_while_postgresql_is_down_and_recovers_at_once(
+    private_postgres: PostgresServer,
+) -> None:
+    cluster = private_postgres.cluster
+    assert cluster is not None
+    settings = private_postgres.settings("postgres", pool_size=2, connect_timeout=30.0)
+    setup = PostgresEventStore(settings)
+    setup.create_schema()
+    setup.close()
+    now = [0.0]
+    breaker = CircuitBreaker(threshold=1, cool_down=5.0, clock=lambda: now[0])
+
+    async def main(raw: AsyncPostgresAppender) -> None:
+        appender = BreakingAsyncAppender(raw, breaker)
+        assert len(await appender.append([StoredEvent(uuid4(), 1, "tests.Happened", b"{}")])) == 1
+        cluster.pause()
+        try:
+            with pytest.raises(StoreUnavailable) as refused:
+                await appender.append([StoredEvent(uuid4(), 1, "tests.Happened", b"{}")])
+            assert "couldn't get a connection" not in str(refused.value)
+            with pytest.raises(StoreUnavailable, match="failing"):  # the breaker is open
+                await appender.claim_idempotency_key("k", "h", uuid4(), 60)
+        finally:
+            await asyncio.to_thread(cluster.resume)  # returns once PostgreSQL accepts connections
+        now[0] += 5.0  # the breaker's cool-down has passed: the next call is its probe
+        assert isinstance(await appender.claim_idempotency_key("k", "h", uuid4(), 60), Claimed)
+        assert len(await appender.append([StoredEvent(uuid4(), 1, "tests.Happened", b"{}")])) == 1
+
+    _run(main, settings)
+
+
+def test_a_cancelled_caller_does_not_stop_its_group_s_commit(
+    store: PostgresEventStore, pg_database: PgDatabase, pg_schema: str
+) -> None:
+    aggregate = uuid4()
+
+    async def main(appender: AsyncPostgresAppender) -> None:
+        with _events_locked(pg_database, pg_schema):
+            task = asyncio.ensure_future(appender.append([StoredEvent(aggregate, 1, "tests.Happened", b"{}")]))
+            await _until(lambda: bool(appender.group_commit.group_sizes), "the append is committing")
+            task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await _until(lambda: bool(store.read_stream(aggregate)), "the cancelled caller's append committed")
+
+    _run(main, pg_database.settings(pg_schema, pool_size=2))
+    assert [e.originator_version for e in store.read_stream(aggregate)] == [1]
+
