@@ -19,7 +19,26 @@ connections:
    ``cards``  (b) a page of 20 cards with a nested, batched field
               ``{ cards(first: 20) { edges { node { actionId status security { name } } } } }``.
 
-The target: (a) >= 0.7x the cached Strawberry baseline's requests/s, and (a)'s p99 <= 30 ms.
+3. under a write load (``card_w``, ``cards_w``): the same questions, also asking for each card's
+   ``position``, while a writer subprocess (``--role writer``) sends ``--write-rate`` (200) commands/s
+   through the example's ``CommandBus`` (announce, then validate, new cards, each heading the page of
+   (b)) and a projector subprocess (``--role projector``: every projection's ``ProjectionWorker``)
+   commits the changes, NOTIFYing the query API as ``eventfold project`` does. The rotation of (a)
+   mixes the seeded cards with the ones being written. Every second request carries
+   ``Eventfold-Position: 1``, so its answer claims positions (``extensions.consistency``); the others
+   may fill the response cache. Cache honesty: every answer is recorded and every claiming one checked:
+   a card showing position c while the cards projection is claimed at P is stale when its card is
+   known to have changed at some x with c < x <= P (known: the writer's log, every position any answer
+   showed, the final rows read directly); "newer than claimed" is allowed (the claim is "at least").
+4. ``subs``: ``--subscriptions`` (1,000) card subscriptions over graphql-transport-ws, one WebSocket
+   each, ``--per-key`` (2) on each of the cards the writer then announces and validates at
+   ``--write-rate``; the latency of each update runs from the moment the cards projection's commit is
+   heard (this script LISTENs on the channel the query API listens on) to the subscriber's message.
+   Also counted: updates out of order, subscribers whose last update is not their card's final row.
+
+Targets (issue 14): (a) >= 1.0x the cached Strawberry baseline's requests/s with p99 <= 20 ms; (b) >= 0.5x;
+both also under the write load, every answer honest; subscriptions p99 <= 50 ms at 200 changes/s.
+The older target (a) >= 0.7x with p99 <= 30 ms is still judged on its own line.
 
 The driver is ``wrk`` (Debian's package: C, one thread, Lua only to rotate bodies and check
 answers) when it is on PATH, else raw asyncio streams in this process (``--driver raw``). Every
@@ -32,6 +51,7 @@ and never asserts: speed is reported, not tested.
     python benchmarks/graphql.py                 # full run, 5 s per phase (about a minute)
     python benchmarks/graphql.py --quick         # smoke run
     python benchmarks/graphql.py --only hello,card --duration 10
+    python benchmarks/graphql.py --only hello,card_w,cards_w,subs   # under writes, and subscriptions
     python benchmarks/graphql.py --py-spy /path/to/py-spy   # and where (a) spends the server's CPU
     EVENTFOLD_GRAPHQL_RESPONSE_CACHE=0 python benchmarks/graphql.py   # every answer computed (no kept answers)
 
@@ -151,10 +171,15 @@ class Phase:
     server: str  # "baseline" or "eventfold"
     path: str
     queries: list[str]  # rotated over by every connection
+    load: bool = False  # under the write load: every second request claims (Eventfold-Position: 1), answers kept
 
 
-def phases(action_ids: list[str]) -> dict[str, Phase]:
+def phases(action_ids: list[str], loaded: list[str] | None = None) -> dict[str, Phase]:
     cards = [CARD % a for a in action_ids] or [CARD % "CA-0000"]
+    # Under load: the seeded cards and, as many, the cards the writer creates and changes meanwhile.
+    # At most 200 documents in all, as for (a): the parse and validation caches keep 256 (an alias names the id).
+    spread = (loaded or [])[:: max(1, len(loaded or []) // 100)][:100]
+    mixed = [card_w(a) for pair in zip(action_ids[:100], spread, strict=False) for a in pair] or [card_w("CA-0000")]
     return {
         "json": Phase("json", "Starlette JSON endpoint (bare)", "baseline", "/json", [HELLO]),
         "hello0": Phase("hello0", "Strawberry { hello }, no extensions", "baseline", "/graphql-plain", [HELLO]),
@@ -163,10 +188,15 @@ def phases(action_ids: list[str]) -> dict[str, Phase]:
         "card": Phase("card", "(a) Eventfold card(actionId) by id", "eventfold", "/graphql", cards),
         "cards": Phase("cards", "(b) Eventfold cards(first: 20) + security{name}", "eventfold", "/graphql",
                        [CARDS]),
+        "card_w": Phase("card_w", f"(a) card by id, writes {WRITE_RATE:.0f}/s", "eventfold", "/graphql", mixed,
+                        load=True),
+        "cards_w": Phase("cards_w", f"(b) cards(first: 20), writes {WRITE_RATE:.0f}/s", "eventfold", "/graphql",
+                         [CARDS_W], load=True),
     }
 
 
-ORDER = ["json", "hello0", "hello", "card", "cards"]
+ORDER = ["json", "hello0", "hello", "card", "cards", "card_w", "cards_w", "subs"]
+LOADED = ["card_w", "cards_w"]
 
 
 def body_of(query: str) -> bytes:
@@ -186,6 +216,7 @@ class Result:
     mean_ms: float = float("nan")
     errors: Counter[str] = field(default_factory=Counter)
     cpu: dict[str, float] = field(default_factory=dict)  # role -> CPU seconds in the window
+    answers: list[str] = field(default_factory=list)  # a load phase's good answers (JSON texts)
 
     @property
     def rate(self) -> float:
@@ -251,6 +282,8 @@ class RawDriver:
 
     def run(self, phase: Phase, port: int, server_pid: int | None, connections: int,
             warmup: float, duration: float) -> Result:
+        if phase.load:
+            raise RuntimeError(f"phase {phase.key} checks every answer: it needs wrk (Debian: apt-get install wrk)")
         return asyncio.run(self._main(phase, port, server_pid, connections, warmup, duration))
 
     async def _main(self, phase: Phase, port: int, server_pid: int | None, connections: int,
@@ -309,16 +342,27 @@ end
 
 wrk.path = "%(path)s"
 wrk.body = bodies[1]
-if count > 1 then
+local claim = %(claim)s
+local out = nil
+if %(record)s ~= nil then out = io.open(%(record)s, "w") end
+local plain = { ["Content-Type"] = "application/json" }
+local claiming = { ["Content-Type"] = "application/json", ["Eventfold-Position"] = "1" }
+if count > 1 or claim then
   function request()
     index = index + 1
-    return wrk.format(nil, nil, nil, bodies[((index + offset) %% count) + 1])
+    local headers = nil
+    if claim then
+      if index %% 2 == 0 then headers = claiming else headers = plain end
+    end
+    return wrk.format(nil, nil, headers, bodies[((index + offset) %% count) + 1])
   end
 end
 
 function response(status, headers, body)
   if status ~= 200 or string.find(body, '"errors"', 1, true) then
     bad = bad + 1
+  elseif out then
+    out:write(body, "\\n")
   end
 end
 
@@ -348,15 +392,20 @@ class WrkDriver:
             warmup: float, duration: float) -> Result:
         seconds = max(1, round(duration))  # wrk takes whole seconds
         with tempfile.TemporaryDirectory(prefix="eventfold-bench-wrk-") as folder:
-            script = Path(folder) / "phase.lua"
-            script.write_text(WRK_SCRIPT % {
-                "bodies": ", ".join(_lua_string(body_of(q).decode()) for q in phase.queries),
-                "path": phase.path,
-            })
+            script, recorded = Path(folder) / "phase.lua", Path(folder) / "answers.txt"
+            bodies = ", ".join(_lua_string(body_of(q).decode()) for q in phase.queries)
+            claim = "true" if phase.load else "false"
+            script.write_text(WRK_SCRIPT % {"bodies": bodies, "path": phase.path, "claim": claim, "record": "nil"})
             if warmup > 0:
                 self._wrk_run(script, port, connections, max(1, round(warmup)), None)
+            if phase.load:
+                script.write_text(WRK_SCRIPT % {"bodies": bodies, "path": phase.path, "claim": claim,
+                                                "record": _lua_string(str(recorded))})
             output = Path(folder) / "out.txt"
-            return self._measured(phase, script, output, port, server_pid, connections, seconds)
+            result = self._measured(phase, script, output, port, server_pid, connections, seconds)
+            if phase.load and recorded.exists():
+                result.answers = recorded.read_text().splitlines()
+            return result
 
     def _command(self, script: Path, port: int, connections: int, seconds: int) -> list[str]:
         return [self._wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script),
@@ -602,6 +651,394 @@ def seed(url: str, actions: int, accounts: int) -> Seeded:
         store.close()
 
 
+# --------------------------------------------------------------------------- under write load (cache honesty)
+
+# The write-load phases ask for `position` too (the position of the event that last changed the card), so
+# that every answer can be checked against the positions it claims.
+CARD_W = '{ %s: card(actionId: "%s") { actionId status kind recordDate position } }'  # alias: the id asked
+CARDS_W = "{ cards(first: 20) { edges { node { actionId status position security { name } } } } }"
+SUB_CARD = 'subscription { card(actionId: "%s") { position card { actionId status } } }'
+WRITE_RATE = 200.0  # commands per second
+TARGET_SUB_P99_MS = 50.0
+POSITION_HEADER = "Eventfold-Position"
+
+
+def write_load_ids(prefix: str, count: int) -> list[str]:
+    return [f"{prefix}-{k:06d}" for k in range(count)]
+
+
+def writer_main(url: str, prefix: str, count: int, rate: float, out: str) -> int:
+    """The write load (a subprocess: ``--role writer``): for k = 0, 1, ... announce ``{prefix}-k`` with a
+    record date k days before today (so that each new card heads the page of (b)), then validate it
+    (its process manager then records entitlements: more changes of the card); ``rate`` commands per
+    second over 4 threads (each takes an action and sends both of its commands), paced, until
+    ``count`` actions or SIGINT/SIGTERM. Writes ``[[action_id, command, position,
+    unix time], ...]`` to ``out``."""
+    import signal
+
+    from example_app.app import build_router
+    from example_app.commands import AnnounceCorporateAction, ValidateCorporateAction
+    from framework.adapters.postgres import PostgresEventStore
+    from framework.bus import CommandBus, CommandContext
+    from framework.settings import Settings
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    postgres = Settings(database_url=url, db_schema=SCHEMA).postgres()
+    assert postgres is not None
+    store = PostgresEventStore(postgres)
+    bus, context = CommandBus(build_router(), store), CommandContext(correlation_id="bench-load", actor="bench")
+    isins, today, log = list(ISINS), date.today(), []
+    ids = iter(enumerate(write_load_ids(prefix, count)))
+    pace, interval = threading.Lock(), 1.0 / rate
+    due = [time.perf_counter()]
+
+    def wait_turn() -> None:  # one command every `interval` seconds over all threads
+        with pace:
+            at = due[0]
+            due[0] = max(at + interval, time.perf_counter() - 0.5)  # no burst after a stall
+        time.sleep(max(0.0, at - time.perf_counter()))
+
+    def work() -> None:  # each thread announces, then validates, the actions it takes
+        while not stop.is_set():
+            with pace:
+                taken = next(ids, None)
+            if taken is None:
+                return
+            k, action_id = taken
+            isin, record = isins[k % len(isins)], today - timedelta(days=k)
+            announce = AnnounceCorporateAction.model_validate({
+                "action_id": action_id, "isin": isin, "record_date": record,
+                "payment_date": record + timedelta(days=7),
+                "terms": {"kind": "cash_dividend", "amount_per_unit": "0.10", "currency": ISINS[isin][1]}})
+            for command in (announce, ValidateCorporateAction(action_id=action_id)):
+                if stop.is_set():
+                    return
+                wait_turn()
+                executed = bus.execute(command, context)
+                log.append([action_id, command.command_name, executed.result.position, time.time()])
+
+    # Threads: a command mostly waits for PostgreSQL's commit; one thread alone falls behind 200/s on a busy machine.
+    threads = [threading.Thread(target=work, daemon=True) for _ in range(4)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.2)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+        log.sort(key=lambda entry: entry[3])
+        Path(out).write_text(json.dumps(log))
+        store.close()
+    return 0
+
+
+def projector_main(url: str) -> int:
+    """Every projection of the example, kept caught up (a subprocess: ``--role projector``): the worker
+    commits NOTIFY the query API's position watch, as ``eventfold project`` does."""
+    import signal
+
+    from example_app.app import build_router
+    from framework.adapters.postgres import PostgresEventStore
+    from framework.adapters.postgres_views import PostgresViewStore
+    from framework.bus import CommandBus
+    from framework.settings import Settings
+    from framework.worker import ProjectionWorker
+    from projections import build_projectors
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    postgres = Settings(database_url=url, db_schema=SCHEMA).postgres()
+    assert postgres is not None
+    store, views = PostgresEventStore(postgres), PostgresViewStore(postgres)
+    bus = CommandBus(build_router(), store)
+    workers = [ProjectionWorker(p, views, store, bus) for p in build_projectors()]
+    try:
+        while not stop.is_set():
+            before = [w.position for w in workers]
+            for worker in workers:
+                worker.catch_up(interrupted=stop.is_set)
+            if [w.position for w in workers] == before:
+                stop.wait(0.002)
+    finally:
+        views.close()
+        store.close()
+    return 0
+
+
+def _role_command(role: str, *arguments: str) -> list[str]:
+    return [sys.executable, str(_HERE / "graphql.py"), "--role", role, *arguments]
+
+
+class Helper:
+    """A ``--role`` subprocess of this script (the writer, the projector); stopped with SIGINT."""
+
+    def __init__(self, role: str, *arguments: str, url: str) -> None:
+        self.role = role
+        self._log = tempfile.NamedTemporaryFile("w+", prefix=f"eventfold-bench-{role}-",  # noqa: SIM115
+                                                suffix=".log")
+        env = {**_eventfold_env(url), "PYTHONUNBUFFERED": "1"}
+        self.process = subprocess.Popen(_role_command(role, *arguments, url), env=env, cwd=_HERE.parent,
+                                        stdout=self._log, stderr=subprocess.STDOUT)
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(2)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        if self.process.returncode not in (0, -2, 130):
+            self._log.seek(0)
+            print(f"  ({self.role} exited {self.process.returncode}: {self._log.read()[-600:]})", file=sys.stderr)
+        self._log.close()
+
+
+@dataclass
+class Honesty:
+    """Every answer of a write-load phase checked against the positions it claims."""
+
+    answers: int = 0
+    claimed: int = 0  # answers carrying extensions.consistency (sent with Eventfold-Position)
+    cards_checked: int = 0
+    stale: int = 0  # a card older than a change at or before the claimed position: a lie
+    newer: int = 0  # a card newer than the claim (allowed: the claim is "at least")
+    unreached: int = 0  # claimed reached: false
+    examples: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        verdict = "HONEST" if not self.stale and not self.unreached else "DISHONEST"
+        return (f"{verdict}: {self.answers} answers recorded, {self.claimed} with claimed positions, "
+                f"{self.cards_checked} cards checked; stale {self.stale}, claimed unreached {self.unreached};"
+                f" newer than claimed (allowed) {self.newer}")
+
+
+def card_w(action_id: str) -> str:
+    return CARD_W % ("c_" + action_id.replace("-", "_"), action_id)
+
+
+def _cards_of(data: dict[str, Any]) -> list[tuple[str, dict[str, Any] | None]]:
+    """(the id asked, the card or None) of an answer of (a) or (b) under load."""
+    if "cards" in data:
+        return [(edge["node"]["actionId"], edge["node"]) for edge in data["cards"]["edges"]]
+    return [(alias[2:].replace("_", "-"), card) for alias, card in data.items()]
+
+
+def check_honesty(lines: list[str], changes: dict[str, set[int]]) -> Honesty:
+    """``changes``: action id -> positions at which its card is known to have changed (the writer's log,
+    every position any answer showed, the final rows). An answer claiming the cards projection at P is
+    stale when one of its cards shows position c and a known change x has c < x <= P; a card asked by
+    id and answered null (c = 0) is stale when it was announced at or before P."""
+    honesty = Honesty()
+    parsed = []
+    for text in lines:
+        with suppress(ValueError):
+            parsed.append(json.loads(text))
+    for answer in parsed:  # everything any answer showed is a change that happened
+        for _, card in _cards_of(answer.get("data") or {}):
+            if card:
+                changes.setdefault(card["actionId"], set()).add(int(card["position"]))
+    for answer in parsed:
+        honesty.answers += 1
+        consistency = (answer.get("extensions") or {}).get("consistency")
+        if consistency is None:
+            continue
+        honesty.claimed += 1
+        if not consistency.get("reached"):
+            honesty.unreached += 1
+        claimed = consistency["positions"].get("cards")
+        if claimed is None:
+            continue
+        cards = [(a, int(c["position"]) if c else 0) for a, c in _cards_of(answer.get("data") or {})]
+        for action_id, shown in cards:
+            honesty.cards_checked += 1
+            later = [x for x in changes.get(action_id, ()) if shown < x <= claimed]
+            if later:
+                honesty.stale += 1
+                if len(honesty.examples) < 3:
+                    honesty.examples.append(f"{action_id} at {shown} claimed cards {claimed}, changed at {min(later)}")
+            elif shown > claimed:
+                honesty.newer += 1
+    return honesty
+
+
+@dataclass
+class Live:
+    """The subscriptions phase's figures."""
+
+    subscriptions: int = 0
+    opened_seconds: float = 0.0
+    commands: int = 0
+    seconds: float = 0.0
+    messages: int = 0
+    latencies: list[float] = field(default_factory=list)  # seconds, commit heard -> message received
+    slow: list[tuple[float, float]] = field(default_factory=list)  # (commit heard, seconds) of those over 100 ms
+    unnamed: list[float] = field(default_factory=list)  # when commits of cards naming no rows were heard
+    unmatched: int = 0  # a message whose commit was not heard (should be 0)
+    out_of_order: int = 0  # a subscriber's positions not strictly increasing
+    missed_final: int = 0  # subscribers whose last message is not their card's final row
+    errors: Counter[str] = field(default_factory=Counter)
+    server_cpu: float = 0.0
+    other_load: float | None = None
+
+    def percentile_ms(self, p: float) -> float:
+        return _percentile_ms(sorted(self.latencies), p)
+
+
+async def _subscriber(port: int, query: str, got: list[tuple[int, float]], ready: asyncio.Event,
+                      errors: Counter[str], stop: asyncio.Event) -> None:
+    import websockets
+
+    try:
+        async with websockets.connect(f"ws://127.0.0.1:{port}/graphql", subprotocols=["graphql-transport-ws"],
+                                      open_timeout=60, max_queue=None, ping_interval=None) as ws:
+            await ws.send(json.dumps({"type": "connection_init", "payload": {}}))
+            ack = json.loads(await ws.recv())
+            if ack.get("type") != "connection_ack":
+                errors[f"init: {ack.get('type')}"] += 1
+                return
+            await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": {"query": query}}))
+            ready.set()
+            async for raw in ws:
+                received = time.time()
+                message = json.loads(raw)
+                kind = message.get("type")
+                if kind == "next":
+                    payload = message["payload"]
+                    if payload.get("errors"):
+                        errors[f"GraphQL error: {payload['errors'][0].get('message', '')[:80]}"] += 1
+                    else:
+                        got.append((int(payload["data"]["card"]["position"]), received))
+                elif kind == "ping":
+                    await ws.send(json.dumps({"type": "pong"}))
+                elif kind in ("error", "complete"):
+                    errors[f"{kind}: {json.dumps(message.get('payload'))[:80]}"] += 1
+                    return
+                if stop.is_set():
+                    return
+    except Exception as error:  # counted and shown: a subscriber's socket failing is a result
+        errors[type(error).__name__] += 1
+        ready.set()
+
+
+async def _listen_commits(url: str, heard: list[tuple[int, float]], unnamed: list[float], started: asyncio.Event,
+                          stop: asyncio.Event) -> None:
+    """The cards projection's commits, as the query API hears them (the same NOTIFY), with the time heard."""
+    from framework.adapters.postgres_views import parse_notice, position_channel
+
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute(f'LISTEN "{position_channel(SCHEMA)}"')
+        started.set()
+        while not stop.is_set():
+            async for notice in conn.notifies(timeout=0.2):
+                at = time.time()
+                change = parse_notice(notice.payload)
+                if change is not None and change.projection == "cards":
+                    heard.append((change.position, at))
+                    if change.touched is None:
+                        unnamed.append(at)
+
+
+def run_live(url: str, port: int, server_pid: int | None, subscriptions: int, per_key: int,
+             rate: float, pg_pids: Callable[[], list[int]]) -> Live:
+    """``subscriptions`` card subscriptions (``per_key`` on each action id; one WebSocket each) on the
+    query API, then the writer announces and validates those actions at ``rate`` commands/s: the latency
+    of each update is from the moment the cards projection's commit is heard (LISTEN on the channel the
+    query API listens on) to the subscriber's message."""
+    keys = write_load_ids("CS", max(1, subscriptions // per_key))
+    live = Live(subscriptions=len(keys) * per_key)
+    got: dict[int, list[tuple[int, float]]] = {i: [] for i in range(live.subscriptions)}
+    heard: list[tuple[int, float]] = []
+
+    async def main() -> None:
+        stop, listening = asyncio.Event(), asyncio.Event()
+        listener = asyncio.create_task(_listen_commits(url, heard, live.unnamed, listening, stop))
+        began = time.perf_counter()
+        readies = [asyncio.Event() for _ in range(live.subscriptions)]
+        tasks = []
+        for i in range(live.subscriptions):  # opened in waves, not 1,000 handshakes at once
+            query = SUB_CARD % keys[i % len(keys)]
+            tasks.append(asyncio.create_task(_subscriber(port, query, got[i], readies[i], live.errors, stop)))
+            if i % 50 == 49:
+                await asyncio.gather(*(r.wait() for r in readies[: i + 1]))
+        await asyncio.gather(*(r.wait() for r in readies), listening.wait())
+        await asyncio.sleep(1.0)  # the last subscribe messages reach their generators
+        live.opened_seconds = time.perf_counter() - began
+        out = Path(tempfile.gettempdir()) / f"eventfold-bench-live-{os.getpid()}.json"
+        writer = Helper("writer", "--prefix", "CS", "--count", str(len(keys)), "--rate", str(rate),
+                        "--out", str(out), url=url)
+        window_start = time.perf_counter()
+        before_server = wp._cpu_of(server_pid) if server_pid else 0.0
+        before_machine, before_pg = wp._machine_busy(), sum(wp._cpu_of(p) for p in pg_pids())
+        while writer.process.poll() is None:
+            await asyncio.sleep(0.1)
+        live.seconds = time.perf_counter() - window_start
+        await asyncio.sleep(2.0)  # the last commits reach the subscribers
+        server = (wp._cpu_of(server_pid) - before_server) if server_pid else 0.0
+        live.server_cpu = server
+        machine = wp._machine_busy() - before_machine
+        pg = sum(wp._cpu_of(p) for p in pg_pids()) - before_pg
+        elapsed = time.perf_counter() - window_start
+        live.other_load = max(0.0, machine - server - pg) / (elapsed * (os.cpu_count() or 1)) * 100
+        writer.stop()
+        with suppress(OSError, ValueError):
+            log = json.loads(out.read_text())
+            out.unlink()
+            live.commands = len(log)
+            live.seconds = log[-1][3] - log[0][3] if len(log) > 1 else live.seconds  # from its first command
+        stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, listener, return_exceptions=True)
+
+    asyncio.run(main())
+    final = _final_positions(url, keys)
+    heard.sort()
+    positions = [p for p, _ in heard]
+    import bisect
+
+    for i, messages in got.items():
+        last = 0
+        for position, received in messages:
+            live.messages += 1
+            if position <= last:
+                live.out_of_order += 1
+            last = max(last, position)
+            at = bisect.bisect_left(positions, position)
+            if at == len(positions):
+                live.unmatched += 1
+                continue
+            live.latencies.append(received - heard[at][1])
+            if received - heard[at][1] > 0.1:
+                live.slow.append((heard[at][1] - heard[0][1], received - heard[at][1]))
+        if final.get(keys[i % len(keys)], 0) != last:
+            live.missed_final += 1
+    return live
+
+
+def _final_positions(url: str, keys: list[str] | None = None) -> dict[str, int]:
+    """The cards' positions now, read directly from the view store (``keys`` None: every card)."""
+    from framework.adapters.postgres_views import PostgresViewStore
+    from framework.read import Condition
+    from framework.settings import Settings
+    from projections.cards import CorporateActionCard
+
+    postgres = Settings(database_url=url, db_schema=SCHEMA).postgres()
+    assert postgres is not None
+    views = PostgresViewStore(postgres)
+    try:
+        conditions = [] if keys is None else [Condition("action_id", "in", keys)]
+        return {c.action_id: c.position for c in views.query("cards", CorporateActionCard, conditions)}
+    finally:
+        views.close()
+
+
 # --------------------------------------------------------------------------- py-spy of (a)
 
 
@@ -713,6 +1150,10 @@ def print_ratios(results: dict[str, Result]) -> None:
         ("Strawberry cached / Starlette JSON", _ratio(hello, json_)),
         ("(a) by server CPU/req: Strawberry cached ms / (a) ms", _cpu_ratio(card, hello)),
         ("(b) by server CPU/req: Strawberry cached ms / (b) ms", _cpu_ratio(cards, hello)),
+        ("(a) under writes / Strawberry cached { hello }", _ratio(results.get("card_w"), hello)),
+        ("(b) under writes / Strawberry cached { hello }", _ratio(results.get("cards_w"), hello)),
+        ("(a) under writes by server CPU/req", _cpu_ratio(results.get("card_w"), hello)),
+        ("(b) under writes by server CPU/req", _cpu_ratio(results.get("cards_w"), hello)),
     ]
     print()
     print("ratios (requests/s; the last two from server CPU per request, steadier on a busy machine)")
@@ -729,6 +1170,53 @@ def print_ratios(results: dict[str, Result]) -> None:
     elif card is not None:
         print()
         print("target: not judged (run the `hello` phase with `card` for the ratio)")
+
+
+def print_loaded(results: dict[str, Result], live: Live | None) -> None:
+    """Targets of issue 14 for the phases under load, cache honesty, and the subscriptions phase."""
+    hello = results.get("hello")
+    if HONESTY:
+        writes = HONESTY.get("writes")
+        print()
+        print(f"write load: {writes.answers if writes else 0} commands written by the writer during the load phases,"
+              f" {WRITES.get('rate', 0.0):.0f}/s achieved (announce + validate of new cards, each heading the"
+              " page of (b); their process manager writes more)")
+        for key in LOADED:
+            if key in HONESTY:
+                print(f"  cache honesty {key:<8}: {HONESTY[key].line()}")
+                for example in HONESTY[key].examples:
+                    print(f"      e.g. {example}")
+    for key, floor in (("card_w", 1.0), ("cards_w", 0.5)):
+        result, ratio = results.get(key), _ratio(results.get(key), hello)
+        if result is None or ratio is None:
+            continue
+        p99 = f"; p99 {result.p99_ms:.1f} ms (target <= {TARGET_P99_MS_14:.0f} ms)" if key == "card_w" else ""
+        print(f"target: {key} req/s >= {floor:.1f}x Strawberry cached {{ hello }} -> {ratio:.2f}x"
+              f" ({'met' if ratio >= floor else 'missed'}){p99}")
+    if live is not None:
+        p50, p99 = live.percentile_ms(50), live.percentile_ms(99)
+        rate = live.commands / live.seconds if live.seconds else 0.0
+        print()
+        print(f"subscriptions: {live.subscriptions} open (one WebSocket each, opened in {live.opened_seconds:.1f} s),"
+              f" {live.commands} commands in {live.seconds:.1f} s ({rate:.0f}/s) changing their cards")
+        print(f"  {live.messages} messages; latency commit heard -> message: p50 {_fmt(p50, '.1f')} ms,"
+              f" p99 {_fmt(p99, '.1f')} ms, max {_fmt(live.percentile_ms(100), '.1f')} ms"
+              f" (target p99 <= {TARGET_SUB_P99_MS:.0f} ms: {'met' if p99 <= TARGET_SUB_P99_MS else 'missed'})")
+        per_message = live.server_cpu / live.messages * 1000 if live.messages else float("nan")
+        errors = ", ".join(f"{k} x{v}" for k, v in sorted(live.errors.items())) or "0"
+        print(f"  server CPU {live.server_cpu:.2f} s = {_fmt(per_message, '.2f')} ms per message;"
+              f" other load {_fmt(live.other_load, '.0f')}%; out of order {live.out_of_order},"
+              f" unmatched {live.unmatched}, missed final state {live.missed_final}, errors {errors}")
+        if live.unnamed:
+            print(f"  {len(live.unnamed)} commits of cards named no rows (a batch too big to describe: every"
+                  " subscriber reads again)")
+        if live.slow:
+            stalls = sorted({round(at, 1) for at, _ in live.slow})
+            print(f"  {len(live.slow)} messages over 100 ms, of commits heard at (s into the phase):"
+                  f" {', '.join(f'{t:.1f}' for t in stalls[:12])}{' ...' if len(stalls) > 12 else ''}")
+
+
+TARGET_P99_MS_14 = 20.0  # issue 14's target for (a)
 
 
 def _versions() -> str:
@@ -805,6 +1293,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="serve (a) and (b) with COMMAND instead of `eventfold query-api` (an A/B of a"
                              " patch); it gets the same environment and --host/--port")
     parser.add_argument("--top", type=int, default=25, help="functions listed by the profile")
+    parser.add_argument("--write-rate", dest="write_rate", type=float, default=WRITE_RATE,
+                        help="commands/s of the write load (phases card_w, cards_w, subs)")
+    parser.add_argument("--subscriptions", type=int, default=1000, help="open subscriptions of phase subs")
+    parser.add_argument("--per-key", dest="per_key", type=int, default=2,
+                        help="subscriptions on each card of phase subs")
+    # The write load's own processes (this script started with --role): not for use by hand.
+    parser.add_argument("--role", choices=["writer", "projector"], help=argparse.SUPPRESS)
+    parser.add_argument("--prefix", default="CW", help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, default=10**6, help=argparse.SUPPRESS)
+    parser.add_argument("--rate", type=float, default=WRITE_RATE, help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("url", nargs="?", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.duration = min(args.duration, 1.0)
@@ -845,12 +1345,13 @@ def run(args: argparse.Namespace) -> int:
     print_header(args, admin_url, databases.server_facts(), driver.kind)
     wanted = [k for k in ORDER if not args.only or k in args.only]
     results: dict[str, list[Result]] = {}
-    baselines = [k for k in wanted if phases([])[k].server == "baseline"]
-    ours = [k for k in wanted if phases([])[k].server == "eventfold"]
+    baselines = [k for k in wanted if k in phases([]) and phases([])[k].server == "baseline"]
+    ours = [k for k in wanted if k in ("card", "cards")]
+    loaded = [k for k in wanted if k in LOADED]
     if baselines:
         with baseline_server() as server:
             run_phases(baselines, phases([]), server, driver, args, results)
-    if not ours and not args.py_spy:
+    if not ours and not loaded and "subs" not in wanted and not args.py_spy:
         report(results)
         return 0
     try:
@@ -858,11 +1359,14 @@ def run(args: argparse.Namespace) -> int:
         init_db(url)
         print("  seeding the event store and catching the projections up ...", file=sys.stderr, flush=True)
         seeded = seed(url, args.actions, args.accounts)
-        table = phases(seeded.action_ids)
+        # The writer makes about rate/2 new cards a second; the rotation of (a) under load reaches as far.
+        expected = int(args.write_rate / 2 * (3 + 2 * (args.warmup + args.duration + 1) * args.repeat))
+        table = phases(seeded.action_ids, write_load_ids("CW", expected))
         with query_api(url, args.query_api) as server:
             print_seeded(seeded, {k: check_answer(server.port, table[k]) for k in ("card", "cards")})
             run_phases(ours, table, server, driver, args, results)
-            report(results)
+            live = run_loaded(url, loaded, "subs" in wanted, table, server, driver, args, results, pg_pids)
+            report(results, live)
             if args.py_spy:
                 profile_card(args.py_spy, driver, server, table[args.py_spy_phase], args.connections,
                              args.py_spy_seconds, args.top)
@@ -871,7 +1375,81 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def report(runs: dict[str, list[Result]]) -> None:
+def run_loaded(url: str, loaded: list[str], subs: bool, table: dict[str, Phase], server: Server,
+               driver: RawDriver | WrkDriver, args: argparse.Namespace, results: dict[str, list[Result]],
+               pg_pids: Callable[[], list[int]]) -> Live | None:
+    """The phases under the write load, and the subscriptions phase, with the projector running."""
+    if not loaded and not subs:
+        return None
+    projector = Helper("projector", url=url)
+    live = None
+    try:
+        if loaded:
+            out = Path(tempfile.gettempdir()) / f"eventfold-bench-writes-{os.getpid()}.json"
+            writer = Helper("writer", "--prefix", "CW", "--rate", str(args.write_rate), "--out", str(out), url=url)
+            try:
+                time.sleep(2.0)
+                run_phases(loaded, table, server, driver, args, results)
+            finally:
+                writer.stop()
+            time.sleep(2.0)  # the projector catches up: the final rows are the last changes
+            log = json.loads(out.read_text()) if out.exists() else []
+            out.unlink(missing_ok=True)
+            changes: dict[str, set[int]] = {}
+            for action_id, _, position, _ in log:
+                changes.setdefault(action_id, set()).add(int(position))
+            for action_id, position in _final_positions(url).items():
+                changes.setdefault(action_id, set()).add(position)
+            HONESTY.clear()
+            for key in loaded:
+                for result in results.get(key, []):
+                    HONESTY[key] = check_honesty(result.answers, changes)
+            HONESTY["writes"] = Honesty(answers=len(log))
+            WRITES["rate"] = len(log) / (log[-1][3] - log[0][3]) if len(log) > 1 else 0.0
+        if subs:
+            behind = _caught_up(url)  # the load phases' backlog (their process manager's work) is done first
+            if behind:
+                print(f"  (the projector was still {behind} events behind after 120 s)", file=sys.stderr)
+            print("  running: subs ...", file=sys.stderr, flush=True)
+            live = run_live(url, server.port, server.pid, args.subscriptions, args.per_key, args.write_rate, pg_pids)
+            if live.errors:
+                print(f"  (subscriptions failed; the query API's log ends: {server.log_tail()[-1200:]})",
+                      file=sys.stderr)
+    finally:
+        projector.stop()
+    return live
+
+
+def _caught_up(url: str, timeout: float = 120.0) -> int:
+    """Wait until every projection has applied the store's head and the head stands still (the process
+    manager's commands written too); the events still to apply at ``timeout`` (0: caught up)."""
+    from framework.adapters.postgres import PostgresEventStore
+    from framework.adapters.postgres_views import PostgresViewStore
+    from framework.settings import Settings
+    from projections import build_projectors
+
+    postgres = Settings(database_url=url, db_schema=SCHEMA).postgres()
+    assert postgres is not None
+    store, views = PostgresEventStore(postgres), PostgresViewStore(postgres)
+    names, deadline, behind = [p.name for p in build_projectors()], time.monotonic() + timeout, 0
+    try:
+        while time.monotonic() < deadline:
+            head = store.head()
+            behind = head - min(views.active_position(n) for n in names)
+            if not behind and store.head() == head:
+                return 0
+            time.sleep(0.2)
+        return behind
+    finally:
+        views.close()
+        store.close()
+
+
+HONESTY: dict[str, Honesty] = {}
+WRITES: dict[str, float] = {}
+
+
+def report(runs: dict[str, list[Result]], live: Live | None = None) -> None:
     if any(len(r) > 1 for r in runs.values()):
         print("each repetition (req/s, other%); the table shows the best per phase")
         for key in ORDER:
@@ -881,6 +1459,7 @@ def report(runs: dict[str, list[Result]]) -> None:
     results = {key: max(rs, key=lambda r: r.rate) for key, rs in runs.items()}
     print_table([results[k] for k in ORDER if k in results])
     print_ratios(results)
+    print_loaded(results, live)
     print()
     print(f"  load average : {os.getloadavg()[0]:.2f} (1 min) at end")
     print("  notes        : CPU ms/req is CPU time in the measured window divided by good answers;")
@@ -893,6 +1472,10 @@ def report(runs: dict[str, list[Result]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.role == "writer":
+        return writer_main(args.url, args.prefix, args.count, args.rate, args.out)
+    if args.role == "projector":
+        return projector_main(args.url)
     try:
         return run(args)
     except KeyboardInterrupt:

@@ -142,6 +142,10 @@ class PositionWatch:
     _loading: asyncio.Lock | None = field(default=None, init=False)
     _interests: dict[str, set[Interest]] = field(default_factory=dict, init=False)  # by projection
     _by_key: dict[tuple[str, str, int, str], set[Interest]] = field(default_factory=dict, init=False)
+    # A recheck's reads ahead of what was heard: acted on at the next recheck if still unheard by then.
+    _ahead: dict[str, tuple[int, int]] = field(default_factory=dict, init=False)
+    # Reads in flight that live subscribers share (framework.graphql.live), with the position heard when each began.
+    shared_reads: dict[Any, tuple[asyncio.Future[Any], int]] = field(default_factory=dict, init=False)
 
     @property
     def waiting(self) -> int:
@@ -313,8 +317,13 @@ class PositionWatch:
         self._tasks.append(task)
         task.add_done_callback(self._tasks.remove)
 
-    async def _refresh(self, names: list[str]) -> None:
-        """Read the names' active positions from the view store (one thread hop for all of them)."""
+    async def _refresh(self, names: list[str], *, recheck: bool = False) -> None:
+        """Read the names' active positions from the view store (one thread hop for all of them).
+
+        ``recheck``: a safety-net read while the signals are heard. A position found ahead of what was
+        heard is then most often a commit whose notification is on its way (it tells which rows changed);
+        moving at once would wake every subscriber of the projection to read again, so it is acted on
+        only if, at the next recheck, nothing heard has reached it yet (the notification was lost)."""
         if not names:
             return
         try:
@@ -326,10 +335,27 @@ class PositionWatch:
             return
         for name, (version, position) in read.items():
             known = self._known.get(name)
+            if recheck and known is not None and known.version == version and not self._lost(name, version, position,
+                                                                                              known.position):
+                continue
+            self._ahead.pop(name, None)
             if known is None or known.version != version or position > known.position:
                 self._known[name] = _Known(version, position)
                 self._tell(name, None)  # moved without a word: what changed is not known
                 self._moved(name)
+
+    def _lost(self, name: str, version: int, position: int, heard: int) -> bool:
+        """Whether a recheck's ``position``, ahead of the ``heard`` one, is to be acted on now: the last
+        recheck already found ``name`` ahead and nothing heard since reached that position. Otherwise
+        ``position`` is remembered for the next recheck."""
+        if position <= heard:
+            self._ahead.pop(name, None)
+            return False
+        before = self._ahead.get(name)
+        if before is not None and before[0] == version and heard < before[1]:
+            return True
+        self._ahead[name] = (version, position)
+        return False
 
     async def _recheck(self, stop: asyncio.Event) -> None:
         """A safety net for a lost notification: read again every ``recheck_seconds`` while anything waits
@@ -340,7 +366,7 @@ class PositionWatch:
             if (self._waiting or self._subscriptions) and not stop.is_set():
                 followed = {p for p, heap in self._heaps.items() if heap} | {p for p, i in self._interests.items() if i}
                 with contextlib.suppress(EventfoldError):
-                    await self._refresh(sorted(followed & set(self._known)))
+                    await self._refresh(sorted(followed & set(self._known)), recheck=True)
 
     async def _head_if_before(self, position: int) -> int | None:
         """The store's head when ``position`` is past it (read only when the last head seen is before it)."""

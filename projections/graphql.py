@@ -238,7 +238,7 @@ class Subscription:
                                [Condition("action_id", "eq", action_id), Condition("position", "gt", after)])
 
         rows_of = (CorporateActionCard, "action_id", action_id)  # woken only by changes of this card
-        async for row in changed_rows(info, "cards", since, read, rows_of=rows_of):
+        async for row in changed_rows(info, "cards", since, read, rows_of=rows_of, share=("card", action_id)):
             yield CardUpdate(position=row.position, card=Card.from_row(row))
 
     @strawberry.subscription(description="A depositor's notifications sent after `since` (none given: from now), "
@@ -253,7 +253,8 @@ class Subscription:
                                Sort("position"), limit=500)
 
         async for row in changed_rows(info, "notifications", since, read, page_size=500,
-                                      rows_of=(NotificationRow, "account_number", account_number)):
+                                      rows_of=(NotificationRow, "account_number", account_number),
+                                      share=("notifications", account_number)):
             yield NotificationUpdate(position=row.position, notification=Notification.from_row(row))
 
     @strawberry.subscription(description="A projection's position and lag, each time it moves (role `ops`).",

@@ -28,8 +28,9 @@ error codes are the queries' own.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+import asyncio
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from graphql import GraphQLError
 from strawberry.exceptions import ConnectionRejectionError
@@ -93,7 +94,8 @@ R = TypeVar("R", bound=_Positioned)
 
 async def changed_rows(info: Info[Any, Any], projection: str, since: int | None,
                        read: Callable[[int], Sequence[R]], *, page_size: int | None = None,
-                       rows_of: tuple[type[ReadModel], str, Any] | None = None) -> AsyncIterator[R]:
+                       rows_of: tuple[type[ReadModel], str, Any] | None = None,
+                       share: Hashable | None = None) -> AsyncIterator[R]:
     """Rows of ``projection`` changed after position ``since`` (``read(after)`` returns them, run off the
     event loop), in position order; then, each time the projection commits, the rows it changed.
 
@@ -101,7 +103,9 @@ async def changed_rows(info: Info[Any, Any], projection: str, since: int | None,
     another read at once, since more rows may lie beyond it. ``rows_of``: ``(model, key column,
     value)`` when ``read`` returns only rows of ``model`` with that value in that column of their key:
     then a commit reads again only when it changed such a row (or cannot say which rows it changed),
-    not at every commit of the projection."""
+    not at every commit of the projection. ``share``: a key naming what ``read`` returns (e.g.
+    ``("card", action_id)``): subscribers of the process giving the same key and reading after the same
+    position share one read of the view store per commit instead of one each."""
     context = _live_context(info)
     watch = _watch(context)
     with watch.subscribed(), watch.interest(_interest(projection, rows_of)) as changed:
@@ -109,13 +113,38 @@ async def changed_rows(info: Info[Any, Any], projection: str, since: int | None,
         last = heard if since is None else since
         while True:
             changed.clear()  # before the read: a commit during it or after it sets it again
-            rows = await context.read(read, last)
+            rows = await _read_shared(watch, context, projection, share, read, last)
             for row in sorted(rows, key=_position_of):
                 if row.position > last:
                     last = row.position
                     yield row
             if page_size is None or len(rows) < page_size:
                 await changed.wait()
+
+
+async def _read_shared(watch: PositionWatch, context: QueryContext, projection: str, share: Hashable | None,
+                       read: Callable[[int], Sequence[R]], after: int) -> Sequence[R]:
+    """``read(after)``, or the same read already in flight for another subscriber when it is sure to see
+    every commit this subscriber has heard of: it began when the watch knew the projection at least as
+    far as it does now (commits heard later set the subscriber's event again, and it reads again)."""
+    if share is None:
+        rows: Sequence[R] = await context.read(read, after)
+        return rows
+    heard = watch.positions_known().get(projection, 0)
+    key = (projection, share, after)
+    pending = watch.shared_reads.get(key)
+    if pending is None or pending[1] < heard:
+        future: asyncio.Future[Sequence[R]] = asyncio.ensure_future(context.read(read, after))
+        watch.shared_reads[key] = pending = (future, heard)
+        future.add_done_callback(lambda done: _forget(watch.shared_reads, key, done))
+    return cast("Sequence[R]", await asyncio.shield(pending[0]))
+
+
+def _forget(reads: dict[Hashable, tuple[asyncio.Future[Any], int]], key: Hashable, done: asyncio.Future[Any]) -> None:
+    if key in reads and reads[key][0] is done:
+        del reads[key]
+    if not done.cancelled():
+        done.exception()  # retrieved: a failed shared read is raised to each subscriber that awaited it
 
 
 def _interest(projection: str, rows_of: tuple[type[ReadModel], str, Any] | None) -> Interest:

@@ -175,3 +175,84 @@ def test_a_big_batch_is_not_described_row_by_row() -> None:
     changes = [(Tick, (f"t{i}",), None) for i in range(3)]
     assert touched_by(changes, limit=3) == {"ticks": frozenset({("t0",), ("t1",), ("t2",)})}
     assert touched_by(changes, limit=2) is None  # unknown: every interest in the projection is told
+
+
+class Delaying:
+    """Memory signals whose notifications of chosen positions are held back (``held``) until released,
+    or dropped: a notification on its way, or lost."""
+
+    def __init__(self, views: MemoryViewStore) -> None:
+        self.inner, self.hold, self.drop = MemoryPositionSignals(views), set[int](), set[int]()
+        self.held: list[Any] = []
+        self._deliver: Any = None
+
+    async def listen(self, deliver: Any, stop: asyncio.Event) -> None:
+        self._deliver = deliver
+
+        def filtered(change: Any) -> None:
+            if change is not None and change.position in self.drop:
+                return
+            if change is not None and change.position in self.hold:
+                self.held.append(change)
+                return
+            deliver(change)
+
+        await self.inner.listen(filtered, stop)
+
+    def release(self) -> None:
+        for change in self.held:
+            self._deliver(change)
+        self.held.clear()
+
+
+def _put(views: MemoryViewStore, name: str, position: int) -> None:
+    with views.batch("a", 1) as batch:
+        batch.put(Tick(name=name, count=position))
+        batch.advance(position, None)
+
+
+def test_a_recheck_racing_a_notification_on_its_way_wakes_only_the_subscribers_it_concerns() -> None:
+    views = MemoryViewStore()
+    views.ensure_tables("a", 1, [Tick])
+    signals = Delaying(views)
+    watch = PositionWatch(signals, CountingSource(views), recheck_seconds=3600)
+
+    async def run() -> tuple[bool, int, int]:
+        await watch.positions(["a"])
+        mine = Interest("a", "ticks", 0, "mine")
+        with watch.interest(mine):
+            signals.hold.add(2)
+            await asyncio.to_thread(_put, views, "other", 2)
+            while not signals.held:
+                await asyncio.sleep(0.01)
+            await watch._refresh(["a"], recheck=True)  # reads 2 before the notification is heard
+            before = watch.positions_known()["a"]
+            signals.release()
+            told = mine.event.is_set()
+        await watch.close()
+        return told, before, watch.positions_known()["a"]
+
+    told, before, after = asyncio.run(run())
+    assert (told, before, after) == (False, 0, 2)
+
+
+def test_a_lost_notification_is_made_up_for_by_the_rechecks() -> None:
+    views = MemoryViewStore()
+    views.ensure_tables("a", 1, [Tick])
+    signals = Delaying(views)
+    signals.drop.add(2)
+    watch = PositionWatch(signals, CountingSource(views), recheck_seconds=0.05)
+
+    async def run() -> tuple[dict[str, Any], bool]:
+        await watch.positions(["a"])
+        mine = Interest("a", "ticks", 0, "mine")
+        with watch.subscribed(), watch.interest(mine):
+            await asyncio.to_thread(_put, views, "mine", 2)
+            outcome = await watch.wait_for(["a"], 2, timeout=30)
+            told = mine.event.is_set()
+        await watch.close()
+        return outcome, told
+
+    outcome, told = asyncio.run(run())
+    assert outcome["reached"] and outcome["positions"] == {"a": 2}
+    assert told  # what changed is not known: every subscriber reads again
