@@ -21,6 +21,7 @@ from framework.graphql import (
     page_request,
     reads,
     requires,
+    selects,
 )
 from framework.graphql.live import changed_rows, moved_positions
 from framework.read import Condition, Sort, paginate
@@ -53,9 +54,9 @@ def _context(info: Info) -> QueryContext:
 class Card(CardFields):
     @strawberry.field(description="The security the action is about (batched: one query per page).")
     @reads("cards")
-    async def security(self, info: Info) -> Security | None:
-        row = await _context(info).loader("cards", SecurityRow).load((self.isin,))
-        return Security.from_row(row) if row else None
+    def security(self, info: Info) -> Security | None:
+        # Read already (the page prefetched it): the object itself, no coroutine per card; else awaitable.
+        return _context(info).row("cards", SecurityRow, (self.isin,), Security.from_row)
 
     @strawberry.field(description="Entitlements calculated for this action (batched across cards).")
     @reads("entitlements")
@@ -143,6 +144,8 @@ class Query:
         page = await context.read(paginate, context.views, "cards", CorporateActionCard,
                                   page_request(first, after, last, before), conditions,
                                   Sort(order_by.value, descending))
+        if selects(info, "edges.node.security", "nodes.security"):  # the page's securities in one read
+            await context.prefetch("cards", SecurityRow, [(row.isin,) for row in page.rows])
         return connection(page, Card.from_row)
 
     @strawberry.field(description="One security by ISIN.")

@@ -18,7 +18,7 @@ from framework.graphql.filters import (
     filter_input,
 )
 from framework.graphql.permissions import requires
-from framework.graphql.reads import reads
+from framework.graphql.reads import reads, selects
 from framework.graphql.scalars import Long
 from framework.graphql.types import Connection, Edge, PageInfo, connection, graphql_type, page_request
 
@@ -47,4 +47,5 @@ __all__ = [
     "page_request",
     "reads",
     "requires",
+    "selects",
 ]

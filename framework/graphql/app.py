@@ -32,7 +32,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TypeVar, cast
@@ -107,6 +107,7 @@ log = logging.getLogger(__name__)
 K = TypeVar("K")
 V = TypeVar("V")
 R = TypeVar("R", bound=ReadModel)
+T = TypeVar("T")
 
 POSITION_HEADER = "eventfold-position"
 GRAPHQL_RESPONSE = "application/graphql-response+json"  # GraphQL over HTTP's own media type
@@ -166,6 +167,7 @@ class QueryContext:
     watch: PositionWatch | None = None  # the process's position listener: waits without polling
     connection_params: dict[str, Any] | None = None  # a WebSocket's connection_init payload
     _loaders: dict[Hashable, DataLoader[Any, Any]] = field(default_factory=dict)
+    _rows: dict[tuple[str, type[Any]], dict[tuple[Any, ...], Any]] = field(default_factory=dict)  # read by key
     _waiting: bool = field(default=False, init=False)  # the wait reads positions: its own span covers those reads
 
     async def read(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -196,10 +198,38 @@ class QueryContext:
             return cast(DataLoader[tuple[Any, ...], R | None], found)
 
         async def load(keys: list[tuple[Any, ...]]) -> list[R | None]:
-            return list(await self.read(self.views.get_many, projection, model, keys))
+            rows = list(await self.read(self.views.get_many, projection, model, keys))
+            self._rows.setdefault((projection, model), {}).update(zip(keys, rows, strict=True))
+            return rows
 
         made = self._loaders[("rows", projection, model)] = DataLoader(load_fn=load)
         return made
+
+    async def prefetch(self, projection: str, model: type[R], keys: Iterable[tuple[Any, ...]]) -> None:
+        """Read the rows of ``keys`` this request has not read yet, in one query, so that ``row`` answers
+        them at once: a parent that knows its children's keys (a page of cards, their securities) calls it."""
+        known = self._rows.setdefault((projection, model), {})
+        missing = [key for key in dict.fromkeys(keys) if key not in known]
+        if missing:
+            rows = await self.read(self.views.get_many, projection, model, missing)
+            known.update(zip(missing, rows, strict=True))
+
+    def row(self, projection: str, model: type[R], key: tuple[Any, ...], convert: Callable[[R], T]
+            ) -> T | None | Awaitable[T | None]:
+        """The row of ``key`` as ``convert`` makes it, or None: at once when this request has read it
+        (prefetched, or loaded earlier), so graphql-core makes no coroutine for it; else an awaitable
+        through ``loader`` (batched with the others asked in the same tick). For a resolver that is a
+        plain ``def``."""
+        known = self._rows.get((projection, model))
+        if known is not None and key in known:
+            found = known[key]
+            return None if found is None else convert(found)
+        return self._load(projection, model, key, convert)
+
+    async def _load(self, projection: str, model: type[R], key: tuple[Any, ...], convert: Callable[[R], T]
+                    ) -> T | None:
+        found = await self.loader(projection, model).load(key)
+        return None if found is None else convert(found)
 
     def rows_by(self, projection: str, model: type[R], column: str) -> DataLoader[Any, list[R]]:
         """Rows whose ``column`` equals the key, in key order, for all keys of one tick in one query

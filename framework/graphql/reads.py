@@ -39,12 +39,14 @@ from graphql import (
     get_named_type,
 )
 from strawberry.schema.schema_converter import GraphQLCoreConverter
+from strawberry.types import Info
 from strawberry.types.base import get_object_definition
 from strawberry.types.field import StrawberryField
+from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField
 
 from framework.errors import ConfigurationError
 
-__all__ = ["ReadMap", "reads"]
+__all__ = ["ReadMap", "reads", "selects"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _READS = "__eventfold_reads__"
@@ -62,6 +64,26 @@ def reads(*projections: str) -> Callable[[F], F]:
         return resolver
 
     return mark
+
+
+def selects(info: Info[Any, Any], *paths: str) -> bool:
+    """Whether the field being resolved selects any of ``paths`` (dotted field names below it, through
+    fragments), e.g. ``selects(info, "edges.node.security", "nodes.security")``: a resolver reads what its
+    children will need only when they are asked for."""
+    below = [s for field in info.selected_fields for s in field.selections]  # the resolved field's own
+    return any(_selected(below, tuple(path.split("."))) for path in paths)
+
+
+def _selected(selections: list[Any], path: tuple[str, ...]) -> bool:
+    if not path:
+        return True
+    for selection in selections:
+        if isinstance(selection, SelectedField):
+            if selection.name == path[0] and _selected(selection.selections, path[1:]):
+                return True
+        elif isinstance(selection, FragmentSpread | InlineFragment) and _selected(selection.selections, path):
+            return True
+    return False
 
 
 @dataclass(frozen=True)
