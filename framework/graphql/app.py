@@ -208,14 +208,13 @@ class QueryContext:
     async def prefetch(self, projection: str, model: type[R], keys: Iterable[tuple[Any, ...]]) -> None:
         """Read the rows of ``keys`` this request has not read yet, in one query, so that ``row`` answers
         them at once: a parent that knows its children's keys (a page of cards, their securities) calls it."""
-        known = self._rows.setdefault((projection, model), {})
+        known = self._rows.get((projection, model), {})
         missing = [key for key in dict.fromkeys(keys) if key not in known]
-        if missing:
-            rows = await self.read(self.views.get_many, projection, model, missing)
-            known.update(zip(missing, rows, strict=True))
+        if missing:  # through the loader: keys another field is loading already are not read twice
+            await self.loader(projection, model).load_many(missing)
 
     def row(self, projection: str, model: type[R], key: tuple[Any, ...], convert: Callable[[R], T]
-            ) -> T | None | Awaitable[T | None]:
+            ) -> T | Awaitable[T | None] | None:
         """The row of ``key`` as ``convert`` makes it, or None: at once when this request has read it
         (prefetched, or loaded earlier), so graphql-core makes no coroutine for it; else an awaitable
         through ``loader`` (batched with the others asked in the same tick). For a resolver that is a
