@@ -210,8 +210,12 @@ class QueryContext:
         them at once: a parent that knows its children's keys (a page of cards, their securities) calls it."""
         known = self._rows.get((projection, model), {})
         missing = [key for key in dict.fromkeys(keys) if key not in known]
-        if missing:  # through the loader: keys another field is loading already are not read twice
+        if not missing:
+            return
+        try:  # through the loader: keys another field is loading already are not read twice
             await self.loader(projection, model).load_many(missing)
+        except Exception:  # the loader keeps the failure: each child meets it, as if unprefetched
+            log.debug("a prefetch failed; the fields asking for its rows report it", exc_info=True)
 
     def row(self, projection: str, model: type[R], key: tuple[Any, ...], convert: Callable[[R], T]
             ) -> T | Awaitable[T | None] | None:

@@ -11,6 +11,7 @@ import strawberry
 from strawberry.types import Info
 
 from framework.adapters.memory_views import MemoryViewStore
+from framework.errors import StoreUnavailable
 from framework.graphql import (
     Connection,
     GraphQLSpec,
@@ -85,7 +86,7 @@ def _client(views: MemoryViewStore) -> Any:
     return TestClient(create_query_app(spec, views, options=QueryApiOptions()), raise_server_exceptions=False)
 
 
-def _views(reads: list[tuple[str, int]]) -> MemoryViewStore:
+def _views(reads: list[tuple[str, int]], failing: bool = False) -> MemoryViewStore:
     views = MemoryViewStore()
     views.ensure_tables("items", 1, [ItemRow, KindRow])
     with views.batch("items", 1) as batch:
@@ -98,19 +99,25 @@ def _views(reads: list[tuple[str, int]]) -> MemoryViewStore:
 
     def counted(name: str, model: Any, keys: Any) -> Any:
         reads.append((model.__name__, len(keys)))
+        if failing and model is KindRow:
+            raise StoreUnavailable("the read-model database is unavailable")
         return original(name, model, keys)
 
     views.get_many = counted  # type: ignore[method-assign]
     return views
 
 
-def _ask(query: str) -> tuple[dict[str, Any], list[tuple[str, int]]]:
+def _answer(query: str, *, failing: bool = False) -> tuple[dict[str, Any], list[tuple[str, int]]]:
     RESOLVED.clear()
     reads: list[tuple[str, int]] = []
-    with _client(_views(reads)) as client:
+    with _client(_views(reads, failing)) as client:
         response = client.post("/graphql", json={"query": query})
     assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
+    return response.json(), reads
+
+
+def _ask(query: str) -> tuple[dict[str, Any], list[tuple[str, int]]]:
+    body, reads = _answer(query)
     assert "errors" not in body, body
     return body["data"], reads
 
@@ -147,3 +154,12 @@ def test_rows_loaded_once_are_answered_at_once_later_in_the_request() -> None:
     data, reads = _ask('{ a: item(id: "i0") { kindOf { label } } b: items { nodes { kindOf { label } } } }')
     assert data["a"]["kindOf"]["label"] == "zero"
     assert sum(n for model, n in reads if model == "KindRow") == 3  # whichever read first, no key twice
+
+
+def test_a_failed_prefetch_fails_each_child_as_a_failed_batch_would() -> None:
+    body, reads = _answer("{ items { nodes { id kindOf { label } } } }", failing=True)
+    assert [n["id"] for n in body["data"]["items"]["nodes"]] == [f"i{i}" for i in range(6)]
+    assert [n["kindOf"] for n in body["data"]["items"]["nodes"]] == [None] * 6
+    assert [e["path"] for e in body["errors"]] == [["items", "nodes", i, "kindOf"] for i in range(6)]
+    assert {e["extensions"]["code"] for e in body["errors"]} == {"SERVICE_UNAVAILABLE"}
+    assert reads == [("KindRow", 3)]  # read once: the children meet the loader's kept failure
