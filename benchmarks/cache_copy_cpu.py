@@ -22,8 +22,6 @@ import time
 import timeit
 from uuid import uuid4
 
-import write_path as wp
-
 from example_app.accounts import Account
 from example_app.app import build_router
 from framework.adapters.pg_async import AsyncPostgresAppender
@@ -96,6 +94,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--commands", type=int, default=200, help="measured commands per task/thread")
     args = parser.parse_args()
+    import write_path as wp  # only now: it puts this repository first on sys.path
+
     import framework
 
     print("framework from", os.path.dirname(framework.__file__))
