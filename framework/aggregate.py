@@ -127,6 +127,10 @@ class Aggregate(BaseModel):
         lists, sets and tuples are rebuilt, nested models copied the same way, anything else
         ``copy.deepcopy``-ed. Much cheaper than ``model_copy(deep=True)``, and as safe: changing the
         copy, however deep, never changes this aggregate (what the aggregate cache relies on)."""
+        if self.model_config.get("extra") == "allow":  # extra values live outside the fields
+            copied = self.model_copy(deep=True)
+            copied._pending = []
+            return copied
         copied = self.model_copy(update=_detached_fields(self))
         for name in type(self).__private_attributes__:
             if name == "_pending":

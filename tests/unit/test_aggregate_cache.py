@@ -3,11 +3,12 @@ runs beside another on the same aggregate, never changes what the cache holds or
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import enum
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any, ClassVar
 from uuid import UUID, uuid4
@@ -15,12 +16,13 @@ from uuid import UUID, uuid4
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from framework import (
     Aggregate,
     Command,
     CommandBus,
+    CommandContext,
     CommandRouter,
     ConcurrencyConflict,
     Event,
@@ -30,7 +32,9 @@ from framework import (
     event,
 )
 from framework.cache import AggregateCache
+from framework.errors import StoreUnavailable
 from framework.mapper import from_stored
+from framework.store import ClaimOutcome, IdempotencyCompletion, StoredEvent
 
 from .domain import append_events
 
@@ -196,6 +200,24 @@ def test_values_of_unknown_types_are_deep_copied() -> None:
     assert holder.box.items == [1]
 
 
+def test_extra_values_and_private_attributes_are_detached_too() -> None:
+    class Loose(Aggregate):
+        model_config = ConfigDict(extra="allow")
+
+    class Scratch(Aggregate):
+        _seen: list[int] = PrivateAttr(default_factory=list)
+
+    loose = Loose(id=uuid4(), notes=[1])
+    copied_loose = loose.detached()
+    copied_loose.notes.append(2)  # type: ignore[attr-defined]
+    assert loose.notes == [1]  # type: ignore[attr-defined]
+    scratch = Scratch(id=uuid4())
+    scratch._seen.append(1)
+    copied_scratch = scratch.detached()
+    copied_scratch._seen.append(2)
+    assert scratch._seen == [1] and copied_scratch._seen == [1, 2]
+
+
 # --- through the bus ------------------------------------------------------------------------------
 
 
@@ -306,3 +328,69 @@ def test_many_threads_posting_to_one_aggregate_leave_the_cache_equal_to_the_stor
     stored = fresh(store, ledger_id)
     assert cache.get(Ledger, ledger_id) == stored
     assert len(stored.by_isin["X"]) == sum(1 for n in range(4) for i in range(10) if (n + i) % 3)
+
+
+class HeldAppender:
+    """The store's writes awaited on the loop; the first append waits for ``release``, then fails."""
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
+        self.held = False
+
+    async def append(self, events: Sequence[StoredEvent], completion: IdempotencyCompletion | None = None) -> list[int]:
+        if not self.held:
+            self.held = True
+            self.holding.set()
+            await self.release.wait()
+            raise StoreUnavailable("the store went away mid-append")
+        return self.store.append(events, completion)
+
+    async def claim_idempotency_key(self, key: str, request_hash: str, owner: UUID,
+                                    lease_seconds: float) -> ClaimOutcome:
+        return self.store.claim_idempotency_key(key, request_hash, owner, lease_seconds)
+
+    async def release_idempotency_key(self, key: str, owner: UUID) -> None:
+        self.store.release_idempotency_key(key, owner)
+
+    async def close(self) -> None:
+        pass
+
+
+def test_on_the_loop_a_command_awaiting_its_append_is_invisible_to_others_and_its_failure_leaves_no_trace(
+    store: EventStore,
+) -> None:
+    cache = AggregateCache()
+    router = ledger_router(store)
+    looks: list[Ledger] = []
+
+    class Look(Command):
+        ledger_id: UUID
+
+    def look(command: Look, unit: UnitOfWork) -> None:
+        looks.append(unit.get(Ledger, command.ledger_id).detached())
+
+    router.route(Look, look)
+    bus = CommandBus(router, store, cache=cache)
+    ledger_id = uuid4()
+    bus.execute(OpenLedger(ledger_id=ledger_id))
+    bus.execute(Post(ledger_id=ledger_id, quantity=1))
+    committed = fresh(store, ledger_id)
+
+    async def offload(function: Callable[..., Any], *args: object) -> Any:
+        return await asyncio.to_thread(function, *args)
+
+    async def main() -> None:
+        appender = HeldAppender(store)
+        writer = asyncio.ensure_future(
+            bus.execute_async(Post(ledger_id=ledger_id, quantity=9), CommandContext(), appender, offload))
+        await asyncio.wait_for(appender.holding.wait(), 10)  # decided on its copy, awaiting the append
+        await bus.execute_async(Look(ledger_id=ledger_id), CommandContext(), appender, offload)
+        appender.release.set()
+        with pytest.raises(StoreUnavailable):
+            await writer
+
+    asyncio.run(main())
+    assert looks == [committed]
+    assert cache.get(Ledger, ledger_id) == fresh(store, ledger_id) == committed
