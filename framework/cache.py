@@ -1,8 +1,11 @@
 """A bounded, thread-safe cache of aggregates as they were after their last save.
 
-A cached aggregate is never handed out itself: readers get a deep copy and
-still read the events stored after its version, so the cache only saves the
-replay of old events. It can be stale, never wrong.
+A cached aggregate is never handed out itself: readers get a detached copy
+(``Aggregate.detached``: containers rebuilt, immutable values shared, so a
+command that changes its copy and then fails leaves nothing behind) and still
+read the events stored after its version, so the cache only saves the replay
+of old events. It can be stale, never wrong. What ``put`` stores must not be
+changed afterwards: the bus stores an aggregate only once its command is saved.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ class AggregateCache:
             if cached is None or type(cached) is not aggregate_type:
                 return None
             self._items.move_to_end(aggregate_id)
-        return cached.model_copy(deep=True)
+        return cached.detached()
 
     def put(self, aggregate: Aggregate) -> None:
         if self._maxsize <= 0:

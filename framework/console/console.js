@@ -283,7 +283,7 @@ async function trailPage(correlation) {
     const note = trail.complete ? "" : ` (searched up to position ${trail.scanned_to} of ${trail.head})`;
     document.getElementById("trail").replaceChildren(
       h("p", {}, `${trail.steps.length} commands wrote ${byPosition.size} events${note}`), ...steps,
-      issued.length ? h("h3", {}, "Issued, without events yet") : null, ...issued);
+      ...(issued.length ? [h("h3", {}, "Issued, without events yet")] : []), ...issued);
   } catch (error) { failed(error); }
 }
 

@@ -157,6 +157,7 @@ def test_a_correlation_id_leads_from_a_corporate_action_to_its_notifications(con
     assert notified.get_attribute("data-issued-by") == "corporate_action_process"
     assert "because of EntitlementsCalculated" in notified.inner_text()  # why: the entitlements were calculated
     assert notified.locator("li[data-type='DepositorNotified']").count() == 3  # the three holders of the security
+    assert "null" not in page.inner_text("#trail").split()  # nothing rendered from a missing value
     steps = page.locator(".step").all_inner_texts()
     assert "CorporateActionAnnounced" in steps[0] and "CorporateActionValidated" in steps[1]
     assert any("EntitlementsCalculated" in s and "because of CorporateActionValidated" in s for s in steps)
