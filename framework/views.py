@@ -334,8 +334,11 @@ class ActivePositions(Protocol):
     (the query API's response cache checks them per request). Without it, ``active_version`` and
     ``position`` are asked per projection."""
 
-    def active_positions(self, names: Sequence[str]) -> dict[str, tuple[int, int]]:
-        """``(active version, its position)`` of each of ``names``; ``(1, 0)`` for one never run."""
+    def active_positions(self, names: Sequence[str]) -> dict[str, tuple[int, int, int]]:
+        """``(active version, its position, a change mark)`` of each of ``names``; ``(1, 0, 0)`` for one
+        never run. The mark moves with every commit of the version: the position itself, unless the
+        projection is partitioned (its position is its lowest partition's, which stands still while
+        other partitions move): then the sum of its partitions' positions."""
 
 
 class ProjectionLifecycle(Protocol):

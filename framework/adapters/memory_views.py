@@ -366,10 +366,11 @@ class MemoryViewStore:
         with self._lock:
             return self.position(name, self.active_version(name))
 
-    def active_positions(self, names: Sequence[str]) -> dict[str, tuple[int, int]]:
-        with self._lock:
+    def active_positions(self, names: Sequence[str]) -> dict[str, tuple[int, int, int]]:
+        with self._lock:  # no partitions here: the position is the change mark
             versions = {name: self.active_version(name) for name in names}
-            return {name: (version, self.position(name, version)) for name, version in versions.items()}
+            positions = {name: self.position(name, version) for name, version in versions.items()}
+            return {name: (version, positions[name], positions[name]) for name, version in versions.items()}
 
     def close(self) -> None:
         """Nothing to release."""

@@ -749,16 +749,21 @@ class PostgresViewStore:
     def active_position(self, name: str) -> int:
         return self.position(name, self.active_version(name))
 
-    def active_positions(self, names: Sequence[str]) -> dict[str, tuple[int, int]]:
-        """One statement: each projection's active version (1 when never switched) and its position."""
+    def active_positions(self, names: Sequence[str]) -> dict[str, tuple[int, int, int]]:
+        """One statement: each projection's active version (1 when never switched), its position (a
+        partitioned one's lowest partition's) and its change mark (the sum of its partitions')."""
         statement = sql.SQL(
-            "SELECT n.name, coalesce(a.version, 1) AS version, coalesce(p.position, 0) AS position"
+            "SELECT n.name, coalesce(a.version, 1) AS version,"
+            " coalesce(pp.low, p.position, 0) AS position, coalesce(pp.total, p.position, 0) AS mark"
             " FROM unnest(%s::text[]) AS n(name) LEFT JOIN {a} a ON a.name = n.name"
-            " LEFT JOIN {p} p ON p.name = n.name AND p.version = coalesce(a.version, 1)").format(
-            a=self._table("eventfold_projection_active"), p=self._table("eventfold_projection_positions"))
+            " LEFT JOIN {p} p ON p.name = n.name AND p.version = coalesce(a.version, 1)"
+            " LEFT JOIN LATERAL (SELECT min(position) AS low, sum(position) AS total FROM {pp}"
+            "  WHERE name = n.name AND version = coalesce(a.version, 1)) pp ON true").format(
+            a=self._table("eventfold_projection_active"), p=self._table("eventfold_projection_positions"),
+            pp=self._table("eventfold_partition_positions"))
         with self._connection() as conn:
             rows = conn.execute(statement, (list(names),), prepare=True).fetchall()
-        return {r["name"]: (int(r["version"]), int(r["position"])) for r in rows}
+        return {r["name"]: (int(r["version"]), int(r["position"]), int(r["mark"])) for r in rows}
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 - statements live as long as the store
     def _get_many_statement(self, name: str, version: int, model: type[ReadModel]) -> bytes:

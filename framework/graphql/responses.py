@@ -1,11 +1,14 @@
 """Answers kept while the read models they came from stand still (the query API's response cache).
 
 An answer is kept under its document, variables, operation name and caller (roles and subject),
-with the ``(version, position)`` of every projection its fields read (``@reads``) as they were
-*before* it was computed. A later request gets the kept answer only if those positions have not
+with the ``(version, position, change mark)`` of every projection its fields read (``@reads``) as
+they were *before* it was computed. A later request gets the kept answer only if those have not
 moved since: positions move in the same transaction as the rows, so equal positions mean equal
-rows. The positions compared are read fresh for each request, by a statement that starts after
-the request arrived (``PositionClock``; the requests waiting at once share one statement), so a
+rows. A partitioned projection's position is its lowest partition's, which stands still while the
+others move: its change mark (the sum of its partitions' positions) moves with every commit.
+
+The positions compared are read fresh for each request, by a statement that starts after the
+request arrived (``PositionClock``; the requests waiting at once share one statement), so a
 commit that finished before a request arrived is never hidden from it by the cache.
 
 Only operations whose every top-level field declares the projections it reads are kept, and only
@@ -30,17 +33,17 @@ from framework.views import ActivePositions
 
 __all__ = ["Cached", "PositionClock", "Positions", "ResponseCache", "cache_key", "positions_reader"]
 
-Positions = Mapping[str, tuple[int, int]]  # projection -> (active version, position)
+Positions = Mapping[str, tuple[int, ...]]  # projection -> (active version, position[, change mark])
 
 
-def positions_reader(views: Any, names: Sequence[str]) -> Callable[[], dict[str, tuple[int, int]]]:
+def positions_reader(views: Any, names: Sequence[str]) -> Callable[[], Mapping[str, tuple[int, ...]]]:
     """A blocking read of ``names``' active versions and positions: one statement when the view
     store has the ``ActivePositions`` port, else two calls per projection."""
     chosen = tuple(sorted(names))
     if isinstance(views, ActivePositions):
         return lambda: views.active_positions(chosen)
 
-    def each() -> dict[str, tuple[int, int]]:
+    def each() -> dict[str, tuple[int, ...]]:
         versions = {name: views.active_version(name) for name in chosen}
         return {name: (version, views.position(name, version)) for name, version in versions.items()}
 
@@ -71,7 +74,7 @@ class PositionClock:
         return all(now - self._switched_at.get(name, -math.inf) > self._settle for name in names)
 
     def _observe(self, positions: Positions) -> None:
-        for name, (version, _) in positions.items():
+        for name, (version, *_) in positions.items():
             if self._versions.setdefault(name, version) != version:
                 self._versions[name], self._switched_at[name] = version, self._monotonic()
 
@@ -101,12 +104,12 @@ class PositionClock:
 class Cached:
     """A kept answer: its ``data``, as JSON too, and the positions it was computed at."""
 
-    positions: tuple[tuple[str, int, int], ...]
+    positions: tuple[tuple[str, tuple[int, ...]], ...]  # each projection read, and what ``Positions`` said of it
     data: Any
     body: bytes  # {"data": ...} as JSON
 
     def valid_at(self, now: Positions) -> bool:
-        return all(now.get(name) == (version, position) for name, version, position in self.positions)
+        return all(now.get(name) == seen for name, seen in self.positions)
 
 
 class ResponseCache:
@@ -126,7 +129,7 @@ class ResponseCache:
         body = json.dumps({"data": data}, separators=(",", ":")).encode()
         if len(body) > self._max_bytes or self._entries <= 0:
             return
-        kept = tuple((name, *positions[name]) for name in sorted(projections))
+        kept = tuple((name, tuple(positions[name])) for name in sorted(projections))
         self._kept[key] = Cached(kept, data, body)
         self._kept.move_to_end(key)
         while len(self._kept) > self._entries:

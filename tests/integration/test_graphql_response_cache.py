@@ -161,3 +161,47 @@ def test_concurrent_readers_during_writes_never_see_the_past(cached: Cached) -> 
     assert final["extensions"]["consistency"]["reached"] is True
     assert final["data"] == {"holdings": [{"isin": APPLE, "quantity": total}]}
     assert cached.client.data(HOLDINGS) == final["data"], "and the answer kept after it is the new one"
+
+
+def test_a_partitioned_read_model_is_never_served_stale_while_its_lowest_partition_stands_still(
+        pg_database: PgDatabase) -> None:
+    """A partitioned projection's position is its lowest partition's: a commit of another partition
+    leaves it where it was, yet changes rows. A kept answer must not survive that commit."""
+    from example_app.app import build_router
+    from framework.bus import CommandBus, CommandContext
+    from framework.partitions import Partition, partition_of
+    from framework.worker import ProjectionWorker
+    from projections.holdings import HoldingsProjector
+
+    with pg_database.fresh_schema("rcpart") as schema:
+        store = PostgresEventStore(pg_database.settings(schema, pool_size=2))
+        store.create_schema()
+        views = CountingViewStore(pg_database.settings(schema, pool_size=4))
+        views.create_schema()
+        try:
+            bus = CommandBus(build_router(), store)
+            count = HoldingsProjector.partitions
+            workers = [ProjectionWorker(HoldingsProjector(), views, store, partition=Partition(i, count))
+                       for i in range(count)]
+            for command in (RegisterSecurity(isin=APPLE, name="Apple Inc.", currency="USD"),
+                            OpenAccount(account_number="RC-1", holder_name="Cache"),
+                            CreditHoldings(account_number="RC-1", isin=APPLE, quantity=10)):
+                outcome = bus.execute(command, CommandContext())
+            mine = partition_of(str(outcome.result.aggregate_id), count)
+            for worker in workers:
+                worker.catch_up()
+            app = create_query_app(build_graphql(), views, store, options=QueryApiOptions())
+            with ServerThread(app) as server, GraphQLClient(server.base_url) as client:
+                cached = Cached(client, views, None)  # type: ignore[arg-type]
+                assert _rows_read(cached, HOLDINGS) == ({"data": {"holdings": [{"isin": APPLE, "quantity": 10}]}}, 1)
+                assert _rows_read(cached, HOLDINGS)[1] == 0, "kept"
+                lowest = views.active_position("holdings")
+                bus.execute(CreditHoldings(account_number="RC-1", isin=APPLE, quantity=5), CommandContext())
+                workers[mine].catch_up()  # only RC-1's partition moves; the others stand at `lowest`
+                assert views.active_position("holdings") == lowest, "the projection's position stood still"
+                body, read = _rows_read(cached, HOLDINGS)
+                assert body == {"data": {"holdings": [{"isin": APPLE, "quantity": 15}]}}, "never the stale answer"
+                assert read == 1
+        finally:
+            views.close()
+            store.close()
