@@ -21,7 +21,7 @@ from typing import Any
 from eventsourcing.persistence import Notification
 
 from framework.errors import ConfigurationError
-from framework.mapper import raw_document
+from framework.mapper import optional_moment, optional_text, raw_document
 from framework.store import EventLog
 from framework.views import ViewStore
 
@@ -48,7 +48,7 @@ class StoredEventView:
 
     @property
     def recorded_at(self) -> datetime | None:
-        return _moment(self.metadata.get("recorded_at"))
+        return optional_moment(self.metadata.get("recorded_at"))
 
     def as_dict(self) -> dict[str, Any]:
         return {"position": self.position, "aggregate_id": self.aggregate_id, "aggregate_type": self.aggregate_type,
@@ -191,7 +191,7 @@ def _step_of(steps: dict[tuple[str | None, str | None, int], CommandStep], event
              by_event_id: dict[str, int]) -> CommandStep:
     """The step of the command that wrote ``event``: the events with its causation id and actor. Events
     without a causation id (written outside the HTTP API) make one step per run of consecutive ones."""
-    causation, actor = _text(event.metadata.get("causation_id")), _text(event.metadata.get("actor"))
+    causation, actor = optional_text(event.metadata.get("causation_id")), optional_text(event.metadata.get("actor"))
     key = (causation, actor, 0)
     if causation is None:
         last = next(reversed(steps), None)
@@ -210,17 +210,6 @@ def _scan(store: EventLog, after: int, budget: int) -> Iterator[Notification]:
         yield from chunk
         seen += len(chunk)
         after = chunk[-1].id
-
-
-def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def _moment(value: Any) -> datetime | None:
-    try:
-        return datetime.fromisoformat(value) if isinstance(value, str) else None
-    except ValueError:
-        return None
 
 
 @dataclass(frozen=True)

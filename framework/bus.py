@@ -115,20 +115,13 @@ class CommandBus:
 
     def execute(self, command: Command, context: CommandContext | None = None) -> Executed:
         """Run ``command``; reports its outcome and duration to the observer and logs one line."""
-        context = context or CommandContext()
-        started = time.perf_counter()
-        span = self._command_span(command, context)
-        if span is not NULL_SPAN:
-            context = replace(context, trace_context=span.carrier() or context.trace_context)
+        context, span, started = self._begin(command, context)
         try:
             executed = self._execute(command, context)
         except BaseException as error:
-            self._finished(command, context, command_outcome(error), started, None)
-            _end_command_span(span, command_outcome(error), None, error)
+            self._failed(command, context, span, started, error)
             raise
-        self._finished(command, context, "replayed" if executed.replayed else "ok", started, executed.result)
-        _end_command_span(span, "replayed" if executed.replayed else "ok", executed.result, None)
-        return executed
+        return self._done(command, context, span, started, executed)
 
     async def execute_async(self, command: Command, context: CommandContext | None, appender: AsyncAppender,
                             offload: Offload) -> Executed:
@@ -136,19 +129,33 @@ class CommandBus:
         ``appender`` (the same store's writes, awaited), with the same outcomes, log line and metrics.
         What needs the store's reads (a cache miss, a retry) runs ``_run`` through ``offload``, which
         awaits a function run on a thread."""
+        context, span, started = self._begin(command, context)
+        try:
+            executed = await self._execute_async(command, context, appender, offload)
+        except BaseException as error:
+            self._failed(command, context, span, started, error)
+            raise
+        return self._done(command, context, span, started, executed)
+
+    def _begin(self, command: Command, context: CommandContext | None) -> tuple[CommandContext, Span, float]:
+        """The command's context (carrying its span's trace context), its span and its start time."""
         context = context or CommandContext()
         started = time.perf_counter()
         span = self._command_span(command, context)
         if span is not NULL_SPAN:
             context = replace(context, trace_context=span.carrier() or context.trace_context)
-        try:
-            executed = await self._execute_async(command, context, appender, offload)
-        except BaseException as error:
-            self._finished(command, context, command_outcome(error), started, None)
-            _end_command_span(span, command_outcome(error), None, error)
-            raise
-        self._finished(command, context, "replayed" if executed.replayed else "ok", started, executed.result)
-        _end_command_span(span, "replayed" if executed.replayed else "ok", executed.result, None)
+        return context, span, started
+
+    def _failed(self, command: Command, context: CommandContext, span: Span, started: float,
+                error: BaseException) -> None:
+        self._finished(command, context, command_outcome(error), started, None)
+        _end_command_span(span, command_outcome(error), None, error)
+
+    def _done(self, command: Command, context: CommandContext, span: Span, started: float,
+              executed: Executed) -> Executed:
+        outcome = "replayed" if executed.replayed else "ok"
+        self._finished(command, context, outcome, started, executed.result)
+        _end_command_span(span, outcome, executed.result, None)
         return executed
 
     async def _execute_async(self, command: Command, context: CommandContext, appender: AsyncAppender,

@@ -29,6 +29,8 @@ __all__ = [
     "decode_snapshot",
     "encode_snapshot",
     "from_stored",
+    "optional_moment",
+    "optional_text",
     "raw_document",
     "stored_at_version",
     "stored_header",
@@ -175,10 +177,10 @@ def stored_header(stored: StoredEvent) -> StoredHeader:
     if not isinstance(meta, dict):
         meta = {}
     return StoredHeader(
-        aggregate_type=_text(document.get("agg")),
-        correlation_id=_text(meta.get("correlation_id")),
-        causation_id=_text(meta.get("causation_id")),
-        recorded_at=_moment(meta.get("recorded_at")),
+        aggregate_type=optional_text(document.get("agg")),
+        correlation_id=optional_text(meta.get("correlation_id")),
+        causation_id=optional_text(meta.get("causation_id")),
+        recorded_at=optional_moment(meta.get("recorded_at")),
         trace_context=_strings(meta.get("trace_context")),
     )
 
@@ -204,7 +206,7 @@ def raw_document(stored: StoredEvent) -> RawDocument:
     if not isinstance(document, dict):
         return RawDocument(None, None, {}, document)
     meta, version = document.get("meta"), document.get("v")
-    return RawDocument(_text(document.get("agg")), version if isinstance(version, int) else None,
+    return RawDocument(optional_text(document.get("agg")), version if isinstance(version, int) else None,
                        meta if isinstance(meta, dict) else {}, document.get("data"))
 
 
@@ -214,11 +216,13 @@ def stored_trace_context(stored: StoredEvent) -> dict[str, str] | None:
     return context if context is not None and "traceparent" in context else None
 
 
-def _text(value: Any) -> str | None:
+def optional_text(value: Any) -> str | None:
+    """``value`` as text, or None: a stored document's field of unknown shape."""
     return None if value is None else str(value)
 
 
-def _moment(value: Any) -> datetime | None:
+def optional_moment(value: Any) -> datetime | None:
+    """``value`` as a datetime when it is an ISO 8601 string, else None."""
     try:
         return datetime.fromisoformat(value) if isinstance(value, str) else None
     except ValueError:
