@@ -15,8 +15,8 @@ from uuid import UUID, uuid4
 
 import pytest
 from support.postgres import PgDatabase
+from support.writers import open_accounts, replayed_holding
 
-from example_app.accounts import Account
 from example_app.commands import CreditHoldings, DebitHoldings, OpenAccount, RegisterSecurity
 from example_app.handlers import router
 from framework.adapters.group_commit import GroupCommit
@@ -25,7 +25,6 @@ from framework.bus import CommandBus, CommandContext, Executed
 from framework.commands import Command
 from framework.errors import ConcurrencyConflict, IdempotencyKeyInFlight, IdempotencyKeyReused, RuleViolation
 from framework.store import Claimed, IdempotencyCompletion, Notification, StoredEvent
-from framework.unit_of_work import UnitOfWork
 
 pytestmark = pytest.mark.postgres
 
@@ -143,23 +142,12 @@ def test_in_one_group_a_conflict_or_a_lost_key_fails_alone_and_the_neighbours_co
     assert _relay_order(store, head) == sorted(by_aggregate.values())
 
 
-def _setup(bus: CommandBus, accounts: list[str]) -> None:
-    bus.execute(RegisterSecurity(isin=ISIN, name="Apple", currency="USD"))
-    for number in accounts:
-        bus.execute(OpenAccount(account_number=number, holder_name="Group Commit"))
-
-
-def _holding(store: PostgresEventStore, number: str) -> int:
-    """What a fresh replay of the account's stream says (no cache, no snapshot)."""
-    return UnitOfWork(store, None).get(Account, Account.id_for(number)).holding(ISIN)
-
-
 def test_concurrent_commands_through_the_bus_each_get_the_answer_they_would_get_alone(
     store: PostgresEventStore, pg_database: PgDatabase, pg_schema: str
 ) -> None:
     bus = CommandBus(router, store)
     distinct = [f"DIST-{n}" for n in range(4)]
-    _setup(bus, ["HOT-1", "KEYS-1", "KEYS-2", *distinct])
+    open_accounts(bus, ["HOT-1", "KEYS-1", "KEYS-2", *distinct], "Group Commit")
     first_same = bus.execute(CreditHoldings(account_number="KEYS-1", isin=ISIN, quantity=5),
                              CommandContext(idempotency_key="same"))
     bus.execute(CreditHoldings(account_number="KEYS-2", isin=ISIN, quantity=7), CommandContext(idempotency_key="diff"))
@@ -208,10 +196,10 @@ def test_concurrent_commands_through_the_bus_each_get_the_answer_they_would_get_
     accepted = 8 + len(distinct) + 1
     stored = store.read_all(head, 1_000)
     assert len(stored) == accepted
-    assert _holding(store, "HOT-1") == 8
-    assert [_holding(store, n) for n in distinct] == [2] * len(distinct)
-    assert _holding(store, "KEYS-1") == 5
-    assert _holding(store, "KEYS-2") == 7 + 3
+    assert replayed_holding(store, "HOT-1") == 8
+    assert [replayed_holding(store, n) for n in distinct] == [2] * len(distinct)
+    assert replayed_holding(store, "KEYS-1") == 5
+    assert replayed_holding(store, "KEYS-2") == 7 + 3
     # Every position is readable by the relay, in order, also by one that was reading all along.
     _wait_until(lambda: len(relay_seen) == accepted, "the relay has seen every event")
     stop.set()

@@ -16,9 +16,9 @@ from uuid import uuid4
 
 import pytest
 from support.postgres import PgDatabase, PostgresServer
+from support.writers import open_accounts, replayed_holding
 
-from example_app.accounts import Account
-from example_app.commands import CreditHoldings, DebitHoldings, OpenAccount, RegisterSecurity
+from example_app.commands import CreditHoldings, DebitHoldings
 from example_app.handlers import router
 from framework.adapters.pg_async import AsyncPostgresAppender
 from framework.adapters.postgres import PostgresEventStore
@@ -34,7 +34,6 @@ from framework.errors import (
     VersionMismatch,
 )
 from framework.store import Claimed, StoredEvent
-from framework.unit_of_work import UnitOfWork
 
 pytestmark = pytest.mark.postgres
 
@@ -87,22 +86,12 @@ def _run(main: Callable[[AsyncPostgresAppender], Awaitable[Any]], settings: Any)
     return asyncio.run(with_appender())
 
 
-def _setup(bus: CommandBus, accounts: list[str]) -> None:
-    bus.execute(RegisterSecurity(isin=ISIN, name="Apple", currency="USD"))
-    for number in accounts:
-        bus.execute(OpenAccount(account_number=number, holder_name="Async"))
-
-
-def _holding(store: PostgresEventStore, number: str) -> int:
-    return UnitOfWork(store, None).get(Account, Account.id_for(number)).holding(ISIN)
-
-
 def test_concurrent_commands_on_the_loop_each_get_the_answer_they_would_get_alone(
     store: PostgresEventStore, pg_database: PgDatabase, pg_schema: str
 ) -> None:
     bus = CommandBus(router, store)
     distinct = [f"DIST-{n}" for n in range(4)]
-    _setup(bus, ["HOT-1", "KEYS-1", "KEYS-2", *distinct])  # also fills the bus's cache
+    open_accounts(bus, ["HOT-1", "KEYS-1", "KEYS-2", *distinct], "Async")  # also fills the bus's cache
     first_same = bus.execute(CreditHoldings(account_number="KEYS-1", isin=ISIN, quantity=5),
                              CommandContext(idempotency_key="same"))
     bus.execute(CreditHoldings(account_number="KEYS-2", isin=ISIN, quantity=7), CommandContext(idempotency_key="diff"))
@@ -151,10 +140,10 @@ def test_concurrent_commands_on_the_loop_each_get_the_answer_they_would_get_alon
 
     accepted = 8 + len(distinct) + 1
     assert len(store.read_all(head, 1_000)) == accepted
-    assert _holding(store, "HOT-1") == 8
-    assert [_holding(store, n) for n in distinct] == [2] * len(distinct)
-    assert _holding(store, "KEYS-1") == 5
-    assert _holding(store, "KEYS-2") == 7 + 3
+    assert replayed_holding(store, "HOT-1") == 8
+    assert [replayed_holding(store, n) for n in distinct] == [2] * len(distinct)
+    assert replayed_holding(store, "KEYS-1") == 5
+    assert replayed_holding(store, "KEYS-2") == 7 + 3
     replay = store.claim_idempotency_key("new", "h", uuid4(), 60)
     assert getattr(replay, "result", None) is not None
 
@@ -163,7 +152,7 @@ def test_a_cached_command_stays_on_the_loop_and_a_cache_miss_goes_to_a_thread(
     store: PostgresEventStore, pg_database: PgDatabase, pg_schema: str
 ) -> None:
     bus = CommandBus(router, store)
-    _setup(bus, ["CACHED-1"])
+    open_accounts(bus, ["CACHED-1"], "Async")
     other_bus = CommandBus(router, store)  # its cache is empty: every aggregate is a miss
     offload = Offload()
 
@@ -178,14 +167,14 @@ def test_a_cached_command_stays_on_the_loop_and_a_cache_miss_goes_to_a_thread(
     cached, on_loop, missed, after_miss = _run(main, pg_database.settings(pg_schema, pool_size=2))
     assert on_loop == 0 and cached.result.version == 2
     assert after_miss == 1 and missed.result.version == 3
-    assert _holding(store, "CACHED-1") == 5
+    assert replayed_holding(store, "CACHED-1") == 5
 
 
 def test_expected_version_and_errors_on_the_loop_are_the_threaded_path_s(
     store: PostgresEventStore, pg_database: PgDatabase, pg_schema: str
 ) -> None:
     bus = CommandBus(router, store)
-    _setup(bus, ["EXP-1"])
+    open_accounts(bus, ["EXP-1"], "Async")
 
     async def main(appender: AsyncPostgresAppender) -> list[object]:
         async def run(command: Command, context: CommandContext) -> object:
@@ -209,7 +198,7 @@ def test_expected_version_and_errors_on_the_loop_are_the_threaded_path_s(
     assert isinstance(missing, AggregateNotFound)
     assert isinstance(keyed, Executed) and keyed.result.version == 3
     assert isinstance(replayed, Executed) and replayed.replayed and replayed.result == keyed.result
-    assert _holding(store, "EXP-1") == 2
+    assert replayed_holding(store, "EXP-1") == 2
 
 
 def test_the_async_appender_fails_fast_while_postgresql_is_down_and_recovers_at_once(

@@ -5,11 +5,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from example_app.accounts import Account
 from example_app.commands import CreditHoldings, OpenAccount, RegisterSecurity
 from example_app.handlers import router
 from framework.bus import CommandBus
 from framework.errors import ConcurrencyConflict
 from framework.store import EventStore
+from framework.unit_of_work import UnitOfWork
 
 ISIN = "US0378331005"
 
@@ -19,6 +21,18 @@ def setup_one_account(store: EventStore, max_attempts: int = 5) -> CommandBus:
     bus.execute(RegisterSecurity(isin=ISIN, name="Apple", currency="USD"))
     bus.execute(OpenAccount(account_number="HOT-1", holder_name="Many Writers"))
     return bus
+
+
+def open_accounts(bus: CommandBus, accounts: list[str], holder: str) -> None:
+    """The security and ``accounts``, each opened for ``holder``."""
+    bus.execute(RegisterSecurity(isin=ISIN, name="Apple", currency="USD"))
+    for number in accounts:
+        bus.execute(OpenAccount(account_number=number, holder_name=holder))
+
+
+def replayed_holding(store: EventStore, number: str) -> int:
+    """What a fresh replay of the account's stream says (no cache, no snapshot)."""
+    return UnitOfWork(store, None).get(Account, Account.id_for(number)).holding(ISIN)
 
 
 def hammer(send: Callable[[int], None], threads: int, each: int) -> list[BaseException]:
