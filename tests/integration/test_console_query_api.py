@@ -24,6 +24,13 @@ from framework.worker import ProjectionWorker
 from projections.entitlements import EntitlementsProjector
 
 
+HOSTILE = (
+    f"/ops/events?after={2**63}", f"/ops/events/{2**63}", f"/ops/events?limit={2**63}",
+    "/ops/events?type=Account%00Opened", "/ops/events?correlation_id=a%00b", "/ops/correlations/a%00b",
+    "/ops/streams/Account:ACC%001", f"/ops/streams/{'9' * 40}", "/ops/events?since=99999-01-01T00:00:00",
+)
+
+
 @pytest.fixture
 def issuer(tmp_path: Path) -> Issuer:
     return make_issuer(tmp_path)
@@ -75,6 +82,15 @@ def test_query_api_console_asks_for_a_token_then_matches_eventfold_status(
         graphql = httpx.post(server.base_url + "/graphql", json={"query": "{ projections { name } }"}, timeout=10,
                              headers=issuer.bearer("olga", ["ops"]))
         assert sorted(p["name"] for p in graphql.json()["data"]["projections"]) == sorted([*rows, "holdings"])  # and v1
+        ops = issuer.bearer("olga", ["ops"])
+        for path in HOSTILE:  # refused in our words or matching nothing, never a 500
+            answer = httpx.get(server.base_url + path, headers=ops, timeout=10)
+            assert answer.status_code in (200, 400, 404), (path, answer.status_code, answer.text)
+            assert "Traceback" not in answer.text
+            if answer.status_code != 200:  # else it matched nothing: a filter no event can meet
+                assert answer.headers["content-type"] == "application/problem+json", (path, answer.text)
+            else:
+                assert answer.json().get("events", []) == [], (path, answer.text)
         page = chromium_page.page
         page.goto(server.base_url + "/console/")
         page.locator("#notice.error").get_by_text("role ops").wait_for()  # no token: refused, and told why
