@@ -23,7 +23,6 @@ from framework.bus import CommandBus, CommandContext
 from framework.worker import ProjectionWorker
 from projections.entitlements import EntitlementsProjector
 
-
 HOSTILE = (
     f"/ops/events?after={2**63}", f"/ops/events/{2**63}", f"/ops/events?limit={2**63}",
     "/ops/events?type=Account%00Opened", "/ops/events?correlation_id=a%00b", "/ops/correlations/a%00b",
