@@ -146,6 +146,8 @@ class PositionWatch:
     _ahead: dict[str, tuple[int, int]] = field(default_factory=dict, init=False)
     # Reads in flight that live subscribers share (framework.graphql.live), with the position heard when each began.
     shared_reads: dict[Any, tuple[asyncio.Future[Any], int]] = field(default_factory=dict, init=False)
+    # Batches of such reads being gathered in this turn of the loop (framework.graphql.live.Batch), by name.
+    batched_reads: dict[Any, Any] = field(default_factory=dict, init=False)
 
     @property
     def waiting(self) -> int:
