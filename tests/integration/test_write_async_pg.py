@@ -23,9 +23,9 @@ from example_app.commands import CreditHoldings, DebitHoldings
 from example_app.handlers import router
 from framework.adapters.pg_async import AsyncPostgresAppender
 from framework.adapters.postgres import PostgresEventStore
+from framework.aggregate import Aggregate
 from framework.breaker import BreakingAsyncAppender, CircuitBreaker
 from framework.bus import CommandBus, CommandContext, Executed
-from framework.aggregate import Aggregate
 from framework.commands import Command, CommandRouter, Handler
 from framework.contention import HotAggregates
 from framework.errors import (
