@@ -65,7 +65,7 @@ def append_params(append: PendingAppend) -> tuple[Any, ...]:
             key.key or None, key.owner, key.aggregate_id, key.version)
 
 
-def group_params(group: Sequence[PendingAppend]) -> tuple[list[Any], ...]:
+def group_params(group: Sequence[PendingAppend]) -> tuple[list[Any] | None, ...]:
     """``Statements.append_group``'s parameters: where each command's events end, the events of all,
     then each command's key."""
     ends, count = [], 0
@@ -73,13 +73,15 @@ def group_params(group: Sequence[PendingAppend]) -> tuple[list[Any], ...]:
         count += len(append.events)
         ends.append(count)
     events = [e for append in group for e in append.events]
-    keys = [append.completion or NO_KEY for append in group]
-    return (
+    columns: list[list[Any]] = [
         ends, [e.originator_id for e in events], [e.originator_version for e in events],
         [e.topic for e in events], [e.state for e in events],
-        [k.key or None for k in keys], [k.owner for k in keys], [k.aggregate_id for k in keys],
-        [k.version for k in keys],
-    )
+    ]
+    if all(append.completion is None for append in group):  # no keys: NULL arrays, nothing to encode
+        return (*columns, None, None, None, None)
+    keys = [append.completion or NO_KEY for append in group]
+    return (*columns, [k.key or None for k in keys], [k.owner for k in keys], [k.aggregate_id for k in keys],
+            [k.version for k in keys])
 
 
 class Statements:
