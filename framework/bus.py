@@ -242,8 +242,7 @@ class CommandBus:
         log.info("command %s %s in %.1f ms", command.command_name, outcome, seconds * 1000, extra={
             "command": command.command_name, "outcome": outcome, "duration_ms": round(seconds * 1000, 3),
             "correlation_id": context.correlation_id,
-            # The UUID itself: a JSON line writes it as text, a text line does not show it (no str() per command).
-            "aggregate_id": result.aggregate_id if result else None,
+            "aggregate_id": str(result.aggregate_id) if result and result.aggregate_id else None,
             "position": result.position if result else None,
         })
 
