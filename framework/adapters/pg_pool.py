@@ -1,4 +1,7 @@
-"""The PostgreSQL adapters' connection pool: ``psycopg_pool`` made to recover at once from a restart.
+"""The PostgreSQL adapters' connection pools: ``psycopg_pool`` made to recover at once from a restart.
+
+``PgPool`` (threads) and ``AsyncPgPool`` (an event loop: the write API's commands decided on the loop)
+do the same, so both command paths answer an outage alike.
 
 Three things keep a restarted server from costing more than the restart itself:
 
