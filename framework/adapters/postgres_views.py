@@ -103,8 +103,8 @@ def position_notice(name: str, version: int, position: int, *, switched: bool = 
     """The payload announcing a committed position: ``version position flag name``, then on a second
     line the keys of the rows the batch changed, as JSON by table, when they fit (else: not known)."""
     head = f"{version} {position} {'s' if switched else '-'} {name}"
-    if not touched:
-        return head
+    if touched is None:
+        return head  # (a batch that changed no row says so with "{}": listeners keep what they hold)
     keys = json.dumps({table: sorted(map(list, found)) for table, found in touched.items()},
                       separators=(",", ":"), ensure_ascii=False)
     return head if len(head.encode()) + len(keys.encode()) + 1 > _MAX_NOTICE else f"{head}\n{keys}"
