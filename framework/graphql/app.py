@@ -83,6 +83,7 @@ from framework.graphql.responses import (
     Reads,
     RecordingViews,
     ResponseCache,
+    async_positions_reader,
     cache_key,
     positions_reader,
 )
@@ -610,12 +611,16 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
         self._responses = ResponseCache(options.response_cache_entries)
         if isinstance(schema, _Schema) and options.response_cache_entries > 0 and not schema.traced:
             named = {p for ps in schema.projections_by_field.values() for p in ps}
-            self._read_positions = positions_reader(views, sorted(schema.read_map.declared() | named))
+            declared = sorted(schema.read_map.declared() | named)
+            self._read_positions = positions_reader(views, declared)
+            self._read_positions_async = async_positions_reader(views, declared)
             self._plans, self._clock = _Plans(schema), PositionClock(self._positions)
             if watch is not None:  # commits heard vouch for kept answers whose rows they did not touch
                 watch.observers.append(self._responses.hear)
 
     async def _positions(self) -> Positions:
+        if self._read_positions_async is not None:  # on the loop: no thread hop (a failure: no cache this time)
+            return await self._read_positions_async()
         if self._breaker is None:
             return await asyncio.to_thread(self._read_positions)
         return await asyncio.to_thread(self._breaker.call, self._read_positions)

@@ -31,12 +31,20 @@ from typing import Any
 
 from framework.positions import PositionChange, Touched, key_text
 from framework.security import Principal
-from framework.views import ActivePositions
+from framework.views import ActivePositions, AsyncActivePositions
 
-__all__ = ["Cached", "PositionClock", "Positions", "Reads", "RecordingViews", "ResponseCache", "cache_key",
-           "positions_reader"]
+__all__ = ["Cached", "PositionClock", "Positions", "Reads", "RecordingViews", "ResponseCache", "async_positions_reader",
+           "cache_key", "positions_reader"]
 
 Positions = Mapping[str, tuple[int, ...]]  # projection -> (active version, position[, change mark])
+
+
+def async_positions_reader(views: Any, names: Sequence[str]) -> Callable[[], Awaitable[Positions]] | None:
+    """The read of ``names``' positions on the event loop, when the view store has ``AsyncActivePositions``."""
+    chosen = tuple(sorted(names))
+    if isinstance(views, AsyncActivePositions):
+        return lambda: views.active_positions_async(chosen)
+    return None
 
 
 def positions_reader(views: Any, names: Sequence[str]) -> Callable[[], Mapping[str, tuple[int, ...]]]:

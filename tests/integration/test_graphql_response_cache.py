@@ -3,6 +3,7 @@ the read models it came from have not moved, and never to a request asking for a
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import threading
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from example_app.commands import (
 )
 from framework.adapters.pg_positions import PostgresPositionSignals
 from framework.adapters.postgres import PostgresEventStore
+from framework.errors import StoreUnavailable
 from framework.graphql import QueryApiOptions, create_query_app
 from framework.positions import PositionWatch
 from projections.graphql import build_graphql
@@ -349,3 +351,23 @@ def test_racing_writes_never_get_an_answer_older_than_the_position_it_claims(wat
     assert len(answers) > 20 and stale == []
     for action_id in ids:  # and what is kept at the end is the last state
         assert watched.client.data(CARD, {"id": action_id})["card"]["status"] == "validated"
+
+
+def test_positions_read_on_the_event_loop_equal_the_blocking_read_and_survive_a_lost_connection(
+        cached: Cached, pg_database: PgDatabase) -> None:
+    """The response cache's fresh positions are read on the loop (no thread hop), over one connection
+    of the view store's own: same answer as the blocking read; a lost connection fails one read
+    (the request then runs uncached) and the next connects again."""
+    names = ["cards", "holdings", "never-run"]
+    views = cached.views
+
+    async def main() -> None:
+        assert await views.active_positions_async(names) == views.active_positions(names)
+        assert views._async is not None
+        with pg_database.connect() as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (views._async.info.backend_pid,))
+        with pytest.raises(StoreUnavailable):
+            await views.active_positions_async(names)
+        assert await views.active_positions_async(names) == views.active_positions(names), "connected again"
+
+    asyncio.run(main())
