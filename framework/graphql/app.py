@@ -78,6 +78,7 @@ from framework.graphql.limits import DocumentLimits, check_document
 from framework.graphql.live import LIVE_PROTOCOLS, LiveConnections, stream_extensions
 from framework.graphql.reads import ReadMap
 from framework.graphql.responses import (
+    Cached,
     PositionClock,
     Positions,
     Reads,
@@ -551,6 +552,7 @@ _TOO_MANY_WAITING = "eventfold.too_many_waiting"  # the read-your-writes wait wa
 _MEDIA = "eventfold.graphql_response"  # the client asked for application/graphql-response+json
 _REQUEST_ERROR = "eventfold.request_error"  # ... and its request was not executed: a 400
 _OPERATION = "eventfold.operation"  # the operation name of a request answered from the cache
+_HEARING_SECONDS = 0.02  # how long a kept answer waits for the notifications of commits a fresh read saw
 _KEEP = "eventfold.keep"  # (cache key, plan): the answer may be kept
 _SEEN = "eventfold.seen"  # the positions read just before it was executed
 _READS = "eventfold.reads"  # what its resolvers read (framework.graphql.responses.Reads)
@@ -685,7 +687,7 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
             if any(heard.get(p, 0) < minimum for p in plan.projections):
                 return None  # not there yet as far as the watch has heard: it waits, woken by the watch
         now = await _fresh(self._clock)
-        if now is None or not self._responses.valid(kept, now):
+        if now is None or not (self._responses.valid(kept, now) or await self._heard_up_to(kept, now)):
             return None
         if minimum is not None and any(now[p][1] < minimum for p in plan.projections):
             return None  # it waits, or answers reached: false
@@ -696,6 +698,18 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
         positions = {p: now[p][1] for p in plan.projections}
         consistency = {"requested": minimum, "reached": True, "positions": positions}
         return JSONResponse({"data": kept.data, "extensions": {"consistency": consistency}})
+
+    async def _heard_up_to(self, kept: Cached, now: Positions) -> bool:
+        """Whether ``kept`` is valid at ``now`` once the commits the fresh read saw, not heard yet, are
+        heard: their notifications are most often on their way (a commit notifies as it becomes visible),
+        so they are waited for a moment (``_HEARING_SECONDS``) rather than the answer computed again."""
+        behind = self._responses.behind(kept, now)
+        if not behind or self._watch is None:
+            return False
+        with contextlib.suppress(TimeoutError, TooManyWaiting, EventfoldError):
+            for projection, position in behind.items():
+                await self._watch.until([projection], position, _HEARING_SECONDS, counted=False)
+        return self._responses.valid(kept, now)
 
     async def _keepable(self, request: Request) -> tuple[Hashable, _Plan] | None:
         """The cache key and plan of a plain JSON POST of one query the cache may keep."""

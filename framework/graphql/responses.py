@@ -249,6 +249,20 @@ class ResponseCache:
             return False  # (not kept any more: a commit heard since it was looked up dropped it)
         return all(self._vouched(name, seen, now.get(name)) for name, seen in entry.positions)
 
+    def behind(self, entry: Cached, now: Positions) -> dict[str, int]:
+        """The projections whose position in ``now`` ``entry`` would be valid at once heard (their commits
+        not heard yet), with that position; empty when hearing them would not make it valid."""
+        if entry.epoch != self.epoch or entry.epoch < 1 or self._kept.get(entry.key) is not entry:
+            return {}
+        behind = {}
+        for name, seen in entry.positions:
+            current, heard = now.get(name), self._heard.get(name, (seen[0], seen[1]))
+            if current is None or not (current[0] == seen[0] == heard[0] and _single(seen) and _single(current)):
+                return {}
+            if current[1] > heard[1]:
+                behind[name] = current[1]
+        return behind
+
     def _vouched(self, name: str, seen: tuple[int, ...], current: tuple[int, ...] | None) -> bool:
         if current is None or current == seen:
             return current is not None

@@ -283,3 +283,16 @@ def test_an_answer_looked_up_before_a_commit_that_drops_it_is_not_served_after()
     _heard(cache, 6, touched={"cards": {("A",)}})
     assert kept is not None and not cache.valid(kept, {"cards": (1, 6, 6)})
     assert cache.valid(kept, {"cards": (1, 5, 5)}), "at its own positions it is still right"
+
+
+def test_behind_names_the_commits_a_fresh_read_saw_before_the_listener_heard_them() -> None:
+    cache = _listening()
+    cache.put("a", {"cards": (1, 5, 5)}, ["cards"], {}, _card_reads("A"), cache.epoch)
+    kept = cache.get("a")
+    assert kept is not None
+    assert cache.behind(kept, {"cards": (1, 7, 7)}) == {"cards": 7}, "7 is not heard yet"
+    _heard(cache, 7, touched={"cards": {("B",)}})
+    assert cache.behind(kept, {"cards": (1, 7, 7)}) == {} and cache.valid(kept, {"cards": (1, 7, 7)})
+    assert cache.behind(kept, {"cards": (1, 9, 30)}) == {}, "partitioned: hearing would not help"
+    _heard(cache, 8, touched={"cards": {("A",)}})
+    assert cache.behind(kept, {"cards": (1, 9, 9)}) == {}, "dropped"
