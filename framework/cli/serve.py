@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import atexit
 import contextlib
+import gc
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -193,7 +194,16 @@ def run_query_api(settings: Settings, args: argparse.Namespace) -> int:
         views.close()
         store.close()
 
+    _freeze_startup_objects()
     return _serve(settings, app, args, close)
+
+
+def _freeze_startup_objects() -> None:
+    """Leave what start-up built (modules, the schema, its caches) out of the collector's full passes:
+    measured under the cached card-by-id load, a full collection otherwise paused the loop, and every
+    request in flight, for 150-240 ms on a busy machine (0.4 ms after); request objects are still collected."""
+    gc.collect()
+    gc.freeze()
 
 
 def _position_signals(settings: Settings, views: Any, *, on_replica: bool) -> Any:
