@@ -31,7 +31,8 @@ def tune_collector_for_serving() -> None:
     of ``benchmarks/graphql.py --only subs``), each holding the event loop 0.3-0.9 s (200-300 ms of
     CPU on a loaded 2-core machine): every subscriber's update waited. Collecting the youngest
     generation every 10,000 allocations lets those objects die first: 1 full collection per run, young
-    collections ~4 ms of CPU (median). Nothing is frozen: the heap that matters is the subscriptions',
-    made after start-up."""
+    collections ~4 ms of CPU (median). It complements the freeze of start-up objects every serving role
+    makes (``serve.keep_start_up_objects_out_of_collections``): that makes a full pass smaller, this
+    makes full passes rare; the subscriptions' own heap, made after start-up, is never frozen."""
     youngest, *older = gc.get_threshold()
     gc.set_threshold(max(youngest, SERVING_YOUNGEST), *older)
