@@ -225,7 +225,8 @@ def canonical_key(model: type[ReadModel], key: tuple[Any, ...]) -> tuple[Any, ..
 
 
 def _key_adapters(model: type[ReadModel]) -> tuple[TypeAdapter[Any], ...]:
-    adapters = tuple(TypeAdapter(model.model_fields[column].annotation) for column in model.key)
+    annotations = [model.model_fields[column].annotation for column in model.key]
+    adapters = tuple(TypeAdapter(Any if a is None else a) for a in annotations)
     _KEY_ADAPTERS[model] = adapters
     return adapters
 
