@@ -50,6 +50,13 @@ class Other(ReadModel):
     value: str
 
 
+class Part(ReadModel):
+    table = "parts"
+    key = ("id",)
+    id: int
+    value: str
+
+
 Hook = Callable[[], Awaitable[None]]
 
 
@@ -101,6 +108,23 @@ class Query:
 
     @strawberry.field
     @reads("items")
+    async def item_with_position(self, info: Info, id: int) -> str | None:
+        """Reads a row by key, then the projection's position through another method of the store."""
+        context = _context(info)
+        row = await context.loader("items", Item).load((id,))
+        position = await context.read(context.views.active_position, "items")
+        return f"{row.value if row else None}@{position}"
+
+    @strawberry.field
+    @reads("parts", "items")
+    async def part_and_item(self, info: Info, id: int) -> str | None:
+        context = _context(info)
+        part = await context.loader("parts", Part).load((id,))
+        row = await context.loader("items", Item).load((id,))
+        return f"{part.value if part else None}/{row.value if row else None}"
+
+    @strawberry.field
+    @reads("items")
     async def item_racing(self, info: Info, id: int) -> str | None:
         row = await _context(info).loader("items", Item).load((id,))
         if HOOKS.after_read is not None:
@@ -114,6 +138,8 @@ TAG = "query T($kind: String!, $n: Int!) { tag(kind: $kind, n: $n) }"
 WITH_OTHER = "query W($id: Int!) { itemWithOther(id: $id) }"
 BOTH = "query B($id: Int!) { both(id: $id) }"
 RACING = "query R($id: Int!) { itemRacing(id: $id) }"
+PART = "query P($id: Int!) { partAndItem(id: $id) }"
+WITH_POSITION = "query X($id: Int!) { itemWithPosition(id: $id) }"
 
 
 @dataclass
@@ -169,6 +195,8 @@ def side(pg_database: PgDatabase) -> Iterator[Side]:
         views.create_schema()
         views.ensure_tables("items", 1, [Item, Tag])
         views.ensure_tables("others", 1, [Other])
+        views.ensure_tables("parts", 1, [Part])
+        views.ensure_partitions("parts", 1, 2)
         watch = PositionWatch(PostgresPositionSignals(pg_database.settings(schema), check_seconds=0.2), views)
         listening = threading.Event()
         watch.observers.append(lambda change: listening.set() if change is None else None)
@@ -385,3 +413,53 @@ def test_a_version_switch_while_kept(side: Side) -> None:
     assert _ask(side, ITEM, {"id": 13})[0] == "v2"
     _switch(side, 3, "v3")
     assert _ask(side, ITEM, {"id": 13})[0] == "v3", "a switch that finished before the request, hidden"
+
+
+def _partition_commit(side: Side, index: int, rows: list[Part]) -> int:
+    position = next(side.positions)
+    with side.views.partition_batch("parts", 1, index) as batch:
+        for row in rows:
+            batch.put(row)
+        batch.advance(position, None)
+    return position
+
+
+def test_a_partitioned_projection_beside_a_plain_one(side: Side) -> None:
+    """One answer reads a partitioned projection and a plain one: a commit of the partition that is not
+    the lowest changes its row while the projection's position stands still; a commit of the plain one
+    that touches nothing it read moves the other position."""
+    _partition_commit(side, 1, [Part(id=2, value="p2")])
+    _partition_commit(side, 0, [Part(id=1, value="p1")])
+    side.commit("items", [Item(id=1, value="i1")])
+    for _ in range(2):
+        assert _ask(side, PART, {"id": 1})[0] == "p1/i1"
+    lowest = side.views.active_position("parts")
+    moved = _partition_commit(side, 0, [Part(id=1, value="p1b")])
+    assert side.views.active_position("parts") == lowest, "the lowest partition stood still"
+    side.heard("items", side.commit("items", [Item(id=99, value="unrelated")]))
+    for _ in range(2):
+        assert _ask(side, PART, {"id": 1})[0] == "p1b/i1", f"partition 0's commit at {moved} hidden"
+    body = side.client.execute(PART, {"id": 1}, position=lowest)
+    assert body["data"]["partAndItem"] == "p1b/i1" and body["extensions"]["consistency"]["reached"] is True
+    side.heard("items", side.commit("items", [Item(id=1, value="i1b")]))
+    assert _ask(side, PART, {"id": 1})[0] == "p1b/i1b"
+
+
+def test_a_kept_answer_keeps_the_media_type_asked_for(side: Side) -> None:
+    side.commit("items", [Item(id=21, value="x")])
+    accept = {"Accept": "application/graphql-response+json, application/json;q=0.9"}
+    types = []
+    for _ in range(2):
+        response = side.client.post(ITEM, {"id": 21}, headers=accept)
+        assert response.status_code == 200 and response.json() == {"data": {"item": "x"}}
+        types.append(response.headers["content-type"].split(";")[0])
+    assert types == ["application/graphql-response+json"] * 2, types
+
+
+def test_a_read_through_another_method_of_the_store_is_vouched_for_by_equal_positions_only(side: Side) -> None:
+    side.commit("items", [Item(id=22, value="v")])
+    first = _ask(side, WITH_POSITION, {"id": 22})[0]
+    assert _ask(side, WITH_POSITION, {"id": 22})[0] == first
+    moved = side.commit("items", [Item(id=23, value="another row")])
+    side.heard("items", moved)
+    assert _ask(side, WITH_POSITION, {"id": 22})[0] == f"v@{moved}", "the position it showed moved"
