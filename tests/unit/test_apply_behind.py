@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+
 import pytest
 
 from framework.adapters.memory import MemoryEventStore
