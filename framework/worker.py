@@ -41,7 +41,7 @@ from framework.observe import NULL_OBSERVER, Observer, correlation_id
 from framework.partitions import Partition
 from framework.projector import HandlerContext, ProcessManager, Projector, Refusal
 from framework.store import EventLog, Notification
-from framework.tracing import NULL_SPAN, NULL_TRACER, Span, TraceContext, Tracer, trace_context_of, traced
+from framework.tracing import NULL_TRACER, Span, TraceContext, Tracer, trace_context_of, traced
 from framework.views import Batch, DeadLetter, Deadline, OutboxEntry, PartitionedViews, RowCaching, ViewStore
 
 __all__ = ["HandlerFailed", "ProjectionHalted", "ProjectionWorker", "RetryLater", "WorkerOptions"]
@@ -470,20 +470,24 @@ class ProjectionWorker:
         recorded_at = self._handled_at(batch, notification)
         # Progress even inside a long batch (busy is not stalled); trying the same event again is not.
         self.handled += 1
-        self.furthest = max(self.furthest, notification.id)
+        if notification.id > self.furthest:
+            self.furthest = notification.id
         return recorded_at
 
     def _handled_at(self, batch: Batch, notification: Notification) -> datetime | None:
-        if notification.topic not in self._names or not self._mine(notification):
+        if notification.topic not in self._names or (self.partition is not None and not self._mine(notification)):
             return None  # not ours: only the position moves past it
-        token = correlation_id.set(None)
         try:
             envelope = from_stored(notification)
-            correlation_id.set(envelope.metadata.correlation_id)  # what the handler logs and issues
-            with self._span(notification, envelope) as span:
-                context = self.projector.context_for(envelope, batch)
-                self.projector.apply(envelope, context)
-                self._record_effects(batch, context, notification.id, span.carrier())
+        except Exception as error:
+            raise HandlerFailed(notification, error) from error
+        token = correlation_id.set(envelope.metadata.correlation_id)  # what the handler logs and issues
+        try:
+            if self.tracer.enabled:
+                with self._span(notification, envelope) as span:
+                    self._run_handler(batch, envelope, notification.id, span.carrier())
+            else:
+                self._run_handler(batch, envelope, notification.id, None)
         except (StoreUnavailable, BusUnavailable):
             raise  # infrastructure, not this event: the whole batch is retried later
         except Exception as error:
@@ -492,10 +496,15 @@ class ProjectionWorker:
             correlation_id.reset(token)
         return envelope.metadata.recorded_at
 
+    def _run_handler(self, batch: Batch, envelope: EventEnvelope, position: int,
+                     trace_context: TraceContext | None) -> None:
+        context = self.projector.context_for(envelope, batch)
+        self.projector.apply(envelope, context)
+        if self.commands is not None:
+            self._record_effects(batch, context, position, trace_context)
+
     def _span(self, notification: Notification, envelope: EventEnvelope) -> contextlib.AbstractContextManager[Span]:
         """The span of handling one event: the child of the bus's trace context, else of the stored one."""
-        if not self.tracer.enabled:
-            return contextlib.nullcontext(NULL_SPAN)
         return traced(
             self.tracer, f"project {self.name} {envelope.event_name}",
             parent=trace_context_of(notification) or envelope.metadata.trace_context, kind="consumer",
