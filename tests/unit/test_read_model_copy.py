@@ -21,7 +21,12 @@ class Row(ReadModel):
     note: str | None = None
 
 
-class Noted(Row):
+class Noted(ReadModel):
+    table = "noted"
+    key = ("name",)
+
+    name: str
+    count: int
     _seen: list[str] = PrivateAttr(default_factory=list)
 
 
