@@ -62,6 +62,7 @@ import argparse
 import asyncio
 import bisect
 import contextlib
+import functools
 import io
 import json
 import os
@@ -680,6 +681,8 @@ VARIANTS = {
     "nocache": "HoldingMovement rows (written, never read back) kept out of the RowCache (now the"
                " default: only models looked up by key are cached)",
     "parts4": "the projection split into 4 partitions, rebuilt 4 in parallel (framework.replay rebuild(parallel=4))",
+    "procs": "with parts4: the partitions divided among as many processes as cores (rebuild(processes=N),"
+             " `eventfold replay --processes N`), not threads of one process",
     "binary": "binary (%%b) parameters for the text fallback of the bulk upserts too (the default"
               " flush already sends binary arrays when every column's values share one type)",
 }
@@ -721,21 +724,41 @@ def replay_child(url: str, views_schema: str, variants: str = "") -> int:
     names = [v for v in variants.split("+") if v]
     _apply_variants(names)
     partitions = 4 if "parts4" in names else 1  # one partition: as before issue 13
+    processes = min(partitions, os.cpu_count() or 1) if "procs" in names else 1  # 1: `eventfold replay`'s default
     store, views = _stores(url, views_schema=views_schema)
     rss_start = _rss_kb()
-    started, cpu0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
-    version = rebuild(with_partitions(HoldingsProjector(), partitions), views, store, parallel=partitions)
+    started, cpu0 = time.perf_counter(), _cpu_seconds()
+    opener = functools.partial(_open_replay, url, views_schema, partitions, variants)
+    version = rebuild(with_partitions(HoldingsProjector(), partitions), views, store, parallel=partitions,
+                      processes=processes, opener=opener)
     seconds = time.perf_counter() - started
-    usage = resource.getrusage(resource.RUSAGE_SELF)
+    usage, cpu = resource.getrusage(resource.RUSAGE_SELF), _cpu_seconds()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     position = views.position("holdings", version)
     views.close()
     store.close()
     print(json.dumps({
         "seconds": seconds, "version": version, "position": position, "rss_start_kb": rss_start,
-        "maxrss_kb": usage.ru_maxrss, "cpu": (usage.ru_utime - cpu0.ru_utime) + (usage.ru_stime - cpu0.ru_stime),
-        "cpu_total": usage.ru_utime + usage.ru_stime,
+        "maxrss_kb": usage.ru_maxrss, "children_maxrss_kb": children.ru_maxrss, "processes": processes,
+        "cpu": cpu - cpu0, "cpu_total": cpu,
     }))
     return 0
+
+
+def _cpu_seconds() -> float:
+    """This process's CPU and its ended children's (the replay processes of a partitioned rebuild)."""
+    return sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
+                                                  resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
+def _open_replay(url: str, views_schema: str, partitions: int, variants: str) -> tuple[Any, Any, Any]:
+    """A replay process's projector, views and store (``framework.replay.ReplayOpener``)."""
+    from framework.projector import with_partitions
+    from projections.holdings import HoldingsProjector
+
+    _apply_variants([v for v in variants.split("+") if v])
+    store, views = _stores(url, views_schema=views_schema)
+    return with_partitions(HoldingsProjector(), partitions), views, store
 
 
 def _rss_kb() -> int:
@@ -798,8 +821,8 @@ def phase_replay(args: argparse.Namespace, scratch: Scratch) -> Verdict:
     insert_meter = raw_insert(url, insert_rows, Meter())
 
     row, report, peak_sampled = replay_in_child(args, scratch, url, count)
-    parted = replay_in_child(args, scratch, url, count, "parts4")[0]
-    parted.label = "Eventfold: rebuild, 4 partitions, parallel=4 (child process)"
+    parted, parted_report, _ = replay_in_child(args, scratch, url, count, "parts4")
+    parted.label = f"Eventfold: rebuild, 4 partitions, parallel=4, {parted_report['processes']} process(es)"
     # The raw insert again after the replays: on a shared machine one short run is at the mercy of the
     # moment's load; the ratios use the mean of the two.
     again = Row.of("raw: the same insert again, after the replays", insert_rows,
