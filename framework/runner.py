@@ -154,6 +154,7 @@ async def run_projection(
     fetch_seconds: float = 1.0,
     retry_letters_every: float = 5.0,
     prefetch: bool = True,
+    commit_behind: bool = False,
     lease: LeaseOptions | None = None,
     owner: str | None = None,
     dispatch: DispatchOptions | None = None,
@@ -173,7 +174,7 @@ async def run_projection(
         if not await _reloaded(worker, stop):
             break
         outcome = await _run_leased(worker, consumer, stop, owner, lease, dispatch, _ActiveOptions(
-            batch_size, fetch_seconds, retry_letters_every, prefetch))
+            batch_size, fetch_seconds, retry_letters_every, prefetch, commit_behind))
         if outcome == "lost" and not stop.is_set():
             continue  # standing by again
         if outcome == "halted":
@@ -189,6 +190,7 @@ class _ActiveOptions:
     fetch_seconds: float
     retry_letters_every: float
     prefetch: bool
+    commit_behind: bool
 
 
 async def _acquire(worker: ProjectionWorker, owner: str, lease: LeaseOptions, stop: asyncio.Event) -> bool:
@@ -341,10 +343,11 @@ async def _run_active(worker: ProjectionWorker, consumer: EventConsumer, stop: a
     ``fetch`` (which returns every unacknowledged delivery to the bus), on a halt
     it stays unacknowledged (redelivered), and on ``stop`` it is applied first.
 
-    With ``prefetch``, a delivery also commits behind (``ProjectionWorker.apply_behind``): its
-    transaction runs while the next delivery's handlers do, so the read-model database's work
-    overlaps the worker's; it is acknowledged once that commit is confirmed (when the next
-    delivery is applied, or when no next one came, at once).
+    With ``commit_behind`` (off by default: on a 2-core machine shared with other work it measured no
+    gain, see docs/status.md), a delivery commits behind (``ProjectionWorker.apply_behind``): its
+    transaction runs while the next delivery's handlers do, so the read-model database's work can
+    overlap the worker's; it is acknowledged once that commit is confirmed (when the next delivery
+    is applied, or when no next one came, at once).
     """
     backoff = Backoff()
     caught_up = halted = False
@@ -352,7 +355,7 @@ async def _run_active(worker: ProjectionWorker, consumer: EventConsumer, stop: a
     fetch_ahead = _fetch_ahead_of(consumer) if options.prefetch else None
     ahead: asyncio.Task[Delivery] | None = None  # the next delivery, fetched while this one is applied
     behind: Delivery | None = None  # applied, its commit running behind: acknowledged once confirmed
-    apply = worker.apply_behind if options.prefetch else worker.apply
+    apply = worker.apply_behind if options.commit_behind else worker.apply
     try:
         while not stop.is_set() or ahead is not None:
             try:

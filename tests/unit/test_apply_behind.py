@@ -144,14 +144,16 @@ def test_a_switch_while_committing_behind_is_followed_and_nothing_doubles() -> N
 def test_a_handler_failing_behind_parks_that_event_and_applies_the_others_once() -> None:
     store, views = MemoryEventStore(), HeldCommits()
     deliveries = _deliveries(store, 30, 10)
-    ParkingTicks.poisoned = {"e15"}
-    worker = ProjectionWorker(ParkingTicks(), views, store, options=NO_WAIT)
-    for delivery in deliveries:
-        worker.apply_behind(delivery)
-    worker.drain()
+    Ticks.poisoned = {"e15"}  # the class attribute both projectors read (test_worker's fixture resets it)
+    try:
+        worker = ProjectionWorker(ParkingTicks(), views, store, options=NO_WAIT)
+        for delivery in deliveries:
+            worker.apply_behind(delivery)
+        worker.drain()
+    finally:
+        Ticks.poisoned = set()
     assert worker.position == 30 and total(views, "parking_ticks") == 29
     assert [letter.position for letter in views.dead_letters("parking_ticks")] == [16]
-    ParkingTicks.poisoned = set()
 
 
 def test_redelivered_and_gapped_deliveries_take_the_plain_path() -> None:
