@@ -24,9 +24,12 @@ connections:
    through the example's ``CommandBus`` (announce, then validate, new cards, each heading the page of
    (b)) and a projector subprocess (``--role projector``: every projection's ``ProjectionWorker``)
    commits the changes, NOTIFYing the query API as ``eventfold project`` does. The rotation of (a)
-   mixes the seeded cards with the ones being written. Every second request carries
-   ``Eventfold-Position: 1``, so its answer claims positions (``extensions.consistency``); the others
-   may fill the response cache. Cache honesty: every answer is recorded and every claiming one checked:
+   mixes the seeded cards with the ones being written. Each document is sent twice in a row: plainly
+   (its answer may be kept by the response cache), then with ``Eventfold-Position: 1``, so that the
+   answer claims positions (``extensions.consistency``) and a kept one is checked. (Until 2026-12-07
+   every second request claimed while the rotation moved one document a request: with an even number of
+   documents the claiming ones never asked for a document the plain ones had kept.)
+   Cache honesty: every answer is recorded and every claiming one checked:
    a card showing position c while the cards projection is claimed at P is stale when its card is
    known to have changed at some x with c < x <= P (known: the writer's log, every position any answer
    showed, the final rows read directly); "newer than claimed" is allowed (the claim is "at least").
@@ -351,10 +354,12 @@ if count > 1 or claim then
   function request()
     index = index + 1
     local headers = nil
-    if claim then
+    local asked = index
+    if claim then  -- each body twice in a row: plain (its answer may be kept), then claiming (checked)
       if index %% 2 == 0 then headers = claiming else headers = plain end
+      asked = math.floor(index / 2)
     end
-    return wrk.format(nil, nil, headers, bodies[((index + offset) %% count) + 1])
+    return wrk.format(nil, nil, headers, bodies[((asked + offset) %% count) + 1])
   end
 end
 

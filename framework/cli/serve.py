@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import atexit
 import contextlib
+import gc
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -299,7 +300,18 @@ def write_api_worker() -> Any:
         print(f"eventfold: {error.message}", file=sys.stderr)
         sys.exit(STARTUP_FAILURE)
     atexit.register(close)  # a spawned process runs its exit handlers once uvicorn has shut down
+    keep_start_up_objects_out_of_collections()
     return app
+
+
+def keep_start_up_objects_out_of_collections() -> None:
+    """What a serving process made to start (modules, the app, its models: tens of thousands of objects)
+    lives as long as the process: ``gc.freeze`` takes it out of the collector's passes, so that a full
+    pass scans what requests made instead of everything (measured on the write API: 30-35 ms of CPU
+    per full pass, a pause every request in flight waits out). The process owns this setting: the CLI
+    sets it, the library never does. Collected first, so that no start-up garbage is kept for good."""
+    gc.collect()
+    gc.freeze()
 
 
 def _serve_workers(settings: Settings, args: argparse.Namespace, reference: str) -> int:
@@ -355,6 +367,7 @@ def run_init_db(settings: Settings, args: argparse.Namespace) -> int:
 def _serve(settings: Settings, app: Any, args: argparse.Namespace, close: Callable[[], None]) -> int:
     import uvicorn
 
+    keep_start_up_objects_out_of_collections()
     log.info("listening on http://%s:%d", settings.host, settings.port)
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, **_uvicorn_keywords(settings, args))

@@ -239,8 +239,8 @@ def test_group_commit_is_on_unless_turned_off_and_reaches_the_postgres_settings(
     assert "EVENTFOLD_GROUP_COMMIT='maybe'" in error_for({"EVENTFOLD_GROUP_COMMIT": "maybe"})
 
 
-def test_the_async_write_path_is_off_unless_turned_on_and_a_bad_value_names_the_key() -> None:
-    assert Settings.from_env({}).write_async is False
+def test_the_async_write_path_is_on_unless_turned_off_and_a_bad_value_names_the_key() -> None:
+    assert Settings.from_env({}).write_async is True
     assert Settings.from_env({"EVENTFOLD_WRITE_ASYNC": "on"}).write_async is True
     assert Settings.from_env({"EVENTFOLD_WRITE_ASYNC": "off"}).write_async is False
     assert "EVENTFOLD_WRITE_ASYNC='sometimes'" in error_for({"EVENTFOLD_WRITE_ASYNC": "sometimes"})
