@@ -18,7 +18,8 @@ Phases, one after the other so they never compete for the machine's cores:
 3. ``replay``  ``framework.replay.rebuild`` of ``HoldingsProjector`` from ``--events`` (1,000,000)
                stored events, one partition, in a child process whose peak RSS (``ru_maxrss``) is
                reported; then the same split into 4 partitions rebuilt 4 in parallel (``parallel=4``),
-               in another child. Beside them, raw batched inserts (``unnest`` of binary arrays, 1000
+               in another child (threads; the what-if variant ``parts4+procs`` divides them among
+               processes). Beside them, raw batched inserts (``unnest`` of binary arrays, 1000
                rows per transaction) into a table shaped like the projection's largest one, and a raw
                read of the store. Targets (issue 13): one partition >= 0.6x the raw insert with peak
                RSS <= 150 MB; 4 partitions in parallel >= 1.0x the raw insert. Seeding is timed and
