@@ -463,3 +463,60 @@ def test_a_read_through_another_method_of_the_store_is_vouched_for_by_equal_posi
     moved = side.commit("items", [Item(id=23, value="another row")])
     side.heard("items", moved)
     assert _ask(side, WITH_POSITION, {"id": 22})[0] == f"v@{moved}", "the position it showed moved"
+
+
+def test_racing_commits_never_make_an_answer_wrong_at_its_claim_or_older_than_its_request(side: Side) -> None:
+    """Readers ask for four rows again and again, every other time claiming the newest position written,
+    while a writer changes those rows and others, one commit at a time. An answer must be the truth at
+    some position between the one it claims (a plain one: the newest commit finished before it was
+    asked) and the newest commit finished once it came back."""
+    import concurrent.futures
+    import random
+
+    ids = [31, 32, 33, 34]
+    side.commit("items", [Item(id=i, value=f"{i}-0") for i in ids])
+    lock = threading.Lock()
+    head = [max(p for p, _ in side.history["items"])]
+    done = threading.Event()
+    answers: list[tuple[int, int, Any, int | None, int]] = []  # (id, head before, value, claimed, head after)
+
+    def reader(seed: int) -> None:
+        chooser = random.Random(seed)
+        with GraphQLClient(side.client.base_url) as client:
+            asked = 0
+            while not done.is_set():
+                asked += 1
+                item_id = chooser.choice(ids)
+                with lock:
+                    before = head[0]
+                body = client.execute(ITEM, {"id": item_id}, position=before if asked % 2 else None)
+                with lock:
+                    after = head[0]
+                assert "errors" not in body, body
+                consistency = (body.get("extensions") or {}).get("consistency")
+                claimed = consistency["positions"]["items"] if consistency and consistency["reached"] else None
+                answers.append((item_id, before, body["data"]["item"], claimed, after))
+
+    writer = random.Random(7)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        readers = [pool.submit(reader, seed) for seed in range(4)]
+        for index in range(60):
+            changed = writer.sample([*ids, 40, 41, 42], 2)
+            with lock:  # the head moves once the commit has finished
+                position = side.commit("items", [Item(id=i, value=f"{i}-{index + 1}") for i in changed])
+                head[0] = position
+            _wait_for(lambda: len(answers) >= 4 * (index + 1) or None)  # noqa: B023 - paced by the readers
+        done.set()
+        for future in readers:
+            future.result()
+    wrong = []
+    for item_id, before, value, claimed, after in answers:
+        if claimed is not None:
+            # A claim says the projection had applied that position: the rows are never older (an answer
+            # computed after the wait may be newer: its rows are read after the positions are reported).
+            if not any(side.truth("items", "items", (item_id,), q) == value for q in range(claimed, after + 1)):
+                wrong.append(("claimed", item_id, claimed, after, value))
+        elif not any(side.truth("items", "items", (item_id,), q) == value for q in range(before, after + 1)):
+            wrong.append(("plain", item_id, before, after, value))
+    assert len(answers) > 100
+    assert not wrong, "\n".join(map(str, wrong))
