@@ -356,7 +356,7 @@ def test_a_write_api_stopped_mid_burst_doubles_nothing_when_every_key_is_sent_ag
                 if answered.get(key) == 200:  # answered before the kill: the answer again, nothing new
                     assert response.headers.get("idempotent-replayed") == "true"
     assert sorted(_credits(checker, number)) == list(range(1, burst + 1))
-    positions = [e.position for e in events_after(checker, 0) if e.aggregate_id == account_id(number)]
+    positions = [e.position or 0 for e in events_after(checker, 0) if e.aggregate_id == account_id(number)]
     assert positions == sorted(positions)
 
 
@@ -384,7 +384,7 @@ def test_conflicts_a_broken_rule_an_unknown_account_and_an_expectation_in_one_gr
             ({"account_number": number, "isin": isin, "quantity": 50}, {"If-Match": f'"{version}"'}),
         ]
         names = ["CreditHoldings"] * len(credits) + ["DebitHoldings", "CreditHoldings", "DebitHoldings"]
-        requests = [(body, {}) for body in credits] + others
+        requests: list[tuple[dict[str, Any], dict[str, str]]] = [(body, {}) for body in credits] + others
 
         def send(item: tuple[str, tuple[dict[str, Any], dict[str, str]]]) -> httpx.Response:
             name, (body, headers) = item
