@@ -33,6 +33,7 @@ pytestmark = pytest.mark.postgres
 
 MAX_BODY_BYTES = 16_384
 LEASE_SECONDS = 1  # an idempotency key a killed server held is free again this soon
+LINGER_SECONDS = 2.0  # ServerLimits.linger_seconds
 WAIT = 15.0  # seconds a raw client waits for an answer before calling the connection held
 
 
@@ -221,6 +222,30 @@ def test_a_refused_request_is_answered_after_the_requests_sent_before_it(
         assert refusal.status == (400 if refused == "malformed" else 431), refusal.body
         assert refusal.headers["content-type"] == "application/problem+json"
         assert refusal.headers["connection"] == "close"
+        assert connection.at_end()
+    assert len(stream(checker, account_id(number))) == 1
+
+
+def test_a_refusal_waits_for_a_command_still_committing_and_does_not_cut_its_answer_off(
+    server: CliServer, checker: PostgresEventStore, pg_database: PgDatabase, schema: str
+) -> None:
+    """A malformed request behind a command still committing (the events table held by another
+    transaction for longer than the server lingers after a refusal): the command's answer comes first,
+    whole, then the refusal, then the connection closes."""
+    number = new_code("W")
+    with pg_database.connect() as lock, pg_database.connect() as watcher, wire(server) as connection:
+        lock.execute("BEGIN")
+        lock.execute(f'LOCK TABLE "{schema}".stored_events IN EXCLUSIVE MODE')
+        connection.send(_open_account(number))
+        for _ in range(1000):
+            if _waiting_for_the_lock(watcher):
+                break
+            time.sleep(0.01)
+        connection.send(b"NOT HTTP AT ALL\r\n\r\n")
+        time.sleep(LINGER_SECONDS + 0.5)  # the server lingers this long after a refusal it has sent
+        lock.execute("COMMIT")
+        _opened(connection.answer(), number)
+        assert connection.answer().status == 400
         assert connection.at_end()
     assert len(stream(checker, account_id(number))) == 1
 
