@@ -146,6 +146,8 @@ class PositionWatch:
     _ahead: dict[str, tuple[int, int]] = field(default_factory=dict, init=False)
     # Reads in flight that live subscribers share (framework.graphql.live), with the position heard when each began.
     shared_reads: dict[Any, tuple[asyncio.Future[Any], int]] = field(default_factory=dict, init=False)
+    # Batches of such reads being gathered in this turn of the loop (framework.graphql.live.Batch), by name.
+    batched_reads: dict[Any, Any] = field(default_factory=dict, init=False)
     # Told every change heard, of any projection, before the watch acts on it (the response cache); a
     # position found moved by a read, with nothing heard, is told as a change that names no rows.
     observers: list[Deliver] = field(default_factory=list, init=False)

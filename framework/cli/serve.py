@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import atexit
 import contextlib
-import gc
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -26,6 +25,7 @@ from framework.cli.common import (
     require_postgres,
     tracing,
 )
+from framework.cli.startup import freeze_start_up_objects
 from framework.errors import ConfigurationError, EventfoldError
 from framework.loading import load_app
 from framework.settings import Settings
@@ -300,18 +300,8 @@ def write_api_worker() -> Any:
         print(f"eventfold: {error.message}", file=sys.stderr)
         sys.exit(STARTUP_FAILURE)
     atexit.register(close)  # a spawned process runs its exit handlers once uvicorn has shut down
-    keep_start_up_objects_out_of_collections()
+    freeze_start_up_objects()
     return app
-
-
-def keep_start_up_objects_out_of_collections() -> None:
-    """What a serving process made to start (modules, the app, its models: tens of thousands of objects)
-    lives as long as the process: ``gc.freeze`` takes it out of the collector's passes, so that a full
-    pass scans what requests made instead of everything (measured on the write API: 30-35 ms of CPU
-    per full pass, a pause every request in flight waits out). The process owns this setting: the CLI
-    sets it, the library never does. Collected first, so that no start-up garbage is kept for good."""
-    gc.collect()
-    gc.freeze()
 
 
 def _serve_workers(settings: Settings, args: argparse.Namespace, reference: str) -> int:
@@ -367,7 +357,7 @@ def run_init_db(settings: Settings, args: argparse.Namespace) -> int:
 def _serve(settings: Settings, app: Any, args: argparse.Namespace, close: Callable[[], None]) -> int:
     import uvicorn
 
-    keep_start_up_objects_out_of_collections()
+    freeze_start_up_objects()
     log.info("listening on http://%s:%d", settings.host, settings.port)
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, **_uvicorn_keywords(settings, args))
