@@ -288,8 +288,9 @@ class _CoalescingTransport:
         if self.hold_next:
             self.hold_next = False
             if not data.startswith(b"HTTP/1.1 1"):  # an interim answer (100 Continue) goes at once
-                self._held = bytes(data)
-                self._loop.call_soon(self.flush)
+                if self._held is None:
+                    self._loop.call_soon(self.flush)
+                self._held = (self._held or b"") + bytes(data)  # never drop what an earlier answer left held
                 return
         if self._held is not None:
             data, self._held = self._held + data, None
