@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from pydantic import TypeAdapter, ValidationError
+
 from framework.readmodel import ReadModel
 
 if TYPE_CHECKING:
@@ -143,7 +145,7 @@ class StagedViews:
         self._changes[(model, key_of(row))] = row
 
     def delete(self, model: type[ReadModel], *key: Any) -> None:
-        self._changes[(model, tuple(key))] = None
+        self._changes[(model, canonical_key(model, key))] = None
 
     def select(self, model: type[R], **equal: Any) -> list[R]:
         rows: dict[tuple[Any, ...], ReadModel] = {
@@ -206,6 +208,29 @@ def _key_getter(model: type[ReadModel]) -> Callable[[ReadModel], tuple[Any, ...]
 
 
 _KEY_OF: dict[type[ReadModel], Callable[[ReadModel], tuple[Any, ...]]] = {}
+
+
+def canonical_key(model: type[ReadModel], key: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``key`` as the model's rows hold it ("07" for an int column: 7). PostgreSQL finds a row by its
+    column's type, so a delete spelled otherwise removes that row: the batch (a put of the same row) and
+    the commit's announcement (``framework.positions.touched_by``) must name it as the row does."""
+    adapters = _KEY_ADAPTERS.get(model) or _key_adapters(model)
+    if len(key) != len(adapters):
+        return tuple(key)
+    try:
+        return tuple(adapter.validate_python(value) for adapter, value in zip(adapters, key, strict=True))
+    except ValidationError:
+        return tuple(key)  # not a value of the column (an int for a text column): as given, cast by the database
+
+
+def _key_adapters(model: type[ReadModel]) -> tuple[TypeAdapter[Any], ...]:
+    annotations = [model.model_fields[column].annotation for column in model.key]
+    adapters = tuple(TypeAdapter(Any if a is None else a) for a in annotations)
+    _KEY_ADAPTERS[model] = adapters
+    return adapters
+
+
+_KEY_ADAPTERS: dict[type[ReadModel], tuple[TypeAdapter[Any], ...]] = {}
 
 
 def _sort_key(key: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -24,6 +24,7 @@ from framework.readmodel import ReadModel
 
 __all__ = [
     "ActivePositions",
+    "ActiveVersionCache",
     "AsyncActivePositions",
     "Batch",
     "DeadLetter",
@@ -327,6 +328,16 @@ class RowCaching(Protocol):
     def cache_empty_tables(self, name: str, version: int, models: Sequence[type[ReadModel]]) -> None:
         """Start the version's row cache knowing which tables are empty (a projection starting from
         scratch), so that a key it does not hold needs no query."""
+
+
+@runtime_checkable
+class ActiveVersionCache(Protocol):
+    """An optional port: a view store that remembers which version of a projection is active (for a
+    moment, to spare a query per read) is told of a version seen active, such as a switch a listener
+    heard, so that a request woken by that switch reads the version it waited for."""
+
+    def note_active_version(self, name: str, version: int) -> None:
+        """``version`` of ``name`` was seen active just now."""
 
 
 @runtime_checkable

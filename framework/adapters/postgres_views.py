@@ -367,7 +367,16 @@ class PostgresViewStore:
         with self._connection() as conn:
             row = conn.execute(sql.SQL("SELECT version FROM {} WHERE name = %s").format(
                 self._table("eventfold_projection_active")), (name,)).fetchone()
-        return int(row["version"]) if row else 1
+        version = int(row["version"]) if row else 1
+        self.note_active_version(name, version)
+        return version
+
+    def note_active_version(self, name: str, version: int) -> None:
+        """What queries read from now on: a version read (or heard switched in) just now. Only a newer
+        version replaces a remembered one: a read that started before a switch may end after it."""
+        cached = self._active_cache.get(name)
+        if cached is None or version >= cached[0]:
+            self._active_cache[name] = (version, time.monotonic())
 
     def _copy_partitions(self, conn: Conn, name: str, source: int, target: int) -> None:
         partitions = self._table("eventfold_partition_positions")
@@ -785,7 +794,14 @@ class PostgresViewStore:
         partitioned one's lowest partition's) and its change mark (the sum of its partitions')."""
         with self._connection() as conn:
             rows = conn.execute(self._active_positions_statement(), (list(names),), prepare=True).fetchall()
-        return {r["name"]: (int(r["version"]), int(r["position"]), int(r["mark"])) for r in rows}
+        return self._noted({r["name"]: (int(r["version"]), int(r["position"]), int(r["mark"])) for r in rows})
+
+    def _noted(self, positions: dict[str, tuple[int, int, int]]) -> dict[str, tuple[int, int, int]]:
+        """``positions``, their versions noted active: an answer computed after these positions were
+        read (the response cache's) reads the versions they name, not one remembered from before a switch."""
+        for name, (version, *_) in positions.items():
+            self.note_active_version(name, version)
+        return positions
 
     async def active_positions_async(self, names: Sequence[str]) -> dict[str, tuple[int, int, int]]:
         """``active_positions`` on the running event loop, over one connection of its own: no thread hop
@@ -805,7 +821,7 @@ class PostgresViewStore:
                     self._async = None
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 raise StoreUnavailable(f"the read-model database is unavailable ({first})") from e
-        return {name: (int(version), int(position), int(mark)) for name, version, position, mark in rows}
+        return self._noted({name: (int(version), int(position), int(mark)) for name, version, position, mark in rows})
 
     async def _connect_async(self) -> AsyncConnection[Any]:
         s = self._settings
@@ -844,8 +860,8 @@ class PostgresViewStore:
         now = time.monotonic()
         cached = self._active_cache.get(name)
         if cached is None or now - cached[1] > 1.0:
-            cached = (self.active_version(name), now)
-            self._active_cache[name] = cached
+            self._active_cache[name] = (self.active_version(name), now)  # expired: what is read now, older or not
+            cached = self._active_cache[name]
         return cached[0]
 
     def close(self) -> None:

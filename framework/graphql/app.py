@@ -93,13 +93,13 @@ from framework.http.edge import EdgeApp
 from framework.http.gate import Gate, admitted
 from framework.http.health import Check, metrics_route, projections_check, ready_route, store_check, views_check
 from framework.metrics import Metrics
-from framework.positions import PositionWatch
+from framework.positions import PositionChange, PositionWatch
 from framework.query import Condition, InvalidQuery
 from framework.readmodel import ReadModel
 from framework.security import ANONYMOUS, Authenticator, Principal
 from framework.store import EventLog
 from framework.tracing import Tracer
-from framework.views import ViewStore
+from framework.views import ActiveVersionCache, ViewStore
 
 __all__ = [
     "GRAPHQL_RESPONSE",
@@ -626,6 +626,8 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
         self._plans: _Plans | None = None
         self._clock: PositionClock | None = None
         self._responses = ResponseCache(options.response_cache_entries)
+        if watch is not None and isinstance(views, ActiveVersionCache):
+            watch.observers.append(_switches_noted(views))
         if isinstance(schema, _Schema) and options.response_cache_entries > 0 and not schema.traced:
             named = {p for ps in schema.projections_by_field.values() for p in ps}
             declared = sorted(schema.read_map.declared() | named)
@@ -798,6 +800,15 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
                 plan.projections):
             self._responses.put(key, seen, plan.projections, result.data, request.scope.get(_READS),
                                 request.scope.get(_EPOCH, 0))
+
+
+def _switches_noted(views: ActiveVersionCache) -> Callable[[PositionChange | None], None]:
+    """An observer of the watch telling ``views`` of every version heard switched in, before the watch
+    wakes the requests waiting for it: they read that version, not the one ``views`` remembered."""
+    def note(change: PositionChange | None) -> None:
+        if change is not None and change.switched:
+            views.note_active_version(change.projection, change.version)
+    return note
 
 
 def _not_executed(result: ExecutionResult) -> bool:

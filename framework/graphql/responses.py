@@ -216,6 +216,8 @@ class ResponseCache:
             reads: Reads | None = None, epoch: int = 0) -> None:
         """Keep ``data``, computed after ``positions`` were read, in the listening session ``epoch``
         (``self.epoch`` before those positions were read), from ``reads``."""
+        if reads is not None and not reads.projections() <= set(projections):
+            return  # it read a projection it does not declare: no position can vouch for that part of it
         body = json.dumps({"data": data}, separators=(",", ":")).encode()
         if len(body) > self._max_bytes or self._entries <= 0:
             return
@@ -236,8 +238,6 @@ class ResponseCache:
         touched what it read (every such commit is in the log)."""
         if reads.unknown or epoch < 1 or epoch != self.epoch or not reads.where:
             return False
-        if not reads.projections() <= {name for name, _ in entry.positions}:
-            return False  # it read a projection whose positions it did not record
         for name, (version, position, *_) in entry.positions:
             if position < self._floor.get(name, -1):
                 return False

@@ -249,11 +249,12 @@ def test_answers_not_followed_by_commits() -> None:
     RecordingViews(_Views(), dated).get_many("cards", _Card, [(date(2026, 1, 1),)])  # another spelling may match
     undeclared = _card_reads("A")
     undeclared.rows("holdings", "rows", [("A",)])  # a projection whose positions it did not record
-    for key, reads in (("unknown", unknown), ("undeclared", undeclared)):
-        cache.put(key, {"cards": (1, 5, 5)}, ["cards"], {}, reads, cache.epoch)
-        _heard(cache, 6, touched={"cards": {("B",)}})
-        kept = cache.get(key)
-        assert kept is not None and kept.epoch == -1, key
+    cache.put("unknown", {"cards": (1, 5, 5)}, ["cards"], {}, unknown, cache.epoch)
+    _heard(cache, 6, touched={"cards": {("B",)}})
+    kept = cache.get("unknown")
+    assert kept is not None and kept.epoch == -1, "kept, vouched for by equal positions only"
+    cache.put("undeclared", {"cards": (1, 6, 6)}, ["cards"], {}, undeclared, cache.epoch)
+    assert cache.get("undeclared") is None, "no position of its own vouches for what it read of `holdings`"
     assert dated.where == {("cards", "cards")}, "a date key is followed as its whole table"
     partitioned = ResponseCache(entries=8)
     partitioned.hear(None)
