@@ -639,7 +639,9 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
 
     async def _positions(self) -> Positions:
         if self._read_positions_async is not None:  # on the loop: no thread hop (a failure: no cache this time)
-            return await self._read_positions_async()
+            if self._breaker is None:
+                return await self._read_positions_async()
+            return await self._breaker.call_async(self._read_positions_async)  # it may be the probe that closes it
         if self._breaker is None:
             return await asyncio.to_thread(self._read_positions)
         return await asyncio.to_thread(self._breaker.call, self._read_positions)
