@@ -56,22 +56,25 @@ def test_the_query_api_answers_503_at_once_while_its_database_is_down_and_recove
 ) -> None:
     with TcpProxy(read_models.host, read_models.port) as proxy:
         views = PostgresViewStore(replace(read_models, host=proxy.host, port=proxy.port, connect_timeout=1.0))
-        breaker = CircuitBreaker(threshold=2, cool_down=2.0, dependency="read models")
+        clock = FreezableClock()
+        breaker = CircuitBreaker(threshold=2, cool_down=2.0, dependency="read models", clock=clock)
         metrics = Metrics(process=False)
         metrics.watch_breakers([breaker])
         app = create_query_app(build_graphql(), views, None, metrics=metrics, breaker=breaker)
         try:
             with ServerThread(app) as server, httpx.Client(base_url=server.base_url, timeout=30) as client:
-                _open_then_close(client, proxy, breaker)
+                _open_then_close(client, proxy, breaker, clock)
         finally:
             views.close()
 
 
-def _open_then_close(client: httpx.Client, proxy: TcpProxy, breaker: CircuitBreaker) -> None:
+def _open_then_close(client: httpx.Client, proxy: TcpProxy, breaker: CircuitBreaker, clock: FreezableClock
+                     ) -> None:
     answered = client.post("/graphql", json={"query": HOLDINGS})
     assert answered.status_code == 200 and answered.json() == {"data": {"holdings": []}}, answered.text
 
     proxy.cut()
+    clock.freeze()  # open until the proxy is restored, however slowly the requests below are answered
     messages = [_unavailable(client.post("/graphql", json={"query": HOLDINGS})) for _ in range(4)]
     assert breaker.state == "open", messages
     refused = breaker.refused_total
@@ -84,6 +87,7 @@ def _open_then_close(client: httpx.Client, proxy: TcpProxy, breaker: CircuitBrea
     assert samples[("eventfold_circuit_breaker_refused_total", ("dependency", "read_models"))] >= 1
 
     proxy.restore()
+    clock.thaw()
     for _ in range(100):  # bounded by attempts: one probe per cool-down until PostgreSQL answers
         response = client.post("/graphql", json={"query": HOLDINGS})
         if response.status_code == 200:
@@ -101,23 +105,28 @@ def test_both_apis_breakers_open_when_postgres_is_stopped_and_close_when_it_is_b
     cluster = private_postgres.cluster
     assert cluster is not None
     settings = private_postgres.settings("postgres", connect_timeout=1.0)
-    store = BreakingEventStore(PostgresEventStore(settings), CircuitBreaker(threshold=2, cool_down=0.5))
+    # Both breakers' time stands still during the outage: on a loaded machine the calls that open them can take
+    # longer than the 0.5 s cool-down, and the check below would see them already half-open.
+    clock = FreezableClock()
+    store = BreakingEventStore(PostgresEventStore(settings), CircuitBreaker(threshold=2, cool_down=0.5, clock=clock))
     store.create_schema()
     views = PostgresViewStore(settings)
     views.create_schema()
     for projector in build_projectors():
         views.ensure_tables(projector.name, views.active_version(projector.name), projector.read_models)
-    read_breaker = CircuitBreaker(threshold=2, cool_down=0.5, dependency="read models")
+    read_breaker = CircuitBreaker(threshold=2, cool_down=0.5, dependency="read models", clock=clock)
     write_app = create_write_app(CommandBus(build_router(), store), WriteApiOptions(retry_after_seconds=1))
     query_app = create_query_app(build_graphql(), views, None, breaker=read_breaker)
     try:
         with ServerThread(write_app) as writes, ServerThread(query_app) as reads:
             assert _open_account(writes.base_url).status_code == 200
             cluster.pause()
+            clock.freeze()
             for _ in range(3):
                 assert _open_account(writes.base_url).status_code == 503
                 _unavailable(httpx.post(f"{reads.base_url}/graphql", json={"query": HOLDINGS}, timeout=30))
             assert (store.breaker.state, read_breaker.state) == ("open", "open")
+            clock.thaw()
             cluster.resume()
             _until_answered(lambda: _open_account(writes.base_url))
             _until_answered(lambda: httpx.post(f"{reads.base_url}/graphql", json={"query": HOLDINGS}, timeout=30))
@@ -126,6 +135,23 @@ def test_both_apis_breakers_open_when_postgres_is_stopped_and_close_when_it_is_b
     finally:
         views.close()
         store.close()
+
+
+class FreezableClock:
+    """``time.monotonic``, or the moment ``freeze()`` was called until ``thaw()``: a breaker stays open meanwhile."""
+
+    def __init__(self) -> None:
+        self._frozen_at: float | None = None
+
+    def __call__(self) -> float:
+        frozen_at = self._frozen_at
+        return time.monotonic() if frozen_at is None else frozen_at
+
+    def freeze(self) -> None:
+        self._frozen_at = time.monotonic()
+
+    def thaw(self) -> None:
+        self._frozen_at = None
 
 
 def _open_account(base_url: str) -> httpx.Response:
