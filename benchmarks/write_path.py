@@ -11,7 +11,9 @@ Phases, run one after the other so they never compete for the machine's cores:
    driven with ``CreditHoldings`` commands by 1 client, 16 and 32 clients on different accounts,
    and 16 and 32 clients on one account (contended);
 5. the same 16 clients on distinct accounts against ``eventfold write-api --workers 2`` (two
-   processes on one port), to compare with one process.
+   processes on one port), to compare with one process;
+6. the phases of 4. (``threads*``) against a ``write-api`` with ``EVENTFOLD_WRITE_ASYNC=off``: every
+   command on a thread, where 4. runs the default (commands decided and appended on the event loop).
 
 Every phase warms up, then measures for ``--duration`` seconds. The script creates its own
 databases (``eventfold_bench_<pid>_*``) on the server named by ``EVENTFOLD_BENCH_DATABASE_URL``
@@ -590,7 +592,7 @@ class Server:
     """``eventfold write-api`` (or ``command``) in a subprocess, on a free port, access log off."""
 
     def __init__(self, url: str, command: list[str] | None = None, *, app: str = EXAMPLE_APP,
-                 workers: int = 1, write_async: bool = False) -> None:
+                 workers: int = 1, write_async: bool = True) -> None:
         self.port = _free_port()
         self._command = command or [*_eventfold_command(), "write-api", "--host", "127.0.0.1",
                                     "--port", str(self.port), "--workers", str(workers)]
@@ -659,7 +661,7 @@ class Server:
 
 @contextmanager
 def running_server(url: str, *, app: str = EXAMPLE_APP, workers: int = 1,
-                   write_async: bool = False) -> Iterator[Server]:
+                   write_async: bool = True) -> Iterator[Server]:
     server = Server(url, app=app, workers=workers, write_async=write_async)
     server.init_db()
     server.start()
@@ -721,10 +723,10 @@ def print_ratios(by_key: dict[str, Result]) -> None:
                                                                      by_key.get("http32"))),
         ("Eventfold HTTP 16 clients: 2 write-api processes / 1", _ratio(by_key.get("http16x2"),
                                                                           by_key.get("http16"))),
-        ("Eventfold HTTP 1 client, async path / eventsourcing save()", _ratio(by_key.get("async1"), es)),
-        ("Eventfold HTTP 32 clients, async path / psycopg commit, 1 conn", _ratio(by_key.get("async32"), pg1)),
-        ("Eventfold HTTP 32 clients, async path, one account / distinct", _ratio(by_key.get("async32same"),
-                                                                                 by_key.get("async32"))),
+        ("Eventfold HTTP 1 client, threaded path / eventsourcing save()", _ratio(by_key.get("threads1"), es)),
+        ("Eventfold HTTP 32 clients, threaded path / psycopg commit, 1 conn", _ratio(by_key.get("threads32"), pg1)),
+        ("Eventfold HTTP 32 clients, threaded path, one account / distinct", _ratio(by_key.get("threads32same"),
+                                                                                    by_key.get("threads32"))),
         ("eventsourcing save() / psycopg commit, 1 conn", _ratio(es, pg1)),
     ]
     for label, value in rows:
@@ -842,9 +844,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 ORDER = ["pg1", "pg4", "es", "proc", "http1", "http16", "http16same", "http32", "http32same", "http16x2",
-         "async1", "async16", "async32", "async32same"]
-# The same HTTP phases against a write-api with EVENTFOLD_WRITE_ASYNC=on (commands on the event loop)
-ASYNC = {"async1", "async16", "async32", "async32same"}
+         "threads1", "threads16", "threads32", "threads32same"]
+# The same HTTP phases against a write-api with EVENTFOLD_WRITE_ASYNC=off (every command on a thread);
+# the http* phases run the default, commands on the event loop.
+THREADS = {"threads1", "threads16", "threads32", "threads32same"}
 ONE_PROCESS = {"http1", "http16", "http16same", "http32", "http32same"}
 
 
@@ -877,8 +880,8 @@ def run_once(args: argparse.Namespace, databases: Databases) -> dict[str, Result
                 phase("http16x2", lambda: bench_http(
                     "Eventfold HTTP write API, 2 processes, 16 clients, distinct", server, client_type,
                     spread_bodies(accounts, 16), w, d))
-        if not args.only or args.only & ASYNC:
-            run_async_process(args, databases, phase)
+        if not args.only or args.only & THREADS:
+            run_threaded_process(args, databases, phase)
     finally:
         databases.drop_all()
     return results
@@ -910,21 +913,21 @@ def run_one_process(args: argparse.Namespace, databases: Databases,
             [same] * 32, w, d))
 
 
-def run_async_process(args: argparse.Namespace, databases: Databases,
-                      phase: Callable[[str, Callable[[], Result]], None]) -> None:
-    """HTTP phases against one ``write-api`` process with ``EVENTFOLD_WRITE_ASYNC=on``."""
+def run_threaded_process(args: argparse.Namespace, databases: Databases,
+                         phase: Callable[[str, Callable[[], Result]], None]) -> None:
+    """HTTP phases against one ``write-api`` process with ``EVENTFOLD_WRITE_ASYNC=off``."""
     client_type = CLIENTS[args.client]
     w, d = args.warmup, args.duration
-    with running_server(databases.create("async"), write_async=True) as server:
+    with running_server(databases.create("threads"), write_async=False) as server:
         accounts = [account_number("ACC", i) for i in range(args.accounts)]
         http_setup(server, accounts)
         for clients in (1, 16, 32):
-            phase(f"async{clients}", lambda n=clients: bench_http(
-                f"Eventfold HTTP write API, async path, {n} clients, distinct accounts", server, client_type,
+            phase(f"threads{clients}", lambda n=clients: bench_http(
+                f"Eventfold HTTP write API, threaded path, {n} clients, distinct", server, client_type,
                 spread_bodies(accounts, n), w, d))
         same = [json.dumps(credit_body(accounts[0])).encode()]
-        phase("async32same", lambda: bench_http(
-            "Eventfold HTTP write API, async path, 32 clients, SAME account", server, client_type,
+        phase("threads32same", lambda: bench_http(
+            "Eventfold HTTP write API, threaded path, 32 clients, SAME account", server, client_type,
             [same] * 32, w, d))
 
 

@@ -18,7 +18,7 @@ import enum
 import functools
 import inspect
 from collections.abc import Callable, Iterable
-from typing import Any, ClassVar, ParamSpec, TypeVar
+from typing import Any, ClassVar, ParamSpec, TypeVar, cast
 from uuid import UUID, uuid5
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr
@@ -39,18 +39,35 @@ def event(event_type: type[Event]) -> Callable[[Callable[P, None]], Callable[P, 
 
     def decorate(apply: Callable[P, None]) -> Callable[P, None]:
         signature = inspect.signature(apply)
+        names, required = _positional_names(signature)
 
         @functools.wraps(apply)
         def record(*args: P.args, **kwargs: P.kwargs) -> None:
-            bound = signature.bind(*args, **kwargs)
-            self, *_ = bound.arguments.values()
-            fields = {k: v for k, v in list(bound.arguments.items())[1:]}
+            if not kwargs and required <= len(args) <= len(names):  # the usual call: what bind would give
+                self = cast(Aggregate, args[0])
+                fields = dict(zip(names[1:], args[1:], strict=False))
+            else:
+                bound = signature.bind(*args, **kwargs)
+                self, *_ = bound.arguments.values()
+                fields = {k: v for k, v in list(bound.arguments.items())[1:]}
             self._record(event_type.model_validate(fields))
 
         setattr(record, _APPLIES, (event_type, apply))
         return record
 
     return decorate
+
+
+def _positional_names(signature: inspect.Signature) -> tuple[tuple[str, ...], int]:
+    """The names a positional call binds, and how many it needs (those without a default); none when
+    the signature has other kinds of parameter (then every call goes through ``Signature.bind``)."""
+    parameters = list(signature.parameters.values())
+    if not parameters or any(p.kind is not p.POSITIONAL_OR_KEYWORD for p in parameters):
+        return (), 1
+    required = sum(1 for p in parameters if p.default is p.empty)
+    if any(p.default is p.empty for p in parameters[required:]):  # cannot happen in Python: defensive
+        return (), 1
+    return tuple(p.name for p in parameters), required
 
 
 class Aggregate(BaseModel):

@@ -188,6 +188,8 @@ class CommandBus:
                 return await self._attempt_async(command, context, claim, appender, offload)
             except _NeedsStore:  # nothing was written
                 pass
+            except _HotOnLoop as hot:  # decided nowhere yet: decide once, on a thread, holding its turn
+                state = replace(state, holding=state.holding | hot.aggregate_ids)
             except (StaleCache, RuleViolation, _TakeTurns, _Conflicted) as error:
                 state = self._after(command, state, error)
         result: CommandResult = await offload(self._run, command, context, claim, state)
@@ -195,7 +197,7 @@ class CommandBus:
 
     async def _attempt_async(self, command: Command, context: CommandContext, claim: _Claim | None,
                              appender: AsyncAppender, offload: Offload) -> CommandResult:
-        unit = UnitOfWork(_CACHE_ONLY, self._cache, trust_cache=True)
+        unit = UnitOfWork(_CACHE_ONLY, self._cache, trust_cache=True, before_load=self._not_hot)
         primary = self.router.handler_for(command)(command, unit)
         main = primary or _first_changed(unit)
         if context.expected_version is not None:
@@ -215,6 +217,13 @@ class CommandBus:
         if any(snapshot_due(t.aggregate, t.loaded_version) for t in unit.touched):
             await offload(self._snapshot, unit)
         return _result(main, positions)
+
+    def _not_hot(self, aggregate_id: UUID) -> None:
+        """On the loop, before an aggregate is loaded: a hot one's commands take turns on a thread, so
+        the command goes there before its handler decides anything (deciding on the loop first would
+        decide it twice)."""
+        if self._hot.is_hot(aggregate_id):
+            raise _HotOnLoop(frozenset((aggregate_id,)))
 
     def _command_span(self, command: Command, context: CommandContext) -> Span:
         """The command's span, the child of ``context.trace_context`` (NULL_SPAN: tracing is off)."""
@@ -382,6 +391,14 @@ def _result(main: Aggregate | None, positions: list[int]) -> CommandResult:
 class _NeedsStore(BaseException):
     """A command decided on the loop needs the store's reads: it runs on a thread instead. A
     ``BaseException``, so that a handler catching ``Exception`` does not swallow it."""
+
+
+class _HotOnLoop(BaseException):
+    """A command decided on the loop loads a hot aggregate: it runs on a thread, taking turns. A
+    ``BaseException`` for the reason ``_NeedsStore`` is one."""
+
+    def __init__(self, aggregate_ids: frozenset[UUID]) -> None:
+        self.aggregate_ids = aggregate_ids
 
 
 class _CacheOnly:

@@ -46,6 +46,12 @@ class HotAggregates:
             self._forget_cooled(now)
             return {i for i in aggregate_ids if self._until.get(i, 0.0) > now}
 
+    def is_hot(self, aggregate_id: UUID) -> bool:
+        """``hot_among`` for one aggregate, without the lock (a stale answer only costs a conflict or a wait)."""
+        if not self._until:
+            return False
+        return self._until.get(aggregate_id, 0.0) > self._clock()
+
     @contextlib.contextmanager
     def turns(self, aggregate_ids: Collection[UUID]) -> Iterator[None]:
         """Hold the locks of these aggregates (in one global order, so two commands cannot deadlock)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -28,9 +29,13 @@ _ENCODER = json.JSONEncoder(default=str, ensure_ascii=False)
 class JsonFormatter(logging.Formatter):
     """One JSON object per record, on one line."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._second, self._second_text = math.nan, ""  # the last second written, as datetime writes it
+
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": self.utc_time(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -44,6 +49,18 @@ class JsonFormatter(logging.Formatter):
         elif record.stack_info:
             line["stack"] = self.formatStack(record.stack_info)
         return _ENCODER.encode(line)
+
+    def utc_time(self, created: float) -> str:
+        """``datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")``, rounded as it
+        rounds, with the date and time of day made once per second (a line per command)."""
+        fraction, second = math.modf(created)
+        micros = round(fraction * 1e6)
+        if micros >= 1_000_000:
+            second, micros = second + 1, micros - 1_000_000
+        if second != self._second:
+            moment = datetime.fromtimestamp(second, UTC).replace(tzinfo=None)
+            self._second, self._second_text = second, moment.isoformat(timespec="seconds")
+        return f"{self._second_text}.{micros // 1000:03d}+00:00"
 
 
 def configure_logging(log_format: str, level: int = logging.INFO) -> None:

@@ -91,12 +91,17 @@ class Metrics:
                                       registry=r)
         self._operations: set[str] = set()
         self._lock = threading.Lock()
+        self._per_outcome: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
 
     # --- framework.observe.Observer --------------------------------------------------------------
 
     def command_finished(self, command: str, outcome: str, seconds: float) -> None:
-        self.commands.labels(command, outcome).inc()
-        self.command_duration.labels(command).observe(seconds)
+        counted = self._per_outcome.get((command, outcome))
+        if counted is None:  # the labelled children once per command and outcome: ``labels`` costs more than both
+            counted = (self.commands.labels(command, outcome), self.command_duration.labels(command))
+            self._per_outcome[(command, outcome)] = counted
+        counted[0].inc()
+        counted[1].observe(seconds)
 
     def events_appended(self, count: int) -> None:
         self.appended.inc(count)

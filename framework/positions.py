@@ -146,6 +146,11 @@ class PositionWatch:
     _ahead: dict[str, tuple[int, int]] = field(default_factory=dict, init=False)
     # Reads in flight that live subscribers share (framework.graphql.live), with the position heard when each began.
     shared_reads: dict[Any, tuple[asyncio.Future[Any], int]] = field(default_factory=dict, init=False)
+    # Batches of such reads being gathered in this turn of the loop (framework.graphql.live.Batch), by name.
+    batched_reads: dict[Any, Any] = field(default_factory=dict, init=False)
+    # Told every change heard, of any projection, before the watch acts on it (the response cache); a
+    # position found moved by a read, with nothing heard, is told as a change that names no rows.
+    observers: list[Deliver] = field(default_factory=list, init=False)
 
     @property
     def waiting(self) -> int:
@@ -296,6 +301,8 @@ class PositionWatch:
                 self._park(waiter)
 
     def _deliver(self, change: PositionChange | None) -> None:
+        for observer in self.observers:
+            observer(change)
         if change is None:
             self._spawn(self._refresh(list(self._known)))
             return
@@ -340,6 +347,8 @@ class PositionWatch:
                 continue
             self._ahead.pop(name, None)
             if known is None or known.version != version or position > known.position:
+                for observer in self.observers if known is not None else ():  # the first read is no change
+                    observer(PositionChange(name, version, position, switched=True))
                 self._known[name] = _Known(version, position)
                 self._tell(name, None)  # moved without a word: what changed is not known
                 self._moved(name)

@@ -82,7 +82,7 @@ class Settings:
     db_pool_size: int = 8
     db_connect_timeout: float = 2.0
     group_commit: bool = True  # EVENTFOLD_GROUP_COMMIT: PostgreSQL appends of concurrent commands share a commit
-    write_async: bool = False  # EVENTFOLD_WRITE_ASYNC: write-api decides and appends commands on the event loop
+    write_async: bool = True  # EVENTFOLD_WRITE_ASYNC: write-api decides and appends commands on the event loop
     app: str | None = None  # `package.module:app` naming the application's App (framework.loading finds it)
     consistency_timeout_seconds: float = 5.0
     max_waiting_requests: int = 1_000  # read-your-writes waits held at once per query process; more get 503

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 from uuid import UUID
@@ -49,12 +50,15 @@ class UnitOfWork:
     """
 
     def __init__(
-        self, store: EventStore, cache: AggregateCache | None = None, *, trust_cache: bool = False
+        self, store: EventStore, cache: AggregateCache | None = None, *, trust_cache: bool = False,
+        before_load: Callable[[UUID], None] | None = None,
     ) -> None:
         self._store = store
         self._cache = cache
         self._trust_cache = trust_cache and cache is not None
         self._touched: dict[UUID, Touched] = {}
+        # Called with an aggregate's id before this unit loads it; may raise to stop the attempt early.
+        self._before_load = before_load
 
     def find(self, aggregate_type: type[A], aggregate_id: UUID | None = None, *, key: str | None = None,
              expected_version: int | None = None) -> A | None:
@@ -130,6 +134,8 @@ class UnitOfWork:
 
     def _load(self, aggregate_type: type[A], aggregate_id: UUID) -> A | None:
         """The aggregate, now tracked by this unit (None, and not tracked: it has no events)."""
+        if self._before_load is not None:
+            self._before_load(aggregate_id)
         aggregate = self._from_cache(aggregate_type, aggregate_id)
         if aggregate is not None and self._trust_cache:
             self._touched[aggregate_id] = Touched(aggregate, aggregate.version, verified=False)

@@ -24,6 +24,7 @@ from framework.readmodel import ReadModel
 
 __all__ = [
     "ActivePositions",
+    "AsyncActivePositions",
     "Batch",
     "DeadLetter",
     "DeadLetters",
@@ -326,6 +327,15 @@ class RowCaching(Protocol):
     def cache_empty_tables(self, name: str, version: int, models: Sequence[type[ReadModel]]) -> None:
         """Start the version's row cache knowing which tables are empty (a projection starting from
         scratch), so that a key it does not hold needs no query."""
+
+
+@runtime_checkable
+class AsyncActivePositions(Protocol):
+    """An optional, speed-only port: ``ActivePositions.active_positions`` awaited on the event loop
+    (no thread hop), for the query API's response cache."""
+
+    async def active_positions_async(self, names: Sequence[str]) -> dict[str, tuple[int, int, int]]:
+        """What ``active_positions`` answers, read by a statement that starts after the call."""
 
 
 @runtime_checkable

@@ -23,7 +23,7 @@ from framework.graphql import (
     requires,
     selects,
 )
-from framework.graphql.live import changed_rows, moved_positions
+from framework.graphql.live import Batch, changed_rows, moved_positions
 from framework.read import Condition, Sort, paginate
 from framework.status import projection_statuses
 from projections.cards import CorporateActionCard, SecurityRow
@@ -240,8 +240,14 @@ class Subscription:
             return views.query("cards", CorporateActionCard,
                                [Condition("action_id", "eq", action_id), Condition("position", "gt", after)])
 
+        def read_many(action_ids: list[str], after: int) -> list[CorporateActionCard]:
+            return views.query("cards", CorporateActionCard,
+                               [Condition("action_id", "in", action_ids), Condition("position", "gt", after)])
+
         rows_of = (CorporateActionCard, "action_id", action_id)  # woken only by changes of this card
-        async for row in changed_rows(info, "cards", since, read, rows_of=rows_of, share=("card", action_id)):
+        batch = Batch("card", read_many, _action_id_of)  # the cards one commit changed: one read for all
+        async for row in changed_rows(info, "cards", since, read, rows_of=rows_of, share=("card", action_id),
+                                      batch=batch):
             yield CardUpdate(position=row.position, card=Card.from_row(row))
 
     @strawberry.subscription(description="A depositor's notifications sent after `since` (none given: from now), "
@@ -270,6 +276,10 @@ class Subscription:
             position = positions[name]
             head = position if head is None else max(head, position)
             yield LagUpdate(projection=name, position=position, head=head, lag_events=head - position)
+
+
+def _action_id_of(card: CorporateActionCard) -> str:
+    return card.action_id
 
 
 def build_graphql() -> GraphQLSpec:

@@ -2,16 +2,13 @@
 
 Same statements, same server-side functions and the same answers as ``PostgresEventStore``'s
 ``append``, ``claim_idempotency_key`` and ``release_idempotency_key``, through psycopg's async
-connections (``psycopg_pool.AsyncConnectionPool``): group commit with ``AsyncGroupCommit``, no
-thread per command. The pool recovers from a server restart like ``PgPool``: an idle connection
-whose socket has something to say is checked before use, one found broken makes the pool check its
-idle connections, and a request does not wait out the pool timeout for a server that refuses.
+connections (``AsyncPgPool``, which recovers from a server restart as ``PgPool`` does): group commit
+with ``AsyncGroupCommit``, no thread per command. Statements, parameters and error translation are
+``pg_appends``'s, shared with ``postgres.py``.
 """
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,28 +17,27 @@ from uuid import UUID
 import psycopg
 from eventsourcing.persistence import StoredEvent
 from psycopg import AsyncConnection
-from psycopg.rows import DictRow, dict_row, tuple_row
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg.rows import DictRow, tuple_row
 
 from framework.adapters.group_commit import AsyncGroupCommit
-from framework.adapters.idempotency import KeyRecord, outcome_for_existing
-from framework.adapters.pg_pool import NotAccepting, _readable
-from framework.adapters.postgres import (
-    _EVENTS_TABLE,
-    _NO_KEY,
-    _Append,
-    _group_outcome,
-    _key_record,
-    _Statements,
-    _translation,
+from framework.adapters.idempotency import outcome_for_existing
+from framework.adapters.pg_appends import (
+    EVENTS_TABLE,
+    PendingAppend,
+    Statements,
+    append_params,
+    failed_again,
+    group_outcome,
+    group_params,
+    key_record,
+    translation,
 )
+from framework.adapters.pg_pool import AsyncPgPool
 from framework.errors import EventfoldError
 from framework.settings import PostgresSettings
 from framework.store import Claimed, ClaimOutcome, IdempotencyCompletion
 
 __all__ = ["AsyncPostgresAppender"]
-
-_SLICE = 0.1
 
 
 class AsyncPostgresAppender:
@@ -50,33 +46,21 @@ class AsyncPostgresAppender:
     Bound to the event loop that first uses it (its pool and group committer live there)."""
 
     def __init__(self, settings: PostgresSettings) -> None:
-        self._timeout = settings.connect_timeout
-        self._failed_at = -math.inf
-        self._kwargs: dict[str, Any] = {
-            "host": settings.host, "port": settings.port, "dbname": settings.dbname,
-            "user": settings.user, "password": settings.password, "row_factory": dict_row,
-            "autocommit": True, "connect_timeout": max(1, round(settings.connect_timeout)),
-            "application_name": "eventfold-events-async",
-        }
-        self._pool: AsyncConnectionPool[AsyncConnection[DictRow]] = AsyncConnectionPool(
-            kwargs=self._kwargs, min_size=settings.pool_size, max_size=settings.pool_size,
-            name="eventfold-events-async", timeout=settings.connect_timeout, reconnect_timeout=0,
-            reconnect_failed=self._connect_failed, open=False,
-        )
-        self._opened = False
-        self._sql = _Statements(settings.schema.strip() or "public", _EVENTS_TABLE)
-        self._group: AsyncGroupCommit[_Append, list[int]] = AsyncGroupCommit(self._append_group)
+        self._pool = AsyncPgPool(settings, name="eventfold-events-async", min_size=settings.pool_size,
+                                 max_size=settings.pool_size)
+        self._sql = Statements(settings.schema.strip() or "public", EVENTS_TABLE)
+        self._group: AsyncGroupCommit[PendingAppend, list[int]] = AsyncGroupCommit(self._append_group)
         self._grouping = settings.group_commit  # EVENTFOLD_GROUP_COMMIT=false: one transaction per append
 
     @property
-    def group_commit(self) -> AsyncGroupCommit[_Append, list[int]]:
+    def group_commit(self) -> AsyncGroupCommit[PendingAppend, list[int]]:
         return self._group
 
     async def append(self, events: Sequence[StoredEvent],
                      completion: IdempotencyCompletion | None = None) -> list[int]:
         if not self._grouping:
-            return await self._append_one(_Append(events, completion))
-        return await self._group.submit(_Append(events, completion))
+            return await self._append_one(PendingAppend(events, completion))
+        return await self._group.submit(PendingAppend(events, completion))
 
     async def claim_idempotency_key(self, key: str, request_hash: str, owner: UUID,
                                     lease_seconds: float) -> ClaimOutcome:
@@ -87,8 +71,7 @@ class AsyncPostgresAppender:
                 break
         if rows[0]["ours"]:
             return Claimed()
-        record: KeyRecord = _key_record(rows[0])
-        return outcome_for_existing(record)
+        return outcome_for_existing(key_record(rows[0]))
 
     async def release_idempotency_key(self, key: str, owner: UUID) -> None:
         await self._lease_statement(self._sql.release_key, {"key": key, "owner": owner})
@@ -106,21 +89,17 @@ class AsyncPostgresAppender:
             await pipeline.sync()
             return await cursor.fetchall() if cursor.description else []
 
-    async def _append_group(self, group: Sequence[_Append]) -> Sequence[list[int] | BaseException]:
+    async def _append_group(self, group: Sequence[PendingAppend]) -> Sequence[list[int] | BaseException]:
         try:
             if len(group) == 1:
                 return [await self._append_one(group[0])]
-            rows = await self._fetch(self._sql.append_group, _group_params(group))
+            rows = await self._fetch(self._sql.append_group, group_params(group))
         except EventfoldError as error:
-            return [error] + [_fresh(error) for _ in group[1:]]
-        return [_group_outcome(outcome, positions) for outcome, positions in rows]
+            return [error] + [failed_again(error) for _ in group[1:]]
+        return [group_outcome(outcome, positions) for outcome, positions in rows]
 
-    async def _append_one(self, append: _Append) -> list[int]:
-        events, key = append.events, append.completion or _NO_KEY
-        params = ([e.originator_id for e in events], [e.originator_version for e in events],
-                  [e.topic for e in events], [e.state for e in events],
-                  key.key or None, key.owner, key.aggregate_id, key.version)
-        return [row[0] for row in await self._fetch(self._sql.append, params)]
+    async def _append_one(self, append: PendingAppend) -> list[int]:
+        return [row[0] for row in await self._fetch(self._sql.append, append_params(append))]
 
     async def _fetch(self, statement: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         async with self._connection() as conn, conn.cursor(row_factory=tuple_row) as cursor:
@@ -129,82 +108,9 @@ class AsyncPostgresAppender:
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[AsyncConnection[DictRow]]:
-        """A live connection, errors translated into ``framework.errors``; broken ones are replaced."""
+        """A live connection from the pool, driver errors translated into ``framework.errors``."""
         try:
-            if not self._opened:
-                await self._pool.open(wait=False)
-                self._opened = True
-            conn = await self._live_connection()
-            try:
-                async with conn:  # a transaction block per use (autocommit: none), like ``PgPool``
-                    yield conn
-            finally:
-                await self._pool.putconn(conn)
-                if conn.broken:
-                    await self._pool.check()
+            async with self._pool.connection() as conn:
+                yield conn
         except psycopg.Error as error:
-            raise _translation(error) from error
-
-    async def _live_connection(self) -> AsyncConnection[DictRow]:
-        conn = await self._checkout()
-        if not await _went_away(conn):
-            return conn
-        await self._pool.putconn(conn)
-        await self._pool.check()
-        return await self._checkout()
-
-    async def _checkout(self) -> AsyncConnection[DictRow]:
-        started = time.monotonic()
-        deadline = started + self._timeout
-        while True:
-            try:
-                return await self._pool.getconn(timeout=max(0.001, min(_SLICE, deadline - time.monotonic())))
-            except PoolTimeout:
-                if self._failed_at >= started:
-                    await self._why_not_accepting()
-                    started = time.monotonic()
-                if time.monotonic() >= deadline:
-                    raise
-
-    async def _why_not_accepting(self) -> None:
-        try:
-            await (await AsyncConnection.connect(**self._kwargs)).close()
-        except psycopg.OperationalError as error:
-            lines = str(error).strip().splitlines() or ["PostgreSQL is not accepting connections"]
-            raise NotAccepting(lines[0]) from None
-
-    def _connect_failed(self, _: AsyncConnectionPool[Any]) -> None:
-        self._failed_at = time.monotonic()
-
-
-def _group_params(group: Sequence[_Append]) -> tuple[list[Any], ...]:
-    ends, count = [], 0
-    for append in group:
-        count += len(append.events)
-        ends.append(count)
-    events = [e for append in group for e in append.events]
-    keys = [append.completion or _NO_KEY for append in group]
-    return (
-        ends, [e.originator_id for e in events], [e.originator_version for e in events],
-        [e.topic for e in events], [e.state for e in events],
-        [k.key or None for k in keys], [k.owner for k in keys], [k.aggregate_id for k in keys],
-        [k.version for k in keys],
-    )
-
-
-def _fresh(error: EventfoldError) -> EventfoldError:
-    cause = error.__cause__
-    return _translation(cause) if isinstance(cause, Exception) else type(error)(str(error))
-
-
-async def _went_away(conn: AsyncConnection[Any]) -> bool:
-    if conn.closed:
-        return True
-    if not _readable(conn.fileno()):
-        return False
-    try:
-        await AsyncConnectionPool.check_connection(conn)
-    except psycopg.Error:
-        return True
-    return False
-
+            raise translation(error) from error

@@ -1,4 +1,7 @@
-"""The PostgreSQL adapters' connection pool: ``psycopg_pool`` made to recover at once from a restart.
+"""The PostgreSQL adapters' connection pools: ``psycopg_pool`` made to recover at once from a restart.
+
+``PgPool`` (threads) and ``AsyncPgPool`` (an event loop: the write API's commands decided on the loop)
+do the same, so both command paths answer an outage alike.
 
 Three things keep a restarted server from costing more than the restart itself:
 
@@ -25,17 +28,17 @@ import contextlib
 import math
 import select
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import psycopg
-from psycopg import Connection
+from psycopg import AsyncConnection, Connection
 from psycopg.rows import DictRow, dict_row
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from framework.settings import PostgresSettings
 
-__all__ = ["PgPool"]
+__all__ = ["AsyncPgPool", "NotAccepting", "PgPool"]
 
 _SLICE = 0.1  # seconds a request waits for a connection before looking again at how the pool fares
 
@@ -50,12 +53,7 @@ class PgPool:
     def __init__(self, settings: PostgresSettings, *, name: str, min_size: int, max_size: int) -> None:
         self._timeout = settings.connect_timeout
         self._failed_at = -math.inf  # when a connection attempt last failed (time.monotonic)
-        self._kwargs: dict[str, Any] = {
-            "host": settings.host, "port": settings.port, "dbname": settings.dbname,
-            "user": settings.user, "password": settings.password, "row_factory": dict_row,
-            "autocommit": True, "connect_timeout": max(1, round(settings.connect_timeout)),
-            "application_name": name,  # which role's pool a backend serves, in pg_stat_activity
-        }
+        self._kwargs = _connect_kwargs(settings, name)
         self._pool: ConnectionPool[Connection[DictRow]] = ConnectionPool(
             kwargs=self._kwargs, min_size=min_size, max_size=max_size, name=name, timeout=settings.connect_timeout,
             reconnect_timeout=0, reconnect_failed=self._connect_failed,
@@ -108,8 +106,7 @@ class PgPool:
         try:
             Connection.connect(**self._kwargs).close()
         except psycopg.OperationalError as error:
-            lines = str(error).strip().splitlines() or ["PostgreSQL is not accepting connections"]
-            raise NotAccepting(lines[0]) from None
+            raise _not_accepting(error) from None
 
     def _check_idle(self) -> None:
         """Test every idle connection now (an empty query each): one that broke means the others did too."""
@@ -118,6 +115,101 @@ class PgPool:
 
     def _connect_failed(self, _: ConnectionPool[Any]) -> None:
         self._failed_at = time.monotonic()
+
+
+class AsyncPgPool:
+    """``PgPool`` for an event loop (psycopg's async connections), with the same recovery: bound to the
+    loop that first uses it."""
+
+    def __init__(self, settings: PostgresSettings, *, name: str, min_size: int, max_size: int) -> None:
+        self._timeout = settings.connect_timeout
+        self._failed_at = -math.inf
+        self._kwargs = _connect_kwargs(settings, name)
+        self._pool: AsyncConnectionPool[AsyncConnection[DictRow]] = AsyncConnectionPool(
+            kwargs=self._kwargs, min_size=min_size, max_size=max_size, name=name, timeout=settings.connect_timeout,
+            reconnect_timeout=0, reconnect_failed=self._connect_failed, open=False,
+        )
+        self._opened = False
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncConnection[DictRow]]:
+        """As ``PgPool.connection``."""
+        if not self._opened:
+            await self._pool.open(wait=False)
+            self._opened = True
+        conn = await self._live_connection()
+        try:
+            async with conn:
+                yield conn
+        finally:
+            await self._pool.putconn(conn)
+            if conn.broken:
+                await self._check_idle()
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def _live_connection(self) -> AsyncConnection[DictRow]:
+        conn = await self._checkout()
+        if not await _went_away_async(conn):
+            return conn
+        await self._pool.putconn(conn)
+        await self._check_idle()
+        return await self._checkout()
+
+    async def _checkout(self) -> AsyncConnection[DictRow]:
+        """As ``PgPool._checkout``."""
+        started = time.monotonic()
+        deadline = started + self._timeout
+        while True:
+            try:
+                return await self._pool.getconn(timeout=max(0.001, min(_SLICE, deadline - time.monotonic())))
+            except PoolTimeout:
+                if self._failed_at >= started:
+                    await self._why_not_accepting()
+                    started = time.monotonic()
+                if time.monotonic() >= deadline:
+                    raise
+
+    async def _why_not_accepting(self) -> None:
+        try:
+            await (await AsyncConnection.connect(**self._kwargs)).close()
+        except psycopg.OperationalError as error:
+            raise _not_accepting(error) from None
+
+    async def _check_idle(self) -> None:
+        if not self._pool.closed:
+            await self._pool.check()
+
+    def _connect_failed(self, _: AsyncConnectionPool[Any]) -> None:
+        self._failed_at = time.monotonic()
+
+
+def _connect_kwargs(settings: PostgresSettings, name: str) -> dict[str, Any]:
+    return {
+        "host": settings.host, "port": settings.port, "dbname": settings.dbname,
+        "user": settings.user, "password": settings.password, "row_factory": dict_row,
+        "autocommit": True, "connect_timeout": max(1, round(settings.connect_timeout)),
+        "application_name": name,  # which role's pool a backend serves, in pg_stat_activity
+    }
+
+
+def _not_accepting(error: psycopg.OperationalError) -> NotAccepting:
+    lines = str(error).strip().splitlines() or ["PostgreSQL is not accepting connections"]
+    return NotAccepting(lines[0])
+
+
+async def _went_away_async(conn: AsyncConnection[Any]) -> bool:
+    """``_went_away`` for an async connection."""
+    if conn.closed:
+        return True
+    if not _readable(conn.fileno()):
+        return False
+    try:
+        await AsyncConnectionPool.check_connection(conn)
+    except psycopg.Error:
+        return True
+    return False
 
 
 def _went_away(conn: Connection[Any]) -> bool:

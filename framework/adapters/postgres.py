@@ -15,25 +15,32 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-import psycopg
-from eventsourcing.persistence import Notification, PersistenceError, StoredEvent
+from eventsourcing.persistence import Notification, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from psycopg import Cursor
-from psycopg.errors import UndefinedFunction, UndefinedTable
 from psycopg.rows import DictRow, tuple_row
 
 from framework.adapters.group_commit import GroupCommit
-from framework.adapters.idempotency import KeyRecord, outcome_for_existing
+from framework.adapters.idempotency import outcome_for_existing
+from framework.adapters.pg_appends import (
+    EVENTS_TABLE,
+    KEY_TAKEN_OVER,
+    PendingAppend,
+    Statements,
+    append_params,
+    failed_again,
+    group_outcome,
+    group_params,
+    key_record,
+    quote,
+    translated,
+)
 from framework.adapters.pg_pool import PgPool
 from framework.errors import (
-    ConcurrencyConflict,
     EventfoldError,
-    IdempotencyKeyInFlight,
-    StoreUnavailable,
 )
 from framework.settings import PostgresSettings
 from framework.store import Claimed, ClaimOutcome, IdempotencyCompletion
@@ -51,9 +58,7 @@ _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS {s}.relay_checkpoints (name text PRIMARY KEY, position bigint NOT NULL)",
 ]
 
-_KEY_TAKEN_OVER = "EF001"  # SQLSTATE raised by eventfold_append when a claim is no longer ours
-_EVENTS_TABLE = "stored_events"  # eventsourcing's default; its recorder NOTIFYs on a channel of that name
-_CHANNEL = _EVENTS_TABLE
+_CHANNEL = EVENTS_TABLE
 
 
 def _append_function(schema: str) -> str:
@@ -64,7 +69,7 @@ def _append_function(schema: str) -> str:
     idempotency key, so a command costs one round trip and one commit. The events
     come as one array per column: no composite type to look up and register first.
     """
-    s, events = _quote(schema), f"{_quote(schema)}.{_quote(_EVENTS_TABLE)}"
+    s, events = quote(schema), f"{quote(schema)}.{quote(EVENTS_TABLE)}"
     return f"""
 CREATE OR REPLACE FUNCTION {s}.eventfold_append(
     event_ids uuid[], event_versions bigint[], event_topics text[], event_states bytea[],
@@ -75,7 +80,7 @@ DECLARE
 BEGIN
     IF cardinality(event_ids) > 0 THEN
         LOCK TABLE {events} IN EXCLUSIVE MODE;
-        NOTIFY {_quote(_CHANNEL)};
+        NOTIFY {quote(_CHANNEL)};
         WITH inserted AS (
             INSERT INTO {events} (originator_id, originator_version, topic, state)
             SELECT * FROM unnest(event_ids, event_versions, event_topics, event_states)
@@ -87,7 +92,7 @@ BEGIN
             version = key_version, position = positions[cardinality(positions)]
         WHERE key = key_name AND owner = key_owner AND completed_at IS NULL;
         IF NOT FOUND THEN
-            RAISE EXCEPTION 'idempotency key % was taken over', key_name USING ERRCODE = '{_KEY_TAKEN_OVER}';
+            RAISE EXCEPTION 'idempotency key % was taken over', key_name USING ERRCODE = '{KEY_TAKEN_OVER}';
         END IF;
     END IF;
     RETURN QUERY SELECT unnest(positions);
@@ -107,7 +112,7 @@ def _append_group_function(schema: str) -> str:
     Positions of a rolled-back command are gaps, as with a failed lone append;
     the lock is held to the commit, so commit order still equals position order.
     """
-    s, events = _quote(schema), f"{_quote(schema)}.{_quote(_EVENTS_TABLE)}"
+    s, events = quote(schema), f"{quote(schema)}.{quote(EVENTS_TABLE)}"
     return f"""
 CREATE OR REPLACE FUNCTION {s}.eventfold_append_group(
     command_ends int[], event_ids uuid[], event_versions bigint[], event_topics text[], event_states bytea[],
@@ -121,7 +126,7 @@ BEGIN
     -- Also for key-only groups: every group takes its locks in the same order (no deadlock).
     LOCK TABLE {events} IN EXCLUSIVE MODE;
     IF cardinality(event_ids) > 0 THEN
-        NOTIFY {_quote(_CHANNEL)};
+        NOTIFY {quote(_CHANNEL)};
     END IF;
     FOR i IN 1 .. coalesce(cardinality(command_ends), 0) LOOP
         last_event := command_ends[i];
@@ -142,7 +147,7 @@ BEGIN
                 WHERE key = key_names[i] AND owner = key_owners[i] AND completed_at IS NULL;
                 IF NOT FOUND THEN
                     RAISE EXCEPTION 'idempotency key % was taken over', key_names[i]
-                        USING ERRCODE = '{_KEY_TAKEN_OVER}';
+                        USING ERRCODE = '{KEY_TAKEN_OVER}';
                 END IF;
             END IF;
             command_outcome := 'ok';
@@ -151,7 +156,7 @@ BEGIN
             WHEN unique_violation THEN
                 command_outcome := 'conflict';
                 command_positions := NULL;
-            WHEN SQLSTATE '{_KEY_TAKEN_OVER}' THEN
+            WHEN SQLSTATE '{KEY_TAKEN_OVER}' THEN
                 command_outcome := 'taken_over';
                 command_positions := NULL;
             WHEN OTHERS THEN
@@ -172,52 +177,25 @@ _DROP_OLD_APPEND = (
 )
 
 
-@dataclass(frozen=True)
-class _Append:
-    """One command's append, waiting for its group."""
-
-    events: Sequence[StoredEvent]
-    completion: IdempotencyCompletion | None
-
-
-_NO_KEY = IdempotencyCompletion("", UUID(int=0), None, 0)
-
-
-def _group_outcome(outcome: str, positions: list[int] | None) -> list[int] | BaseException:
-    """A command's row of ``eventfold_append_group``: the errors a lone append would raise."""
-    if outcome == "ok":
-        return list(positions or [])
-    if outcome == "conflict":
-        return ConcurrencyConflict("an aggregate was changed concurrently")
-    if outcome == "taken_over":
-        return IdempotencyKeyInFlight("the idempotency key was taken over by another request")
-    return StoreUnavailable(f"the PostgreSQL event store failed ({outcome.removeprefix('failed: ')})")
-
-
-def _again(error: EventfoldError) -> EventfoldError:
-    """A fresh copy of a translated driver error, for another append of the failed group."""
-    return _translation(error.__cause__) if isinstance(error.__cause__, Exception) else StoreUnavailable(str(error))
-
-
 class PostgresEventStore:
     def __init__(self, settings: PostgresSettings) -> None:
         self._settings = settings
         self._schema = settings.schema.strip() or "public"
         self._pool = PgPool(settings, name="eventfold-events", min_size=settings.pool_size,
                             max_size=settings.pool_size)
-        self._sql = _Statements(self._schema, _EVENTS_TABLE)
-        self._group: GroupCommit[_Append, list[int]] | None = (
+        self._sql = Statements(self._schema, EVENTS_TABLE)
+        self._group: GroupCommit[PendingAppend, list[int]] | None = (
             GroupCommit(self._append_group) if settings.group_commit else None
         )
 
     def create_schema(self) -> None:
         with self._cursor() as cursor:  # fails fast (StoreUnavailable) when the server is down
-            cursor.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(self._schema)}".encode())
-        with _translated():
+            cursor.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(self._schema)}".encode())
+        with translated():
             self._create_events_table()
         with self._transaction() as cursor:
             for statement in (*_SCHEMA, _DROP_OLD_APPEND):
-                cursor.execute(statement.format(s=_quote(self._schema)).encode())
+                cursor.execute(statement.format(s=quote(self._schema)).encode())
             cursor.execute(_append_function(self._schema).encode())
             cursor.execute(_append_group_function(self._schema).encode())
 
@@ -230,7 +208,7 @@ class PostgresEventStore:
             connect_timeout=settings.connect_timeout,
         )
         try:
-            PostgresApplicationRecorder(datastore, events_table_name=_EVENTS_TABLE).create_table()
+            PostgresApplicationRecorder(datastore, events_table_name=EVENTS_TABLE).create_table()
         finally:
             datastore.close()
 
@@ -241,13 +219,13 @@ class PostgresEventStore:
 
     @contextmanager
     def _cursor(self) -> Iterator[Cursor[DictRow]]:
-        with _translated(), self._pool.connection() as conn, conn.cursor() as cursor:
+        with translated(), self._pool.connection() as conn, conn.cursor() as cursor:
             yield cursor
 
     @contextmanager
     def _tuple_cursor(self) -> Iterator[Cursor[tuple[Any, ...]]]:
         """Rows as tuples: the appends' results, read by position (no column names built per statement)."""
-        with _translated(), self._pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cursor:
+        with translated(), self._pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cursor:
             yield cursor
 
     def append(
@@ -258,27 +236,20 @@ class PostgresEventStore:
         """With group commit (the default), concurrent appends share a transaction: ``_append_group``;
         without, one statement and one round trip per append: ``eventfold_append``."""
         if self._group is not None:
-            return self._group.submit(_Append(events, completion))
+            return self._group.submit(PendingAppend(events, completion))
         return self._append_one(events, completion)
 
     def _append_one(self, events: Sequence[StoredEvent], completion: IdempotencyCompletion | None) -> list[int]:
-        columns = ([e.originator_id for e in events], [e.originator_version for e in events],
-                   [e.topic for e in events], [e.state for e in events])
-        key = completion or _NO_KEY
         with self._tuple_cursor() as cursor:
-            cursor.execute(
-                self._sql.append,
-                (*columns, key.key or None, key.owner, key.aggregate_id, key.version),
-                prepare=True,
-            )
+            cursor.execute(self._sql.append, append_params(PendingAppend(events, completion)), prepare=True)
             return [row[0] for row in cursor.fetchall()]  # new_position
 
     @property
-    def group_commit(self) -> GroupCommit[_Append, list[int]] | None:
+    def group_commit(self) -> GroupCommit[PendingAppend, list[int]] | None:
         """The group committer (None: group commit is off); its counters say how appends were grouped."""
         return self._group
 
-    def _append_group(self, group: Sequence[_Append]) -> Sequence[list[int] | BaseException]:
+    def _append_group(self, group: Sequence[PendingAppend]) -> Sequence[list[int] | BaseException]:
         """One statement, one round trip, one commit for the whole group: ``eventfold_append_group``.
         Each append gets its positions or its own error; a failure of the statement fails them all."""
         if len(group) == 1:  # a lone append (an idle store): the leaner one-command statement
@@ -286,25 +257,13 @@ class PostgresEventStore:
                 return [self._append_one(group[0].events, group[0].completion)]
             except EventfoldError as error:
                 return [error]
-        ends, count = [], 0
-        for append in group:
-            count += len(append.events)
-            ends.append(count)
-        events = [e for append in group for e in append.events]
-        keys = [append.completion or _NO_KEY for append in group]
-        params = (
-            ends, [e.originator_id for e in events], [e.originator_version for e in events],
-            [e.topic for e in events], [e.state for e in events],
-            [k.key or None for k in keys], [k.owner for k in keys], [k.aggregate_id for k in keys],
-            [k.version for k in keys],
-        )
         try:
             with self._tuple_cursor() as cursor:
-                cursor.execute(self._sql.append_group, params, prepare=True)
+                cursor.execute(self._sql.append_group, group_params(group), prepare=True)
                 rows = cursor.fetchall()
         except EventfoldError as error:  # each append its own error instance (one traceback per thread)
-            return [error] + [_again(error) for _ in group[1:]]
-        return [_group_outcome(outcome, positions) for outcome, positions in rows]  # command_outcome, _positions
+            return [error] + [failed_again(error) for _ in group[1:]]
+        return [group_outcome(outcome, positions) for outcome, positions in rows]  # command_outcome, _positions
 
     def read_stream(self, aggregate_id: UUID, after_version: int = 0) -> list[StoredEvent]:
         with self._cursor() as cursor:
@@ -337,7 +296,7 @@ class PostgresEventStore:
                 break
         if rows[0]["ours"]:
             return Claimed()
-        return outcome_for_existing(_key_record(rows[0]))
+        return outcome_for_existing(key_record(rows[0]))
 
     def release_idempotency_key(self, key: str, owner: UUID) -> None:
         self._lease_statement(self._sql.release_key, {"key": key, "owner": owner})
@@ -376,14 +335,14 @@ class PostgresEventStore:
             return True
         with self._cursor() as cursor:
             connection = cursor.connection
-            connection.execute(f"LISTEN {_quote(_CHANNEL)}")
+            connection.execute(f"LISTEN {quote(_CHANNEL)}")
             try:
                 if self.head() > after_position:  # appended before LISTEN took effect
                     return True
                 for _ in connection.notifies(timeout=timeout, stop_after=1):
                     break
             finally:
-                connection.execute(f"UNLISTEN {_quote(_CHANNEL)}")
+                connection.execute(f"UNLISTEN {quote(_CHANNEL)}")
         return self.head() > after_position
 
     def relay_checkpoint(self, name: str) -> int:
@@ -398,59 +357,6 @@ class PostgresEventStore:
 
     def close(self) -> None:
         self._pool.close()
-
-
-class _Statements:
-    """Every SQL statement of the adapter, schema-qualified once."""
-
-    def __init__(self, schema: str, events_table: str) -> None:
-        s, events = _quote(schema), f"{_quote(schema)}.{_quote(events_table)}"
-        self.append = (
-            f"SELECT new_position FROM {s}.eventfold_append("
-            "%s::uuid[], %s::bigint[], %s::text[], %s::bytea[], %s, %s, %s, %s)"
-        )
-        self.append_group = (
-            f"SELECT command_outcome, command_positions FROM {s}.eventfold_append_group("
-            "%s::int[], %s::uuid[], %s::bigint[], %s::text[], %s::bytea[],"
-            " %s::text[], %s::uuid[], %s::uuid[], %s::bigint[])"
-        )
-        self.select_stream = (
-            f"SELECT * FROM {events} WHERE originator_id = %s AND originator_version > %s"
-            " ORDER BY originator_version"
-        )
-        self.select_all = (
-            f"SELECT * FROM {events} WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
-        )
-        self.head = f"SELECT coalesce(max(notification_id), 0) AS head FROM {events}"
-        keys = f"{s}.idempotency_keys"
-        self.claim_key = (
-            f"WITH claimed AS (INSERT INTO {keys} AS k (key, request_hash, owner, claimed_at)"
-            " VALUES (%(key)s, %(hash)s, %(owner)s, now()) ON CONFLICT (key) DO UPDATE SET"
-            " request_hash = excluded.request_hash, owner = excluded.owner, claimed_at = now()"
-            " WHERE k.completed_at IS NULL AND k.claimed_at < now() - make_interval(secs => %(lease)s)"
-            " RETURNING k.*)"
-            " SELECT true AS ours, * FROM claimed UNION ALL"
-            f" SELECT false AS ours, * FROM {keys} WHERE key = %(key)s AND NOT EXISTS (SELECT FROM claimed)"
-        )
-        self.release_key = (
-            f"DELETE FROM {keys} WHERE key = %(key)s AND owner = %(owner)s AND completed_at IS NULL"
-        )
-        self.insert_snapshot = (
-            f"INSERT INTO {s}.snapshots VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING"
-        )
-        self.select_checkpoint = f"SELECT position FROM {s}.relay_checkpoints WHERE name = %s"
-        self.save_checkpoint = (
-            f"INSERT INTO {s}.relay_checkpoints AS c VALUES (%s, %s) ON CONFLICT (name) DO UPDATE"
-            " SET position = greatest(c.position, excluded.position)"
-        )
-        self.select_snapshot = (
-            f"SELECT * FROM {s}.snapshots WHERE originator_id = %s"
-            " ORDER BY originator_version DESC LIMIT 1"
-        )
-
-
-def _quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
 
 
 def _stored(row: DictRow) -> StoredEvent:
@@ -468,43 +374,3 @@ def _notifications(cursor: Cursor[tuple[Any, ...]]) -> list[Notification]:
                          state=bytes(row[s])) for row in cursor.fetchall()]
 
 
-def _key_record(row: dict[str, Any]) -> KeyRecord:
-    return KeyRecord(
-        request_hash=row["request_hash"],
-        completed=row["completed_at"] is not None,
-        aggregate_id=row["aggregate_id"],
-        version=row["version"],
-        position=row["position"],
-    )
-
-
-@contextmanager
-def _translated() -> Iterator[None]:
-    """Driver errors become ``framework.errors``, here and nowhere else."""
-    try:
-        yield
-    except (psycopg.Error, PersistenceError) as e:  # PersistenceError: eventsourcing's, at init-db
-        raise _translation(e) from e
-
-
-def _translation(error: Exception) -> EventfoldError:
-    cause = error.__cause__ if isinstance(error, PersistenceError) else error
-    if getattr(cause, "sqlstate", None) == _KEY_TAKEN_OVER:
-        return IdempotencyKeyInFlight("the idempotency key was taken over by another request")
-    if isinstance(cause, psycopg.IntegrityError):
-        return ConcurrencyConflict("an aggregate was changed concurrently")
-    if isinstance(cause, psycopg.OperationalError | psycopg.InterfaceError):  # a pool timeout is operational
-        return StoreUnavailable(f"the PostgreSQL event store is unavailable ({_first_line(error)})")
-    if isinstance(cause, UndefinedTable):
-        return StoreUnavailable("event store tables are missing: run `eventfold init-db`")
-    if isinstance(cause, UndefinedFunction):
-        return StoreUnavailable("the event store schema is out of date: run `eventfold init-db`")
-    if isinstance(cause, psycopg.ProgrammingError):
-        return StoreUnavailable(f"PostgreSQL refused the event store's statement ({_first_line(error)})")
-    return StoreUnavailable(f"the PostgreSQL event store failed ({_first_line(error)})")
-
-
-def _first_line(error: Exception) -> str:
-    """The driver's own words, first line only (libpq never includes the password)."""
-    text = str(error.__cause__ if isinstance(error, PersistenceError) and error.__cause__ else error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

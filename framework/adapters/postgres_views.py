@@ -7,6 +7,7 @@ with a guard (it only moves forward), and both commit together.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import json
@@ -20,7 +21,7 @@ from enum import Enum
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg import Connection, sql
+from psycopg import AsyncConnection, Connection, sql
 from psycopg.types.json import Jsonb
 
 from framework.adapters.pg_columns import column_definitions, to_parameters
@@ -103,8 +104,8 @@ def position_notice(name: str, version: int, position: int, *, switched: bool = 
     """The payload announcing a committed position: ``version position flag name``, then on a second
     line the keys of the rows the batch changed, as JSON by table, when they fit (else: not known)."""
     head = f"{version} {position} {'s' if switched else '-'} {name}"
-    if not touched:
-        return head
+    if touched is None:
+        return head  # (a batch that changed no row says so with "{}": listeners keep what they hold)
     keys = json.dumps({table: sorted(map(list, found)) for table, found in touched.items()},
                       separators=(",", ":"), ensure_ascii=False)
     return head if len(head.encode()) + len(keys.encode()) + 1 > _MAX_NOTICE else f"{head}\n{keys}"
@@ -295,6 +296,10 @@ class PostgresViewStore:
         self._active_cache: dict[str, tuple[int, float]] = {}
         self._s = sql.Identifier(self._schema)
         self.channel = position_channel(self._schema)
+        self._settings = settings
+        self._async: AsyncConnection[Any] | None = None  # active_positions_async's own connection
+        self._async_lock: asyncio.Lock | None = None
+        self._positions_sql: sql.Composed | None = None
 
     @contextmanager
     def _connection(self) -> Iterator[Conn]:
@@ -752,7 +757,43 @@ class PostgresViewStore:
     def active_positions(self, names: Sequence[str]) -> dict[str, tuple[int, int, int]]:
         """One statement: each projection's active version (1 when never switched), its position (a
         partitioned one's lowest partition's) and its change mark (the sum of its partitions')."""
-        statement = sql.SQL(
+        with self._connection() as conn:
+            rows = conn.execute(self._active_positions_statement(), (list(names),), prepare=True).fetchall()
+        return {r["name"]: (int(r["version"]), int(r["position"]), int(r["mark"])) for r in rows}
+
+    async def active_positions_async(self, names: Sequence[str]) -> dict[str, tuple[int, int, int]]:
+        """``active_positions`` on the running event loop, over one connection of its own: no thread hop
+        for the statement the query API's response cache runs once per round of requests."""
+        if self._async_lock is None:
+            self._async_lock = asyncio.Lock()
+        async with self._async_lock:  # one statement at a time on the one connection
+            try:
+                conn = self._async
+                if conn is None or conn.closed:
+                    conn = self._async = await self._connect_async()
+                cursor = await conn.execute(self._active_positions_statement(), (list(names),), prepare=True)
+                rows = await cursor.fetchall()
+            except psycopg.Error as e:
+                if self._async is not None:
+                    self._async.pgconn.finish()  # broken or not, the next call connects afresh
+                    self._async = None
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise StoreUnavailable(f"the read-model database is unavailable ({first})") from e
+        return {name: (int(version), int(position), int(mark)) for name, version, position, mark in rows}
+
+    async def _connect_async(self) -> AsyncConnection[Any]:
+        s = self._settings
+        return await AsyncConnection.connect(
+            host=s.host, port=s.port, dbname=s.dbname, user=s.user, password=s.password, autocommit=True,
+            connect_timeout=max(1, round(s.connect_timeout)), application_name="eventfold-views-async")
+
+    def _active_positions_statement(self) -> sql.Composed:
+        if self._positions_sql is None:
+            self._positions_sql = self._compose_active_positions()
+        return self._positions_sql
+
+    def _compose_active_positions(self) -> sql.Composed:
+        return sql.SQL(
             "SELECT n.name, coalesce(a.version, 1) AS version,"
             " coalesce(pp.low, p.position, 0) AS position, coalesce(pp.total, p.position, 0) AS mark"
             " FROM unnest(%s::text[]) AS n(name) LEFT JOIN {a} a ON a.name = n.name"
@@ -761,9 +802,6 @@ class PostgresViewStore:
             "  WHERE name = n.name AND version = coalesce(a.version, 1)) pp ON true").format(
             a=self._table("eventfold_projection_active"), p=self._table("eventfold_projection_positions"),
             pp=self._table("eventfold_partition_positions"))
-        with self._connection() as conn:
-            rows = conn.execute(statement, (list(names),), prepare=True).fetchall()
-        return {r["name"]: (int(r["version"]), int(r["position"]), int(r["mark"])) for r in rows}
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 - statements live as long as the store
     def _get_many_statement(self, name: str, version: int, model: type[ReadModel]) -> bytes:
@@ -786,6 +824,9 @@ class PostgresViewStore:
 
     def close(self) -> None:
         self._pool.close()
+        if self._async is not None:  # (no event loop needed to hang up)
+            self._async.pgconn.finish()
+            self._async = None
 
 
 _OPERATORS = {"eq": "=", "ne": "<>", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}

@@ -10,7 +10,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from framework.cli import history, operate, scaffold, serve, stream
-from framework.cli.startup import CATCH_UP_COMMANDS, tune_collector_for_catch_up
+from framework.cli.startup import (
+    CATCH_UP_COMMANDS,
+    SERVING_COMMANDS,
+    tune_collector_for_catch_up,
+    tune_collector_for_serving,
+)
 from framework.errors import EventfoldError
 from framework.faults import arm_faults
 from framework.logs import configure_logging
@@ -26,6 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command in CATCH_UP_COMMANDS:
         tune_collector_for_catch_up()
+    elif args.command in SERVING_COMMANDS:
+        tune_collector_for_serving()
     configure_logging("text", logging.INFO)
     try:
         settings = _with_overrides(Settings.from_env(os.environ), args)

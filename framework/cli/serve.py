@@ -25,6 +25,7 @@ from framework.cli.common import (
     require_postgres,
     tracing,
 )
+from framework.cli.startup import freeze_start_up_objects
 from framework.errors import ConfigurationError, EventfoldError
 from framework.loading import load_app
 from framework.settings import Settings
@@ -299,6 +300,7 @@ def write_api_worker() -> Any:
         print(f"eventfold: {error.message}", file=sys.stderr)
         sys.exit(STARTUP_FAILURE)
     atexit.register(close)  # a spawned process runs its exit handlers once uvicorn has shut down
+    freeze_start_up_objects()
     return app
 
 
@@ -355,6 +357,7 @@ def run_init_db(settings: Settings, args: argparse.Namespace) -> int:
 def _serve(settings: Settings, app: Any, args: argparse.Namespace, close: Callable[[], None]) -> int:
     import uvicorn
 
+    freeze_start_up_objects()
     log.info("listening on http://%s:%d", settings.host, settings.port)
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, **_uvicorn_keywords(settings, args))

@@ -77,7 +77,17 @@ from framework.graphql.inputs import BadJson, parse_json, unstorable_text
 from framework.graphql.limits import DocumentLimits, check_document
 from framework.graphql.live import LIVE_PROTOCOLS, LiveConnections, stream_extensions
 from framework.graphql.reads import ReadMap
-from framework.graphql.responses import PositionClock, Positions, ResponseCache, cache_key, positions_reader
+from framework.graphql.responses import (
+    Cached,
+    PositionClock,
+    Positions,
+    Reads,
+    RecordingViews,
+    ResponseCache,
+    async_positions_reader,
+    cache_key,
+    positions_reader,
+)
 from framework.graphql.tracing import ReadSpans, tracing_extensions
 from framework.http.edge import EdgeApp
 from framework.http.gate import Gate, admitted
@@ -542,8 +552,11 @@ _TOO_MANY_WAITING = "eventfold.too_many_waiting"  # the read-your-writes wait wa
 _MEDIA = "eventfold.graphql_response"  # the client asked for application/graphql-response+json
 _REQUEST_ERROR = "eventfold.request_error"  # ... and its request was not executed: a 400
 _OPERATION = "eventfold.operation"  # the operation name of a request answered from the cache
+_HEARING_SECONDS = 0.02  # how long a kept answer waits for the notifications of commits a fresh read saw
 _KEEP = "eventfold.keep"  # (cache key, plan): the answer may be kept
 _SEEN = "eventfold.seen"  # the positions read just before it was executed
+_READS = "eventfold.reads"  # what its resolvers read (framework.graphql.responses.Reads)
+_EPOCH = "eventfold.epoch"  # the response cache's listening session before those positions were read
 
 
 @dataclass(frozen=True)
@@ -600,10 +613,16 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
         self._responses = ResponseCache(options.response_cache_entries)
         if isinstance(schema, _Schema) and options.response_cache_entries > 0 and not schema.traced:
             named = {p for ps in schema.projections_by_field.values() for p in ps}
-            self._read_positions = positions_reader(views, sorted(schema.read_map.declared() | named))
+            declared = sorted(schema.read_map.declared() | named)
+            self._read_positions = positions_reader(views, declared)
+            self._read_positions_async = async_positions_reader(views, declared)
             self._plans, self._clock = _Plans(schema), PositionClock(self._positions)
+            if watch is not None:  # commits heard vouch for kept answers whose rows they did not touch
+                watch.observers.append(self._responses.hear)
 
     async def _positions(self) -> Positions:
+        if self._read_positions_async is not None:  # on the loop: no thread hop (a failure: no cache this time)
+            return await self._read_positions_async()
         if self._breaker is None:
             return await asyncio.to_thread(self._read_positions)
         return await asyncio.to_thread(self._breaker.call, self._read_positions)
@@ -653,6 +672,9 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
         if keep is None:
             return None
         request.scope[_KEEP] = keep
+        if self._watch is not None:
+            await self._watch.start()  # idempotent: the listener the cache hears commits from
+        request.scope[_EPOCH] = self._responses.epoch  # before the positions the answer will be computed at
         key, plan = keep
         kept = self._responses.get(key)
         if kept is None:
@@ -665,7 +687,7 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
             if any(heard.get(p, 0) < minimum for p in plan.projections):
                 return None  # not there yet as far as the watch has heard: it waits, woken by the watch
         now = await _fresh(self._clock)
-        if now is None or not kept.valid_at(now):
+        if now is None or not (self._responses.valid(kept, now) or await self._heard_up_to(kept, now)):
             return None
         if minimum is not None and any(now[p][1] < minimum for p in plan.projections):
             return None  # it waits, or answers reached: false
@@ -676,6 +698,18 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
         positions = {p: now[p][1] for p in plan.projections}
         consistency = {"requested": minimum, "reached": True, "positions": positions}
         return JSONResponse({"data": kept.data, "extensions": {"consistency": consistency}})
+
+    async def _heard_up_to(self, kept: Cached, now: Positions) -> bool:
+        """Whether ``kept`` is valid at ``now`` once the commits the fresh read saw, not heard yet, are
+        heard: their notifications are most often on their way (a commit notifies as it becomes visible),
+        so they are waited for a moment (``_HEARING_SECONDS``) rather than the answer computed again."""
+        behind = self._responses.behind(kept, now)
+        if not behind or self._watch is None:
+            return False
+        with contextlib.suppress(TimeoutError, TooManyWaiting, EventfoldError):
+            for projection, position in behind.items():
+                await self._watch.until([projection], position, _HEARING_SECONDS, counted=False)
+        return self._responses.valid(kept, now)
 
     async def _keepable(self, request: Request) -> tuple[Hashable, _Plan] | None:
         """The cache key and plan of a plain JSON POST of one query the cache may keep."""
@@ -715,7 +749,10 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
             # A WebSocket: a Request's connection part (headers, client); it has no body to read.
             return QueryContext(cast(Request, request), self._views, self._store, self._options,
                                 breaker=self._breaker, watch=self._watch)
-        return QueryContext(request, self._views, self._store, self._options,
+        views = self._views
+        if _KEEP in request.scope:  # its answer may be kept: note what it reads
+            views = cast(ViewStore, RecordingViews(views, request.scope.setdefault(_READS, Reads())))
+        return QueryContext(request, views, self._store, self._options,
                             min_position=_min_position(request),
                             principal=admitted(request), breaker=self._breaker, watch=self._watch,
                             clock=self._clock)
@@ -744,7 +781,8 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
         key, plan = keep
         if all(p in seen for p in plan.projections) and self._clock is not None and self._clock.settled(
                 plan.projections):
-            self._responses.put(key, seen, plan.projections, result.data)
+            self._responses.put(key, seen, plan.projections, result.data, request.scope.get(_READS),
+                                request.scope.get(_EPOCH, 0))
 
 
 def _not_executed(result: ExecutionResult) -> bool:

@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
 from graphql import GraphQLError
 from strawberry.exceptions import ConnectionRejectionError
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
     from framework.graphql.app import QueryContext
     from framework.http.gate import Gate
 
-__all__ = ["LIVE_PROTOCOLS", "LiveConnections", "changed_rows", "moved_positions", "stream_extensions"]
+__all__ = ["LIVE_PROTOCOLS", "Batch", "LiveConnections", "changed_rows", "moved_positions", "stream_extensions"]
 
 T = TypeVar("T")
 LIVE_PROTOCOLS = (GRAPHQL_TRANSPORT_WS_PROTOCOL,)  # not the legacy graphql-ws
@@ -95,7 +96,7 @@ R = TypeVar("R", bound=_Positioned)
 async def changed_rows(info: Info[Any, Any], projection: str, since: int | None,
                        read: Callable[[int], Sequence[R]], *, page_size: int | None = None,
                        rows_of: tuple[type[ReadModel], str, Any] | None = None,
-                       share: Hashable | None = None) -> AsyncIterator[R]:
+                       share: Hashable | None = None, batch: Batch[R] | None = None) -> AsyncIterator[R]:
     """Rows of ``projection`` changed after position ``since`` (``read(after)`` returns them, run off the
     event loop), in position order; then, each time the projection commits, the rows it changed.
 
@@ -113,7 +114,8 @@ async def changed_rows(info: Info[Any, Any], projection: str, since: int | None,
         last = heard if since is None else since
         while True:
             changed.clear()  # before the read: a commit during it or after it sets it again
-            rows = await _read_shared(watch, context, projection, share, read, last)
+            rows = await _read_shared(watch, context, projection, share, read, last,
+                                      None if batch is None or rows_of is None else (batch, rows_of[2]))
             for row in sorted(rows, key=_position_of):
                 if row.position > last:
                     last = row.position
@@ -123,21 +125,103 @@ async def changed_rows(info: Info[Any, Any], projection: str, since: int | None,
 
 
 async def _read_shared(watch: PositionWatch, context: QueryContext, projection: str, share: Hashable | None,
-                       read: Callable[[int], Sequence[R]], after: int) -> Sequence[R]:
+                       read: Callable[[int], Sequence[R]], after: int,
+                       batched: tuple[Batch[R], Any] | None = None) -> Sequence[R]:
     """``read(after)``, or the same read already in flight for another subscriber when it is sure to see
     every commit this subscriber has heard of: it began when the watch knew the projection at least as
     far as it does now (commits heard later set the subscriber's event again, and it reads again)."""
     if share is None:
-        rows: Sequence[R] = await context.read(read, after)
+        rows: Sequence[R] = await _read_one(watch, context, projection, read, after, batched)
         return rows
     heard = watch.positions_known().get(projection, 0)
     key = (projection, share, after)
     pending = watch.shared_reads.get(key)
     if pending is None or pending[1] < heard:
-        future: asyncio.Future[Sequence[R]] = asyncio.ensure_future(context.read(read, after))
+        future: asyncio.Future[Sequence[R]] = asyncio.ensure_future(
+            _read_one(watch, context, projection, read, after, batched))
         watch.shared_reads[key] = pending = (future, heard)
         future.add_done_callback(lambda done: _forget(watch.shared_reads, key, done))
     return cast("Sequence[R]", await asyncio.shield(pending[0]))
+
+
+async def _read_one(watch: PositionWatch, context: QueryContext, projection: str, read: Callable[[int], Sequence[R]],
+                    after: int, batched: tuple[Batch[R], Any] | None) -> Sequence[R]:
+    if batched is None:
+        rows: Sequence[R] = await context.read(read, after)
+        return rows
+    batch, value = batched
+    batches = cast("dict[Hashable, _Batching[R]]", watch.batched_reads)
+    batching = batches.get((projection, batch.name))
+    if batching is None:
+        batching = batches[(projection, batch.name)] = _Batching(batch)
+    return await asyncio.shield(batching.load(context, value, after))  # other subscribers may share it
+
+
+@dataclass(frozen=True)
+class Batch(Generic[R]):
+    """How to read many subscribers' rows at once: ``read_many(values, after)`` returns the rows holding
+    one of ``values`` in the ``rows_of`` column, changed after position ``after`` (the lowest any of
+    them asks for; each subscriber keeps its own rows past its own position); ``value_of(row)`` is a
+    row's value in that column. ``name`` tells batches apart (reads of one name are batched together)."""
+
+    name: Hashable
+    read_many: Callable[[list[Any], int], Sequence[R]]
+    value_of: Callable[[R], Any]
+    most: int = 256  # values per read
+
+
+class _Batching(Generic[R]):
+    """The reads of one batch asked for in one turn of the event loop, read in one call when it ends."""
+
+    def __init__(self, batch: Batch[R]) -> None:
+        self._batch = batch
+        self._asked: dict[tuple[Any, int], asyncio.Future[Sequence[R]]] = {}
+        self._context: QueryContext | None = None
+
+    def load(self, context: QueryContext, value: Any, after: int) -> asyncio.Future[Sequence[R]]:
+        asked = self._asked.get((value, after))
+        if asked is None:
+            loop = asyncio.get_running_loop()
+            if not self._asked:
+                self._context = context
+                loop.call_soon(self._start)
+            asked = self._asked[(value, after)] = loop.create_future()
+        return asked
+
+    def _start(self) -> None:
+        asked, self._asked = self._asked, {}
+        assert self._context is not None
+        items = list(asked.items())
+        for at in range(0, len(items), self._batch.most):
+            task = asyncio.ensure_future(self._read(self._context, dict(items[at:at + self._batch.most])))
+            task.add_done_callback(_retrieved)
+        self._context = None
+
+    async def _read(self, context: QueryContext, asked: dict[tuple[Any, int], asyncio.Future[Sequence[R]]]) -> None:
+        values = list(dict.fromkeys(value for value, _ in asked))
+        try:
+            rows: Sequence[R] = await context.read(self._batch.read_many, values, min(after for _, after in asked))
+        except asyncio.CancelledError:
+            for future in asked.values():
+                future.cancel()
+            raise
+        except Exception as error:
+            for future in asked.values():
+                if not future.done():
+                    future.set_exception(error)
+                    future.exception()  # retrieved: raised to each subscriber still awaiting it
+            raise
+        by_value: dict[Any, list[R]] = {}
+        for row in rows:
+            by_value.setdefault(self._batch.value_of(row), []).append(row)
+        for (value, after), future in asked.items():
+            if not future.done():
+                future.set_result([row for row in by_value.get(value, ()) if row.position > after])
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # raised to each subscriber that awaited the read
 
 
 def _forget(reads: dict[Hashable, tuple[asyncio.Future[Any], int]], key: Hashable, done: asyncio.Future[Any]) -> None:

@@ -23,17 +23,28 @@ import asyncio
 import json
 import math
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
+from framework.positions import PositionChange, Touched, key_text
 from framework.security import Principal
-from framework.views import ActivePositions
+from framework.views import ActivePositions, AsyncActivePositions
 
-__all__ = ["Cached", "PositionClock", "Positions", "ResponseCache", "cache_key", "positions_reader"]
+__all__ = ["Cached", "PositionClock", "Positions", "Reads", "RecordingViews", "ResponseCache", "async_positions_reader",
+           "cache_key", "positions_reader"]
 
 Positions = Mapping[str, tuple[int, ...]]  # projection -> (active version, position[, change mark])
+
+
+def async_positions_reader(views: Any, names: Sequence[str]) -> Callable[[], Awaitable[Positions]] | None:
+    """The read of ``names``' positions on the event loop, when the view store has ``AsyncActivePositions``."""
+    chosen = tuple(sorted(names))
+    if isinstance(views, AsyncActivePositions):
+        return lambda: views.active_positions_async(chosen)
+    return None
 
 
 def positions_reader(views: Any, names: Sequence[str]) -> Callable[[], Mapping[str, tuple[int, ...]]]:
@@ -100,24 +111,93 @@ class PositionClock:
                 future.exception()  # retrieved: a round nobody waits for any more logs nothing
 
 
-@dataclass(frozen=True)
+# Where an answer read: a whole table (projection, table), or a row (projection, table, key as text).
+Reading = tuple[str, str] | tuple[str, str, tuple[str, ...]]
+
+
+class Reads:
+    """What one request read through its views (``RecordingViews``): rows of a table by key, whole
+    tables (a page, a filter), or something else (``unknown``: only exact positions can vouch for it)."""
+
+    def __init__(self) -> None:
+        self.where: set[Reading] = set()
+        self.unknown = False
+
+    def rows(self, projection: str, table: str, keys: Iterable[tuple[Any, ...]]) -> None:
+        for key in keys:
+            if all(type(v) in _EXACT or (isinstance(v, Enum) and type(v.value) in _EXACT) for v in key):
+                self.where.add((projection, table, key_text(key)))
+            else:  # a float, date or decimal may equal a row's value in another spelling: the table, then
+                self.where.add((projection, table))
+
+    def table(self, projection: str, table: str) -> None:
+        self.where.add((projection, table))
+
+    def projections(self) -> set[str]:
+        return {reading[0] for reading in self.where}
+
+
+_EXACT = (str, int)  # values whose text is the value: a key read by them is the key a commit announces
+
+
+class RecordingViews:
+    """The view store as a request's resolvers see it when its answer may be kept: ``get_many`` and
+    ``query`` note what they read in ``reads``; any other use of the store makes the reads unknown."""
+
+    def __init__(self, views: Any, reads: Reads) -> None:
+        self._views, self._reads = views, reads
+
+    def get_many(self, name: str, model: Any, keys: Sequence[tuple[Any, ...]]) -> Any:
+        self._reads.rows(name, model.table, keys)
+        return self._views.get_many(name, model, keys)
+
+    def query(self, name: str, model: Any, *args: Any, **kwargs: Any) -> Any:
+        self._reads.table(name, model.table)
+        return self._views.query(name, model, *args, **kwargs)
+
+    def __getattr__(self, attribute: str) -> Any:
+        self._reads.unknown = True
+        return getattr(self._views, attribute)
+
+
+@dataclass(eq=False)
 class Cached:
-    """A kept answer: its ``data``, as JSON too, and the positions it was computed at."""
+    """A kept answer: its ``data``, as JSON too, and the positions it was computed at.
+
+    ``epoch``: the listening session (``ResponseCache.epoch``) through which every commit after those
+    positions was heard and found not to touch what the answer read (``where``); -1 when not known, and
+    then only equal positions vouch for the answer."""
 
     positions: tuple[tuple[str, tuple[int, ...]], ...]  # each projection read, and what ``Positions`` said of it
     data: Any
     body: bytes  # {"data": ...} as JSON
+    key: Hashable = None
+    epoch: int = -1
+    where: tuple[Reading, ...] = ()
 
     def valid_at(self, now: Positions) -> bool:
         return all(now.get(name) == seen for name, seen in self.positions)
 
 
+_LOG = 256  # commits remembered per projection, to check an answer computed while they were heard
+
+
 class ResponseCache:
-    """At most ``entries`` answers, least recently used first out; answers over ``max_bytes`` are not kept."""
+    """At most ``entries`` answers, least recently used first out; answers over ``max_bytes`` are not kept.
+
+    Fed every commit the process hears (``hear``, from ``PositionWatch.observers``): a commit drops the
+    answers that read a row it changed (by key, as the commit announces them), a table it changed, or
+    anything of its projection when it does not say what it changed. An answer still kept is then known
+    correct at any position up to the one heard (``valid``), not only at the one it was computed at."""
 
     def __init__(self, entries: int, max_bytes: int = 262_144) -> None:
         self._entries, self._max_bytes = entries, max_bytes
         self._kept: OrderedDict[Hashable, Cached] = OrderedDict()
+        self.epoch = 0  # listening sessions begun: 0 until the first; a new one forgets everything
+        self._heard: dict[str, tuple[int, int]] = {}  # projection -> (version, newest position heard)
+        self._log: dict[str, deque[tuple[int, int, Touched | None]]] = {}  # (version, position, touched)
+        self._floor: dict[str, int] = {}  # commits at or below this position are no longer in the log
+        self._filed: dict[Reading, set[Cached]] = {}
 
     def get(self, key: Hashable) -> Cached | None:
         found = self._kept.get(key)
@@ -125,21 +205,137 @@ class ResponseCache:
             self._kept.move_to_end(key)
         return found
 
-    def put(self, key: Hashable, positions: Positions, projections: Sequence[str], data: Any) -> None:
+    def put(self, key: Hashable, positions: Positions, projections: Sequence[str], data: Any,
+            reads: Reads | None = None, epoch: int = 0) -> None:
+        """Keep ``data``, computed after ``positions`` were read, in the listening session ``epoch``
+        (``self.epoch`` before those positions were read), from ``reads``."""
         body = json.dumps({"data": data}, separators=(",", ":")).encode()
         if len(body) > self._max_bytes or self._entries <= 0:
             return
         kept = tuple((name, tuple(positions[name])) for name in sorted(projections))
-        self._kept[key] = Cached(kept, data, body)
-        self._kept.move_to_end(key)
+        entry = Cached(kept, data, body, key)
+        if reads is not None and self._followed(entry, reads, epoch):
+            entry.epoch, entry.where = epoch, tuple(reads.where)
+            for reading in entry.where:
+                self._filed.setdefault(reading, set()).add(entry)
+        self.drop(key)
+        self._kept[key] = entry
         while len(self._kept) > self._entries:
-            self._kept.popitem(last=False)
+            self._forget(self._kept.popitem(last=False)[1])
+
+    def _followed(self, entry: Cached, reads: Reads, epoch: int) -> bool:
+        """Whether commits can vouch for ``entry`` from now on: it read only rows and tables of its
+        projections, the session it began in still listens, and no commit heard since its positions
+        touched what it read (every such commit is in the log)."""
+        if reads.unknown or epoch < 1 or epoch != self.epoch or not reads.where:
+            return False
+        if not reads.projections() <= {name for name, _ in entry.positions}:
+            return False  # it read a projection whose positions it did not record
+        for name, (version, position, *_) in entry.positions:
+            if position < self._floor.get(name, -1):
+                return False
+            for seen_version, seen, touched in self._log.get(name, ()):
+                if (seen_version != version or seen > position) and _touches(name, touched, reads.where):
+                    return False
+        return True
+
+    def valid(self, entry: Cached, now: Positions) -> bool:
+        """``entry`` is correct at ``now``: its positions are those, or every commit up to them was heard
+        (in its session) and none touched what it read. A partitioned projection (position and change mark
+        apart) announces its lowest partition's position, which says nothing of the others: exact only."""
+        if entry.valid_at(now):
+            return True
+        if entry.epoch != self.epoch or entry.epoch < 1 or self._kept.get(entry.key) is not entry:
+            return False  # (not kept any more: a commit heard since it was looked up dropped it)
+        return all(self._vouched(name, seen, now.get(name)) for name, seen in entry.positions)
+
+    def behind(self, entry: Cached, now: Positions) -> dict[str, int]:
+        """The projections whose position in ``now`` ``entry`` would be valid at once heard (their commits
+        not heard yet), with that position; empty when hearing them would not make it valid."""
+        if entry.epoch != self.epoch or entry.epoch < 1 or self._kept.get(entry.key) is not entry:
+            return {}
+        behind = {}
+        for name, seen in entry.positions:
+            current, heard = now.get(name), self._heard.get(name, (seen[0], seen[1]))
+            if current is None or not (current[0] == seen[0] == heard[0] and _single(seen) and _single(current)):
+                return {}
+            if current[1] > heard[1]:
+                behind[name] = current[1]
+        return behind
+
+    def _vouched(self, name: str, seen: tuple[int, ...], current: tuple[int, ...] | None) -> bool:
+        if current is None or current == seen:
+            return current is not None
+        heard = self._heard.get(name)
+        return (heard is not None and current[0] == seen[0] == heard[0] and _single(seen) and _single(current)
+                and seen[1] <= current[1] <= heard[1])
+
+    def hear(self, change: PositionChange | None) -> None:
+        """A commit heard by the process's listener; None: listening (again), what came before is unknown."""
+        if change is None:
+            self.epoch += 1
+            self._heard.clear()
+            self._log.clear()
+            self._floor.clear()
+            for entry in list(self._kept.values()):
+                self.drop(entry.key)
+            return
+        name = change.projection
+        touched = None if change.switched else change.touched
+        heard = self._heard.get(name)
+        if heard is None or heard[0] != change.version or change.switched or change.position > heard[1]:
+            self._heard[name] = (change.version, change.position)
+        log = self._log.setdefault(name, deque(maxlen=_LOG))
+        if len(log) == _LOG:
+            self._floor[name] = max(self._floor.get(name, -1), log[0][1])
+        log.append((change.version, change.position, touched))
+        self._invalidate(name, touched)
+
+    def _invalidate(self, name: str, touched: Touched | None) -> None:
+        if touched is None:
+            readings: list[Reading] = [r for r in self._filed if r[0] == name]
+        else:
+            readings = [(name, table) for table in touched]
+            readings += [(name, table, key) for table, keys in touched.items() for key in keys]
+        for reading in readings:
+            for entry in list(self._filed.get(reading, ())):
+                if self._kept.get(entry.key) is entry:
+                    del self._kept[entry.key]
+                self._forget(entry)
 
     def drop(self, key: Hashable) -> None:
-        self._kept.pop(key, None)
+        entry = self._kept.pop(key, None)
+        if entry is not None:
+            self._forget(entry)
+
+    def _forget(self, entry: Cached) -> None:
+        for reading in entry.where:
+            filed = self._filed.get(reading)
+            if filed is not None:
+                filed.discard(entry)
+                if not filed:
+                    del self._filed[reading]
 
     def __len__(self) -> int:
         return len(self._kept)
+
+
+def _single(positions: tuple[int, ...]) -> bool:
+    """Position and change mark agree (or there is no mark): not a projection of several partitions."""
+    return len(positions) < 3 or positions[1] == positions[2]
+
+
+def _touches(name: str, touched: Touched | None, where: Iterable[Reading]) -> bool:
+    if touched is None:
+        return True
+    for reading in where:
+        if reading[0] != name:
+            continue
+        if len(reading) == 2 and reading[1] in touched:
+            return True
+        if len(reading) == 3 and reading[2] in touched.get(reading[1], ()):
+            return True
+    return False
 
 
 def cache_key(query: str, variables: Mapping[str, Any] | None, operation: str | None,

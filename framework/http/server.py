@@ -112,7 +112,7 @@ class _LimitedProtocol(HttpToolsProtocol, metaclass=_LimitedProtocolType):
     # --- connection --------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(cast(asyncio.Transport, _CoalescingTransport(transport, self.loop)))
         self._head_timer = self.loop.call_later(self.limits.header_timeout_seconds, self._head_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -171,6 +171,7 @@ class _LimitedProtocol(HttpToolsProtocol, metaclass=_LimitedProtocolType):
         if self._head_bytes > self.limits.max_header_bytes:
             self._head_too_large()
             raise _Refused()  # stops the parser: nothing of this request reaches the app
+        before = self.cycle
         if self._busy():
             app, self.app = self.app, _too_many_connections
             try:
@@ -179,6 +180,8 @@ class _LimitedProtocol(HttpToolsProtocol, metaclass=_LimitedProtocolType):
                 self.app = app
         else:
             super().on_headers_complete()
+        if self.cycle is not before and not self.pipeline:  # a request for the app, answered next
+            cast(_CoalescingTransport, self.transport).hold_next = True
         self._body_timer = self.loop.call_later(self.limits.body_timeout_seconds, self._body_timed_out)
 
     def on_message_complete(self) -> None:
@@ -247,6 +250,45 @@ class _LimitedProtocol(HttpToolsProtocol, metaclass=_LimitedProtocolType):
             if timer is not None:
                 timer.cancel()
         self._head_timer = self._body_timer = None
+
+
+class _CoalescingTransport:
+    """A connection's transport that sends a response's head with what follows it in the same turn of
+    the event loop: uvicorn writes the head and the body separately, two sends (and two wake-ups of
+    the client) for every answer where one does. Whatever is held goes out at the end of the turn at
+    the latest, so a streamed answer's head is not kept waiting for its first part."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+        self.hold_next = False  # set when a request goes to the app: its answer's head comes next
+
+    def write(self, data: bytes) -> None:
+        if self.hold_next:
+            self.hold_next = False
+            if not data.startswith(b"HTTP/1.1 1"):  # an interim answer (100 Continue) goes at once
+                self._held = bytes(data)
+                self._loop.call_soon(self.flush)
+                return
+        if self._held is not None:
+            data, self._held = self._held + data, None
+        self._transport.write(data)
+
+    def flush(self) -> None:
+        held, self._held = self._held, None
+        if held is not None and not self._transport.is_closing():
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:  # the rest of the transport's interface, as it is
+        return getattr(self._transport, name)
 
 
 class _Refused(Exception):

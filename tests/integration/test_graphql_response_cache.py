@@ -3,26 +3,39 @@ the read models it came from have not moved, and never to a request asking for a
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import date
 
 import pytest
 from graphql_helpers import (
     APPLE,
+    SAP,
     CountingViewStore,
     GraphQLClient,
     LiveProjections,
     ReadSide,
+    poll,
     read_model_statements,
 )
 from support.http import ServerThread
 from support.postgres import PgDatabase
 
-from example_app.commands import CreditHoldings, OpenAccount, RegisterSecurity
+from example_app.commands import (
+    AnnounceCorporateAction,
+    CreditHoldings,
+    OpenAccount,
+    RegisterSecurity,
+    ValidateCorporateAction,
+)
+from framework.adapters.pg_positions import PostgresPositionSignals
 from framework.adapters.postgres import PostgresEventStore
+from framework.errors import StoreUnavailable
 from framework.graphql import QueryApiOptions, create_query_app
+from framework.positions import PositionWatch
 from projections.graphql import build_graphql
 
 pytestmark = pytest.mark.postgres
@@ -205,3 +218,156 @@ def test_a_partitioned_read_model_is_never_served_stale_while_its_lowest_partiti
         finally:
             views.close()
             store.close()
+
+
+# --- with the process's listener: commits that did not touch an answer's rows leave it kept ------------
+
+CARD = "query C($id: String!) { card(actionId: $id) { actionId status position } }"
+PAGE = "{ cards(first: 5, orderBy: ACTION_ID) { nodes { actionId status } } }"
+
+
+def _announce(action_id: str) -> AnnounceCorporateAction:
+    return AnnounceCorporateAction.model_validate({
+        "action_id": action_id, "isin": APPLE, "record_date": date(2030, 1, 15),
+        "terms": {"kind": "cash_dividend", "amount_per_unit": "0.25", "currency": "USD"}})
+
+
+@pytest.fixture
+def watched(pg_database: PgDatabase) -> Iterator[Cached]:
+    """The query API as `eventfold query-api` runs it: a position watch listening for the commits."""
+    with pg_database.fresh_schema("rcwatch") as schema:
+        store = PostgresEventStore(pg_database.settings(schema, pool_size=2))
+        store.create_schema()
+        views = CountingViewStore(pg_database.settings(schema, pool_size=4))
+        views.create_schema()
+        side = ReadSide(store, views)
+        side.execute([RegisterSecurity(isin=APPLE, name="Apple Inc.", currency="USD"),
+                      _announce("CA-A"), _announce("CA-B")], key_prefix="rcw-seed")
+        side.settle()
+        watch = PositionWatch(PostgresPositionSignals(pg_database.settings(schema), check_seconds=0.2), views,
+                              store.head)
+        listening = threading.Event()
+        watch.observers.append(lambda change: listening.set() if change is None else None)
+        app = create_query_app(build_graphql(), views, store, watch=watch,
+                               options=QueryApiOptions(consistency_timeout=10))
+        try:
+            with ServerThread(app) as server, GraphQLClient(server.base_url) as client:
+                client.data(CARD, {"id": "CA-none"})  # the first request starts the listener
+                assert listening.wait(10), "the listener began"
+                yield Cached(client, views, side)
+        finally:
+            views.close()
+            store.close()
+
+
+def _heard(cached: Cached, position: int) -> None:
+    """Once this answers, the server's listener has heard ``position`` (a wait is woken by what it hears)."""
+    body = cached.client.execute(CARD, {"id": "CA-none"}, position=position)
+    assert body["extensions"]["consistency"]["reached"] is True
+
+
+def test_a_commit_to_another_card_leaves_a_kept_card_valid_and_claiming_the_new_position(watched: Cached) -> None:
+    first, read = _rows_read(watched, CARD, variables={"id": "CA-A"})
+    assert first["data"]["card"]["status"] == "announced" and read == 1
+    assert _rows_read(watched, CARD, variables={"id": "CA-A"})[1] == 0, "kept"
+    position = watched.side.execute([ValidateCorporateAction(action_id="CA-B")], key_prefix="rcw-b")
+    watched.side.settle()
+    _heard(watched, position)
+    again, read = _rows_read(watched, CARD, variables={"id": "CA-A"}, position=position)
+    assert read == 0, "CA-B's commit did not touch CA-A's row: still kept"
+    assert again["data"] == first["data"]
+    claimed = again["extensions"]["consistency"]
+    assert claimed["reached"] is True and claimed["positions"]["cards"] >= position, "as of the newest position"
+    assert _rows_read(watched, PAGE)[1] == 1
+    moved = watched.side.execute([ValidateCorporateAction(action_id="CA-A")], key_prefix="rcw-a")
+    watched.side.settle()
+    _heard(watched, moved)
+    body, read = _rows_read(watched, CARD, variables={"id": "CA-A"})
+    assert body["data"]["card"]["status"] == "validated" and body["data"]["card"]["position"] >= moved
+    assert read == 1, "its own row changed: computed again"
+    assert _rows_read(watched, PAGE) == ({"data": {"cards": {"nodes": [
+        {"actionId": "CA-A", "status": "validated"}, {"actionId": "CA-B", "status": "validated"}]}}}, 1)
+
+
+def test_a_kept_page_survives_commits_to_another_table_only(watched: Cached) -> None:
+    assert _rows_read(watched, PAGE)[1] == 1
+    assert _rows_read(watched, PAGE)[1] == 0
+    position = watched.side.execute([RegisterSecurity(isin=SAP, name="SAP SE", currency="EUR")],
+                                    key_prefix="rcw-sap")
+    watched.side.settle()
+    _heard(watched, position)
+    assert watched.views.active_position("cards") >= position, "the cards projection moved (its securities)"
+    assert _rows_read(watched, PAGE)[1] == 0, "no card changed: the page is kept"
+    created = watched.side.execute([_announce("CA-C")], key_prefix="rcw-c")
+    watched.side.settle()
+    _heard(watched, created)
+    body, read = _rows_read(watched, PAGE)
+    assert read == 1 and [n["actionId"] for n in body["data"]["cards"]["nodes"]] == ["CA-A", "CA-B", "CA-C"]
+
+
+def test_racing_writes_never_get_an_answer_older_than_the_position_it_claims(watched: Cached) -> None:
+    """Cards announced and validated while readers ask for them again and again, every other request
+    claiming positions: each answer is checked against the writer's log (the card's state at every
+    position), a card shown at position c under a claim P is stale if it changed at some x, c < x <= P."""
+    ids = [f"CA-R{i}" for i in range(12)]
+    changes: dict[str, list[int]] = {i: [] for i in ids}  # positions at which each card changed
+    answers: list[tuple[str, int, dict[str, object] | None]] = []  # (id, claimed position, card)
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def reader(seed: int) -> None:
+        with GraphQLClient(watched.client.base_url) as client:
+            asked = seed
+            while not done.is_set():
+                asked += 1
+                action_id = ids[asked // 2 % len(ids)]  # each asked without a claim (kept), then with one
+                body = client.execute(CARD, {"id": action_id}, position=1 if asked % 2 else None)
+                assert "errors" not in body, body
+                claimed = (body.get("extensions") or {}).get("consistency")
+                if claimed is not None:
+                    with lock:
+                        answers.append((action_id, claimed["positions"]["cards"], body["data"]["card"]))
+
+    with LiveProjections(watched.side), concurrent.futures.ThreadPoolExecutor(4) as pool:
+        readers = [pool.submit(reader, seed) for seed in range(4)]
+        for index, action_id in enumerate(ids * 2):
+            command = _announce(action_id) if index < len(ids) else ValidateCorporateAction(action_id=action_id)
+            position = watched.side.execute([command], key_prefix=f"rcw-race-{index}")
+            with lock:
+                changes[action_id].append(position)
+                before = len(answers)
+            # Paced by the readers (not by time): each write is asked about, kept and served a few times.
+            poll(lambda: len(answers) >= before + 12, what="twelve answers after a write")  # noqa: B023
+        _heard(watched, position)
+        done.set()
+        for future in readers:
+            future.result()
+    stale = []
+    for action_id, claimed, card in answers:
+        shown = card["position"] if card else 0
+        assert isinstance(shown, int)
+        if any(shown < x <= claimed for x in changes[action_id]):
+            stale.append((action_id, claimed, card))
+    assert len(answers) > 20 and stale == []
+    for action_id in ids:  # and what is kept at the end is the last state
+        assert watched.client.data(CARD, {"id": action_id})["card"]["status"] == "validated"
+
+
+def test_positions_read_on_the_event_loop_equal_the_blocking_read_and_survive_a_lost_connection(
+        cached: Cached, pg_database: PgDatabase) -> None:
+    """The response cache's fresh positions are read on the loop (no thread hop), over one connection
+    of the view store's own: same answer as the blocking read; a lost connection fails one read
+    (the request then runs uncached) and the next connects again."""
+    names = ["cards", "holdings", "never-run"]
+    views = cached.views
+
+    async def main() -> None:
+        assert await views.active_positions_async(names) == views.active_positions(names)
+        assert views._async is not None
+        with pg_database.connect() as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (views._async.info.backend_pid,))
+        with pytest.raises(StoreUnavailable):
+            await views.active_positions_async(names)
+        assert await views.active_positions_async(names) == views.active_positions(names), "connected again"
+
+    asyncio.run(main())

@@ -142,6 +142,33 @@ def test_in_one_group_a_conflict_or_a_lost_key_fails_alone_and_the_neighbours_co
     assert _relay_order(store, head) == sorted(by_aggregate.values())
 
 
+def test_a_group_without_idempotency_keys_keeps_each_append_s_own_outcome(
+    store: PostgresEventStore, pg_database: PgDatabase, pg_schema: str
+) -> None:
+    taken, first, second = uuid4(), uuid4(), uuid4()
+    store.append([_event(taken, 1)])
+    head = store.head()
+    committer = _committer(store)
+    with _events_locked(pg_database, pg_schema):
+        answers, threads = _in_threads({"lead": lambda: store.append([_event(first, 1)])})
+        _wait_until(lambda: sum(committer.group_sizes.values()) == 2, "the leader is committing")
+        more, followers = _in_threads({
+            "second": lambda: store.append([_event(second, 1), _event(second, 2)]),
+            "conflict": lambda: store.append([_event(taken, 1)]),
+            "first again": lambda: store.append([_event(first, 2)]),
+        })
+        _wait_until(lambda: committer.waiting() == 3, "three appends queue behind the leader")
+    for thread in threads + followers:
+        thread.join(10)
+    answers |= more
+    assert committer.group_sizes[3] == 1
+    assert isinstance(answers["conflict"], ConcurrencyConflict)
+    stored = {(n.originator_id, n.originator_version): n.id for n in store.read_all(head, 100)}
+    assert set(stored) == {(first, 1), (first, 2), (second, 1), (second, 2)}
+    assert answers["second"] == [stored[(second, 1)], stored[(second, 2)]]
+    assert answers["first again"] == [stored[(first, 2)]]
+
+
 def test_concurrent_commands_through_the_bus_each_get_the_answer_they_would_get_alone(
     store: PostgresEventStore, pg_database: PgDatabase, pg_schema: str
 ) -> None:

@@ -18,13 +18,16 @@ import pytest
 from support.postgres import PgDatabase, PostgresServer
 from support.writers import open_accounts, replayed_holding
 
+from example_app.accounts import Account
 from example_app.commands import CreditHoldings, DebitHoldings
 from example_app.handlers import router
 from framework.adapters.pg_async import AsyncPostgresAppender
 from framework.adapters.postgres import PostgresEventStore
+from framework.aggregate import Aggregate
 from framework.breaker import BreakingAsyncAppender, CircuitBreaker
 from framework.bus import CommandBus, CommandContext, Executed
-from framework.commands import Command
+from framework.commands import Command, CommandRouter, Handler
+from framework.contention import HotAggregates
 from framework.errors import (
     AggregateNotFound,
     IdempotencyKeyInFlight,
@@ -34,6 +37,7 @@ from framework.errors import (
     VersionMismatch,
 )
 from framework.store import Claimed, StoredEvent
+from framework.unit_of_work import UnitOfWork
 
 pytestmark = pytest.mark.postgres
 
@@ -168,6 +172,48 @@ def test_a_cached_command_stays_on_the_loop_and_a_cache_miss_goes_to_a_thread(
     assert on_loop == 0 and cached.result.version == 2
     assert after_miss == 1 and missed.result.version == 3
     assert replayed_holding(store, "CACHED-1") == 5
+
+
+class _CountingRouter(CommandRouter):
+    """The example's router, counting the handler runs that decided a command (ran to their end)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.decided = 0
+
+    def handler_for(self, command: Command) -> Handler:
+        handler = router.handler_for(command)
+
+        def counted(command: Command, unit: UnitOfWork) -> Aggregate | None:
+            decided = handler(command, unit)
+            self.decided += 1
+            return decided
+        return counted
+
+
+def test_a_command_on_a_hot_aggregate_is_decided_once_on_a_thread_holding_its_turn(
+    store: PostgresEventStore, pg_database: PgDatabase, pg_schema: str
+) -> None:
+    hot, counting, offload = HotAggregates(), _CountingRouter(), Offload()
+    bus = CommandBus(counting, store, hot_aggregates=hot)
+    open_accounts(bus, ["HOT-2", "COOL-2"], "Async")
+    hot.heat([Account.id_for("HOT-2")])  # as a conflict on it would
+
+    async def main(appender: AsyncPostgresAppender) -> list[tuple[Executed, int, int]]:
+        answers = []
+        for number in ("HOT-2", "COOL-2"):
+            counting.decided, offload.calls = 0, 0
+            executed = await bus.execute_async(CreditHoldings(account_number=number, isin=ISIN, quantity=1),
+                                               None, appender, offload)
+            answers.append((executed, counting.decided, offload.calls))
+        return answers
+
+    (on_hot, hot_decided, hot_offloaded), (on_cool, cool_decided, cool_offloaded) = _run(
+        main, pg_database.settings(pg_schema, pool_size=2))
+    assert (hot_decided, hot_offloaded) == (1, 1)  # straight to a thread, not decided on the loop first
+    assert (cool_decided, cool_offloaded) == (1, 0)
+    assert on_hot.result.version == on_cool.result.version == 2
+    assert replayed_holding(store, "HOT-2") == replayed_holding(store, "COOL-2") == 1
 
 
 def test_expected_version_and_errors_on_the_loop_are_the_threaded_path_s(

@@ -394,3 +394,31 @@ def test_on_the_loop_a_command_awaiting_its_append_is_invisible_to_others_and_it
     asyncio.run(main())
     assert looks == [committed]
     assert cache.get(Ledger, ledger_id) == fresh(store, ledger_id) == committed
+
+
+class _Recorded(Event):
+    name: str
+    size: int = 1
+
+
+class _Recorder(Aggregate):
+    names: tuple[str, ...] = ()
+
+    @event(_Recorded)
+    def _recorded(self, name: str, size: int = 1) -> None:
+        self.names = (*self.names, f"{name}:{size}")
+
+
+def test_an_event_method_records_the_same_event_however_it_is_called() -> None:
+    recorder = _Recorder.blank(uuid4())
+    recorder._recorded("a")
+    recorder._recorded("b", 2)
+    recorder._recorded("c", size=3)
+    recorder._recorded(name="d")
+    assert recorder.names == ("a:1", "b:2", "c:3", "d:1")
+    assert [e.model_dump() for e in recorder.collect_events()] == [
+        {"name": "a", "size": 1}, {"name": "b", "size": 2}, {"name": "c", "size": 3}, {"name": "d", "size": 1}]
+    with pytest.raises(TypeError):
+        recorder._recorded()  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        recorder._recorded("e", 1, 2)  # type: ignore[call-arg]

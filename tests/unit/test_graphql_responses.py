@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import date
 
-from framework.graphql.responses import PositionClock, Positions, ResponseCache, cache_key
+from framework.graphql.responses import PositionClock, Positions, RecordingViews, ResponseCache, cache_key
+from framework.graphql.responses import Reads as Noted
+from framework.positions import PositionChange
 from framework.security import Principal
 
 
@@ -133,3 +136,163 @@ def test_keys_tell_callers_and_variables_apart() -> None:
     assert cache_key("q", None, None, ops) != cache_key("q", None, None, Principal("bob", frozenset({"ops"})))
     assert cache_key("q", {"a": 1}, None, ops) != cache_key("q", {"a": 2}, None, ops)
     assert cache_key("q", None, "A", ops) != cache_key("q", None, "B", ops)
+
+
+# --- commits heard vouch for kept answers whose rows they did not touch ---------------------------------
+
+
+class _Card:
+    table = "cards"
+
+
+class _Security:
+    table = "securities"
+
+
+class _Views:
+    """Just enough of a view store: answers nothing, so that only the notes matter."""
+
+    def get_many(self, name: str, model: type, keys: list[tuple[object, ...]]) -> list[None]:
+        return [None] * len(keys)
+
+    def query(self, name: str, model: type, *args: object, **kwargs: object) -> list[object]:
+        return []
+
+    def active_position(self, name: str) -> int:
+        return 0
+
+
+def _card_reads(*ids: object) -> Noted:
+    reads = Noted()
+    RecordingViews(_Views(), reads).get_many("cards", _Card, [(i,) for i in ids])
+    return reads
+
+
+def _heard(cache: ResponseCache, position: int, *, touched: dict[str, set[tuple[str, ...]]] | None,
+           name: str = "cards", version: int = 1, switched: bool = False) -> None:
+    cache.hear(PositionChange(name, version, position, switched=switched,
+                              touched=None if touched is None else {t: frozenset(k) for t, k in touched.items()}))
+
+
+def _listening() -> ResponseCache:
+    cache = ResponseCache(entries=8)
+    cache.hear(None)  # the listener began: commits from now on are heard
+    return cache
+
+
+def test_a_commit_to_other_rows_leaves_a_kept_answer_valid_up_to_the_position_heard() -> None:
+    cache = _listening()
+    cache.put("a", {"cards": (1, 5, 5)}, ["cards"], {"card": "A"}, _card_reads("A"), cache.epoch)
+    _heard(cache, 6, touched={"cards": {("B",)}})
+    kept = cache.get("a")
+    assert kept is not None
+    assert cache.valid(kept, {"cards": (1, 6, 6)}), "B's commit did not touch A"
+    assert not cache.valid(kept, {"cards": (1, 7, 7)}), "a position not heard yet: unknown, computed again"
+    assert not cache.valid(kept, {"cards": (2, 6, 6)}), "another version"
+    _heard(cache, 7, touched={"cards": {("A",)}})
+    assert cache.get("a") is None, "A's commit drops it"
+
+
+def test_a_page_is_dropped_by_any_change_to_its_table_only() -> None:
+    cache = _listening()
+    reads = Noted()
+    RecordingViews(_Views(), reads).query("cards", _Card, [], limit=20)
+    cache.put("page", {"cards": (1, 5, 5)}, ["cards"], {"page": []}, reads, cache.epoch)
+    _heard(cache, 6, touched={"securities": {("US0378331005",)}})
+    kept = cache.get("page")
+    assert kept is not None and cache.valid(kept, {"cards": (1, 6, 6)}), "another table of the projection"
+    _heard(cache, 7, touched={"cards": {("Z",)}})
+    assert cache.get("page") is None, "any row of its table may enter or leave the page"
+
+
+def test_a_commit_not_saying_what_it_changed_or_a_switch_drops_every_answer_of_its_projection() -> None:
+    cache = _listening()
+    for key, name in (("a", "cards"), ("h", "holdings")):
+        reads = Noted()
+        reads.rows(name, "rows", [("A",)])
+        cache.put(key, {name: (1, 5, 5)}, [name], {}, reads, cache.epoch)
+    _heard(cache, 6, touched=None)  # more than 256 rows: not announced
+    assert cache.get("a") is None and cache.get("h") is not None
+    _heard(cache, 6, touched={"rows": {("B",)}}, name="holdings", version=2, switched=True)
+    assert cache.get("h") is None
+
+
+def test_a_new_listening_session_forgets_everything() -> None:
+    cache = _listening()
+    cache.put("a", {"cards": (1, 5, 5)}, ["cards"], {}, _card_reads("A"), cache.epoch)
+    epoch = cache.epoch
+    cache.hear(None)  # reconnected: commits meanwhile were not heard
+    assert cache.get("a") is None and cache.epoch == epoch + 1
+    cache.put("b", {"cards": (1, 5, 5)}, ["cards"], {}, _card_reads("A"), epoch)
+    _heard(cache, 6, touched={"cards": {("B",)}})
+    kept = cache.get("b")
+    assert kept is not None and kept.epoch == -1, "its positions were read in the old session"
+    assert not cache.valid(kept, {"cards": (1, 6, 6)}) and cache.valid(kept, {"cards": (1, 5, 5)})
+
+
+def test_an_answer_whose_rows_changed_while_it_was_computed_is_vouched_for_by_its_positions_only() -> None:
+    cache = _listening()
+    _heard(cache, 6, touched={"cards": {("A",)}})  # heard after its positions (5) were read, before it is kept
+    cache.put("a", {"cards": (1, 5, 5)}, ["cards"], {}, _card_reads("A"), cache.epoch)
+    kept = cache.get("a")
+    assert kept is not None and kept.epoch == -1 and not cache.valid(kept, {"cards": (1, 6, 6)})
+    cache.put("b", {"cards": (1, 5, 5)}, ["cards"], {}, _card_reads("B"), cache.epoch)
+    kept = cache.get("b")
+    assert kept is not None and cache.valid(kept, {"cards": (1, 6, 6)}), "A's commit is not B's"
+
+
+def test_answers_not_followed_by_commits() -> None:
+    cache = _listening()
+    unknown = _card_reads("A")
+    RecordingViews(_Views(), unknown).active_position("cards")  # a read the cache cannot follow
+    dated = Noted()
+    RecordingViews(_Views(), dated).get_many("cards", _Card, [(date(2026, 1, 1),)])  # another spelling may match
+    undeclared = _card_reads("A")
+    undeclared.rows("holdings", "rows", [("A",)])  # a projection whose positions it did not record
+    for key, reads in (("unknown", unknown), ("undeclared", undeclared)):
+        cache.put(key, {"cards": (1, 5, 5)}, ["cards"], {}, reads, cache.epoch)
+        _heard(cache, 6, touched={"cards": {("B",)}})
+        kept = cache.get(key)
+        assert kept is not None and kept.epoch == -1, key
+    assert dated.where == {("cards", "cards")}, "a date key is followed as its whole table"
+    partitioned = ResponseCache(entries=8)
+    partitioned.hear(None)
+    partitioned.put("p", {"cards": (1, 5, 20)}, ["cards"], {}, _card_reads("A"), partitioned.epoch)
+    _heard(partitioned, 5, touched={"cards": {("B",)}})  # another partition: the lowest stands still
+    kept = partitioned.get("p")
+    assert kept is not None and not partitioned.valid(kept, {"cards": (1, 5, 21)}), "partitioned: exact only"
+    assert partitioned.valid(kept, {"cards": (1, 5, 20)})
+    before = ResponseCache(entries=8)  # nothing heard yet: no session
+    before.put("a", {"cards": (1, 5, 5)}, ["cards"], {}, _card_reads("A"), before.epoch)
+    assert before.get("a") is not None and before.get("a").epoch == -1  # type: ignore[union-attr]
+
+
+def test_a_kept_answer_older_than_the_commits_remembered_is_not_vouched_for() -> None:
+    cache = _listening()
+    for position in range(1, 400):
+        _heard(cache, position, touched={"cards": {(f"X{position}",)}})
+    cache.put("a", {"cards": (1, 10, 10)}, ["cards"], {}, _card_reads("A"), cache.epoch)
+    kept = cache.get("a")
+    assert kept is not None and kept.epoch == -1, "commits after 10 are no longer all remembered"
+
+
+def test_an_answer_looked_up_before_a_commit_that_drops_it_is_not_served_after() -> None:
+    cache = _listening()
+    cache.put("a", {"cards": (1, 5, 5)}, ["cards"], {}, _card_reads("A"), cache.epoch)
+    kept = cache.get("a")  # the request then waits for fresh positions; meanwhile A's commit is heard
+    _heard(cache, 6, touched={"cards": {("A",)}})
+    assert kept is not None and not cache.valid(kept, {"cards": (1, 6, 6)})
+    assert cache.valid(kept, {"cards": (1, 5, 5)}), "at its own positions it is still right"
+
+
+def test_behind_names_the_commits_a_fresh_read_saw_before_the_listener_heard_them() -> None:
+    cache = _listening()
+    cache.put("a", {"cards": (1, 5, 5)}, ["cards"], {}, _card_reads("A"), cache.epoch)
+    kept = cache.get("a")
+    assert kept is not None
+    assert cache.behind(kept, {"cards": (1, 7, 7)}) == {"cards": 7}, "7 is not heard yet"
+    _heard(cache, 7, touched={"cards": {("B",)}})
+    assert cache.behind(kept, {"cards": (1, 7, 7)}) == {} and cache.valid(kept, {"cards": (1, 7, 7)})
+    assert cache.behind(kept, {"cards": (1, 9, 30)}) == {}, "partitioned: hearing would not help"
+    _heard(cache, 8, touched={"cards": {("A",)}})
+    assert cache.behind(kept, {"cards": (1, 9, 9)}) == {}, "dropped"

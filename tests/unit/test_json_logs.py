@@ -6,8 +6,11 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from example_app.commands import OpenAccount
 from example_app.handlers import router as example_router
@@ -69,3 +72,11 @@ def test_exceptions_stay_on_one_line(lines: io.StringIO) -> None:
         logging.getLogger("eventfold.test").exception("failed")
     (line,) = [x for x in parsed(lines) if x["logger"] == "eventfold.test"]
     assert "ValueError: boom" in str(line["exception"])
+
+
+@settings(max_examples=500)
+@given(st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False, allow_infinity=False))
+def test_the_time_of_a_line_is_what_datetime_writes(created: float) -> None:
+    formatter = JsonFormatter()
+    for moment in (created, created + 0.0004, created + 0.9995, 1_765_069_500.9999996, 1_765_069_500.0005):
+        assert formatter.utc_time(moment) == datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds")

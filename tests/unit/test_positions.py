@@ -256,3 +256,14 @@ def test_a_lost_notification_is_made_up_for_by_the_rechecks() -> None:
     outcome, told = asyncio.run(run())
     assert outcome["reached"] and outcome["positions"] == {"a": 2}
     assert told  # what changed is not known: every subscriber reads again
+
+
+def test_a_commit_that_changed_no_row_says_so_and_one_that_does_not_say_is_unknown() -> None:
+    from framework.adapters.postgres_views import parse_notice, position_notice
+
+    nothing = parse_notice(position_notice("cards", 1, 7, touched={}))
+    assert nothing is not None and nothing.touched == {}, "listeners keep what they hold"
+    unknown = parse_notice(position_notice("cards", 1, 8, touched=None))
+    assert unknown is not None and unknown.touched is None, "more rows than announced: anything may differ"
+    some = parse_notice(position_notice("cards", 1, 9, touched={"cards": frozenset({("CA-1",)})}))
+    assert some is not None and some.touched == {"cards": frozenset({("CA-1",)})}

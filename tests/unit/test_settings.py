@@ -230,6 +230,36 @@ def test_the_collector_is_tuned_at_the_start_of_a_catch_up_process_only() -> Non
     assert {"project", "replay"} == CATCH_UP_COMMANDS
 
 
+def test_the_query_api_collects_its_youngest_generation_less_often_and_freezes_nothing() -> None:
+    import subprocess
+    import sys
+
+    probe = ("import gc; from framework.cli.startup import tune_collector_for_serving as t;"
+             " before = gc.get_threshold(); t(); after = gc.get_threshold();"
+             " print(before[0], after[0], before[1:] == after[1:], gc.get_freeze_count())")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60).stdout
+    default, tuned, older_kept, frozen = out.split()
+    assert (int(default) < 10_000, int(tuned), older_kept, frozen) == (True, 10_000, "True", "0")
+    from framework.cli.startup import CATCH_UP_COMMANDS, SERVING_COMMANDS
+
+    assert {"query-api"} == SERVING_COMMANDS and not SERVING_COMMANDS & CATCH_UP_COMMANDS
+
+
+def test_the_cli_tunes_the_collector_of_the_query_api_and_of_no_other_serving_role(monkeypatch) -> None:
+    import framework.cli as cli
+    from framework.cli import serve
+
+    tuned: list[tuple[str, str]] = []
+    for role in ("query_api", "write_api", "dev"):
+        monkeypatch.setattr(serve, f"run_{role}", lambda settings, args: 0)
+    monkeypatch.setattr(cli, "configure_logging", lambda *a: None)
+    for command in ("query-api", "write-api", "dev"):
+        monkeypatch.setattr(cli, "tune_collector_for_serving", lambda c=command: tuned.append((c, "serving")))
+        monkeypatch.setattr(cli, "tune_collector_for_catch_up", lambda c=command: tuned.append((c, "catch-up")))
+        assert cli.main([command]) == 0
+    assert tuned == [("query-api", "serving")]
+
+
 def test_group_commit_is_on_unless_turned_off_and_reaches_the_postgres_settings() -> None:
     url = {"EVENTFOLD_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/events"}
     on = Settings.from_env(url).postgres()
@@ -239,8 +269,8 @@ def test_group_commit_is_on_unless_turned_off_and_reaches_the_postgres_settings(
     assert "EVENTFOLD_GROUP_COMMIT='maybe'" in error_for({"EVENTFOLD_GROUP_COMMIT": "maybe"})
 
 
-def test_the_async_write_path_is_off_unless_turned_on_and_a_bad_value_names_the_key() -> None:
-    assert Settings.from_env({}).write_async is False
+def test_the_async_write_path_is_on_unless_turned_off_and_a_bad_value_names_the_key() -> None:
+    assert Settings.from_env({}).write_async is True
     assert Settings.from_env({"EVENTFOLD_WRITE_ASYNC": "on"}).write_async is True
     assert Settings.from_env({"EVENTFOLD_WRITE_ASYNC": "off"}).write_async is False
     assert "EVENTFOLD_WRITE_ASYNC='sometimes'" in error_for({"EVENTFOLD_WRITE_ASYNC": "sometimes"})
