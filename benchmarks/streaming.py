@@ -18,7 +18,8 @@ Phases, one after the other so they never compete for the machine's cores:
 3. ``replay``  ``framework.replay.rebuild`` of ``HoldingsProjector`` from ``--events`` (1,000,000)
                stored events, one partition, in a child process whose peak RSS (``ru_maxrss``) is
                reported; then the same split into 4 partitions rebuilt 4 in parallel (``parallel=4``),
-               in another child. Beside them, raw batched inserts (``unnest`` of binary arrays, 1000
+               in another child (threads; the what-if variant ``parts4+procs`` divides them among
+               processes). Beside them, raw batched inserts (``unnest`` of binary arrays, 1000
                rows per transaction) into a table shaped like the projection's largest one, and a raw
                read of the store. Targets (issue 13): one partition >= 0.6x the raw insert with peak
                RSS <= 150 MB; 4 partitions in parallel >= 1.0x the raw insert. Seeding is timed and
@@ -62,6 +63,7 @@ import argparse
 import asyncio
 import bisect
 import contextlib
+import functools
 import io
 import json
 import os
@@ -582,7 +584,7 @@ async def raw_consume(nats_url: str, settings: Any, count: int, meter: Meter, *,
 
 
 async def eventfold_project(store: Any, views: Any, settings: Any, last: int, meter: Meter,
-                            *, prefetch: bool = True) -> tuple[Meter, Any]:
+                            *, prefetch: bool = True, commit_behind: bool = False) -> tuple[Meter, Any]:
     from framework.adapters.nats import JetStreamConsumer, connect
     from framework.runner import run_projection
     from framework.worker import ProjectionWorker
@@ -597,7 +599,7 @@ async def eventfold_project(store: Any, views: Any, settings: Any, last: int, me
         stop = asyncio.Event()
         consumer = _AckUntil(JetStreamConsumer(connection, "holdings", deliver_all=True), last, stop)
         meter.start()
-        await run_projection(worker, consumer, stop, prefetch=prefetch)
+        await run_projection(worker, consumer, stop, prefetch=prefetch, commit_behind=commit_behind)
         meter.stop()
         if consumer.done_at is not None:
             meter.seconds = consumer.done_at - meter._t0  # up to the last ack, not the clean-up
@@ -637,7 +639,8 @@ def phase_project(args: argparse.Namespace, scratch: Scratch) -> Verdict:
     views.create_schema()
     with py_spy(args.py_spy):
         meter, worker = asyncio.run(eventfold_project(store, views, settings, last, Meter(),
-                                                      prefetch=not args.no_prefetch))
+                                                      prefetch=not args.no_prefetch,
+                                                      commit_behind=args.commit_behind))
     check = _holdings_check(url, f"efviews_{RUN_ID}", worker.version, count)
     views.close()
     rows = [
@@ -645,8 +648,8 @@ def phase_project(args: argparse.Namespace, scratch: Scratch) -> Verdict:
                note="reference"),
         Row.of("raw: pull fetch(1000) + one ack per fetch (policy ALL)", all_received, all_meter),
         Row.of("Eventfold, no prefetch: run_projection + JetStream, holdings" if args.no_prefetch
-               else "Eventfold: run_projection + JetStreamConsumer, holdings", worker.position, meter,
-               note=check),
+               else "Eventfold: run_projection + JetStreamConsumer, holdings"
+               + (", commit behind" if args.commit_behind else ""), worker.position, meter, note=check),
     ]
     print_rows(rows)
     ratio = rows[2].rate / rows[1].rate
@@ -680,6 +683,8 @@ VARIANTS = {
     "nocache": "HoldingMovement rows (written, never read back) kept out of the RowCache (now the"
                " default: only models looked up by key are cached)",
     "parts4": "the projection split into 4 partitions, rebuilt 4 in parallel (framework.replay rebuild(parallel=4))",
+    "procs": "with parts4: the partitions divided among as many processes as cores (rebuild(processes=N),"
+             " `eventfold replay --processes N`), not threads of one process",
     "binary": "binary (%%b) parameters for the text fallback of the bulk upserts too (the default"
               " flush already sends binary arrays when every column's values share one type)",
 }
@@ -721,21 +726,41 @@ def replay_child(url: str, views_schema: str, variants: str = "") -> int:
     names = [v for v in variants.split("+") if v]
     _apply_variants(names)
     partitions = 4 if "parts4" in names else 1  # one partition: as before issue 13
+    processes = min(partitions, os.cpu_count() or 1) if "procs" in names else 1  # 1: `eventfold replay`'s default
     store, views = _stores(url, views_schema=views_schema)
     rss_start = _rss_kb()
-    started, cpu0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
-    version = rebuild(with_partitions(HoldingsProjector(), partitions), views, store, parallel=partitions)
+    started, cpu0 = time.perf_counter(), _cpu_seconds()
+    opener = functools.partial(_open_replay, url, views_schema, partitions, variants)
+    version = rebuild(with_partitions(HoldingsProjector(), partitions), views, store, parallel=partitions,
+                      processes=processes, opener=opener)
     seconds = time.perf_counter() - started
-    usage = resource.getrusage(resource.RUSAGE_SELF)
+    usage, cpu = resource.getrusage(resource.RUSAGE_SELF), _cpu_seconds()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     position = views.position("holdings", version)
     views.close()
     store.close()
     print(json.dumps({
         "seconds": seconds, "version": version, "position": position, "rss_start_kb": rss_start,
-        "maxrss_kb": usage.ru_maxrss, "cpu": (usage.ru_utime - cpu0.ru_utime) + (usage.ru_stime - cpu0.ru_stime),
-        "cpu_total": usage.ru_utime + usage.ru_stime,
+        "maxrss_kb": usage.ru_maxrss, "children_maxrss_kb": children.ru_maxrss, "processes": processes,
+        "cpu": cpu - cpu0, "cpu_total": cpu,
     }))
     return 0
+
+
+def _cpu_seconds() -> float:
+    """This process's CPU and its ended children's (the replay processes of a partitioned rebuild)."""
+    return sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
+                                                  resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
+def _open_replay(url: str, views_schema: str, partitions: int, variants: str) -> tuple[Any, Any, Any]:
+    """A replay process's projector, views and store (``framework.replay.ReplayOpener``)."""
+    from framework.projector import with_partitions
+    from projections.holdings import HoldingsProjector
+
+    _apply_variants([v for v in variants.split("+") if v])
+    store, views = _stores(url, views_schema=views_schema)
+    return with_partitions(HoldingsProjector(), partitions), views, store
 
 
 def _rss_kb() -> int:
@@ -798,8 +823,8 @@ def phase_replay(args: argparse.Namespace, scratch: Scratch) -> Verdict:
     insert_meter = raw_insert(url, insert_rows, Meter())
 
     row, report, peak_sampled = replay_in_child(args, scratch, url, count)
-    parted = replay_in_child(args, scratch, url, count, "parts4")[0]
-    parted.label = "Eventfold: rebuild, 4 partitions, parallel=4 (child process)"
+    parted, parted_report, _ = replay_in_child(args, scratch, url, count, "parts4")
+    parted.label = f"Eventfold: rebuild, 4 partitions, parallel=4, {parted_report['processes']} process(es)"
     # The raw insert again after the replays: on a shared machine one short run is at the mercy of the
     # moment's load; the ratios use the mean of the two.
     again = Row.of("raw: the same insert again, after the replays", insert_rows,
@@ -1657,6 +1682,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--nats-url", default=os.environ.get("EVENTFOLD_BENCH_NATS_URL", DEFAULT_NATS))
     parser.add_argument("--no-prefetch", action="store_true",
                         help="project with run_projection(prefetch=False): no fetch ahead (A/B)")
+    parser.add_argument("--commit-behind", action="store_true",
+                        help="project with run_projection(commit_behind=True): a batch commits while the next"
+                             " one's handlers run (A/B)")
     parser.add_argument("--py-spy", metavar="PATH", help="sample the Eventfold side of each phase with py-spy")
     parser.add_argument("--replay-variants", type=lambda v: [x for x in v.split(",") if x], default=[],
                         help="after the replay, replay again with what-if changes applied in the child"

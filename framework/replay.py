@@ -14,8 +14,9 @@ rebuilt from its events: the copy is made in the database, and no other handler 
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from uuid import UUID
@@ -31,10 +32,13 @@ from framework.store import EventLog, EventStore, EventStreams
 from framework.views import PartitionedViews, RowCaching, ViewStore
 from framework.worker import ProjectionHalted, ProjectionWorker, WorkerOptions
 
-__all__ = ["AggregateRebuilt", "rebuild", "rebuild_aggregate"]
+__all__ = ["AggregateRebuilt", "ReplayOpener", "rebuild", "rebuild_aggregate"]
 
 R = TypeVar("R", bound=ReadModel)
 RowChange = tuple[type[ReadModel], tuple[Any, ...], ReadModel | None]
+ReplayOpener = Callable[[], tuple[Projector, ViewStore, EventLog]]
+"""Opens, in a process of its own, the projector, view store and event log of a rebuild (picklable:
+a module-level function or a ``functools.partial`` of one), for ``rebuild(processes=...)``."""
 
 
 def rebuild(
@@ -46,14 +50,20 @@ def rebuild(
     progress: Callable[[int, int], None] | None = None,
     options: WorkerOptions | None = None,
     parallel: int = 4,
+    processes: int = 1,
+    opener: ReplayOpener | None = None,
 ) -> int:
     """Build and switch in a new version of ``projector``'s read models; return its number.
 
     A partitioned projector (on a view store that keeps partitions) is rebuilt partition by partition,
     ``parallel`` at a time, each from the event store into its own position; see ``_rebuild_partitions``.
+    With ``processes`` > 1 and an ``opener``, its partitions are divided among that many processes
+    (Python runs one thread at a time per process: processes are how a rebuild uses several cores),
+    each rebuilding its share into the same new version; the switch is made here once all are done.
     """
     if projector.partitions > 1 and isinstance(views, PartitionedViews):
-        return _rebuild_partitions(projector, views, store, from_position, progress, options, parallel)
+        return _rebuild_partitions(projector, views, store, from_position, progress, options, parallel,
+                                   _Processes(processes, opener))
     version = _new_version(projector, views)
     worker = ProjectionWorker(projector, views, store, None, options, version=version, follow_active=False)
     worker.skip_to(from_position)
@@ -61,22 +71,83 @@ def rebuild(
     return version
 
 
+@dataclass(frozen=True)
+class _Processes:
+    count: int
+    opener: ReplayOpener | None
+
+    def check(self) -> None:
+        if self.count < 1:
+            raise ConfigurationError(f"processes must be at least 1, not {self.count}")
+        if self.count > 1 and self.opener is None:
+            raise ConfigurationError("rebuilding in several processes needs an opener (see ReplayOpener)")
+
+
 def _rebuild_partitions(projector: Projector, views: ViewStore, store: EventLog, from_position: int,
                         progress: Callable[[int, int], None] | None, options: WorkerOptions | None,
-                        parallel: int) -> int:
+                        parallel: int, processes: _Processes) -> int:
     """Each partition caught up on its own thread (``parallel`` at once) to the head, twice (the second
     pass takes what was stored during the first), then the version is switched in. What is stored
     after the second pass is applied by the live workers, which follow the switch and catch their
     partitions up from the store: until then read-your-writes waits for them, as it should."""
     if parallel < 1:
         raise ConfigurationError(f"parallel must be at least 1, not {parallel}")
+    processes.check()
     version = _new_version(projector, views)
     workers = _partition_workers(projector, views, store, version, options)
     for worker in workers:
         worker.skip_to(from_position)
-    _catch_up_partitions(workers, store, progress, parallel=parallel)
+    if processes.count > 1 and processes.opener is not None and len(workers) > 1:
+        _catch_up_in_processes(workers, store, progress, parallel, processes.count, processes.opener, options)
+    else:
+        _catch_up_partitions(workers, store, progress, parallel=parallel)
     _switch_in(workers[0], store, progress)
     return version
+
+
+def _catch_up_in_processes(workers: list[ProjectionWorker], store: EventLog,
+                           progress: Callable[[int, int], None] | None, parallel: int, processes: int,
+                           opener: ReplayOpener, options: WorkerOptions | None) -> None:
+    """The partitions dealt round-robin to ``processes`` spawned processes (``parallel`` at once in
+    all), each catching its share up as ``_catch_up_partitions`` does; progress is read from the
+    partitions' committed positions meanwhile. A process that fails fails the rebuild (the version
+    stays "rebuilding", never switched in)."""
+    count, version = len(workers), workers[0].version
+    shares = [list(range(first, count, processes)) for first in range(min(processes, count))]
+    threads = max(1, -(-parallel // len(shares)))
+    context = multiprocessing.get_context("spawn")  # never fork a process that holds connections and threads
+    with ProcessPoolExecutor(len(shares), mp_context=context) as pool:
+        running = [pool.submit(_catch_up_share, opener, version, share, count, threads, options) for share in shares]
+        while True:
+            done, pending = wait(running, timeout=1.0, return_when=FIRST_EXCEPTION)
+            for future in done:
+                future.result()  # a failed share: raised here (the others are left to finish)
+            if progress:
+                progress(min(_committed(w) for w in workers), store.head())
+            if not pending:
+                return
+
+
+def _committed(worker: ProjectionWorker) -> int:
+    views = worker.views
+    assert isinstance(views, PartitionedViews) and worker.partition is not None
+    return views.partition_position(worker.name, worker.version, worker.partition.index)
+
+
+def _catch_up_share(opener: ReplayOpener, version: int, indexes: list[int], count: int, threads: int,
+                    options: WorkerOptions | None) -> None:
+    """In a process of its own: catch partitions ``indexes`` (of ``count``) of ``version`` up."""
+    projector, views, store = opener()
+    try:
+        pages = SharedPages(store, readers=len(indexes))
+        workers = [ProjectionWorker(projector, views, pages, None, options, version=version, follow_active=False,
+                                    partition=Partition(index, count)) for index in indexes]
+        _catch_up_partitions(workers, store, None, parallel=threads)
+    finally:
+        for closing in (views, store):
+            close = getattr(closing, "close", None)
+            if close is not None:
+                close()
 
 
 def _partition_workers(projector: Projector, views: ViewStore, store: EventLog, version: int,

@@ -7,7 +7,6 @@ store until the batch commits, when the adapter flushes ``changes`` in bulk
 
 from __future__ import annotations
 
-import copy
 import operator
 import threading
 from collections import OrderedDict
@@ -179,14 +178,14 @@ _MISSING: Any = object()
 
 def _copy(row: R | None) -> R | None:
     """An independent copy of a row, which handlers may mutate: ``copy_row``, done faster for rows
-    of scalars only (pydantic's own shallow copy, ``copy.copy``, without ``model_copy``'s update step)."""
+    of scalars only (the row's shallow ``__copy__``, without ``model_copy``'s update step)."""
     if row is None:
         return None
     model = type(row)
     flat = _FLAT.get(model)
     if flat is None:
         flat = _FLAT[model] = model._flat()
-    return copy.copy(row) if flat else row.copy_row()
+    return row.__copy__() if flat else row.copy_row()
 
 
 _FLAT: dict[type[ReadModel], bool] = {}

@@ -38,7 +38,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from framework.settings import PostgresSettings
 
-__all__ = ["AsyncPgPool", "NotAccepting", "PgPool"]
+__all__ = ["AsyncPgPool", "NotAccepting", "PgPool", "went_away_async"]
 
 _SLICE = 0.1  # seconds a request waits for a connection before looking again at how the pool fares
 
@@ -151,7 +151,7 @@ class AsyncPgPool:
 
     async def _live_connection(self) -> AsyncConnection[DictRow]:
         conn = await self._checkout()
-        if not await _went_away_async(conn):
+        if not await went_away_async(conn):
             return conn
         await self._pool.putconn(conn)
         await self._check_idle()
@@ -199,7 +199,7 @@ def _not_accepting(error: psycopg.OperationalError) -> NotAccepting:
     return NotAccepting(lines[0])
 
 
-async def _went_away_async(conn: AsyncConnection[Any]) -> bool:
+async def went_away_async(conn: AsyncConnection[Any]) -> bool:
     """``_went_away`` for an async connection."""
     if conn.closed:
         return True

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from framework.cli.common import (
@@ -37,6 +38,9 @@ def register(commands: Any) -> None:
     replay.add_argument("--parallel", type=int, default=4, metavar="N",
                         help="a partitioned projection's partitions rebuilt at once (default 4); its partition "
                              "count is the projector's, or EVENTFOLD_PARTITIONS'")
+    replay.add_argument("--processes", type=int, default=1, metavar="P",
+                        help="processes a partitioned projection's partitions are divided among (default 1: "
+                             "threads of this process; more use more cores, each process reads the whole log)")
     add_app_option(replay)
     replay.set_defaults(run=run_replay)
 
@@ -77,17 +81,40 @@ def run_replay(settings: Settings, args: argparse.Namespace) -> int:
         raise ConfigurationError(f"--from {args.from_position} must not be negative")
     if args.parallel < 1:
         raise ConfigurationError(f"--parallel {args.parallel} must be at least 1")
+    processes = args.processes
+    if processes < 1:
+        raise ConfigurationError(f"--processes {args.processes} must be at least 1")
     if args.aggregate is not None:
         return _replay_aggregate(settings, postgres, projector, args)
     store, views = open_store(settings), open_views(settings, "replay")
     try:
         version = rebuild(projector, views, store, from_position=args.from_position,
-                          progress=_Progress(f"replay {projector.name}"), parallel=args.parallel)
+                          progress=_Progress(f"replay {projector.name}"), parallel=args.parallel,
+                          processes=processes, opener=_ReplayOpener(settings, getattr(args, "app", None),
+                                                                    projector.name))
     finally:
         views.close()
         store.close()
     print(f"\neventfold: {projector.name} version {version} is now active", file=sys.stderr)
     return 0
+
+
+@dataclass(frozen=True)
+class _ReplayOpener:
+    """What a replay process opens (``framework.replay.ReplayOpener``): the same application,
+    projector (with the same partition count) and databases as this command."""
+
+    settings: Settings
+    app: str | None
+    name: str
+
+    def __call__(self) -> tuple[Projector, Any, Any]:
+        from framework.cli.startup import tune_collector_for_catch_up
+
+        tune_collector_for_catch_up()  # as this command started: the replay process is a command's too
+        app = application(self.settings, argparse.Namespace(app=self.app))
+        (projector,) = select_projectors(app.build_projectors(), [self.name], self.settings.partitions)
+        return projector, open_views(self.settings, "replay"), open_store(self.settings)
 
 
 def _replay_aggregate(settings: Settings, postgres: PostgresSettings, projector: Projector,

@@ -116,8 +116,8 @@ log = logging.getLogger(__name__)
 
 K = TypeVar("K")
 V = TypeVar("V")
-R = TypeVar("R", bound=ReadModel)
 T = TypeVar("T")
+R = TypeVar("R", bound=ReadModel)
 
 POSITION_HEADER = "eventfold-position"
 GRAPHQL_RESPONSE = "application/graphql-response+json"  # GraphQL over HTTP's own media type
@@ -192,6 +192,21 @@ class QueryContext:
             return await asyncio.to_thread(call, *args, **kwargs)
         return await asyncio.to_thread(self.breaker.call, functools.partial(call, *args, **kwargs))
 
+    async def _get_many(self, projection: str, model: type[R], keys: list[tuple[Any, ...]]) -> Sequence[R | None]:
+        """Rows by key: on the event loop when the store reads asynchronously (no thread hop), else ``read``."""
+        read_async = getattr(self.views, "get_many_async", None)
+        if read_async is None:
+            return cast(Sequence[R | None], await self.read(self.views.get_many, projection, model, keys))
+        if self.spans is None or self._waiting:
+            return await self._read_async(read_async, projection, model, keys)
+        with self.spans.read(self.views.get_many, (projection, model, keys)):
+            return await self._read_async(read_async, projection, model, keys)
+
+    async def _read_async(self, call: Callable[..., Awaitable[T]], *args: Any) -> T:
+        if self.breaker is None:
+            return await call(*args)
+        return await self.breaker.call_async(functools.partial(call, *args))
+
     def dataloader(self, name: Hashable, load: Callable[[list[K]], Awaitable[Sequence[V]]]) -> DataLoader[K, V]:
         """The request's DataLoader called ``name``, made with ``load`` the first time it is asked for.
 
@@ -208,7 +223,7 @@ class QueryContext:
             return cast(DataLoader[tuple[Any, ...], R | None], found)
 
         async def load(keys: list[tuple[Any, ...]]) -> list[R | None]:
-            rows = list(await self.read(self.views.get_many, projection, model, keys))
+            rows = list(await self._get_many(projection, model, keys))
             self._rows.setdefault((projection, model), {}).update(zip(keys, rows, strict=True))
             return rows
 

@@ -151,6 +151,13 @@ class RecordingViews:
         self._reads.rows(name, model.table, keys)
         return self._views.get_many(name, model, keys)
 
+    async def get_many_async(self, name: str, model: Any, keys: Sequence[tuple[Any, ...]]) -> Any:
+        self._reads.rows(name, model.table, keys)
+        read_async = getattr(self._views, "get_many_async", None)
+        if read_async is None:  # a store that reads only blocking: off the loop, as QueryContext.read does
+            return await asyncio.to_thread(self._views.get_many, name, model, keys)
+        return await read_async(name, model, keys)
+
     def query(self, name: str, model: Any, *args: Any, **kwargs: Any) -> Any:
         self._reads.table(name, model.table)
         return self._views.query(name, model, *args, **kwargs)

@@ -108,6 +108,7 @@ class _LimitedProtocol(HttpToolsProtocol, metaclass=_LimitedProtocolType):
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
         self._refused = False
+        self._refusal: bytes | None = None  # a refusal waiting for the answers to the requests before it
 
     # --- connection --------------------------------------------------------------------------
 
@@ -240,10 +241,29 @@ class _LimitedProtocol(HttpToolsProtocol, metaclass=_LimitedProtocolType):
         self._unset_keepalive_if_required()
         problem_headers, body = _problem(status, detail, code)
         headers = [*self.server_state.default_headers, *problem_headers, *(headers or [])]
-        self.transport.write(_raw_response(status, headers, body))
+        log.debug("refused a request from %s: %d %s", self.client, status, code)
+        refusal = _raw_response(status, headers, body)
+        if self._answering():  # answers go in the order of the requests: this one's comes after theirs
+            self._refusal = refusal
+            return
+        self._send_refusal(refusal)
+
+    def _answering(self) -> bool:
+        """Requests read before the one refused are still being answered (pipelined on this connection).
+        A request whose client is gone (or whose body timed out) has no answer to wait for."""
+        cycle = self.cycle
+        return bool(self.pipeline) or (cycle is not None and not cycle.response_complete and not cycle.disconnected)
+
+    def _send_refusal(self, refusal: bytes) -> None:
+        self.transport.write(refusal)
         self.flow.resume_reading()  # keep reading (and dropping) so that closing does not reset the connection
         self.loop.call_later(self.limits.linger_seconds, self.transport.close)
-        log.debug("refused a request from %s: %d %s", self.client, status, code)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._refusal is not None and not self._answering() and not self.transport.is_closing():
+            refusal, self._refusal = self._refusal, None
+            self._send_refusal(refusal)
 
     def _cancel_timers(self) -> None:
         for timer in (self._head_timer, self._body_timer):
@@ -268,8 +288,9 @@ class _CoalescingTransport:
         if self.hold_next:
             self.hold_next = False
             if not data.startswith(b"HTTP/1.1 1"):  # an interim answer (100 Continue) goes at once
-                self._held = bytes(data)
-                self._loop.call_soon(self.flush)
+                if self._held is None:
+                    self._loop.call_soon(self.flush)
+                self._held = (self._held or b"") + bytes(data)  # never drop what an earlier answer left held
                 return
         if self._held is not None:
             data, self._held = self._held + data, None

@@ -543,6 +543,16 @@ class CountingViewStore(PostgresViewStore):
             yield _CountingConnection(conn, record)
 
 
+    async def get_many_async(self, name: str, model: Any, keys: Sequence[tuple[Any, ...]]) -> Any:
+        """Rows by key on the event loop: recorded as the statement it runs (not through ``_connection``)."""
+        with self._lock:
+            recording = self._statements
+        if recording is not None and keys:
+            version = self._active_cache.get(name, (1, 0.0))[0]
+            recording.append(self._get_many_statement(name, version, model).decode())
+        return await super().get_many_async(name, model, keys)
+
+
 def read_model_statements(statements: Sequence[str]) -> list[str]:
     """Statements on read-model tables (``rm_*``), leaving out bookkeeping lookups (active version,
     positions) that are cached or depend on time rather than on the query."""

@@ -14,9 +14,11 @@ from typing import ClassVar
 from example_app.accounts import AccountOpened, SecuritiesCredited, SecuritiesDebited
 from example_app.app import build_router
 from framework.app import App
+from framework.errors import ConfigurationError
 from framework.events import Event
 from framework.projector import HandlerContext, Projector, on
 from framework.readmodel import ReadModel
+from framework.settings import PostgresSettings
 from framework.store import EventStore
 from framework.views import ViewStore
 from projections.holdings import HoldingsProjector
@@ -88,3 +90,17 @@ def assert_applied_once(views: ViewStore, store: EventStore) -> dict[int, int]:
     for row in rows.values():
         per_pid[row.pid] = per_pid.get(row.pid, 0) + 1
     return per_pid
+
+
+def open_for_replay(settings: PostgresSettings, name: str) -> tuple[Projector, ViewStore, EventStore]:
+    """A replay process's projector, views and store (``framework.replay.ReplayOpener``): a
+    ``functools.partial`` of this function is what ``rebuild(processes=...)`` sends to each process."""
+    from framework.adapters.postgres import PostgresEventStore
+    from framework.adapters.postgres_views import PostgresViewStore
+
+    if name not in REPLAYABLE:
+        raise ConfigurationError(f"no projection {name!r} to replay here")
+    return REPLAYABLE[name](), PostgresViewStore(settings), PostgresEventStore(settings)
+
+
+REPLAYABLE: dict[str, type[Projector]] = {"holdings": PartitionedHoldings, "applied": AppliedLog}

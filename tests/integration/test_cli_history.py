@@ -157,7 +157,7 @@ def test_replay_of_one_aggregate_equals_a_full_replay(offline: Deployment) -> No
     setup_security(offline.bus(store), isin)
     write_backlog(store, isin, accounts=12, credits_each=5, actions=[("RA-CA-1", "validate")], prefix="RA")
     open_and_move(offline, "RA-X", isin)
-    offline.cli_ok("replay", "holdings")  # version 2, from scratch
+    offline.cli_ok("replay", "holdings", "--processes", "2")  # version 2, from scratch, its partitions in 2 processes
     damage(offline, 2, "RA-0003", isin)
     damage(offline, 2, "RA-X", isin)
 
@@ -179,6 +179,7 @@ REPLAY_MISTAKES = [
     (["holdings", "--aggregate", "Account:NOBODY"], ["there are no events of account 'NOBODY'"]),
     (["holdings", "--aggregate", "Acount:RA-1"], ["no aggregate type 'Acount'"]),
     (["holdings", "--aggregate", "Account:RA-1", "--from", "3"], ["--from and --aggregate do not combine"]),
+    (["holdings", "--processes", "0"], ["--processes 0 must be at least 1"]),
 ]
 
 

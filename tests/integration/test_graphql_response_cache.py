@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
+from typing import Any
 
 import pytest
 from graphql_helpers import (
@@ -37,6 +38,7 @@ from framework.errors import StoreUnavailable
 from framework.graphql import QueryApiOptions, create_query_app
 from framework.positions import PositionWatch
 from projections.graphql import build_graphql
+from projections.holdings import Holding
 
 pytestmark = pytest.mark.postgres
 
@@ -371,3 +373,44 @@ def test_positions_read_on_the_event_loop_equal_the_blocking_read_and_survive_a_
         assert await views.active_positions_async(names) == views.active_positions(names), "connected again"
 
     asyncio.run(main())
+
+
+def test_rows_by_key_read_on_the_event_loop_equal_the_blocking_read_and_survive_lost_connections(
+        cached: Cached, pg_database: PgDatabase) -> None:
+    """``get_many_async`` (the query API's rows by key, no thread hop): the blocking read's answer, in the
+    keys' order, missing keys None; at most its limit of connections however many ask at once; idle
+    connections whose server went away (terminated) are replaced at the next checkout, no failure."""
+    views = cached.views
+    keys = [("RC-1", APPLE), ("RC-9", APPLE), ("RC-1", "XX0000000000")]
+
+    async def main() -> None:
+        assert await views.get_many_async("holdings", Holding, keys) == views.get_many("holdings", Holding, keys)
+        assert (await views.get_many_async("holdings", Holding, keys))[0].quantity == 10  # type: ignore[union-attr]
+        assert await views.get_many_async("holdings", Holding, []) == []
+        many = await asyncio.gather(*(views.get_many_async("holdings", Holding, keys) for _ in range(12)))
+        assert all(rows == many[0] for rows in many)
+        connections = views._rows_async
+        assert 1 <= connections._open <= connections._limit == 4 and len(connections._idle) == connections._open
+        with pg_database.connect() as admin:
+            for conn in connections._idle:
+                admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+        await asyncio.sleep(0.2)  # the goodbyes arrive
+        assert await views.get_many_async("holdings", Holding, keys) == views.get_many("holdings", Holding, keys)
+
+    asyncio.run(main())
+    views._rows_async.close()  # this loop is over: its connections too (another loop starts afresh)
+
+
+def test_a_row_by_key_is_read_on_the_event_loop(cached: Cached) -> None:
+    """The query API asks the store's ``get_many_async`` for rows by key (no thread hop), and the
+    answer is the row: a security by ISIN through the GraphQL endpoint."""
+    asked: list[tuple[str, str]] = []
+    original = cached.views.get_many_async
+
+    async def spy(name: str, model: Any, keys: Any) -> Any:
+        asked.append((name, model.table))
+        return await original(name, model, keys)
+
+    cached.views.get_many_async = spy  # type: ignore[method-assign]
+    assert cached.client.data(f'{{ security(isin: "{APPLE}") {{ name }} }}') == {"security": {"name": "Apple Inc."}}
+    assert asked == [("cards", "securities")]

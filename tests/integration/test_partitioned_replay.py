@@ -11,10 +11,19 @@
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Iterator
 
 import pytest
-from partition_helpers import PARTITIONS, Applied, AppliedLog, PartitionedHoldings, assert_applied_once
+from partition_helpers import (
+    PARTITIONS,
+    Applied,
+    AppliedLog,
+    PartitionedHoldings,
+    assert_applied_once,
+    open_for_replay,
+)
 from streaming_helpers import assert_matches_replay, new_isin, write_backlog
 from support.postgres import PgDatabase
 
@@ -61,6 +70,38 @@ def test_a_partitioned_projection_is_rebuilt_in_parallel_and_switched_in(
     assert seen and seen[-1][0] == store.head()
     assert_matches_replay(views, store, [PartitionedHoldings()])
     assert_applied_once(views, store)
+
+
+def test_a_partitioned_projection_is_rebuilt_by_several_processes_into_one_version(
+        store: PostgresEventStore, views: PostgresViewStore, pg_database: PgDatabase, pg_schema: str) -> None:
+    write_backlog(store, new_isin(), accounts=200, credits_each=6)
+    settings = pg_database.settings(pg_schema)
+    seen: list[tuple[int, int]] = []
+    for projector in (PartitionedHoldings(), AppliedLog()):
+        opener = functools.partial(open_for_replay, settings, projector.name)
+        version = rebuild(projector, views, store, parallel=4, processes=2, opener=opener,
+                          progress=lambda p, h: seen.append((p, h)))
+        assert version == 2 and views.active_version(projector.name) == 2
+        rows = [p for p in views.partition_states() if p.name == projector.name and p.version == 2]
+        assert all(p.count == PARTITIONS and p.position == store.head() for p in rows) and len(rows) == PARTITIONS
+    assert seen and seen[-1][0] == store.head()
+    assert_matches_replay(views, store, [PartitionedHoldings()])
+    pids = {row.pid for row in views.query("applied", Applied)}
+    assert len(pids) == 2 and os.getpid() not in pids  # two processes of their own applied the events
+    assert_applied_once(views, store)
+
+
+def test_a_replay_process_that_fails_fails_the_replay_and_nothing_is_switched_in(
+        store: PostgresEventStore, views: PostgresViewStore, pg_database: PgDatabase, pg_schema: str) -> None:
+    write_backlog(store, new_isin(), accounts=20, credits_each=2)
+    assert rebuild(AppliedLog(), views, store) == 2
+    opener = functools.partial(open_for_replay, pg_database.settings(pg_schema), "nonesuch")
+    with pytest.raises(ConfigurationError, match="no projection 'nonesuch' to replay here"):
+        rebuild(AppliedLog(), views, store, processes=2, opener=opener)
+    assert views.active_version("applied") == 2
+    assert {s.version: s.state for s in views.states() if s.name == "applied"}[3] == "rebuilding"
+    with pytest.raises(ConfigurationError, match="needs an opener"):
+        rebuild(AppliedLog(), views, store, processes=2)
 
 
 def test_the_partition_count_changes_with_a_replay(store: PostgresEventStore, views: PostgresViewStore) -> None:

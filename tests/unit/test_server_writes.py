@@ -84,3 +84,16 @@ def test_without_hold_every_write_goes_at_once() -> None:
     transport.write(b"b")
     assert raw.sent == [b"a", b"b"]
     loop.close()
+
+
+def test_a_second_held_head_keeps_the_first_in_front_of_it() -> None:
+    transport, raw, loop = _coalescing()
+    transport.hold_next = True
+    transport.write(HEAD)  # a HEAD request's answer: a head and no body
+    transport.hold_next = True
+    transport.write(HEAD)  # the next answer's head, in the same turn
+    transport.write(b"{}")
+    assert raw.sent == [HEAD + HEAD + b"{}"]
+    _turn(loop)
+    assert raw.sent == [HEAD + HEAD + b"{}"]
+    loop.close()

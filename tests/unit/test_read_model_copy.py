@@ -1,0 +1,77 @@
+"""``ReadModel.__copy__`` (the copy a handler gets of every row it reads): equal, independent, still
+validated on assignment; a row with private attributes takes pydantic's own copy."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from pydantic import PrivateAttr, ValidationError
+
+from framework.readmodel import ReadModel
+from framework.staging import StagedViews
+
+
+class Row(ReadModel):
+    table = "rows"
+    key = ("name",)
+
+    name: str
+    count: int
+    note: str | None = None
+
+
+class Noted(ReadModel):
+    table = "noted"
+    key = ("name",)
+
+    name: str
+    count: int
+    _seen: list[str] = PrivateAttr(default_factory=list)
+
+
+def test_a_copy_is_equal_and_independent() -> None:
+    row = Row(name="a", count=1)
+    copied = copy.copy(row)
+    assert copied == row and copied is not row and type(copied) is Row
+    assert copied.model_fields_set == row.model_fields_set == {"name", "count"}
+    copied.count = 2
+    copied.note = "changed"
+    assert (row.count, row.note) == (1, None)
+    assert copied.model_fields_set == {"name", "count", "note"} and row.model_fields_set == {"name", "count"}
+
+
+def test_a_copy_is_still_validated_on_assignment() -> None:
+    copied = copy.copy(Row(name="a", count=1))
+    with pytest.raises(ValidationError):
+        copied.count = "many"  # type: ignore[assignment]
+
+
+def test_private_attributes_are_copied_too() -> None:
+    row = Noted(name="a", count=1)
+    row._seen.append("x")
+    copied = copy.copy(row)
+    assert copied._seen == ["x"] and copied == row
+
+
+class _Source:
+    def __init__(self, row: Row) -> None:
+        self.row = row
+
+    def load(self, model: type[Row], key: tuple[str, ...]) -> Row | None:
+        return self.row if key == (self.row.name,) else None
+
+    def load_where(self, model: type[Row], equal: dict[str, str]) -> list[Row]:
+        return [self.row]
+
+
+def test_a_handler_changing_the_row_it_read_changes_nothing_it_did_not_put() -> None:
+    stored = Row(name="a", count=1)
+    views = StagedViews(_Source(stored))
+    views.put(Row(name="b", count=5))
+    for name in ("a", "b"):
+        row = views.get(Row, name)
+        assert row is not None
+        row.count += 100
+    assert stored.count == 1
+    assert [(m, k, r.count if r else None) for m, k, r in views.changes()] == [(Row, ("b",), 5)]
