@@ -2,7 +2,8 @@
 
 ``pg_server`` finds a server or starts a throwaway one (see ``support.postgres``
 for the order and the ``EVENTFOLD_TEST_DATABASE_URL`` / ``EVENTFOLD_TEST_NO_LOCAL``
-switches). ``pg_database`` is this run's own database, dropped at the end;
+switches). ``pg_database`` is this process's own database (each pytest-xdist worker
+has its own), dropped at the end;
 ``pg_schema`` is an empty schema in it for one test.
 
 Without a server the PostgreSQL tests are skipped, except when ``CI=true``:
@@ -98,6 +99,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.postgres)
         if _NATS_FIXTURES & fixtures:
             item.add_marker(pytest.mark.nats)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Under pytest-xdist a worker hands where its PostgreSQL came from to the controller, which reports it."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["eventfold_pg_origins"] = list(_USED)
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: only called on the controller of a -n run
+def pytest_testnodedown(node: object, error: object) -> None:
+    for origin in getattr(node, "workeroutput", {}).get("eventfold_pg_origins", []):
+        if origin not in _USED:
+            _USED.append(origin)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -101,23 +101,28 @@ def test_both_apis_breakers_open_when_postgres_is_stopped_and_close_when_it_is_b
     cluster = private_postgres.cluster
     assert cluster is not None
     settings = private_postgres.settings("postgres", connect_timeout=1.0)
-    store = BreakingEventStore(PostgresEventStore(settings), CircuitBreaker(threshold=2, cool_down=0.5))
+    # Both breakers' time stands still during the outage: on a loaded machine the calls that open them can take
+    # longer than the 0.5 s cool-down, and the check below would see them already half-open.
+    clock = FreezableClock()
+    store = BreakingEventStore(PostgresEventStore(settings), CircuitBreaker(threshold=2, cool_down=0.5, clock=clock))
     store.create_schema()
     views = PostgresViewStore(settings)
     views.create_schema()
     for projector in build_projectors():
         views.ensure_tables(projector.name, views.active_version(projector.name), projector.read_models)
-    read_breaker = CircuitBreaker(threshold=2, cool_down=0.5, dependency="read models")
+    read_breaker = CircuitBreaker(threshold=2, cool_down=0.5, dependency="read models", clock=clock)
     write_app = create_write_app(CommandBus(build_router(), store), WriteApiOptions(retry_after_seconds=1))
     query_app = create_query_app(build_graphql(), views, None, breaker=read_breaker)
     try:
         with ServerThread(write_app) as writes, ServerThread(query_app) as reads:
             assert _open_account(writes.base_url).status_code == 200
             cluster.pause()
+            clock.freeze()
             for _ in range(3):
                 assert _open_account(writes.base_url).status_code == 503
                 _unavailable(httpx.post(f"{reads.base_url}/graphql", json={"query": HOLDINGS}, timeout=30))
             assert (store.breaker.state, read_breaker.state) == ("open", "open")
+            clock.thaw()
             cluster.resume()
             _until_answered(lambda: _open_account(writes.base_url))
             _until_answered(lambda: httpx.post(f"{reads.base_url}/graphql", json={"query": HOLDINGS}, timeout=30))
@@ -126,6 +131,23 @@ def test_both_apis_breakers_open_when_postgres_is_stopped_and_close_when_it_is_b
     finally:
         views.close()
         store.close()
+
+
+class FreezableClock:
+    """``time.monotonic``, or the moment ``freeze()`` was called until ``thaw()``: a breaker stays open meanwhile."""
+
+    def __init__(self) -> None:
+        self._frozen_at: float | None = None
+
+    def __call__(self) -> float:
+        frozen_at = self._frozen_at
+        return time.monotonic() if frozen_at is None else frozen_at
+
+    def freeze(self) -> None:
+        self._frozen_at = time.monotonic()
+
+    def thaw(self) -> None:
+        self._frozen_at = None
 
 
 def _open_account(base_url: str) -> httpx.Response:

@@ -120,11 +120,8 @@ class CliServer:
 
     def __init__(self, role: str, env: Mapping[str, str], *, host: str = "127.0.0.1", args: Sequence[str] = ()
                  ) -> None:
-        with socket.socket() as probe:
-            probe.bind((host, 0))
-            self.port: int = probe.getsockname()[1]
-        self.base_url = f"http://{host}:{self.port}"
-        self._command = [eventfold_executable(), role, "--host", host, "--port", str(self.port), *args]
+        self._role, self._host, self._args = role, host, tuple(args)
+        self._pick_port()
         # Anonymous access unless the environment decides (write-api and query-api default to off).
         self._env = {"EVENTFOLD_ANONYMOUS_ROLES": "*", **env}
         self.process: subprocess.Popen[bytes] | None = None
@@ -149,16 +146,44 @@ class CliServer:
     def stderr(self) -> str:
         return _read(self._err) if self._err is not None else self._kept[1]
 
-    def start(self, timeout: float = 30) -> None:
-        # closed by stop(), which every start is followed by (the context manager, or the failure below)
+    def _pick_port(self) -> None:
+        with socket.socket() as probe:
+            probe.bind((self._host, 0))
+            self.port: int = probe.getsockname()[1]
+        self.base_url = f"http://{self._host}:{self.port}"
+        self._command = [eventfold_executable(), self._role, "--host", self._host, "--port", str(self.port),
+                         *self._args]
+
+    def start(self, timeout: float = 30, attempts: int = 3) -> None:
+        """Start it and wait until it answers; on another free port if another process took this one first.
+
+        The port is free when picked but only bound when the server has started: meanwhile another process
+        (a test in another pytest-xdist worker, another suite on the machine) may take it, and then it is
+        that server which would answer here. So the listening socket must be our own process's.
+        """
+        for attempt in range(1, attempts + 1):
+            error = self._start_once(timeout)
+            if error is None:
+                return
+            taken = error.startswith("port taken") or "address already in use" in self.stderr.lower()
+            self.stop()
+            if not taken or attempt == attempts:
+                raise RuntimeError(f"{' '.join(self._command)} failed to start ({error}): {self.stderr[-3000:]}")
+            self._pick_port()
+
+    def _start_once(self, timeout: float) -> str | None:
+        """None once the server answers on its own listening socket, else why not."""
+        # closed by stop(), which every failed start is followed by (here, or the context manager)
         self._out, self._err = tempfile.TemporaryFile(), tempfile.TemporaryFile()  # noqa: SIM115
         self.process = subprocess.Popen(self._command, env=self._env, stdout=self._out, stderr=self._err,
                                         stdin=subprocess.DEVNULL)
         try:
             wait_until_healthy(self.base_url, timeout=timeout, process=self.process)
         except RuntimeError as error:
-            self.stop()
-            raise RuntimeError(f"{' '.join(self._command)} failed to start ({error}): {self.stderr[-3000:]}") from None
+            return str(error)
+        if not listens_on(self.process.pid, self.port):
+            return f"port taken: another process answers on port {self.port}"
+        return None
 
     def stop(self) -> int | None:
         """Terminate our own process (SIGTERM, then SIGKILL) and keep its output."""
@@ -181,6 +206,51 @@ class CliServer:
         self._out.close()
         self._err.close()
         self._out = self._err = None
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """Whether process ``pid`` or one of its children (a server's workers) holds the socket listening on ``port``.
+
+    Read from /proc: where there is none (not Linux) the answer is yes, as before this check.
+    """
+    if not Path("/proc/net/tcp").exists():
+        return True
+    listening = _listening_inodes(port)
+    pids = [pid, *_children(pid)]
+    for one in pids:
+        try:
+            fds = list(Path(f"/proc/{one}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in listening:
+                return True
+    return False
+
+
+def _listening_inodes(port: int) -> set[str]:
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # 0A: LISTEN
+                inodes.add(fields[9])
+    return inodes
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
 
 
 def _read(file: IO[bytes]) -> str:
