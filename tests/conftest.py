@@ -99,6 +99,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.postgres)
         if _NATS_FIXTURES & fixtures:
             item.add_marker(pytest.mark.nats)
+        if item.config.pluginmanager.hasplugin("xdist"):
+            item.add_marker(pytest.mark.xdist_group(_worker_group(item)))
+
+
+# Tests that kill, restart or cut servers and then wait for recovery within a bound: two of them at once on
+# 2 cores starve each other's recovery, so under pytest-xdist they share one worker, one after another.
+_KILLS_AND_RESTARTS = frozenset({
+    "test_breakers.py", "test_jetstream_cluster.py", "test_partitioned_projections.py", "test_postgres_restart.py",
+    "test_process_outbox.py", "test_projection_leases.py", "test_soak.py", "test_streaming_crashes.py",
+    "test_write_processes.py",
+})
+
+
+def _worker_group(item: pytest.Item) -> str:
+    """The pytest-xdist group (``--dist loadgroup``): a file's tests stay together (its servers start once)."""
+    name = item.path.name
+    return "kills-and-restarts" if name in _KILLS_AND_RESTARTS else str(item.path)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
