@@ -53,29 +53,13 @@ class ReadModel(BaseModel):
 
     def copy_row(self) -> Self:
         """An independent copy: shallow when every field is a scalar (cheap), deep otherwise."""
-        return self.__copy__() if type(self)._flat() else self.model_copy(deep=True)
-
-    def __copy__(self) -> Self:
-        """A shallow copy, as pydantic's, without its generic steps: read models forbid extra fields,
-        and a row without private attributes has nothing else to copy (the projection hot path copies
-        every row a handler reads, so that the handler may change it)."""
-        if self.__pydantic_private__ is not None:
-            return super().__copy__()
-        cls = type(self)
-        copied = cls.__new__(cls)
-        _set(copied, "__dict__", self.__dict__.copy())
-        _set(copied, "__pydantic_fields_set__", self.__pydantic_fields_set__.copy())
-        _set(copied, "__pydantic_extra__", None)
-        _set(copied, "__pydantic_private__", None)
-        return copied
+        return self.model_copy(deep=not type(self)._flat())
 
     @classmethod
     @functools.cache
     def _flat(cls) -> bool:
         return all(_is_scalar(field.annotation) for field in cls.model_fields.values())
 
-
-_set = object.__setattr__  # past validate_assignment: the copied values were validated already
 
 _SCALARS = (str, int, float, bool, Decimal, date, UUID, Enum)
 

@@ -1,4 +1,4 @@
-"""``ReadModel.__copy__`` (the copy a handler gets of every row it reads): equal, independent, still
+"""A read model's copies (the copy a handler gets of every row it reads): equal, independent, still
 validated on assignment; a row with private attributes takes pydantic's own copy."""
 
 from __future__ import annotations
