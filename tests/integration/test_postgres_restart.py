@@ -243,6 +243,7 @@ def test_a_postgresql_restart_under_load_costs_a_few_retries_and_loses_nothing(
             with _running([*writers, reader]):
                 wait_until(lambda: sum(w.accepted_since(0) for w in writers) >= 30, message="commands flowing")
                 cluster.pause()
+                time.sleep(1.0)  # an outage long enough that commands certainly arrive during it (else no 503)
                 cluster.resume()  # returns once PostgreSQL accepts connections again
                 accepting = time.monotonic()
                 wait_until(lambda: all(c.accepted_since(accepting) >= 5 for c in (*writers, reader)),
