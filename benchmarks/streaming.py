@@ -584,7 +584,7 @@ async def raw_consume(nats_url: str, settings: Any, count: int, meter: Meter, *,
 
 
 async def eventfold_project(store: Any, views: Any, settings: Any, last: int, meter: Meter,
-                            *, prefetch: bool = True, commit_behind: bool = False) -> tuple[Meter, Any]:
+                            *, prefetch: bool = True) -> tuple[Meter, Any]:
     from framework.adapters.nats import JetStreamConsumer, connect
     from framework.runner import run_projection
     from framework.worker import ProjectionWorker
@@ -599,7 +599,7 @@ async def eventfold_project(store: Any, views: Any, settings: Any, last: int, me
         stop = asyncio.Event()
         consumer = _AckUntil(JetStreamConsumer(connection, "holdings", deliver_all=True), last, stop)
         meter.start()
-        await run_projection(worker, consumer, stop, prefetch=prefetch, commit_behind=commit_behind)
+        await run_projection(worker, consumer, stop, prefetch=prefetch)
         meter.stop()
         if consumer.done_at is not None:
             meter.seconds = consumer.done_at - meter._t0  # up to the last ack, not the clean-up
@@ -639,8 +639,7 @@ def phase_project(args: argparse.Namespace, scratch: Scratch) -> Verdict:
     views.create_schema()
     with py_spy(args.py_spy):
         meter, worker = asyncio.run(eventfold_project(store, views, settings, last, Meter(),
-                                                      prefetch=not args.no_prefetch,
-                                                      commit_behind=args.commit_behind))
+                                                      prefetch=not args.no_prefetch))
     check = _holdings_check(url, f"efviews_{RUN_ID}", worker.version, count)
     views.close()
     rows = [
@@ -648,8 +647,7 @@ def phase_project(args: argparse.Namespace, scratch: Scratch) -> Verdict:
                note="reference"),
         Row.of("raw: pull fetch(1000) + one ack per fetch (policy ALL)", all_received, all_meter),
         Row.of("Eventfold, no prefetch: run_projection + JetStream, holdings" if args.no_prefetch
-               else "Eventfold: run_projection + JetStreamConsumer, holdings"
-               + (", commit behind" if args.commit_behind else ""), worker.position, meter, note=check),
+               else "Eventfold: run_projection + JetStreamConsumer, holdings", worker.position, meter, note=check),
     ]
     print_rows(rows)
     ratio = rows[2].rate / rows[1].rate
@@ -1682,9 +1680,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--nats-url", default=os.environ.get("EVENTFOLD_BENCH_NATS_URL", DEFAULT_NATS))
     parser.add_argument("--no-prefetch", action="store_true",
                         help="project with run_projection(prefetch=False): no fetch ahead (A/B)")
-    parser.add_argument("--commit-behind", action="store_true",
-                        help="project with run_projection(commit_behind=True): a batch commits while the next"
-                             " one's handlers run (A/B)")
     parser.add_argument("--py-spy", metavar="PATH", help="sample the Eventfold side of each phase with py-spy")
     parser.add_argument("--replay-variants", type=lambda v: [x for x in v.split(",") if x], default=[],
                         help="after the replay, replay again with what-if changes applied in the child"

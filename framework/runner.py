@@ -154,7 +154,6 @@ async def run_projection(
     fetch_seconds: float = 1.0,
     retry_letters_every: float = 5.0,
     prefetch: bool = True,
-    commit_behind: bool = False,
     lease: LeaseOptions | None = None,
     owner: str | None = None,
     dispatch: DispatchOptions | None = None,
@@ -174,7 +173,7 @@ async def run_projection(
         if not await _reloaded(worker, stop):
             break
         outcome = await _run_leased(worker, consumer, stop, owner, lease, dispatch, _ActiveOptions(
-            batch_size, fetch_seconds, retry_letters_every, prefetch, commit_behind))
+            batch_size, fetch_seconds, retry_letters_every, prefetch))
         if outcome == "lost" and not stop.is_set():
             continue  # standing by again
         if outcome == "halted":
@@ -190,7 +189,6 @@ class _ActiveOptions:
     fetch_seconds: float
     retry_letters_every: float
     prefetch: bool
-    commit_behind: bool
 
 
 async def _acquire(worker: ProjectionWorker, owner: str, lease: LeaseOptions, stop: asyncio.Event) -> bool:
@@ -342,20 +340,12 @@ async def _run_active(worker: ProjectionWorker, consumer: EventConsumer, stop: a
     acknowledged unapplied: after an error it is handed back by the next plain
     ``fetch`` (which returns every unacknowledged delivery to the bus), on a halt
     it stays unacknowledged (redelivered), and on ``stop`` it is applied first.
-
-    With ``commit_behind`` (off by default: on a 2-core machine shared with other work it measured no
-    gain, see docs/status.md), a delivery commits behind (``ProjectionWorker.apply_behind``): its
-    transaction runs while the next delivery's handlers do, so the read-model database's work can
-    overlap the worker's; it is acknowledged once that commit is confirmed (when the next delivery
-    is applied, or when no next one came, at once).
     """
     backoff = Backoff()
     caught_up = halted = False
     next_letter_check = 0.0
     fetch_ahead = _fetch_ahead_of(consumer) if options.prefetch else None
     ahead: asyncio.Task[Delivery] | None = None  # the next delivery, fetched while this one is applied
-    behind: Delivery | None = None  # applied, its commit running behind: acknowledged once confirmed
-    apply = worker.apply_behind if options.commit_behind else worker.apply
     try:
         while not stop.is_set() or ahead is not None:
             try:
@@ -375,27 +365,21 @@ async def _run_active(worker: ProjectionWorker, consumer: EventConsumer, stop: a
                 if delivery.notifications:
                     if fetch_ahead is not None and not stop.is_set():
                         ahead = asyncio.ensure_future(fetch_ahead(options.batch_size, options.fetch_seconds))
-                    await asyncio.to_thread(apply, delivery.notifications)
-                    if behind is not None:  # committed now (apply_behind waited for it): in fetch order
-                        await behind.ack()
-                    behind = delivery
-                if behind is not None and ahead is None:  # no next delivery to commit behind: wait for it
-                    await asyncio.to_thread(worker.drain)
-                    committed, behind = behind, None
-                    await committed.ack()  # after the commit: a crash before it means a redelivery
+                    await asyncio.to_thread(worker.apply, delivery.notifications)
+                await delivery.ack()  # after the commit: a crash before it means a redelivery
                 if time.monotonic() >= next_letter_check:
                     await asyncio.to_thread(worker.retry_dead_letters)
                     next_letter_check = time.monotonic() + options.retry_letters_every
                 backoff.reset()
             except ProjectionHalted as error:
                 log.error("%s", error)
-                halted, behind = True, None
+                halted = True
                 break
             except ConcurrencyConflict as error:
                 # Another worker committed this projection: this one's view of it is stale.
                 log.warning("projection %s: %s; standing by", worker.name, _describe(error))
                 await _settled(ahead)
-                ahead, behind = None, None
+                ahead = None
                 lost.set()
                 break
             except Exception as error:
@@ -403,7 +387,7 @@ async def _run_active(worker: ProjectionWorker, consumer: EventConsumer, stop: a
                 # acknowledged; a prefetched delivery goes back to the bus with the failed one at the
                 # next fetch (or after the bus's ack wait). Never the end of the process.
                 await _settled(ahead)
-                ahead, behind = None, None  # unacknowledged: its events come again and are dropped as done
+                ahead = None
                 delay = backoff.delay()
                 log.log(logging.WARNING if isinstance(error, _RETRIED) else logging.ERROR,
                         "projection %s: %s; retrying in %.1fs", worker.name, _describe(error), delay)
@@ -415,20 +399,9 @@ async def _run_active(worker: ProjectionWorker, consumer: EventConsumer, stop: a
             ahead.cancel()  # unacknowledged whatever it gets: delivered again
         raise
     await _settled(ahead)  # halted with a delivery fetched ahead: left unacknowledged
-    await _committed_behind(worker, None if lost.is_set() else behind)
     if lost.is_set():
         await _handed_back(consumer, worker.name)
     return halted
-
-
-async def _committed_behind(worker: ProjectionWorker, behind: Delivery | None) -> None:
-    """Leaving: no commit stays running behind; a delivery whose commit is confirmed is acknowledged."""
-    try:
-        await asyncio.to_thread(worker.drain)
-        if behind is not None:
-            await behind.ack()
-    except Exception as error:  # not acknowledged: delivered again, and dropped as done if it committed
-        log.warning("projection %s: %s", worker.name, _describe(error))
 
 
 async def _handed_back(consumer: EventConsumer, name: str) -> None:

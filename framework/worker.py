@@ -85,15 +85,6 @@ class _Rejected(Exception):
         self.notifications = notifications
 
 
-@dataclass(frozen=True)
-class _InFlight:
-    """A delivery staged and committing on the committer thread (``ProjectionWorker.apply_behind``)."""
-
-    future: Future[int]
-    staged: Batch
-    notifications: Sequence[Notification]
-
-
 class ProjectionWorker:
     def __init__(
         self,
@@ -131,9 +122,6 @@ class ProjectionWorker:
         self.furthest = 0  # the furthest position handled: a heartbeat reports progress when it moves
         self.on_outbox: Callable[[], None] | None = None  # called after a commit that issued commands
         self._cache = views if isinstance(views, RowCaching) else None  # an optional, speed-only port
-        self._in_flight: _InFlight | None = None  # a delivery's commit running behind (``apply_behind``)
-        self._pending: list[Sequence[Notification]] = []  # deliveries whose commit behind did not happen
-        self._committer: ThreadPoolExecutor | None = None
         if self.position == 0:  # from scratch: "no such row" needs no query while the cache knows them all
             self._cache_empty_tables()
 
@@ -196,7 +184,6 @@ class ProjectionWorker:
         database refuses is settled the careful way, then catching up goes on. ``interrupted`` is
         asked before each batch: when it says so, catching up ends there (what is committed stays).
         """
-        self.drain()
         target = self.store.head() if until is None else until
         while True:
             try:
@@ -286,7 +273,6 @@ class ProjectionWorker:
 
     def apply(self, notifications: Sequence[Notification]) -> None:
         """Apply a delivery: drop what is done, fill gaps from the store, one transaction."""
-        self.drain()
         try:
             self._apply_new(notifications)
         except VersionSwitched:
@@ -295,88 +281,6 @@ class ProjectionWorker:
                 self.catch_up(until=max(n.id for n in notifications))
                 return
             self._apply_new(notifications)
-
-    def apply_behind(self, notifications: Sequence[Notification]) -> None:
-        """Apply a delivery as ``apply`` does, but commit it behind: its handlers run now (reading through
-        the changes of the delivery still committing, as a catch-up does), then the previous delivery's
-        commit is waited for, and this one's starts on the committer thread. When this returns, every
-        delivery before this one is committed (the caller may acknowledge them); ``drain`` waits for this
-        one. The commit is the same compare-and-set transaction as ``apply``'s. Anything unusual (a
-        handler's failure, a refused row, a switch, an error) waits for the commit in flight and takes
-        ``apply``'s careful path; after an error nothing is left in flight."""
-        staged_to = self._in_flight.notifications[-1].id if self._in_flight is not None else self.position
-        fresh = sorted({n.id: n for n in notifications if n.id > staged_to}.values(), key=_id)
-        if not fresh or self.partition is not None or fresh[-1].id - staged_to != len(fresh):
-            self.apply(notifications)  # nothing new, or a gap to fill from the store: the plain path
-            return
-        started = time.perf_counter()
-        try:
-            staged = self._stage(fresh, over=self._in_flight.staged if self._in_flight else None, since=staged_to)
-        except BaseException:
-            self._abandon_in_flight()
-            raise
-        if not self._drained():  # the commit in flight was refused or overtaken: this one, the careful way
-            self.apply(fresh)
-            return
-        if staged is None:  # a handler failed: isolate it the careful way
-            self._settle(fresh)
-            return
-        committer = self._committer or self._start_committer()
-        future = committer.submit(self._commit_staged, staged, fresh, started)
-        self._in_flight = _InFlight(future, staged, fresh)
-
-    def drain(self) -> None:
-        """Wait for the commit running behind (``apply_behind``), if any: then every delivery is committed."""
-        if not self._drained():
-            assert self._in_flight is None
-            # The refused or overtaken delivery was not committed: ``_drained`` kept it to apply here.
-            pending, self._pending = self._pending, []
-            for notifications in pending:
-                self.apply(notifications)
-
-    def _drained(self) -> bool:
-        """Wait for the commit in flight; False when it did not commit (its events are kept in
-        ``_pending`` for ``drain``/``apply`` and the cache forgotten); an unexpected error is raised."""
-        in_flight, self._in_flight = self._in_flight, None
-        if in_flight is None:
-            return not self._pending
-        try:
-            self.position = in_flight.future.result()
-            return not self._pending
-        except (RowRejected, VersionSwitched) as error:
-            self._forget_cached()
-            if isinstance(error, VersionSwitched):
-                self._follow_switch()
-            self._pending.append(in_flight.notifications)
-            return False
-        except BaseException:
-            self._forget_cached()
-            raise
-
-    def _abandon_in_flight(self) -> None:
-        """After a failure, or before starting again from what is committed: wait for the commit in
-        flight (never leave it running), drop what was kept to apply, and forget the cache (a failed
-        batch may have staged rows that never commit). The bus delivers the uncommitted events again."""
-        try:
-            self._drained()
-        except BaseException as error:
-            log.debug("%s: the commit in flight failed too: %s", self.label, error)
-        finally:
-            self._pending = []
-            self._forget_cached()
-
-    def _start_committer(self) -> ThreadPoolExecutor:
-        self._committer = ThreadPoolExecutor(1, thread_name_prefix=f"commit-{self.name}")
-        return self._committer
-
-    def close(self) -> None:
-        """Wait for a commit running behind, and stop the committer thread."""
-        try:
-            self.drain()
-        finally:
-            if self._committer is not None:
-                self._committer.shutdown(wait=True)
-                self._committer = None
 
     def _apply_new(self, notifications: Sequence[Notification]) -> None:
         fresh = sorted({n.id: n for n in notifications if n.id > self.position}.values(), key=_id)
@@ -405,7 +309,7 @@ class ProjectionWorker:
     def reload(self) -> None:
         """Start again from what is committed: rows cached while another worker may have been writing
         (this one stood by, lost its lease, or lost a commit's compare-and-set) are forgotten."""
-        self._abandon_in_flight()
+        self._forget_cached()
         self.version = self.views.active_version(self.name) if self._follow_active else self.version
         self._check_partitioning()
         self.position = self.furthest = self._stored_position()
@@ -423,7 +327,6 @@ class ProjectionWorker:
 
     def skip_to(self, position: int) -> None:
         """Record that nothing before ``position`` is to be applied (a rebuild from a later position)."""
-        self.drain()
         if position > self.position:
             with self._batch() as batch:
                 batch.advance(position, None, since=self.position)
@@ -566,7 +469,6 @@ class ProjectionWorker:
     def retry_dead_letters(self) -> int:
         """Run the parked events (or dispatch the parked commands) whose retry was requested;
         returns how many now succeeded."""
-        self.drain()
         succeeded = 0
         for letter in self.views.retry_requests(self.name):
             if letter.command is not None:

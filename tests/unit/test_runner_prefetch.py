@@ -91,29 +91,13 @@ class FlakyWorker(ProjectionWorker):
         self.applied: list[list[int]] = []
 
     def apply(self, notifications: Sequence[Notification]) -> None:
-        if self._behind:  # the careful path of apply_behind: counted there
-            super().apply(notifications)
-            return
-        self._delivered(notifications)
-        super().apply(notifications)
-
-    def apply_behind(self, notifications: Sequence[Notification]) -> None:
-        self._delivered(notifications)
-        self._behind = True
-        try:
-            super().apply_behind(notifications)
-        finally:
-            self._behind = False
-
-    _behind = False
-
-    def _delivered(self, notifications: Sequence[Notification]) -> None:
         self.applies += 1
         if self.applies == 1 and self.hold_first is not None:
             self.saw_fetch_ahead_while_applying = self.hold_first.wait(WAIT)
         if self.applies == self.fail_at:
             raise StoreUnavailable("the view store went away")
         self.applied.append([n.id for n in notifications])
+        super().apply(notifications)
 
 
 def _assert_matches_replay(views: MemoryViewStore, store: MemoryEventStore, name: str = "ticks") -> None:
@@ -168,15 +152,14 @@ def test_the_next_delivery_is_fetched_while_this_one_is_applied() -> None:
     _assert_matches_replay(views, store)
 
 
-@pytest.mark.parametrize("commit_behind", [False, True])
-def test_deliveries_are_acknowledged_in_order_and_only_after_their_commit(commit_behind: bool) -> None:
+def test_deliveries_are_acknowledged_in_order_and_only_after_their_commit() -> None:
     store, bus = _filled(95)
     views = MemoryViewStore()
     worker = FlakyWorker(Ticks(), views, store)
     _no_catch_up(worker)
     consumer = AheadConsumer(bus, "ticks", worker)
 
-    asyncio.run(_run_until_settled(worker, consumer, store, commit_behind=commit_behind))
+    asyncio.run(_run_until_settled(worker, consumer, store))
 
     assert [last for last, _ in consumer.acked] == [*range(10, 95, 10), 95]
     assert all(position >= last for last, position in consumer.acked)  # committed before the ack
@@ -184,17 +167,15 @@ def test_deliveries_are_acknowledged_in_order_and_only_after_their_commit(commit
     _assert_matches_replay(views, store)
 
 
-@pytest.mark.parametrize("commit_behind", [False, True])
 @pytest.mark.parametrize("fail_at", [1, 2, 5, 10])
-def test_a_failure_with_a_delivery_fetched_ahead_loses_nothing_and_doubles_nothing(fail_at: int,
-                                                                                   commit_behind: bool) -> None:
+def test_a_failure_with_a_delivery_fetched_ahead_loses_nothing_and_doubles_nothing(fail_at: int) -> None:
     store, bus = _filled(95)
     views = MemoryViewStore()
     worker = FlakyWorker(Ticks(), views, store, fail_at=fail_at)
     _no_catch_up(worker)
     consumer = AheadConsumer(bus, "ticks", worker)
 
-    asyncio.run(_run_until_settled(worker, consumer, store, commit_behind=commit_behind))
+    asyncio.run(_run_until_settled(worker, consumer, store))
 
     assert consumer.fetched_ahead  # the failure found a delivery fetched ahead
     assert all(position >= last for last, position in consumer.acked)
@@ -204,8 +185,7 @@ def test_a_failure_with_a_delivery_fetched_ahead_loses_nothing_and_doubles_nothi
     assert applied == list(range(1, 96))
 
 
-@pytest.mark.parametrize("commit_behind", [False, True])
-def test_an_acknowledgement_that_fails_means_a_redelivery_not_a_double(commit_behind: bool) -> None:
+def test_an_acknowledgement_that_fails_means_a_redelivery_not_a_double() -> None:
     store, bus = _filled(60)
     views = MemoryViewStore()
     worker = FlakyWorker(Ticks(), views, store)
@@ -230,15 +210,14 @@ def test_an_acknowledgement_that_fails_means_a_redelivery_not_a_double(commit_be
             return Delivery(delivery.notifications, ack)
 
     consumer = AckFailsOnce(bus, "ticks", worker)
-    asyncio.run(_run_until_settled(worker, consumer, store, commit_behind=commit_behind))
+    asyncio.run(_run_until_settled(worker, consumer, store))
 
     assert consumer.failed
     assert worker.applied.count(list(range(21, 31))) == 2  # delivered again, dropped by position
     _assert_matches_replay(views, store)
 
 
-@pytest.mark.parametrize("commit_behind", [False, True])
-def test_stop_applies_the_delivery_fetched_ahead_and_marks_the_projection_stopped(commit_behind: bool) -> None:
+def test_stop_applies_the_delivery_fetched_ahead_and_marks_the_projection_stopped() -> None:
     store, bus = _filled(40)
     views = MemoryViewStore()
     worker = FlakyWorker(Ticks(), views, store)
@@ -248,18 +227,16 @@ def test_stop_applies_the_delivery_fetched_ahead_and_marks_the_projection_stoppe
 
     async def scenario() -> None:
         stop = asyncio.Event()
-        name = "apply_behind" if commit_behind else "apply"
-        original = getattr(worker, name)
+        original = worker.apply
 
         def apply_then_stop(notifications: Sequence[Notification]) -> None:
             original(notifications)
             if worker.applies == 1:
                 loop.call_soon_threadsafe(stop.set)  # stop while the second delivery is in hand
 
-        setattr(worker, name, apply_then_stop)
+        worker.apply = apply_then_stop  # type: ignore[method-assign]
         loop = asyncio.get_running_loop()
-        await asyncio.wait_for(run_projection(worker, consumer, stop, batch_size=10, fetch_seconds=0.05,
-                                              commit_behind=commit_behind), WAIT)
+        await asyncio.wait_for(run_projection(worker, consumer, stop, batch_size=10, fetch_seconds=0.05), WAIT)
 
     asyncio.run(scenario())
     assert [last for last, _ in consumer.acked] == [10, 20]  # the one fetched ahead was applied, not left
