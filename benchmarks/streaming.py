@@ -18,9 +18,10 @@ Phases, one after the other so they never compete for the machine's cores:
 3. ``replay``  ``framework.replay.rebuild`` of ``HoldingsProjector`` from ``--events`` (1,000,000)
                stored events, one partition, in a child process whose peak RSS (``ru_maxrss``) is
                reported; then the same split into 4 partitions rebuilt 4 in parallel (``parallel=4``),
-               in another child (threads; the what-if variant ``parts4+procs`` divides them among
-               processes). Beside them, raw batched inserts (``unnest`` of binary arrays, 1000
-               rows per transaction) into a table shaped like the projection's largest one, and a raw
+               in another child (divided among processes as ``eventfold replay`` does by default;
+               the what-if variant ``parts4+threads`` keeps them on threads of one process). Beside
+               them, raw batched inserts (``unnest`` of binary arrays, 1000 rows per transaction)
+               into a table shaped like the projection's largest one, and a raw
                read of the store. Targets (issue 13): one partition >= 0.6x the raw insert with peak
                RSS <= 150 MB; 4 partitions in parallel >= 1.0x the raw insert. Seeding is timed and
                reported separately.
@@ -681,8 +682,9 @@ VARIANTS = {
     "nocache": "HoldingMovement rows (written, never read back) kept out of the RowCache (now the"
                " default: only models looked up by key are cached)",
     "parts4": "the projection split into 4 partitions, rebuilt 4 in parallel (framework.replay rebuild(parallel=4))",
-    "procs": "with parts4: the partitions divided among as many processes as cores (rebuild(processes=N),"
-             " `eventfold replay --processes N`), not threads of one process",
+    "threads": "with parts4: the partitions on threads of one process (rebuild(processes=1),"
+               " `eventfold replay --processes 1`), not divided among processes as `eventfold replay` does"
+               " by default",
     "binary": "binary (%%b) parameters for the text fallback of the bulk upserts too (the default"
               " flush already sends binary arrays when every column's values share one type)",
 }
@@ -718,18 +720,19 @@ def _apply_variants(names: list[str]) -> None:
 def replay_child(url: str, views_schema: str, variants: str = "") -> int:
     """Runs in a child process: ``rebuild`` the holdings projection, report time and memory as JSON."""
     from framework.projector import with_partitions
-    from framework.replay import rebuild
+    from framework.replay import default_processes, rebuild
     from projections.holdings import HoldingsProjector
 
     names = [v for v in variants.split("+") if v]
     _apply_variants(names)
     partitions = 4 if "parts4" in names else 1  # one partition: as before issue 13
-    processes = min(partitions, os.cpu_count() or 1) if "procs" in names else 1  # 1: `eventfold replay`'s default
+    projector = with_partitions(HoldingsProjector(), partitions)
+    processes = 1 if "threads" in names else default_processes(projector)  # as `eventfold replay` does
     store, views = _stores(url, views_schema=views_schema)
     rss_start = _rss_kb()
     started, cpu0 = time.perf_counter(), _cpu_seconds()
     opener = functools.partial(_open_replay, url, views_schema, partitions, variants)
-    version = rebuild(with_partitions(HoldingsProjector(), partitions), views, store, parallel=partitions,
+    version = rebuild(projector, views, store, parallel=partitions,
                       processes=processes, opener=opener)
     seconds = time.perf_counter() - started
     usage, cpu = resource.getrusage(resource.RUSAGE_SELF), _cpu_seconds()

@@ -15,6 +15,7 @@ rebuilt from its events: the copy is made in the database, and no other handler 
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from framework.store import EventLog, EventStore, EventStreams
 from framework.views import PartitionedViews, RowCaching, ViewStore
 from framework.worker import ProjectionHalted, ProjectionWorker, WorkerOptions
 
-__all__ = ["AggregateRebuilt", "ReplayOpener", "rebuild", "rebuild_aggregate"]
+__all__ = ["AggregateRebuilt", "ReplayOpener", "default_processes", "rebuild", "rebuild_aggregate"]
 
 R = TypeVar("R", bound=ReadModel)
 RowChange = tuple[type[ReadModel], tuple[Any, ...], ReadModel | None]
@@ -69,6 +70,13 @@ def rebuild(
     worker.skip_to(from_position)
     _catch_up_and_switch(worker, store, progress)
     return version
+
+
+def default_processes(projector: Projector) -> int:
+    """How many processes ``eventfold replay`` divides a projection's partitions among unless told:
+    one per partition, at most one per core (threads of one process share one core's worth of Python;
+    an unpartitioned projection is rebuilt in this process)."""
+    return max(1, min(projector.partitions, os.cpu_count() or 1))
 
 
 @dataclass(frozen=True)

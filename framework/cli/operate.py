@@ -38,9 +38,10 @@ def register(commands: Any) -> None:
     replay.add_argument("--parallel", type=int, default=4, metavar="N",
                         help="a partitioned projection's partitions rebuilt at once (default 4); its partition "
                              "count is the projector's, or EVENTFOLD_PARTITIONS'")
-    replay.add_argument("--processes", type=int, default=1, metavar="P",
-                        help="processes a partitioned projection's partitions are divided among (default 1: "
-                             "threads of this process; more use more cores, each process reads the whole log)")
+    replay.add_argument("--processes", type=int, default=None, metavar="P",
+                        help="processes a partitioned projection's partitions are divided among (default: one "
+                             "per partition, at most one per core; 1: threads of this process; each process "
+                             "reads the whole log)")
     add_app_option(replay)
     replay.set_defaults(run=run_replay)
 
@@ -72,7 +73,7 @@ class _Progress:
 
 
 def run_replay(settings: Settings, args: argparse.Namespace) -> int:
-    from framework.replay import rebuild
+    from framework.replay import default_processes, rebuild
 
     postgres = require_postgres(settings, "replay")
     app = application(settings, args)  # importing it defines its aggregate types, for --aggregate TYPE:KEY
@@ -81,7 +82,7 @@ def run_replay(settings: Settings, args: argparse.Namespace) -> int:
         raise ConfigurationError(f"--from {args.from_position} must not be negative")
     if args.parallel < 1:
         raise ConfigurationError(f"--parallel {args.parallel} must be at least 1")
-    processes = args.processes
+    processes = default_processes(projector) if args.processes is None else args.processes
     if processes < 1:
         raise ConfigurationError(f"--processes {args.processes} must be at least 1")
     if args.aggregate is not None:

@@ -6,7 +6,8 @@
 * a replay with another count (``with_partitions``, what ``EVENTFOLD_PARTITIONS`` does) is how the
   count changes: the new version has the new count, and a worker with the old count refuses it
   with one clear error instead of applying anything;
-* a worker of one partition that follows the switch catches its partition up from the store.
+* a worker of one partition that follows the switch catches its partition up from the store;
+* ``eventfold replay`` divides a partitioned projection among processes unless told otherwise.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from partition_helpers import (
+    PARTITION_APP,
     PARTITIONS,
     Applied,
     AppliedLog,
@@ -24,9 +27,10 @@ from partition_helpers import (
     assert_applied_once,
     open_for_replay,
 )
-from streaming_helpers import assert_matches_replay, new_isin, write_backlog
+from streaming_helpers import assert_matches_replay, deployment_for, new_isin, write_backlog
 from support.postgres import PgDatabase
 
+from framework.adapters.nats import JetStreamSettings
 from framework.adapters.pg_positions import PostgresPositionSignals
 from framework.adapters.postgres import PostgresEventStore
 from framework.adapters.postgres_views import PostgresViewStore
@@ -89,6 +93,26 @@ def test_a_partitioned_projection_is_rebuilt_by_several_processes_into_one_versi
     pids = {row.pid for row in views.query("applied", Applied)}
     assert len(pids) == 2 and os.getpid() not in pids  # two processes of their own applied the events
     assert_applied_once(views, store)
+
+
+def test_eventfold_replay_divides_a_partitioned_projection_among_processes_by_default(
+        pg_database: PgDatabase, pg_schema: str, tmp_path: Path) -> None:
+    """Without ``--processes``: one process per partition, at most one per core (this machine's count,
+    which the command sees too); ``--processes 1`` keeps them on threads of the command's own process."""
+    with deployment_for(pg_database, pg_schema, JetStreamSettings(), tmp_path, app=PARTITION_APP) as deployment:
+        deployment.init_db()
+        store, views = deployment.store(), deployment.views()
+        write_backlog(store, new_isin(), accounts=120, credits_each=4)
+        deployment.cli_ok("replay", "applied")
+        deployment.cli_ok("replay", "holdings")
+        assert views.active_version("applied") == 2
+        per_pid = assert_applied_once(views, store)
+        assert len(per_pid) == min(PARTITIONS, os.cpu_count() or 1), per_pid
+        assert_matches_replay(views, store, [PartitionedHoldings()])
+
+        deployment.cli_ok("replay", "applied", "--processes", "1")
+        assert views.active_version("applied") == 3
+        assert len(assert_applied_once(views, store)) == 1
 
 
 def test_a_replay_process_that_fails_fails_the_replay_and_nothing_is_switched_in(
