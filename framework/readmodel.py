@@ -52,8 +52,20 @@ class ReadModel(BaseModel):
         return tuple(getattr(self, column) for column in self.key)
 
     def copy_row(self) -> Self:
-        """An independent copy: shallow when every field is a scalar (cheap), deep otherwise."""
+        """An independent copy: shallow when every field is a scalar (cheap), deep otherwise; the row
+        itself when nothing can change it (``immutable``)."""
+        if type(self).immutable():
+            return self
         return self.model_copy(deep=not type(self)._flat())
+
+    @classmethod
+    @functools.cache
+    def immutable(cls) -> bool:
+        """Whether rows of this model cannot be changed once made: frozen (``model_config =
+        ConfigDict(frozen=True)``: pydantic refuses assignments), every field a scalar (no list or dict
+        to change in place) and no private attributes. Such rows are handed to handlers and queries
+        without a copy."""
+        return bool(cls.model_config.get("frozen")) and cls._flat() and not cls.__private_attributes__
 
     @classmethod
     @functools.cache

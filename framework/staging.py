@@ -180,17 +180,27 @@ _MISSING: Any = object()
 
 def _copy(row: R | None) -> R | None:
     """An independent copy of a row, which handlers may mutate: ``copy_row``, done faster for rows
-    of scalars only (the row's shallow ``__copy__``, without ``model_copy``'s update step)."""
+    of scalars only (the row's shallow ``__copy__``, without ``model_copy``'s update step); a row
+    nothing can change (``ReadModel.immutable``) is shared, not copied."""
     if row is None:
         return None
     model = type(row)
-    flat = _FLAT.get(model)
-    if flat is None:
-        flat = _FLAT[model] = model._flat()
-    return row.__copy__() if flat else row.copy_row()
+    kind = _COPY_KIND.get(model)
+    if kind is None:
+        kind = _COPY_KIND[model] = _copy_kind(model)
+    if kind is _SHARED:
+        return row
+    return row.__copy__() if kind is _SHALLOW else row.copy_row()
 
 
-_FLAT: dict[type[ReadModel], bool] = {}
+_SHARED, _SHALLOW, _DEEP = "shared", "shallow", "deep"
+_COPY_KIND: dict[type[ReadModel], str] = {}
+
+
+def _copy_kind(model: type[ReadModel]) -> str:
+    if model.immutable():
+        return _SHARED
+    return _SHALLOW if model._flat() else _DEEP
 
 
 def _key_getter(model: type[ReadModel]) -> Callable[[ReadModel], tuple[Any, ...]]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import date, datetime
 from uuid import UUID
 
+from pydantic import ConfigDict
+
 from example_app.accounts import AccountOpened, SecuritiesCredited, SecuritiesDebited
 from framework.read import HandlerContext, Projector, ReadModel, on
 
@@ -12,6 +14,7 @@ __all__ = ["AccountRow", "Holding", "HoldingMovement", "HoldingsProjector"]
 
 
 class AccountRow(ReadModel):
+    model_config = ConfigDict(frozen=True)  # rows are replaced, never changed: handlers read them uncopied
     table = "accounts"
     key = ("aggregate_id",)
     indexes = (("account_number",),)
@@ -23,6 +26,7 @@ class AccountRow(ReadModel):
 
 
 class Holding(ReadModel):
+    model_config = ConfigDict(frozen=True)
     table = "holdings"
     key = ("account_number", "isin")
     indexes = (("isin",),)
@@ -35,6 +39,7 @@ class Holding(ReadModel):
 class HoldingMovement(ReadModel):
     """One credit or debit; the balance after it answers "what was held on date D"."""
 
+    model_config = ConfigDict(frozen=True)
     table = "holding_movements"
     key = ("account_number", "isin", "position")
     indexes = (("isin", "value_date"),)

@@ -1,12 +1,13 @@
 """A read model's copies (the copy a handler gets of every row it reads): equal, independent, still
-validated on assignment; a row with private attributes takes pydantic's own copy."""
+validated on assignment; a row with private attributes takes pydantic's own copy; a row nothing can change
+(frozen, scalars only) is shared, not copied."""
 
 from __future__ import annotations
 
 import copy
 
 import pytest
-from pydantic import PrivateAttr, ValidationError
+from pydantic import ConfigDict, PrivateAttr, ValidationError
 
 from framework.readmodel import ReadModel
 from framework.staging import StagedViews
@@ -75,3 +76,59 @@ def test_a_handler_changing_the_row_it_read_changes_nothing_it_did_not_put() -> 
         row.count += 100
     assert stored.count == 1
     assert [(m, k, r.count if r else None) for m, k, r in views.changes()] == [(Row, ("b",), 5)]
+
+
+class Frozen(ReadModel):
+    model_config = ConfigDict(frozen=True)
+    table = "frozen"
+    key = ("name",)
+
+    name: str
+    count: int
+
+
+class FrozenWithList(ReadModel):
+    model_config = ConfigDict(frozen=True)
+    table = "frozen_lists"
+    key = ("name",)
+
+    name: str
+    tags: list[str]
+
+
+class FrozenNoted(ReadModel):
+    model_config = ConfigDict(frozen=True)
+    table = "frozen_noted"
+    key = ("name",)
+
+    name: str
+    _seen: list[str] = PrivateAttr(default_factory=list)
+
+
+def test_only_rows_nothing_can_change_are_immutable() -> None:
+    assert Frozen.immutable()
+    assert not Row.immutable()  # assignments change it
+    assert not FrozenWithList.immutable()  # its list changes in place
+    assert not FrozenNoted.immutable()  # its private attributes change
+
+
+def test_an_immutable_row_is_read_without_a_copy_and_cannot_be_changed() -> None:
+    stored = Frozen(name="a", count=1)
+    views = StagedViews(_FrozenSource(stored))
+    row = views.get(Frozen, "a")
+    assert row is stored and row.copy_row() is stored
+    with pytest.raises(ValidationError):
+        row.count = 2  # type: ignore[misc]
+    listed = FrozenWithList(name="a", tags=["x"])
+    assert listed.copy_row() is not listed and listed.copy_row().tags is not listed.tags
+
+
+class _FrozenSource:
+    def __init__(self, row: Frozen) -> None:
+        self.row = row
+
+    def load(self, model: type[Frozen], key: tuple[str, ...]) -> Frozen | None:
+        return self.row if key == (self.row.name,) else None
+
+    def load_where(self, model: type[Frozen], equal: dict[str, str]) -> list[Frozen]:
+        return [self.row]
