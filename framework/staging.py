@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import operator
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -163,6 +163,18 @@ class StagedViews:
     def changes(self) -> Iterator[tuple[type[ReadModel], tuple[Any, ...], ReadModel | None]]:
         for (model, key), row in self._changes.items():
             yield model, key, row
+
+    def grouped_changes(self) -> tuple[dict[type[ReadModel], list[tuple[Any, ...]]],
+                                       dict[type[ReadModel], list[ReadModel]]]:
+        """This batch's changes per model: the keys it deletes and the rows it puts (a bulk statement each)."""
+        deletes: dict[type[ReadModel], list[tuple[Any, ...]]] = defaultdict(list)
+        upserts: dict[type[ReadModel], list[ReadModel]] = defaultdict(list)
+        for (model, key), row in self._changes.items():
+            if row is None:
+                deletes[model].append(key)
+            else:
+                upserts[model].append(row)
+        return deletes, upserts
 
     def publish(self) -> None:
         """This batch's rows become what later batches read (it committed, or is committing).

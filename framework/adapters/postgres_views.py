@@ -13,10 +13,9 @@ import hashlib
 import json
 import operator
 import time
-from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from datetime import datetime
+from datetime import date, datetime
 from enum import Enum
 from typing import Any, TypeVar, cast
 
@@ -25,6 +24,7 @@ from psycopg import AsyncConnection, Connection, sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from framework.adapters.pg_arrays import packed, register_packed_arrays
 from framework.adapters.pg_columns import column_definitions, to_parameters
 from framework.adapters.pg_pool import PgPool, went_away_async
 from framework.errors import ConcurrencyConflict, ConfigurationError, RowRejected, StoreUnavailable, VersionSwitched
@@ -268,24 +268,24 @@ class _PostgresBatch(StagedBatch):
         self.partition: int | None = None  # whose position ``advance`` moves (None: the version's own)
 
     def flush(self, conn: Conn) -> None:
-        deletes: dict[type[ReadModel], list[tuple[Any, ...]]] = defaultdict(list)
-        upserts: dict[type[ReadModel], list[ReadModel]] = defaultdict(list)
-        for model, key, row in self.changes():
-            if row is None:
-                deletes[model].append(key)
-            else:
-                upserts[model].append(row)
+        deletes, upserts = self.grouped_changes()
+        pack = _packer(conn)
         with conn.cursor() as cursor:
             for model, keys in deletes.items():
-                statements = self.tables.statements(model)
-                columns = _columns(keys)
-                binary = _binary_ok(columns)
-                cursor.execute(statements["delete_binary" if binary else "delete"], columns)
+                _execute_bulk(cursor, self.tables.statements(model), "delete", _columns(keys), pack)
             for model, rows in upserts.items():
                 statements = self.tables.statements(model)
-                columns = _row_columns(rows, statements)
-                binary = _binary_ok(columns)
-                cursor.execute(statements["upsert_binary" if binary else "upsert"], columns)
+                _execute_bulk(cursor, statements, "upsert", _row_columns(rows, statements), pack)
+
+
+def _execute_bulk(cursor: psycopg.Cursor[Any], statements: dict[str, Any], kind: str, columns: list[list[Any]],
+                  pack: Callable[[list[list[Any]]], list[Any]]) -> None:
+    """One statement for a model's deletes or upserts: binary arrays when every column's values share
+    one type (see _binary_ok), else the text form."""
+    if _binary_ok(columns):
+        cursor.execute(statements[f"{kind}_binary"], pack(columns))
+    else:
+        cursor.execute(statements[kind], columns)
 
 
 class PostgresViewStore:
@@ -1044,6 +1044,23 @@ def _binary_ok(columns: Sequence[Sequence[Any]]) -> bool:
         ) > 1:
             return False
     return True
+
+
+def _packer(conn: Conn) -> Callable[[list[list[Any]]], list[Any]]:
+    """What turns a binary statement's columns into its parameters: integer, date and text columns
+    packed in one pass (``framework.adapters.pg_arrays``); text only when the connection speaks UTF-8."""
+    register_packed_arrays(conn)
+    kinds: tuple[type, ...] = (int, date, str) if conn.info.encoding == "utf-8" else (int, date)
+
+    def pack(columns: list[list[Any]]) -> list[Any]:
+        return [packed(column, kind) if (kind := _only_type(column)) in kinds else column for column in columns]
+
+    return pack
+
+
+def _only_type(column: Sequence[Any]) -> type | None:
+    types = set(map(type, column))
+    return types.pop() if len(types) == 1 else None
 
 
 def _columns(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
