@@ -107,8 +107,11 @@ def _rebuild_partitions(projector: Projector, views: ViewStore, store: EventLog,
         worker.skip_to(from_position)
     if processes.count > 1 and processes.opener is not None and len(workers) > 1:
         _catch_up_in_processes(workers, store, progress, parallel, processes.count, processes.opener, options)
-    else:
-        _catch_up_partitions(workers, store, progress, parallel=parallel)
+        for worker in workers:
+            worker.reload()  # from where the processes left each partition
+    # Threads: the whole rebuild. After processes: what was stored while they ran (as their second
+    # pass took what was stored during their first), so that little is left to the live workers.
+    _catch_up_partitions(workers, store, progress, parallel=parallel)
     _switch_in(workers[0], store, progress)
     return version
 
