@@ -525,7 +525,9 @@ class PostgresViewStore:
             self._advance(conn, name, version, batch)
             self._write_letters(conn, version, batch)
             self._write_process(conn, batch)
-        except (psycopg.DataError, psycopg.IntegrityError) as e:
+        except (psycopg.DataError, psycopg.IntegrityError, UnicodeEncodeError) as e:
+            # UnicodeEncodeError: a text (a lone surrogate) the connection's encoding cannot send, a row's
+            # fault as much as a NUL is: the event is isolated and parked, not retried for ever
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise RowRejected(f"{name} v{version}: the read-model database refused a row: {first}") from e
 

@@ -75,3 +75,24 @@ def test_a_row_the_database_refuses_is_still_isolated(pg_database: PgDatabase, p
             assert rows.get(Wide, "ü") == Wide(name="ü", count=-(2**63), day=date(1, 1, 1))
     finally:
         views.close()
+
+
+@pytest.mark.parametrize("name", ["lone \ud800 surrogate", "nul\x00here"], ids=["surrogate", "nul"])
+def test_a_text_the_database_cannot_hold_is_refused_as_a_row(pg_database: PgDatabase, pg_schema: str,
+                                                           name: str) -> None:
+    """A string that does not encode (a lone surrogate, which an event read back from its bytes can carry)
+    or that PostgreSQL's text refuses (NUL) is a refused row (the worker parks its event), never another
+    error that the worker would retry for ever."""
+    views = PostgresViewStore(pg_database.settings(pg_schema))
+    views.create_schema()
+    try:
+        views.ensure_tables("wide", 1, [Wide])
+        with pytest.raises(RowRejected), views.batch("wide", 1) as batch:
+            batch.put(Wide(name=name, count=1, day=date(2026, 1, 1)))
+        with pytest.raises(RowRejected), views.batch("wide", 1) as batch:  # alone in its column: not packed
+            batch.put(Wide(name="fine", count=2**63, day=date(2026, 1, 1)))
+        with views.batch("wide", 1) as batch:
+            batch.put(Wide(name="fine", count=1, day=date(2026, 1, 1)))
+        assert views.query("wide", Wide) == [Wide(name="fine", count=1, day=date(2026, 1, 1))]
+    finally:
+        views.close()
