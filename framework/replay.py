@@ -18,6 +18,7 @@ import multiprocessing
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from uuid import UUID
@@ -127,16 +128,21 @@ def _catch_up_in_processes(workers: list[ProjectionWorker], store: EventLog,
     shares = [list(range(first, count, processes)) for first in range(min(processes, count))]
     threads = max(1, -(-parallel // len(shares)))
     context = multiprocessing.get_context("spawn")  # never fork a process that holds connections and threads
-    with ProcessPoolExecutor(len(shares), mp_context=context) as pool:
-        running = [pool.submit(_catch_up_share, opener, version, share, count, threads, options) for share in shares]
-        while True:
-            done, pending = wait(running, timeout=1.0, return_when=FIRST_EXCEPTION)
-            for future in done:
-                future.result()  # a failed share: raised here (the others are left to finish)
-            if progress:
-                progress(min(_committed(w) for w in workers), store.head())
-            if not pending:
-                return
+    try:
+        with ProcessPoolExecutor(len(shares), mp_context=context) as pool:
+            running = [pool.submit(_catch_up_share, opener, version, share, count, threads, options)
+                       for share in shares]
+            while True:
+                done, pending = wait(running, timeout=1.0, return_when=FIRST_EXCEPTION)
+                for future in done:
+                    future.result()  # a failed share: raised here (the others are left to finish)
+                if progress:
+                    progress(min(_committed(w) for w in workers), store.head())
+                if not pending:
+                    return
+    except BrokenProcessPool as error:  # killed (kill -9, out of memory): no error of its own to show
+        raise ProjectionHalted(f"{workers[0].name}: a replay process ended abruptly ({error}); version {version}"
+                               " was not switched in: run the replay again") from error
 
 
 def _committed(worker: ProjectionWorker) -> int:

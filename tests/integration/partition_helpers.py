@@ -104,3 +104,12 @@ def open_for_replay(settings: PostgresSettings, name: str) -> tuple[Projector, V
 
 
 REPLAYABLE: dict[str, type[Projector]] = {"holdings": PartitionedHoldings, "applied": AppliedLog}
+
+
+def open_then_die(settings: PostgresSettings, name: str) -> tuple[Projector, ViewStore, EventStore]:
+    """A replay process that dies as ``kill -9`` (or the OOM killer) would end it, once it has begun."""
+    import signal
+
+    opened = open_for_replay(settings, name)
+    os.kill(os.getpid(), signal.SIGKILL)
+    return opened

@@ -26,6 +26,7 @@ from partition_helpers import (
     PartitionedHoldings,
     assert_applied_once,
     open_for_replay,
+    open_then_die,
 )
 from streaming_helpers import assert_matches_replay, deployment_for, new_isin, write_backlog
 from support.postgres import PgDatabase
@@ -34,7 +35,7 @@ from framework.adapters.nats import JetStreamSettings
 from framework.adapters.pg_positions import PostgresPositionSignals
 from framework.adapters.postgres import PostgresEventStore
 from framework.adapters.postgres_views import PostgresViewStore
-from framework.errors import ConcurrencyConflict, ConfigurationError
+from framework.errors import ConcurrencyConflict, ConfigurationError, EventfoldError
 from framework.partitions import Partition
 from framework.projector import with_partitions
 from framework.replay import rebuild, rebuild_aggregate
@@ -126,6 +127,25 @@ def test_a_replay_process_that_fails_fails_the_replay_and_nothing_is_switched_in
     assert {s.version: s.state for s in views.states() if s.name == "applied"}[3] == "rebuilding"
     with pytest.raises(ConfigurationError, match="needs an opener"):
         rebuild(AppliedLog(), views, store, processes=2)
+
+
+def test_a_replay_process_killed_fails_the_replay_with_an_eventfold_error_and_a_rerun_converges(
+        store: PostgresEventStore, views: PostgresViewStore, pg_database: PgDatabase, pg_schema: str) -> None:
+    """A process of the replay killed (kill -9, the OOM killer): the replay fails with an error of its own
+    (the CLI's one clear line, not a BrokenProcessPool traceback), nothing is switched in, and a rerun
+    builds a version equal to a replay, each event applied once."""
+    write_backlog(store, new_isin(), accounts=30, credits_each=3)
+    assert rebuild(AppliedLog(), views, store) == 2
+    opener = functools.partial(open_then_die, pg_database.settings(pg_schema), "applied")
+    with pytest.raises(EventfoldError, match="replay process"):
+        rebuild(AppliedLog(), views, store, processes=2, opener=opener)
+    assert views.active_version("applied") == 2
+    opener = functools.partial(open_for_replay, pg_database.settings(pg_schema), "applied")
+    assert rebuild(AppliedLog(), views, store, processes=2, opener=opener) == 4
+    assert_applied_once(views, store)
+    assert rebuild(PartitionedHoldings(), views, store, processes=2, opener=functools.partial(
+        open_for_replay, pg_database.settings(pg_schema), "holdings")) == 2
+    assert_matches_replay(views, store, [PartitionedHoldings()])
 
 
 def test_the_partition_count_changes_with_a_replay(store: PostgresEventStore, views: PostgresViewStore) -> None:
