@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -145,6 +146,38 @@ def test_a_replay_process_killed_fails_the_replay_with_an_eventfold_error_and_a_
     assert_applied_once(views, store)
     assert rebuild(PartitionedHoldings(), views, store, processes=2, opener=functools.partial(
         open_for_replay, pg_database.settings(pg_schema), "holdings")) == 2
+    assert_matches_replay(views, store, [PartitionedHoldings()])
+
+
+def test_events_stored_while_replay_processes_run_are_each_applied_once(
+        store: PostgresEventStore, views: PostgresViewStore, pg_database: PgDatabase, pg_schema: str) -> None:
+    """Commands keep arriving while the processes rebuild and while the command's own process applies what
+    they missed: after the switch the partitions' workers catch up, and every event was applied exactly
+    once (counted), the rows equal to a replay."""
+    write_backlog(store, new_isin(), accounts=60, credits_each=4)
+    settings = pg_database.settings(pg_schema)
+    stop, writer_store = threading.Event(), PostgresEventStore(settings)
+
+    def keep_writing() -> None:
+        while not stop.is_set():
+            write_backlog(writer_store, new_isin(), accounts=3, credits_each=2)
+
+    writer = threading.Thread(target=keep_writing)
+    writer.start()
+    try:
+        head_before = store.head()
+        for projector in (AppliedLog(), PartitionedHoldings()):
+            opener = functools.partial(open_for_replay, settings, projector.name)
+            assert rebuild(projector, views, store, processes=2, opener=opener) == 2
+        assert store.head() > head_before  # commands arrived meanwhile
+    finally:
+        stop.set()
+        writer.join()
+        writer_store.close()
+    for projector in (AppliedLog(), PartitionedHoldings()):  # the live workers' part, after the switch
+        for index in range(PARTITIONS):
+            ProjectionWorker(projector, views, store, partition=Partition(index, PARTITIONS)).catch_up()
+    assert_applied_once(views, store)
     assert_matches_replay(views, store, [PartitionedHoldings()])
 
 
