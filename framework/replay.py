@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -129,7 +130,7 @@ def _catch_up_in_processes(workers: list[ProjectionWorker], store: EventLog,
     threads = max(1, -(-parallel // len(shares)))
     context = multiprocessing.get_context("spawn")  # never fork a process that holds connections and threads
     try:
-        with ProcessPoolExecutor(len(shares), mp_context=context) as pool:
+        with ProcessPoolExecutor(len(shares), mp_context=context, initializer=_end_with_parent) as pool:
             running = [pool.submit(_catch_up_share, opener, version, share, count, threads, options)
                        for share in shares]
             while True:
@@ -143,6 +144,19 @@ def _catch_up_in_processes(workers: list[ProjectionWorker], store: EventLog,
     except BrokenProcessPool as error:  # killed (kill -9, out of memory): no error of its own to show
         raise ProjectionHalted(f"{workers[0].name}: a replay process ended abruptly ({error}); version {version}"
                                " was not switched in: run the replay again") from error
+
+
+def _end_with_parent() -> None:
+    """In a replay process: end when the command's process ends (``kill -9``), rather than go on
+    rebuilding a version nothing will switch in, then wait for ever on a queue no one writes to."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_after, args=(parent,), name="replay-parent-watch", daemon=True).start()
+
+
+def _exit_after(parent: multiprocessing.process.BaseProcess) -> None:
+    parent.join()  # its sentinel: ready once the parent process is gone
+    os._exit(1)  # an uncommitted batch is rolled back; the version stays "rebuilding"
 
 
 def _committed(worker: ProjectionWorker) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +30,7 @@ from partition_helpers import (
     open_for_replay,
     open_then_die,
 )
-from streaming_helpers import assert_matches_replay, deployment_for, new_isin, write_backlog
+from streaming_helpers import TRACEBACK, assert_matches_replay, deployment_for, new_isin, wait_until, write_backlog
 from support.postgres import PgDatabase
 
 from framework.adapters.nats import JetStreamSettings
@@ -115,6 +116,46 @@ def test_eventfold_replay_divides_a_partitioned_projection_among_processes_by_de
         deployment.cli_ok("replay", "applied", "--processes", "1")
         assert views.active_version("applied") == 3
         assert len(assert_applied_once(views, store)) == 1
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()] if path.exists() else []
+
+
+def _wait_for_children(pid: int, count: int) -> list[int]:
+    wait_until(lambda: len(_children(pid)) >= count, timeout=60, message="the replay's processes")
+    return _children(pid)
+
+
+def test_eventfold_replay_whose_process_is_killed_fails_in_one_line_and_a_rerun_converges(
+        pg_database: PgDatabase, pg_schema: str, tmp_path: Path) -> None:
+    """``kill -9`` of one of the replay's processes mid-way: the command ends with an error line, not a
+    traceback, nothing is switched in; ``kill -9`` of the command itself leaves no process of it behind;
+    a rerun switches in a version equal to a replay, each event applied once."""
+    with deployment_for(pg_database, pg_schema, JetStreamSettings(), tmp_path, app=PARTITION_APP) as deployment:
+        deployment.init_db()
+        store, views = deployment.store(), deployment.views()
+        write_backlog(store, new_isin(), accounts=400, credits_each=25)
+        deployment.cli_ok("replay", "applied", "--processes", "1")
+        replay = deployment.start("replay", "applied", "--processes", "2", name="replay-child-killed")
+        os.kill(_wait_for_children(replay.pid, 2)[-1], signal.SIGKILL)  # the pool's own helper is not spawned yet
+        assert replay.process is not None
+        status = replay.process.wait(120)
+        output = replay.log_path.read_text()
+        assert status != 0 and TRACEBACK not in output and "replay process ended abruptly" in output, output
+        assert views.active_version("applied") == 2
+
+        replay = deployment.start("replay", "applied", "--processes", "2", name="replay-killed")
+        children = _wait_for_children(replay.pid, 2)
+        replay.kill()
+        wait_until(lambda: not any(Path(f"/proc/{child}").exists() for child in children), timeout=60,
+                   message="the killed replay's processes to end")
+        assert views.active_version("applied") == 2
+
+        deployment.cli_ok("replay", "applied")
+        assert views.active_version("applied") > 2
+        assert_applied_once(views, store)
 
 
 def test_a_replay_process_that_fails_fails_the_replay_and_nothing_is_switched_in(
