@@ -148,7 +148,9 @@ def test_eventfold_replay_whose_process_is_killed_fails_in_one_line_and_a_rerun_
 
         replay = deployment.start("replay", "applied", "--processes", "2", name="replay-killed")
         children = _wait_for_children(replay.pid, 2)
-        replay.kill()
+        wait_until(lambda: any(p.name == "applied" and p.version == 4 and p.position > 0
+                               for p in views.partition_states()), timeout=60, message="the processes to apply")
+        replay.kill()  # mid-way: its processes are applying
         wait_until(lambda: not any(Path(f"/proc/{child}").exists() for child in children), timeout=60,
                    message="the killed replay's processes to end")
         assert views.active_version("applied") == 2
@@ -156,6 +158,8 @@ def test_eventfold_replay_whose_process_is_killed_fails_in_one_line_and_a_rerun_
         deployment.cli_ok("replay", "applied")
         assert views.active_version("applied") > 2
         assert_applied_once(views, store)
+        deployment.cli_ok("replay", "holdings")
+        assert_matches_replay(views, store, [PartitionedHoldings()])
 
 
 def test_a_replay_process_that_fails_fails_the_replay_and_nothing_is_switched_in(
