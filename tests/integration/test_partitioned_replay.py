@@ -226,6 +226,25 @@ def test_events_stored_while_replay_processes_run_are_each_applied_once(
     assert_matches_replay(views, store, [PartitionedHoldings()])
 
 
+def test_replay_processes_with_another_hash_seed_apply_the_same_partitions(
+        store: PostgresEventStore, views: PostgresViewStore, pg_database: PgDatabase, pg_schema: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The processes (spawned with PYTHONHASHSEED=12345) and the command's own process (its own seed), whose
+    second pass applies what they missed, agree on which events are each partition's: none skipped or twice."""
+    monkeypatch.setenv("PYTHONHASHSEED", "12345")
+    write_backlog(store, new_isin(), accounts=80, credits_each=3)
+    settings = pg_database.settings(pg_schema)
+    for projector in (AppliedLog(), PartitionedHoldings()):
+        opener = functools.partial(open_for_replay, settings, projector.name)
+        rebuild(projector, views, store, processes=3, opener=opener)
+    write_backlog(store, new_isin(), accounts=20, credits_each=2)  # the live workers' part, after the switch
+    for projector in (AppliedLog(), PartitionedHoldings()):
+        for index in range(PARTITIONS):
+            ProjectionWorker(projector, views, store, partition=Partition(index, PARTITIONS)).catch_up()
+    assert len(assert_applied_once(views, store)) == 4  # three processes, then this one
+    assert_matches_replay(views, store, [PartitionedHoldings()])
+
+
 def test_the_partition_count_changes_with_a_replay(store: PostgresEventStore, views: PostgresViewStore) -> None:
     write_backlog(store, new_isin(), accounts=100, credits_each=4)
     rebuild(AppliedLog(), views, store, parallel=2)
