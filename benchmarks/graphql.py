@@ -214,11 +214,13 @@ def phases(action_ids: list[str], loaded: list[str] | None = None) -> dict[str, 
                         load=True),
         "cards_w": Phase("cards_w", f"(b) cards(first: 20), writes {WRITE_RATE:.0f}/s", "eventfold", "/graphql",
                          [CARDS_W], load=True),
+        "cardsd_w": Phase("cardsd_w", f"(b') cards descending, writes {WRITE_RATE:.0f}/s beyond", "eventfold",
+                          "/graphql", [CARDSD_W], load=True),
     }
 
 
-ORDER = ["json", "hello0", "hello", "card", "cards", "card_w", "cards_w", "subs"]
-LOADED = ["card_w", "cards_w"]
+ORDER = ["json", "hello0", "hello", "card", "cards", "card_w", "cards_w", "cardsd_w", "subs"]
+LOADED = ["card_w", "cards_w", "cardsd_w"]
 
 
 def body_of(query: str) -> bytes:
@@ -700,6 +702,9 @@ def seed(url: str, actions: int, accounts: int) -> Seeded:
 # that every answer can be checked against the positions it claims.
 CARD_W = '{ %s: card(actionId: "%s") { actionId status kind recordDate position } }'  # alias: the id asked
 CARDS_W = "{ cards(first: 20) { edges { node { actionId status position security { name } } } } }"
+# The same page in the other order: the writer's cards (ever earlier record dates) land beyond it, so a
+# kept page outlives their commits (a page is dropped only by a commit that can change it).
+CARDSD_W = "{ cards(first: 20, descending: true) { edges { node { actionId status position security { name } } } } }"
 SUB_CARD = 'subscription { card(actionId: "%s") { position card { actionId status } } }'
 WRITE_RATE = 200.0  # commands per second
 TARGET_SUB_P99_MS = 50.0
@@ -1303,6 +1308,8 @@ def print_ratios(results: dict[str, Result]) -> None:
         ("(b) under writes / Strawberry cached { hello }", _ratio(results.get("cards_w"), hello)),
         ("(a) under writes by server CPU/req", _cpu_ratio(results.get("card_w"), hello)),
         ("(b) under writes by server CPU/req", _cpu_ratio(results.get("cards_w"), hello)),
+        ("(b') descending, writes beyond the page / Strawberry cached", _ratio(results.get("cardsd_w"), hello)),
+        ("(b') under writes by server CPU/req", _cpu_ratio(results.get("cardsd_w"), hello)),
     ]
     print()
     print("ratios (requests/s; the last two from server CPU per request, steadier on a busy machine)")
