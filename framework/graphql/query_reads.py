@@ -62,38 +62,33 @@ class QueryRead:
     def table(self) -> str:
         return self.model.table
 
-    def changed_by(self, key: tuple[str, ...], values: Mapping[str, Any] | None) -> bool:
-        """Whether the change of the row ``key`` to ``values`` (None: deleted) may change the result."""
+    def changed_by(self, key: tuple[str, ...], values: Mapping[str, Any] | None,
+                   read: dict[tuple[Any, ...], Any] | None = None) -> bool:
+        """Whether the change of the row ``key`` to ``values`` (None: deleted) may change the result.
+        ``read``: the values already read as their columns' types, shared by the reads one commit is
+        checked against (each value is read once)."""
         if key in self.keys:
             return True
         if values is None or self.limit == 0:
             return False
         try:
-            return self._enters(values)
+            return self._enters(_Row(self.model, key, values, {} if read is None else read))
         except _Undecided:
             return True
 
-    def _enters(self, values: Mapping[str, Any]) -> bool:
+    def _enters(self, values: _Row) -> bool:
         if not all(self._meets(condition, values) for condition in self.where):
             return False
         columns = self.sort.columns(self.model)
-        own = tuple(self._value(values, c) for c in columns)
+        own = tuple(values.get(c) for c in columns)
         if self.after is not None and not self._before(self.after, own):
             return False
         if self.limit is None or self.count < self.limit or self.last is None:
             return True
         return self._before(own, self.last)
 
-    def _value(self, values: Mapping[str, Any], column: str) -> Any:
-        if column not in values:
-            raise _Undecided(column)
-        try:
-            return column_value(self.model, column, values[column])
-        except ValidationError:
-            raise _Undecided(column) from None
-
-    def _meets(self, condition: Condition, values: Mapping[str, Any]) -> bool:
-        actual = _plain(self._value(values, condition.column))
+    def _meets(self, condition: Condition, values: _Row) -> bool:
+        actual = _plain(values.get(condition.column))
         operator, wanted = condition.operator, condition.value
         if operator == "is_null":
             return (actual is None) is bool(wanted)
@@ -129,6 +124,34 @@ class QueryRead:
         return int(a > b) - int(a < b)
 
 
+@dataclass(frozen=True)
+class _Row:
+    """A changed row's announced values, read as its columns' types when asked for."""
+
+    model: type[ReadModel]
+    key: tuple[str, ...]
+    values: Mapping[str, Any]
+    read: dict[tuple[Any, ...], Any]
+
+    def get(self, column: str) -> Any:
+        memo = (self.model, self.key, column)
+        if memo not in self.read:
+            self.read[memo] = self._read(column)
+        found = self.read[memo]
+        if found is _UNREADABLE:
+            raise _Undecided(column)
+        return found
+
+    def _read(self, column: str) -> Any:
+        if column not in self.values:
+            return _UNREADABLE
+        try:
+            return column_value(self.model, column, self.values[column])
+        except ValidationError:
+            return _UNREADABLE
+
+
+_UNREADABLE: Any = object()
 _ORDERED = {"lt": lambda o: o < 0, "lte": lambda o: o <= 0, "gt": lambda o: o > 0, "gte": lambda o: o >= 0}
 
 

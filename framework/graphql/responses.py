@@ -343,9 +343,10 @@ class ResponseCache:
             readings += [(name, table, key) for table, keys in touched.items() for key in keys]
             tables = list(touched)
         dropped = {entry for reading in readings for entry in self._filed.get(reading, ())}
+        read: dict[tuple[Any, ...], Any] = {}  # the commit's values as their columns' types, read once
         for table in tables:
             for entry in self._queried.get((name, table), ()):
-                if entry not in dropped and _changes_query(name, touched, rows, entry.queries):
+                if entry not in dropped and _changes_query(name, touched, rows, entry.queries, read):
                     dropped.add(entry)
         for entry in dropped:
             if self._kept.get(entry.key) is entry:
@@ -380,19 +381,20 @@ def _single(positions: tuple[int, ...]) -> bool:
     return len(positions) < 3 or positions[1] == positions[2]
 
 
-def _changes_query(name: str, touched: Touched | None, rows: RowValues | None, queries: Iterable[QueryRead]) -> bool:
+def _changes_query(name: str, touched: Touched | None, rows: RowValues | None, queries: Iterable[QueryRead],
+                   read: dict[tuple[Any, ...], Any] | None = None) -> bool:
     """Whether a commit of ``name`` that changed ``touched`` (new values ``rows``) may change what one of
     ``queries`` returned: it changed rows of the query's table that it cannot show do not matter."""
-    for read in queries:
-        if read.projection != name:
+    for query in queries:
+        if query.projection != name:
             continue
         if touched is None:
             return True
-        keys = touched.get(read.table)
+        keys = touched.get(query.table)
         if not keys:
             continue
-        values = rows.get(read.table) if rows is not None else None
-        if values is None or any(key not in values or read.changed_by(key, values[key]) for key in keys):
+        values = rows.get(query.table) if rows is not None else None
+        if values is None or any(key not in values or query.changed_by(key, values[key], read) for key in keys):
             return True
     return False
 

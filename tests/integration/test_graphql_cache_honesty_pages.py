@@ -298,7 +298,8 @@ OPERATORS: list[dict[str, Any]] = [
     {"rank": {"eq": 30}}, {"rank": {"ne": 30}}, {"rank": {"in": [20, 50]}}, {"rank": {"lt": 30}},
     {"rank": {"lte": 30}}, {"rank": {"gt": 40}}, {"rank": {"gte": 40}}, {"rank": {"isNull": True}},
     {"rank": {"isNull": False}}, {"label": {"prefix": "a_"}}, {"label": {"contains": "%"}},
-    {"label": {"ne": "B"}}, {"label": {"eq": "é"}}, {"label": {"in": ["é", "B"]}}, {"score": {"gte": 0.0}}, {"score": {"isNull": True}},
+    {"label": {"ne": "B"}}, {"label": {"eq": "é"}}, {"label": {"in": ["é", "B"]}},
+    {"score": {"gte": 0.0}}, {"score": {"isNull": True}},
 ]
 
 

@@ -285,7 +285,7 @@ def test_a_notice_carries_the_changed_rows_values_when_they_fit() -> None:
         at: datetime | None = None
         amount: Decimal | None = None
         score: float | None = None
-        tags: list[str] = []
+        tags: list[str] | None = None
 
     changes = [(Dated, ("a",), Dated(id="a", day=date(2026, 1, 2), at=datetime(2026, 1, 2, 3, tzinfo=UTC),
                                      amount=Decimal("1.50"), score=float("inf"), tags=["x"])),
