@@ -181,7 +181,7 @@ class RecordingViews:
 
     def query(self, name: str, model: Any, where: Sequence[Condition] = (), sort: Sort = BY_KEY, *,
               after: tuple[Any, ...] | None = None, limit: int | None = None) -> Any:
-        where = tuple(where)  # read twice: by the store, then noted
+        where = where if isinstance(where, list | tuple) else tuple(where)  # read twice: by the store, then noted
         rows = self._views.query(name, model, where, sort, after=after, limit=limit)
         self._reads.query(name, model, where, sort, after, limit, rows, self._text_order())
         return rows
