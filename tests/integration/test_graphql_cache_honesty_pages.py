@@ -49,6 +49,17 @@ EntryWhere = filter_input(Entry, name="EntryWhere")
 COMPUTED = {"count": 0}
 
 
+@dataclass
+class Hold:
+    """Set by a test: the next page read waits, after reading, until ``release`` is set."""
+
+    read: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+
+
+HOLD: list[Hold] = []
+
+
 def page_of(views: Any, name: str, arguments: dict[str, Any]) -> list[str]:
     """What the field answers, read through ``views``: the truth when they are the store itself."""
     where = arguments.get("where")
@@ -57,6 +68,10 @@ def page_of(views: Any, name: str, arguments: dict[str, Any]) -> list[str]:
     page = paginate(views, name, Entry, request, where.conditions() if where else [],
                     Sort(arguments.get("order_by"), arguments.get("descending", False)))
     shown = [f"{r.id}:{r.rank}:{r.label}:{r.score}" for r in page.rows]
+    if HOLD and not isinstance(views, PostgresViewStore):  # a request's read, not the truth's
+        hold = HOLD.pop()
+        hold.read.set()
+        assert hold.release.wait(15)
     return [*shown, f"next={page.has_next}", f"previous={page.has_previous}"]
 
 
@@ -214,6 +229,7 @@ def side(pg_database: PgDatabase) -> Iterator[Side]:
                 made.head["entries"] = views.active_position("entries")
                 yield made
         finally:
+            HOLD.clear()
             views.close()
 
 
@@ -363,3 +379,43 @@ def test_a_partitioned_projection_and_a_version_switch(side: Side) -> None:
     side.head["entries"] = position
     side.settle("entries", position)
     assert check(side) >= 1, "a switch drops every kept page of the projection"
+
+
+def _metric(side: Side, name: str) -> int:
+    text = side.client.http.get(side.client.base_url + "/metrics").text
+    found = [line for line in text.splitlines() if line.startswith(name + " ")]
+    return int(float(found[0].split()[-1])) if found else 0
+
+
+@pytest.mark.parametrize("commit_meanwhile", [False, True], ids=["nothing-meanwhile", "page-changed-meanwhile"])
+def test_requests_arriving_while_their_answer_is_computed_share_it_when_it_holds_for_them(
+        side: Side, commit_meanwhile: bool) -> None:
+    """Requests for an answer being computed wait for it, then take it only as they would take a kept
+    one: when the page changed after it was read (and before they arrived), each computes its own."""
+    import concurrent.futures
+
+    side.commit(_entries(*((i, i * 10, f"e{i}") for i in range(1, 7))))
+    side.watching(ask(first=2, orderBy="rank"))
+    asked = side.asks[-1]
+    hold = Hold()
+    HOLD.append(hold)
+    followers = 3
+    with concurrent.futures.ThreadPoolExecutor(followers + 1) as pool:
+        def one() -> Any:
+            with GraphQLClient(side.client.base_url) as client:
+                return client.execute(asked.query, dict(asked.variables))["data"]["entries"]
+
+        before = COMPUTED["count"]
+        leader = pool.submit(one)
+        assert hold.read.wait(15), "the first request read its page"
+        if commit_meanwhile:
+            side.commit(_entries((30, 1, "heads")))  # heard before the others arrive
+        others = [pool.submit(one) for _ in range(followers)]
+        _wait_for(lambda: _metric(side, "eventfold_graphql_response_cache_waiting") == followers or None)
+        hold.release.set()
+        assert leader.result(15) == side.at(0, side.head["entries"] - (1 if commit_meanwhile else 0))
+        answers = [f.result(15) for f in others]
+    assert answers == [side.at(0, side.head["entries"])] * followers, "each the newest page at its arrival"
+    computed = COMPUTED["count"] - before
+    assert computed == (1 + followers if commit_meanwhile else 1), computed
+    check(side)
