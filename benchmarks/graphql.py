@@ -1524,8 +1524,32 @@ def run_phases(keys: list[str], table: dict[str, Phase], server: Server, driver:
         prime(server.port, phase)
         for _ in range(args.repeat):
             print(f"  running: {key} ...", file=sys.stderr, flush=True)
+            before = cache_counts(server.port) if phase.server == "eventfold" else {}
             results.setdefault(key, []).append(
                 driver.run(phase, server.port, server.pid, args.connections, args.warmup, args.duration))
+            if phase.server == "eventfold":
+                after = cache_counts(server.port)
+                CACHE_COUNTS[key] = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+
+
+CACHE_COUNTS: dict[str, dict[str, int]] = {}  # phase -> the response cache's answers (kept/shared/computed)
+
+
+def cache_counts(port: int) -> dict[str, int]:
+    """``eventfold_graphql_response_cache_total`` by outcome, from the query API's /metrics (empty: none)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    counts = {}
+    for line in text.splitlines():
+        if line.startswith('eventfold_graphql_response_cache_total{outcome="'):
+            outcome = line.split('"')[1]
+            counts[outcome] = int(float(line.split()[-1]))
+    return counts
 
 
 def run(args: argparse.Namespace) -> int:
@@ -1656,6 +1680,12 @@ def report(runs: dict[str, list[Result]], live: Live | None = None) -> None:
     print_table([results[k] for k in ORDER if k in results])
     print_ratios(results)
     print_loaded(results, live)
+    if CACHE_COUNTS:
+        print()
+        print("response cache answers per phase (warm-up included; the last repetition):")
+        for key, counts in CACHE_COUNTS.items():
+            shown = ", ".join(f"{k} {counts.get(k, 0)}" for k in ("kept", "shared", "computed"))
+            print(f"  {key:<8} {shown}")
     print()
     print(f"  load average : {os.getloadavg()[0]:.2f} (1 min) at end")
     print("  notes        : CPU ms/req is CPU time in the measured window divided by good answers;")
