@@ -36,7 +36,7 @@ NAMES, REQUIRED = _positional_names(SIGNATURE)
 
 def _calls() -> list[tuple[tuple[object, ...], dict[str, object]]]:
     """Every split of up to five arguments (and a stray name) between positions and keywords."""
-    calls = []
+    calls: list[tuple[tuple[object, ...], dict[str, object]]] = []
     for count in range(0, 6):
         for positional in range(0, count + 1):
             args = tuple(range(positional))
@@ -70,4 +70,4 @@ def test_keyword_and_positional_calls_record_the_same_event() -> None:
                                               ((1,), {"b": 2, "d": 3}), ((1,), {"self": 1, "b": 2})])
 def test_a_call_bind_refuses_is_refused(args: tuple[object, ...], kwargs: dict[str, object]) -> None:
     with pytest.raises(TypeError):
-        Pad.blank(uuid4()).note(*args, **kwargs)  # type: ignore[call-arg, misc, arg-type]
+        Pad.blank(uuid4()).note(*args, **kwargs)  # type: ignore[arg-type]
