@@ -71,3 +71,22 @@ def test_keyword_and_positional_calls_record_the_same_event() -> None:
 def test_a_call_bind_refuses_is_refused(args: tuple[object, ...], kwargs: dict[str, object]) -> None:
     with pytest.raises(TypeError):
         Pad.blank(uuid4()).note(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def test_the_events_a_unit_collects_have_ids_of_their_own_and_the_same_metadata() -> None:
+    from framework.adapters.memory import MemoryEventStore
+    from framework.events import EventMetadata
+    from framework.unit_of_work import UnitOfWork
+
+    unit = UnitOfWork(MemoryEventStore())
+    first, second = unit.add(Pad.blank(uuid4())), unit.add(Pad.blank(uuid4()))
+    first.note(1, 2)
+    first.note(a=3, b=4)
+    second.note(5, 6, c=7)
+    metadata = EventMetadata(correlation_id="corr", causation_id="cause", actor="ada")
+    envelopes = unit.collect(metadata)
+    assert [(e.aggregate_id, e.version) for e in envelopes] == [(first.id, 1), (first.id, 2), (second.id, 1)]
+    assert len({e.metadata.event_id for e in envelopes}) == 3
+    shared = {(e.metadata.correlation_id, e.metadata.causation_id, e.metadata.actor, e.metadata.recorded_at)
+              for e in envelopes}
+    assert shared == {("corr", "cause", "ada", metadata.recorded_at)}
