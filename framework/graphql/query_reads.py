@@ -156,7 +156,11 @@ _ORDERED = {"lt": lambda o: o < 0, "lte": lambda o: o <= 0, "gt": lambda o: o > 
 
 
 def _plain(value: Any) -> Any:
-    return value.value if isinstance(value, Enum) else value
+    if not isinstance(value, Enum):
+        return value
+    if not isinstance(value.value, str):  # the store keeps an enum's value as text: '10' sorts before '2'
+        raise _Undecided("enum of other values than text")
+    return value.value
 
 
 def _numbers(a: Any, b: Any) -> bool:
