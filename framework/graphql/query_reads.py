@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import Enum
 from typing import Any
@@ -175,7 +175,13 @@ def _equal(a: Any, b: Any) -> bool:
         raise _Undecided("null")
     if isinstance(a, str) is not isinstance(b, str) or isinstance(a, bool) is not isinstance(b, bool):
         raise _Undecided("types")
-    return bool(a == b)
+    return bool(_instant(a) == _instant(b))
+
+
+def _instant(value: Any) -> Any:
+    """A time with a zone as its instant in UTC, which the store compares: Python compares two times of one
+    zone by their wall clocks, and says two zones' times differ when one falls in an hour the zone repeats."""
+    return value.astimezone(UTC) if isinstance(value, datetime) else value
 
 
 def _exact(value: Any) -> None:
