@@ -88,12 +88,13 @@ class QueryRead:
         return self._before(own, self.last)
 
     def _meets(self, condition: Condition, values: _Row) -> bool:
-        actual = _plain(values.get(condition.column))
+        actual = values.get(condition.column)
         operator, wanted = condition.operator, condition.value
         if operator == "is_null":
             return (actual is None) is bool(wanted)
         if actual is None:
             return False
+        actual = _plain(actual)
         if operator in ("prefix", "contains"):
             if not isinstance(actual, str):
                 raise _Undecided(condition.column)

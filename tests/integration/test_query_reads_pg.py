@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import random
+import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -16,13 +17,20 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 import pytest
+import strawberry
+from graphql_helpers import GraphQLClient
+from strawberry.types import Info
+from support.http import ServerThread
 from support.postgres import PgDatabase
 
+from framework.adapters.pg_positions import PostgresPositionSignals
 from framework.adapters.postgres_views import PostgresViewStore
+from framework.graphql import GraphQLSpec, QueryContext, create_query_app, reads
 from framework.graphql.responses import Reads, RecordingViews, _changes_query
-from framework.positions import changed_values, touched_by
-from framework.query import Condition, Sort
+from framework.positions import PositionWatch, changed_values, touched_by
+from framework.query import Condition, PageRequest, Sort, paginate
 from framework.readmodel import ReadModel
+from framework.settings import PostgresSettings
 
 pytestmark = pytest.mark.postgres
 
@@ -64,6 +72,7 @@ class Row(ReadModel):
 @dataclass
 class Store:
     views: PostgresViewStore
+    settings: PostgresSettings
     positions: Iterator[int] = field(default_factory=lambda: iter(range(1, 1_000_000)))
 
     def commit(self, puts: Sequence[Row] = (), deletes: Sequence[tuple[Any, ...]] = ()) -> Any:
@@ -101,7 +110,7 @@ def store(pg_database: PgDatabase) -> Iterator[Store]:
         views.create_schema()
         views.ensure_tables("p", 1, [Row])
         try:
-            yield Store(views)
+            yield Store(views, pg_database.settings(schema))
         finally:
             views.close()
 
@@ -191,3 +200,39 @@ def test_random_commits_against_postgresqls_answers(store: Store, seed: int) -> 
         rows.update({p.key_values(): p for p in puts})
         for key in deletes:
             rows.pop(key)
+
+
+def _page(views: Any) -> list[str]:
+    return [row.name for row in paginate(views, "p", Row, PageRequest(first=2), sort=Sort("priority")).rows]
+
+
+@strawberry.type
+class Query:
+    @strawberry.field
+    @reads("p")
+    async def by_priority(self, info: Info) -> list[str]:
+        context = info.context
+        assert isinstance(context, QueryContext)
+        return await context.read(_page, context.views)  # type: ignore[no-any-return]
+
+
+def test_a_kept_page_sorted_by_an_enum_of_numbers_is_postgresqls_after_a_row_enters_it(
+        pg_database: PgDatabase, store: Store) -> None:
+    """Through the query API: the commit's notice heard by the listener, the kept page checked against it."""
+    store.commit([Row(grp=0, name=n, priority=p) for n, p in (("a", Priority.ONE), ("b", Priority.TWO),
+                                                            ("c", Priority.TWO))])
+    watch = PositionWatch(PostgresPositionSignals(store.settings, check_seconds=5), store.views)
+    listening, heard = threading.Event(), threading.Event()
+    watch.observers.append(lambda change: (listening if change is None else heard).set())
+    app = create_query_app(GraphQLSpec(Query), store.views, None, watch=watch)
+    with ServerThread(app) as server, GraphQLClient(server.base_url) as client:
+        query = "{ byPriority }"
+        assert client.data(query)["byPriority"] == ["a", "b"]  # the first request starts the listener
+        assert listening.wait(10)
+        store.commit()  # a commit of no row, heard: the answer kept before listening no longer holds
+        assert heard.wait(10)
+        heard.clear()
+        assert client.data(query)["byPriority"] == ["a", "b"]  # computed again and kept, commits now heard
+        store.commit([Row(grp=0, name="d", priority=Priority.TEN)])
+        assert heard.wait(10), "the commit's notice heard"
+        assert client.data(query)["byPriority"] == _page(store.views) == ["a", "d"]
