@@ -12,7 +12,8 @@ cursor. A commit changes rows by key, and announces each one's new values (or it
   changed row never ties with ``R``'s last row.
 
 Each comparison is decided as PostgreSQL makes it, or not at all (the answer is dropped): a null compared
-by order (a sort value, a cursor), a float or decimal NaN, a time without a zone, text compared by order
+by order (a sort value, a cursor), a float or decimal NaN, a time without a zone (one with a zone is its
+instant), an enum of other values than text (the store keeps them as text), text compared by order
 when the store does not order text by code point (``framework.views.TextOrder``), a column whose value is
 not announced or not a plain value. Conditions follow ``Condition.matches`` (SQL's: a null meets nothing
 but ``is_null``); equality of text is bytewise in every deterministic collation, and so are ``prefix`` and
