@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from support.postgres import PgDatabase
 
-from framework.adapters.pg_arrays import PackedArray, packed, register_packed_arrays
+from framework.adapters.pg_arrays import ARRAY_CONTEXT, PackedArray, packed
 from framework.adapters.postgres_views import PostgresViewStore
 from framework.errors import RowRejected
 from framework.readmodel import ReadModel
@@ -29,9 +29,8 @@ COLUMNS: list[tuple[type, str, list[Any]]] = [
 
 @pytest.fixture
 def conn(pg_database: PgDatabase) -> Iterator[psycopg.Connection[Any]]:
-    with pg_database.connect() as connection:
-        register_packed_arrays(connection)
-        yield connection
+    with psycopg.connect(pg_database.url(), context=ARRAY_CONTEXT, autocommit=True) as connection:
+        yield connection  # the context every pooled connection has (framework.adapters.pg_pool)
 
 
 @pytest.mark.parametrize(("kind", "cast", "values"), COLUMNS, ids=[c[1] for c in COLUMNS])
