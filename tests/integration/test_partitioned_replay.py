@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +31,15 @@ from partition_helpers import (
     open_for_replay,
     open_then_die,
 )
-from streaming_helpers import TRACEBACK, assert_matches_replay, deployment_for, new_isin, wait_until, write_backlog
+from streaming_helpers import (
+    TRACEBACK,
+    assert_matches_replay,
+    deployment_for,
+    eventfold_executable,
+    new_isin,
+    wait_until,
+    write_backlog,
+)
 from support.postgres import PgDatabase
 
 from framework.adapters.nats import JetStreamSettings
@@ -160,6 +169,37 @@ def test_eventfold_replay_whose_process_is_killed_fails_in_one_line_and_a_rerun_
         assert_applied_once(views, store)
         deployment.cli_ok("replay", "holdings")
         assert_matches_replay(views, store, [PartitionedHoldings()])
+
+
+def test_eventfold_replay_interrupted_with_ctrl_c_ends_with_its_processes(
+        pg_database: PgDatabase, pg_schema: str, tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the terminal's process group, the replay's processes included) mid-way: the command
+    exits 130 without a traceback, no process of it is left, nothing is switched in; a rerun converges."""
+    with deployment_for(pg_database, pg_schema, JetStreamSettings(), tmp_path, app=PARTITION_APP) as deployment:
+        deployment.init_db()
+        store, views = deployment.store(), deployment.views()
+        write_backlog(store, new_isin(), accounts=400, credits_each=25)
+        log = tmp_path / "replay-interrupted.log"
+        with log.open("wb") as out:
+            replay = subprocess.Popen([eventfold_executable(), "replay", "applied", "--processes", "2"],
+                                      env=deployment.env(), stdout=out, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            children = _wait_for_children(replay.pid, 2)
+            wait_until(lambda: any(p.name == "applied" and p.version == 2 and p.position > 0
+                                   for p in views.partition_states()), timeout=60, message="the processes to apply")
+            os.killpg(replay.pid, signal.SIGINT)  # its own session: this group is the command's alone
+            status = replay.wait(60)
+        finally:
+            if replay.poll() is None:
+                replay.kill()
+        output = log.read_text()
+        assert status == 130 and TRACEBACK not in output, output
+        wait_until(lambda: not any(Path(f"/proc/{child}").exists() for child in children), timeout=60,
+                   message="the interrupted replay's processes to end")
+        assert views.active_version("applied") == 1
+        deployment.cli_ok("replay", "applied")
+        assert_applied_once(views, store)
 
 
 def test_a_replay_process_that_fails_fails_the_replay_and_nothing_is_switched_in(
