@@ -170,7 +170,15 @@ class ProjectionWorker:
                     self._aggregates_mine.clear()
                 mine = self._aggregates_mine[aggregate] = self.partition.holds(str(aggregate))
             return mine
-        return self.partition.holds(self.projector.partition_key(from_stored(notification)))
+        return self.partition.holds(self._key_of(notification))
+
+    def _key_of(self, notification: Notification) -> str:
+        """The event's partition key (``partition_key``). An event that does not decode, or whose key the
+        projector cannot tell, is the empty key's partition's: that one parks it (``_handled_at``), once."""
+        try:
+            return self.projector.partition_key(from_stored(notification))
+        except Exception:
+            return ""
 
     def catch_up(self, until: int | None = None, progress: Callable[[int], None] | None = None, *,
                  interrupted: Callable[[], bool] | None = None) -> int:
@@ -246,7 +254,8 @@ class ProjectionWorker:
         fault_point("batch.committed")
         seconds = time.perf_counter() - started
         # A partition passes over the other partitions' events: it applied only its own.
-        size = len(batch) if self.partition is None else sum(1 for n in batch if self._mine(n))
+        size = len(batch) if self.partition is None else sum(
+            1 for n in batch if n.topic in self._names and self._mine(n))  # a key is asked of its events only
         self.observer.batch_applied(self.name, size, seconds)
         log.info("%s: applied %d events (%d..%d) in %.1f ms", self.label, size, batch[0].id,
                  batch[-1].id, seconds * 1000, extra={
@@ -382,6 +391,8 @@ class ProjectionWorker:
             return None  # not ours: only the position moves past it
         try:
             envelope = from_stored(notification)
+            if self.partition is not None and not self.projector.keys_by_aggregate():
+                self.projector.partition_key(envelope)  # one it fails on was dealt here (``_key_of``): parked
         except Exception as error:
             raise HandlerFailed(notification, error) from error
         token = correlation_id.set(envelope.metadata.correlation_id)  # what the handler logs and issues
