@@ -130,13 +130,17 @@ def _catch_up_in_processes(workers: list[ProjectionWorker], store: EventLog,
     threads = max(1, -(-parallel // len(shares)))
     context = multiprocessing.get_context("spawn")  # never fork a process that holds connections and threads
     try:
-        with ProcessPoolExecutor(len(shares), mp_context=context, initializer=_end_with_parent) as pool:
+        failed = context.Event()  # set when a share fails: the others stop at their next batch
+        with ProcessPoolExecutor(len(shares), mp_context=context, initializer=_start_replay_process,
+                                 initargs=(failed,)) as pool:
             running = [pool.submit(_catch_up_share, opener, version, share, count, threads, options)
                        for share in shares]
             while True:
                 done, pending = wait(running, timeout=1.0, return_when=FIRST_EXCEPTION)
+                if any(future.exception() is not None for future in done):
+                    failed.set()
                 for future in done:
-                    future.result()  # a failed share: raised here (the others are left to finish)
+                    future.result()  # a failed share: raised here, once the others have stopped
                 if progress:
                     progress(min(_committed(w) for w in workers), store.head())
                 if not pending:
@@ -144,6 +148,20 @@ def _catch_up_in_processes(workers: list[ProjectionWorker], store: EventLog,
     except BrokenProcessPool as error:  # killed (kill -9, out of memory): no error of its own to show
         raise ProjectionHalted(f"{workers[0].name}: a replay process ended abruptly ({error}); version {version}"
                                " was not switched in: run the replay again") from error
+
+
+_failed: Any = None  # in a replay process: the event set when another process's share failed
+
+
+def _start_replay_process(failed: Any) -> None:
+    """In a replay process, first: stop when another share fails, and end with the command's process."""
+    global _failed
+    _failed = failed
+    _end_with_parent()
+
+
+def _another_failed() -> bool:
+    return _failed is not None and bool(_failed.is_set())
 
 
 def _end_with_parent() -> None:
@@ -173,7 +191,7 @@ def _catch_up_share(opener: ReplayOpener, version: int, indexes: list[int], coun
         pages = SharedPages(store, readers=len(indexes))
         workers = [ProjectionWorker(projector, views, pages, None, options, version=version, follow_active=False,
                                     partition=Partition(index, count)) for index in indexes]
-        _catch_up_partitions(workers, store, None, parallel=threads)
+        _catch_up_partitions(workers, store, None, parallel=threads, interrupted=_another_failed)
     finally:
         for closing in (views, store):
             close = getattr(closing, "close", None)
@@ -192,7 +210,8 @@ def _partition_workers(projector: Projector, views: ViewStore, store: EventLog, 
 
 
 def _catch_up_partitions(workers: list[ProjectionWorker], store: EventLog,
-                         progress: Callable[[int, int], None] | None, *, parallel: int) -> None:
+                         progress: Callable[[int, int], None] | None, *, parallel: int,
+                         interrupted: Callable[[], bool] | None = None) -> None:
     def report(_: int) -> None:
         if progress:
             progress(min(w.position for w in workers), store.head())
@@ -201,7 +220,7 @@ def _catch_up_partitions(workers: list[ProjectionWorker], store: EventLog,
     with ThreadPoolExecutor(min(parallel, len(workers)), thread_name_prefix=f"replay-{name}") as pool:
         for _ in range(2):
             target = store.head()
-            for done in [pool.submit(w.catch_up, target, report) for w in workers]:
+            for done in [pool.submit(w.catch_up, target, report, interrupted=interrupted) for w in workers]:
                 done.result()
 
 

@@ -113,3 +113,26 @@ def open_then_die(settings: PostgresSettings, name: str) -> tuple[Projector, Vie
     opened = open_for_replay(settings, name)
     os.kill(os.getpid(), signal.SIGKILL)
     return opened
+
+
+def open_one_then_fail(settings: PostgresSettings, name: str, marker: str,
+                       version: int) -> tuple[Projector, ViewStore, EventStore]:
+    """The first replay process to open fails once another has committed some of ``version`` (mid-way);
+    the others open as ``open_for_replay``."""
+    import time
+
+    from framework.adapters.postgres_views import PostgresViewStore
+
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return open_for_replay(settings, name)
+    views = PostgresViewStore(settings)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(
+                p.name == name and p.version == version and p.position > 0 for p in views.partition_states()):
+            time.sleep(0.05)
+    finally:
+        views.close()
+    raise ConfigurationError("this replay process fails mid-way")

@@ -29,6 +29,7 @@ from partition_helpers import (
     PartitionedHoldings,
     assert_applied_once,
     open_for_replay,
+    open_one_then_fail,
     open_then_die,
 )
 from streaming_helpers import (
@@ -51,7 +52,7 @@ from framework.partitions import Partition
 from framework.projector import with_partitions
 from framework.replay import rebuild, rebuild_aggregate
 from framework.testing.positions_conformance import changes, listen_while
-from framework.worker import ProjectionWorker
+from framework.worker import ProjectionWorker, WorkerOptions
 from projections.holdings import AccountRow, Holding
 
 pytestmark = [pytest.mark.postgres]
@@ -283,6 +284,26 @@ def test_replay_processes_with_another_hash_seed_apply_the_same_partitions(
             ProjectionWorker(projector, views, store, partition=Partition(index, PARTITIONS)).catch_up()
     assert len(assert_applied_once(views, store)) == 4  # three processes, then this one
     assert_matches_replay(views, store, [PartitionedHoldings()])
+
+
+def test_when_a_replay_process_fails_the_others_stop_rather_than_finish_their_share(
+        store: PostgresEventStore, views: PostgresViewStore, pg_database: PgDatabase, pg_schema: str,
+        tmp_path: Path) -> None:
+    """One process fails mid-way: the replay fails with its error, and the other process stops at its next
+    batch instead of rebuilding the rest of a version nothing will switch in (its partitions stay short
+    of the head); nothing is switched in, and a rerun converges."""
+    write_backlog(store, new_isin(), accounts=300, credits_each=20)
+    settings = pg_database.settings(pg_schema)
+    assert rebuild(AppliedLog(), views, store) == 2
+    opener = functools.partial(open_one_then_fail, settings, "applied", str(tmp_path / "failed"), 3)
+    with pytest.raises(ConfigurationError, match="fails mid-way"):
+        rebuild(AppliedLog(), views, store, processes=2, opener=opener, options=WorkerOptions(catch_up_batch=200))
+    assert views.active_version("applied") == 2
+    abandoned = [p.position for p in views.partition_states() if p.name == "applied" and p.version == 3]
+    assert max(abandoned) < store.head(), abandoned
+    opener = functools.partial(open_for_replay, settings, "applied")
+    assert rebuild(AppliedLog(), views, store, processes=2, opener=opener) == 4
+    assert_applied_once(views, store)
 
 
 def test_the_partition_count_changes_with_a_replay(store: PostgresEventStore, views: PostgresViewStore) -> None:
