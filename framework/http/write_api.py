@@ -40,7 +40,7 @@ from framework.http.gate import Gate
 from framework.http.health import metrics_route, ready_route, store_check
 from framework.http.openapi import access_of, openapi_document
 from framework.http.problems import problem, problem_for
-from framework.ids import random_uuid
+from framework.ids import random_uuid_text
 from framework.metrics import Metrics
 from framework.observe import NULL_OBSERVER, correlation_id
 from framework.security import Authenticator, Principal, authorize
@@ -341,7 +341,7 @@ def _too_large(limit: int) -> _BadRequest:
 
 def _context(request: Request, principal: Principal, headers: dict[str, str]) -> CommandContext:
     key = _header(headers, "idempotency-key")
-    request_id = str(random_uuid())
+    request_id = random_uuid_text()
     return CommandContext(
         correlation_id=request_correlation_id(request.scope) or request_id,
         causation_id=request_id,
