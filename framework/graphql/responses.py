@@ -162,6 +162,13 @@ class RecordingViews:
         self._reads.table(name, model.table)
         return self._views.query(name, model, *args, **kwargs)
 
+    async def query_async(self, name: str, model: Any, *args: Any, **kwargs: Any) -> Any:
+        self._reads.table(name, model.table)
+        read_async = getattr(self._views, "query_async", None)
+        if read_async is None:  # a store that reads only blocking: off the loop, as QueryContext.read does
+            return await asyncio.to_thread(self._views.query, name, model, *args, **kwargs)
+        return await read_async(name, model, *args, **kwargs)
+
     def __getattr__(self, attribute: str) -> Any:
         self._reads.unknown = True
         return getattr(self._views, attribute)
