@@ -790,9 +790,9 @@ class PostgresViewStore:
     def get_many(self, name: str, model: type[R], keys: Sequence[tuple[Any, ...]]) -> list[R | None]:
         if not keys:
             return []
-        statement = self._get_many_statement(name, self._active_version_cached(name), model)
+        statement = self._get_many_statement(name, self._active_version_cached(name), model, len(keys) == 1)
         with self._connection() as conn:
-            rows = _rows(model, conn.execute(statement, _columns(keys), prepare=True))
+            rows = _rows(model, conn.execute(statement, _key_params(keys), prepare=True))
         by_key = {row.key_values(): row for row in rows}
         return [by_key.get(tuple(key)) for key in keys]
 
@@ -804,7 +804,8 @@ class PostgresViewStore:
         async with self._rows_async.connection() as conn:
             version = await self._active_version_async(conn, name)
             cursor = conn.cursor(row_factory=dict_row)  # the connection's own rows are tuples
-            await cursor.execute(self._get_many_statement(name, version, model), _columns(keys), prepare=True)
+            statement = self._get_many_statement(name, version, model, len(keys) == 1)
+            await cursor.execute(statement, _key_params(keys), prepare=True)
             rows = _rows(model, await cursor.fetchall())
         by_key = {row.key_values(): row for row in rows}
         return [by_key.get(tuple(key)) for key in keys]
@@ -880,13 +881,15 @@ class PostgresViewStore:
             pp=self._table("eventfold_partition_positions"))
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 - statements live as long as the store
-    def _get_many_statement(self, name: str, version: int, model: type[ReadModel]) -> bytes:
+    def _get_many_statement(self, name: str, version: int, model: type[ReadModel], one: bool = False) -> bytes:
+        """Rows by key: ``one`` key compared as it is (no array to build and unnest), else arrays of them."""
         tables = _Tables(self._schema, name, version)
         kinds = {n: k for n, k, _ in column_definitions(model)}
-        statement = sql.SQL("SELECT {} FROM {} AS {} WHERE ({}) IN (SELECT * FROM unnest({}))").format(
-            _selected(model), tables.ident(model), sql.Identifier(_ROW),
-            sql.SQL(", ").join(map(sql.Identifier, model.key)), _arrays(model.key, kinds),
-        )
+        keys = sql.SQL(", ").join(map(sql.Identifier, model.key))
+        wanted = (sql.SQL("({}) = ({})").format(keys, _scalars(model.key, kinds)) if one else
+                  sql.SQL("({}) IN (SELECT * FROM unnest({}))").format(keys, _arrays(model.key, kinds)))
+        statement = sql.SQL("SELECT {} FROM {} AS {} WHERE {}").format(
+            _selected(model), tables.ident(model), sql.Identifier(_ROW), wanted)
         return statement.as_bytes(None)
 
     def _active_version_cached(self, name: str) -> int:
@@ -1090,6 +1093,15 @@ def _like_literal(text: str) -> str:
 
 def _arrays(columns: Sequence[str], kinds: dict[str, str]) -> sql.Composed:
     return sql.SQL(", ").join(sql.SQL("%s::{}[]").format(sql.SQL(kinds[c])) for c in columns)
+
+
+def _scalars(columns: Sequence[str], kinds: dict[str, str]) -> sql.Composed:
+    return sql.SQL(", ").join(sql.SQL("%s::{}").format(sql.SQL(kinds[c])) for c in columns)
+
+
+def _key_params(keys: Sequence[Sequence[Any]]) -> list[Any]:
+    """The parameters of ``_get_many_statement``: one key's values, or one array per key column."""
+    return list(keys[0]) if len(keys) == 1 else _columns(keys)
 
 
 def _binary_arrays(columns: Sequence[str], kinds: dict[str, str]) -> sql.Composed:

@@ -550,7 +550,7 @@ class CountingViewStore(PostgresViewStore):
             recording = self._statements
         if recording is not None and keys:
             version = self._active_cache.get(name, (1, 0.0))[0]
-            recording.append(self._get_many_statement(name, version, model).decode())
+            recording.append(self._get_many_statement(name, version, model, len(keys) == 1).decode())
         return await super().get_many_async(name, model, keys)
 
 
