@@ -72,6 +72,7 @@ from strawberry.types import ExecutionResult
 
 from framework.breaker import CircuitBreaker
 from framework.errors import EventfoldError, RateLimited, TooManyWaiting, Unauthenticated, Unavailable
+from framework.graphql.execution import PlainLeavesExecutor
 from framework.graphql.explorer import explorer_routes
 from framework.graphql.inputs import BadJson, parse_json, unstorable_text
 from framework.graphql.limits import DocumentLimits, check_document
@@ -439,6 +440,7 @@ def build_schema(
         query=query,
         subscription=subscription,
         config=StrawberryConfig(name_converter=_CachedNames()),
+        execution_context_class=PlainLeavesExecutor,  # plain leaf fields completed directly (same answers)
         # Factories, not instances: an extension instance holds the current
         # request's execution context, so sharing one between requests races.
         extensions=[
