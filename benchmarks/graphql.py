@@ -214,11 +214,13 @@ def phases(action_ids: list[str], loaded: list[str] | None = None) -> dict[str, 
                         load=True),
         "cards_w": Phase("cards_w", f"(b) cards(first: 20), writes {WRITE_RATE:.0f}/s", "eventfold", "/graphql",
                          [CARDS_W], load=True),
+        "cardsd_w": Phase("cardsd_w", f"(b') cards descending, writes {WRITE_RATE:.0f}/s beyond", "eventfold",
+                          "/graphql", [CARDSD_W], load=True),
     }
 
 
-ORDER = ["json", "hello0", "hello", "card", "cards", "card_w", "cards_w", "subs"]
-LOADED = ["card_w", "cards_w"]
+ORDER = ["json", "hello0", "hello", "card", "cards", "card_w", "cards_w", "cardsd_w", "subs"]
+LOADED = ["card_w", "cards_w", "cardsd_w"]
 
 
 def body_of(query: str) -> bytes:
@@ -700,6 +702,9 @@ def seed(url: str, actions: int, accounts: int) -> Seeded:
 # that every answer can be checked against the positions it claims.
 CARD_W = '{ %s: card(actionId: "%s") { actionId status kind recordDate position } }'  # alias: the id asked
 CARDS_W = "{ cards(first: 20) { edges { node { actionId status position security { name } } } } }"
+# The same page in the other order: the writer's cards (ever earlier record dates) land beyond it, so a
+# kept page outlives their commits (a page is dropped only by a commit that can change it).
+CARDSD_W = "{ cards(first: 20, descending: true) { edges { node { actionId status position security { name } } } } }"
 SUB_CARD = 'subscription { card(actionId: "%s") { position card { actionId status } } }'
 WRITE_RATE = 200.0  # commands per second
 TARGET_SUB_P99_MS = 50.0
@@ -1303,6 +1308,8 @@ def print_ratios(results: dict[str, Result]) -> None:
         ("(b) under writes / Strawberry cached { hello }", _ratio(results.get("cards_w"), hello)),
         ("(a) under writes by server CPU/req", _cpu_ratio(results.get("card_w"), hello)),
         ("(b) under writes by server CPU/req", _cpu_ratio(results.get("cards_w"), hello)),
+        ("(b') descending, writes beyond the page / Strawberry cached", _ratio(results.get("cardsd_w"), hello)),
+        ("(b') under writes by server CPU/req", _cpu_ratio(results.get("cardsd_w"), hello)),
     ]
     print()
     print("ratios (requests/s; the last two from server CPU per request, steadier on a busy machine)")
@@ -1517,8 +1524,32 @@ def run_phases(keys: list[str], table: dict[str, Phase], server: Server, driver:
         prime(server.port, phase)
         for _ in range(args.repeat):
             print(f"  running: {key} ...", file=sys.stderr, flush=True)
+            before = cache_counts(server.port) if phase.server == "eventfold" else {}
             results.setdefault(key, []).append(
                 driver.run(phase, server.port, server.pid, args.connections, args.warmup, args.duration))
+            if phase.server == "eventfold":
+                after = cache_counts(server.port)
+                CACHE_COUNTS[key] = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+
+
+CACHE_COUNTS: dict[str, dict[str, int]] = {}  # phase -> the response cache's answers (kept/shared/computed)
+
+
+def cache_counts(port: int) -> dict[str, int]:
+    """``eventfold_graphql_response_cache_total`` by outcome, from the query API's /metrics (empty: none)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    counts = {}
+    for line in text.splitlines():
+        if line.startswith('eventfold_graphql_response_cache_total{outcome="'):
+            outcome = line.split('"')[1]
+            counts[outcome] = int(float(line.split()[-1]))
+    return counts
 
 
 def run(args: argparse.Namespace) -> int:
@@ -1649,6 +1680,12 @@ def report(runs: dict[str, list[Result]], live: Live | None = None) -> None:
     print_table([results[k] for k in ORDER if k in results])
     print_ratios(results)
     print_loaded(results, live)
+    if CACHE_COUNTS:
+        print()
+        print("response cache answers per phase (warm-up included; the last repetition):")
+        for key, counts in CACHE_COUNTS.items():
+            shown = ", ".join(f"{k} {counts.get(k, 0)}" for k in ("kept", "shared", "computed"))
+            print(f"  {key:<8} {shown}")
     print()
     print(f"  load average : {os.getloadavg()[0]:.2f} (1 min) at end")
     print("  notes        : CPU ms/req is CPU time in the measured window divided by good answers;")

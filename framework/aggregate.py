@@ -43,9 +43,9 @@ def event(event_type: type[Event]) -> Callable[[Callable[P, None]], Callable[P, 
 
         @functools.wraps(apply)
         def record(*args: P.args, **kwargs: P.kwargs) -> None:
-            if not kwargs and required <= len(args) <= len(names):  # the usual call: what bind would give
+            fields = _bound_simply(names, required, args, kwargs)
+            if fields is not None:  # the usual calls: what bind would give
                 self = cast(Aggregate, args[0])
-                fields = dict(zip(names[1:], args[1:], strict=False))
             else:
                 bound = signature.bind(*args, **kwargs)
                 self, *_ = bound.arguments.values()
@@ -56,6 +56,25 @@ def event(event_type: type[Event]) -> Callable[[Callable[P, None]], Callable[P, 
         return record
 
     return decorate
+
+
+def _bound_simply(names: tuple[str, ...], required: int, args: tuple[object, ...],
+                  kwargs: dict[str, object]) -> dict[str, object] | None:
+    """The fields (all but ``self``) of a call that binds without ``Signature.bind``: positional
+    arguments, then keywords naming the parameters after them, every required one given. None for any
+    other call (``bind`` then binds it, or says what is wrong with it)."""
+    given = len(args)
+    if not 1 <= given <= len(names):
+        return None
+    fields = dict(zip(names[1:], args[1:], strict=False))
+    if kwargs:
+        later = names[given:]  # the parameters keywords may name
+        if not all(k in later for k in kwargs) or any(name not in kwargs for name in names[given:required]):
+            return None
+        fields.update(kwargs)
+    elif given < required:
+        return None
+    return fields
 
 
 def _positional_names(signature: inspect.Signature) -> tuple[tuple[str, ...], int]:

@@ -14,10 +14,9 @@ after, one away for long is probed every ``cool_down`` seconds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 from uuid import UUID
 
@@ -92,29 +91,35 @@ class CircuitBreaker:
         return left
 
     def call(self, action: Callable[[], T]) -> T:
-        with self._guarded():
-            return action()
-
-    async def call_async(self, action: Callable[[], Awaitable[T]]) -> T:
-        with self._guarded():
-            return await action()
-
-    @contextlib.contextmanager
-    def _guarded(self) -> Iterator[None]:
-        """Admit the call (or refuse it), then count how it ended."""
         probe = self._admit()
         try:
-            yield
-        except self._unavailable:
-            self._failed(probe)
-            raise
-        except asyncio.CancelledError:
-            self._cancelled(probe)
-            raise
-        except BaseException:
-            self._answered()
+            result = action()
+        except BaseException as error:
+            self._ended_with(error, probe)
             raise
         self._answered()
+        return result
+
+    async def call_async(self, action: Callable[[], Awaitable[T]]) -> T:
+        # Written out rather than through a context manager: the write path calls it once per command.
+        probe = self._admit()
+        try:
+            result = await action()
+        except BaseException as error:
+            self._ended_with(error, probe)
+            raise
+        self._answered()
+        return result
+
+    def _ended_with(self, error: BaseException, probe: bool) -> None:
+        """Count a call that raised: the dependency failing, the caller giving up, or an answer (an error
+        of the caller's own, a conflict: the dependency did answer)."""
+        if isinstance(error, self._unavailable):
+            self._failed(probe)
+        elif isinstance(error, asyncio.CancelledError):
+            self._cancelled(probe)
+        else:
+            self._answered()
 
     def _admit(self) -> bool:
         """True if the call is let through as the probe."""

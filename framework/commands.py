@@ -189,7 +189,7 @@ def decode_json(body: bytes) -> Any:
     if text.startswith("\ufeff"):
         raise MalformedJson("the body is not valid JSON: it starts with a byte order mark")
     try:
-        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
+        return _STRICT_JSON.decode(text)  # what json.loads does with these hooks, its decoder made once
     except json.JSONDecodeError as e:
         raise MalformedJson(f"the body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except (ValueError, RecursionError) as e:  # a duplicate key, a constant, a number too long, too deep
@@ -249,3 +249,6 @@ def _pointer(location: tuple[int | str, ...], payload: object) -> str:
             node = None
         parts.append(str(step))
     return "/" + "/".join(parts)
+
+
+_STRICT_JSON = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_reject_constant)

@@ -39,6 +39,10 @@ __all__ = [
 ]
 
 
+# What json.dumps(..., separators=(",", ":")) builds on every call, built once (a document per event).
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 def to_stored(envelope: EventEnvelope) -> StoredEvent:
     event = envelope.event
     document = {
@@ -51,7 +55,7 @@ def to_stored(envelope: EventEnvelope) -> StoredEvent:
         originator_id=envelope.aggregate_id,
         originator_version=envelope.version,
         topic=event.event_name,
-        state=json.dumps(document, separators=(",", ":")).encode(),
+        state=_COMPACT.encode(document).encode(),
     )
 
 
@@ -70,7 +74,7 @@ def stored_at_version(
     document = {"v": schema_version, "agg": aggregate_type, "meta": _metadata(metadata or EventMetadata()),
                 "data": dict(data)}
     return StoredEvent(originator_id=aggregate_id or uuid4(), originator_version=version, topic=event_name,
-                       state=json.dumps(document, separators=(",", ":")).encode())
+                       state=_COMPACT.encode(document).encode())
 
 
 def _metadata(metadata: EventMetadata) -> dict[str, Any]:
@@ -237,7 +241,7 @@ def _strings(value: Any) -> dict[str, str] | None:
 
 def encode_snapshot(schema_version: int, state: dict[str, Any]) -> bytes:
     """A snapshot's stored document: ``{"v": schema_version, "state": state}``."""
-    return json.dumps({"v": schema_version, "state": state}, separators=(",", ":")).encode()
+    return _COMPACT.encode({"v": schema_version, "state": state}).encode()
 
 
 def decode_snapshot(stored: StoredEvent) -> tuple[Any, Any] | None:

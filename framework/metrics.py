@@ -35,6 +35,7 @@ from typing import Any
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     GCCollector,
     Histogram,
     PlatformCollector,
@@ -86,6 +87,13 @@ class Metrics:
                                         ["operation", "outcome"], registry=r)
         self.graphql_duration = Histogram("eventfold_graphql_request_duration_seconds", "GraphQL request latency",
                                           ["operation"], buckets=_LATENCY, registry=r)
+        self.graphql_answers = Counter(
+            "eventfold_graphql_response_cache", "Answers to requests the response cache may keep, by where they came"
+            " from: kept (the cache), shared (another request's computation of the same answer), computed",
+            ["outcome"], registry=r)
+        self.graphql_sharing = Gauge("eventfold_graphql_response_cache_waiting",
+                                     "Requests waiting for the same answer, being computed by another request",
+                                     registry=r)
         self.collect_errors = Counter("eventfold_metrics_collect_errors",
                                       "Scrapes that could not read positions from the store", ["source"],
                                       registry=r)
@@ -119,6 +127,10 @@ class Metrics:
         name = self._operation_label(operation)
         self.graphql_requests.labels(name, outcome).inc()
         self.graphql_duration.labels(name).observe(seconds)
+
+    def graphql_answer(self, outcome: str) -> None:
+        """A keepable request answered: ``kept``, ``shared`` or ``computed``."""
+        self.graphql_answers.labels(outcome).inc()
 
     def _operation_label(self, operation: str | None) -> str:
         """Operation names come from clients: bounded in length and in number."""

@@ -22,21 +22,28 @@ import contextlib
 import heapq
 import itertools
 import logging
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
 from enum import Enum
 from typing import Any, Protocol
+from uuid import UUID
 
 from framework.errors import EventfoldError, TooManyWaiting
+from framework.query import scalar_columns
 from framework.readmodel import ReadModel
 
-__all__ = ["Deliver", "Interest", "PositionChange", "PositionSignals", "PositionSource", "PositionWatch", "Touched",
-           "key_text", "touched_by"]
+__all__ = ["Deliver", "Interest", "PositionChange", "PositionSignals", "PositionSource", "PositionWatch", "RowValues",
+           "Touched", "changed_values", "key_text", "touched_by"]
 
 log = logging.getLogger(__name__)
 
 
 Touched = Mapping[str, frozenset[tuple[str, ...]]]  # table -> keys of the rows a batch changed, as text
+# table -> key as text -> the row's scalar columns as JSON values after the batch (None: deleted)
+RowValues = Mapping[str, Mapping[tuple[str, ...], Mapping[str, Any] | None]]
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,7 @@ class PositionChange:
     position: int
     switched: bool = False
     touched: Touched | None = field(default=None, compare=False)
+    rows: RowValues | None = field(default=None, compare=False)  # ``touched``'s rows' new values, when known
 
 
 def key_text(values: Iterable[Any]) -> tuple[str, ...]:
@@ -68,6 +76,38 @@ def touched_by(changes: Iterable[tuple[type[ReadModel], tuple[Any, ...], Any]], 
             return None
         keys.setdefault(model.table, set()).add(key_text(key))
     return {table: frozenset(found) for table, found in keys.items()}
+
+
+def changed_values(changes: Iterable[tuple[type[ReadModel], tuple[Any, ...], Any]], limit: int = 256
+                   ) -> dict[str, dict[tuple[str, ...], dict[str, Any] | None]] | None:
+    """``rows`` for a batch's changes: each changed row's scalar columns as JSON values (what a query's
+    conditions and order can look at), None for a deleted row; None past ``limit`` rows."""
+    values: dict[str, dict[tuple[str, ...], dict[str, Any] | None]] = {}
+    for count, (model, key, row) in enumerate(changes):
+        if count == limit:
+            return None
+        shown = None if row is None else {c: json_value(getattr(row, c)) for c in scalar_columns(model)}
+        values.setdefault(model.table, {})[key_text(key)] = shown
+    return values
+
+
+def json_value(value: Any) -> Any:
+    """A scalar column's value as JSON that its column's pydantic type reads back as the same value
+    (a float that is not finite as text: JSON has no NaN, and pydantic would write it as null)."""
+    if value is None or (isinstance(value, bool | int | str) and not isinstance(value, Enum)):
+        return value
+    if isinstance(value, Enum):
+        return json_value(value.value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, date):  # a datetime too
+        return value.isoformat()
+    if isinstance(value, Decimal | UUID):
+        return str(value)
+    return _OPAQUE
+
+
+_OPAQUE = {"$opaque": True}  # not a value a query reads exactly: a reader decides nothing from it
 
 
 Deliver = Callable[[PositionChange | None], None]  # None: changes may have been missed, read positions again

@@ -13,8 +13,11 @@ import binascii
 import functools
 import json
 import types
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
 from enum import Enum
 from typing import Annotated, Any, Generic, Literal, Protocol, TypeVar, Union, get_args, get_origin
 
@@ -33,10 +36,12 @@ __all__ = [
     "QueryableAsync",
     "Sort",
     "check_conditions",
+    "column_value",
     "decode_cursor",
     "encode_cursor",
     "paginate",
     "paginate_async",
+    "scalar_columns",
     "sorted_rows",
 ]
 
@@ -222,6 +227,33 @@ def encode_cursor(values: Sequence[Any]) -> str:
 @functools.lru_cache(maxsize=512)
 def _adapter(model: type[ReadModel], column: str) -> TypeAdapter[Any]:
     return TypeAdapter(model.model_fields[column].annotation or Any)
+
+
+def column_value(model: type[ReadModel], column: str, value: Any) -> Any:
+    """``value`` (JSON, or a value already) read as ``model``'s ``column`` holds it; ValidationError if it cannot be."""
+    return _adapter(model, column).validate_python(value)
+
+
+_SCALARS = (bool, int, float, Decimal, date, uuid.UUID, str, Enum)  # a datetime is a date
+
+
+@functools.cache
+def scalar_columns(model: type[ReadModel]) -> tuple[str, ...]:
+    """The columns holding one plain value (text, a number, a time, an enum...), not a structure: the
+    ones a query can compare and order by as every view store does."""
+    return tuple(name for name, info in model.model_fields.items() if _is_scalar(info.annotation))
+
+
+def _is_scalar(annotation: Any) -> bool:
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _is_scalar(get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        members = [a for a in get_args(annotation) if a is not type(None)]
+        return len(members) == 1 and _is_scalar(members[0])
+    if origin is Literal:
+        return all(isinstance(a, str) for a in get_args(annotation))
+    return isinstance(annotation, type) and issubclass(annotation, _SCALARS)
 
 
 def decode_cursor(cursor: str, model: type[ReadModel], sort: Sort) -> tuple[Any, ...]:

@@ -172,14 +172,15 @@ class UnitOfWork:
         return list(self._touched.values())
 
     def collect(self, metadata: EventMetadata) -> list[EventEnvelope]:
-        """Every new event, numbered per aggregate and stamped with metadata."""
+        """Every new event, numbered per aggregate and stamped with metadata: the first takes ``metadata``
+        itself (a fresh one per collect, its event id its own), each other a copy with an id of its own."""
         envelopes: list[EventEnvelope] = []
         for touched in self._touched.values():
             aggregate = touched.aggregate
             events = aggregate.collect_events()
             first = aggregate.version - len(events) + 1
             for offset, new_event in enumerate(events):
-                stamped = metadata.model_copy(update={"event_id": random_uuid()})
+                stamped = metadata.model_copy(update={"event_id": random_uuid()}) if envelopes else metadata
                 envelopes.append(
                     EventEnvelope(
                         aggregate_type=type(aggregate).aggregate_name,

@@ -43,6 +43,7 @@ __all__ = [
     "ProjectionVersions",
     "ReadModels",
     "RowCaching",
+    "TextOrder",
     "ViewStore",
     "Views",
 ]
@@ -347,6 +348,17 @@ class AsyncActivePositions(Protocol):
 
     async def active_positions_async(self, names: Sequence[str]) -> dict[str, tuple[int, int, int]]:
         """What ``active_positions`` answers, read by a statement that starts after the call."""
+
+
+@runtime_checkable
+class TextOrder(Protocol):
+    """An optional port: how a view store orders text. The query API's response cache decides whether a
+    changed row can enter a kept page by comparing values in Python; text compared by order (a sort on a
+    text column, a key breaking ties, ``lt`` on text) is decided only when the store orders text by code
+    point, as Python does. Without the port, such comparisons are not decided (the page is dropped)."""
+
+    def orders_text_by_code_point(self) -> bool:
+        """Whether ``query`` orders text (and compares it with ``lt``...) by Unicode code point."""
 
 
 @runtime_checkable

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from framework.errors import ConcurrencyConflict, VersionSwitched
-from framework.positions import PositionChange, touched_by
+from framework.positions import PositionChange, changed_values, touched_by
 from framework.query import BY_KEY, Condition, Sort, check_conditions, sorted_rows
 from framework.readmodel import ReadModel
 from framework.staging import StagedBatch, StagedViews
@@ -71,7 +71,8 @@ class _MemoryBatch(StagedBatch):
                 updated_at=self._store._clock(),
             )
             self._store._announce(PositionChange(self._name, state.version, self.position,
-                                                 touched=touched_by(self.changes())))
+                                                 touched=touched_by(self.changes()),
+                                                 rows=changed_values(self.changes())))
         for letter in self.letters:
             self._store._park(letter)
         for letter_id in self.settled:
@@ -121,6 +122,10 @@ class MemoryViewStore:
     def _announce(self, change: PositionChange) -> None:
         for observer in list(self._observers):
             observer(change)
+
+    def orders_text_by_code_point(self) -> bool:
+        """``query`` sorts with Python's own comparisons (``TextOrder``)."""
+        return True
 
     def create_schema(self) -> None:
         """Nothing to create in memory."""

@@ -18,6 +18,7 @@ from eventsourcing.persistence import PersistenceError, StoredEvent
 from psycopg.errors import UndefinedFunction, UndefinedTable
 
 from framework.adapters.idempotency import KeyRecord
+from framework.adapters.pg_arrays import BigintArray, ByteaArray, IntArray, TextArray, UuidArray
 from framework.errors import ConcurrencyConflict, EventfoldError, IdempotencyKeyInFlight, StoreUnavailable
 from framework.store import IdempotencyCompletion
 
@@ -60,8 +61,8 @@ def failed_again(error: EventfoldError) -> EventfoldError:
 def append_params(append: PendingAppend) -> tuple[Any, ...]:
     """``Statements.append``'s parameters: the events one array per column, then the key's completion."""
     events, key = append.events, append.completion or NO_KEY
-    return ([e.originator_id for e in events], [e.originator_version for e in events],
-            [e.topic for e in events], [e.state for e in events],
+    return (UuidArray([e.originator_id for e in events]), BigintArray([e.originator_version for e in events]),
+            TextArray([e.topic for e in events]), ByteaArray([e.state for e in events]),
             key.key or None, key.owner, key.aggregate_id, key.version)
 
 
@@ -74,14 +75,15 @@ def group_params(group: Sequence[PendingAppend]) -> tuple[list[Any] | None, ...]
         ends.append(count)
     events = [e for append in group for e in append.events]
     columns: list[list[Any]] = [
-        ends, [e.originator_id for e in events], [e.originator_version for e in events],
-        [e.topic for e in events], [e.state for e in events],
+        IntArray(ends), UuidArray([e.originator_id for e in events]),
+        BigintArray([e.originator_version for e in events]), TextArray([e.topic for e in events]),
+        ByteaArray([e.state for e in events]),
     ]
     if all(append.completion is None for append in group):  # no keys: NULL arrays, nothing to encode
         return (*columns, None, None, None, None)
     keys = [append.completion or NO_KEY for append in group]
-    return (*columns, [k.key or None for k in keys], [k.owner for k in keys], [k.aggregate_id for k in keys],
-            [k.version for k in keys])
+    return (*columns, TextArray([k.key or None for k in keys]), UuidArray([k.owner for k in keys]),
+            UuidArray([k.aggregate_id for k in keys]), BigintArray([k.version for k in keys]))
 
 
 class Statements:

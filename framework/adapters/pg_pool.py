@@ -36,6 +36,7 @@ from psycopg import AsyncConnection, Connection
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
+from framework.adapters.pg_arrays import ARRAY_CONTEXT
 from framework.settings import PostgresSettings
 
 __all__ = ["AsyncPgPool", "NotAccepting", "PgPool", "went_away_async"]
@@ -191,6 +192,7 @@ def _connect_kwargs(settings: PostgresSettings, name: str) -> dict[str, Any]:
         "user": settings.user, "password": settings.password, "row_factory": dict_row,
         "autocommit": True, "connect_timeout": max(1, round(settings.connect_timeout)),
         "application_name": name,  # which role's pool a backend serves, in pg_stat_activity
+        "context": ARRAY_CONTEXT,  # appends' arrays in one pass (framework.adapters.pg_arrays)
     }
 
 

@@ -14,7 +14,7 @@ import json
 import operator
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
 from enum import Enum
@@ -28,7 +28,7 @@ from psycopg.types.json import Jsonb
 from framework.adapters.pg_columns import column_definitions, sql_type, to_parameters, unwrap
 from framework.adapters.pg_pool import PgPool, went_away_async
 from framework.errors import ConcurrencyConflict, ConfigurationError, RowRejected, StoreUnavailable, VersionSwitched
-from framework.positions import PositionChange, Touched, touched_by
+from framework.positions import PositionChange, RowValues, Touched, changed_values, touched_by
 from framework.query import BY_KEY, Condition, Sort, check_conditions
 from framework.readmodel import ReadModel
 from framework.settings import PostgresSettings
@@ -101,25 +101,46 @@ _MAX_NOTICE = 7_900  # PostgreSQL refuses a NOTIFY payload of 8,000 bytes or mor
 
 
 def position_notice(name: str, version: int, position: int, *, switched: bool = False,
-                    touched: Touched | None = None) -> str:
+                    touched: Touched | None = None, rows: RowValues | None = None) -> str:
     """The payload announcing a committed position: ``version position flag name``, then on a second
-    line the keys of the rows the batch changed, as JSON by table, when they fit (else: not known)."""
+    line the keys of the rows the batch changed, as JSON by table, when they fit (else: not known), and
+    on a third the new values of those rows (``rows``), when they fit too: by table, the columns' names
+    then each row's values (null: deleted), in the order of the keys."""
     head = f"{version} {position} {'s' if switched else '-'} {name}"
     if touched is None:
         return head  # (a batch that changed no row says so with "{}": listeners keep what they hold)
-    keys = json.dumps({table: sorted(map(list, found)) for table, found in touched.items()},
+    ordered = {table: sorted(found) for table, found in touched.items()}
+    keys = json.dumps({table: list(map(list, found)) for table, found in ordered.items()},
                       separators=(",", ":"), ensure_ascii=False)
-    return head if len(head.encode()) + len(keys.encode()) + 1 > _MAX_NOTICE else f"{head}\n{keys}"
+    if len(head.encode()) + len(keys.encode()) + 1 > _MAX_NOTICE:
+        return head
+    values = _values_line(ordered, rows)
+    if values is not None and len(head.encode()) + len(keys.encode()) + len(values.encode()) + 2 <= _MAX_NOTICE:
+        return f"{head}\n{keys}\n{values}"
+    return f"{head}\n{keys}"
+
+
+def _values_line(ordered: Mapping[str, list[tuple[str, ...]]], rows: RowValues | None) -> str | None:
+    if rows is None or any(key not in rows.get(table, {}) for table, found in ordered.items() for key in found):
+        return None
+    by_table: dict[str, list[Any]] = {}
+    for table, found in ordered.items():
+        changed = [rows[table][key] for key in found]
+        columns = next((list(row) for row in changed if row is not None), [])
+        by_table[table] = [columns, *(None if row is None else [row.get(c) for c in columns] for row in changed)]
+    return json.dumps(by_table, separators=(",", ":"), ensure_ascii=False)
 
 
 def parse_notice(payload: str) -> PositionChange | None:
     """The change a payload announces; None for one this version cannot read."""
-    head, _, keys = payload.partition("\n")
+    head, _, rest = payload.partition("\n")
+    keys, _, values = rest.partition("\n")
     parts = head.split(" ", 3)
     if len(parts) != 4 or not parts[0].isdigit() or not parts[1].isdigit():
         return None
-    return PositionChange(parts[3], int(parts[0]), int(parts[1]), switched=parts[2] == "s",
-                          touched=_parse_touched(keys) if keys else None)
+    touched = _parse_touched(keys) if keys else None
+    return PositionChange(parts[3], int(parts[0]), int(parts[1]), switched=parts[2] == "s", touched=touched,
+                          rows=_parse_values(keys, values) if values and touched is not None else None)
 
 
 def _parse_touched(text: str) -> Touched | None:
@@ -127,6 +148,26 @@ def _parse_touched(text: str) -> Touched | None:
         found = json.loads(text)
         return {str(table): frozenset(tuple(str(v) for v in key) for key in keys) for table, keys in found.items()}
     except (ValueError, TypeError, AttributeError):
+        return None
+
+
+def _row(columns: list[str], values: list[Any] | None) -> dict[str, Any] | None:
+    return None if values is None else dict(zip(columns, values, strict=True))
+
+
+def _parse_values(keys_text: str, values_text: str) -> RowValues | None:
+    """The third line, by table and key (None when it does not match the keys: nothing is known)."""
+    try:
+        keys, values = json.loads(keys_text), json.loads(values_text)
+        parsed: dict[str, dict[tuple[str, ...], dict[str, Any] | None]] = {}
+        for table, found in keys.items():
+            columns, *changed = values[table]
+            if len(changed) != len(found):
+                return None
+            parsed[str(table)] = {tuple(str(v) for v in key): _row(columns, row)
+                                  for key, row in zip(found, changed, strict=True)}
+        return parsed
+    except (ValueError, TypeError, AttributeError, KeyError):
         return None
 
 
@@ -293,6 +334,7 @@ class PostgresViewStore:
         self._schema = settings.schema
         self._pool = PgPool(settings, name="eventfold-views", min_size=1, max_size=max(2, settings.pool_size))
         self._cache_rows = cache_rows
+        self._code_point_order: bool | None = None
         self._caches: dict[tuple[str, int], RowCache] = {}
         self._active_cache: dict[str, tuple[int, float]] = {}
         self._s = sql.Identifier(self._schema)
@@ -545,7 +587,8 @@ class PostgresViewStore:
             " updated_at = now() WHERE name = %s AND version = %s AND " + guard + " RETURNING 1)"
             " SELECT pg_notify(%s, %s) FROM moved"
         ).format(self._table("eventfold_projection_positions"))
-        notice = position_notice(name, version, batch.position, touched=touched_by(batch.changes()))
+        notice = position_notice(name, version, batch.position, touched=touched_by(batch.changes()),
+                                 rows=changed_values(batch.changes()))
         moved = conn.execute(advance, (batch.position, batch.event_time, name, version, expected,
                                        self.channel, notice)).rowcount
         if moved != 1:
@@ -566,7 +609,7 @@ class PostgresViewStore:
         # others: never above the truth; a watch keeps the highest it heard, and rechecks).
         lowest = self._lowest(conn, name, version)
         conn.execute("SELECT pg_notify(%s, %s)", (self.channel, position_notice(
-            name, version, lowest, touched=touched_by(batch.changes()))))
+            name, version, lowest, touched=touched_by(batch.changes()), rows=changed_values(batch.changes()))))
 
     def _lowest(self, conn: Conn, name: str, version: int) -> int:
         statement = sql.SQL(_POSITION).format(pp=self._table("eventfold_partition_positions"),
@@ -787,6 +830,17 @@ class PostgresViewStore:
         """The SELECT of a query's shape, composed once (composing costs more than a short query)."""
         return _select(_Tables(self._schema, name, version), model, shape).as_bytes(None)
 
+    def orders_text_by_code_point(self) -> bool:
+        """``TextOrder``: the database's default collation (every text column's: no column names another)
+        is C, POSIX or C.UTF-8 of libc or the builtin provider, which order text by code point. Read once."""
+        if self._code_point_order is None:
+            with self._connection() as conn:
+                row = conn.execute("SELECT datcollate, to_jsonb(d) ->> 'datlocprovider' AS provider"
+                                   " FROM pg_database AS d WHERE datname = current_database()").fetchone()
+            self._code_point_order = row is not None and (
+                row["datcollate"] in _CODE_POINT_COLLATIONS and row["provider"] in (None, "c", "b"))
+        return self._code_point_order
+
     def get_many(self, name: str, model: type[R], keys: Sequence[tuple[Any, ...]]) -> list[R | None]:
         if not keys:
             return []
@@ -979,6 +1033,7 @@ class _AsyncConnections:
         self._idle = []
 
 
+_CODE_POINT_COLLATIONS = frozenset({"C", "POSIX", "C.UTF-8", "C.utf8"})
 _OPERATORS = {"eq": "=", "ne": "<>", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
 
 

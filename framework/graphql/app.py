@@ -582,9 +582,11 @@ _MEDIA = "eventfold.graphql_response"  # the client asked for application/graphq
 _REQUEST_ERROR = "eventfold.request_error"  # ... and its request was not executed: a 400
 _OPERATION = "eventfold.operation"  # the operation name of a request answered from the cache
 _HEARING_SECONDS = 0.02  # how long a kept answer waits for the notifications of commits a fresh read saw
+_SHARING_SECONDS = 1.0  # how long a request waits for the same answer being computed, before computing its own
 _KEEP = "eventfold.keep"  # (cache key, plan): the answer may be kept
 _SEEN = "eventfold.seen"  # the positions read just before it was executed
 _READS = "eventfold.reads"  # what its resolvers read (framework.graphql.responses.Reads)
+_SHARING = "eventfold.sharing"  # it waited for another request's computation of its answer
 _EPOCH = "eventfold.epoch"  # the response cache's listening session before those positions were read
 
 
@@ -639,6 +641,7 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
                           failures_per_minute=options.auth_failures_per_minute)
         self._plans: _Plans | None = None
         self._clock: PositionClock | None = None
+        self._computing: dict[Hashable, asyncio.Future[None]] = {}  # answers being computed, by cache key
         self._responses = ResponseCache(options.response_cache_entries)
         if watch is not None and isinstance(views, ActiveVersionCache):
             watch.observers.append(_switches_noted(views))
@@ -675,7 +678,7 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
             request = Request(scope=scope, receive=receive)
             response = await self._kept(request) if self._plans is not None else None
             if response is None:
-                response = await self.run(request)
+                response = await self._computed(request)
             if scope.get(_UNAVAILABLE):
                 _make_unavailable(response, self._breaker)
             elif scope.get(_TOO_MANY_WAITING):
@@ -726,11 +729,51 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
             return None  # it waits, or answers reached: false
         if self._metrics is not None:
             self._metrics.graphql_request(request.scope.get(_OPERATION), "ok", time.perf_counter() - started)
+            self._metrics.graphql_answer("shared" if request.scope.get(_SHARING) else "kept")
         if minimum is None:
             return Response(kept.body, media_type="application/json")
         positions = {p: now[p][1] for p in plan.projections}
         consistency = {"requested": minimum, "reached": True, "positions": positions}
         return JSONResponse({"data": kept.data, "extensions": {"consistency": consistency}})
+
+    async def _computed(self, request: Request) -> Response:
+        """The request run; when the same keepable answer is being computed already, that one is awaited
+        first and then checked like any kept answer (fresh positions read after this request arrived,
+        the commits since heard): only when it does not hold for this request does it run on its own.
+        Under writes, the requests arriving after a commit dropped an answer share one computation."""
+        keep = request.scope.get(_KEEP)
+        if keep is None or _min_position(request) is not None:
+            return await self.run(request)
+        key = keep[0]
+        running = self._computing.get(key)
+        if running is not None:
+            request.scope[_SHARING] = True
+            await self._share(running)
+            shared = await self._kept(request)
+            return shared if shared is not None else await self._run_counted(request)
+        done = self._computing[key] = asyncio.get_running_loop().create_future()
+        try:
+            return await self._run_counted(request)
+        finally:
+            if self._computing.get(key) is done:
+                del self._computing[key]
+            done.set_result(None)
+
+    async def _share(self, running: asyncio.Future[None]) -> None:
+        """Wait (a moment at most) for another request's computation of the same answer."""
+        if self._metrics is not None:
+            self._metrics.graphql_sharing.inc()
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(running), _SHARING_SECONDS)
+        finally:
+            if self._metrics is not None:
+                self._metrics.graphql_sharing.dec()
+
+    async def _run_counted(self, request: Request) -> Response:
+        if self._metrics is not None:
+            self._metrics.graphql_answer("computed")
+        return await self.run(request)
 
     async def _heard_up_to(self, kept: Cached, now: Positions) -> bool:
         """Whether ``kept`` is valid at ``now`` once the commits the fresh read saw, not heard yet, are

@@ -29,9 +29,11 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from framework.positions import PositionChange, Touched, key_text
+from framework.graphql.query_reads import QueryRead
+from framework.positions import PositionChange, RowValues, Touched, key_text
+from framework.query import BY_KEY, Condition, Sort, check_conditions
 from framework.security import Principal
-from framework.views import ActivePositions, AsyncActivePositions
+from framework.views import ActivePositions, AsyncActivePositions, TextOrder
 
 __all__ = ["Cached", "PositionClock", "Positions", "Reads", "RecordingViews", "ResponseCache", "async_positions_reader",
            "cache_key", "positions_reader"]
@@ -116,16 +118,30 @@ Reading = tuple[str, str] | tuple[str, str, tuple[str, ...]]
 
 
 class Reads:
-    """What one request read through its views (``RecordingViews``): rows of a table by key, whole
-    tables (a page, a filter), or something else (``unknown``: only exact positions can vouch for it)."""
+    """What one request read through its views (``RecordingViews``): rows of a table by key, queries
+    over a table (a page, a filter: ``queries``, each with what it returned), whole tables (a query whose
+    rows a commit could not be matched with), or something else (``unknown``: only exact positions can
+    vouch for it)."""
 
     def __init__(self) -> None:
         self.where: set[Reading] = set()
+        self.queries: list[QueryRead] = []
         self.unknown = False
+
+    def query(self, projection: str, model: Any, where: Sequence[Condition], sort: Sort,
+              after: tuple[Any, ...] | None, limit: int | None, rows: Sequence[Any], code_point_text: bool) -> None:
+        """A query and the rows it returned, in order."""
+        keys = [row.key_values() for row in rows]
+        if not all(_exact_key(key) for key in keys):  # a commit's keys may spell them otherwise
+            self.table(projection, model.table)
+            return
+        last = sort.values(rows[-1]) if rows else None
+        self.queries.append(QueryRead(projection, model, tuple(check_conditions(model, where)), sort, after, limit,
+                                      frozenset(key_text(key) for key in keys), len(rows), last, code_point_text))
 
     def rows(self, projection: str, table: str, keys: Iterable[tuple[Any, ...]]) -> None:
         for key in keys:
-            if all(type(v) in _EXACT or (isinstance(v, Enum) and type(v.value) in _EXACT) for v in key):
+            if _exact_key(key):
                 self.where.add((projection, table, key_text(key)))
             else:  # a float, date or decimal may equal a row's value in another spelling: the table, then
                 self.where.add((projection, table))
@@ -134,10 +150,14 @@ class Reads:
         self.where.add((projection, table))
 
     def projections(self) -> set[str]:
-        return {reading[0] for reading in self.where}
+        return {reading[0] for reading in self.where} | {read.projection for read in self.queries}
 
 
 _EXACT = (str, int)  # values whose text is the value: a key read by them is the key a commit announces
+
+
+def _exact_key(key: Iterable[Any]) -> bool:
+    return all(type(v) in _EXACT or (isinstance(v, Enum) and type(v.value) in _EXACT) for v in key)
 
 
 class RecordingViews:
@@ -146,6 +166,7 @@ class RecordingViews:
 
     def __init__(self, views: Any, reads: Reads) -> None:
         self._views, self._reads = views, reads
+        self._code_point_text: bool | None = None
 
     def get_many(self, name: str, model: Any, keys: Sequence[tuple[Any, ...]]) -> Any:
         self._reads.rows(name, model.table, keys)
@@ -158,16 +179,30 @@ class RecordingViews:
             return await asyncio.to_thread(self._views.get_many, name, model, keys)
         return await read_async(name, model, keys)
 
-    def query(self, name: str, model: Any, *args: Any, **kwargs: Any) -> Any:
-        self._reads.table(name, model.table)
-        return self._views.query(name, model, *args, **kwargs)
+    def query(self, name: str, model: Any, where: Sequence[Condition] = (), sort: Sort = BY_KEY, *,
+              after: tuple[Any, ...] | None = None, limit: int | None = None) -> Any:
+        where = where if isinstance(where, list | tuple) else tuple(where)  # read twice: by the store, then noted
+        rows = self._views.query(name, model, where, sort, after=after, limit=limit)
+        self._reads.query(name, model, where, sort, after, limit, rows, self._text_order())
+        return rows
 
-    async def query_async(self, name: str, model: Any, *args: Any, **kwargs: Any) -> Any:
-        self._reads.table(name, model.table)
+    def _text_order(self) -> bool:
+        if self._code_point_text is None:
+            views = self._views
+            self._code_point_text = isinstance(views, TextOrder) and views.orders_text_by_code_point()
+        return self._code_point_text
+
+    async def query_async(self, name: str, model: Any, where: Sequence[Condition] = (), sort: Sort = BY_KEY, *,
+                          after: tuple[Any, ...] | None = None, limit: int | None = None) -> Any:
+        """``query`` on the event loop (``QueryContext.read`` of a page): noted as ``query`` notes it."""
+        where = where if isinstance(where, list | tuple) else tuple(where)
         read_async = getattr(self._views, "query_async", None)
         if read_async is None:  # a store that reads only blocking: off the loop, as QueryContext.read does
-            return await asyncio.to_thread(self._views.query, name, model, *args, **kwargs)
-        return await read_async(name, model, *args, **kwargs)
+            rows = await asyncio.to_thread(self._views.query, name, model, where, sort, after=after, limit=limit)
+        else:
+            rows = await read_async(name, model, where, sort, after=after, limit=limit)
+        self._reads.query(name, model, where, sort, after, limit, rows, self._text_order())
+        return rows
 
     def __getattr__(self, attribute: str) -> Any:
         self._reads.unknown = True
@@ -188,12 +223,14 @@ class Cached:
     key: Hashable = None
     epoch: int = -1
     where: tuple[Reading, ...] = ()
+    queries: tuple[QueryRead, ...] = ()
 
     def valid_at(self, now: Positions) -> bool:
         return all(now.get(name) == seen for name, seen in self.positions)
 
 
 _LOG = 256  # commits remembered per projection, to check an answer computed while they were heard
+_Heard = tuple[int, int, Touched | None, RowValues | None]  # a commit heard: version, position, touched, rows
 
 
 class ResponseCache:
@@ -209,9 +246,10 @@ class ResponseCache:
         self._kept: OrderedDict[Hashable, Cached] = OrderedDict()
         self.epoch = 0  # listening sessions begun: 0 until the first; a new one forgets everything
         self._heard: dict[str, tuple[int, int]] = {}  # projection -> (version, newest position heard)
-        self._log: dict[str, deque[tuple[int, int, Touched | None]]] = {}  # (version, position, touched)
+        self._log: dict[str, deque[_Heard]] = {}
         self._floor: dict[str, int] = {}  # commits at or below this position are no longer in the log
         self._filed: dict[Reading, set[Cached]] = {}
+        self._queried: dict[tuple[str, str], set[Cached]] = {}  # (projection, table) -> answers of queries over it
 
     def get(self, key: Hashable) -> Cached | None:
         found = self._kept.get(key)
@@ -231,9 +269,11 @@ class ResponseCache:
         kept = tuple((name, tuple(positions[name])) for name in sorted(projections))
         entry = Cached(kept, data, body, key)
         if reads is not None and self._followed(entry, reads, epoch):
-            entry.epoch, entry.where = epoch, tuple(reads.where)
+            entry.epoch, entry.where, entry.queries = epoch, tuple(reads.where), tuple(reads.queries)
             for reading in entry.where:
                 self._filed.setdefault(reading, set()).add(entry)
+            for read in entry.queries:
+                self._queried.setdefault((read.projection, read.table), set()).add(entry)
         self.drop(key)
         self._kept[key] = entry
         while len(self._kept) > self._entries:
@@ -243,13 +283,14 @@ class ResponseCache:
         """Whether commits can vouch for ``entry`` from now on: it read only rows and tables of its
         projections, the session it began in still listens, and no commit heard since its positions
         touched what it read (every such commit is in the log)."""
-        if reads.unknown or epoch < 1 or epoch != self.epoch or not reads.where:
+        if reads.unknown or epoch < 1 or epoch != self.epoch or not (reads.where or reads.queries):
             return False
         for name, (version, position, *_) in entry.positions:
             if position < self._floor.get(name, -1):
                 return False
-            for seen_version, seen, touched in self._log.get(name, ()):
-                if (seen_version != version or seen > position) and _touches(name, touched, reads.where):
+            for seen_version, seen, touched, rows in self._log.get(name, ()):
+                if (seen_version != version or seen > position) and (
+                        _touches(name, touched, reads.where) or _changes_query(name, touched, rows, reads.queries)):
                     return False
         return True
 
@@ -296,26 +337,34 @@ class ResponseCache:
             return
         name = change.projection
         touched = None if change.switched else change.touched
+        rows = None if touched is None else change.rows
         heard = self._heard.get(name)
         if heard is None or heard[0] != change.version or change.switched or change.position > heard[1]:
             self._heard[name] = (change.version, change.position)
         log = self._log.setdefault(name, deque(maxlen=_LOG))
         if len(log) == _LOG:
             self._floor[name] = max(self._floor.get(name, -1), log[0][1])
-        log.append((change.version, change.position, touched))
-        self._invalidate(name, touched)
+        log.append((change.version, change.position, touched, rows))
+        self._invalidate(name, touched, rows)
 
-    def _invalidate(self, name: str, touched: Touched | None) -> None:
+    def _invalidate(self, name: str, touched: Touched | None, rows: RowValues | None) -> None:
         if touched is None:
             readings: list[Reading] = [r for r in self._filed if r[0] == name]
+            tables = [t for p, t in self._queried if p == name]
         else:
             readings = [(name, table) for table in touched]
             readings += [(name, table, key) for table, keys in touched.items() for key in keys]
-        for reading in readings:
-            for entry in list(self._filed.get(reading, ())):
-                if self._kept.get(entry.key) is entry:
-                    del self._kept[entry.key]
-                self._forget(entry)
+            tables = list(touched)
+        dropped = {entry for reading in readings for entry in self._filed.get(reading, ())}
+        read: dict[tuple[Any, ...], Any] = {}  # the commit's values as their columns' types, read once
+        for table in tables:
+            for entry in self._queried.get((name, table), ()):
+                if entry not in dropped and _changes_query(name, touched, rows, entry.queries, read):
+                    dropped.add(entry)
+        for entry in dropped:
+            if self._kept.get(entry.key) is entry:
+                del self._kept[entry.key]
+            self._forget(entry)
 
     def drop(self, key: Hashable) -> None:
         entry = self._kept.pop(key, None)
@@ -329,6 +378,12 @@ class ResponseCache:
                 filed.discard(entry)
                 if not filed:
                     del self._filed[reading]
+        for read in entry.queries:
+            queried = self._queried.get((read.projection, read.table))
+            if queried is not None:
+                queried.discard(entry)
+                if not queried:
+                    del self._queried[(read.projection, read.table)]
 
     def __len__(self) -> int:
         return len(self._kept)
@@ -337,6 +392,24 @@ class ResponseCache:
 def _single(positions: tuple[int, ...]) -> bool:
     """Position and change mark agree (or there is no mark): not a projection of several partitions."""
     return len(positions) < 3 or positions[1] == positions[2]
+
+
+def _changes_query(name: str, touched: Touched | None, rows: RowValues | None, queries: Iterable[QueryRead],
+                   read: dict[tuple[Any, ...], Any] | None = None) -> bool:
+    """Whether a commit of ``name`` that changed ``touched`` (new values ``rows``) may change what one of
+    ``queries`` returned: it changed rows of the query's table that it cannot show do not matter."""
+    for query in queries:
+        if query.projection != name:
+            continue
+        if touched is None:
+            return True
+        keys = touched.get(query.table)
+        if not keys:
+            continue
+        values = rows.get(query.table) if rows is not None else None
+        if values is None or any(key not in values or query.changed_by(key, values[key], read) for key in keys):
+            return True
+    return False
 
 
 def _touches(name: str, touched: Touched | None, where: Iterable[Reading]) -> bool:

@@ -134,3 +134,6 @@ class PositionSignalsConformance:
         heard = listen_while(signals, act, lambda h: bool(changes(h, "ticks")))
         touched = changes(heard, "ticks")[0].touched
         assert touched == {"ticks": frozenset({("one",), ("two",), ("gone",)})}
+        rows = changes(heard, "ticks")[0].rows  # their new values: a kept page can tell what they reach
+        assert rows == {"ticks": {("one",): {"name": "one", "count": 1}, ("two",): {"name": "two", "count": 2},
+                                  ("gone",): None}}

@@ -80,3 +80,38 @@ def test_the_time_of_a_line_is_what_datetime_writes(created: float) -> None:
     formatter = JsonFormatter()
     for moment in (created, created + 0.0004, created + 0.9995, 1_765_069_500.9999996, 1_765_069_500.0005):
         assert formatter.utc_time(moment) == datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds")
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_a_command_record_is_the_one_log_info_would_make() -> None:
+    """The bus makes its per-command record itself (no stack walk): same logger, level, message, extras
+    and place (the bus's ``_finished``), and the logger's level still decides whether there is one."""
+    import framework.bus
+
+    logger = logging.getLogger("framework.bus")
+    handler, old_level = _Records(), logger.level
+    logger.addHandler(handler)
+    try:
+        logger.setLevel(logging.INFO)
+        bus = CommandBus(example_router, MemoryEventStore())
+        bus.execute(OpenAccount(account_number="ACC-1", holder_name="Ada"), CommandContext(correlation_id="c-1"))
+        logger.setLevel(logging.WARNING)
+        bus.execute(OpenAccount(account_number="ACC-2", holder_name="Bo"), CommandContext(correlation_id="c-2"))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    (record,) = handler.records
+    assert (record.name, record.levelno, record.funcName) == ("framework.bus", logging.INFO, "_finished")
+    assert record.pathname == framework.bus.__file__
+    first, last = framework.bus.CommandBus._finished.__code__.co_firstlineno, framework.bus._FINISHED_LINE
+    assert first == last
+    assert record.getMessage().startswith("command OpenAccount ok in ")
+    assert record.__dict__["correlation_id"] == "c-1" and record.__dict__["command"] == "OpenAccount"

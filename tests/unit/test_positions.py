@@ -267,3 +267,35 @@ def test_a_commit_that_changed_no_row_says_so_and_one_that_does_not_say_is_unkno
     assert unknown is not None and unknown.touched is None, "more rows than announced: anything may differ"
     some = parse_notice(position_notice("cards", 1, 9, touched={"cards": frozenset({("CA-1",)})}))
     assert some is not None and some.touched == {"cards": frozenset({("CA-1",)})}
+
+
+def test_a_notice_carries_the_changed_rows_values_when_they_fit() -> None:
+    from datetime import UTC, date, datetime
+    from decimal import Decimal
+
+    from framework.adapters.postgres_views import parse_notice, position_notice
+    from framework.positions import changed_values, touched_by
+    from framework.readmodel import ReadModel
+
+    class Dated(ReadModel):
+        table = "dated"
+        key = ("id",)
+        id: str
+        day: date | None = None
+        at: datetime | None = None
+        amount: Decimal | None = None
+        score: float | None = None
+        tags: list[str] | None = None
+
+    changes = [(Dated, ("a",), Dated(id="a", day=date(2026, 1, 2), at=datetime(2026, 1, 2, 3, tzinfo=UTC),
+                                     amount=Decimal("1.50"), score=float("inf"), tags=["x"])),
+               (Dated, ("b",), None)]
+    change = parse_notice(position_notice("p", 1, 9, touched=touched_by(changes), rows=changed_values(changes)))
+    assert change is not None and change.rows is not None
+    assert change.rows["dated"][("b",)] is None, "deleted"
+    assert change.rows["dated"][("a",)] == {"id": "a", "day": "2026-01-02", "at": "2026-01-02T03:00:00+00:00",
+                                           "amount": "1.50", "score": "inf"}, "scalar columns only, exact"
+    many = [(Dated, (f"k{i:04d}",), Dated(id=f"k{i:04d}", day=date(2026, 1, 2))) for i in range(200)]
+    crowded = parse_notice(position_notice("p", 1, 10, touched=touched_by(many), rows=changed_values(many)))
+    assert crowded is not None and crowded.touched is not None and crowded.rows is None, (
+        "keys that fit, values that do not: the keys alone (a page of the table is dropped)")
