@@ -13,7 +13,7 @@ import os
 import threading
 from uuid import UUID
 
-__all__ = ["random_uuid"]
+__all__ = ["random_uuid", "random_uuid_text"]
 
 _IDS_PER_REFILL = 256
 
@@ -44,3 +44,12 @@ os.register_at_fork(after_in_child=_bytes.forget)
 def random_uuid() -> UUID:
     """A random UUID, as ``uuid.uuid4()`` makes."""
     return UUID(bytes=_bytes.take16(), version=4)
+
+
+def random_uuid_text() -> str:
+    """``str(random_uuid())`` without the ``UUID`` object: the ids of requests (two per command) are text."""
+    raw = bytearray(_bytes.take16())
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4, as UUID(..., version=4) sets it
+    raw[8] = (raw[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"

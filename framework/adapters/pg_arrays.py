@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import operator
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date
 from itertools import chain, repeat
 from typing import Any, ClassVar
 from uuid import UUID
 
 import psycopg
+from psycopg.abc import AdaptContext
 from psycopg.adapt import AdaptersMap, Dumper
 from psycopg.pq import Format
 
@@ -87,12 +88,19 @@ class ByteaArray(_TypedArray):
         return bytes(value)
 
 
-def binary_array(values: _TypedArray) -> bytes:
-    """``values`` in PostgreSQL's binary array format (``array_send``)."""
+def _text_in(encoding: str) -> Callable[[Any], bytes]:
+    def encode(value: Any) -> bytes:
+        return str(value).encode(encoding)
+    return encode
+
+
+def binary_array(values: _TypedArray, encode: Callable[[Any], bytes] | None = None) -> bytes:
+    """``values`` in PostgreSQL's binary array format (``array_send``); ``encode``: each element's, if
+    not its type's own."""
     kind = type(values)
     if not values:
         return _EMPTY.pack(0, 0, kind.element_oid)
-    encode, pack, parts = kind.encode, _LENGTH.pack, []
+    encode, pack, parts = encode or kind.encode, _LENGTH.pack, []
     has_null = 0
     for value in values:
         if value is None:
@@ -110,8 +118,14 @@ def _dumper_for(kind: type[_TypedArray]) -> type[Dumper]:
         format = Format.BINARY
         oid = kind.array_oid
 
+        def __init__(self, cls: type, context: AdaptContext | None = None) -> None:
+            super().__init__(cls, context)
+            # Text is sent in the connection's client encoding, as psycopg's own text dumper sends it.
+            encoding = self.connection.info.encoding if self.connection is not None else "utf-8"
+            self._encode = None if kind is not TextArray or encoding == "utf-8" else _text_in(encoding)
+
         def dump(self, obj: Any) -> bytes:
-            return binary_array(obj)
+            return binary_array(obj, self._encode)
 
     _ArrayDumper.__name__ = f"{kind.__name__}Dumper"
     return _ArrayDumper

@@ -102,9 +102,12 @@ class AsyncPostgresAppender:
         return [row[0] for row in await self._fetch(self._sql.append, append_params(append))]
 
     async def _fetch(self, statement: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        async with self._connection() as conn, conn.cursor(row_factory=tuple_row) as cursor:
-            await cursor.execute(statement, params, prepare=True)
-            return await cursor.fetchall()
+        try:  # what self._connection() does, without a generator in between (once per group)
+            async with self._pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cursor:
+                await cursor.execute(statement, params, prepare=True)
+                return await cursor.fetchall()
+        except psycopg.Error as error:
+            raise translation(error) from error
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[AsyncConnection[DictRow]]:

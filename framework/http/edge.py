@@ -28,7 +28,7 @@ from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from framework.ids import random_uuid
+from framework.ids import random_uuid_text
 from framework.observe import correlation_id
 
 __all__ = ["CORRELATION_HEADER", "Edge", "EdgeApp", "request_correlation_id", "valid_correlation_id"]
@@ -61,7 +61,7 @@ class Edge:
         if scope["type"] != "http" or _SCOPE_KEY in scope:  # not HTTP, or an outer edge did it
             await self.app(scope, receive, send)
             return
-        chosen = _incoming(scope["headers"]) or str(random_uuid())
+        chosen = _incoming(scope["headers"]) or random_uuid_text()
         scope[_SCOPE_KEY] = chosen
         echoed = (_HEADER, chosen.encode())
         started = False

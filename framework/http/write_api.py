@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -40,7 +40,7 @@ from framework.http.gate import Gate
 from framework.http.health import metrics_route, ready_route, store_check
 from framework.http.openapi import access_of, openapi_document
 from framework.http.problems import problem, problem_for
-from framework.ids import random_uuid
+from framework.ids import random_uuid_text
 from framework.metrics import Metrics
 from framework.observe import NULL_OBSERVER, correlation_id
 from framework.security import Authenticator, Principal, authorize
@@ -199,10 +199,10 @@ class _CommandRoute:
 
 async def _handle_command(request: Request, name: str, bus: CommandBus, options: WriteApiOptions,
                           gate: Gate, execute: Callable[[Command, CommandContext], Awaitable[Executed]]) -> Response:
-    principal = await gate.admit(request)  # 401 and 429 before anything else
+    headers = _headers(request)
+    principal = await gate.admit_header(request, headers.get("authorization"))  # 401 and 429 before anything else
     command_type = bus.router.public_command_type(name)  # 404 before reading a body (internal ones too)
     authorize(command_type, principal)
-    headers = _headers(request)
     _require_json(headers)
     body = await _read_body(request, headers, options.max_body_bytes)
     command = bus.router.parse_json(command_type.command_name, body)
@@ -322,11 +322,17 @@ async def _read_body(request: Request, headers: dict[str, str], limit: int) -> b
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
     body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
+    while True:  # what Request.stream() reads, without an async generator in between
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        if message["type"] != "http.request":
+            continue
+        body.extend(message.get("body", b""))
         if len(body) > limit:
             raise _too_large(limit)
-    return bytes(body)
+        if not message.get("more_body", False):
+            return bytes(body)
 
 
 def _too_large(limit: int) -> _BadRequest:
@@ -335,7 +341,7 @@ def _too_large(limit: int) -> _BadRequest:
 
 def _context(request: Request, principal: Principal, headers: dict[str, str]) -> CommandContext:
     key = _header(headers, "idempotency-key")
-    request_id = str(random_uuid())
+    request_id = random_uuid_text()
     return CommandContext(
         correlation_id=request_correlation_id(request.scope) or request_id,
         causation_id=request_id,

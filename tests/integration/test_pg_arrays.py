@@ -50,3 +50,14 @@ def test_the_arrays_are_sent_in_binary(pg_database: PgDatabase) -> None:
     with psycopg.connect(pg_database.url(), context=ARRAY_CONTEXT) as typed:
         dumper = typed.adapters.get_dumper(UuidArray, psycopg.adapt.PyFormat.AUTO)
     assert dumper.__name__ == "UuidArrayDumper"
+
+
+def test_text_goes_in_the_connections_client_encoding(pg_database: PgDatabase) -> None:
+    """As psycopg's own text dumper: a client encoding other than UTF-8 gets its own bytes."""
+    words = ["Zoë", "café", None]
+    with psycopg.connect(pg_database.url(), context=ARRAY_CONTEXT, client_encoding="latin1") as typed:
+        assert typed.info.encoding == "iso8859-1"
+        row = typed.execute("SELECT %s::text[], convert_to((%s::text[])[1], 'UTF8')",
+                            (TextArray(words), TextArray(words))).fetchone()
+    assert row is not None and row[0] == words
+    assert bytes(row[1]) == "Zoë".encode()

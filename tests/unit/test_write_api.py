@@ -570,3 +570,120 @@ def test_an_exception_handler_added_to_the_app_sees_command_errors_too() -> None
     with TestClient(app, raise_server_exceptions=False) as client:
         response = client.post("/commands/Explode", json={"note": "x"})
     assert (response.status_code, response.text) == (418, "handled boom")
+
+
+def _mounted_with(options: WriteApiOptions) -> TestClient:
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    app = create_write_app(CommandBus(example_router, MemoryEventStore()), options)
+    return TestClient(Starlette(routes=[Mount("/w", app=app)]), raise_server_exceptions=False)
+
+
+CREDIT = b'{"account_number": "A-1", "isin": "US0378331005", "quantity": %s}'
+# (command, body, headers): bodies and headers a hostile client sends
+HOSTILE: list[tuple[str, Any, dict[str, Any]]] = [
+    ("CreditHoldings", b'{"account_number": "A-1", "isin": ', {}),  # malformed JSON
+    ("CreditHoldings", b"", {}),  # no body at all
+    ("CreditHoldings", b"[1, 2]", {}),  # JSON, not an object
+    ("CreditHoldings", CREDIT % b"1, \"account_number\": \"A-2\"", {}),  # a key twice
+    ("CreditHoldings", CREDIT % b"NaN", {}),
+    ("CreditHoldings", CREDIT % b"9223372036854775808", {}),  # 2**63
+    ("CreditHoldings", CREDIT % b"-9223372036854775809", {}),
+    ("CreditHoldings", CREDIT % (b"9" * 5000), {}),  # a number longer than Python parses
+    ("CreditHoldings", CREDIT % b"1e400", {}),
+    ("CreditHoldings", b'{"account_number": "A\x00-1", "isin": "US0378331005", "quantity": 1}', {}),  # raw NUL
+    ("CreditHoldings", b'{"account_number": "A\\u0000-1", "isin": "US0378331005", "quantity": 1}', {}),
+    ("CreditHoldings", b'{"account_number": "\\ud800", "isin": "US0378331005", "quantity": 1}', {}),  # lone surrogate
+    ("CreditHoldings", b"\xef\xbb\xbf" + CREDIT % b"1", {}),  # byte order mark
+    ("CreditHoldings", b'{"account_number": "\xff"}', {}),  # not UTF-8
+    ("CreditHoldings", b"[" * 100_000, {}),  # deep nesting, and oversized
+    ("CreditHoldings", b" " * 3000, {}),  # oversized
+    ("CreditHoldings", CREDIT % b"1", {"content-type": "text/plain"}),
+    ("CreditHoldings", CREDIT % b"1", {"content-type": "application/json; charset=latin-1"}),
+    ("CreditHoldings", CREDIT % b"1", {"content-type": "application/json; charset=utf-8"}),
+    ("CreditHoldings", CREDIT % b"1", {"if-match": "W/\"1\""}),
+    ("CreditHoldings", CREDIT % b"1", {"if-match": "99999999999999999999"}),
+    ("CreditHoldings", CREDIT % b"1", {"idempotency-key": "caf\u00e9".encode()}),
+    ("CreditHoldings", CREDIT % b"1", {"idempotency-key": "k" * 256}),
+    ("CreditHoldings", CREDIT % b"1", {"authorization": "Bearer whatever"}),  # anonymous API: ignored
+    ("NoSuchCommand", CREDIT % b"1", {}),
+    ("NoSuchCommand", b" " * 3000, {"content-type": "text/plain"}),  # 404 before the body or its type
+    ("CreditHoldings", CREDIT % b"1", {}),
+]
+
+
+STATUSES = [400, 400, 422, 400, 400, 422, 422, 413, 422, 400, 422, 400, 400, 400, 413, 413, 415, 415, 200, 400, 400,
+            400, 400, 200, 404, 404, 200]
+
+
+def _hostile_exchange(client: TestClient, prefix: str) -> list[tuple[int, dict[str, str], str]]:
+    seen = []
+    for name, body, headers in [("RegisterSecurity", json.dumps(APPLE_SECURITY).encode(), {}),
+                                ("OpenAccount", json.dumps(ADA).encode(), {}), *HOSTILE]:
+        response = client.post(f"{prefix}/commands/{name}", content=body,
+                               headers={"content-type": "application/json", "X-Correlation-ID": "same", **headers})
+        text = response.text
+        if response.status_code == 200:
+            text = text.replace(str(response.json().get("aggregate_id")), "ID")
+        seen.append((response.status_code, dict(response.headers.items()), text))
+    return seen
+
+
+def test_hostile_requests_get_the_same_answers_on_the_direct_route_and_starlettes() -> None:
+    options = WriteApiOptions(max_body_bytes=2048)
+    with make_client(options=options) as direct, _mounted_with(options) as mounted:
+        answers = _hostile_exchange(direct, "")
+        assert answers == _hostile_exchange(mounted, "/w")
+    statuses = [status for status, _, _ in answers[2:]]
+    assert statuses == STATUSES
+
+
+def test_a_body_in_many_parts_is_read_as_one_on_both_routes() -> None:
+    body = json.dumps({"account_number": "A-1", "isin": APPLE, "quantity": 3}).encode()
+    with make_client() as direct, _mounted() as mounted:
+        for client, prefix in ((direct, ""), (mounted, "/w")):
+            for name, seeded in (("RegisterSecurity", APPLE_SECURITY), ("OpenAccount", ADA)):
+                assert client.post(f"{prefix}/commands/{name}", json=seeded).status_code == 200
+            parts = (body[i:i + 5] for i in range(0, len(body), 5))  # no content-length: chunked
+            response = client.post(f"{prefix}/commands/CreditHoldings", content=parts,
+                                   headers={"content-type": "application/json"})
+            assert response.status_code == 200, response.text
+            assert response.json()["version"] == 2
+
+
+def test_a_client_gone_while_its_body_is_read_is_no_error_on_either_route(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    app = create_write_app(CommandBus(example_router, MemoryEventStore()))
+    mounted = Starlette(routes=[Mount("/w", app=app)])
+
+    async def call(asgi: Any, path: str) -> list[dict[str, Any]]:
+        messages = iter([{"type": "http.request", "body": b'{"account_', "more_body": True},
+                         {"type": "http.disconnect"}])
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return next(messages)
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(), "root_path": "",
+                 "query_string": b"", "headers": [(b"content-type", b"application/json")], "scheme": "http",
+                 "server": ("test", 80), "client": ("127.0.0.1", 5000), "http_version": "1.1",
+                 "asgi": {"version": "3.0"}, "app": asgi}
+        await asgi(scope, receive, send)
+        return sent
+
+    with caplog.at_level(logging.DEBUG):
+        direct, through_starlette = asyncio.run(call(app, "/commands/OpenAccount")), asyncio.run(
+            call(mounted, "/w/commands/OpenAccount"))
+    # Both answer what Starlette answers an error (to nobody: the client is gone), and log it as the client's doing
+    assert [m.get("status") for m in direct] == [m.get("status") for m in through_starlette] == [500, None]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len([r for r in caplog.records if "went away before its request was read" in r.getMessage()]) == 2

@@ -1,0 +1,70 @@
+"""``AsyncPgPool.connection()``: a block that ends well commits, one that raises rolls back and re-raises,
+and either way the connection goes back to the pool (one connection serves any number of blocks)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from psycopg import pq
+from support.postgres import PgDatabase
+
+from framework.adapters.pg_pool import AsyncPgPool
+
+pytestmark = [pytest.mark.postgres]
+
+
+class Boom(Exception):
+    pass
+
+
+def test_a_lease_commits_or_rolls_back_and_gives_the_connection_back(pg_database: PgDatabase, pg_schema: str) -> None:
+    table = f'"{pg_schema}".leased'
+
+    async def scenario() -> list[int]:
+        pool = AsyncPgPool(pg_database.settings(pg_schema, pool_size=1), name="lease-test", min_size=1, max_size=1)
+        try:
+            async with pool.connection() as conn:
+                await conn.execute(f"CREATE TABLE {table} (n int)")
+            for n in range(30):  # one connection: a lease not given back would block the next
+                with pytest.raises(Boom):
+                    async with pool.connection() as conn:
+                        await conn.execute("BEGIN")
+                        await conn.execute(f"INSERT INTO {table} VALUES (%s)", (-n,))
+                        raise Boom()
+                async with pool.connection() as conn:
+                    assert conn.info.transaction_status == pq.TransactionStatus.IDLE
+                    await conn.execute("BEGIN")
+                    await conn.execute(f"INSERT INTO {table} VALUES (%s)", (n,))
+            async with pool.connection() as conn:
+                cursor = await conn.execute(f"SELECT n FROM {table} ORDER BY n")
+                return [row["n"] for row in await cursor.fetchall()]
+        finally:
+            await pool.close()
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 30)) == list(range(30))
+
+
+def test_a_cancelled_lease_rolls_back_and_gives_the_connection_back(pg_database: PgDatabase, pg_schema: str) -> None:
+    async def scenario() -> str:
+        pool = AsyncPgPool(pg_database.settings(pg_schema, pool_size=1), name="lease-test", min_size=1, max_size=1)
+        try:
+            async def slow() -> None:
+                async with pool.connection() as conn:
+                    await conn.execute("BEGIN")
+                    await conn.execute("SELECT pg_sleep(10)")
+
+            task = asyncio.ensure_future(slow())
+            await asyncio.sleep(0.3)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            async with pool.connection() as conn:
+                cursor = await conn.execute("SELECT 'back' AS word")
+                row = await cursor.fetchone()
+                assert conn.info.transaction_status == pq.TransactionStatus.IDLE
+                return str(row["word"]) if row else ""
+        finally:
+            await pool.close()
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 30)) == "back"
