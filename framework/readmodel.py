@@ -70,7 +70,10 @@ class ReadModel(BaseModel):
     @classmethod
     @functools.cache
     def _flat(cls) -> bool:
-        return all(_is_scalar(field.annotation) for field in cls.model_fields.values())
+        """Every value a row holds is a scalar: its fields are, and it takes no extra fields (whose values
+        may be lists or dicts, which a shallow copy or a frozen row would share)."""
+        return cls.model_config.get("extra") != "allow" and all(
+            _is_scalar(field.annotation) for field in cls.model_fields.values())
 
 
 _SCALARS = (str, int, float, bool, Decimal, date, UUID, Enum)

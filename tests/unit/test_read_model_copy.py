@@ -132,3 +132,32 @@ class _FrozenSource:
 
     def load_where(self, model: type[Frozen], equal: dict[str, str]) -> list[Frozen]:
         return [self.row]
+
+
+class FrozenWithExtras(ReadModel):
+    model_config = ConfigDict(frozen=True, extra="allow")
+    table = "frozen_extras"
+    key = ("name",)
+
+    name: str
+
+
+def test_a_frozen_row_that_allows_extra_fields_is_copied() -> None:
+    """Its extra values (a list, say) are not fields: frozen does not keep them from changing in place."""
+    assert not FrozenWithExtras.immutable()
+    stored = FrozenWithExtras(name="a", tags=["x"])  # type: ignore[call-arg]
+    row = StagedViews(_ExtrasSource(stored)).get(FrozenWithExtras, "a")
+    assert row is not None and row is not stored
+    row.tags.append("y")  # type: ignore[attr-defined]
+    assert stored.tags == ["x"]  # type: ignore[attr-defined]
+
+
+class _ExtrasSource:
+    def __init__(self, row: FrozenWithExtras) -> None:
+        self.row = row
+
+    def load(self, model: type[FrozenWithExtras], key: tuple[str, ...]) -> FrozenWithExtras | None:
+        return self.row
+
+    def load_where(self, model: type[FrozenWithExtras], equal: dict[str, str]) -> list[FrozenWithExtras]:
+        return [self.row]
