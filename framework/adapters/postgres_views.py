@@ -567,9 +567,10 @@ class PostgresViewStore:
             self._advance(conn, name, version, batch)
             self._write_letters(conn, version, batch)
             self._write_process(conn, batch)
-        except (psycopg.DataError, psycopg.IntegrityError, UnicodeEncodeError) as e:
-            # UnicodeEncodeError: a text (a lone surrogate) the connection's encoding cannot send, a row's
-            # fault as much as a NUL is: the event is isolated and parked, not retried for ever
+        except (psycopg.DataError, psycopg.IntegrityError, UnicodeEncodeError, *_VALUE_TYPE_ERRORS) as e:
+            # UnicodeEncodeError: a text (a lone surrogate) the connection's encoding cannot send; a value of
+            # a type its column cannot take (a row replaced by ``model_copy(update=...)``, which does not
+            # validate): a row's fault as much as a NUL is: the event is isolated and parked, not retried for ever
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise RowRejected(f"{name} v{version}: the read-model database refused a row: {first}") from e
 
@@ -1184,6 +1185,11 @@ def _row_columns(rows: Sequence[ReadModel], statements: dict[str, Any]) -> list[
         if any(issubclass(t, Enum) for t in set(map(type, column))):
             columns[i] = [v.value if isinstance(v, Enum) else v for v in column]
     return columns
+
+
+_VALUE_TYPE_ERRORS = (psycopg.errors.CannotCoerce, psycopg.errors.DatatypeMismatch)
+"""What PostgreSQL says of a bulk statement's array whose values' type its column cannot take (the
+statements themselves are fixed and tested: a row's values are what differs)."""
 
 
 def _binary_ok(columns: Sequence[Sequence[Any]]) -> bool:

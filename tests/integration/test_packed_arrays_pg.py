@@ -95,3 +95,21 @@ def test_a_text_the_database_cannot_hold_is_refused_as_a_row(pg_database: PgData
         assert views.query("wide", Wide) == [Wide(name="fine", count=1, day=date(2026, 1, 1))]
     finally:
         views.close()
+
+
+def test_a_value_of_a_type_its_column_cannot_take_is_a_refused_row(pg_database: PgDatabase, pg_schema: str) -> None:
+    """``model_copy(update=...)`` (how a frozen row is replaced) does not validate: a bool put in a bigint
+    column reaches the database, which cannot cast it. A refused row (the worker parks its event), not an
+    error the worker would retry for ever."""
+    views = PostgresViewStore(pg_database.settings(pg_schema))
+    views.create_schema()
+    try:
+        views.ensure_tables("wide", 1, [Wide])
+        base = Wide(name="fine", count=1, day=date(2026, 1, 1))
+        with pytest.raises(RowRejected, match="cannot cast"), views.batch("wide", 1) as batch:
+            batch.put(base.model_copy(update={"count": True}))
+        with views.batch("wide", 1) as batch:
+            batch.put(base)
+        assert views.query("wide", Wide) == [base]
+    finally:
+        views.close()
