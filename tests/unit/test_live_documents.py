@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 import strawberry.schema.schema as strawberry_schema
 from graphql import parse, validate
@@ -151,3 +152,25 @@ def test_variables_holding_nul_are_refused_each_time(limited: tuple[Embedded, st
             live.subscribe("v", CARD, {"id": "CA\u0000"})
             assert live.receive() == {"id": "v", "type": "error", "payload": refusal(
                 "variables must not contain NUL (\\u0000) characters or lone surrogates", "BAD_USER_INPUT", None)}
+
+
+UNPARSED = {
+    "syntax": ("subscription { card(actionId: ", "GRAPHQL_PARSE_FAILED"),
+    "tokens": ('subscription { card(actionId: "CA-1") { ' + " ".join(["position"] * 2_100) + " } }",
+               "QUERY_TOO_LARGE"),
+    "parser nesting": ('subscription { card(actionId: "CA-1") ' + "{ a " * 900 + "}" * 900 + " }", "QUERY_TOO_DEEP"),
+}
+
+
+@pytest.mark.parametrize("name", list(UNPARSED))
+def test_a_subscription_document_that_does_not_parse_is_refused_with_the_queries_error(
+        limited: tuple[Embedded, str], name: str) -> None:
+    """The socket gets an error, the one a query over HTTP gets (before: ``complete``, and a traceback)."""
+    _, url = limited
+    document, code = UNPARSED[name]
+    over_http = httpx.post(f"{url}/graphql", json={"query": document}, timeout=30).json()["errors"]
+    assert [e["extensions"]["code"] for e in over_http] == [code]
+    for _ in range(2):
+        with LiveClient(url) as live:
+            live.subscribe("x", document)
+            assert live.receive() == {"id": "x", "type": "error", "payload": over_http}
