@@ -32,7 +32,17 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Hashable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TypeVar, cast
@@ -69,6 +79,7 @@ from strawberry.schema.name_converter import NameConverter
 from strawberry.schema.validation_rules.maybe_null import MaybeNullValidationRule
 from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
 from strawberry.types import ExecutionResult
+from strawberry.types.execution import PreExecutionError
 
 from framework.breaker import CircuitBreaker
 from framework.errors import EventfoldError, RateLimited, TooManyWaiting, Unauthenticated, Unavailable
@@ -424,6 +435,28 @@ class _Schema(strawberry.Schema):
 
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
         """Errors are logged once, by the response formatting (with their tracebacks when unexpected)."""
+
+    async def _stream(self, execution_context: Any, extensions_runner: Any, middleware_manager: Any,
+                      execution_context_class: Any = None, operation_extensions: dict[str, Any] | None = None,
+                      ) -> AsyncGenerator[Any, None]:
+        """Strawberry's stream (subscriptions over WebSocket), with a document our parsing refused
+        (a syntax error, too many tokens) answered as an error, as over HTTP: Strawberry's streams catch
+        only its own parser's errors, and the socket got ``complete`` with a traceback in the log."""
+        results = super()._stream(execution_context, extensions_runner, middleware_manager,
+                                  execution_context_class, operation_extensions)
+        started = False
+        try:
+            async with contextlib.aclosing(results):
+                async for result in results:
+                    started = True
+                    yield result
+        except GraphQLError as error:
+            if started:  # not a refused document: Strawberry catches errors once results flow
+                raise
+            refused = await self._handle_execution_result(
+                execution_context, PreExecutionError(data=None, errors=[error]), extensions_runner)
+            async with extensions_runner.on_stream_result(refused):
+                yield refused
 
 
 def build_schema(

@@ -25,8 +25,10 @@ be renamed), so parsing, which is cached for repeated documents, is outside it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -145,7 +147,7 @@ def _operation_attributes(document: DocumentNode | None, query: str | None,
     if name:
         attributes["graphql.operation.name"] = name
     if query:
-        attributes["graphql.document"] = hide_literals(query)
+        attributes["graphql.document"] = _HIDDEN.of(query, document)
     return attributes
 
 
@@ -169,11 +171,41 @@ class _HideLiterals(Visitor):
         return EnumValueNode(value="?")
 
 
-@functools.lru_cache(maxsize=128)  # clients send the same few documents over and over
 def hide_literals(query: str) -> str:
     """``query`` printed with every string and number literal as ``?`` (at most 8 KiB of it)."""
-    hidden = print_ast(visit(parse(query, no_location=True), _HideLiterals()))
+    return _hidden(parse(query, no_location=True))
+
+
+def _hidden(document: DocumentNode) -> str:
+    hidden = print_ast(visit(document, _HideLiterals()))  # visit returns an edited copy: ``document`` is unchanged
     return hidden if len(hidden) <= _DOCUMENT_MAX else hidden[:_DOCUMENT_MAX] + "…"
+
+
+class _HiddenDocuments:
+    """``hide_literals`` of the documents recently seen, by their text, from the document the operation
+    already parsed (the schema's parse cache): a new document is parsed once, not once more for its span."""
+
+    def __init__(self, maxsize: int = 128) -> None:  # clients send the same few documents over and over
+        self._maxsize = maxsize
+        self._by_text: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self._lock = threading.Lock()  # a schema may also run operations in threads (execute_sync)
+
+    def of(self, query: str, document: DocumentNode) -> str:
+        """``document`` is ``query`` parsed (keyed by the text: hashing a document walks all of it)."""
+        with self._lock:
+            hidden = self._by_text.get(query)
+            if hidden is not None:
+                self._by_text.move_to_end(query)
+                return hidden
+        hidden = _hidden(document)
+        with self._lock:
+            self._by_text[query] = hidden
+            if len(self._by_text) > self._maxsize:
+                self._by_text.popitem(last=False)
+        return hidden
+
+
+_HIDDEN = _HiddenDocuments()
 
 
 class ReadSpans:

@@ -215,3 +215,16 @@ def test_an_unknown_subscription_field_is_a_validation_error(live: Live) -> None
     assert refused["type"] == "error"
     assert refused["payload"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
 
+
+
+def test_a_subscription_document_that_does_not_parse_is_refused_with_an_error(live: Live) -> None:
+    """As a query's: the parser's message and code (the fixture also checks no traceback was logged)."""
+    too_many_tokens = 'subscription { card(actionId: "CA-LIVE-1") { ' + " ".join(["position"] * 2_100) + " } }"
+    for document, code in (("subscription { card(actionId: ", "GRAPHQL_PARSE_FAILED"),
+                           (too_many_tokens, "QUERY_TOO_LARGE")):
+        with LiveClient(live.url) as client:
+            client.subscribe("bad", document)
+            refused = client.receive()
+        assert refused["type"] == "error", refused
+        assert refused["payload"][0]["message"].startswith("Syntax Error: ")
+        assert refused["payload"][0]["extensions"]["code"] == code
