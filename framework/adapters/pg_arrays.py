@@ -6,7 +6,10 @@ a tenth of a lone command's CPU. A list typed here (``UuidArray``, ``BigintArray
 its own dumper in one pass, on the connections of ``ARRAY_CONTEXT`` (the adapters ``pg_pool`` gives
 every connection). On any other connection it is still a list, dumped as psycopg dumps lists.
 
-``None`` elements are SQL NULLs, as psycopg sends them.
+``None`` elements are SQL NULLs, as psycopg sends them. A value its column cannot hold (a number out of
+range, text that is not a UUID, anything but bytes for ``bytea``) raises ``psycopg.DataError``, as
+PostgreSQL refused it in a plain list, so the store translates it as before: never another value written
+in its place.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ class BigintArray(_TypedArray):
 
     @staticmethod
     def encode(value: Any) -> bytes:
-        return _BIGINT.pack(value)
+        return _BIGINT.pack(_whole(value))
 
 
 class IntArray(_TypedArray):
@@ -58,7 +61,7 @@ class IntArray(_TypedArray):
 
     @staticmethod
     def encode(value: Any) -> bytes:
-        return _INT.pack(value)
+        return _INT.pack(_whole(value))
 
 
 class TextArray(_TypedArray):
@@ -66,6 +69,8 @@ class TextArray(_TypedArray):
 
     @staticmethod
     def encode(value: Any) -> bytes:
+        if isinstance(value, bytes | bytearray | memoryview):  # str() of them is their repr
+            raise TypeError(f"text, not {type(value).__name__}")
         return str(value).encode()
 
 
@@ -74,7 +79,15 @@ class ByteaArray(_TypedArray):
 
     @staticmethod
     def encode(value: Any) -> bytes:
+        if not isinstance(value, bytes | bytearray | memoryview):  # bytes(3) is three NUL bytes
+            raise TypeError(f"bytes, not {type(value).__name__}")
         return bytes(value)
+
+
+def _whole(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):  # struct packs True as 1
+        raise TypeError(f"a whole number, not {type(value).__name__}")
+    return value
 
 
 def binary_array(values: _TypedArray) -> bytes:
@@ -101,7 +114,13 @@ def _dumper_for(kind: type[_TypedArray]) -> type[Dumper]:
         oid = kind.array_oid
 
         def dump(self, obj: Any) -> bytes:
-            return binary_array(obj)
+            try:
+                return binary_array(obj)
+            except UnicodeEncodeError:  # a lone surrogate: raised as psycopg's text dumper raises it
+                raise
+            except (struct.error, ValueError, TypeError) as error:
+                raise psycopg.DataError(f"{kind.__name__}: a value {kind.__name__[:-5].lower()} cannot hold"
+                                        f" ({error})") from error
 
     _ArrayDumper.__name__ = f"{kind.__name__}Dumper"
     return _ArrayDumper

@@ -50,3 +50,39 @@ def test_the_arrays_are_sent_in_binary(pg_database: PgDatabase) -> None:
     with psycopg.connect(pg_database.url(), context=ARRAY_CONTEXT) as typed:
         dumper = typed.adapters.get_dumper(UuidArray, psycopg.adapt.PyFormat.AUTO)
     assert dumper.__name__ == "UuidArrayDumper"
+
+
+UNFIT: list[tuple[type[list[Any]], str, list[Any]]] = [
+    (BigintArray, "bigint[]", [1, 2**63]),
+    (BigintArray, "bigint[]", [-(2**63) - 1]),
+    (BigintArray, "bigint[]", [True]),
+    (BigintArray, "bigint[]", [1.5]),
+    (IntArray, "int[]", [2**31]),
+    (IntArray, "int[]", [-(2**31) - 1]),
+    (UuidArray, "uuid[]", ["not-a-uuid"]),
+    (UuidArray, "uuid[]", [12]),
+    (ByteaArray, "bytea[]", [3]),
+    (ByteaArray, "bytea[]", ["text"]),
+    (TextArray, "text[]", [b"bytes"]),
+    (TextArray, "text[]", ["NUL \x00 inside"]),
+]
+
+
+@pytest.mark.parametrize(("kind", "sql_type", "values"), UNFIT, ids=[f"{c[1]}{c[2]!r}" for c in UNFIT])
+def test_a_value_its_column_cannot_hold_is_refused_as_postgresql_refuses_it(
+        pg_database: PgDatabase, kind: type[list[Any]], sql_type: str, values: list[Any]) -> None:
+    """A psycopg ``DataError`` (what the store translates, as PostgreSQL's refusal of a plain list was),
+    never a bare ``struct.error``/``ValueError``, and never another value written in its place
+    (``bytes(3)`` is three NUL bytes, ``str(b"x")`` is ``"b'x'"``)."""
+    with psycopg.connect(pg_database.url(), context=ARRAY_CONTEXT, autocommit=True) as typed:
+        with pytest.raises(psycopg.DataError):
+            typed.execute(f"SELECT %s::{sql_type}", (kind(values),))
+        assert typed.execute("SELECT 1").fetchone() == (1,)  # the connection is still usable
+
+
+def test_text_with_a_lone_surrogate_is_refused_as_psycopg_refuses_it_in_a_plain_list(pg_database: PgDatabase) -> None:
+    url = pg_database.url()
+    with psycopg.connect(url, context=ARRAY_CONTEXT) as typed, psycopg.connect(url) as plain:
+        for conn, values in ((typed, TextArray(["ok", "\ud800"])), (plain, ["ok", "\ud800"])):
+            with pytest.raises(UnicodeEncodeError):
+                conn.execute("SELECT %s::text[]", (values,))
