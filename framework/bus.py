@@ -8,6 +8,7 @@ command still gets its own conflict, idempotency record and result.
 
 from __future__ import annotations
 
+import dis
 import hashlib
 import logging
 import random
@@ -485,4 +486,12 @@ def fingerprint(command: Command) -> str:
     return digest.hexdigest()
 
 
-_FINISHED_LINE = CommandBus._finished.__code__.co_firstlineno  # the lineno of its records
+def _line_of_call(function: Callable[..., object], attribute: str) -> int:
+    """The source line where ``function`` calls ``attribute``: the place log.info's record would name."""
+    for instruction in dis.get_instructions(function):
+        if instruction.argval == attribute and instruction.positions and instruction.positions.lineno:
+            return instruction.positions.lineno
+    return function.__code__.co_firstlineno
+
+
+_FINISHED_LINE = _line_of_call(CommandBus._finished, "makeRecord")  # the lineno of its records
