@@ -29,6 +29,7 @@ _HEAD = struct.Struct("!iiIii")  # dimensions, has NULLs, element type, length, 
 _EMPTY = struct.Struct("!iiI")  # an empty array has no dimension
 _NULL = _LENGTH.pack(-1)
 _BIGINT, _INT = struct.Struct("!q"), struct.Struct("!i")
+_BYTES = (bytes, bytearray, memoryview)
 
 
 class _TypedArray(list[Any]):
@@ -53,7 +54,7 @@ class BigintArray(_TypedArray):
 
     @staticmethod
     def encode(value: Any) -> bytes:
-        return _BIGINT.pack(_whole(value))
+        return _BIGINT.pack(value if type(value) is int else _whole(value))
 
 
 class IntArray(_TypedArray):
@@ -61,7 +62,7 @@ class IntArray(_TypedArray):
 
     @staticmethod
     def encode(value: Any) -> bytes:
-        return _INT.pack(_whole(value))
+        return _INT.pack(value if type(value) is int else _whole(value))
 
 
 class TextArray(_TypedArray):
@@ -69,7 +70,9 @@ class TextArray(_TypedArray):
 
     @staticmethod
     def encode(value: Any) -> bytes:
-        if isinstance(value, bytes | bytearray | memoryview):  # str() of them is their repr
+        if type(value) is str:
+            return value.encode()
+        if isinstance(value, _BYTES):  # str() of them is their repr
             raise TypeError(f"text, not {type(value).__name__}")
         return str(value).encode()
 
@@ -79,13 +82,16 @@ class ByteaArray(_TypedArray):
 
     @staticmethod
     def encode(value: Any) -> bytes:
-        if not isinstance(value, bytes | bytearray | memoryview):  # bytes(3) is three NUL bytes
+        if type(value) is bytes:
+            return value
+        if not isinstance(value, _BYTES):  # bytes(3) is three NUL bytes
             raise TypeError(f"bytes, not {type(value).__name__}")
         return bytes(value)
 
 
 def _whole(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):  # struct packs True as 1
+    """``value`` if it is an int (a subclass such as ``IntEnum`` too), never a bool: struct packs True as 1."""
+    if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"a whole number, not {type(value).__name__}")
     return value
 
