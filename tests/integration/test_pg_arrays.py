@@ -3,14 +3,19 @@ sends for plain lists: every element type, NULLs, the empty array, the extremes.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from uuid import UUID, uuid4
 
 import psycopg
 import pytest
+from eventsourcing.persistence import StoredEvent
 from support.postgres import PgDatabase
 
 from framework.adapters.pg_arrays import ARRAY_CONTEXT, BigintArray, ByteaArray, IntArray, TextArray, UuidArray
+from framework.adapters.pg_async import AsyncPostgresAppender
+from framework.adapters.postgres import PostgresEventStore
+from framework.errors import StoreUnavailable
 
 pytestmark = [pytest.mark.postgres]
 
@@ -86,3 +91,30 @@ def test_text_with_a_lone_surrogate_is_refused_as_psycopg_refuses_it_in_a_plain_
         for conn, values in ((typed, TextArray(["ok", "\ud800"])), (plain, ["ok", "\ud800"])):
             with pytest.raises(UnicodeEncodeError):
                 conn.execute("SELECT %s::text[]", (values,))
+
+
+@pytest.mark.parametrize("version", [2**63, -(2**63) - 1])
+def test_an_append_of_a_version_bigint_cannot_hold_is_the_store_s_refusal_and_writes_nothing(
+        pg_database: PgDatabase, pg_schema: str, version: int) -> None:
+    """As with plain lists: the driver's refusal translated (``StoreUnavailable``), not a ``struct.error``
+    escaping the store, on both write adapters."""
+    settings = pg_database.settings(pg_schema, pool_size=1)
+    store, appender = PostgresEventStore(settings), AsyncPostgresAppender(settings)
+    try:
+        store.create_schema()
+        aggregate_id = uuid4()
+        events = [StoredEvent(originator_id=aggregate_id, originator_version=version, topic="Noted", state=b"{}")]
+        with pytest.raises(StoreUnavailable):
+            store.append(events)
+
+        async def append_async() -> None:
+            try:
+                await appender.append(events)
+            finally:
+                await appender.close()
+
+        with pytest.raises(StoreUnavailable):
+            asyncio.run(append_async())
+        assert store.read_stream(aggregate_id) == []
+    finally:
+        store.close()
