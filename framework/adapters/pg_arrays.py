@@ -3,8 +3,11 @@
 An append's parameters are a handful of arrays (``pg_appends``). Given plain lists, psycopg looks at
 each list's elements to choose a dumper and builds a new one for every list of every statement: about
 a tenth of a lone command's CPU. A list typed here (``UuidArray``, ``BigintArray``, ...) is written by
-its own dumper in one pass, on the connections of ``ARRAY_CONTEXT`` (the adapters ``pg_pool`` gives
-every connection). On any other connection it is still a list, dumped as psycopg dumps lists.
+its own dumper in one pass, on a connection whose adapters have them: ``pg_pool`` registers them on
+each connection's own adapters as it connects (``register_array_dumpers``), so the connection still
+starts from psycopg's global adapters as they are then, an application's late registrations included;
+``ARRAY_CONTEXT`` is for a connection made apart. On any other connection it is still a list, dumped as
+psycopg dumps lists.
 
 ``None`` elements are SQL NULLs, as psycopg sends them. A value its column cannot hold (a number out of
 range, text that is not a UUID, anything but bytes for ``bytea``) raises ``psycopg.DataError``, as
@@ -22,7 +25,7 @@ import psycopg
 from psycopg.adapt import AdaptersMap, Dumper
 from psycopg.pq import Format
 
-__all__ = ["ARRAY_CONTEXT", "BigintArray", "ByteaArray", "IntArray", "TextArray", "UuidArray"]
+__all__ = ["ARRAY_CONTEXT", "BigintArray", "ByteaArray", "IntArray", "TextArray", "UuidArray", "register_array_dumpers"]
 
 _LENGTH = struct.Struct("!i")
 _HEAD = struct.Struct("!iiIii")  # dimensions, has NULLs, element type, length, lower bound
@@ -132,11 +135,21 @@ def _dumper_for(kind: type[_TypedArray]) -> type[Dumper]:
     return _ArrayDumper
 
 
+_DUMPERS = [(kind, _dumper_for(kind)) for kind in (UuidArray, BigintArray, IntArray, TextArray, ByteaArray)]
+
+
+def register_array_dumpers(adapters: AdaptersMap) -> None:
+    """Give ``adapters`` (a connection's own, ``conn.adapters``) the typed arrays' dumpers."""
+    for kind, dumper in _DUMPERS:
+        adapters.register_dumper(kind, dumper)
+
+
 def _array_context() -> AdaptersMap:
     adapters = AdaptersMap(psycopg.adapters)
-    for kind in (UuidArray, BigintArray, IntArray, TextArray, ByteaArray):
-        adapters.register_dumper(kind, _dumper_for(kind))
+    register_array_dumpers(adapters)
     return adapters
 
 
+# psycopg's global adapters as they were when this module was imported, with the arrays' dumpers: a
+# snapshot, so not what the pools give their connections (see the module docstring).
 ARRAY_CONTEXT = _array_context()

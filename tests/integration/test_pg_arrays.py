@@ -14,6 +14,7 @@ from support.postgres import PgDatabase
 
 from framework.adapters.pg_arrays import ARRAY_CONTEXT, BigintArray, ByteaArray, IntArray, TextArray, UuidArray
 from framework.adapters.pg_async import AsyncPostgresAppender
+from framework.adapters.pg_pool import AsyncPgPool, PgPool
 from framework.adapters.postgres import PostgresEventStore
 from framework.errors import StoreUnavailable
 
@@ -118,3 +119,48 @@ def test_an_append_of_a_version_bigint_cannot_hold_is_the_store_s_refusal_and_wr
         assert store.read_stream(aggregate_id) == []
     finally:
         store.close()
+
+
+class _Reading:
+    """A type of the application's, with a psycopg dumper it registers globally."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
+class _ReadingDumper(psycopg.adapt.Dumper):
+    oid = psycopg.adapters.types["int8"].oid
+
+    def dump(self, obj: Any) -> bytes:
+        return str(obj.value).encode()
+
+
+def test_the_pools_connections_see_adapters_registered_after_the_framework_was_imported(
+        pg_database: PgDatabase, pg_schema: str) -> None:
+    """As before the arrays had dumpers of their own: a pool's connection starts from psycopg's global
+    adapters as they are when it connects (an application registers its own after importing the
+    framework), and still sends the typed arrays in binary."""
+    psycopg.adapters.register_dumper(_Reading, _ReadingDumper)
+    settings = pg_database.settings(pg_schema, pool_size=1)
+    pool = PgPool(settings, name="arrays-test", min_size=1, max_size=1)
+    try:
+        with pool.connection() as conn:
+            row = conn.execute("SELECT %s::bigint AS n, %s::bigint[] AS a", (_Reading(7), BigintArray([1, None]))
+                               ).fetchone()
+            assert row is not None and (row["n"], row["a"]) == (7, [1, None])
+            assert conn.adapters.get_dumper(BigintArray, psycopg.adapt.PyFormat.AUTO).__name__ == "BigintArrayDumper"
+    finally:
+        pool.close()
+
+    async def through_the_async_pool() -> tuple[Any, str]:
+        async_pool = AsyncPgPool(settings, name="arrays-test", min_size=1, max_size=1)
+        try:
+            async with async_pool.connection() as conn:
+                cursor = await conn.execute("SELECT %s::bigint AS n", (_Reading(8),))
+                found = await cursor.fetchone()
+                dumper = conn.adapters.get_dumper(UuidArray, psycopg.adapt.PyFormat.AUTO).__name__
+                return (found["n"] if found else None), dumper
+        finally:
+            await async_pool.close()
+
+    assert asyncio.run(through_the_async_pool()) == (8, "UuidArrayDumper")
