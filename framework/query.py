@@ -33,12 +33,14 @@ __all__ = [
     "Page",
     "PageRequest",
     "Queryable",
+    "QueryableAsync",
     "Sort",
     "check_conditions",
     "column_value",
     "decode_cursor",
     "encode_cursor",
     "paginate",
+    "paginate_async",
     "scalar_columns",
     "sorted_rows",
 ]
@@ -249,8 +251,7 @@ def _is_scalar(annotation: Any) -> bool:
     if origin in (Union, types.UnionType):
         members = [a for a in get_args(annotation) if a is not type(None)]
         return len(members) == 1 and _is_scalar(members[0])
-    if origin is Literal:
-        return all(isinstance(a, str) for a in get_args(annotation))
+    # (not a Literal: PostgreSQL keeps one as jsonb, where None is JSON's null and IS NOT NULL)
     return isinstance(annotation, type) and issubclass(annotation, _SCALARS)
 
 
@@ -287,16 +288,62 @@ def paginate(
     sort: Sort = BY_KEY,
 ) -> Page[R]:
     """One page of rows, forwards or backwards from a cursor, knowing if more lie beyond."""
-    size = request.size()
-    if request.backwards:
-        reverse = Sort(sort.column, not sort.descending)
-        before = decode_cursor(request.before, model, sort) if request.before else None
-        rows = views.query(name, model, where, reverse, after=before, limit=size + 1)
-        page = list(reversed(rows[:size]))
-        return Page(page, sort, has_next=request.before is not None, has_previous=len(rows) > size)
-    after = decode_cursor(request.after, model, sort) if request.after else None
-    rows = views.query(name, model, where, sort, after=after, limit=size + 1)
-    return Page(rows[:size], sort, has_next=len(rows) > size, has_previous=request.after is not None)
+    plan = _PagePlan.of(model, request, sort)
+    return plan.page(views.query(name, model, where, plan.sort, after=plan.after, limit=plan.size + 1))
+
+
+class QueryableAsync(Protocol):
+    async def query_async(
+        self,
+        name: str,
+        model: type[R],
+        where: Sequence[Condition] = (),
+        sort: Sort = BY_KEY,
+        *,
+        after: tuple[Any, ...] | None = None,
+        limit: int | None = None,
+    ) -> list[R]: ...
+
+
+async def paginate_async(
+    views: QueryableAsync,
+    name: str,
+    model: type[R],
+    request: PageRequest,
+    where: Sequence[Condition] = (),
+    sort: Sort = BY_KEY,
+) -> Page[R]:
+    """``paginate`` through a store's ``query_async`` (on the event loop): the same page."""
+    plan = _PagePlan.of(model, request, sort)
+    return plan.page(await views.query_async(name, model, where, plan.sort, after=plan.after, limit=plan.size + 1))
+
+
+@dataclass(frozen=True)
+class _PagePlan:
+    """The query behind one page (one row more than the page, to know if more lie beyond), and the page
+    made of its rows."""
+
+    request: PageRequest
+    requested: Sort  # the page's order
+    sort: Sort  # the query's: reversed to go backwards
+    after: tuple[Any, ...] | None
+    size: int
+
+    @classmethod
+    def of(cls, model: type[ReadModel], request: PageRequest, sort: Sort) -> _PagePlan:
+        size = request.size()
+        if request.backwards:
+            before = decode_cursor(request.before, model, sort) if request.before else None
+            return cls(request, sort, Sort(sort.column, not sort.descending), before, size)
+        after = decode_cursor(request.after, model, sort) if request.after else None
+        return cls(request, sort, sort, after, size)
+
+    def page(self, rows: list[R]) -> Page[R]:
+        size, request = self.size, self.request
+        if request.backwards:
+            page = list(reversed(rows[:size]))
+            return Page(page, self.requested, has_next=request.before is not None, has_previous=len(rows) > size)
+        return Page(rows[:size], self.requested, has_next=len(rows) > size, has_previous=request.after is not None)
 
 
 def sorted_rows(

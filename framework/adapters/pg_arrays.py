@@ -18,10 +18,12 @@ in its place.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any, ClassVar
 from uuid import UUID
 
 import psycopg
+from psycopg.abc import AdaptContext
 from psycopg.adapt import AdaptersMap, Dumper
 from psycopg.pq import Format
 
@@ -99,12 +101,21 @@ def _whole(value: Any) -> int:
     return value
 
 
-def binary_array(values: _TypedArray) -> bytes:
-    """``values`` in PostgreSQL's binary array format (``array_send``)."""
+def _text_in(encoding: str) -> Callable[[Any], bytes]:
+    def encode(value: Any) -> bytes:
+        if isinstance(value, _BYTES):  # str() of them is their repr
+            raise TypeError(f"text, not {type(value).__name__}")
+        return str(value).encode(encoding)
+    return encode
+
+
+def binary_array(values: _TypedArray, encode: Callable[[Any], bytes] | None = None) -> bytes:
+    """``values`` in PostgreSQL's binary array format (``array_send``); ``encode``: each element's, if
+    not its type's own."""
     kind = type(values)
     if not values:
         return _EMPTY.pack(0, 0, kind.element_oid)
-    encode, pack, parts = kind.encode, _LENGTH.pack, []
+    encode, pack, parts = encode or kind.encode, _LENGTH.pack, []
     has_null = 0
     for value in values:
         if value is None:
@@ -122,10 +133,16 @@ def _dumper_for(kind: type[_TypedArray]) -> type[Dumper]:
         format = Format.BINARY
         oid = kind.array_oid
 
+        def __init__(self, cls: type, context: AdaptContext | None = None) -> None:
+            super().__init__(cls, context)
+            # Text is sent in the connection's client encoding, as psycopg's own text dumper sends it.
+            encoding = self.connection.info.encoding if self.connection is not None else "utf-8"
+            self._encode = None if kind is not TextArray or encoding == "utf-8" else _text_in(encoding)
+
         def dump(self, obj: Any) -> bytes:
             try:
-                return binary_array(obj)
-            except UnicodeEncodeError:  # a lone surrogate: raised as psycopg's text dumper raises it
+                return binary_array(obj, self._encode)
+            except UnicodeEncodeError:  # a lone surrogate, a character the client encoding lacks: as psycopg raises it
                 raise
             except (struct.error, ValueError, TypeError) as error:
                 raise psycopg.DataError(f"{kind.__name__}: a value {kind.__name__[:-5].lower()} cannot hold"

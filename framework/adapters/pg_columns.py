@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from framework.readmodel import ReadModel
 
-__all__ = ["column_definitions", "to_parameters"]
+__all__ = ["column_definitions", "sql_type", "to_parameters", "unwrap"]
 
 _SCALARS: list[tuple[type, str]] = [
     (bool, "boolean"),  # before int: bool is an int
@@ -28,7 +28,7 @@ _SCALARS: list[tuple[type, str]] = [
 ]
 
 
-def _unwrap(annotation: Any) -> tuple[Any, bool]:
+def unwrap(annotation: Any) -> tuple[Any, bool]:
     """The annotation without Annotated/Optional, and whether None is allowed."""
     nullable = False
     while True:
@@ -46,7 +46,7 @@ def _unwrap(annotation: Any) -> tuple[Any, bool]:
 
 
 def sql_type(annotation: Any) -> tuple[str, bool]:
-    inner, nullable = _unwrap(annotation)
+    inner, nullable = unwrap(annotation)
     if isinstance(inner, type):
         if issubclass(inner, Enum):
             return "text", nullable

@@ -14,7 +14,7 @@ import json
 import operator
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
 from enum import Enum
@@ -25,7 +25,7 @@ from psycopg import AsyncConnection, Connection, sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from framework.adapters.pg_columns import column_definitions, to_parameters
+from framework.adapters.pg_columns import column_definitions, sql_type, to_parameters, unwrap
 from framework.adapters.pg_pool import PgPool, went_away_async
 from framework.errors import ConcurrencyConflict, ConfigurationError, RowRejected, StoreUnavailable, VersionSwitched
 from framework.positions import PositionChange, RowValues, Touched, changed_values, touched_by
@@ -790,11 +790,45 @@ class PostgresViewStore:
         limit: int | None = None,
     ) -> list[R]:
         where = check_conditions(model, where)
-        version = self._active_version_cached(name)
-        tables = _Tables(self._schema, name, version)
-        statement, params = _select(tables, model, where, sort, after, limit)
+        statement = self._select_statement(name, self._active_version_cached(name), model,
+                                           _shape(where, sort, after, limit))
         with self._connection() as conn:
-            return [model.model_validate(r) for r in conn.execute(statement, params, prepare=True)]
+            return _rows(model, conn.execute(statement, _select_params(where, after, limit), prepare=True))
+
+    async def query_async(
+        self,
+        name: str,
+        model: type[R],
+        where: Sequence[Condition] = (),
+        sort: Sort = BY_KEY,
+        *,
+        after: tuple[Any, ...] | None = None,
+        limit: int | None = None,
+    ) -> list[R]:
+        """``query`` on the running event loop (``get_many_async``'s connections): the query API's pages
+        without a thread hop each way. Errors as ``query``'s: only a lost connection is ``StoreUnavailable``."""
+        where = check_conditions(model, where)
+        params = _select_params(where, after, limit)
+        failed: psycopg.Error | None = None
+        async with self._rows_async.connection() as conn:
+            statement = self._select_statement(name, await self._active_version_async(conn, name), model,
+                                               _shape(where, sort, after, limit))
+            cursor = conn.cursor(row_factory=dict_row)  # the connection's own rows are tuples
+            try:
+                await cursor.execute(statement, params, prepare=True)
+                found = await cursor.fetchall()
+            except psycopg.OperationalError:
+                raise
+            except psycopg.Error as error:  # the statement failed, the connection stands: as ``query`` raises
+                failed = error
+        if failed is not None:
+            raise failed
+        return _rows(model, found)
+
+    @functools.lru_cache(maxsize=1024)  # noqa: B019 - statements live as long as the store
+    def _select_statement(self, name: str, version: int, model: type[ReadModel], shape: _Shape) -> bytes:
+        """The SELECT of a query's shape, composed once (composing costs more than a short query)."""
+        return _select(_Tables(self._schema, name, version), model, shape).as_bytes(None)
 
     def orders_text_by_code_point(self) -> bool:
         """``TextOrder``: the database's default collation (every text column's: no column names another)
@@ -810,9 +844,9 @@ class PostgresViewStore:
     def get_many(self, name: str, model: type[R], keys: Sequence[tuple[Any, ...]]) -> list[R | None]:
         if not keys:
             return []
-        statement = self._get_many_statement(name, self._active_version_cached(name), model)
+        statement = self._get_many_statement(name, self._active_version_cached(name), model, len(keys) == 1)
         with self._connection() as conn:
-            rows = [model.model_validate(r) for r in conn.execute(statement, _columns(keys), prepare=True)]
+            rows = _rows(model, conn.execute(statement, _key_params(keys), prepare=True))
         by_key = {row.key_values(): row for row in rows}
         return [by_key.get(tuple(key)) for key in keys]
 
@@ -824,8 +858,9 @@ class PostgresViewStore:
         async with self._rows_async.connection() as conn:
             version = await self._active_version_async(conn, name)
             cursor = conn.cursor(row_factory=dict_row)  # the connection's own rows are tuples
-            await cursor.execute(self._get_many_statement(name, version, model), _columns(keys), prepare=True)
-            rows = [model.model_validate(r) for r in await cursor.fetchall()]
+            statement = self._get_many_statement(name, version, model, len(keys) == 1)
+            await cursor.execute(statement, _key_params(keys), prepare=True)
+            rows = _rows(model, await cursor.fetchall())
         by_key = {row.key_values(): row for row in rows}
         return [by_key.get(tuple(key)) for key in keys]
 
@@ -900,13 +935,15 @@ class PostgresViewStore:
             pp=self._table("eventfold_partition_positions"))
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 - statements live as long as the store
-    def _get_many_statement(self, name: str, version: int, model: type[ReadModel]) -> bytes:
+    def _get_many_statement(self, name: str, version: int, model: type[ReadModel], one: bool = False) -> bytes:
+        """Rows by key: ``one`` key compared as it is (no array to build and unnest), else arrays of them."""
         tables = _Tables(self._schema, name, version)
         kinds = {n: k for n, k, _ in column_definitions(model)}
-        statement = sql.SQL("SELECT * FROM {} WHERE ({}) IN (SELECT * FROM unnest({}))").format(
-            tables.ident(model), sql.SQL(", ").join(map(sql.Identifier, model.key)),
-            _arrays(model.key, kinds),
-        )
+        keys = sql.SQL(", ").join(map(sql.Identifier, model.key))
+        wanted = (sql.SQL("({}) = ({})").format(keys, _scalars(model.key, kinds)) if one else
+                  sql.SQL("({}) IN (SELECT * FROM unnest({}))").format(keys, _arrays(model.key, kinds)))
+        statement = sql.SQL("SELECT {} FROM {} AS {} WHERE {}").format(
+            _selected(model), tables.ident(model), sql.Identifier(_ROW), wanted)
         return statement.as_bytes(None)
 
     def _active_version_cached(self, name: str) -> int:
@@ -1000,51 +1037,104 @@ _CODE_POINT_COLLATIONS = frozenset({"C", "POSIX", "C.UTF-8", "C.utf8"})
 _OPERATORS = {"eq": "=", "ne": "<>", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
 
 
-def _select(
-    tables: _Tables,
-    model: type[ReadModel],
-    where: Sequence[Condition],
-    sort: Sort,
-    after: tuple[Any, ...] | None,
-    limit: int | None,
-) -> tuple[sql.Composed, list[Any]]:
-    clauses: list[sql.Composable] = []
-    params: list[Any] = []
-    for condition in where:
-        clause, param = _condition(condition)
-        clauses.append(clause)
-        params.extend(param)
+_ROW = "eventfold_row"  # the alias of the table a query reads: a row read as JSON is named by it
+
+
+@functools.cache
+def _read_as_json(model: type[ReadModel]) -> bool:
+    """Whether rows of ``model`` are read as one JSON text each (``to_json``), validated by pydantic in one
+    call (``model_validate_json``): no loader per column, no dict per row. Only when that gives the values
+    the typed columns give: not for ``numeric`` and ``double precision`` (JSON numbers would pass through
+    binary floats) nor enums with other than text values; ``jsonb`` columns are JSON either way."""
+    return _ROW not in model.model_fields and all(_same_as_json(f.annotation) for f in model.model_fields.values())
+
+
+def _same_as_json(annotation: Any) -> bool:
+    kind, _ = sql_type(annotation)
+    if kind in ("numeric", "double precision"):
+        return False
+    inner, _ = unwrap(annotation)
+    if kind == "text" and isinstance(inner, type) and issubclass(inner, Enum):
+        return all(isinstance(member.value, str) for member in inner)
+    return True
+
+
+def _selected(model: type[ReadModel]) -> sql.Composable:
+    if _read_as_json(model):
+        return sql.SQL("to_json({row})::text AS {row}").format(row=sql.Identifier(_ROW))
+    return sql.SQL("*")
+
+
+def _rows(model: type[R], fetched: Iterable[dict[str, Any]]) -> list[R]:
+    """Rows fetched (as dicts) by a statement ``_selected`` made, as ``model``s."""
+    if _read_as_json(model):
+        return [model.model_validate_json(r[_ROW]) for r in fetched]
+    return [model.model_validate(r) for r in fetched]
+
+
+_Shape = tuple[tuple[tuple[str, str, bool | None], ...], Sort, int | None, bool]
+
+
+def _shape(where: Sequence[Condition], sort: Sort, after: tuple[Any, ...] | None, limit: int | None) -> _Shape:
+    """What a query's SQL text depends on (its values are parameters): columns and operators (and whether
+    ``is_null`` asks for null), the order, a cursor's width, a limit or none."""
+    conditions = tuple((c.column, c.operator, bool(c.value) if c.operator == "is_null" else None) for c in where)
+    return conditions, sort, None if after is None else len(after), limit is not None
+
+
+def _select(tables: _Tables, model: type[ReadModel], shape: _Shape) -> sql.Composed:
+    conditions, sort, after, limited = shape
+    clauses = [_condition(column, operator, is_null) for column, operator, is_null in conditions]
     columns = sort.columns(model)
     if after is not None:
         clauses.append(sql.SQL("({}) {} ({})").format(
             sql.SQL(", ").join(map(sql.Identifier, columns)), sql.SQL("<" if sort.descending else ">"),
             sql.SQL(", ").join(sql.Placeholder() * len(columns)),
         ))
-        params.extend(after)
     direction = sql.SQL(" DESC" if sort.descending else " ASC")
-    statement = sql.SQL("SELECT * FROM {}{}{} ORDER BY {}").format(
-        tables.ident(model),
+    statement = sql.SQL("SELECT {} FROM {} AS {}{}{} ORDER BY {}").format(
+        _selected(model), tables.ident(model), sql.Identifier(_ROW),
         sql.SQL(" WHERE ") if clauses else sql.SQL(""),
         sql.SQL(" AND ").join(clauses),
         sql.SQL(", ").join(sql.Composed([sql.Identifier(c), direction]) for c in columns),
     )
-    if limit is not None:
+    if limited:
         statement += sql.SQL(" LIMIT %s")
+    return statement
+
+
+def _select_params(where: Sequence[Condition], after: tuple[Any, ...] | None, limit: int | None) -> list[Any]:
+    """The parameters of ``_select``'s statement, in its placeholders' order."""
+    params: list[Any] = [p for condition in where for p in _condition_params(condition)]
+    if after is not None:
+        params.extend(after)
+    if limit is not None:
         params.append(limit)
-    return statement, params
+    return params
 
 
-def _condition(condition: Condition) -> tuple[sql.Composable, list[Any]]:
+def _condition(column_name: str, operator: str, is_null: bool | None) -> sql.Composable:
     """The SQL of one condition, meaning what ``Condition.matches`` means (NULL meets no comparison)."""
-    column, operator, value = sql.Identifier(condition.column), condition.operator, condition.value
+    column = sql.Identifier(column_name)
     if operator == "is_null":
-        return sql.SQL("{} IS NULL" if value else "{} IS NOT NULL").format(column), []
+        return sql.SQL("{} IS NULL" if is_null else "{} IS NOT NULL").format(column)
     if operator == "in":
-        return sql.SQL("{} = ANY(%s)").format(column), [[_param(v) for v in value if v is not None]]
+        return sql.SQL("{} = ANY(%s)").format(column)
+    if operator in ("prefix", "contains"):
+        return sql.SQL("{} LIKE %s ESCAPE '\\'").format(column)
+    return sql.SQL("{} {} %s").format(column, sql.SQL(_OPERATORS[operator]))
+
+
+def _condition_params(condition: Condition) -> list[Any]:
+    operator, value = condition.operator, condition.value
+    if operator == "is_null":
+        return []
+    if operator == "in":
+        return [[_param(v) for v in value if v is not None]]
     if operator in ("prefix", "contains"):
         pattern = _like_literal(value) + "%"
-        return sql.SQL("{} LIKE %s ESCAPE '\\'").format(column), ["%" + pattern if operator == "contains" else pattern]
-    return sql.SQL("{} {} %s").format(column, sql.SQL(_OPERATORS[operator])), [_param(value)]
+        return ["%" + pattern if operator == "contains" else pattern]
+    return [_param(value)]
 
 
 def _param(value: Any) -> Any:
@@ -1058,6 +1148,15 @@ def _like_literal(text: str) -> str:
 
 def _arrays(columns: Sequence[str], kinds: dict[str, str]) -> sql.Composed:
     return sql.SQL(", ").join(sql.SQL("%s::{}[]").format(sql.SQL(kinds[c])) for c in columns)
+
+
+def _scalars(columns: Sequence[str], kinds: dict[str, str]) -> sql.Composed:
+    return sql.SQL(", ").join(sql.SQL("%s::{}").format(sql.SQL(kinds[c])) for c in columns)
+
+
+def _key_params(keys: Sequence[Sequence[Any]]) -> list[Any]:
+    """The parameters of ``_get_many_statement``: one key's values, or one array per key column."""
+    return list(keys[0]) if len(keys) == 1 else _columns(keys)
 
 
 def _binary_arrays(columns: Sequence[str], kinds: dict[str, str]) -> sql.Composed:

@@ -72,6 +72,7 @@ from strawberry.types import ExecutionResult
 
 from framework.breaker import CircuitBreaker
 from framework.errors import EventfoldError, RateLimited, TooManyWaiting, Unauthenticated, Unavailable
+from framework.graphql.execution import PlainLeavesExecutor
 from framework.graphql.explorer import explorer_routes
 from framework.graphql.inputs import BadJson, parse_json, unstorable_text
 from framework.graphql.limits import DocumentLimits, check_document
@@ -94,7 +95,7 @@ from framework.http.gate import Gate, admitted
 from framework.http.health import Check, metrics_route, projections_check, ready_route, store_check, views_check
 from framework.metrics import Metrics
 from framework.positions import PositionChange, PositionWatch
-from framework.query import Condition, InvalidQuery
+from framework.query import Condition, InvalidQuery, paginate, paginate_async
 from framework.readmodel import ReadModel
 from framework.security import ANONYMOUS, Authenticator, Principal
 from framework.store import EventLog
@@ -181,11 +182,23 @@ class QueryContext:
     _waiting: bool = field(default=False, init=False)  # the wait reads positions: its own span covers those reads
 
     async def read(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run a (blocking) view-store call off the event loop, through the breaker when there is one."""
+        """Run a (blocking) view-store call off the event loop, through the breaker when there is one.
+
+        ``paginate`` and the store's ``query`` run on the event loop instead (no thread hop) when the
+        store reads asynchronously (``query_async``): the same rows, the same errors."""
+        on_loop = self._on_loop(call, args)
         if self.spans is None or self._waiting:
-            return await self._read(call, *args, **kwargs)
+            return await (self._read_async(on_loop, *args, **kwargs) if on_loop else self._read(call, *args, **kwargs))
         with self.spans.read(call, args):
-            return await self._read(call, *args, **kwargs)
+            return await (self._read_async(on_loop, *args, **kwargs) if on_loop else self._read(call, *args, **kwargs))
+
+    def _on_loop(self, call: Callable[..., Any], args: tuple[Any, ...]) -> Callable[..., Awaitable[Any]] | None:
+        """The asynchronous twin of ``call`` (a page or a query of this request's views), if the views have one."""
+        if call is paginate:
+            return paginate_async if args and hasattr(args[0], "query_async") else None
+        if getattr(call, "__self__", None) is self.views and getattr(call, "__name__", None) == "query":
+            return cast(Callable[..., Awaitable[Any]] | None, getattr(self.views, "query_async", None))
+        return None
 
     async def _read(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if self.breaker is None:
@@ -202,10 +215,10 @@ class QueryContext:
         with self.spans.read(self.views.get_many, (projection, model, keys)):
             return await self._read_async(read_async, projection, model, keys)
 
-    async def _read_async(self, call: Callable[..., Awaitable[T]], *args: Any) -> T:
+    async def _read_async(self, call: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         if self.breaker is None:
-            return await call(*args)
-        return await self.breaker.call_async(functools.partial(call, *args))
+            return await call(*args, **kwargs)
+        return await self.breaker.call_async(functools.partial(call, *args, **kwargs))
 
     def dataloader(self, name: Hashable, load: Callable[[list[K]], Awaitable[Sequence[V]]]) -> DataLoader[K, V]:
         """The request's DataLoader called ``name``, made with ``load`` the first time it is asked for.
@@ -427,6 +440,7 @@ def build_schema(
         query=query,
         subscription=subscription,
         config=StrawberryConfig(name_converter=_CachedNames()),
+        execution_context_class=PlainLeavesExecutor,  # plain leaf fields completed directly (same answers)
         # Factories, not instances: an extension instance holds the current
         # request's execution context, so sharing one between requests races.
         extensions=[

@@ -192,6 +192,18 @@ class RecordingViews:
             self._code_point_text = isinstance(views, TextOrder) and views.orders_text_by_code_point()
         return self._code_point_text
 
+    async def query_async(self, name: str, model: Any, where: Sequence[Condition] = (), sort: Sort = BY_KEY, *,
+                          after: tuple[Any, ...] | None = None, limit: int | None = None) -> Any:
+        """``query`` on the event loop (``QueryContext.read`` of a page): noted as ``query`` notes it."""
+        where = where if isinstance(where, list | tuple) else tuple(where)
+        read_async = getattr(self._views, "query_async", None)
+        if read_async is None:  # a store that reads only blocking: off the loop, as QueryContext.read does
+            rows = await asyncio.to_thread(self._views.query, name, model, where, sort, after=after, limit=limit)
+        else:
+            rows = await read_async(name, model, where, sort, after=after, limit=limit)
+        self._reads.query(name, model, where, sort, after, limit, rows, self._text_order())
+        return rows
+
     def __getattr__(self, attribute: str) -> Any:
         self._reads.unknown = True
         return getattr(self._views, attribute)

@@ -48,13 +48,14 @@ from example_app.commands import (
 )
 from example_app.demo import seed
 from framework.adapters.memory_bus import MemoryBus, MemoryConsumer, MemoryPublisher
-from framework.adapters.postgres_views import PostgresViewStore
+from framework.adapters.postgres_views import PostgresViewStore, _shape
 from framework.bus import CommandBus, CommandContext
 from framework.commands import Command
 from framework.dispatcher import Dispatcher
 from framework.events import Event, EventEnvelope, EventMetadata
 from framework.mapper import to_stored
 from framework.projector import ProcessManager
+from framework.query import BY_KEY, Condition, Sort, check_conditions
 from framework.runner import run_projection, run_relay
 from framework.store import EventStore
 from framework.views import ViewStore
@@ -549,8 +550,20 @@ class CountingViewStore(PostgresViewStore):
             recording = self._statements
         if recording is not None and keys:
             version = self._active_cache.get(name, (1, 0.0))[0]
-            recording.append(self._get_many_statement(name, version, model).decode())
+            recording.append(self._get_many_statement(name, version, model, len(keys) == 1).decode())
         return await super().get_many_async(name, model, keys)
+
+
+    async def query_async(self, name: str, model: Any, where: Sequence[Condition] = (), sort: Sort = BY_KEY, *,
+                          after: tuple[Any, ...] | None = None, limit: int | None = None) -> Any:
+        """Pages on the event loop: recorded as the statement they run (not through ``_connection``)."""
+        with self._lock:
+            recording = self._statements
+        if recording is not None:
+            version = self._active_cache.get(name, (1, 0.0))[0]
+            shape = _shape(check_conditions(model, where), sort, after, limit)
+            recording.append(self._select_statement(name, version, model, shape).decode())
+        return await super().query_async(name, model, where, sort, after=after, limit=limit)
 
 
 def read_model_statements(statements: Sequence[str]) -> list[str]:

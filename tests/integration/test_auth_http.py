@@ -159,6 +159,7 @@ def test_a_client_over_its_rate_gets_429_with_retry_after(
     pg_database: PgDatabase, app_schema: str, issuer: Issuer
 ) -> None:
     store = PostgresEventStore(pg_database.settings(app_schema, pool_size=2))
+    store.create_schema()  # idempotent; this test must not depend on another having run first
     app = create_write_app(CommandBus(build_router(), store), WriteApiOptions(rate_limit_per_second=1),
                            authenticator=issuer.authenticator())
     try:

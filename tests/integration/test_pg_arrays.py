@@ -164,3 +164,22 @@ def test_the_pools_connections_see_adapters_registered_after_the_framework_was_i
             await async_pool.close()
 
     assert asyncio.run(through_the_async_pool()) == (8, "UuidArrayDumper")
+
+
+def test_text_goes_in_the_connections_client_encoding(pg_database: PgDatabase) -> None:
+    """As psycopg's own text dumper: a client encoding other than UTF-8 gets its own bytes."""
+    words = ["Zoë", "café", None]
+    with psycopg.connect(pg_database.url(), context=ARRAY_CONTEXT, client_encoding="latin1") as typed:
+        assert typed.info.encoding == "iso8859-1"
+        row = typed.execute("SELECT %s::text[], convert_to((%s::text[])[1], 'UTF8')",
+                            (TextArray(words), TextArray(words))).fetchone()
+    assert row is not None and row[0] == words
+    assert bytes(row[1]) == "Zoë".encode()
+
+
+def test_bytes_are_refused_as_text_in_another_client_encoding_too(pg_database: PgDatabase) -> None:
+    with psycopg.connect(pg_database.url(), context=ARRAY_CONTEXT, client_encoding="latin1") as typed:
+        with pytest.raises(psycopg.DataError):
+            typed.execute("SELECT %s::text[]", (TextArray([b"bytes"]),))
+        with pytest.raises(UnicodeEncodeError):  # a character latin1 lacks, as psycopg's text dumper says
+            typed.execute("SELECT %s::text[]", (TextArray(["東京"]),))

@@ -1,0 +1,306 @@
+"""The query API's fast reads answer exactly as the plain ones.
+
+PostgreSQL rows of a read model whose columns JSON carries exactly are read as one JSON text each and
+validated by pydantic in one call (``to_json`` + ``model_validate_json``), and pages are read on the
+event loop (``query_async``). Compared here with the typed columns read as before (``SELECT *``, one
+loader per column, ``model_validate``) and, end to end, with the same rows served from the in-memory
+store (which keeps the Python objects as they were put): nulls, enums, dates and times, big ints, JSON,
+text at its extremes, a field hidden by a permission, errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
+from enum import Enum, IntEnum
+from typing import Any, Literal
+from uuid import UUID
+
+import psycopg
+import pytest
+import strawberry
+from psycopg.rows import dict_row
+from pydantic import BaseModel, Field
+from starlette.testclient import TestClient
+from strawberry.types import Info
+from support.postgres import PgDatabase
+
+from framework.adapters.memory_views import MemoryViewStore
+from framework.adapters.postgres_views import PostgresViewStore, _read_as_json
+from framework.graphql import (
+    Connection,
+    GraphQLSpec,
+    QueryApiOptions,
+    QueryContext,
+    connection,
+    graphql_type,
+    page_request,
+    reads,
+    requires,
+)
+from framework.query import Condition, Sort, paginate
+from framework.readmodel import ReadModel
+from framework.security import AllowAnonymous, anonymous
+from framework.views import ViewStore
+
+pytestmark = [pytest.mark.postgres]
+
+INT64_MAX, INT64_MIN = 2**63 - 1, -(2**63)
+ODD_TEXT = 'Zoë\t東京 \U0001f600 "quoted" \\back\\slash\n\x01\x7f \u2028 </script>'
+
+
+class Colour(Enum):
+    RED = "red"
+    DARK_BLUE = "dark blue"
+
+
+class Level(IntEnum):
+    LOW = 1
+
+
+class Inner(BaseModel):
+    at: datetime
+    amount: Decimal
+    note: str | None = None
+
+
+class Everything(ReadModel):
+    table = "everything"
+    key = ("id",)
+    indexes = (("day",),)
+
+    id: str
+    big: int
+    small: int | None
+    flag: bool
+    day: date
+    day_or_none: date | None
+    at: datetime
+    uid: UUID
+    colour: Colour
+    colour_or_none: Colour | None
+    kind: Literal["a", "b"]
+    tags: list[str] = Field(default_factory=list)
+    data: dict[str, Any] = Field(default_factory=dict)
+    inner: Inner | None = None
+    note: str | None = None
+    secret: str = ""
+
+
+class WithDecimal(ReadModel):
+    table = "with_decimal"
+    key = ("id",)
+    id: str
+    amount: Decimal
+
+
+class WithFloat(ReadModel):
+    table = "with_float"
+    key = ("id",)
+    id: str
+    ratio: float | None
+
+
+class WithIntEnum(ReadModel):
+    table = "with_int_enum"
+    key = ("id",)
+    id: str
+    level: Level
+
+
+def rows() -> list[Everything]:
+    paris = timezone(timedelta(hours=5, minutes=30))
+    return [
+        Everything(id="a-max", big=INT64_MAX, small=INT64_MIN, flag=True, day=date(1, 1, 1), day_or_none=None,
+                   at=datetime(2026, 12, 7, 3, 12, 28, 123456, tzinfo=UTC),
+                   uid=UUID("12345678-1234-5678-1234-567812345678"), colour=Colour.DARK_BLUE, colour_or_none=None,
+                   kind="a", tags=["x", ODD_TEXT, ""],
+                   data={"big": 10**30, "float": 0.1, "null": None, "nested": {"list": [1, "2", True]},
+                         "text": ODD_TEXT},
+                   inner=Inner(at=datetime(2000, 2, 29, 23, 59, 59, 999999, tzinfo=paris), amount=Decimal("1.10"),
+                               note=None),
+                   note=ODD_TEXT, secret="only for ops"),
+        Everything(id="b-min", big=0, small=None, flag=False, day=date(9999, 12, 31), day_or_none=date(2026, 2, 28),
+                   at=datetime(1970, 1, 1, tzinfo=UTC), uid=UUID(int=0), colour=Colour.RED,
+                   colour_or_none=Colour.RED, kind="b", secret="s2"),
+        Everything(id="c-" + "long" * 200, big=-1, small=1, flag=True, day=date(2026, 12, 8), day_or_none=None,
+                   at=datetime(2026, 12, 7, tzinfo=UTC), uid=UUID(int=2**128 - 1), colour=Colour.RED,
+                   colour_or_none=None, kind="a", data={}, note="", secret="s3"),
+    ]
+
+
+@pytest.fixture
+def views(pg_database: PgDatabase, pg_schema: str) -> Iterator[PostgresViewStore]:
+    store = PostgresViewStore(pg_database.settings(pg_schema))
+    store.create_schema()
+    store.ensure_tables("things", 1, [Everything])
+    with store.batch("things", 1) as batch:
+        for row in rows():
+            batch.put(row)
+        batch.advance(3, None, since=0)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def typed(pg_database: PgDatabase, pg_schema: str) -> list[Everything]:
+    """The rows read the plain way: every typed column loaded by psycopg, then ``model_validate``."""
+    settings = pg_database.settings(pg_schema)
+    with psycopg.connect(host=settings.host, port=settings.port, dbname=settings.dbname, user=settings.user,
+                         password=settings.password, row_factory=dict_row) as conn:
+        found = conn.execute(f'SELECT * FROM "{pg_schema}"."rm_things_v1_everything" ORDER BY id').fetchall()
+    return [Everything.model_validate(r) for r in found]
+
+
+def same(fast: list[Any], plain: list[Any]) -> None:
+    assert fast == plain
+    assert [r.model_dump_json() for r in fast] == [r.model_dump_json() for r in plain]  # offsets, digits
+    for mine, theirs in zip(fast, plain, strict=True):
+        for name in Everything.model_fields:
+            assert type(getattr(mine, name)) is type(getattr(theirs, name)), name  # Enum, UUID, date...
+
+
+def test_models_whose_columns_json_carries_exactly_are_read_as_json() -> None:
+    assert _read_as_json(Everything)
+    assert not _read_as_json(WithDecimal)  # a JSON number passes through a binary float
+    assert not _read_as_json(WithFloat)
+    assert not _read_as_json(WithIntEnum)  # stored as text
+
+
+def test_rows_read_as_json_equal_the_typed_columns_read_plainly(
+    views: PostgresViewStore, pg_database: PgDatabase, pg_schema: str
+) -> None:
+    plain = typed(pg_database, pg_schema)
+    assert len(plain) == 3
+    same(views.query("things", Everything), plain)
+    same(asyncio.run(views.query_async("things", Everything)), plain)
+    keys = [(r.id,) for r in plain]
+    same([r for r in views.get_many("things", Everything, keys) if r], plain)
+    same([r for r in asyncio.run(views.get_many_async("things", Everything, keys)) if r], plain)
+    for key, row in zip(keys, plain, strict=True):  # one key: its own statement, no arrays
+        same([views.get_many("things", Everything, [key])[0]], [row])
+        same([asyncio.run(views.get_many_async("things", Everything, [key]))[0]], [row])
+    assert views.get_many("things", Everything, [("nope",)]) == [None]
+    assert asyncio.run(views.get_many_async("things", Everything, [("nope",), keys[1]])) == [None, plain[1]]
+
+
+def test_query_async_pages_as_query_does(views: PostgresViewStore) -> None:
+    cases: list[tuple[list[Condition], Sort, dict[str, Any]]] = [
+        ([], Sort(), {}),
+        ([Condition("flag", "eq", True)], Sort("day", descending=True), {"limit": 1}),
+        ([Condition("small", "is_null", True)], Sort(), {}),
+        ([Condition("small", "is_null", False), Condition("big", "gte", -1)], Sort("big"), {"after": (-1, "x")}),
+        ([Condition("colour", "in", ["red", None])], Sort("at"), {"limit": 5}),
+        ([Condition("note", "contains", "%")], Sort(), {}),
+        ([Condition("id", "prefix", "a-")], Sort(), {}),
+    ]
+    for where, sort, extra in cases:
+        expected = views.query("things", Everything, where, sort, **extra)
+        assert asyncio.run(views.query_async("things", Everything, where, sort, **extra)) == expected, where
+
+
+def test_query_async_raises_what_query_raises(views: PostgresViewStore) -> None:
+    for where in ([Condition("nope", "eq", 1)], [Condition("big", "eq", "not a number")]):
+        with pytest.raises(Exception) as plain:
+            views.query("things", Everything, where)
+        with pytest.raises(type(plain.value)) as fast:
+            asyncio.run(views.query_async("things", Everything, where))
+        assert str(fast.value) == str(plain.value)
+
+
+# --- end to end: the same documents over the in-memory store (no fast path) and PostgreSQL --------------
+
+Thing = graphql_type(Everything, name="Thing", exclude=["secret"])
+
+
+@strawberry.type
+class FullThing(Thing):  # type: ignore[valid-type, misc]
+    @strawberry.field(permission_classes=[requires("ops")])
+    def secret(self, info: Info) -> str:
+        return "hidden"
+
+
+@strawberry.type
+class Query:
+    @strawberry.field
+    @reads("things")
+    async def things(self, info: Info, first: int | None = None, after: str | None = None,
+                     last: int | None = None, before: str | None = None, colour: str | None = None
+                     ) -> Connection[FullThing]:
+        context = info.context
+        assert isinstance(context, QueryContext)
+        where = [Condition("colour", "eq", colour)] if colour else []
+        page = await context.read(paginate, context.views, "things", Everything,
+                                  page_request(first, after, last, before), where, Sort("day"))
+        return connection(page, FullThing.from_row)
+
+    @strawberry.field
+    @reads("things")
+    async def listed(self, info: Info) -> list[FullThing]:
+        context = info.context
+        assert isinstance(context, QueryContext)
+        found = await context.read(context.views.query, "things", Everything, [], Sort("big", descending=True))
+        return [FullThing.from_row(r) for r in found]
+
+    @strawberry.field
+    @reads("things")
+    async def thing(self, info: Info, id: str) -> FullThing | None:
+        context = info.context
+        assert isinstance(context, QueryContext)
+        row = await context.loader("things", Everything).load((id,))
+        return FullThing.from_row(row) if row else None
+
+
+FIELDS = ("id big small flag day dayOrNone at uid colour colourOrNone kind tags data note "
+          "inner { at amount note }")
+DOCUMENTS = [
+    f"{{ things(first: 2) {{ edges {{ cursor node {{ {FIELDS} }} }} pageInfo {{ hasNextPage endCursor }} }} }}",
+    f"{{ things(last: 2) {{ nodes {{ {FIELDS} }} pageInfo {{ hasPreviousPage startCursor }} }} }}",
+    f'{{ things(colour: "red") {{ nodes {{ id colour }} }} listed {{ {FIELDS} }} }}',
+    f'{{ a: thing(id: "a-max") {{ {FIELDS} }} b: thing(id: "nope") {{ id }} }}',
+    '{ thing(id: "b-min") { id secret } }',  # hidden: an error for a caller without `ops`
+    '{ things(after: "bm90IGEgY3Vyc29y") { nodes { id } } }',  # a cursor it never handed out
+    "{ things(first: 101) { nodes { id } } }",  # past the page limit
+    '{ things(colour: "purple") { nodes { id } } }',  # no such value: no rows
+]
+
+
+def answers(views: ViewStore) -> list[Any]:
+    app_ = create_app(views)
+    with TestClient(app_) as client:
+        return [client.post("/graphql", json={"query": d}).json() for d in DOCUMENTS]
+
+
+def create_app(views: ViewStore) -> Any:
+    from framework.graphql import create_query_app
+
+    return create_query_app(GraphQLSpec(Query), views, options=QueryApiOptions(response_cache_entries=0),
+                            authenticator=AllowAnonymous(anonymous(frozenset())))
+
+
+def differences(mine: Any, theirs: Any, path: str = "") -> list[str]:
+    if isinstance(mine, dict) and isinstance(theirs, dict) and mine.keys() == theirs.keys():
+        return [d for k in mine for d in differences(mine[k], theirs[k], f"{path}.{k}")]
+    if isinstance(mine, list) and isinstance(theirs, list) and len(mine) == len(theirs):
+        return [d for i, (m, t) in enumerate(zip(mine, theirs, strict=True)) for d in differences(m, t, f"{path}[{i}]")]
+    return [] if json.dumps(mine) == json.dumps(theirs) else [f"{path}: {mine!r:.200} != {theirs!r:.200}"]
+
+
+def test_the_same_documents_answer_the_same_from_postgresql_as_from_memory(views: PostgresViewStore) -> None:
+    memory = MemoryViewStore()
+    memory.ensure_tables("things", 1, [Everything])
+    with memory.batch("things", 1) as batch:
+        for row in rows():
+            batch.put(row)
+        batch.advance(3, None, since=0)
+    from_memory, from_postgres = answers(memory), answers(views)
+    for document, mine, theirs in zip(DOCUMENTS, from_postgres, from_memory, strict=True):
+        assert not differences(mine, theirs), document
+        assert json.dumps(mine, sort_keys=True) == json.dumps(theirs, sort_keys=True), document
+    assert from_postgres[0]["data"]["things"]["edges"][0]["node"]["big"] in (INT64_MAX, 0, -1)
+    assert {e["extensions"]["code"] for e in from_postgres[4]["errors"]} == {"FORBIDDEN"}
+    assert from_postgres[5]["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
