@@ -137,6 +137,8 @@ def _dumper_for(kind: type[_TypedArray]) -> type[Dumper]:
             super().__init__(cls, context)
             # Text is sent in the connection's client encoding, as psycopg's own text dumper sends it.
             encoding = self.connection.info.encoding if self.connection is not None else "utf-8"
+            if encoding == "ascii":  # SQL_ASCII, no encoding at all: psycopg's text dumper sends UTF-8
+                encoding = "utf-8"
             self._encode = None if kind is not TextArray or encoding == "utf-8" else _text_in(encoding)
 
         def dump(self, obj: Any) -> bytes:

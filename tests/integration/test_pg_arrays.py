@@ -183,3 +183,17 @@ def test_bytes_are_refused_as_text_in_another_client_encoding_too(pg_database: P
             typed.execute("SELECT %s::text[]", (TextArray([b"bytes"]),))
         with pytest.raises(UnicodeEncodeError):  # a character latin1 lacks, as psycopg's text dumper says
             typed.execute("SELECT %s::text[]", (TextArray(["東京"]),))
+
+
+def test_text_goes_as_utf8_to_a_sql_ascii_client_as_psycopg_sends_it(pg_database: PgDatabase) -> None:
+    """SQL_ASCII (``info.encoding`` "ascii") means no encoding at all: psycopg's text dumper sends UTF-8
+    then, where encoding to ascii would refuse every non-ASCII character."""
+    url = pg_database.url()
+    query = "SELECT convert_to((%s::text[])[1], 'UTF8')"
+    with psycopg.connect(url, context=ARRAY_CONTEXT, client_encoding="SQL_ASCII") as typed, \
+            psycopg.connect(url, client_encoding="SQL_ASCII") as plain:
+        assert typed.info.encoding == "ascii"
+        arrived = typed.execute(query, (TextArray(["Zoë 東京"]),)).fetchone()
+        expected = plain.execute(query, (["Zoë 東京"],)).fetchone()
+    assert arrived is not None and expected is not None
+    assert bytes(arrived[0]) == bytes(expected[0]) == "Zoë 東京".encode()
