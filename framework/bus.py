@@ -8,6 +8,7 @@ command still gets its own conflict, idempotency record and result.
 
 from __future__ import annotations
 
+import dis
 import hashlib
 import logging
 import random
@@ -243,7 +244,7 @@ class CommandBus:
             return
         # The record log.info would make, but made here: log.info looks for its caller on the stack,
         # a tenth of a command's log line, and the caller is always this method.
-        log.handle(log.makeRecord(log.name, logging.INFO, __file__, _FINISHED_LINE, "command %s %s in %.1f ms",
+        log.handle(log.makeRecord(log.name, logging.INFO, _FINISHED_FILE, _FINISHED_LINE, "command %s %s in %.1f ms",
                                   (command.command_name, outcome, seconds * 1000), None, "_finished", extra={
             "command": command.command_name, "outcome": outcome, "duration_ms": round(seconds * 1000, 3),
             "correlation_id": context.correlation_id,
@@ -485,4 +486,13 @@ def fingerprint(command: Command) -> str:
     return digest.hexdigest()
 
 
-_FINISHED_LINE = CommandBus._finished.__code__.co_firstlineno  # the lineno of its records
+def _line_of_call(function: Callable[..., object], attribute: str) -> int:
+    """The source line where ``function`` calls ``attribute``: the place log.info's record would name."""
+    for instruction in dis.get_instructions(function):
+        if instruction.argval == attribute and instruction.positions and instruction.positions.lineno:
+            return instruction.positions.lineno
+    return function.__code__.co_firstlineno
+
+
+_FINISHED_LINE = _line_of_call(CommandBus._finished, "makeRecord")  # the lineno of its records
+_FINISHED_FILE = CommandBus._finished.__code__.co_filename  # their pathname: what Logger.findCaller gives

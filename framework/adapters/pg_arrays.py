@@ -3,10 +3,16 @@
 An append's parameters are a handful of arrays (``pg_appends``). Given plain lists, psycopg looks at
 each list's elements to choose a dumper and builds a new one for every list of every statement: about
 a tenth of a lone command's CPU. A list typed here (``UuidArray``, ``BigintArray``, ...) is written by
-its own dumper in one pass, on the connections of ``ARRAY_CONTEXT`` (the adapters ``pg_pool`` gives
-every connection). On any other connection it is still a list, dumped as psycopg dumps lists.
+its own dumper in one pass, on a connection whose adapters have them: ``pg_pool`` registers them on
+each connection's own adapters as it connects (``register_array_dumpers``), so the connection still
+starts from psycopg's global adapters as they are then, an application's late registrations included;
+``ARRAY_CONTEXT`` is for a connection made apart. On any other connection it is still a list, dumped as
+psycopg dumps lists.
 
-``None`` elements are SQL NULLs, as psycopg sends them.
+``None`` elements are SQL NULLs, as psycopg sends them. A value its column cannot hold (a number out of
+range, text that is not a UUID, anything but bytes for ``bytea``) raises ``psycopg.DataError``, as
+PostgreSQL refused it in a plain list, so the store translates it as before: never another value written
+in its place.
 
 A read model's bulk upserts (``postgres_views``) send one array per column of up to thousands of rows:
 for those, ``packed`` builds bigint, text and date arrays without NULLs with C-level iteration
@@ -30,13 +36,15 @@ from psycopg.abc import AdaptContext
 from psycopg.adapt import AdaptersMap, Dumper
 from psycopg.pq import Format
 
-__all__ = ["ARRAY_CONTEXT", "BigintArray", "ByteaArray", "IntArray", "PackedArray", "TextArray", "UuidArray", "packed"]
+__all__ = ["ARRAY_CONTEXT", "BigintArray", "ByteaArray", "IntArray", "PackedArray", "TextArray", "UuidArray", "packed",
+           "register_array_dumpers"]
 
 _LENGTH = struct.Struct("!i")
 _HEAD = struct.Struct("!iiIii")  # dimensions, has NULLs, element type, length, lower bound
 _EMPTY = struct.Struct("!iiI")  # an empty array has no dimension
 _NULL = _LENGTH.pack(-1)
 _BIGINT, _INT = struct.Struct("!q"), struct.Struct("!i")
+_BYTES = (bytes, bytearray, memoryview)
 
 
 class _TypedArray(list[Any]):
@@ -61,7 +69,7 @@ class BigintArray(_TypedArray):
 
     @staticmethod
     def encode(value: Any) -> bytes:
-        return _BIGINT.pack(value)
+        return _BIGINT.pack(value if type(value) is int else _whole(value))
 
 
 class IntArray(_TypedArray):
@@ -69,7 +77,7 @@ class IntArray(_TypedArray):
 
     @staticmethod
     def encode(value: Any) -> bytes:
-        return _INT.pack(value)
+        return _INT.pack(value if type(value) is int else _whole(value))
 
 
 class TextArray(_TypedArray):
@@ -77,6 +85,10 @@ class TextArray(_TypedArray):
 
     @staticmethod
     def encode(value: Any) -> bytes:
+        if type(value) is str:
+            return value.encode()
+        if isinstance(value, _BYTES):  # str() of them is their repr
+            raise TypeError(f"text, not {type(value).__name__}")
         return str(value).encode()
 
 
@@ -85,11 +97,24 @@ class ByteaArray(_TypedArray):
 
     @staticmethod
     def encode(value: Any) -> bytes:
+        if type(value) is bytes:
+            return value
+        if not isinstance(value, _BYTES):  # bytes(3) is three NUL bytes
+            raise TypeError(f"bytes, not {type(value).__name__}")
         return bytes(value)
+
+
+def _whole(value: Any) -> int:
+    """``value`` if it is an int (a subclass such as ``IntEnum`` too), never a bool: struct packs True as 1."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"a whole number, not {type(value).__name__}")
+    return value
 
 
 def _text_in(encoding: str) -> Callable[[Any], bytes]:
     def encode(value: Any) -> bytes:
+        if isinstance(value, _BYTES):  # str() of them is their repr
+            raise TypeError(f"text, not {type(value).__name__}")
         return str(value).encode(encoding)
     return encode
 
@@ -122,10 +147,18 @@ def _dumper_for(kind: type[_TypedArray]) -> type[Dumper]:
             super().__init__(cls, context)
             # Text is sent in the connection's client encoding, as psycopg's own text dumper sends it.
             encoding = self.connection.info.encoding if self.connection is not None else "utf-8"
+            if encoding == "ascii":  # SQL_ASCII, no encoding at all: psycopg's text dumper sends UTF-8
+                encoding = "utf-8"
             self._encode = None if kind is not TextArray or encoding == "utf-8" else _text_in(encoding)
 
         def dump(self, obj: Any) -> bytes:
-            return binary_array(obj, self._encode)
+            try:
+                return binary_array(obj, self._encode)
+            except UnicodeEncodeError:  # a lone surrogate, a character the client encoding lacks: as psycopg raises it
+                raise
+            except (struct.error, ValueError, TypeError) as error:
+                raise psycopg.DataError(f"{kind.__name__}: a value {kind.__name__[:-5].lower()} cannot hold"
+                                        f" ({error})") from error
 
     _ArrayDumper.__name__ = f"{kind.__name__}Dumper"
     return _ArrayDumper
@@ -193,13 +226,24 @@ def _packed_dumper_for(kind: type[PackedArray]) -> type[Dumper]:
     return _PackedDumper
 
 
+_DUMPERS = [
+    *((kind, _dumper_for(kind)) for kind in (UuidArray, BigintArray, IntArray, TextArray, ByteaArray)),
+    *((kind, _packed_dumper_for(kind)) for kind in (_PackedBigints, _PackedTexts, _PackedDates)),
+]
+
+
+def register_array_dumpers(adapters: AdaptersMap) -> None:
+    """Give ``adapters`` (a connection's own, ``conn.adapters``) the typed arrays' dumpers."""
+    for kind, dumper in _DUMPERS:
+        adapters.register_dumper(kind, dumper)
+
+
 def _array_context() -> AdaptersMap:
     adapters = AdaptersMap(psycopg.adapters)
-    for kind in (UuidArray, BigintArray, IntArray, TextArray, ByteaArray):
-        adapters.register_dumper(kind, _dumper_for(kind))
-    for packed_kind in (_PackedBigints, _PackedTexts, _PackedDates):
-        adapters.register_dumper(packed_kind, _packed_dumper_for(packed_kind))
+    register_array_dumpers(adapters)
     return adapters
 
 
+# psycopg's global adapters as they were when this module was imported, with the arrays' dumpers: a
+# snapshot, so not what the pools give their connections (see the module docstring).
 ARRAY_CONTEXT = _array_context()

@@ -37,7 +37,7 @@ from psycopg import AsyncConnection, Connection
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
-from framework.adapters.pg_arrays import ARRAY_CONTEXT
+from framework.adapters.pg_arrays import register_array_dumpers
 from framework.settings import PostgresSettings
 
 __all__ = ["AsyncPgPool", "NotAccepting", "PgPool", "went_away_async"]
@@ -58,7 +58,7 @@ class PgPool:
         self._kwargs = _connect_kwargs(settings, name)
         self._pool: ConnectionPool[Connection[DictRow]] = ConnectionPool(
             kwargs=self._kwargs, min_size=min_size, max_size=max_size, name=name, timeout=settings.connect_timeout,
-            reconnect_timeout=0, reconnect_failed=self._connect_failed,
+            reconnect_timeout=0, reconnect_failed=self._connect_failed, configure=_with_arrays,
             open=False,  # opened on first use, so a process can start while PostgreSQL is down
         )
 
@@ -129,7 +129,7 @@ class AsyncPgPool:
         self._kwargs = _connect_kwargs(settings, name)
         self._pool: AsyncConnectionPool[AsyncConnection[DictRow]] = AsyncConnectionPool(
             kwargs=self._kwargs, min_size=min_size, max_size=max_size, name=name, timeout=settings.connect_timeout,
-            reconnect_timeout=0, reconnect_failed=self._connect_failed, open=False,
+            reconnect_timeout=0, reconnect_failed=self._connect_failed, configure=_with_arrays_async, open=False,
         )
         self._opened = False
 
@@ -219,8 +219,18 @@ def _connect_kwargs(settings: PostgresSettings, name: str) -> dict[str, Any]:
         "user": settings.user, "password": settings.password, "row_factory": dict_row,
         "autocommit": True, "connect_timeout": max(1, round(settings.connect_timeout)),
         "application_name": name,  # which role's pool a backend serves, in pg_stat_activity
-        "context": ARRAY_CONTEXT,  # appends' arrays in one pass (framework.adapters.pg_arrays)
     }
+
+
+# Appends' arrays in one pass (framework.adapters.pg_arrays), registered on each connection's own adapters
+# rather than given as a shared context: a context is a copy of psycopg's global adapters made once, and
+# adapters an application registers later would be missing from every connection.
+def _with_arrays(conn: Connection[Any]) -> None:
+    register_array_dumpers(conn.adapters)
+
+
+async def _with_arrays_async(conn: AsyncConnection[Any]) -> None:
+    register_array_dumpers(conn.adapters)
 
 
 def _not_accepting(error: psycopg.OperationalError) -> NotAccepting:

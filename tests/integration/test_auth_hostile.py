@@ -525,3 +525,22 @@ def test_once_an_address_is_over_its_failures_no_token_from_it_is_verified(keys:
         valid = bearer(signed(keys.rsa, "RS256", claims(roles=("custody", "ops"))))
         assert call(server, endpoint, valid).status_code == 429
     assert authenticator.calls == 3  # the refused ones cost no signature check and no key lookup
+
+
+def test_of_a_repeated_authorization_header_the_first_is_judged_whatever_the_name_s_case(serve: Any) -> None:
+    """The commands route reads ``Authorization`` from headers it parses itself: the first of repeated
+    ones, as Starlette's ``Headers.get`` answers (and the GraphQL endpoint), in any case of its name."""
+    server = serve("write-api", EVENTFOLD_JWT_KEY=HMAC_SECRET, EVENTFOLD_JWT_ALGORITHMS="HS256",
+                   EVENTFOLD_AUTH_FAILURES_PER_MINUTE="0")
+    good = "Bearer " + jwt.encode(claims(roles=("custody",)), HMAC_SECRET, algorithm="HS256")
+
+    def command(headers: list[tuple[str, str]]) -> httpx.Response:
+        body = {"account_number": new_code("HOST"), "holder_name": "Hostile Test"}
+        return httpx.post(f"{server.base_url}/commands/OpenAccount", json=body, headers=headers, timeout=30)
+
+    assert command([("Authorization", good), ("Authorization", "Bearer forged")]).status_code == 200
+    assert command([("AUTHORIZATION", good)]).status_code == 200
+    for first in ("Bearer forged", "", "Basic YTpi"):
+        refused = command([("Authorization", first), ("Authorization", good)])
+        assert refusal(refused, Endpoint("write-api", "commands"), 401)[0] == "unauthenticated"
+    stopped_cleanly(server)
