@@ -6,9 +6,9 @@ it builds a resolve info, calls Strawberry's resolver wrapper, then dispatches t
 field's type. Here such a field takes its value as Strawberry's own resolver does
 (``StrawberryField.get_result``) and coerces it as graphql-core's completion does
 (``coerce_output_value``); anything else, and any value that would not complete plainly (null for a
-non-null field, a coercion that fails, an awaitable), goes the general way, which then answers exactly
-as it always does (the same value, or the same error). Strawberry passes this class to graphql-core as
-its ``execution_context_class``.
+non-null field, a value that cannot be read, a coercion that fails, an awaitable), goes the general
+way, which then answers exactly as it always does (the same value, or the same error).
+Strawberry passes this class to graphql-core as its ``execution_context_class``.
 """
 
 from __future__ import annotations
@@ -34,19 +34,27 @@ class PlainLeavesExecutor(StrawberryGraphQLCoreExecutionContext):
         plain = None if node.arguments or self._wrapped() else _plain(self.schema.get_field(parent_type,
                                                                                          node.name.value))
         if plain is not None:
-            field, leaf, non_null = plain
-            value = field.get_result(source, None, [], {})
-            if value is None:
-                if not non_null:
-                    return None
-            elif not isinstance(value, Exception) and not self.is_awaitable(value):
-                try:
-                    coerced = leaf.coerce_output_value(value)
-                except Exception:
-                    coerced = None
-                if coerced is not None and coerced is not Undefined:
-                    return coerced
+            completed = self._plainly(plain, source)
+            if completed is not Undefined:
+                return completed
         return super().execute_field(parent_type, source, field_details_list, path, position_context)
+
+    def _plainly(self, plain: _Plain, source: Any) -> Any:
+        """The plain field's completed value, or ``Undefined`` when the general way must answer (and report)."""
+        field, leaf, non_null = plain
+        try:
+            value = field.get_result(source, None, [], {})
+        except Exception:  # reading it failed: the general way reports it as this field's error
+            return Undefined
+        if value is None:
+            return Undefined if non_null else None
+        if isinstance(value, Exception) or self.is_awaitable(value):
+            return Undefined
+        try:
+            coerced = leaf.coerce_output_value(value)
+        except Exception:
+            return Undefined
+        return Undefined if coerced is None else coerced
 
     def _wrapped(self) -> bool:
         """Resolvers are wrapped by middleware (an extension's ``resolve``): every field goes the general way."""
