@@ -1045,8 +1045,24 @@ def _read_as_json(model: type[ReadModel]) -> bool:
     """Whether rows of ``model`` are read as one JSON text each (``to_json``), validated by pydantic in one
     call (``model_validate_json``): no loader per column, no dict per row. Only when that gives the values
     the typed columns give: not for ``numeric`` and ``double precision`` (JSON numbers would pass through
-    binary floats) nor enums with other than text values; ``jsonb`` columns are JSON either way."""
-    return _ROW not in model.model_fields and all(_same_as_json(f.annotation) for f in model.model_fields.values())
+    binary floats) nor enums with other than text values, nor models with validators that see their input
+    raw (they would get strings); ``jsonb`` columns are JSON either way."""
+    return (_ROW not in model.model_fields and all(_same_as_json(f.annotation) for f in model.model_fields.values())
+            and not _sees_raw_input(model.__pydantic_core_schema__))
+
+
+# Validators given the input as it arrives (a JSON text's strings, not the datetimes, dates and UUIDs a
+# typed column's loader gives), and schemas that validate JSON otherwise than Python objects.
+_RAW_INPUT = frozenset({"function-before", "function-plain", "function-wrap", "json-or-python"})
+
+
+def _sees_raw_input(schema: Any) -> bool:
+    """Whether a pydantic core schema (of a model, all it holds) has a step that sees its input raw."""
+    if isinstance(schema, dict):
+        return schema.get("type") in _RAW_INPUT or any(_sees_raw_input(v) for v in schema.values())
+    if isinstance(schema, list | tuple):
+        return any(_sees_raw_input(v) for v in schema)
+    return False
 
 
 def _same_as_json(annotation: Any) -> bool:

@@ -16,14 +16,14 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from enum import Enum, IntEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import psycopg
 import pytest
 import strawberry
 from psycopg.rows import dict_row
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field, field_validator, model_validator
 from starlette.testclient import TestClient
 from strawberry.types import Info
 from support.postgres import PgDatabase
@@ -304,3 +304,66 @@ def test_the_same_documents_answer_the_same_from_postgresql_as_from_memory(views
     assert from_postgres[0]["data"]["things"]["edges"][0]["node"]["big"] in (INT64_MAX, 0, -1)
     assert {e["extensions"]["code"] for e in from_postgres[4]["errors"]} == {"FORBIDDEN"}
     assert from_postgres[5]["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+
+
+# --- models whose validators see the values as they arrive (before/plain/wrap): a JSON text's strings are
+# not the datetimes, dates and UUIDs psycopg's loaders give, so such models are read the typed way ---------
+
+def _to_utc(value: Any) -> Any:
+    return value.astimezone(UTC)  # written for the datetime the projector (and a typed column) gives
+
+
+class Stamped(ReadModel):
+    table = "stamped"
+    key = ("id",)
+    id: str
+    at: Annotated[datetime, BeforeValidator(_to_utc)]
+    day: date
+    seen: datetime | None = None
+
+    @field_validator("day", mode="before")
+    @classmethod
+    def _no_weekends(cls, value: Any) -> Any:
+        return value - timedelta(days=1) if value.weekday() == 6 else value  # a date, as written
+
+    @field_validator("seen", mode="wrap")
+    @classmethod
+    def _seen_in_utc(cls, value: Any, handler: Any) -> Any:
+        return None if value is None else handler(value.astimezone(UTC))
+
+
+class Checked(ReadModel):
+    table = "checked"
+    key = ("id",)
+    id: str
+    uid: UUID
+
+    @model_validator(mode="before")
+    @classmethod
+    def _version_4(cls, data: Any) -> Any:
+        assert data["uid"].version in (4, None), "not a version 4 UUID"  # a UUID, as written
+        return data
+
+
+def test_models_whose_validators_see_raw_values_are_read_as_typed_columns(
+    pg_database: PgDatabase, pg_schema: str
+) -> None:
+    assert not _read_as_json(Stamped) and not _read_as_json(Checked)
+    store = PostgresViewStore(pg_database.settings(pg_schema))
+    try:
+        store.create_schema()
+        store.ensure_tables("stamps", 1, [Stamped, Checked])
+        stamped = Stamped(id="s", at=datetime(2026, 12, 7, 5, tzinfo=timezone(timedelta(hours=2))),
+                          day=date(2026, 12, 6), seen=datetime(2026, 12, 7, tzinfo=UTC))
+        checked = Checked(id="c", uid=UUID("12345678-1234-4678-9234-567812345678"))
+        with store.batch("stamps", 1) as batch:
+            batch.put(stamped)
+            batch.put(checked)
+            batch.advance(1, None, since=0)
+        assert store.query("stamps", Stamped) == [stamped]
+        assert asyncio.run(store.query_async("stamps", Stamped)) == [stamped]
+        assert store.get_many("stamps", Stamped, [("s",)]) == [stamped]
+        assert asyncio.run(store.get_many_async("stamps", Checked, [("c",)])) == [checked]
+        assert store.query("stamps", Checked) == [checked]
+    finally:
+        store.close()
