@@ -332,7 +332,8 @@ class _PostgresBatch(StagedBatch):
 class PostgresViewStore:
     def __init__(self, settings: PostgresSettings, *, cache_rows: int = 100_000) -> None:
         self._schema = settings.schema
-        self._pool = PgPool(settings, name="eventfold-views", min_size=1, max_size=max(2, settings.pool_size))
+        self._pool = PgPool(settings, name="eventfold-views", min_size=1, max_size=max(2, settings.pool_size),
+                            options=_SESSION)
         self._cache_rows = cache_rows
         self._code_point_order: bool | None = None
         self._caches: dict[tuple[str, int], RowCache] = {}
@@ -916,7 +917,8 @@ class PostgresViewStore:
         s = self._settings
         return await AsyncConnection.connect(
             host=s.host, port=s.port, dbname=s.dbname, user=s.user, password=s.password, autocommit=True,
-            connect_timeout=max(1, round(s.connect_timeout)), application_name="eventfold-views-async")
+            connect_timeout=max(1, round(s.connect_timeout)), application_name="eventfold-views-async",
+            options=_SESSION)
 
     def _active_positions_statement(self) -> sql.Composed:
         if self._positions_sql is None:
@@ -1036,6 +1038,10 @@ class _AsyncConnections:
 _CODE_POINT_COLLATIONS = frozenset({"C", "POSIX", "C.UTF-8", "C.utf8"})
 _OPERATORS = {"eq": "=", "ne": "<>", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
 
+
+# Times read in UTC, whatever the database's TimeZone: a row read as JSON prints each time with the
+# session's offset, and pydantic parses no offset in seconds (a zone's local mean time, before ~1900).
+_SESSION = "-c TimeZone=UTC"
 
 _ROW = "eventfold_row"  # the alias of the table a query reads: a row read as JSON is named by it
 
