@@ -1060,12 +1060,14 @@ def _read_as_json(model: type[ReadModel]) -> bool:
 # Validators given the input as it arrives (a JSON text's strings, not the datetimes, dates and UUIDs a
 # typed column's loader gives), and schemas that validate JSON otherwise than Python objects.
 _RAW_INPUT = frozenset({"function-before", "function-plain", "function-wrap", "json-or-python"})
+_OUTPUT_ONLY = frozenset({"serialization", "computed_fields"})  # serializers: they do not read rows
 
 
 def _sees_raw_input(schema: Any) -> bool:
     """Whether a pydantic core schema (of a model, all it holds) has a step that sees its input raw."""
     if isinstance(schema, dict):
-        return schema.get("type") in _RAW_INPUT or any(_sees_raw_input(v) for v in schema.values())
+        return schema.get("type") in _RAW_INPUT or any(
+            _sees_raw_input(v) for k, v in schema.items() if k not in _OUTPUT_ONLY)
     if isinstance(schema, list | tuple):
         return any(_sees_raw_input(v) for v in schema)
     return False
