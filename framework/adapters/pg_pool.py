@@ -51,12 +51,10 @@ class NotAccepting(psycopg.OperationalError):
 class PgPool:
     """Connections to one database, each alive when handed out (see the module docstring)."""
 
-    def __init__(self, settings: PostgresSettings, *, name: str, min_size: int, max_size: int,
-                 options: str | None = None) -> None:
-        """``options``: the server settings of each session (libpq's ``options``, e.g. ``-c TimeZone=UTC``)."""
+    def __init__(self, settings: PostgresSettings, *, name: str, min_size: int, max_size: int) -> None:
         self._timeout = settings.connect_timeout
         self._failed_at = -math.inf  # when a connection attempt last failed (time.monotonic)
-        self._kwargs = _connect_kwargs(settings, name) | ({"options": options} if options else {})
+        self._kwargs = _connect_kwargs(settings, name)
         self._pool: ConnectionPool[Connection[DictRow]] = ConnectionPool(
             kwargs=self._kwargs, min_size=min_size, max_size=max_size, name=name, timeout=settings.connect_timeout,
             reconnect_timeout=0, reconnect_failed=self._connect_failed,

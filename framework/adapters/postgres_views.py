@@ -332,8 +332,7 @@ class _PostgresBatch(StagedBatch):
 class PostgresViewStore:
     def __init__(self, settings: PostgresSettings, *, cache_rows: int = 100_000) -> None:
         self._schema = settings.schema
-        self._pool = PgPool(settings, name="eventfold-views", min_size=1, max_size=max(2, settings.pool_size),
-                            options=_SESSION)
+        self._pool = PgPool(settings, name="eventfold-views", min_size=1, max_size=max(2, settings.pool_size))
         self._cache_rows = cache_rows
         self._code_point_order: bool | None = None
         self._caches: dict[tuple[str, int], RowCache] = {}
@@ -791,10 +790,11 @@ class PostgresViewStore:
         limit: int | None = None,
     ) -> list[R]:
         where = check_conditions(model, where)
-        statement = self._select_statement(name, self._active_version_cached(name), model,
-                                           _shape(where, sort, after, limit))
+        version, shape = self._active_version_cached(name), _shape(where, sort, after, limit)
         with self._connection() as conn:
-            return _rows(model, conn.execute(statement, _select_params(where, after, limit), prepare=True))
+            as_json = _as_json(model, conn)
+            statement = self._select_statement(name, version, model, shape, as_json)
+            return _rows(model, conn.execute(statement, _select_params(where, after, limit), prepare=True), as_json)
 
     async def query_async(
         self,
@@ -812,8 +812,9 @@ class PostgresViewStore:
         params = _select_params(where, after, limit)
         failed: psycopg.Error | None = None
         async with self._rows_async.connection() as conn:
+            as_json = _as_json(model, conn)
             statement = self._select_statement(name, await self._active_version_async(conn, name), model,
-                                               _shape(where, sort, after, limit))
+                                               _shape(where, sort, after, limit), as_json)
             cursor = conn.cursor(row_factory=dict_row)  # the connection's own rows are tuples
             try:
                 await cursor.execute(statement, params, prepare=True)
@@ -824,12 +825,13 @@ class PostgresViewStore:
                 failed = error
         if failed is not None:
             raise failed
-        return _rows(model, found)
+        return _rows(model, found, as_json)
 
     @functools.lru_cache(maxsize=1024)  # noqa: B019 - statements live as long as the store
-    def _select_statement(self, name: str, version: int, model: type[ReadModel], shape: _Shape) -> bytes:
+    def _select_statement(self, name: str, version: int, model: type[ReadModel], shape: _Shape,
+                          as_json: bool) -> bytes:
         """The SELECT of a query's shape, composed once (composing costs more than a short query)."""
-        return _select(_Tables(self._schema, name, version), model, shape).as_bytes(None)
+        return _select(_Tables(self._schema, name, version), model, shape, as_json).as_bytes(None)
 
     def orders_text_by_code_point(self) -> bool:
         """``TextOrder``: the database's default collation (every text column's: no column names another)
@@ -845,9 +847,11 @@ class PostgresViewStore:
     def get_many(self, name: str, model: type[R], keys: Sequence[tuple[Any, ...]]) -> list[R | None]:
         if not keys:
             return []
-        statement = self._get_many_statement(name, self._active_version_cached(name), model, len(keys) == 1)
+        version = self._active_version_cached(name)
         with self._connection() as conn:
-            rows = _rows(model, conn.execute(statement, _key_params(keys), prepare=True))
+            as_json = _as_json(model, conn)
+            statement = self._get_many_statement(name, version, model, len(keys) == 1, as_json)
+            rows = _rows(model, conn.execute(statement, _key_params(keys), prepare=True), as_json)
         by_key = {row.key_values(): row for row in rows}
         return [by_key.get(tuple(key)) for key in keys]
 
@@ -859,9 +863,10 @@ class PostgresViewStore:
         async with self._rows_async.connection() as conn:
             version = await self._active_version_async(conn, name)
             cursor = conn.cursor(row_factory=dict_row)  # the connection's own rows are tuples
-            statement = self._get_many_statement(name, version, model, len(keys) == 1)
+            as_json = _as_json(model, conn)
+            statement = self._get_many_statement(name, version, model, len(keys) == 1, as_json)
             await cursor.execute(statement, _key_params(keys), prepare=True)
-            rows = _rows(model, await cursor.fetchall())
+            rows = _rows(model, await cursor.fetchall(), as_json)
         by_key = {row.key_values(): row for row in rows}
         return [by_key.get(tuple(key)) for key in keys]
 
@@ -917,8 +922,7 @@ class PostgresViewStore:
         s = self._settings
         return await AsyncConnection.connect(
             host=s.host, port=s.port, dbname=s.dbname, user=s.user, password=s.password, autocommit=True,
-            connect_timeout=max(1, round(s.connect_timeout)), application_name="eventfold-views-async",
-            options=_SESSION)
+            connect_timeout=max(1, round(s.connect_timeout)), application_name="eventfold-views-async")
 
     def _active_positions_statement(self) -> sql.Composed:
         if self._positions_sql is None:
@@ -937,7 +941,8 @@ class PostgresViewStore:
             pp=self._table("eventfold_partition_positions"))
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 - statements live as long as the store
-    def _get_many_statement(self, name: str, version: int, model: type[ReadModel], one: bool = False) -> bytes:
+    def _get_many_statement(self, name: str, version: int, model: type[ReadModel], one: bool = False,
+                            as_json: bool = False) -> bytes:
         """Rows by key: ``one`` key compared as it is (no array to build and unnest), else arrays of them."""
         tables = _Tables(self._schema, name, version)
         kinds = {n: k for n, k, _ in column_definitions(model)}
@@ -945,7 +950,7 @@ class PostgresViewStore:
         wanted = (sql.SQL("({}) = ({})").format(keys, _scalars(model.key, kinds)) if one else
                   sql.SQL("({}) IN (SELECT * FROM unnest({}))").format(keys, _arrays(model.key, kinds)))
         statement = sql.SQL("SELECT {} FROM {} AS {} WHERE {}").format(
-            _selected(model), tables.ident(model), sql.Identifier(_ROW), wanted)
+            _selected(model, as_json), tables.ident(model), sql.Identifier(_ROW), wanted)
         return statement.as_bytes(None)
 
     def _active_version_cached(self, name: str) -> int:
@@ -1039,10 +1044,6 @@ _CODE_POINT_COLLATIONS = frozenset({"C", "POSIX", "C.UTF-8", "C.utf8"})
 _OPERATORS = {"eq": "=", "ne": "<>", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
 
 
-# Times read in UTC, whatever the database's TimeZone: a row read as JSON prints each time with the
-# session's offset, and pydantic parses no offset in seconds (a zone's local mean time, before ~1900).
-_SESSION = "-c TimeZone=UTC"
-
 _ROW = "eventfold_row"  # the alias of the table a query reads: a row read as JSON is named by it
 
 
@@ -1083,15 +1084,32 @@ def _same_as_json(annotation: Any) -> bool:
     return True
 
 
-def _selected(model: type[ReadModel]) -> sql.Composable:
-    if _read_as_json(model):
+def _as_json(model: type[ReadModel], conn: Conn | AsyncConnection[Any]) -> bool:
+    """Whether rows of ``model`` are read as JSON over ``conn``: a model ``_read_as_json``, whose times (if it
+    has any) the session prints in UTC. ``to_json`` prints a time with the session's offset at that instant,
+    and in most zones that was once an offset in seconds (local mean time: Amsterdam +00:19:32 until 1937),
+    which pydantic does not parse; psycopg's loader does."""
+    return _read_as_json(model) and (not _has_times(model) or conn.info.parameter_status("TimeZone") in _UTC)
+
+
+_UTC = frozenset({"UTC", "Etc/UTC", "GMT", "Etc/GMT", "UCT", "Etc/UCT", "Universal", "Etc/Universal", "Zulu",
+                  "Etc/Zulu", "Z"})
+
+
+@functools.cache
+def _has_times(model: type[ReadModel]) -> bool:
+    return any(sql_type(f.annotation)[0] == "timestamptz" for f in model.model_fields.values())
+
+
+def _selected(model: type[ReadModel], as_json: bool) -> sql.Composable:
+    if as_json:
         return sql.SQL("to_json({row})::text AS {row}").format(row=sql.Identifier(_ROW))
     return sql.SQL("*")
 
 
-def _rows(model: type[R], fetched: Iterable[dict[str, Any]]) -> list[R]:
+def _rows(model: type[R], fetched: Iterable[dict[str, Any]], as_json: bool) -> list[R]:
     """Rows fetched (as dicts) by a statement ``_selected`` made, as ``model``s."""
-    if _read_as_json(model):
+    if as_json:
         return [model.model_validate_json(r[_ROW]) for r in fetched]
     return [model.model_validate(r) for r in fetched]
 
@@ -1106,7 +1124,7 @@ def _shape(where: Sequence[Condition], sort: Sort, after: tuple[Any, ...] | None
     return conditions, sort, None if after is None else len(after), limit is not None
 
 
-def _select(tables: _Tables, model: type[ReadModel], shape: _Shape) -> sql.Composed:
+def _select(tables: _Tables, model: type[ReadModel], shape: _Shape, as_json: bool) -> sql.Composed:
     conditions, sort, after, limited = shape
     clauses = [_condition(column, operator, is_null) for column, operator, is_null in conditions]
     columns = sort.columns(model)
@@ -1117,7 +1135,7 @@ def _select(tables: _Tables, model: type[ReadModel], shape: _Shape) -> sql.Compo
         ))
     direction = sql.SQL(" DESC" if sort.descending else " ASC")
     statement = sql.SQL("SELECT {} FROM {} AS {}{}{} ORDER BY {}").format(
-        _selected(model), tables.ident(model), sql.Identifier(_ROW),
+        _selected(model, as_json), tables.ident(model), sql.Identifier(_ROW),
         sql.SQL(" WHERE ") if clauses else sql.SQL(""),
         sql.SQL(" AND ").join(clauses),
         sql.SQL(", ").join(sql.Composed([sql.Identifier(c), direction]) for c in columns),

@@ -38,7 +38,7 @@ from strawberry.types import Info
 from support.postgres import PgDatabase, PostgresServer, create_database, drop_database, unique_name
 
 from framework.adapters.memory_views import MemoryViewStore
-from framework.adapters.postgres_views import PostgresViewStore, _read_as_json
+from framework.adapters.postgres_views import PostgresViewStore, _as_json, _read_as_json
 from framework.graphql import (
     Connection,
     GraphQLSpec,
@@ -389,6 +389,13 @@ class Dated(ReadModel):
     day: date
 
 
+class Untimed(ReadModel):
+    table = "untimed"
+    key = ("id",)
+    id: str
+    day: date
+
+
 @pytest.fixture
 def amsterdam(pg_server: PostgresServer) -> Iterator[PgDatabase]:
     name = unique_name("eventfold_tz")
@@ -417,6 +424,9 @@ def test_times_read_alike_whatever_the_databases_time_zone(amsterdam: PgDatabase
         assert asyncio.run(store.query_async("dates", Dated)) == by_id
         assert store.get_many("dates", Dated, [("old",), ("new",)]) == written
         assert asyncio.run(store.get_many_async("dates", Dated, [("old",)])) == written[:1]
+        with amsterdam.connect() as conn:  # read column by column there; a model without times still as JSON
+            assert _read_as_json(Dated) and not _as_json(Dated, conn)
+            assert _as_json(Untimed, conn)
     finally:
         store.close()
 
