@@ -251,8 +251,7 @@ def _is_scalar(annotation: Any) -> bool:
     if origin in (Union, types.UnionType):
         members = [a for a in get_args(annotation) if a is not type(None)]
         return len(members) == 1 and _is_scalar(members[0])
-    if origin is Literal:
-        return all(isinstance(a, str) for a in get_args(annotation))
+    # (not a Literal: PostgreSQL keeps one as jsonb, where None is JSON's null and IS NOT NULL)
     return isinstance(annotation, type) and issubclass(annotation, _SCALARS)
 
 

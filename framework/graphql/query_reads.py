@@ -12,7 +12,8 @@ cursor. A commit changes rows by key, and announces each one's new values (or it
   changed row never ties with ``R``'s last row.
 
 Each comparison is decided as PostgreSQL makes it, or not at all (the answer is dropped): a null compared
-by order (a sort value, a cursor), a float or decimal NaN, a time without a zone, text compared by order
+by order (a sort value, a cursor), a float or decimal NaN, a time without a zone (one with a zone is its
+instant), an enum of other values than text (the store keeps them as text), text compared by order
 when the store does not order text by code point (``framework.views.TextOrder``), a column whose value is
 not announced or not a plain value. Conditions follow ``Condition.matches`` (SQL's: a null meets nothing
 but ``is_null``); equality of text is bytewise in every deterministic collation, and so are ``prefix`` and
@@ -24,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import Enum
 from typing import Any
@@ -88,12 +89,13 @@ class QueryRead:
         return self._before(own, self.last)
 
     def _meets(self, condition: Condition, values: _Row) -> bool:
-        actual = _plain(values.get(condition.column))
+        actual = values.get(condition.column)
         operator, wanted = condition.operator, condition.value
         if operator == "is_null":
             return (actual is None) is bool(wanted)
         if actual is None:
             return False
+        actual = _plain(actual)
         if operator in ("prefix", "contains"):
             if not isinstance(actual, str):
                 raise _Undecided(condition.column)
@@ -156,7 +158,11 @@ _ORDERED = {"lt": lambda o: o < 0, "lte": lambda o: o <= 0, "gt": lambda o: o > 
 
 
 def _plain(value: Any) -> Any:
-    return value.value if isinstance(value, Enum) else value
+    if not isinstance(value, Enum):
+        return value
+    if not isinstance(value.value, str):  # the store keeps an enum's value as text: '10' sorts before '2'
+        raise _Undecided("enum of other values than text")
+    return value.value
 
 
 def _numbers(a: Any, b: Any) -> bool:
@@ -171,7 +177,13 @@ def _equal(a: Any, b: Any) -> bool:
         raise _Undecided("null")
     if isinstance(a, str) is not isinstance(b, str) or isinstance(a, bool) is not isinstance(b, bool):
         raise _Undecided("types")
-    return bool(a == b)
+    return bool(_instant(a) == _instant(b))
+
+
+def _instant(value: Any) -> Any:
+    """A time with a zone as its instant in UTC, which the store compares: Python compares two times of one
+    zone by their wall clocks, and says two zones' times differ when one falls in an hour the zone repeats."""
+    return value.astimezone(UTC) if isinstance(value, datetime) else value
 
 
 def _exact(value: Any) -> None:
