@@ -1197,8 +1197,11 @@ def _scalars(columns: Sequence[str], kinds: dict[str, str]) -> sql.Composed:
 
 
 def _key_params(keys: Sequence[Sequence[Any]]) -> list[Any]:
-    """The parameters of ``_get_many_statement``: one key's values, or one array per key column."""
-    return list(keys[0]) if len(keys) == 1 else _columns(keys)
+    """The parameters of ``_get_many_statement``: one key's values, or one array per key column; an enum
+    member as its value, as it is stored (psycopg would send its name)."""
+    if len(keys) == 1:
+        return [_param(v) for v in keys[0]]
+    return _columns([[_param(v) for v in key] for key in keys])
 
 
 def _binary_arrays(columns: Sequence[str], kinds: dict[str, str]) -> sql.Composed:

@@ -449,3 +449,26 @@ class Serialized(ReadModel):
 
 def test_serializers_and_computed_fields_keep_rows_read_as_json() -> None:
     assert _read_as_json(Serialized)  # they shape output only, not what a row is read as
+
+
+class ByColour(ReadModel):
+    table = "by_colour"
+    key = ("colour", "id")
+    colour: Colour
+    id: str
+
+
+def test_rows_by_a_key_holding_an_enum_are_found_as_in_memory(views: PostgresViewStore) -> None:
+    """A key's enum member is compared by its value, as it is stored (psycopg sends an enum by its name)."""
+    memory = MemoryViewStore()
+    row = ByColour(colour=Colour.DARK_BLUE, id="x")
+    for store in (views, memory):
+        store.ensure_tables("colours", 1, [ByColour])
+        with store.batch("colours", 1) as batch:
+            batch.put(row)
+            batch.advance(1, None, since=0)
+    for keys in ([(Colour.DARK_BLUE, "x")], [(Colour.DARK_BLUE, "x"), (Colour.RED, "x")]):
+        expected = memory.get_many("colours", ByColour, keys)
+        assert expected[0] == row
+        assert views.get_many("colours", ByColour, keys) == expected
+        assert asyncio.run(views.get_many_async("colours", ByColour, keys)) == expected
