@@ -1149,7 +1149,7 @@ def _select_params(where: Sequence[Condition], after: tuple[Any, ...] | None, li
     """The parameters of ``_select``'s statement, in its placeholders' order."""
     params: list[Any] = [p for condition in where for p in _condition_params(condition)]
     if after is not None:
-        params.extend(after)
+        params.extend(_param(v) for v in after)  # a cursor's enum member as stored: by its value
     if limit is not None:
         params.append(limit)
     return params

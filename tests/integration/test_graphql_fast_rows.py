@@ -50,7 +50,7 @@ from framework.graphql import (
     reads,
     requires,
 )
-from framework.query import Condition, Sort, paginate
+from framework.query import Condition, PageRequest, Sort, paginate, paginate_async
 from framework.readmodel import ReadModel
 from framework.security import AllowAnonymous, anonymous
 from framework.views import ViewStore
@@ -472,3 +472,26 @@ def test_rows_by_a_key_holding_an_enum_are_found_as_in_memory(views: PostgresVie
         assert expected[0] == row
         assert views.get_many("colours", ByColour, keys) == expected
         assert asyncio.run(views.get_many_async("colours", ByColour, keys)) == expected
+
+
+def _all_pages(read: Any, sort: Sort) -> list[str]:
+    seen: list[str] = []
+    after: str | None = None
+    for _ in range(10):
+        page = read(PageRequest(first=1, after=after), sort)
+        seen += [r.id for r in page.rows]
+        if not page.has_next:
+            return seen
+        after = page.cursors[-1]
+    return seen
+
+
+def test_pages_sorted_by_an_enum_column_follow_their_cursors(views: PostgresViewStore) -> None:
+    """A cursor's enum member is compared by its value, as it is stored (psycopg would send its name): page
+    after page gives PostgreSQL's own order, each row once."""
+    for sort in (Sort("colour"), Sort("colour", descending=True)):
+        expected = [r.id for r in views.query("things", Everything, (), sort)]
+        assert sorted(expected) == sorted(r.id for r in rows())
+        assert _all_pages(lambda r, s: paginate(views, "things", Everything, r, (), s), sort) == expected
+        assert _all_pages(lambda r, s: asyncio.run(paginate_async(views, "things", Everything, r, (), s)),
+                          sort) == expected
