@@ -269,7 +269,8 @@ class _Source:
         self._conn, self._tables = conn, tables
 
     def load(self, model: type[R], key: tuple[Any, ...]) -> R | None:
-        row = self._conn.execute(self._tables.statements(model)["select"], key, prepare=True).fetchone()
+        row = self._conn.execute(self._tables.statements(model)["select"], [_param(v) for v in key],
+                                 prepare=True).fetchone()
         return model.model_validate(row) if row else None
 
     def load_where(self, model: type[R], equal: dict[str, Any]) -> list[R]:
@@ -299,7 +300,7 @@ def _load_where(conn: Conn, tables: _Tables, model: type[R], equal: dict[str, An
         where if equal else sql.SQL(""),
         tables.statements(model)["order"],
     )
-    return [model.model_validate(r) for r in conn.execute(query, list(equal.values()))]
+    return [model.model_validate(r) for r in conn.execute(query, [_param(v) for v in equal.values()])]
 
 
 class _PostgresBatch(StagedBatch):
@@ -319,7 +320,7 @@ class _PostgresBatch(StagedBatch):
         with conn.cursor() as cursor:
             for model, keys in deletes.items():
                 statements = self.tables.statements(model)
-                columns = _columns(keys)
+                columns = _columns([[_param(v) for v in key] for key in keys])  # enum members as stored
                 binary = _binary_ok(columns)
                 cursor.execute(statements["delete_binary" if binary else "delete"], columns)
             for model, rows in upserts.items():

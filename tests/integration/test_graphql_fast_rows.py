@@ -495,3 +495,21 @@ def test_pages_sorted_by_an_enum_column_follow_their_cursors(views: PostgresView
         assert _all_pages(lambda r, s: paginate(views, "things", Everything, r, (), s), sort) == expected
         assert _all_pages(lambda r, s: asyncio.run(paginate_async(views, "things", Everything, r, (), s)),
                           sort) == expected
+
+
+def test_a_projection_finds_and_deletes_rows_by_a_key_holding_an_enum(views: PostgresViewStore) -> None:
+    """As the in-memory store: ``get``, ``select`` and ``delete`` with an enum member (psycopg would send its
+    name, the column holds its value: the row went unseen, and a deleted row stayed to be served)."""
+    memory = MemoryViewStore()
+    row = ByColour(colour=Colour.RED, id="y")
+    for store in (views, memory):
+        store.ensure_tables("colours", 1, [ByColour])
+        with store.batch("colours", 1) as batch:
+            batch.put(row)
+            batch.advance(1, None, since=0)
+        with store.batch("colours", 1) as batch:
+            assert batch.get(ByColour, Colour.RED, "y") == row
+            assert batch.select(ByColour, colour=Colour.RED) == [row]
+            batch.delete(ByColour, Colour.RED, "y")
+            batch.advance(2, None, since=1)
+        assert store.query("colours", ByColour) == [], type(store).__name__
