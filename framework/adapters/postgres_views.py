@@ -810,19 +810,27 @@ class PostgresViewStore:
         """``query`` on the running event loop (``get_many_async``'s connections): the query API's pages
         without a thread hop each way. Errors as ``query``'s: only a lost connection is ``StoreUnavailable``."""
         where = check_conditions(model, where)
-        params = _select_params(where, after, limit)
+        shape = _shape(where, sort, after, limit)
+        return await self._read_async(name, model, _select_params(where, after, limit),
+                                      lambda version, as_json: self._select_statement(name, version, model, shape,
+                                                                                      as_json))
+
+    async def _read_async(self, name: str, model: type[R], params: Sequence[Any],
+                          statement: Callable[[int, bool], bytes]) -> list[R]:
+        """Rows of ``statement`` (made for the active version, as JSON or not) on the event loop. Errors as
+        the blocking reads': only a lost connection is ``StoreUnavailable`` (a statement PostgreSQL refuses,
+        a value of the wrong type, is the caller's error: the circuit breaker does not count it)."""
         failed: psycopg.Error | None = None
         async with self._rows_async.connection() as conn:
             as_json = _as_json(model, conn)
-            statement = self._select_statement(name, await self._active_version_async(conn, name), model,
-                                               _shape(where, sort, after, limit), as_json)
+            text = statement(await self._active_version_async(conn, name), as_json)
             cursor = conn.cursor(row_factory=dict_row)  # the connection's own rows are tuples
             try:
-                await cursor.execute(statement, params, prepare=True)
+                await cursor.execute(text, params, prepare=True)
                 found = await cursor.fetchall()
             except psycopg.OperationalError:
                 raise
-            except psycopg.Error as error:  # the statement failed, the connection stands: as ``query`` raises
+            except psycopg.Error as error:  # the statement failed, the connection stands
                 failed = error
         if failed is not None:
             raise failed
@@ -861,13 +869,10 @@ class PostgresViewStore:
         by key without a thread hop each way."""
         if not keys:
             return []
-        async with self._rows_async.connection() as conn:
-            version = await self._active_version_async(conn, name)
-            cursor = conn.cursor(row_factory=dict_row)  # the connection's own rows are tuples
-            as_json = _as_json(model, conn)
-            statement = self._get_many_statement(name, version, model, len(keys) == 1, as_json)
-            await cursor.execute(statement, _key_params(keys), prepare=True)
-            rows = _rows(model, await cursor.fetchall(), as_json)
+        one = len(keys) == 1
+        rows = await self._read_async(name, model, _key_params(keys),
+                                      lambda version, as_json: self._get_many_statement(name, version, model, one,
+                                                                                        as_json))
         by_key = {row.key_values(): row for row in rows}
         return [by_key.get(tuple(key)) for key in keys]
 

@@ -513,3 +513,21 @@ def test_a_projection_finds_and_deletes_rows_by_a_key_holding_an_enum(views: Pos
             batch.delete(ByColour, Colour.RED, "y")
             batch.advance(2, None, since=1)
         assert store.query("colours", ByColour) == [], type(store).__name__
+
+
+class Numbered(ReadModel):
+    table = "numbered"
+    key = ("number",)
+    number: int
+
+
+@pytest.mark.parametrize("keys", [[("not a number",)], [("not a number",), ("2",)]])
+def test_get_many_async_raises_what_get_many_raises(views: PostgresViewStore, keys: list[tuple[Any, ...]]) -> None:
+    """A key PostgreSQL refuses (text for a bigint key: an ``ID`` argument, say) is the caller's error, as in
+    ``get_many``: not ``StoreUnavailable``, which the circuit breaker counts against the database."""
+    views.ensure_tables("numbers", 1, [Numbered])
+    with pytest.raises(psycopg.Error) as plain:
+        views.get_many("numbers", Numbered, keys)
+    with pytest.raises(type(plain.value)) as fast:
+        asyncio.run(views.get_many_async("numbers", Numbered, keys))
+    assert str(fast.value) == str(plain.value)
