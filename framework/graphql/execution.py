@@ -14,8 +14,17 @@ Strawberry passes this class to graphql-core as its ``execution_context_class``.
 from __future__ import annotations
 
 from typing import Any
+from weakref import WeakKeyDictionary
 
-from graphql import GraphQLField, GraphQLLeafType, GraphQLNonNull, GraphQLObjectType, Undefined, is_leaf_type
+from graphql import (
+    GraphQLField,
+    GraphQLLeafType,
+    GraphQLNonNull,
+    GraphQLObjectType,
+    GraphQLSchema,
+    Undefined,
+    is_leaf_type,
+)
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.schema.schema_converter import GraphQLCoreConverter
 from strawberry.types.field import StrawberryField
@@ -31,8 +40,8 @@ class PlainLeavesExecutor(StrawberryGraphQLCoreExecutionContext):
     def execute_field(self, parent_type: GraphQLObjectType, source: Any, field_details_list: Any, path: Any,
                       position_context: Any) -> Any:
         node = field_details_list[0].node
-        plain = None if node.arguments or self._wrapped() else _plain(self.schema.get_field(parent_type,
-                                                                                         node.name.value))
+        plain = None if node.arguments or self._wrapped() else _plain(
+            self._fields(), self.schema.get_field(parent_type, node.name.value))
         if plain is not None:
             completed = self._plainly(plain, source)
             if completed is not Undefined:
@@ -56,23 +65,33 @@ class PlainLeavesExecutor(StrawberryGraphQLCoreExecutionContext):
             return Undefined
         return Undefined if coerced is None else coerced
 
+    _known: dict[int, _Plain | None] | None = None  # this request's schema's entry in _PLAIN
+
+    def _fields(self) -> dict[int, _Plain | None]:
+        known = self._known
+        if known is None:
+            known = self._known = _PLAIN.setdefault(self.schema, {})
+        return known
+
     def _wrapped(self) -> bool:
         """Resolvers are wrapped by middleware (an extension's ``resolve``): every field goes the general way."""
         manager = self.middleware_manager
         return manager is not None and bool(manager.middlewares)
 
 
-_PLAIN: dict[int, tuple[GraphQLField, _Plain | None]] = {}  # by the field's id (fields compare by value)
+# What is known of each schema's fields, by the field's id (fields compare by value): a schema holds its
+# fields, so an id stays its field's while the schema lives; a dropped schema takes its entry with it.
+_PLAIN: WeakKeyDictionary[GraphQLSchema, dict[int, _Plain | None]] = WeakKeyDictionary()
 
 
-def _plain(field_def: GraphQLField | None) -> _Plain | None:
+def _plain(known: dict[int, _Plain | None], field_def: GraphQLField | None) -> _Plain | None:
     if field_def is None:
         return None
-    known = _PLAIN.get(id(field_def))
-    if known is not None and known[0] is field_def:
-        return known[1]
-    found = _PLAIN[id(field_def)] = (field_def, _plain_of(field_def))
-    return found[1]
+    try:
+        return known[id(field_def)]
+    except KeyError:
+        found = known[id(field_def)] = _plain_of(field_def)
+        return found
 
 
 def _plain_of(field_def: GraphQLField) -> _Plain | None:

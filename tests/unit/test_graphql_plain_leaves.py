@@ -174,3 +174,17 @@ def test_plain_leaves_build_no_resolve_info() -> None:
 
     run(Counting, "{ items { text count colour shout } }")
     assert built == ["items", "shout", "shout"]  # the field with a resolver, not the plain ones
+
+
+def test_a_dropped_schema_is_not_kept_by_what_the_executor_learnt_of_its_fields() -> None:
+    """A process that builds schemas (tests, a reload) does not keep every one alive through the cache of
+    which fields are plain."""
+    import gc
+    import weakref
+
+    schema = strawberry.Schema(Query, execution_context_class=PlainLeavesExecutor)
+    assert schema.execute_sync("{ items { text count } }").errors is None
+    built = weakref.ref(schema._schema)
+    del schema
+    gc.collect()
+    assert built() is None
