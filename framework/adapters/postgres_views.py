@@ -342,7 +342,8 @@ class PostgresViewStore:
         self.channel = position_channel(self._schema)
         self._settings = settings
         self._async: AsyncConnection[Any] | None = None  # active_positions_async's own connection
-        self._rows_async = _AsyncConnections(self._connect_async, max(2, settings.pool_size))  # get_many_async's
+        self._rows_async = _AsyncConnections(  # get_many_async's and query_async's
+            self._connect_async, max(2, settings.pool_size), settings.connect_timeout)
         self._async_lock: asyncio.Lock | None = None
         self._positions_sql: sql.Composed | None = None
 
@@ -981,8 +982,9 @@ class _AsyncConnections:
     fails is hung up, not reused (the next call connects afresh, as after a restart); the failure is a
     ``StoreUnavailable``. Another event loop (a test's next one) starts afresh."""
 
-    def __init__(self, connect: Callable[[], Any], limit: int) -> None:
-        self._connect, self._limit = connect, limit
+    def __init__(self, connect: Callable[[], Any], limit: int, timeout: float) -> None:
+        """``timeout``: seconds a call waits for a connection to be free before ``StoreUnavailable``."""
+        self._connect, self._limit, self._timeout = connect, limit, timeout
         self._idle: list[AsyncConnection[Any]] = []
         self._open = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -1015,6 +1017,7 @@ class _AsyncConnections:
         return self._freed
 
     async def _checkout(self, freed: asyncio.Condition) -> AsyncConnection[Any]:
+        deadline = time.monotonic() + self._timeout
         while True:
             while self._idle:
                 conn = self._idle.pop()
@@ -1032,8 +1035,21 @@ class _AsyncConnections:
                         raise StoreUnavailable(f"the read-model database is unavailable ({first})") from e
                     raise
                 return cast(AsyncConnection[Any], conn)
+            if not await self._given_back(freed, deadline) and not self._idle and self._open >= self._limit:
+                # every connection stuck (a statement waiting on a lock, a server that stopped answering):
+                # fail as the blocking pool's checkout does rather than wait forever
+                raise StoreUnavailable(f"the read-model database is unavailable (no connection free within "
+                                       f"{self._timeout:g}s: all {self._limit} busy)")
+
+    @staticmethod
+    async def _given_back(freed: asyncio.Condition, deadline: float) -> bool:
+        """Whether a connection was given back before ``deadline``."""
+        try:
             async with freed:
-                await freed.wait()
+                await asyncio.wait_for(freed.wait(), max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            return False
+        return True
 
     def _hang_up(self, conn: AsyncConnection[Any]) -> None:
         conn.pgconn.finish()  # no event loop needed to hang up

@@ -39,6 +39,7 @@ from support.postgres import PgDatabase, PostgresServer, create_database, drop_d
 
 from framework.adapters.memory_views import MemoryViewStore
 from framework.adapters.postgres_views import PostgresViewStore, _as_json, _read_as_json
+from framework.errors import StoreUnavailable
 from framework.graphql import (
     Connection,
     GraphQLSpec,
@@ -531,3 +532,32 @@ def test_get_many_async_raises_what_get_many_raises(views: PostgresViewStore, ke
     with pytest.raises(type(plain.value)) as fast:
         asyncio.run(views.get_many_async("numbers", Numbered, keys))
     assert str(fast.value) == str(plain.value)
+
+
+def test_a_read_waiting_for_a_connection_gives_up_as_the_blocking_reads_do(
+    pg_database: PgDatabase, pg_schema: str
+) -> None:
+    """Every loop connection stuck (a statement waiting on a lock, a server that stopped answering): a read
+    waiting for one fails with ``StoreUnavailable`` after the connect timeout, as the blocking pool's
+    checkout does, instead of waiting forever (and the query API answering nothing)."""
+    settings = pg_database.server.settings(pg_database.name, schema=pg_schema, pool_size=2, connect_timeout=1.0)
+    store = PostgresViewStore(settings)
+    locker = pg_database.connect()
+    try:
+        store.create_schema()
+        store.ensure_tables("waits", 1, [Untimed])
+
+        async def scenario() -> None:
+            assert await store.query_async("waits", Untimed) == []
+            locker.execute("BEGIN")
+            locker.execute(f'LOCK TABLE "{pg_schema}".rm_waits_v1_untimed IN ACCESS EXCLUSIVE MODE')
+            stuck = [asyncio.ensure_future(store.query_async("waits", Untimed)) for _ in range(2)]
+            with pytest.raises(StoreUnavailable):
+                await asyncio.wait_for(store.get_many_async("waits", Untimed, [("x",)]), 60)
+            locker.execute("COMMIT")
+            assert await asyncio.gather(*stuck) == [[], []]
+
+        asyncio.run(scenario())
+    finally:
+        locker.close()
+        store.close()
