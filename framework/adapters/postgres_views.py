@@ -269,7 +269,8 @@ class _Source:
         self._conn, self._tables = conn, tables
 
     def load(self, model: type[R], key: tuple[Any, ...]) -> R | None:
-        row = self._conn.execute(self._tables.statements(model)["select"], key, prepare=True).fetchone()
+        row = self._conn.execute(self._tables.statements(model)["select"], [_param(v) for v in key],
+                                 prepare=True).fetchone()
         return model.model_validate(row) if row else None
 
     def load_where(self, model: type[R], equal: dict[str, Any]) -> list[R]:
@@ -299,7 +300,7 @@ def _load_where(conn: Conn, tables: _Tables, model: type[R], equal: dict[str, An
         where if equal else sql.SQL(""),
         tables.statements(model)["order"],
     )
-    return [model.model_validate(r) for r in conn.execute(query, list(equal.values()))]
+    return [model.model_validate(r) for r in conn.execute(query, [_param(v) for v in equal.values()])]
 
 
 class _PostgresBatch(StagedBatch):
@@ -313,7 +314,8 @@ class _PostgresBatch(StagedBatch):
         pack = _packer(conn)
         with conn.cursor() as cursor:
             for model, keys in deletes.items():
-                _execute_bulk(cursor, self.tables.statements(model), "delete", _columns(keys), pack)
+                columns = _columns([[_param(v) for v in key] for key in keys])  # enum members as stored
+                _execute_bulk(cursor, self.tables.statements(model), "delete", columns, pack)
             for model, rows in upserts.items():
                 statements = self.tables.statements(model)
                 _execute_bulk(cursor, statements, "upsert", _row_columns(rows, statements), pack)
@@ -341,7 +343,8 @@ class PostgresViewStore:
         self.channel = position_channel(self._schema)
         self._settings = settings
         self._async: AsyncConnection[Any] | None = None  # active_positions_async's own connection
-        self._rows_async = _AsyncConnections(self._connect_async, max(2, settings.pool_size))  # get_many_async's
+        self._rows_async = _AsyncConnections(  # get_many_async's and query_async's
+            self._connect_async, max(2, settings.pool_size), settings.connect_timeout)
         self._async_lock: asyncio.Lock | None = None
         self._positions_sql: sql.Composed | None = None
 
@@ -793,10 +796,11 @@ class PostgresViewStore:
         limit: int | None = None,
     ) -> list[R]:
         where = check_conditions(model, where)
-        statement = self._select_statement(name, self._active_version_cached(name), model,
-                                           _shape(where, sort, after, limit))
+        version, shape = self._active_version_cached(name), _shape(where, sort, after, limit)
         with self._connection() as conn:
-            return _rows(model, conn.execute(statement, _select_params(where, after, limit), prepare=True))
+            as_json = _as_json(model, conn)
+            statement = self._select_statement(name, version, model, shape, as_json)
+            return _rows(model, conn.execute(statement, _select_params(where, after, limit), prepare=True), as_json)
 
     async def query_async(
         self,
@@ -811,27 +815,37 @@ class PostgresViewStore:
         """``query`` on the running event loop (``get_many_async``'s connections): the query API's pages
         without a thread hop each way. Errors as ``query``'s: only a lost connection is ``StoreUnavailable``."""
         where = check_conditions(model, where)
-        params = _select_params(where, after, limit)
+        shape = _shape(where, sort, after, limit)
+        return await self._read_async(name, model, _select_params(where, after, limit),
+                                      lambda version, as_json: self._select_statement(name, version, model, shape,
+                                                                                      as_json))
+
+    async def _read_async(self, name: str, model: type[R], params: Sequence[Any],
+                          statement: Callable[[int, bool], bytes]) -> list[R]:
+        """Rows of ``statement`` (made for the active version, as JSON or not) on the event loop. Errors as
+        the blocking reads': only a lost connection is ``StoreUnavailable`` (a statement PostgreSQL refuses,
+        a value of the wrong type, is the caller's error: the circuit breaker does not count it)."""
         failed: psycopg.Error | None = None
         async with self._rows_async.connection() as conn:
-            statement = self._select_statement(name, await self._active_version_async(conn, name), model,
-                                               _shape(where, sort, after, limit))
+            as_json = _as_json(model, conn)
+            text = statement(await self._active_version_async(conn, name), as_json)
             cursor = conn.cursor(row_factory=dict_row)  # the connection's own rows are tuples
             try:
-                await cursor.execute(statement, params, prepare=True)
+                await cursor.execute(text, params, prepare=True)
                 found = await cursor.fetchall()
             except psycopg.OperationalError:
                 raise
-            except psycopg.Error as error:  # the statement failed, the connection stands: as ``query`` raises
+            except psycopg.Error as error:  # the statement failed, the connection stands
                 failed = error
         if failed is not None:
             raise failed
-        return _rows(model, found)
+        return _rows(model, found, as_json)
 
     @functools.lru_cache(maxsize=1024)  # noqa: B019 - statements live as long as the store
-    def _select_statement(self, name: str, version: int, model: type[ReadModel], shape: _Shape) -> bytes:
+    def _select_statement(self, name: str, version: int, model: type[ReadModel], shape: _Shape,
+                          as_json: bool) -> bytes:
         """The SELECT of a query's shape, composed once (composing costs more than a short query)."""
-        return _select(_Tables(self._schema, name, version), model, shape).as_bytes(None)
+        return _select(_Tables(self._schema, name, version), model, shape, as_json).as_bytes(None)
 
     def orders_text_by_code_point(self) -> bool:
         """``TextOrder``: the database's default collation (every text column's: no column names another)
@@ -847,9 +861,11 @@ class PostgresViewStore:
     def get_many(self, name: str, model: type[R], keys: Sequence[tuple[Any, ...]]) -> list[R | None]:
         if not keys:
             return []
-        statement = self._get_many_statement(name, self._active_version_cached(name), model, len(keys) == 1)
+        version = self._active_version_cached(name)
         with self._connection() as conn:
-            rows = _rows(model, conn.execute(statement, _key_params(keys), prepare=True))
+            as_json = _as_json(model, conn)
+            statement = self._get_many_statement(name, version, model, len(keys) == 1, as_json)
+            rows = _rows(model, conn.execute(statement, _key_params(keys), prepare=True), as_json)
         by_key = {row.key_values(): row for row in rows}
         return [by_key.get(tuple(key)) for key in keys]
 
@@ -858,12 +874,10 @@ class PostgresViewStore:
         by key without a thread hop each way."""
         if not keys:
             return []
-        async with self._rows_async.connection() as conn:
-            version = await self._active_version_async(conn, name)
-            cursor = conn.cursor(row_factory=dict_row)  # the connection's own rows are tuples
-            statement = self._get_many_statement(name, version, model, len(keys) == 1)
-            await cursor.execute(statement, _key_params(keys), prepare=True)
-            rows = _rows(model, await cursor.fetchall())
+        one = len(keys) == 1
+        rows = await self._read_async(name, model, _key_params(keys),
+                                      lambda version, as_json: self._get_many_statement(name, version, model, one,
+                                                                                        as_json))
         by_key = {row.key_values(): row for row in rows}
         return [by_key.get(tuple(key)) for key in keys]
 
@@ -938,7 +952,8 @@ class PostgresViewStore:
             pp=self._table("eventfold_partition_positions"))
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 - statements live as long as the store
-    def _get_many_statement(self, name: str, version: int, model: type[ReadModel], one: bool = False) -> bytes:
+    def _get_many_statement(self, name: str, version: int, model: type[ReadModel], one: bool = False,
+                            as_json: bool = False) -> bytes:
         """Rows by key: ``one`` key compared as it is (no array to build and unnest), else arrays of them."""
         tables = _Tables(self._schema, name, version)
         kinds = {n: k for n, k, _ in column_definitions(model)}
@@ -946,7 +961,7 @@ class PostgresViewStore:
         wanted = (sql.SQL("({}) = ({})").format(keys, _scalars(model.key, kinds)) if one else
                   sql.SQL("({}) IN (SELECT * FROM unnest({}))").format(keys, _arrays(model.key, kinds)))
         statement = sql.SQL("SELECT {} FROM {} AS {} WHERE {}").format(
-            _selected(model), tables.ident(model), sql.Identifier(_ROW), wanted)
+            _selected(model, as_json), tables.ident(model), sql.Identifier(_ROW), wanted)
         return statement.as_bytes(None)
 
     def _active_version_cached(self, name: str) -> int:
@@ -971,8 +986,9 @@ class _AsyncConnections:
     fails is hung up, not reused (the next call connects afresh, as after a restart); the failure is a
     ``StoreUnavailable``. Another event loop (a test's next one) starts afresh."""
 
-    def __init__(self, connect: Callable[[], Any], limit: int) -> None:
-        self._connect, self._limit = connect, limit
+    def __init__(self, connect: Callable[[], Any], limit: int, timeout: float) -> None:
+        """``timeout``: seconds a call waits for a connection to be free before ``StoreUnavailable``."""
+        self._connect, self._limit, self._timeout = connect, limit, timeout
         self._idle: list[AsyncConnection[Any]] = []
         self._open = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -1005,6 +1021,7 @@ class _AsyncConnections:
         return self._freed
 
     async def _checkout(self, freed: asyncio.Condition) -> AsyncConnection[Any]:
+        deadline = time.monotonic() + self._timeout
         while True:
             while self._idle:
                 conn = self._idle.pop()
@@ -1022,8 +1039,21 @@ class _AsyncConnections:
                         raise StoreUnavailable(f"the read-model database is unavailable ({first})") from e
                     raise
                 return cast(AsyncConnection[Any], conn)
+            if not await self._given_back(freed, deadline) and not self._idle and self._open >= self._limit:
+                # every connection stuck (a statement waiting on a lock, a server that stopped answering):
+                # fail as the blocking pool's checkout does rather than wait forever
+                raise StoreUnavailable(f"the read-model database is unavailable (no connection free within "
+                                       f"{self._timeout:g}s: all {self._limit} busy)")
+
+    @staticmethod
+    async def _given_back(freed: asyncio.Condition, deadline: float) -> bool:
+        """Whether a connection was given back before ``deadline``."""
+        try:
             async with freed:
-                await freed.wait()
+                await asyncio.wait_for(freed.wait(), max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            return False
+        return True
 
     def _hang_up(self, conn: AsyncConnection[Any]) -> None:
         conn.pgconn.finish()  # no event loop needed to hang up
@@ -1048,8 +1078,26 @@ def _read_as_json(model: type[ReadModel]) -> bool:
     """Whether rows of ``model`` are read as one JSON text each (``to_json``), validated by pydantic in one
     call (``model_validate_json``): no loader per column, no dict per row. Only when that gives the values
     the typed columns give: not for ``numeric`` and ``double precision`` (JSON numbers would pass through
-    binary floats) nor enums with other than text values; ``jsonb`` columns are JSON either way."""
-    return _ROW not in model.model_fields and all(_same_as_json(f.annotation) for f in model.model_fields.values())
+    binary floats) nor enums with other than text values, nor models with validators that see their input
+    raw (they would get strings); ``jsonb`` columns are JSON either way."""
+    return (_ROW not in model.model_fields and all(_same_as_json(f.annotation) for f in model.model_fields.values())
+            and not _sees_raw_input(model.__pydantic_core_schema__))
+
+
+# Validators given the input as it arrives (a JSON text's strings, not the datetimes, dates and UUIDs a
+# typed column's loader gives), and schemas that validate JSON otherwise than Python objects.
+_RAW_INPUT = frozenset({"function-before", "function-plain", "function-wrap", "json-or-python"})
+_OUTPUT_ONLY = frozenset({"serialization", "computed_fields"})  # serializers: they do not read rows
+
+
+def _sees_raw_input(schema: Any) -> bool:
+    """Whether a pydantic core schema (of a model, all it holds) has a step that sees its input raw."""
+    if isinstance(schema, dict):
+        return schema.get("type") in _RAW_INPUT or any(
+            _sees_raw_input(v) for k, v in schema.items() if k not in _OUTPUT_ONLY)
+    if isinstance(schema, list | tuple):
+        return any(_sees_raw_input(v) for v in schema)
+    return False
 
 
 def _same_as_json(annotation: Any) -> bool:
@@ -1062,15 +1110,32 @@ def _same_as_json(annotation: Any) -> bool:
     return True
 
 
-def _selected(model: type[ReadModel]) -> sql.Composable:
-    if _read_as_json(model):
+def _as_json(model: type[ReadModel], conn: Conn | AsyncConnection[Any]) -> bool:
+    """Whether rows of ``model`` are read as JSON over ``conn``: a model ``_read_as_json``, whose times (if it
+    has any) the session prints in UTC. ``to_json`` prints a time with the session's offset at that instant,
+    and in most zones that was once an offset in seconds (local mean time: Amsterdam +00:19:32 until 1937),
+    which pydantic does not parse; psycopg's loader does."""
+    return _read_as_json(model) and (not _has_times(model) or conn.info.parameter_status("TimeZone") in _UTC)
+
+
+_UTC = frozenset({"UTC", "Etc/UTC", "GMT", "Etc/GMT", "UCT", "Etc/UCT", "Universal", "Etc/Universal", "Zulu",
+                  "Etc/Zulu", "Z"})
+
+
+@functools.cache
+def _has_times(model: type[ReadModel]) -> bool:
+    return any(sql_type(f.annotation)[0] == "timestamptz" for f in model.model_fields.values())
+
+
+def _selected(model: type[ReadModel], as_json: bool) -> sql.Composable:
+    if as_json:
         return sql.SQL("to_json({row})::text AS {row}").format(row=sql.Identifier(_ROW))
     return sql.SQL("*")
 
 
-def _rows(model: type[R], fetched: Iterable[dict[str, Any]]) -> list[R]:
+def _rows(model: type[R], fetched: Iterable[dict[str, Any]], as_json: bool) -> list[R]:
     """Rows fetched (as dicts) by a statement ``_selected`` made, as ``model``s."""
-    if _read_as_json(model):
+    if as_json:
         return [model.model_validate_json(r[_ROW]) for r in fetched]
     return [model.model_validate(r) for r in fetched]
 
@@ -1085,7 +1150,7 @@ def _shape(where: Sequence[Condition], sort: Sort, after: tuple[Any, ...] | None
     return conditions, sort, None if after is None else len(after), limit is not None
 
 
-def _select(tables: _Tables, model: type[ReadModel], shape: _Shape) -> sql.Composed:
+def _select(tables: _Tables, model: type[ReadModel], shape: _Shape, as_json: bool) -> sql.Composed:
     conditions, sort, after, limited = shape
     clauses = [_condition(column, operator, is_null) for column, operator, is_null in conditions]
     columns = sort.columns(model)
@@ -1096,7 +1161,7 @@ def _select(tables: _Tables, model: type[ReadModel], shape: _Shape) -> sql.Compo
         ))
     direction = sql.SQL(" DESC" if sort.descending else " ASC")
     statement = sql.SQL("SELECT {} FROM {} AS {}{}{} ORDER BY {}").format(
-        _selected(model), tables.ident(model), sql.Identifier(_ROW),
+        _selected(model, as_json), tables.ident(model), sql.Identifier(_ROW),
         sql.SQL(" WHERE ") if clauses else sql.SQL(""),
         sql.SQL(" AND ").join(clauses),
         sql.SQL(", ").join(sql.Composed([sql.Identifier(c), direction]) for c in columns),
@@ -1110,7 +1175,7 @@ def _select_params(where: Sequence[Condition], after: tuple[Any, ...] | None, li
     """The parameters of ``_select``'s statement, in its placeholders' order."""
     params: list[Any] = [p for condition in where for p in _condition_params(condition)]
     if after is not None:
-        params.extend(after)
+        params.extend(_param(v) for v in after)  # a cursor's enum member as stored: by its value
     if limit is not None:
         params.append(limit)
     return params
@@ -1158,8 +1223,11 @@ def _scalars(columns: Sequence[str], kinds: dict[str, str]) -> sql.Composed:
 
 
 def _key_params(keys: Sequence[Sequence[Any]]) -> list[Any]:
-    """The parameters of ``_get_many_statement``: one key's values, or one array per key column."""
-    return list(keys[0]) if len(keys) == 1 else _columns(keys)
+    """The parameters of ``_get_many_statement``: one key's values, or one array per key column; an enum
+    member as its value, as it is stored (psycopg would send its name)."""
+    if len(keys) == 1:
+        return [_param(v) for v in keys[0]]
+    return _columns([[_param(v) for v in key] for key in keys])
 
 
 def _binary_arrays(columns: Sequence[str], kinds: dict[str, str]) -> sql.Composed:

@@ -201,7 +201,10 @@ class RecordingViews:
             rows = await asyncio.to_thread(self._views.query, name, model, where, sort, after=after, limit=limit)
         else:
             rows = await read_async(name, model, where, sort, after=after, limit=limit)
-        self._reads.query(name, model, where, sort, after, limit, rows, self._text_order())
+        code_point_text = self._code_point_text
+        if code_point_text is None:  # the store may ask the database (blocking): once, off the loop
+            code_point_text = await asyncio.to_thread(self._text_order)
+        self._reads.query(name, model, where, sort, after, limit, rows, code_point_text)
         return rows
 
     def __getattr__(self, attribute: str) -> Any:

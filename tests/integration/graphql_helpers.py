@@ -48,7 +48,7 @@ from example_app.commands import (
 )
 from example_app.demo import seed
 from framework.adapters.memory_bus import MemoryBus, MemoryConsumer, MemoryPublisher
-from framework.adapters.postgres_views import PostgresViewStore, _shape
+from framework.adapters.postgres_views import PostgresViewStore, _read_as_json, _shape
 from framework.bus import CommandBus, CommandContext
 from framework.commands import Command
 from framework.dispatcher import Dispatcher
@@ -550,7 +550,8 @@ class CountingViewStore(PostgresViewStore):
             recording = self._statements
         if recording is not None and keys:
             version = self._active_cache.get(name, (1, 0.0))[0]
-            recording.append(self._get_many_statement(name, version, model, len(keys) == 1).decode())
+            recording.append(self._get_many_statement(name, version, model, len(keys) == 1,
+                                                       _read_as_json(model)).decode())
         return await super().get_many_async(name, model, keys)
 
 
@@ -562,7 +563,7 @@ class CountingViewStore(PostgresViewStore):
         if recording is not None:
             version = self._active_cache.get(name, (1, 0.0))[0]
             shape = _shape(check_conditions(model, where), sort, after, limit)
-            recording.append(self._select_statement(name, version, model, shape).decode())
+            recording.append(self._select_statement(name, version, model, shape, _read_as_json(model)).decode())
         return await super().query_async(name, model, where, sort, after=after, limit=limit)
 
 

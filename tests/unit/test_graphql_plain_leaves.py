@@ -59,11 +59,30 @@ class Item:
         return self.text.upper() + suffix
 
 
+class Failing:
+    """A source that is not its type's class (resolvers may return any object with the attributes): one
+    attribute raises when read, one is missing."""
+
+    text = "t"
+
+    @property
+    def count(self) -> int:
+        raise ValueError("no count")
+
+
 @strawberry.type
 class Query:
     @strawberry.field
     def items(self) -> list[Item]:
         return ITEMS
+
+    @strawberry.field
+    def failing(self) -> list[Item]:
+        return [Failing(), Failing()]  # type: ignore[list-item]
+
+    @strawberry.field
+    def one_failing(self) -> Item | None:
+        return Failing()  # type: ignore[return-value]
 
     @strawberry.field
     def broken(self) -> list[Item]:
@@ -103,6 +122,9 @@ DOCUMENTS = [
     "{ broken { ratio } }",
     "{ broken { flag text } }",
     "query($yes: Boolean!) { items { text @include(if: $yes) count } }",
+    "{ failing { text maybeText } }",  # reading the value fails: the error is the field's, its siblings stay
+    "{ failing { text count } }",  # ... and for a non-null field the item is nulled, not the whole list
+    "{ oneFailing { text maybeText } items { text } }",
 ]
 
 
@@ -152,3 +174,17 @@ def test_plain_leaves_build_no_resolve_info() -> None:
 
     run(Counting, "{ items { text count colour shout } }")
     assert built == ["items", "shout", "shout"]  # the field with a resolver, not the plain ones
+
+
+def test_a_dropped_schema_is_not_kept_by_what_the_executor_learnt_of_its_fields() -> None:
+    """A process that builds schemas (tests, a reload) does not keep every one alive through the cache of
+    which fields are plain."""
+    import gc
+    import weakref
+
+    schema = strawberry.Schema(Query, execution_context_class=PlainLeavesExecutor)
+    assert schema.execute_sync("{ items { text count } }").errors is None
+    built = weakref.ref(schema._schema)
+    del schema
+    gc.collect()
+    assert built() is None

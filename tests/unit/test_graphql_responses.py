@@ -297,3 +297,26 @@ def test_behind_names_the_commits_a_fresh_read_saw_before_the_listener_heard_the
     assert cache.behind(kept, {"cards": (1, 9, 30)}) == {}, "partitioned: hearing would not help"
     _heard(cache, 8, touched={"cards": {("A",)}})
     assert cache.behind(kept, {"cards": (1, 9, 9)}) == {}, "dropped"
+
+
+def test_a_page_read_on_the_loop_asks_the_stores_text_order_off_it() -> None:
+    """``orders_text_by_code_point`` is a blocking database read: on the event loop it would stop every
+    request for a round trip (or a connect timeout, when the database just went away)."""
+    import threading
+
+    asked_on: list[threading.Thread] = []
+
+    class Ordering(_Views):
+        def orders_text_by_code_point(self) -> bool:
+            asked_on.append(threading.current_thread())
+            return True
+
+        async def query_async(self, name: str, model: type, *args: object, **kwargs: object) -> list[object]:
+            return []
+
+    async def read() -> threading.Thread:
+        await RecordingViews(Ordering(), Noted()).query_async("cards", _Card, [], limit=20)
+        return threading.current_thread()
+
+    loop_thread = asyncio.run(read())
+    assert asked_on and asked_on[0] is not loop_thread
