@@ -36,7 +36,7 @@ from framework.query import scalar_columns
 from framework.readmodel import ReadModel
 
 __all__ = ["Deliver", "Interest", "PositionChange", "PositionSignals", "PositionSource", "PositionWatch", "RowValues",
-           "Touched", "changed_values", "key_text", "touched_by"]
+           "Touched", "changed_values", "described", "key_text", "touched_by"]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,16 @@ def touched_by(changes: Iterable[tuple[type[ReadModel], tuple[Any, ...], Any]], 
             return None
         keys.setdefault(model.table, set()).add(key_text(key))
     return {table: frozenset(found) for table, found in keys.items()}
+
+
+def described(changes: Iterable[tuple[type[ReadModel], tuple[Any, ...], Any]], limit: int = 256
+              ) -> tuple[Touched | None, RowValues | None]:
+    """``touched`` and ``rows`` for a batch's changes, or neither past ``limit`` rows: a big catch-up
+    batch is counted before any of its rows is described."""
+    first = list(itertools.islice(changes, limit + 1))
+    if len(first) > limit:
+        return None, None
+    return touched_by(first, limit), changed_values(first, limit)
 
 
 def changed_values(changes: Iterable[tuple[type[ReadModel], tuple[Any, ...], Any]], limit: int = 256

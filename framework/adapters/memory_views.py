@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from framework.errors import ConcurrencyConflict, VersionSwitched
-from framework.positions import PositionChange, changed_values, touched_by
+from framework.positions import PositionChange, described
 from framework.query import BY_KEY, Condition, Sort, check_conditions, sorted_rows
 from framework.readmodel import ReadModel
 from framework.staging import StagedBatch, StagedViews
@@ -70,9 +70,8 @@ class _MemoryBatch(StagedBatch):
                 last_event_at=self.event_time or state.last_event_at,
                 updated_at=self._store._clock(),
             )
-            self._store._announce(PositionChange(self._name, state.version, self.position,
-                                                 touched=touched_by(self.changes()),
-                                                 rows=changed_values(self.changes())))
+            touched, rows = described(self.changes())
+            self._store._announce(PositionChange(self._name, state.version, self.position, touched=touched, rows=rows))
         for letter in self.letters:
             self._store._park(letter)
         for letter_id in self.settled:

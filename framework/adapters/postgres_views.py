@@ -28,7 +28,7 @@ from framework.adapters.pg_arrays import packed
 from framework.adapters.pg_columns import column_definitions, sql_type, to_parameters, unwrap
 from framework.adapters.pg_pool import PgPool, went_away_async
 from framework.errors import ConcurrencyConflict, ConfigurationError, RowRejected, StoreUnavailable, VersionSwitched
-from framework.positions import PositionChange, RowValues, Touched, changed_values, touched_by
+from framework.positions import PositionChange, RowValues, Touched, described
 from framework.query import BY_KEY, Condition, Sort, check_conditions
 from framework.readmodel import ReadModel
 from framework.settings import PostgresSettings
@@ -593,8 +593,8 @@ class PostgresViewStore:
             " updated_at = now() WHERE name = %s AND version = %s AND " + guard + " RETURNING 1)"
             " SELECT pg_notify(%s, %s) FROM moved"
         ).format(self._table("eventfold_projection_positions"))
-        notice = position_notice(name, version, batch.position, touched=touched_by(batch.changes()),
-                                 rows=changed_values(batch.changes()))
+        touched, rows = described(batch.changes())
+        notice = position_notice(name, version, batch.position, touched=touched, rows=rows)
         moved = conn.execute(advance, (batch.position, batch.event_time, name, version, expected,
                                        self.channel, notice)).rowcount
         if moved != 1:
@@ -614,8 +614,9 @@ class PostgresViewStore:
         # The projection's position is its lowest partition's: announce that (as this transaction sees the
         # others: never above the truth; a watch keeps the highest it heard, and rechecks).
         lowest = self._lowest(conn, name, version)
+        touched, rows = described(batch.changes())
         conn.execute("SELECT pg_notify(%s, %s)", (self.channel, position_notice(
-            name, version, lowest, touched=touched_by(batch.changes()), rows=changed_values(batch.changes()))))
+            name, version, lowest, touched=touched, rows=rows)))
 
     def _lowest(self, conn: Conn, name: str, version: int) -> int:
         statement = sql.SQL(_POSITION).format(pp=self._table("eventfold_partition_positions"),

@@ -177,6 +177,23 @@ def test_a_big_batch_is_not_described_row_by_row() -> None:
     assert touched_by(changes, limit=2) is None  # unknown: every interest in the projection is told
 
 
+class Unreadable:
+    """A row no one may describe: reading any of its columns fails the test."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"a row of a batch past the limit was read ({name})")
+
+
+def test_a_big_batch_is_counted_before_any_row_is_described() -> None:
+    from framework.positions import described
+
+    few = [(Tick, (f"t{i}",), None) for i in range(2)]
+    assert described(iter(few), limit=2) == ({"ticks": frozenset({("t0",), ("t1",)})},
+                                             {"ticks": {("t0",): None, ("t1",): None}})
+    many = ((Tick, (f"t{i}",), Unreadable()) for i in range(1_000))
+    assert described(many, limit=256) == (None, None), "neither keys nor values: listeners read again"
+
+
 class Delaying:
     """Memory signals whose notifications of chosen positions are held back (``held``) until released,
     or dropped: a notification on its way, or lost."""
