@@ -8,6 +8,7 @@ command still gets its own conflict, idempotency record and result.
 
 from __future__ import annotations
 
+import asyncio
 import dis
 import hashlib
 import logging
@@ -136,7 +137,11 @@ class CommandBus:
         except BaseException as error:
             self._failed(command, context, span, started, error)
             raise
-        return self._done(command, context, span, started, executed)
+        # Its log line, metrics and span at the loop's next turn, once the caller has answered: off the
+        # path of a lone client's next command, and still before the loop reads anything else.
+        seconds = time.perf_counter() - started
+        asyncio.get_running_loop().call_soon(self._report, command, context, span, seconds, executed)
+        return executed
 
     def _begin(self, command: Command, context: CommandContext | None) -> tuple[CommandContext, Span, float]:
         """The command's context (carrying its span's trace context), its span and its start time."""
@@ -154,10 +159,14 @@ class CommandBus:
 
     def _done(self, command: Command, context: CommandContext, span: Span, started: float,
               executed: Executed) -> Executed:
-        outcome = "replayed" if executed.replayed else "ok"
-        self._finished(command, context, outcome, started, executed.result)
-        _end_command_span(span, outcome, executed.result, None)
+        self._report(command, context, span, time.perf_counter() - started, executed)
         return executed
+
+    def _report(self, command: Command, context: CommandContext, span: Span, seconds: float,
+                executed: Executed) -> None:
+        outcome = "replayed" if executed.replayed else "ok"
+        self._log_outcome(command, context, outcome, seconds, executed.result)
+        _end_command_span(span, outcome, executed.result, None)
 
     async def _execute_async(self, command: Command, context: CommandContext, appender: AsyncAppender,
                              offload: Offload) -> Executed:
@@ -238,14 +247,17 @@ class CommandBus:
 
     def _finished(self, command: Command, context: CommandContext, outcome: str, started: float,
                   result: CommandResult | None) -> None:
-        seconds = time.perf_counter() - started
+        self._log_outcome(command, context, outcome, time.perf_counter() - started, result)
+
+    def _log_outcome(self, command: Command, context: CommandContext, outcome: str, seconds: float,
+                     result: CommandResult | None) -> None:
         self.observer.command_finished(command.command_name, outcome, seconds)
         if not log.isEnabledFor(logging.INFO):
             return
         # The record log.info would make, but made here: log.info looks for its caller on the stack,
         # a tenth of a command's log line, and the caller is always this method.
         log.handle(log.makeRecord(log.name, logging.INFO, _FINISHED_FILE, _FINISHED_LINE, "command %s %s in %.1f ms",
-                                  (command.command_name, outcome, seconds * 1000), None, "_finished", extra={
+                                  (command.command_name, outcome, seconds * 1000), None, "_log_outcome", extra={
             "command": command.command_name, "outcome": outcome, "duration_ms": round(seconds * 1000, 3),
             "correlation_id": context.correlation_id,
             "aggregate_id": str(result.aggregate_id) if result and result.aggregate_id else None,
@@ -494,5 +506,5 @@ def _line_of_call(function: Callable[..., object], attribute: str) -> int:
     return function.__code__.co_firstlineno
 
 
-_FINISHED_LINE = _line_of_call(CommandBus._finished, "makeRecord")  # the lineno of its records
-_FINISHED_FILE = CommandBus._finished.__code__.co_filename  # their pathname: what Logger.findCaller gives
+_FINISHED_LINE = _line_of_call(CommandBus._log_outcome, "makeRecord")  # the lineno of its records
+_FINISHED_FILE = CommandBus._log_outcome.__code__.co_filename  # their pathname: what Logger.findCaller gives

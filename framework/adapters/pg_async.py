@@ -17,7 +17,7 @@ from uuid import UUID
 import psycopg
 from eventsourcing.persistence import StoredEvent
 from psycopg import AsyncConnection
-from psycopg.rows import DictRow, tuple_row
+from psycopg.rows import DictRow
 
 from framework.adapters.group_commit import AsyncGroupCommit
 from framework.adapters.idempotency import outcome_for_existing
@@ -32,6 +32,7 @@ from framework.adapters.pg_appends import (
     key_record,
     translation,
 )
+from framework.adapters.pg_direct import fetch_all
 from framework.adapters.pg_pool import AsyncPgPool
 from framework.errors import EventfoldError
 from framework.settings import PostgresSettings
@@ -103,9 +104,8 @@ class AsyncPostgresAppender:
 
     async def _fetch(self, statement: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         try:  # what self._connection() does, without a generator in between (once per group)
-            async with self._pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cursor:
-                await cursor.execute(statement, params, prepare=True)
-                return await cursor.fetchall()
+            async with self._pool.autocommit_connection() as conn:
+                return await fetch_all(conn, statement, params)
         except psycopg.Error as error:
             raise translation(error) from error
 

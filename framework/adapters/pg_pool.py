@@ -33,7 +33,7 @@ from types import TracebackType
 from typing import Any
 
 import psycopg
-from psycopg import AsyncConnection, Connection
+from psycopg import AsyncConnection, Connection, pq
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
@@ -43,6 +43,7 @@ from framework.settings import PostgresSettings
 __all__ = ["AsyncPgPool", "NotAccepting", "PgPool", "went_away_async"]
 
 _SLICE = 0.1  # seconds a request waits for a connection before looking again at how the pool fares
+_KEPT_SECONDS = 60.0  # an async connection kept between checkouts goes back to the pool after this long
 
 
 class NotAccepting(psycopg.OperationalError):
@@ -132,28 +133,53 @@ class AsyncPgPool:
             reconnect_timeout=0, reconnect_failed=self._connect_failed, configure=_with_arrays_async, open=False,
         )
         self._opened = False
+        # The last connection given back in good order, kept out of psycopg_pool for the next checkout:
+        # the pool's bookkeeping both ways was a quarter of a lone command's round trip in the client.
+        self._kept: AsyncConnection[DictRow] | None = None
+        self._kept_since = 0.0  # when the kept connection last came from the pool (its lifetime goes on)
+        self._waiting = 0  # checkouts waiting for the pool: a connection given back goes to them
 
     def connection(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection[DictRow]]:
         """As ``PgPool.connection``."""
-        return _Lease(self)
+        return _Lease(self, unit_of_work=True)
 
-    async def _lend(self) -> AsyncConnection[DictRow]:
+    def autocommit_connection(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection[DictRow]]:
+        """A live connection for statements that each commit on their own (the pool's connections are in
+        autocommit mode), given back as it is: no commit or rollback to wait for on return."""
+        return _Lease(self, unit_of_work=False)
+
+    async def _lend(self, unit_of_work: bool) -> AsyncConnection[DictRow]:
         if not self._opened:
             await self._pool.open(wait=False)
             self._opened = True
         conn = await self._live_connection()
-        await conn.__aenter__()  # as ``async with conn``: committed, or rolled back on an error, on return
+        if unit_of_work:
+            await conn.__aenter__()  # as ``async with conn``: committed, or rolled back on an error, on return
         return conn
 
-    async def _take_back(self, conn: AsyncConnection[DictRow], error: BaseException | None) -> None:
+    async def _take_back(self, conn: AsyncConnection[DictRow], error: BaseException | None, unit_of_work: bool) -> None:
         try:
-            await conn.__aexit__(type(error) if error else None, error, error.__traceback__ if error else None)
+            if unit_of_work:
+                await conn.__aexit__(type(error) if error else None, error, error.__traceback__ if error else None)
         finally:
-            await self._pool.putconn(conn)
-            if conn.broken:
-                await self._check_idle()
+            if self._keeps(conn):
+                self._kept = conn
+            else:
+                await self._pool.putconn(conn)
+                if conn.broken:
+                    await self._check_idle()
+
+    def _keeps(self, conn: AsyncConnection[DictRow]) -> bool:
+        """Whether ``conn`` waits for the next checkout here: nobody waits for the pool, it is idle and
+        whole, and it has not been kept for longer than the pool would let it live unchecked."""
+        return (self._kept is None and not self._waiting and not self._pool.closed and not conn.broken
+                and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
+                and time.monotonic() - self._kept_since < _KEPT_SECONDS)
 
     async def close(self) -> None:
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            await self._pool.putconn(kept)
         await self._pool.close()
 
     async def _live_connection(self) -> AsyncConnection[DictRow]:
@@ -165,12 +191,21 @@ class AsyncPgPool:
         return await self._checkout()
 
     async def _checkout(self) -> AsyncConnection[DictRow]:
-        """As ``PgPool._checkout``."""
+        """As ``PgPool._checkout``, the kept connection first."""
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            return kept
         started = time.monotonic()
         deadline = started + self._timeout
         while True:
             try:
-                return await self._pool.getconn(timeout=max(0.001, min(_SLICE, deadline - time.monotonic())))
+                self._waiting += 1
+                try:
+                    conn = await self._pool.getconn(timeout=max(0.001, min(_SLICE, deadline - time.monotonic())))
+                finally:
+                    self._waiting -= 1
+                self._kept_since = time.monotonic()
+                return conn
             except PoolTimeout:
                 if self._failed_at >= started:
                     await self._why_not_accepting()
@@ -196,21 +231,22 @@ class _Lease:
     """``AsyncPgPool.connection()``: a class rather than an ``asynccontextmanager`` generator, which
     cost a lone command a few percent of its CPU (the write path takes a connection per group)."""
 
-    __slots__ = ("_conn", "_pool")
+    __slots__ = ("_conn", "_pool", "_unit_of_work")
 
-    def __init__(self, pool: AsyncPgPool) -> None:
+    def __init__(self, pool: AsyncPgPool, *, unit_of_work: bool) -> None:
         self._pool = pool
+        self._unit_of_work = unit_of_work
         self._conn: AsyncConnection[DictRow] | None = None
 
     async def __aenter__(self) -> AsyncConnection[DictRow]:
-        self._conn = await self._pool._lend()
+        self._conn = await self._pool._lend(self._unit_of_work)
         return self._conn
 
     async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
                         traceback: TracebackType | None) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            await self._pool._take_back(conn, error)
+            await self._pool._take_back(conn, error, self._unit_of_work)
 
 
 def _connect_kwargs(settings: PostgresSettings, name: str) -> dict[str, Any]:

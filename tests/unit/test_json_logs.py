@@ -94,7 +94,7 @@ class _Records(logging.Handler):
 
 def test_a_command_record_is_the_one_log_info_would_make() -> None:
     """The bus makes its per-command record itself (no stack walk): same logger, level, message, extras
-    and place (the bus's ``_finished``), and the logger's level still decides whether there is one."""
+    and place (the bus's ``_log_outcome``), and the logger's level still decides whether there is one."""
     import framework.bus
 
     logger = logging.getLogger("framework.bus")
@@ -110,7 +110,7 @@ def test_a_command_record_is_the_one_log_info_would_make() -> None:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
     (record,) = handler.records
-    assert (record.name, record.levelno, record.funcName) == ("framework.bus", logging.INFO, "_finished")
+    assert (record.name, record.levelno, record.funcName) == ("framework.bus", logging.INFO, "_log_outcome")
     assert record.pathname == framework.bus.__file__
     # the line of the logging call, as log.info's record names it (%(lineno)d), not the method's first line
     assert "log.handle(log.makeRecord(" in linecache.getline(record.pathname, record.lineno)
