@@ -7,7 +7,9 @@ checked-out autocommit connection does not use. ``fetch_all`` keeps what matters
 
 - parameters are dumped by the connection's own adapters (psycopg's ``Transformer``), so values are sent,
   or refused with ``psycopg.DataError``, exactly as through a cursor;
-- the statement is prepared once per connection and per parameter types, as psycopg's ``prepare=True``;
+- the statement is prepared once per connection and per parameter types, as psycopg's ``prepare=True``,
+  and again if it was deallocated meanwhile (psycopg deallocates all of a connection's statements when it
+  rolls back a transaction there);
 - a failed statement raises the error psycopg would raise (``psycopg.errors.error_from_result``), a lost
   connection ``psycopg.OperationalError``, so the store translates them as before;
 - rows come back as tuples, loaded by the connection's loaders.
@@ -26,22 +28,29 @@ from typing import Any
 
 import psycopg
 from psycopg import AsyncConnection, pq
+from psycopg.abc import Buffer
 from psycopg.adapt import PyFormat, Transformer
 from psycopg.errors import error_from_result
 
 __all__ = ["fetch_all"]
 
 _OK = (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK)
+_UNDEFINED_STATEMENT = b"26000"  # invalid_sql_statement_name: no prepared statement of that name
 
 
 class _Prepared:
     """A connection's statements prepared here (by SQL text and parameter types) and its transformer."""
 
-    __slots__ = ("names", "transformer")
+    __slots__ = ("made", "names", "transformer")
 
     def __init__(self, conn: AsyncConnection[Any]) -> None:
         self.transformer = Transformer(conn)
         self.names: dict[tuple[str, tuple[int, ...]], bytes] = {}
+        self.made = 0  # statements prepared so far: a name is never given twice, even after names are forgotten
+
+    def new_name(self) -> bytes:
+        self.made += 1
+        return f"eventfold_direct_{self.made}".encode()
 
 
 _PREPARED: weakref.WeakKeyDictionary[AsyncConnection[Any], _Prepared] = weakref.WeakKeyDictionary()
@@ -55,16 +64,11 @@ async def fetch_all(conn: AsyncConnection[Any], statement: str, params: Sequence
     tx = prepared.transformer
     values = tx.dump_sequence(params, [PyFormat.AUTO] * len(params))
     types = tuple(tx.types or ())
-    pgconn = conn.pgconn
     try:
-        name = prepared.names.get((statement, types))
-        if name is None:
-            name = f"eventfold_direct_{len(prepared.names)}".encode()
-            pgconn.send_prepare(name, numbered(statement).encode(conn.info.encoding), param_types=types)
-            _raise_on_error(await _results(pgconn), conn)
-            prepared.names[statement, types] = name
-        pgconn.send_query_prepared(name, values, param_formats=tx.formats, result_format=pq.Format.BINARY)
-        results = await _results(pgconn)
+        results = await _execute(conn, prepared, statement, types, values)
+        if _deallocated(results):  # nothing ran: the statement was gone, prepare it again
+            prepared.names.clear()
+            results = await _execute(conn, prepared, statement, types, values)
     except psycopg.Error:
         raise
     except BaseException:  # interrupted: a statement may still be running on the connection
@@ -77,6 +81,29 @@ async def fetch_all(conn: AsyncConnection[Any], statement: str, params: Sequence
             tx.set_pgresult(result)
             rows += tx.load_rows(0, result.ntuples, tuple)
     return rows
+
+
+async def _execute(conn: AsyncConnection[Any], prepared: _Prepared, statement: str, types: tuple[int, ...],
+                   values: list[Buffer | None]) -> list[pq.abc.PGresult]:
+    """The results of the prepared ``statement`` run with ``values`` (prepared first if need be)."""
+    pgconn = conn.pgconn
+    name = prepared.names.get((statement, types))
+    if name is None:
+        name = prepared.new_name()
+        pgconn.send_prepare(name, numbered(statement).encode(conn.info.encoding), param_types=types)
+        _raise_on_error(await _results(pgconn), conn)
+        prepared.names[statement, types] = name
+    pgconn.send_query_prepared(name, values, param_formats=prepared.transformer.formats,
+                               result_format=pq.Format.BINARY)
+    return await _results(pgconn)
+
+
+def _deallocated(results: list[pq.abc.PGresult]) -> bool:
+    """Whether the prepared statement named did not exist on the server. psycopg deallocates every
+    prepared statement of its connection (``DEALLOCATE ALL``) when it rolls back a transaction there
+    (an idempotency claim that failed) or runs a ``DROP`` or ``DISCARD ALL``: this module's went too."""
+    return (len(results) == 1 and results[0].status == pq.ExecStatus.FATAL_ERROR
+            and results[0].error_field(pq.DiagnosticField.SQLSTATE) == _UNDEFINED_STATEMENT)
 
 
 def numbered(statement: str) -> str:

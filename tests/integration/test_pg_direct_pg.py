@@ -1,0 +1,77 @@
+"""``pg_direct.fetch_all`` on real PostgreSQL: appends sent through libpq directly, on connections that
+psycopg also uses (idempotency claims through its cursors), keep working whatever psycopg does to them."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+from uuid import uuid4
+
+import pytest
+from support.postgres import PgDatabase
+
+from framework.adapters.pg_async import AsyncPostgresAppender
+from framework.adapters.postgres import PostgresEventStore
+from framework.errors import StoreUnavailable
+from framework.store import Claimed, IdempotencyCompletion, StoredEvent
+
+pytestmark = pytest.mark.postgres
+
+
+def _run(main: Callable[[AsyncPostgresAppender], Awaitable[Any]], settings: Any) -> Any:
+    async def with_appender() -> Any:
+        appender = AsyncPostgresAppender(settings)
+        try:
+            return await main(appender)
+        finally:
+            await appender.close()
+    return asyncio.run(with_appender())
+
+
+def _event() -> StoredEvent:
+    return StoredEvent(uuid4(), 1, "tests.Happened", b"{}")
+
+
+def test_an_append_after_psycopg_deallocated_the_connection_s_statements_succeeds(
+    pg_database: PgDatabase, pg_schema: str
+) -> None:
+    """A claim that fails inside its transaction is rolled back by psycopg, which then sends DEALLOCATE
+    ALL (it clears its prepared statements on a rollback): the appends' statements prepared on that
+    connection went with them."""
+    settings = pg_database.settings(pg_schema, pool_size=1)
+    setup = PostgresEventStore(settings)
+    setup.create_schema()
+    setup.close()
+
+    async def main(appender: AsyncPostgresAppender) -> None:
+        assert len(await appender.append([_event()])) == 1
+        owner = uuid4()
+        assert isinstance(await appender.claim_idempotency_key("first", "h", owner, 60), Claimed)
+        event = _event()
+        await appender.append([event], IdempotencyCompletion("first", owner, event.originator_id, 1))
+        with pg_database.connect() as locker, locker.transaction():
+            locker.execute(f'LOCK TABLE "{pg_schema}".idempotency_keys IN ACCESS EXCLUSIVE MODE')
+            claim = asyncio.ensure_future(appender.claim_idempotency_key("second", "h", uuid4(), 60))
+            await asyncio.to_thread(_cancel_waiting_backend, pg_database)
+            with pytest.raises(StoreUnavailable, match="canceling statement"):
+                await claim
+        # the same statement with the same parameter types as the first append, on the same connection
+        assert len(await appender.append([_event()])) == 1
+        assert len(await appender.append([_event()])) == 1
+
+    _run(main, settings)
+
+
+def _cancel_waiting_backend(pg_database: PgDatabase) -> None:
+    """pg_cancel_backend on the appender's backend once it waits for the lock."""
+    with pg_database.connect() as conn:
+        for _ in range(2000):
+            row = conn.execute(
+                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND application_name = 'eventfold-events-async' AND wait_event_type = 'Lock'").fetchone()
+            if row:
+                return
+            threading.Event().wait(0.005)
+    raise AssertionError("the claim never waited for the lock")
