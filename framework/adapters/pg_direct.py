@@ -84,7 +84,7 @@ async def fetch_all(conn: AsyncConnection[Any], statement: str, params: Sequence
 
 
 async def _execute(conn: AsyncConnection[Any], prepared: _Prepared, statement: str, types: tuple[int, ...],
-                   values: list[Buffer | None]) -> list[pq.abc.PGresult]:
+                   values: Sequence[Buffer | None]) -> list[pq.abc.PGresult]:
     """The results of the prepared ``statement`` run with ``values`` (prepared first if need be)."""
     pgconn = conn.pgconn
     name = prepared.names.get((statement, types))
