@@ -121,9 +121,16 @@ async def _results(pgconn: pq.abc.PGconn) -> list[pq.abc.PGresult]:
         await _ready(loop, pgconn.socket, writing=True)
     results: list[pq.abc.PGresult] = []
     while True:
-        while pgconn.is_busy():
-            await _ready(loop, pgconn.socket)
-            pgconn.consume_input()
+        try:
+            while pgconn.is_busy():
+                await _ready(loop, pgconn.socket)
+                pgconn.consume_input()
+        except psycopg.DatabaseError:
+            # As psycopg: the server's error came first (a FATAL one, and then it hung up, as when its
+            # backend is terminated): that error is the one to raise, not the lost connection after it.
+            if any(result.status == pq.ExecStatus.FATAL_ERROR for result in results):
+                return results
+            raise
         result = pgconn.get_result()
         if result is None:
             return results

@@ -64,12 +64,37 @@ def test_an_append_after_psycopg_deallocated_the_connection_s_statements_succeed
     _run(main, settings)
 
 
-def _cancel_waiting_backend(pg_database: PgDatabase) -> None:
-    """pg_cancel_backend on the appender's backend once it waits for the lock."""
+def test_a_terminated_backend_s_append_fails_with_the_server_s_words_and_the_next_one_succeeds(
+    pg_database: PgDatabase, pg_schema: str
+) -> None:
+    """The server says why before it hangs up: that is the error (as through a psycopg cursor), not
+    "consuming input failed" about the lost connection after it."""
+    settings = pg_database.settings(pg_schema, pool_size=1)
+    setup = PostgresEventStore(settings)
+    setup.create_schema()
+    setup.close()
+
+    async def main(appender: AsyncPostgresAppender) -> None:
+        assert len(await appender.append([_event()])) == 1
+        with pg_database.connect() as locker, locker.transaction():
+            locker.execute(f'LOCK TABLE "{pg_schema}".stored_events IN EXCLUSIVE MODE')
+            append = asyncio.ensure_future(appender.append([_event()]))
+            await asyncio.to_thread(_cancel_waiting_backend, pg_database, "pg_terminate_backend")
+            with pytest.raises(StoreUnavailable) as refused:
+                await append
+        assert str(refused.value) == (
+            "the PostgreSQL event store is unavailable (terminating connection due to administrator command)")
+        assert len(await appender.append([_event()])) == 1
+
+    _run(main, settings)
+
+
+def _cancel_waiting_backend(pg_database: PgDatabase, how: str = "pg_cancel_backend") -> None:
+    """``how`` (pg_cancel_backend, pg_terminate_backend) on the appender's backend once it waits for a lock."""
     with pg_database.connect() as conn:
         for _ in range(2000):
             row = conn.execute(
-                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
+                f"SELECT {how}(pid) FROM pg_stat_activity WHERE datname = current_database()"
                 " AND application_name = 'eventfold-events-async' AND wait_event_type = 'Lock'").fetchone()
             if row:
                 return
