@@ -22,7 +22,6 @@ the pool discards a closed connection.
 from __future__ import annotations
 
 import asyncio
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,14 +52,16 @@ class _Prepared:
         return f"eventfold_direct_{self.made}".encode()
 
 
-_PREPARED: weakref.WeakKeyDictionary[AsyncConnection[Any], _Prepared] = weakref.WeakKeyDictionary()
+# Not a WeakKeyDictionary: each value's transformer holds its connection, which would never go. A closed
+# connection's entry goes when another connection first comes here (the pool closes those it discards).
+_PREPARED: dict[AsyncConnection[Any], _Prepared] = {}
 
 
 async def fetch_all(conn: AsyncConnection[Any], statement: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
     """The rows of ``statement`` (``%s`` placeholders) run with ``params`` on ``conn``."""
     prepared = _PREPARED.get(conn)
     if prepared is None:
-        prepared = _PREPARED[conn] = _Prepared(conn)
+        prepared = _first_use(conn)
     tx = prepared.transformer
     values = tx.dump_sequence(params, [PyFormat.AUTO] * len(params))
     types = tuple(tx.types or ())
@@ -81,6 +82,13 @@ async def fetch_all(conn: AsyncConnection[Any], statement: str, params: Sequence
             tx.set_pgresult(result)
             rows += tx.load_rows(0, result.ntuples, tuple)
     return rows
+
+
+def _first_use(conn: AsyncConnection[Any]) -> _Prepared:
+    for closed in [known for known in _PREPARED if known.closed]:
+        del _PREPARED[closed]
+    prepared = _PREPARED[conn] = _Prepared(conn)
+    return prepared
 
 
 async def _execute(conn: AsyncConnection[Any], prepared: _Prepared, statement: str, types: tuple[int, ...],

@@ -100,3 +100,30 @@ def _cancel_waiting_backend(pg_database: PgDatabase, how: str = "pg_cancel_backe
                 return
             threading.Event().wait(0.005)
     raise AssertionError("the claim never waited for the lock")
+
+
+def test_connections_closed_are_not_kept_alive_by_their_prepared_statements(pg_database: PgDatabase) -> None:
+    """What fetch_all keeps per connection (its transformer holds the connection) goes with the
+    connection: a server that replaces connections (restarts, lifetimes) must not keep every one it had."""
+    import gc
+    import weakref
+
+    from psycopg import AsyncConnection
+
+    from framework.adapters.pg_direct import fetch_all
+
+    async def main() -> list[weakref.ref[AsyncConnection[Any]]]:
+        gone = []
+        for _ in range(3):
+            conn = await AsyncConnection.connect(pg_database.url(), autocommit=True)
+            assert await fetch_all(conn, "SELECT %s::int", [1]) == [(1,)]
+            await conn.close()
+            gone.append(weakref.ref(conn))
+            del conn
+        async with await AsyncConnection.connect(pg_database.url(), autocommit=True) as conn:
+            assert await fetch_all(conn, "SELECT %s::int", [2]) == [(2,)]
+        return gone
+
+    gone = asyncio.run(main())
+    gc.collect()
+    assert [ref() for ref in gone] == [None, None, None]
