@@ -28,7 +28,8 @@ import contextlib
 import math
 import select
 import time
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any
 
@@ -124,7 +125,8 @@ class AsyncPgPool:
     """``PgPool`` for an event loop (psycopg's async connections), with the same recovery: bound to the
     loop that first uses it."""
 
-    def __init__(self, settings: PostgresSettings, *, name: str, min_size: int, max_size: int) -> None:
+    def __init__(self, settings: PostgresSettings, *, name: str, min_size: int, max_size: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._timeout = settings.connect_timeout
         self._failed_at = -math.inf
         self._kwargs = _connect_kwargs(settings, name)
@@ -136,7 +138,9 @@ class AsyncPgPool:
         # The last connection given back in good order, kept out of psycopg_pool for the next checkout:
         # the pool's bookkeeping both ways was a quarter of a lone command's round trip in the client.
         self._kept: AsyncConnection[DictRow] | None = None
-        self._kept_since = 0.0  # when the kept connection last came from the pool (its lifetime goes on)
+        # when each connection out of the pool last came from it (its lifetime goes on), by ``clock``
+        self._drawn: weakref.WeakKeyDictionary[AsyncConnection[DictRow], float] = weakref.WeakKeyDictionary()
+        self._clock = clock
         self._waiting = 0  # checkouts waiting for the pool: a connection given back goes to them
 
     def connection(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection[DictRow]]:
@@ -174,7 +178,7 @@ class AsyncPgPool:
         whole, and it has not been kept for longer than the pool would let it live unchecked."""
         return (self._kept is None and not self._waiting and not self._pool.closed and not conn.broken
                 and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
-                and time.monotonic() - self._kept_since < _KEPT_SECONDS)
+                and self._clock() - self._drawn.get(conn, -math.inf) < _KEPT_SECONDS)
 
     async def close(self) -> None:
         kept, self._kept = self._kept, None
@@ -204,7 +208,7 @@ class AsyncPgPool:
                     conn = await self._pool.getconn(timeout=max(0.001, min(_SLICE, deadline - time.monotonic())))
                 finally:
                     self._waiting -= 1
-                self._kept_since = time.monotonic()
+                self._drawn[conn] = self._clock()
                 return conn
             except PoolTimeout:
                 if self._failed_at >= started:

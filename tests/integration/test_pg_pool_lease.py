@@ -68,3 +68,31 @@ def test_a_cancelled_lease_rolls_back_and_gives_the_connection_back(pg_database:
             await pool.close()
 
     assert asyncio.run(asyncio.wait_for(scenario(), 30)) == "back"
+
+
+def test_a_connection_kept_between_checkouts_goes_back_to_the_pool_a_minute_after_it_left_it(
+    pg_database: PgDatabase, pg_schema: str
+) -> None:
+    """The connection kept aside for the next checkout skips psycopg_pool's own care (its lifetime) for at
+    most a minute since *it* left the pool, even while other connections keep coming from the pool."""
+    now = [0.0]
+
+    async def scenario() -> None:
+        pool = AsyncPgPool(pg_database.settings(pg_schema, pool_size=2), name="kept-test", min_size=2, max_size=2,
+                           clock=lambda: now[0])
+        try:
+            async with pool.connection() as first, pool.connection() as kept:
+                pass  # ``kept`` is given back first: it is kept, ``first`` goes to the pool
+            for _ in range(2):
+                now[0] += 30.0
+                lease, other = pool.connection(), pool.connection()
+                assert await lease.__aenter__() is kept
+                assert await other.__aenter__() is first  # from the pool, just now
+                await lease.__aexit__(None, None, None)  # out of the pool for 30 s, then 60 s
+                await other.__aexit__(None, None, None)
+            async with pool.connection() as conn:  # ``kept`` went back to the pool at 60 s; ``first`` is kept
+                assert conn is first
+        finally:
+            await pool.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
