@@ -22,6 +22,7 @@ the pool discards a closed connection.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,6 +35,7 @@ from psycopg.errors import error_from_result
 __all__ = ["fetch_all"]
 
 _OK = (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK)
+_PERCENT = re.compile(r"%(.?)", re.DOTALL)
 _UNDEFINED_STATEMENT = b"26000"  # invalid_sql_statement_name: no prepared statement of that name
 
 
@@ -115,11 +117,20 @@ def _deallocated(results: list[pq.abc.PGresult]) -> bool:
 
 
 def numbered(statement: str) -> str:
-    """``statement`` with its ``%s`` placeholders as ``$1``, ``$2``, ... (it has no other ``%``)."""
-    parts = statement.split("%s")
-    if any("%" in part for part in parts):
-        raise ValueError("a statement for fetch_all takes %s placeholders only")
-    return "".join(part + (f"${n}" if n < len(parts) else "") for n, part in enumerate(parts, start=1))
+    """``statement`` with its ``%s`` placeholders as ``$1``, ``$2``, ... and ``%%`` as ``%``; any other ``%``
+    (a schema's name can hold one) refused as a psycopg cursor refuses it, so the store says so alike."""
+    count = 0
+
+    def placeholder(found: re.Match[str]) -> str:
+        nonlocal count
+        if found[1] == "%":
+            return "%"
+        if found[1] != "s":
+            raise psycopg.ProgrammingError(f"only '%s', '%b', '%t' are allowed as placeholders, got '{found[0]}'")
+        count += 1
+        return f"${count}"
+
+    return _PERCENT.sub(placeholder, statement)
 
 
 async def _results(pgconn: pq.abc.PGconn) -> list[pq.abc.PGresult]:

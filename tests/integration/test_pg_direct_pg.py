@@ -127,3 +127,25 @@ def test_connections_closed_are_not_kept_alive_by_their_prepared_statements(pg_d
     gone = asyncio.run(main())
     gc.collect()
     assert [ref() for ref in gone] == [None, None, None]
+
+
+@pytest.mark.parametrize("schema", ["ef%x", "ef%%x"])
+def test_a_schema_name_with_a_percent_sign_is_refused_as_on_the_threaded_path(
+    pg_database: PgDatabase, schema: str
+) -> None:
+    """The statements carry the schema's name, and psycopg reads ``%`` in them as a placeholder: the loop's
+    appends say what the threaded path's say (a 503 naming the refusal), not a ValueError (a 500)."""
+    settings = pg_database.settings(schema, pool_size=1)
+    threads = PostgresEventStore(settings)
+    try:
+        with pytest.raises(StoreUnavailable) as on_threads:
+            threads.append([_event()])
+    finally:
+        threads.close()
+
+    async def main(appender: AsyncPostgresAppender) -> None:
+        with pytest.raises(StoreUnavailable) as on_loop:
+            await appender.append([_event()])
+        assert str(on_loop.value) == str(on_threads.value)
+
+    _run(main, settings)
