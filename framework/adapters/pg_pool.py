@@ -195,13 +195,14 @@ class AsyncPgPool:
         return await self._checkout()
 
     async def _checkout(self) -> AsyncConnection[DictRow]:
-        """As ``PgPool._checkout``, the kept connection first."""
-        kept, self._kept = self._kept, None
-        if kept is not None:
-            return kept
+        """As ``PgPool._checkout``, the kept connection first: also between two waits, as one given back
+        while this checkout was not waiting for the pool (asking the server why) was kept."""
         started = time.monotonic()
         deadline = started + self._timeout
         while True:
+            kept, self._kept = self._kept, None
+            if kept is not None:
+                return kept
             try:
                 self._waiting += 1
                 try:

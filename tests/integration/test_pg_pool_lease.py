@@ -4,6 +4,8 @@ and either way the connection goes back to the pool (one connection serves any n
 from __future__ import annotations
 
 import asyncio
+import math
+from dataclasses import replace
 
 import pytest
 from psycopg import pq
@@ -92,6 +94,32 @@ def test_a_connection_kept_between_checkouts_goes_back_to_the_pool_a_minute_afte
                 await other.__aexit__(None, None, None)
             async with pool.connection() as conn:  # ``kept`` went back to the pool at 60 s; ``first`` is kept
                 assert conn is first
+        finally:
+            await pool.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_a_connection_given_back_while_a_checkout_asks_why_the_server_refused_goes_to_that_checkout(
+    pg_database: PgDatabase, pg_schema: str
+) -> None:
+    """A checkout that waits stops waiting for the pool to ask the server why a connection attempt failed;
+    a connection given back meanwhile is kept aside (nobody waited for the pool), and the checkout must
+    take it rather than wait for the pool until its deadline while that connection lies idle."""
+    async def scenario() -> None:
+        settings = replace(pg_database.settings(pg_schema, pool_size=1), connect_timeout=2.0)
+        pool = AsyncPgPool(settings, name="kept-test", min_size=1, max_size=1)
+        try:
+            holder = pool.connection()
+            held = await holder.__aenter__()
+
+            async def asked() -> None:  # the server accepts again; meanwhile the holder gives its connection back
+                await holder.__aexit__(None, None, None)
+
+            pool._why_not_accepting = asked  # type: ignore[method-assign]
+            pool._failed_at = math.inf  # a connection attempt failed, whenever the checkout looks
+            async with pool.connection() as conn:
+                assert conn is held
         finally:
             await pool.close()
 
