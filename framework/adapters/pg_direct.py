@@ -15,13 +15,14 @@ checked-out autocommit connection does not use. ``fetch_all`` keeps what matters
 - rows come back as tuples, loaded by the connection's loaders.
 
 The connection must be checked out (nobody else uses it meanwhile) and in autocommit mode. If the wait is
-interrupted (a cancelled task) the connection is closed: a statement may still be running on it, and
-the pool discards a closed connection.
+interrupted (a cancelled task) the statement is cancelled on the server, as psycopg cancels it, so it
+never commits unseen; a connection not idle after that is closed, and the pool discards it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -56,6 +57,8 @@ class _Prepared:
 
 # Not a WeakKeyDictionary: each value's transformer holds its connection, which would never go. A closed
 # connection's entry goes when another connection first comes here (the pool closes those it discards).
+_CANCEL_SECONDS = 5.0  # what psycopg allows a cancellation after an interrupted wait
+
 _PREPARED: dict[AsyncConnection[Any], _Prepared] = {}
 
 
@@ -74,8 +77,8 @@ async def fetch_all(conn: AsyncConnection[Any], statement: str, params: Sequence
             results = await _execute(conn, prepared, statement, types, values)
     except psycopg.Error:
         raise
-    except BaseException:  # interrupted: a statement may still be running on the connection
-        await conn.close()
+    except BaseException:  # interrupted (a cancelled task): the statement may still be running
+        await _interrupted(conn)
         raise
     _raise_on_error(results, conn)
     rows: list[tuple[Any, ...]] = []
@@ -84,6 +87,19 @@ async def fetch_all(conn: AsyncConnection[Any], statement: str, params: Sequence
             tx.set_pgresult(result)
             rows += tx.load_rows(0, result.ntuples, tuple)
     return rows
+
+
+async def _interrupted(conn: AsyncConnection[Any]) -> None:
+    """As psycopg after an interrupted wait: the server is asked to cancel the statement and its end is
+    read, so it is rolled back rather than left to commit unseen; a connection that is not idle after
+    that (no answer within seconds) is closed, and the pool discards it."""
+    pgconn = conn.pgconn
+    with contextlib.suppress(Exception):
+        if pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
+            await conn.cancel_safe(timeout=_CANCEL_SECONDS)
+            await asyncio.wait_for(_results(pgconn), _CANCEL_SECONDS)
+    if pgconn.transaction_status != pq.TransactionStatus.IDLE:
+        await conn.close()
 
 
 def _first_use(conn: AsyncConnection[Any]) -> _Prepared:

@@ -149,3 +149,45 @@ def test_a_schema_name_with_a_percent_sign_is_refused_as_on_the_threaded_path(
         assert str(on_loop.value) == str(on_threads.value)
 
     _run(main, settings)
+
+
+def test_a_cancelled_append_is_cancelled_on_the_server_and_never_commits_later(
+    pg_database: PgDatabase, pg_schema: str
+) -> None:
+    """Without group commit a caller's cancellation reaches its statement (as through a psycopg cursor):
+    the server cancels it, so it does not commit unseen once the lock it waits for is released, and the
+    connection serves the next append."""
+    from dataclasses import replace
+
+    settings = replace(pg_database.settings(pg_schema, pool_size=1), group_commit=False)
+    store = PostgresEventStore(settings)
+    store.create_schema()
+    cancelled = _event()
+
+    async def main(appender: AsyncPostgresAppender) -> None:
+        assert len(await appender.append([_event()])) == 1
+        with pg_database.connect() as locker, locker.transaction():
+            locker.execute(f'LOCK TABLE "{pg_schema}".stored_events IN EXCLUSIVE MODE')
+            append = asyncio.ensure_future(appender.append([cancelled]))
+            await asyncio.to_thread(_backend_waits_for_a_lock, pg_database)
+            append.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await append
+        assert len(await appender.append([_event()])) == 1
+
+    try:
+        _run(main, settings)
+        assert store.read_stream(cancelled.originator_id) == []
+    finally:
+        store.close()
+
+
+def _backend_waits_for_a_lock(pg_database: PgDatabase) -> None:
+    with pg_database.connect() as conn:
+        for _ in range(2000):
+            if conn.execute("SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
+                            " AND application_name = 'eventfold-events-async' AND wait_event_type = 'Lock'"
+                            ).fetchone():
+                return
+            threading.Event().wait(0.005)
+    raise AssertionError("the append never waited for the lock")
