@@ -14,6 +14,7 @@ import hashlib
 import logging
 import random
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, cast
@@ -22,7 +23,7 @@ from uuid import UUID
 from framework.aggregate import Aggregate
 from framework.cache import AggregateCache
 from framework.commands import Command, CommandRouter
-from framework.contention import HotAggregates
+from framework.contention import HotAggregates, LoopTurns
 from framework.errors import (
     ConcurrencyConflict,
     EventfoldError,
@@ -112,6 +113,8 @@ class CommandBus:
         # Commands on an aggregate that just conflicted take turns in this process,
         # instead of conflicting over and over with each other.
         self._hot = hot_aggregates if hot_aggregates is not None else HotAggregates()
+        self._turns_by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopTurns] = \
+            weakref.WeakKeyDictionary()
         self._max_attempts = max_attempts
         self._lease = idempotency_lease_seconds
 
@@ -191,29 +194,57 @@ class CommandBus:
 
     async def _run_async(self, command: Command, context: CommandContext, claim: _Claim | None,
                          appender: AsyncAppender, offload: Offload) -> CommandResult:
-        """A first attempt on the loop when the cache may be trusted; the rest on a thread."""
+        """Attempts on the loop while the cache may be trusted, the rest on a thread. Once a command
+        holds hot aggregates' turns it keeps them on the loop for its later attempts too, on a thread
+        or not: the loop's commands on one aggregate then go one after the other, whichever decides."""
         state = self._first_try()
+        while True:  # each pass answers, or holds more turns, or stops trusting the cache: it ends
+            if state.holding:
+                async with self._loop_turns().turns(state.holding):
+                    answer = await self._try_async(command, context, claim, appender, offload, state)
+            else:
+                answer = await self._try_async(command, context, claim, appender, offload, state)
+            if not isinstance(answer, _Try):
+                return answer
+            state = answer
+
+    async def _try_async(self, command: Command, context: CommandContext, claim: _Claim | None,
+                         appender: AsyncAppender, offload: Offload, state: _Try) -> CommandResult | _Try:
+        """The command's result, or where its attempts go on (more turns to hold, the cache not trusted)."""
         if state.trust_cache:
             try:
-                return await self._attempt_async(command, context, claim, appender, offload)
-            except _NeedsStore:  # nothing was written
+                return await self._attempt_async(command, context, claim, appender, offload, state.holding)
+            except _NeedsStore:  # nothing was written: decide on a thread, in the same turns
                 pass
-            except _HotOnLoop as hot:  # decided nowhere yet: decide once, on a thread, holding its turn
-                state = replace(state, holding=state.holding | hot.aggregate_ids)
+            except _HotOnLoop as hot:  # decided nowhere yet: decide once, holding its turn
+                return replace(state, holding=state.holding | hot.aggregate_ids)
             except (StaleCache, RuleViolation, _TakeTurns, _Conflicted) as error:
-                state = self._after(command, state, error)
+                return self._after(command, state, error)
         result: CommandResult = await offload(self._run, command, context, claim, state)
         return result
 
+    def _loop_turns(self) -> LoopTurns:
+        loop = asyncio.get_running_loop()
+        turns = self._turns_by_loop.get(loop)
+        if turns is None:
+            turns = self._turns_by_loop[loop] = LoopTurns()
+        return turns
+
     async def _attempt_async(self, command: Command, context: CommandContext, claim: _Claim | None,
-                             appender: AsyncAppender, offload: Offload) -> CommandResult:
-        unit = UnitOfWork(_CACHE_ONLY, self._cache, trust_cache=True, before_load=self._not_hot)
+                             appender: AsyncAppender, offload: Offload, holding: frozenset[UUID]) -> CommandResult:
+        def not_hot(aggregate_id: UUID) -> None:
+            # Before an aggregate is loaded: a hot one's commands take turns, so a command that does not
+            # hold its turn yet stops before its handler decides anything (or it would decide twice).
+            if aggregate_id not in holding and self._hot.is_hot(aggregate_id):
+                raise _HotOnLoop(frozenset((aggregate_id,)))
+
+        unit = UnitOfWork(_CACHE_ONLY, self._cache, trust_cache=True, before_load=not_hot)
         primary = self.router.handler_for(command)(command, unit)
         main = primary or _first_changed(unit)
         if context.expected_version is not None:
             _check_expectation(unit, main, context.expected_version)
         changed = frozenset(t.aggregate.id for t in unit.touched if t.aggregate.version != t.loaded_version)
-        hot = self._hot.hot_among(changed)
+        hot = self._hot.hot_among(changed - holding)
         if hot:
             raise _TakeTurns(frozenset(hot))
         envelopes = unit.collect(_metadata(context))
@@ -227,13 +258,6 @@ class CommandBus:
         if any(snapshot_due(t.aggregate, t.loaded_version) for t in unit.touched):
             await offload(self._snapshot, unit)
         return _result(main, positions)
-
-    def _not_hot(self, aggregate_id: UUID) -> None:
-        """On the loop, before an aggregate is loaded: a hot one's commands take turns on a thread, so
-        the command goes there before its handler decides anything (deciding on the loop first would
-        decide it twice)."""
-        if self._hot.is_hot(aggregate_id):
-            raise _HotOnLoop(frozenset((aggregate_id,)))
 
     def _command_span(self, command: Command, context: CommandContext) -> Span:
         """The command's span, the child of ``context.trace_context`` (NULL_SPAN: tracing is off)."""
@@ -412,7 +436,7 @@ class _NeedsStore(BaseException):
 
 
 class _HotOnLoop(BaseException):
-    """A command decided on the loop loads a hot aggregate: it runs on a thread, taking turns. A
+    """A command decided on the loop loads a hot aggregate whose turn it does not hold: it waits for it. A
     ``BaseException`` for the reason ``_NeedsStore`` is one."""
 
     def __init__(self, aggregate_ids: frozenset[UUID]) -> None:

@@ -9,18 +9,20 @@ handler again on the latest state, and appends. Within one process the
 commands on a hot aggregate then run one after the other and stop conflicting;
 across processes the store still arbitrates. The locks are only an
 optimisation: if one is lost (expired while waited for), the store's check
-still holds.
+still holds. The commands an event loop decides wait for their turn on the
+loop (``LoopTurns``), not on a thread: the turn then costs no thread hop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from uuid import UUID
 
-__all__ = ["HotAggregates"]
+__all__ = ["HotAggregates", "LoopTurns"]
 
 
 class HotAggregates:
@@ -66,3 +68,43 @@ class HotAggregates:
         cooled = [i for i, until in self._until.items() if until <= now and not self._locks[i].locked()]
         for aggregate_id in cooled:
             del self._until[aggregate_id], self._locks[aggregate_id]
+
+
+class _Turn:
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock, self.users = asyncio.Lock(), 0  # users: holders and waiters; the turn is dropped at 0
+
+
+class LoopTurns:
+    """``HotAggregates.turns`` for the commands an event loop decides: they wait for their turn on the
+    loop, without a thread. One per loop (an ``asyncio.Lock`` belongs to the loop it first waited on).
+
+    The loop's turns and the threads' are separate locks: a command retried on a thread may still
+    conflict with one in its turn on the loop, and the store's check settles it, as across processes.
+    """
+
+    def __init__(self) -> None:
+        self._turns: dict[UUID, _Turn] = {}
+
+    @contextlib.asynccontextmanager
+    async def turns(self, aggregate_ids: Collection[UUID]) -> AsyncIterator[None]:
+        ordered = sorted(aggregate_ids)  # one global order: two commands cannot deadlock
+        turns = [self._turns.setdefault(i, _Turn()) for i in ordered]
+        for turn in turns:
+            turn.users += 1
+        try:
+            async with contextlib.AsyncExitStack() as held:
+                for turn in turns:
+                    await held.enter_async_context(turn.lock)
+                yield
+        finally:
+            for aggregate_id, turn in zip(ordered, turns, strict=True):
+                turn.users -= 1
+                if not turn.users and self._turns.get(aggregate_id) is turn:
+                    del self._turns[aggregate_id]
+
+    def __len__(self) -> int:
+        """How many aggregates have a turn held or waited for."""
+        return len(self._turns)

@@ -30,6 +30,7 @@ from framework.commands import Command, CommandRouter, Handler
 from framework.contention import HotAggregates
 from framework.errors import (
     AggregateNotFound,
+    ConcurrencyConflict,
     IdempotencyKeyInFlight,
     IdempotencyKeyReused,
     RuleViolation,
@@ -191,7 +192,7 @@ class _CountingRouter(CommandRouter):
         return counted
 
 
-def test_a_command_on_a_hot_aggregate_is_decided_once_on_a_thread_holding_its_turn(
+def test_a_command_on_a_hot_aggregate_is_decided_once_on_the_loop_holding_its_turn(
     store: PostgresEventStore, pg_database: PgDatabase, pg_schema: str
 ) -> None:
     hot, counting, offload = HotAggregates(), _CountingRouter(), Offload()
@@ -210,10 +211,68 @@ def test_a_command_on_a_hot_aggregate_is_decided_once_on_a_thread_holding_its_tu
 
     (on_hot, hot_decided, hot_offloaded), (on_cool, cool_decided, cool_offloaded) = _run(
         main, pg_database.settings(pg_schema, pool_size=2))
-    assert (hot_decided, hot_offloaded) == (1, 1)  # straight to a thread, not decided on the loop first
+    assert (hot_decided, hot_offloaded) == (1, 0)  # its turn taken on the loop, decided once, in it
     assert (cool_decided, cool_offloaded) == (1, 0)
     assert on_hot.result.version == on_cool.result.version == 2
     assert replayed_holding(store, "HOT-2") == replayed_holding(store, "COOL-2") == 1
+
+
+class _ConflictCounter:
+    """An appender's ``append``, counting the appends the store refused as conflicts."""
+
+    def __init__(self, appender: AsyncPostgresAppender) -> None:
+        self.conflicts, self._append = 0, appender.append
+
+    async def __call__(self, *args: Any) -> Any:
+        try:
+            return await self._append(*args)
+        except ConcurrencyConflict:
+            self.conflicts += 1
+            raise
+
+
+def test_commands_on_a_hot_aggregate_take_turns_on_the_loop_without_conflicts_or_threads(
+    store: PostgresEventStore, pg_database: PgDatabase, pg_schema: str
+) -> None:
+    hot, counting, offload = HotAggregates(), _CountingRouter(), Offload()
+    bus = CommandBus(counting, store, hot_aggregates=hot)
+    cool = [f"COOL-3{n}" for n in "abcde"]  # other aggregates are not held up by the hot one's turns
+    open_accounts(bus, ["HOT-3", *cool], "Async")
+    hot.heat([Account.id_for("HOT-3")])
+    head = store.head()
+
+    async def main(appender: AsyncPostgresAppender) -> tuple[list[object], int]:
+        counter = _ConflictCounter(appender)
+        appender.append = counter  # type: ignore[method-assign]
+        counting.decided = 0
+
+        async def run(number: str, quantity: int, key: str | None = None) -> object:
+            command = CreditHoldings(account_number=number, isin=ISIN, quantity=quantity)
+            try:
+                return await bus.execute_async(command, CommandContext(idempotency_key=key), appender, offload)
+            except Exception as error:
+                return error
+
+        calls = [run("HOT-3", 1) for _ in range(20)] + [run("HOT-3", 5, "once"), run("HOT-3", 5, "once")]
+        calls += [run(number, 2) for number in cool]
+        with _events_locked(pg_database, pg_schema):  # they all pile up behind the first group's commit
+            tasks = [asyncio.ensure_future(call) for call in calls]
+            await _until(lambda: sum(appender.group_commit.group_sizes.values()) >= 1, "a group is sent")
+            await asyncio.sleep(0.1)
+        return [await task for task in tasks], counter.conflicts
+
+    answers, conflicts = _run(main, pg_database.settings(pg_schema, pool_size=4))
+    plain, keyed, others = answers[:20], answers[20:22], answers[22:]
+    assert all(isinstance(a, Executed) and not a.replayed for a in plain + others), answers
+    assert conflicts == 0 and offload.calls == 0  # one after the other on the loop: none decided on stale state
+    hot_versions = sorted(a.result.version for a in plain + keyed if isinstance(a, Executed) and not a.replayed)
+    assert hot_versions == list(range(2, 23))  # 20 plain + the key's one execution, each its own version
+    assert sum(isinstance(a, IdempotencyKeyInFlight) or (isinstance(a, Executed) and a.replayed)
+               for a in keyed) == 1
+    assert counting.decided == 20 + 1 + 5  # each decided once; the key's second answer needed no decision
+    assert len(store.read_all(head, 1_000)) == 26
+    assert replayed_holding(store, "HOT-3") == 20 + 5
+    assert [replayed_holding(store, n) for n in cool] == [2] * 5
 
 
 def test_expected_version_and_errors_on_the_loop_are_the_threaded_path_s(

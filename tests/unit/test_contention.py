@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sys
 import threading
 from collections.abc import Iterator
@@ -14,7 +16,7 @@ from example_app.commands import CreditHoldings
 from example_app.handlers import router
 from framework.adapters.memory import MemoryEventStore
 from framework.bus import CommandBus
-from framework.contention import HotAggregates
+from framework.contention import HotAggregates, LoopTurns
 
 
 class Clock:
@@ -80,3 +82,39 @@ def test_two_processes_on_one_store_lose_nothing_and_double_nothing(busy_threads
     failures = hammer(lambda n: (first if n % 2 else second).execute(
         CreditHoldings(account_number="HOT-1", isin=ISIN, quantity=1)), threads=8, each=40)
     assert replayed_quantity(store) == 8 * 40 - len(failures)  # every accepted credit, and only those
+
+
+def test_loop_turns_run_one_aggregate_s_commands_one_after_the_other_and_are_dropped_after() -> None:
+    turns, a, b = LoopTurns(), uuid4(), uuid4()
+    inside: dict[object, int] = {a: 0, b: 0}
+    most: dict[object, int] = {a: 0, b: 0}
+    both_at_once: list[bool] = []
+
+    async def take(ids: list[object], pause: float) -> None:
+        async with turns.turns(ids):  # type: ignore[arg-type]
+            for i in ids:
+                inside[i] += 1
+                most[i] = max(most[i], inside[i])
+            both_at_once.append(inside[a] > 0 and inside[b] > 0)
+            try:
+                await asyncio.sleep(pause)
+            finally:
+                for i in ids:
+                    inside[i] -= 1
+
+    async def main() -> None:
+        waiter = asyncio.ensure_future(take([a], 1.0))  # holds a's turn first
+        tasks = [asyncio.ensure_future(take(ids, 0.001)) for ids in ([a], [b], [a, b], [b, a], [a], [b]) * 5]
+        queued = asyncio.ensure_future(take([a, b], 0.001))
+        await asyncio.sleep(0)
+        waiter.cancel()  # a turn given up while held or while waited for leaves nothing behind
+        queued.cancel()
+        await asyncio.gather(*tasks)
+        for cancelled in (waiter, queued):
+            with contextlib.suppress(asyncio.CancelledError):
+                await cancelled
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+    assert most == {a: 1, b: 1}  # never two holders of one aggregate's turn
+    assert any(both_at_once)  # a's and b's turns are held at the same time when no command wants both
+    assert len(turns) == 0
