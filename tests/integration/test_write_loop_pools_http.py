@@ -10,7 +10,15 @@ from typing import Any
 
 import httpx
 import pytest
-from http_helpers import accepted, assert_no_traceback, new_code, new_isin, positioned, serve_write_api
+from http_helpers import (
+    accepted,
+    assert_no_traceback,
+    holding_by_replay,
+    new_code,
+    new_isin,
+    positioned,
+    serve_write_api,
+)
 from support.postgres import PgDatabase
 
 pytestmark = pytest.mark.postgres
@@ -96,3 +104,40 @@ def test_a_command_s_metrics_are_in_the_next_request_s_metrics(pg_database: PgDa
             server.stop()
             store.close()
 
+
+
+async def _clients_sending(base_url: str, body: dict[str, Any], clients: int, each: int) -> Counter[int]:
+    """``clients`` connections, each sending ``each`` commands one after the other: a sustained load."""
+    statuses: Counter[int] = Counter()
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=base_url, timeout=60, limits=limits) as client:
+        async def send() -> None:
+            for _ in range(each):
+                response = await client.post("/commands/CreditHoldings", json=body)
+                assert_no_traceback(response)
+                statuses[response.status_code] += 1
+        await asyncio.gather(*(send() for _ in range(clients)))
+    return statuses
+
+
+def test_many_clients_on_one_account_take_turns_with_no_409(pg_database: PgDatabase) -> None:
+    """The loop's commands on a hot aggregate wait for its turn on the loop, and their retries on a thread
+    hold the same turn: after the first conflicts every command gets a turn, none runs out of attempts."""
+    with pg_database.fresh_schema("hot") as schema:
+        server, store = serve_write_api(pg_database.settings(schema, pool_size=4), write_async=True)
+        try:
+            store.create_schema()
+            with httpx.Client(base_url=server.base_url, timeout=60) as client:
+                isin, number = new_isin(), new_code("ACC")
+                accepted(client.post("/commands/RegisterSecurity",
+                                     json={"isin": isin, "name": "Test Plc", "currency": "EUR"}))
+                accepted(client.post("/commands/OpenAccount", json={"account_number": number, "holder_name": "Ada"}))
+            body = {"account_number": number, "isin": isin, "quantity": 3}
+            statuses = asyncio.run(_clients_sending(server.base_url, body, clients=32, each=25))
+            assert statuses == {200: 800}
+            events = positioned(store, number)
+            assert [e.version for e in events] == list(range(1, 802))
+            assert holding_by_replay(store, number, isin)[0] == 800 * 3
+        finally:
+            server.stop()
+            store.close()
