@@ -9,19 +9,22 @@ command still gets its own conflict, idempotency record and result.
 from __future__ import annotations
 
 import asyncio
+import copy
 import dis
+import functools
 import hashlib
 import logging
 import random
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, cast
 from uuid import UUID
 
 from framework.aggregate import Aggregate
-from framework.cache import AggregateCache
+from framework.cache import AggregateCache, StagedCache
+from framework.combining import Queued, decided_in_batch
 from framework.commands import Command, CommandRouter
 from framework.contention import HotAggregates, LoopTurns
 from framework.errors import (
@@ -47,6 +50,7 @@ from framework.store import (
     IdempotencyCompletion,
     InFlight,
     Replay,
+    StoredEvent,
 )
 from framework.tracing import NULL_SPAN, NULL_TRACER, Span, TraceContext, Tracer
 from framework.unit_of_work import StaleCache, UnitOfWork, checked_expected_version, describe
@@ -199,11 +203,15 @@ class CommandBus:
         or not: the loop's commands on one aggregate then go one after the other, whichever decides."""
         state = self._first_try()
         while True:  # each pass answers, or holds more turns, or stops trusting the cache: it ends
-            if state.holding:
+            if not state.holding:
+                answer = await self._try_async(command, context, claim, appender, offload, state)
+            elif _batchable(state, claim, context):
+                (aggregate_id,) = state.holding
+                answer = await decided_in_batch(self._loop_turns(), aggregate_id, (command, context, state),
+                                                functools.partial(self._decide_batch, appender, offload))
+            else:
                 async with self._loop_turns().turns(state.holding):
                     answer = await self._try_async(command, context, claim, appender, offload, state)
-            else:
-                answer = await self._try_async(command, context, claim, appender, offload, state)
             if not isinstance(answer, _Try):
                 return answer
             state = answer
@@ -223,6 +231,62 @@ class CommandBus:
         result: CommandResult = await offload(self._run, command, context, claim, state)
         return result
 
+    async def _decide_batch(self, appender: AsyncAppender, offload: Offload, batch: Sequence[Queued[_Batched]]) -> None:
+        """Decide the queued commands of a hot aggregate in order, each on the state the one before it left,
+        and append what they decided in one transaction. A command that cannot be decided so (it needs the
+        store, changes another aggregate, fails) is not appended: it goes on alone, in its turn."""
+        if len(batch) > 1:  # still contended: it stays hot (racing first attempts would only conflict)
+            self._hot.heat(batch[0].item[2].holding)
+        staged = StagedCache(self._cache)
+        decided: list[tuple[Queued[_Batched], UnitOfWork, Aggregate | None, list[StoredEvent]]] = []
+        for queued in batch:
+            command, context, state = queued.item
+            unit = UnitOfWork(_CACHE_ONLY, staged, trust_cache=True, before_load=_not_hot(self._hot, state.holding))
+            try:
+                primary = self.router.handler_for(command)(command, unit)
+            except _HotOnLoop as hot:
+                queued.answer.set_result(replace(state, holding=state.holding | hot.aggregate_ids))
+                continue
+            except (_NeedsStore, Exception):  # decided again alone: on the store's state, or on saved state
+                queued.answer.set_result(replace(state, alone=True))
+                continue
+            if not _changed(unit) <= state.holding:  # another aggregate's conflicts would fail the whole batch
+                queued.answer.set_result(replace(state, alone=True))
+                continue
+            events = [to_stored(e) for e in unit.collect(_metadata(context))]
+            unit.remember()  # staged: what the next command decides on
+            decided.append((queued, unit, primary or _first_changed(unit), events))
+        if decided:
+            await self._append_batch(appender, offload, staged, decided)
+
+    async def _append_batch(self, appender: AsyncAppender, offload: Offload, staged: StagedCache,
+                            decided: list[tuple[Queued[_Batched], UnitOfWork, Aggregate | None, list[StoredEvent]]],
+                            ) -> None:
+        try:
+            positions = await appender.append([e for *_, events in decided for e in events], None)
+        except ConcurrencyConflict as error:  # another process wrote: each is retried on the store's state
+            for queued, unit, _, _ in decided:
+                command, _, state = queued.item
+                try:
+                    queued.answer.set_result(self._after(command, state, _Conflicted(error, _changed(unit))))
+                except Exception as out_of_attempts:
+                    queued.answer.set_exception(out_of_attempts)
+            return
+        except Exception as error:  # the outcome may be unknown (a lost connection): never retried
+            for index, (queued, *_) in enumerate(decided):
+                queued.answer.set_exception(error if index == 0 else _copy_of(error))
+            return
+        fault_point("command.appended")
+        self.observer.events_appended(len(positions))
+        staged.settle()
+        start = 0
+        for queued, _, main, events in decided:
+            queued.answer.set_result(_result(main, positions[start:start + len(events)]))
+            start += len(events)
+        for _, unit, _, _ in decided:
+            if any(snapshot_due(t.aggregate, t.loaded_version) for t in unit.touched):
+                await offload(self._snapshot, unit)
+
     def _loop_turns(self) -> LoopTurns:
         loop = asyncio.get_running_loop()
         turns = self._turns_by_loop.get(loop)
@@ -232,18 +296,12 @@ class CommandBus:
 
     async def _attempt_async(self, command: Command, context: CommandContext, claim: _Claim | None,
                              appender: AsyncAppender, offload: Offload, holding: frozenset[UUID]) -> CommandResult:
-        def not_hot(aggregate_id: UUID) -> None:
-            # Before an aggregate is loaded: a hot one's commands take turns, so a command that does not
-            # hold its turn yet stops before its handler decides anything (or it would decide twice).
-            if aggregate_id not in holding and self._hot.is_hot(aggregate_id):
-                raise _HotOnLoop(frozenset((aggregate_id,)))
-
-        unit = UnitOfWork(_CACHE_ONLY, self._cache, trust_cache=True, before_load=not_hot)
+        unit = UnitOfWork(_CACHE_ONLY, self._cache, trust_cache=True, before_load=_not_hot(self._hot, holding))
         primary = self.router.handler_for(command)(command, unit)
         main = primary or _first_changed(unit)
         if context.expected_version is not None:
             _check_expectation(unit, main, context.expected_version)
-        changed = frozenset(t.aggregate.id for t in unit.touched if t.aggregate.version != t.loaded_version)
+        changed = _changed(unit)
         hot = self._hot.hot_among(changed - holding)
         if hot:
             raise _TakeTurns(frozenset(hot))
@@ -362,7 +420,7 @@ class CommandBus:
         primary = self.router.handler_for(command)(command, unit)
         if context.expected_version is not None:
             _check_expectation(unit, primary or _first_changed(unit), context.expected_version)
-        changed = frozenset(t.aggregate.id for t in unit.touched if t.aggregate.version != t.loaded_version)
+        changed = _changed(unit)
         hot = self._hot.hot_among(changed - holding)
         if hot:
             raise _TakeTurns(frozenset(hot))
@@ -400,11 +458,45 @@ class CommandBus:
 
 @dataclass(frozen=True)
 class _Try:
-    """Where a command's attempts stand: which attempt, whether it trusts the cache, turns it holds."""
+    """Where a command's attempts stand: which attempt, whether it trusts the cache, turns it holds,
+    and whether it must be decided alone (not in a batch of its hot aggregate's commands)."""
 
     attempt: int
     trust_cache: bool
     holding: frozenset[UUID]
+    alone: bool = False
+
+
+_Batched = tuple[Command, CommandContext, _Try]  # a command queued on a hot aggregate, and where it stands
+
+
+def _batchable(state: _Try, claim: _Claim | None, context: CommandContext) -> bool:
+    """Whether a command waiting for one hot aggregate's turn may be decided in a batch: a first attempt
+    on cached state, with no idempotency key (its claim is its own) and no expected version (its answer
+    must not depend on a neighbour's unsaved decision)."""
+    return (state.trust_cache and not state.alone and len(state.holding) == 1 and claim is None
+            and context.expected_version is None)
+
+
+def _not_hot(hot: HotAggregates, holding: frozenset[UUID]) -> Callable[[UUID], None]:
+    def check(aggregate_id: UUID) -> None:
+        # Before an aggregate is loaded: a hot one's commands take turns, so a command that does not
+        # hold its turn yet stops before its handler decides anything (or it would decide twice).
+        if aggregate_id not in holding and hot.is_hot(aggregate_id):
+            raise _HotOnLoop(frozenset((aggregate_id,)))
+    return check
+
+
+def _changed(unit: UnitOfWork) -> frozenset[UUID]:
+    return frozenset(t.aggregate.id for t in unit.touched if t.aggregate.version != t.loaded_version)
+
+
+def _copy_of(error: Exception) -> Exception:
+    """Another batch member's own copy of an error (one exception object raised in two tasks would share
+    a traceback)."""
+    fresh = copy.copy(error)
+    fresh.__traceback__ = None
+    return fresh
 
 
 def _metadata(context: CommandContext) -> EventMetadata:

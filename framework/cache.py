@@ -17,7 +17,7 @@ from uuid import UUID
 
 from framework.aggregate import Aggregate
 
-__all__ = ["AggregateCache"]
+__all__ = ["AggregateCache", "StagedCache"]
 
 A = TypeVar("A", bound=Aggregate)
 
@@ -47,3 +47,26 @@ class AggregateCache:
             self._items.move_to_end(aggregate.id)
             if len(self._items) > self._maxsize:
                 self._items.popitem(last=False)
+
+
+class StagedCache(AggregateCache):
+    """What the commands of one batch decide on: the state the batch's earlier commands left (staged,
+    not saved yet), else the cache's. ``settle`` puts the staged state in the cache once it is saved."""
+
+    def __init__(self, cache: AggregateCache) -> None:
+        super().__init__(maxsize=0)
+        self._cache = cache
+        self._staged: dict[UUID, Aggregate] = {}
+
+    def get(self, aggregate_type: type[A], aggregate_id: UUID) -> A | None:
+        staged = self._staged.get(aggregate_id)
+        if staged is None:
+            return self._cache.get(aggregate_type, aggregate_id)
+        return staged.detached() if type(staged) is aggregate_type else None
+
+    def put(self, aggregate: Aggregate) -> None:
+        self._staged[aggregate.id] = aggregate
+
+    def settle(self) -> None:
+        for aggregate in self._staged.values():
+            self._cache.put(aggregate)

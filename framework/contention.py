@@ -20,9 +20,10 @@ import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterator
+from typing import Any
 from uuid import UUID
 
-__all__ = ["HotAggregates", "LoopTurns"]
+__all__ = ["HotAggregates", "LoopTurns", "Turn"]
 
 
 class HotAggregates:
@@ -70,30 +71,46 @@ class HotAggregates:
             del self._until[aggregate_id], self._locks[aggregate_id]
 
 
-class _Turn:
-    __slots__ = ("lock", "users")
+class Turn:
+    """One aggregate's turn on a loop: its lock, and the commands queued to be decided together."""
+
+    __slots__ = ("combining", "lock", "queue", "users")
 
     def __init__(self) -> None:
-        self.lock, self.users = asyncio.Lock(), 0  # users: holders and waiters; the turn is dropped at 0
+        self.lock = asyncio.Lock()
+        self.users = 0  # holders, waiters and batches under way: the turn is dropped at 0
+        self.queue: list[Any] = []  # commands waiting to be decided in the next batch, in arrival order
+        self.combining: asyncio.Future[None] | None = None  # the batch under way, if any
 
 
 class LoopTurns:
     """``HotAggregates.turns`` for the commands an event loop decides: they wait for their turn on the
     loop, without a thread. One per loop (an ``asyncio.Lock`` belongs to the loop it first waited on).
+    The bus keeps a command's loop turns for its retries on a thread too; a thread's turns
+    (``HotAggregates.turns``) are other locks, which the store's check backs up, as across processes.
 
-    The loop's turns and the threads' are separate locks: a command retried on a thread may still
-    conflict with one in its turn on the loop, and the store's check settles it, as across processes.
+    Besides its lock, a turn has a queue: the bus decides the commands queued on one hot aggregate
+    together, one after the other on the state each leaves, and appends them at once (``CommandBus``).
     """
 
     def __init__(self) -> None:
-        self._turns: dict[UUID, _Turn] = {}
+        self._turns: dict[UUID, Turn] = {}
+
+    def join(self, aggregate_id: UUID) -> Turn:
+        """The aggregate's turn, kept until as many ``leave`` calls."""
+        turn = self._turns.setdefault(aggregate_id, Turn())
+        turn.users += 1
+        return turn
+
+    def leave(self, aggregate_id: UUID, turn: Turn) -> None:
+        turn.users -= 1
+        if not turn.users and self._turns.get(aggregate_id) is turn:
+            del self._turns[aggregate_id]
 
     @contextlib.asynccontextmanager
     async def turns(self, aggregate_ids: Collection[UUID]) -> AsyncIterator[None]:
         ordered = sorted(aggregate_ids)  # one global order: two commands cannot deadlock
-        turns = [self._turns.setdefault(i, _Turn()) for i in ordered]
-        for turn in turns:
-            turn.users += 1
+        turns = [self.join(i) for i in ordered]
         try:
             async with contextlib.AsyncExitStack() as held:
                 for turn in turns:
@@ -101,10 +118,8 @@ class LoopTurns:
                 yield
         finally:
             for aggregate_id, turn in zip(ordered, turns, strict=True):
-                turn.users -= 1
-                if not turn.users and self._turns.get(aggregate_id) is turn:
-                    del self._turns[aggregate_id]
+                self.leave(aggregate_id, turn)
 
     def __len__(self) -> int:
-        """How many aggregates have a turn held or waited for."""
+        """How many aggregates have a turn held, waited for or batched."""
         return len(self._turns)
