@@ -54,7 +54,8 @@ _MINE_CACHE_SIZE = 65_536
 
 @dataclass(frozen=True)
 class WorkerOptions:
-    catch_up_batch: int = 5000
+    catch_up_batch: int = 5000  # events per catch-up transaction
+    catch_up_page: int = 5000  # events per read of the store within a batch
     handler_attempts: int = 3
     retry_backoff_seconds: float = 0.2
 
@@ -203,63 +204,108 @@ class ProjectionWorker:
 
     def _catch_up(self, target: int, progress: Callable[[int], None] | None,
                   interrupted: Callable[[], bool] | None = None) -> int:
-        size = self.options.catch_up_batch
         with ThreadPoolExecutor(2, thread_name_prefix=f"catch-up-{self.name}") as pool:
-            reading = pool.submit(self.store.read_all, self.position, size)
+            reading = pool.submit(self._read_batch, self.position, target)
             committing: tuple[Future[int], Sequence[Notification]] | None = None
             previous: Batch | None = None
-            staged_to = self.position
+            staged_to = self.position  # where the last batch staged (or settled) ends: the next one's start
+            skipped_to = staged_to  # a partition's batches holding none of its events: carried by the next
             try:
-                while staged_to < target and not (interrupted and interrupted()):
-                    batch = [n for n in reading.result() if n.id <= target]
-                    if not batch:
+                while skipped_to < target and not (interrupted and interrupted()):
+                    rows, end = reading.result()
+                    if end <= skipped_to:
                         break
+                    reading = pool.submit(self._read_batch, end, target)
+                    if not rows and end < target:
+                        skipped_to = end  # nothing to apply here: no transaction of its own
+                        continue
                     started = time.perf_counter()
-                    reading = pool.submit(self.store.read_all, batch[-1].id, size)
-                    staged = self._stage(batch, over=previous, since=staged_to)
+                    staged = self._stage(rows, over=previous, since=staged_to, until=end)
                     self._confirm(committing, progress)
                     committing, previous = None, staged
                     if staged is None:  # a handler failed: settle this batch the careful way
-                        self._settle(batch)
-                    else:
-                        committing = (pool.submit(self._commit_staged, staged, batch, started), batch)
-                    staged_to = batch[-1].id
+                        self._settle(rows)
+                        # A partition's position is now at its last event: the batch's others go with the next.
+                        staged_to, skipped_to = self.position, end
+                        continue
+                    committing = (pool.submit(self._commit_staged, staged, rows, started, end), rows)
+                    staged_to = skipped_to = end
                 self._confirm(committing, progress)
             except BaseException:
                 self._forget_cached()
                 raise
+        if skipped_to > self.position:  # the last batches held none of this partition's events
+            with self._batch() as batch:
+                batch.advance(skipped_to, None, since=self.position)
+            self.position = skipped_to
         return self.position
 
-    def _stage(self, batch: Sequence[Notification], *, over: Batch | None, since: int) -> Batch | None:
+    def _read_batch(self, after: int, target: int) -> tuple[list[Notification], int]:
+        """The next batch after ``after`` (up to ``target``), read in pages (``catch_up_page``): the events
+        this worker applies, and the position the batch ends at. A partition keeps only its own events
+        of the kinds it handles (the others are passed over by moving the position), read in the
+        background while the previous batch's handlers run."""
+        size, end = self.options.catch_up_batch, after
+        page = max(1, min(self.options.catch_up_page, size))
+        rows: list[Notification] = []
+        read = 0
+        while read < size:
+            got = self.store.read_all(end, min(page, size - read))
+            if got and got[-1].id > target:
+                got = [n for n in got if n.id <= target]
+            if not got:
+                break
+            read += len(got)
+            end = got[-1].id
+            rows.extend(got if self.partition is None else self._own(got))
+            if read % page or end >= target:  # a short page: the end of the log (for now)
+                break
+        return rows, end
+
+    def _own(self, notifications: list[Notification]) -> list[Notification]:
+        names, mine = self._names, self._mine
+        return [n for n in notifications if n.topic in names and mine(n)]
+
+    def _stage(self, rows: Sequence[Notification], *, over: Batch | None, since: int, until: int) -> Batch | None:
         staged = self.views.stage(self.name, self.version)
         staged.layer_over(over)
+        event_time = None
+        handle = self._handle
         try:
-            self.apply_within(staged, batch, since=since)
+            for notification in rows:
+                event_time = handle(staged, notification) or event_time
         except HandlerFailed:
             return None
+        staged.advance(until, event_time, since=since)
+        if until > self.furthest:
+            self.furthest = until
         staged.publish()
         return staged
 
-    def _commit_staged(self, staged: Batch, batch: Sequence[Notification], started: float) -> int:
+    def _commit_staged(self, staged: Batch, rows: Sequence[Notification], started: float, end: int) -> int:
         if self._partitioned is not None and self.partition is not None:
             self._partitioned.commit_staged_partition(self.name, self.version, self.partition.index, staged,
                                                       follow_active=self._follow_active)
         else:
             self.views.commit_staged(self.name, self.version, staged, follow_active=self._follow_active)
-        self._batch_done(batch, started, staged)
-        return batch[-1].id
+        self._batch_done(rows, started, staged, applied=len(rows), until=end)
+        return end
 
-    def _batch_done(self, batch: Sequence[Notification], started: float, committed: Batch) -> None:
-        """Report a committed batch to the observer, log one line, and wake the dispatcher if it issued."""
+    def _batch_done(self, batch: Sequence[Notification], started: float, committed: Batch, *,
+                    applied: int | None = None, until: int | None = None) -> None:
+        """Report a committed batch to the observer, log one line, and wake the dispatcher if it issued.
+        ``applied``/``until``: a catch-up batch's count and end (a partition's holds its own events only)."""
         fault_point("batch.committed")
         seconds = time.perf_counter() - started
         # A partition passes over the other partitions' events: it applied only its own.
-        size = len(batch) if self.partition is None else sum(
+        size = applied if applied is not None else len(batch) if self.partition is None else sum(
             1 for n in batch if n.topic in self._names and self._mine(n))  # a key is asked of its events only
         self.observer.batch_applied(self.name, size, seconds)
-        log.info("%s: applied %d events (%d..%d) in %.1f ms", self.label, size, batch[0].id,
-                 batch[-1].id, seconds * 1000, extra={
-                     "projection": self.name, "first_position": batch[0].id, "last_position": batch[-1].id,
+        first = batch[0].id if batch else until or 0
+        last = until if until is not None else batch[-1].id
+        log.info("%s: applied %d events (%d..%d) in %.1f ms", self.label, size, first,
+                 last, seconds * 1000, extra={
+                     "projection": self.name, "first_position": first, "last_position": last,
                      "size": size, "duration_ms": round(seconds * 1000, 3),
                      **({"partition": self.partition.index} if self.partition is not None else {})})
         if self.on_outbox is not None and getattr(committed, "outbox", None):
@@ -273,6 +319,8 @@ class ProjectionWorker:
         try:
             self.position = future.result()
         except RowRejected as error:
+            if not notifications:
+                raise
             log.warning("%s: a batch (%d..%d) was refused at commit (%s); isolating the event", self.name,
                         notifications[0].id, notifications[-1].id, error)
             self._forget_cached()
