@@ -134,7 +134,7 @@ def _from_current(stored: StoredEvent) -> EventEnvelope | None:
     originator = stored.originator_id
     # Positional (aggregate_type, aggregate_id, version, event, metadata, position): every stored event a
     # catch-up applies is built here, and a frozen dataclass's keyword call costs more than its positional one.
-    return EventEnvelope(document["agg"], originator if type(originator) is UUID else UUID(originator),
+    return EventEnvelope(document["agg"], originator if isinstance(originator, UUID) else UUID(originator),
                          stored.originator_version, document["data"], document["meta"],
                          stored.id if isinstance(stored, Notification) else None)
 

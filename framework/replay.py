@@ -14,6 +14,7 @@ rebuilt from its events: the copy is made in the database, and no other handler 
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import threading
@@ -139,8 +140,11 @@ def _catch_up_in_processes(workers: list[ProjectionWorker], store: EventLog,
     context = multiprocessing.get_context("spawn")  # never fork a process that holds connections and threads
     try:
         failed = context.Event()  # set when a share fails: the others stop at their next batch
+        # Each share in a process of its own: a pool hands a queued share to whichever process is free, and a
+        # process that finished a small share before the last one had started took another (seen under load).
+        started = context.Barrier(len(shares))
         with ProcessPoolExecutor(len(shares), mp_context=context, initializer=_start_replay_process,
-                                 initargs=(failed,)) as pool:
+                                 initargs=(failed, started)) as pool:
             running = [pool.submit(_catch_up_share, opener, version, share, count, threads, options)
                        for share in shares]
             while True:
@@ -159,13 +163,25 @@ def _catch_up_in_processes(workers: list[ProjectionWorker], store: EventLog,
 
 
 _failed: Any = None  # in a replay process: the event set when another process's share failed
+_started: Any = None  # in a replay process: the barrier every process of the rebuild reaches with its share
+_START_TIMEOUT = 120.0  # seconds a share waits for the other processes to start before going on alone
 
 
-def _start_replay_process(failed: Any) -> None:
+def _start_replay_process(failed: Any, started: Any = None) -> None:
     """In a replay process, first: stop when another share fails, and end with the command's process."""
-    global _failed
-    _failed = failed
+    global _failed, _started
+    _failed, _started = failed, started
     _end_with_parent()
+
+
+def _wait_for_the_other_shares() -> None:
+    """Hold this process's share until every process has taken one: a process that is busy takes no other.
+    A process that never starts breaks the pool (``BrokenProcessPool``); after ``_START_TIMEOUT`` the shares
+    go on anyway (a slower rebuild, never a stuck one)."""
+    if _started is None:
+        return
+    with contextlib.suppress(threading.BrokenBarrierError):
+        _started.wait(_START_TIMEOUT)
 
 
 def _another_failed() -> bool:
@@ -194,6 +210,7 @@ def _committed(worker: ProjectionWorker) -> int:
 def _catch_up_share(opener: ReplayOpener, version: int, indexes: list[int], count: int, threads: int,
                     options: WorkerOptions | None) -> None:
     """In a process of its own: catch partitions ``indexes`` (of ``count``) of ``version`` up."""
+    _wait_for_the_other_shares()
     projector, views, store = opener()
     try:
         pages = SharedPages(store, readers=len(indexes))
