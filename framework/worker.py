@@ -252,7 +252,9 @@ class ProjectionWorker:
                     reading = pool.submit(self._read_page, got.end, page, target) if got.more else None
                     filling.read += got.read
                     filling.end = max(filling.end, got.end)
-                    if got.rows:
+                    if not got.rows:
+                        self.furthest = max(self.furthest, got.end)  # passed over: progress all the same
+                    else:
                         try:
                             self._fill(filling, got.rows, over=previous)
                         except HandlerFailed:  # settle this batch so far the careful way
