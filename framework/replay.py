@@ -36,7 +36,7 @@ from framework.store import EventLog, EventStore, EventStreams
 from framework.views import PartitionedViews, RowCaching, ViewStore
 from framework.worker import ProjectionHalted, ProjectionWorker, WorkerOptions
 
-__all__ = ["AggregateRebuilt", "ReplayOpener", "default_processes", "rebuild", "rebuild_aggregate"]
+__all__ = ["REPLAY_OPTIONS", "AggregateRebuilt", "ReplayOpener", "default_processes", "rebuild", "rebuild_aggregate"]
 
 R = TypeVar("R", bound=ReadModel)
 RowChange = tuple[type[ReadModel], tuple[Any, ...], ReadModel | None]
