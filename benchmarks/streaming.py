@@ -692,9 +692,9 @@ VARIANTS = {
 
 def _apply_variants(names: list[str]) -> None:
     if "defaultgc" not in names:  # as `eventfold replay` starts
-        from framework.cli.startup import tune_collector_for_catch_up
+        from framework.cli.startup import tune_collector_for_replay
 
-        tune_collector_for_catch_up()
+        tune_collector_for_replay()
     if "nocache" in names:
         import framework.staging as staging
         from projections.holdings import HoldingMovement

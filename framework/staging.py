@@ -47,18 +47,33 @@ class RowCache:
     def __init__(self, maxsize: int = 100_000, complete: Iterable[type[ReadModel]] = ()) -> None:
         self._rows: OrderedDict[RowKey, ReadModel | None] = OrderedDict()
         self._maxsize = maxsize
+        self._half = maxsize // 2
         self._complete: set[type[ReadModel]] = set(complete)
         self.read: set[type[ReadModel]] = set()  # models looked up by key: their writes are cached
         # The partitions of a partitioned projection applied in one process share the cache (their
-        # rows are disjoint), from several threads: each operation holds the lock.
+        # rows are disjoint), from several threads: each operation holds the lock, but a lookup that
+        # finds its row while the cache is at most half full (see ``lookup``).
         self._lock = threading.RLock()
 
     def lookup(self, key: RowKey) -> tuple[bool, ReadModel | None]:
+        """Whether the cache knows the row, and the row (None: there is none).
+
+        A row found while the cache is at most half full is answered without the lock and left where it
+        is in the eviction order (nothing is evicted before the cache is full, and the rows looked up again
+        once it is more than half full move up then). A row present is the row, whatever another thread
+        is doing; its absence means something only together with ``_complete``, which another thread may
+        be changing (an eviction removes the row, then the model's completeness): "no such row" is only
+        ever answered under the lock."""
+        rows = self._rows
+        if len(rows) <= self._half:
+            row = rows.get(key, _MISSING)
+            if row is not _MISSING:
+                return True, row
         with self._lock:
-            row = self._rows.get(key, _MISSING)
+            row = rows.get(key, _MISSING)
             if row is _MISSING:
                 return key[0] in self._complete, None
-            self._rows.move_to_end(key)
+            rows.move_to_end(key)
             return True, row
 
     def store(self, key: RowKey, row: ReadModel | None) -> None:

@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -54,7 +54,8 @@ _MINE_CACHE_SIZE = 65_536
 
 @dataclass(frozen=True)
 class WorkerOptions:
-    catch_up_batch: int = 5000
+    catch_up_batch: int = 5000  # events per catch-up transaction
+    catch_up_page: int = 5000  # events per read of the store within a batch
     handler_attempts: int = 3
     retry_backoff_seconds: float = 0.2
 
@@ -83,6 +84,37 @@ class _Rejected(Exception):
 
     def __init__(self, notifications: Sequence[Notification]) -> None:
         self.notifications = notifications
+
+
+@dataclass(frozen=True)
+class _Page:
+    rows: list[Notification]  # what the worker applies of the page (a partition: its own events)
+    read: int  # events read
+    end: int  # the page's last position (its start when empty)
+    more: bool  # whether another page may follow before the target
+
+
+@dataclass
+class _Filling:
+    """The catch-up batch being filled, page by page: it starts after ``since`` and ends at ``end``."""
+
+    since: int
+    end: int = -1
+    staged: Batch | None = None
+    event_time: datetime | None = None
+    read: int = 0
+    applied: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self) -> None:
+        self.end = max(self.end, self.since)
+
+
+@dataclass(frozen=True)
+class _Committing:
+    future: Future[int]
+    since: int
+    end: int
 
 
 class ProjectionWorker:
@@ -203,79 +235,135 @@ class ProjectionWorker:
 
     def _catch_up(self, target: int, progress: Callable[[int], None] | None,
                   interrupted: Callable[[], bool] | None = None) -> int:
+        if self.position >= target:
+            return self.position
         size = self.options.catch_up_batch
+        page = max(1, min(self.options.catch_up_page, size))
         with ThreadPoolExecutor(2, thread_name_prefix=f"catch-up-{self.name}") as pool:
-            reading = pool.submit(self.store.read_all, self.position, size)
-            committing: tuple[Future[int], Sequence[Notification]] | None = None
+            reading: Future[_Page] | None = pool.submit(self._read_page, self.position, page, target)
+            committing: _Committing | None = None
+            filling = _Filling(self.position)
             previous: Batch | None = None
-            staged_to = self.position
             try:
-                while staged_to < target and not (interrupted and interrupted()):
-                    batch = [n for n in reading.result() if n.id <= target]
-                    if not batch:
+                while reading is not None:
+                    if filling.staged is None and interrupted and interrupted():
                         break
-                    started = time.perf_counter()
-                    reading = pool.submit(self.store.read_all, batch[-1].id, size)
-                    staged = self._stage(batch, over=previous, since=staged_to)
-                    self._confirm(committing, progress)
-                    committing, previous = None, staged
-                    if staged is None:  # a handler failed: settle this batch the careful way
-                        self._settle(batch)
+                    got = reading.result()
+                    reading = pool.submit(self._read_page, got.end, page, target) if got.more else None
+                    filling.read += got.read
+                    filling.end = max(filling.end, got.end)
+                    if not got.rows:
+                        self.furthest = max(self.furthest, got.end)  # passed over: progress all the same
                     else:
-                        committing = (pool.submit(self._commit_staged, staged, batch, started), batch)
-                    staged_to = batch[-1].id
+                        try:
+                            self._fill(filling, got.rows, over=previous)
+                        except HandlerFailed:  # settle this batch so far the careful way
+                            self._confirm(committing, progress)
+                            committing, previous = None, None
+                            self._settle(self._stored_between(filling.since, filling.end))
+                            filling = _Filling(self.position, end=filling.end)  # a partition's others: carried
+                            continue
+                    if filling.read < size and reading is not None:
+                        continue  # the next page goes into this batch too
+                    if filling.staged is None:
+                        continue  # none of this partition's events: carried by the next batch, or the end
+                    staged = self._seal(filling)
+                    self._confirm(committing, progress)
+                    committing = _Committing(pool.submit(self._commit_staged, staged, filling), filling.since,
+                                             filling.end)
+                    previous, filling = staged, _Filling(filling.end)
                 self._confirm(committing, progress)
             except BaseException:
                 self._forget_cached()
                 raise
+        if filling.staged is None and filling.end > self.position:  # the last pages held none of its events
+            with self._batch() as batch:
+                batch.advance(filling.end, None, since=self.position)
+            self.position = filling.end
         return self.position
 
-    def _stage(self, batch: Sequence[Notification], *, over: Batch | None, since: int) -> Batch | None:
-        staged = self.views.stage(self.name, self.version)
-        staged.layer_over(over)
-        try:
-            self.apply_within(staged, batch, since=since)
-        except HandlerFailed:
-            return None
+    def _read_page(self, after: int, limit: int, target: int) -> _Page:
+        """The page after ``after`` (up to ``target``): the events this worker applies (a partition keeps
+        its own events of the kinds it handles), how many were read, where the page ends, and whether
+        more may follow. Read in the background while the previous page's handlers run."""
+        got = self.store.read_all(after, limit)
+        more = len(got) == limit
+        if got and got[-1].id >= target:
+            got, more = [n for n in got if n.id <= target], False
+        return _Page(got if self.partition is None else self._own(got), len(got), got[-1].id if got else after,
+                     more)
+
+    def _own(self, notifications: list[Notification]) -> list[Notification]:
+        names, mine = self._names, self._mine
+        return [n for n in notifications if n.topic in names and mine(n)]
+
+    def _stored_between(self, after: int, until: int) -> list[Notification]:
+        """What this worker applies after ``after`` up to ``until``, read again from the store."""
+        stored = [n for n in self.store.read_all(after, max(1, until - after)) if n.id <= until]
+        return stored if self.partition is None else self._own(stored)
+
+    def _fill(self, filling: _Filling, rows: Sequence[Notification], *, over: Batch | None) -> None:
+        """Run the handlers of a page into the batch being filled (staged over ``over``, which may still
+        be committing: bulk catch-up reads through its changes)."""
+        staged = filling.staged
+        if staged is None:
+            staged = filling.staged = self.views.stage(self.name, self.version)
+            staged.layer_over(over)
+        event_time, handle = filling.event_time, self._handle
+        for notification in rows:
+            event_time = handle(staged, notification) or event_time
+        filling.event_time = event_time
+        filling.applied += len(rows)
+
+    def _seal(self, filling: _Filling) -> Batch:
+        staged = filling.staged
+        assert staged is not None
+        staged.advance(filling.end, filling.event_time, since=filling.since)
+        if filling.end > self.furthest:
+            self.furthest = filling.end
         staged.publish()
         return staged
 
-    def _commit_staged(self, staged: Batch, batch: Sequence[Notification], started: float) -> int:
+    def _commit_staged(self, staged: Batch, filling: _Filling) -> int:
         if self._partitioned is not None and self.partition is not None:
             self._partitioned.commit_staged_partition(self.name, self.version, self.partition.index, staged,
                                                       follow_active=self._follow_active)
         else:
             self.views.commit_staged(self.name, self.version, staged, follow_active=self._follow_active)
-        self._batch_done(batch, started, staged)
-        return batch[-1].id
+        self._report(filling.applied, filling.since + 1, filling.end, filling.started, staged)
+        return filling.end
 
     def _batch_done(self, batch: Sequence[Notification], started: float, committed: Batch) -> None:
-        """Report a committed batch to the observer, log one line, and wake the dispatcher if it issued."""
-        fault_point("batch.committed")
-        seconds = time.perf_counter() - started
         # A partition passes over the other partitions' events: it applied only its own.
         size = len(batch) if self.partition is None else sum(
             1 for n in batch if n.topic in self._names and self._mine(n))  # a key is asked of its events only
+        self._report(size, batch[0].id, batch[-1].id, started, committed)
+
+    def _report(self, size: int, first: int, last: int, started: float, committed: Batch) -> None:
+        """Report a committed batch to the observer, log one line, and wake the dispatcher if it issued."""
+        fault_point("batch.committed")
+        seconds = time.perf_counter() - started
         self.observer.batch_applied(self.name, size, seconds)
-        log.info("%s: applied %d events (%d..%d) in %.1f ms", self.label, size, batch[0].id,
-                 batch[-1].id, seconds * 1000, extra={
-                     "projection": self.name, "first_position": batch[0].id, "last_position": batch[-1].id,
+        log.info("%s: applied %d events (%d..%d) in %.1f ms", self.label, size, first,
+                 last, seconds * 1000, extra={
+                     "projection": self.name, "first_position": first, "last_position": last,
                      "size": size, "duration_ms": round(seconds * 1000, 3),
                      **({"partition": self.partition.index} if self.partition is not None else {})})
         if self.on_outbox is not None and getattr(committed, "outbox", None):
             self.on_outbox()
 
-    def _confirm(self, committing: tuple[Future[int], Sequence[Notification]] | None,
-                 progress: Callable[[int], None] | None) -> None:
+    def _confirm(self, committing: _Committing | None, progress: Callable[[int], None] | None) -> None:
         if committing is None:
             return
-        future, notifications = committing
         try:
-            self.position = future.result()
+            self.position = committing.future.result()
         except RowRejected as error:
             log.warning("%s: a batch (%d..%d) was refused at commit (%s); isolating the event", self.name,
-                        notifications[0].id, notifications[-1].id, error)
+                        committing.since + 1, committing.end, error)
             self._forget_cached()
+            notifications = self._stored_between(committing.since, committing.end)
+            if not notifications:
+                raise
             raise _Rejected(notifications) from error
         if progress:
             progress(self.position)

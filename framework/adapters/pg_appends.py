@@ -104,8 +104,14 @@ class Statements:
             f"SELECT * FROM {events} WHERE originator_id = %s AND originator_version > %s"
             " ORDER BY originator_version"
         )
+        # Notifications: their columns in the order ``Notification`` takes them (built from a row as is).
+        notification = "originator_id, originator_version, topic, state, notification_id"
+        self.select_stream_notifications = (
+            f"SELECT {notification} FROM {events} WHERE originator_id = %s AND originator_version > %s"
+            " ORDER BY originator_version"
+        )
         self.select_all = (
-            f"SELECT * FROM {events} WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
+            f"SELECT {notification} FROM {events} WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
         )
         self.head = f"SELECT coalesce(max(notification_id), 0) AS head FROM {events}"
         keys = f"{s}.idempotency_keys"

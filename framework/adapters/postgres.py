@@ -271,14 +271,22 @@ class PostgresEventStore:
             return [_stored(row) for row in cursor.fetchall()]
 
     def read_stream_with_positions(self, aggregate_id: UUID, after_version: int = 0) -> list[Notification]:
-        with self._cursor() as dict_cursor, dict_cursor.connection.cursor(row_factory=tuple_row) as cursor:
-            cursor.execute(self._sql.select_stream, (aggregate_id, after_version), prepare=True)
+        with self._notification_cursor() as cursor:
+            cursor.execute(self._sql.select_stream_notifications, (aggregate_id, after_version), prepare=True)
             return _notifications(cursor)
 
     def read_all(self, after_position: int, limit: int) -> list[Notification]:
-        with self._cursor() as dict_cursor, dict_cursor.connection.cursor(row_factory=tuple_row) as cursor:
+        with self._notification_cursor() as cursor:
             cursor.execute(self._sql.select_all, (after_position, limit), prepare=True)
             return _notifications(cursor)
+
+    @contextmanager
+    def _notification_cursor(self) -> Iterator[Cursor[tuple[Any, ...]]]:
+        """Stored events in PostgreSQL's binary format, as tuples: a bulk catch-up reads every event through
+        here, and binary rows need no parsing (bytea as its bytes, not hex; uuid and bigint as their bytes)."""
+        with translated(), self._pool.connection() as conn, conn.cursor(row_factory=tuple_row,
+                                                                        binary=True) as cursor:
+            yield cursor
 
     def head(self) -> int:
         with self._cursor() as cursor:
@@ -366,11 +374,9 @@ def _stored(row: DictRow) -> StoredEvent:
 
 
 def _notifications(cursor: Cursor[tuple[Any, ...]]) -> list[Notification]:
-    """Tuple rows, not dicts: a bulk catch-up reads every stored event through here."""
-    names = [column.name for column in cursor.description or ()]
-    i, o, v, t, s = (names.index(n) for n in (
-        "notification_id", "originator_id", "originator_version", "topic", "state"))
-    return [Notification(id=row[i], originator_id=row[o], originator_version=row[v], topic=row[t],
-                         state=bytes(row[s])) for row in cursor.fetchall()]
+    """Rows selected in ``Notification``'s field order (``Statements.select_all``), built positionally:
+    a bulk catch-up builds every stored event here."""
+    return [Notification(o, v, t, s if type(s) is bytes else bytes(s), i)  # bytes, whichever psycopg loads
+            for o, v, t, s, i in cursor.fetchall()]
 
 

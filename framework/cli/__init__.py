@@ -14,6 +14,7 @@ from framework.cli.startup import (
     CATCH_UP_COMMANDS,
     SERVING_COMMANDS,
     tune_collector_for_catch_up,
+    tune_collector_for_replay,
     tune_collector_for_serving,
 )
 from framework.errors import EventfoldError
@@ -29,7 +30,9 @@ _JSON_LOGS_BY_DEFAULT = {"write-api", "query-api", "relay", "project"}  # the ro
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command in CATCH_UP_COMMANDS:
+    if args.command == "replay":
+        tune_collector_for_replay()
+    elif args.command in CATCH_UP_COMMANDS:
         tune_collector_for_catch_up()
     elif args.command in SERVING_COMMANDS:
         tune_collector_for_serving()

@@ -110,9 +110,9 @@ class _ReplayOpener:
     name: str
 
     def __call__(self) -> tuple[Projector, Any, Any]:
-        from framework.cli.startup import tune_collector_for_catch_up
+        from framework.cli.startup import tune_collector_for_replay
 
-        tune_collector_for_catch_up()  # as this command started: the replay process is a command's too
+        tune_collector_for_replay()  # as this command started: the replay process is a command's too
         app = application(self.settings, argparse.Namespace(app=self.app))
         (projector,) = select_projectors(app.build_projectors(), [self.name], self.settings.partitions)
         return projector, open_views(self.settings, "replay"), open_store(self.settings)

@@ -10,11 +10,13 @@ __all__ = [
     "SERVING_COMMANDS",
     "freeze_start_up_objects",
     "tune_collector_for_catch_up",
+    "tune_collector_for_replay",
     "tune_collector_for_serving",
 ]
 
 CATCH_UP_COMMANDS = frozenset({"project", "replay"})  # the roles that apply stored events in bulk
 SERVING_COMMANDS = frozenset({"query-api"})  # the roles holding many live subscriptions in one process
+REPLAY_YOUNGEST = 200_000  # the youngest generation's threshold while replaying
 SERVING_YOUNGEST = 10_000  # the youngest generation's threshold while serving (Python's default: 700)
 
 
@@ -27,6 +29,19 @@ def tune_collector_for_catch_up() -> None:
     gc.freeze()
     youngest, *older = gc.get_threshold()
     gc.set_threshold(max(youngest, 50_000), *older)
+
+
+def tune_collector_for_replay() -> None:
+    """``eventfold replay`` and its replay processes: as ``tune_collector_for_catch_up``, with the youngest
+    generation collected every 200,000 allocations. A replay is a bounded bulk run whose objects die by
+    reference counting; each young collection still walks everything allocated since the last one, and
+    the survivors of a whole catch-up batch (its staged rows, 10,000 events' worth) are promoted and walked
+    again. Measured (in-process rebuild of 200,000 events, same run, alternating): about 1-2 us less CPU per
+    event than at 50,000, with the same peak RSS. Only for the replay: a live ``project`` worker keeps the
+    catch-up setting (it runs for ever, beside whatever else its process holds)."""
+    tune_collector_for_catch_up()
+    youngest, *older = gc.get_threshold()
+    gc.set_threshold(max(youngest, REPLAY_YOUNGEST), *older)
 
 
 def tune_collector_for_serving() -> None:

@@ -48,6 +48,7 @@ from framework.adapters.pg_positions import PostgresPositionSignals
 from framework.adapters.postgres import PostgresEventStore
 from framework.adapters.postgres_views import PostgresViewStore
 from framework.errors import ConcurrencyConflict, ConfigurationError, EventfoldError
+from framework.observe import NullObserver
 from framework.partitions import Partition
 from framework.projector import with_partitions
 from framework.replay import rebuild, rebuild_aggregate
@@ -286,6 +287,42 @@ def test_replay_processes_with_another_hash_seed_apply_the_same_partitions(
     assert_matches_replay(views, store, [PartitionedHoldings()])
 
 
+_SLOW_START = """
+import os, sys, time
+_counter = os.environ.get("EVENTFOLD_TEST_START_COUNTER")
+if _counter and "spawn_main" in " ".join(sys.orig_argv):  # a pool's process: the first at once, the others 4 s later
+    _n = 0
+    while True:
+        try:
+            os.close(os.open(os.path.join(_counter, str(_n)), os.O_CREAT | os.O_EXCL))
+            break
+        except FileExistsError:
+            _n += 1
+    if _n:
+        time.sleep(4)
+"""
+
+
+def test_each_share_of_a_replay_runs_in_a_process_of_its_own_even_when_the_others_start_late(
+        store: PostgresEventStore, views: PostgresViewStore, pg_database: PgDatabase, pg_schema: str,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first replay process starts at once, the others seconds later (a loaded machine): it finishes its
+    small share long before they start, and a pool would hand it the next share too (seen as the flaky "3 pids
+    instead of 4" of the test above). Each share still runs in its own process: the rebuild uses them all."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(_SLOW_START)
+    (tmp_path / "counter").mkdir()
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("EVENTFOLD_TEST_START_COUNTER", str(tmp_path / "counter"))
+    write_backlog(store, new_isin(), accounts=30, credits_each=1)
+    settings = pg_database.settings(pg_schema)
+    opener = functools.partial(open_for_replay, settings, "applied")
+    rebuild(AppliedLog(), views, store, processes=3, opener=opener)
+    assert len(list((tmp_path / "counter").iterdir())) == 3  # three processes started
+    per_pid = assert_applied_once(views, store)
+    assert len(per_pid) == 3 and os.getpid() not in per_pid, per_pid  # one share each, all before the switch
+
+
 def test_when_a_replay_process_fails_the_others_stop_rather_than_finish_their_share(
         store: PostgresEventStore, views: PostgresViewStore, pg_database: PgDatabase, pg_schema: str,
         tmp_path: Path) -> None:
@@ -412,3 +449,30 @@ def test_a_partitions_commit_announces_the_projections_lowest_position(
     heard = listen_while(signals, act, lambda h: len(changes(h, "applied")) >= 3)
     assert [c.position for c in changes(heard, "applied")] == [0, 7, 10]
     assert changes(heard, "applied")[0].touched == {"applied": frozenset({("10",)})}
+
+
+class _Batches(NullObserver):
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def batch_applied(self, projection: str, size: int, seconds: float) -> None:
+        self.sizes.append(size)
+
+
+def test_a_partition_commits_no_batch_that_holds_none_of_its_events(
+        store: PostgresEventStore, views: PostgresViewStore) -> None:
+    """Small batches over 8 partitions: most hold none of one partition's events. Those have no transaction
+    of their own (their position goes with the next batch, or one advance at the end): every committed batch
+    applied something, and the partitions still end at the head with every event applied once."""
+    write_backlog(store, new_isin(), accounts=40, credits_each=2)
+    options = WorkerOptions(catch_up_batch=3, catch_up_page=3)
+    observers = [_Batches() for _ in range(PARTITIONS)]
+    for index, observer in enumerate(observers):
+        worker = ProjectionWorker(AppliedLog(), views, store, options=options, observer=observer,
+                                  partition=Partition(index, PARTITIONS))
+        assert worker.catch_up() == store.head()
+        assert views.partition_position("applied", worker.version, index) == store.head()
+    sizes = [size for observer in observers for size in observer.sizes]
+    assert sizes and 0 not in sizes, sizes
+    per_pid = assert_applied_once(views, store)
+    assert sum(per_pid.values()) == sum(sizes)

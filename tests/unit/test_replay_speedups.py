@@ -329,3 +329,16 @@ def test_a_process_s_partitions_share_pages_while_they_catch_up_and_keep_none_af
     assert pages._pages == {}  # nobody catching up: nothing kept
     pages.read_all(5, 5)  # outside a catch-up (a dead letter's event): read, not kept
     assert log.reads[-1] == (5, 5) and pages._pages == {}
+
+
+def test_the_fast_path_builds_each_envelope_field_from_its_own_source() -> None:
+    """The fast path builds envelopes positionally: each field must still come from the right place (an
+    aggregate id stored as text is a UUID too)."""
+    metadata = EventMetadata(correlation_id="c", actor="a")
+    stored = to_stored(EventEnvelope("Account", AGGREGATE_ID, 7, SecuritiesCredited(isin="XS1", quantity=2), metadata))
+    for originator in (AGGREGATE_ID, str(AGGREGATE_ID)):
+        fast = mapper._from_current(Notification(originator, 7, stored.topic, stored.state, 99))
+        assert fast is not None
+        assert (fast.aggregate_type, fast.aggregate_id, fast.version, fast.event, fast.metadata, fast.position) == (
+            "Account", AGGREGATE_ID, 7, SecuritiesCredited(isin="XS1", quantity=2), metadata, 99)
+        assert type(fast.aggregate_id) is UUID

@@ -230,6 +230,33 @@ def test_the_collector_is_tuned_at_the_start_of_a_catch_up_process_only() -> Non
     assert {"project", "replay"} == CATCH_UP_COMMANDS
 
 
+def test_a_replay_process_collects_its_youngest_generation_least_often() -> None:
+    import subprocess
+    import sys
+
+    probe = ("import gc; from framework.cli.startup import tune_collector_for_replay as t;"
+             " before = gc.get_threshold(); t(); after = gc.get_threshold();"
+             " print(before[0], after[0], before[1:] == after[1:], gc.get_freeze_count() > 0)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60).stdout
+    default, tuned, older_kept, frozen = out.split()
+    assert (int(default) < 50_000, int(tuned), older_kept, frozen) == (True, 200_000, "True", "True")
+
+
+def test_the_cli_tunes_replay_for_replay_and_project_for_catch_up(monkeypatch) -> None:
+    import framework.cli as cli
+    from framework.cli import operate, stream
+
+    tuned: list[tuple[str, str]] = []
+    monkeypatch.setattr(operate, "run_replay", lambda settings, args: 0)
+    monkeypatch.setattr(stream, "run_project_command", lambda settings, args: 0)
+    monkeypatch.setattr(cli, "configure_logging", lambda *a: None)
+    for command in (["replay", "holdings"], ["project", "holdings"]):
+        monkeypatch.setattr(cli, "tune_collector_for_replay", lambda c=command[0]: tuned.append((c, "replay")))
+        monkeypatch.setattr(cli, "tune_collector_for_catch_up", lambda c=command[0]: tuned.append((c, "catch-up")))
+        assert cli.main(command) == 0
+    assert tuned == [("replay", "replay"), ("project", "catch-up")]
+
+
 def test_the_query_api_collects_its_youngest_generation_less_often_and_freezes_nothing() -> None:
     import subprocess
     import sys

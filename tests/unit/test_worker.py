@@ -333,6 +333,55 @@ def test_catching_up_in_overlapping_batches_sees_every_earlier_batch() -> None:
     assert total(views) == 60  # the running total reads the row the previous batch wrote
 
 
+class CountingCommits(MemoryViewStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.commits: list[int] = []  # each committed batch's new position
+
+    def commit_staged(self, name: str, version: int, batch: Batch, *, follow_active: bool = True) -> None:
+        super().commit_staged(name, version, batch, follow_active=follow_active)
+        self.commits.append(getattr(batch, "position", -1))
+
+
+def test_a_catch_up_batch_is_read_in_pages_and_committed_once() -> None:
+    """catch_up_page: the store is read a page at a time (the next page while this one's handlers run),
+    and a batch commits once it holds catch_up_batch events or the log ends."""
+    store = MemoryEventStore()
+    tick(store, *(f"t{i}" for i in range(25)))
+    holed = HoledStore(store, holes={7})
+    views = CountingCommits()
+    worker = ProjectionWorker(Ticks(), views, holed, options=WorkerOptions(catch_up_batch=10, catch_up_page=4))
+    assert worker.catch_up() == 25
+    assert {limit for _, limit in holed.reads} == {4}
+    assert views.commits == [13, 25]  # 12 events (three pages, past the batch's 10), then the rest
+    assert labels(views) == [f"t{i}" for i in range(25) if i != 6] and total(views) == 24
+
+
+def test_a_handler_failing_in_a_later_page_of_a_batch_parks_only_its_event() -> None:
+    store = MemoryEventStore()
+    tick(store, *(f"t{i}" for i in range(30)))
+    ParkingTicks.poisoned = {"t22"}  # position 23: the second page of the second batch
+    views = CountingCommits()
+    worker = ProjectionWorker(ParkingTicks(), views, store,
+                              options=WorkerOptions(catch_up_batch=12, catch_up_page=5, retry_backoff_seconds=0))
+    assert worker.catch_up() == 30
+    assert labels(views, "parking_ticks") == [f"t{i}" for i in range(30) if i != 22]
+    assert total(views, "parking_ticks") == 29
+    assert [letter.position for letter in views.dead_letters("parking_ticks")] == [23]
+
+
+def test_a_rebuild_commits_replay_sized_batches_unless_told_otherwise() -> None:
+    from framework.replay import REPLAY_OPTIONS
+
+    assert REPLAY_OPTIONS.catch_up_batch == 2 * WorkerOptions().catch_up_batch
+    assert REPLAY_OPTIONS.catch_up_page == WorkerOptions().catch_up_page
+    store = MemoryEventStore()
+    tick(store, *(f"t{i}" for i in range(7)))
+    views = CountingCommits()
+    rebuild(Ticks(), views, store, options=WorkerOptions(catch_up_batch=3))
+    assert views.commits == [3, 6, 7]
+
+
 # --- a process manager ----------------------------------------------------------------------
 
 
