@@ -339,13 +339,14 @@ class ReadYourWrites(SchemaExtension):
             yield
             return
         scope, minimum = context.request.scope, context.min_position
+        needed = sorted(self._needed()) if minimum is not None else []
         seen = None
-        if context.clock is not None and _KEEP in scope:
+        if context.clock is not None and _KEEP in scope and _heard_at(context.watch, needed, minimum):
             # Read before executing (or by the request before, after it arrived: _NOW): the rows read next
-            # are at these positions or later (see responses.py).
+            # are at these positions or later (see responses.py). A claim the watch has not heard waits
+            # for it without reading positions.
             seen = scope.pop(_NOW, None) or await _fresh(context.clock)
         if minimum is not None:
-            needed = sorted(self._needed())
             if seen is not None and all(p in seen and seen[p][1] >= minimum for p in needed):
                 # Already there: these positions are what it claims (no wait; the answer may be kept).
                 context.consistency = {"requested": minimum, "reached": True,
@@ -368,6 +369,14 @@ class ReadYourWrites(SchemaExtension):
         if isinstance(context, QueryContext) and context.consistency is not None:
             return {"consistency": context.consistency}
         return {}
+
+
+def _heard_at(watch: PositionWatch | None, projections: Sequence[str], minimum: int | None) -> bool:
+    """No position claimed, no watch, or the watch has heard every one of ``projections`` at ``minimum``."""
+    if minimum is None or watch is None:
+        return True
+    heard = watch.positions_known()
+    return all(heard.get(p, -1) >= minimum for p in projections)
 
 
 async def _fresh(clock: PositionClock) -> Positions | None:
@@ -778,7 +787,7 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
         started = time.perf_counter()
         assert self._clock is not None  # set with the plans
         minimum = _min_position(request)
-        if not self._claim_heard(minimum, plan):
+        if self._watch is not None and not self._claim_heard(minimum, plan):
             return None  # not there yet as far as the watch has heard: it waits, woken by the watch
         if now is None:
             now = await _fresh(self._clock)
@@ -801,7 +810,7 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
 
     def _claim_heard(self, minimum: int | None, plan: _Plan) -> bool:
         """No position claimed, or the watch has heard every projection of ``plan`` at it (without a
-        watch: not known, and a claim is never shared or answered before its own read of the positions)."""
+        watch: not known, and a claim does not share another's computation: it might have to wait)."""
         if minimum is None:
             return True
         if self._watch is None:
