@@ -633,7 +633,8 @@ def test_a_post_body_other_than_json_is_400(api: Api, content_type: str | None) 
     assert "application/json" in error["message"], error
 
 
-@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8", "application/json;charset=UTF-8"])
+@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8",
+                                          "application/json;charset=UTF-8"])
 def test_a_json_post_is_read_with_a_charset(api: Api, content_type: str) -> None:
     body = json.dumps({"query": "{ card(actionId: \"CA-APPLE-DIV\") { status } }"}).encode()
     response = api.client.http.post(api.url, content=body, headers={"content-type": content_type})
