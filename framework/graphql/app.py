@@ -641,6 +641,7 @@ _POSITION = "eventfold.position"  # the request's Eventfold-Position (None: none
 _OPERATION = "eventfold.operation"  # the operation name of a request answered from the cache
 _HEARING_SECONDS = 0.02  # how long a kept answer waits for the notifications of commits a fresh read saw
 _SHARING_SECONDS = 1.0  # how long a request waits for the same answer being computed, before computing its own
+_SHARING_ROUNDS = 3  # computations of the same answer a request waits for, each found stale, before computing
 _KEEP = "eventfold.keep"  # (cache key, plan): the answer may be kept
 _SEEN = "eventfold.seen"  # the positions read just before it was executed
 _NOW = "eventfold.now"  # positions read after it arrived, for the response cache: its execution reuses them
@@ -838,8 +839,12 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
         if keep is None or not self._claim_heard(_min_position(request), keep[1]):
             return await self.run(request)
         key = keep[0]
-        running = self._computing.get(key)
-        if running is not None:
+        waited: asyncio.Future[None] | None = None
+        for _ in range(_SHARING_ROUNDS):  # a commit during the computation: the next one, led by a sharer
+            running = self._computing.get(key)
+            if running is None or running is waited:  # (one still running after _SHARING_SECONDS: not again)
+                break
+            waited = running
             request.scope[_SHARING] = True
             assert self._clock is not None  # set with the plans
             reading = asyncio.ensure_future(_fresh(self._clock))  # starts now: after this request arrived
@@ -849,7 +854,8 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
             finally:
                 reading.cancel()
             shared = await self._kept(request, now)
-            return shared if shared is not None else await self._run_counted(request)
+            if shared is not None:
+                return shared
         done = self._computing[key] = asyncio.get_running_loop().create_future()
         try:
             return await self._run_counted(request)
