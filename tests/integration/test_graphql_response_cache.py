@@ -533,3 +533,19 @@ def test_sharers_compute_their_own_answer_when_the_leader_is_cancelled_or_fails(
         assert body["data"] == {"card": {"actionId": "CA-S", "status": "announced"}} and "errors" not in body
     assert elapsed < 0.9, f"the sharers computed at once, not after the sharing timeout ({elapsed:.2f} s)"
     assert calls == 2, "one of the sharers computed the answer again, the others shared that computation"
+
+
+def test_the_view_stores_text_order_is_asked_once_per_api(cached: Cached) -> None:
+    """Whether the store orders text by code point decides how kept pages are followed; it was asked
+    (through a thread) by every request whose answer may be kept."""
+    asked = []
+    original = cached.views.orders_text_by_code_point
+
+    def counted() -> bool:
+        asked.append(1)
+        return original()
+
+    cached.views.orders_text_by_code_point = counted  # type: ignore[method-assign]
+    for first in range(1, 6):  # five documents: each computed, each keepable
+        assert "errors" not in cached.client.execute(f"{{ cards(first: {first}) {{ nodes {{ actionId }} }} }}")
+    assert len(asked) == 1, len(asked)
