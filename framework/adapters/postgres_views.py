@@ -346,7 +346,7 @@ class PostgresViewStore:
         self._rows_async = _AsyncConnections(  # get_many_async's and query_async's
             self._connect_async, max(2, settings.pool_size), settings.connect_timeout)
         self._async_lock: asyncio.Lock | None = None
-        self._positions_sql: sql.Composed | None = None
+        self._positions_sql: bytes | None = None
 
     @contextmanager
     def _connection(self) -> Iterator[Conn]:
@@ -936,9 +936,10 @@ class PostgresViewStore:
             host=s.host, port=s.port, dbname=s.dbname, user=s.user, password=s.password, autocommit=True,
             connect_timeout=max(1, round(s.connect_timeout)), application_name="eventfold-views-async")
 
-    def _active_positions_statement(self) -> sql.Composed:
+    def _active_positions_statement(self) -> bytes:
+        """Composed once, as bytes: psycopg would compose a ``Composed`` again on every execution."""
         if self._positions_sql is None:
-            self._positions_sql = self._compose_active_positions()
+            self._positions_sql = self._compose_active_positions().as_bytes(None)
         return self._positions_sql
 
     def _compose_active_positions(self) -> sql.Composed:

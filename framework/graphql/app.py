@@ -96,9 +96,12 @@ from framework.graphql.responses import (
     Reads,
     RecordingViews,
     ResponseCache,
+    answer_body,
     async_positions_reader,
     cache_key,
+    orders_text_by_code_point,
     positions_reader,
+    with_extensions,
 )
 from framework.graphql.tracing import ReadSpans, tracing_extensions
 from framework.http.edge import EdgeApp
@@ -332,14 +335,27 @@ class ReadYourWrites(SchemaExtension):
 
     async def on_execute(self) -> Any:
         context = self.execution_context.context
-        if isinstance(context, QueryContext) and context.min_position is not None:
-            context.consistency = await context.wait_for(sorted(self._needed()), context.min_position)
-        if (isinstance(context, QueryContext) and context.clock is not None and _KEEP in context.request.scope
-                and context.min_position is None):  # after a wait, many wake at once: none reads positions again
-            # Read before executing: the rows read next are at these positions or later (see responses.py).
-            seen = await _fresh(context.clock)
-            if seen is not None:
-                context.request.scope[_SEEN] = seen
+        if not isinstance(context, QueryContext):
+            yield
+            return
+        scope, minimum = context.request.scope, context.min_position
+        needed = sorted(self._needed()) if minimum is not None else []
+        seen = None
+        if context.clock is not None and _KEEP in scope and _heard_at(context.watch, needed, minimum):
+            # Read before executing (or by the request before, after it arrived: _NOW): the rows read next
+            # are at these positions or later (see responses.py). A claim the watch has not heard waits
+            # for it without reading positions.
+            seen = scope.pop(_NOW, None) or await _fresh(context.clock)
+        if minimum is not None:
+            if seen is not None and all(p in seen and seen[p][1] >= minimum for p in needed):
+                # Already there: these positions are what it claims (no wait; the answer may be kept).
+                context.consistency = {"requested": minimum, "reached": True,
+                                       "positions": {p: seen[p][1] for p in needed}}
+            else:  # after a wait, many wake at once: none reads positions again, none is kept
+                seen = None
+                context.consistency = await context.wait_for(needed, minimum)
+        if seen is not None:
+            scope[_SEEN] = seen
         yield
 
     def _needed(self) -> set[str]:
@@ -353,6 +369,14 @@ class ReadYourWrites(SchemaExtension):
         if isinstance(context, QueryContext) and context.consistency is not None:
             return {"consistency": context.consistency}
         return {}
+
+
+def _heard_at(watch: PositionWatch | None, projections: Sequence[str], minimum: int | None) -> bool:
+    """No position claimed, no watch, or the watch has heard every one of ``projections`` at ``minimum``."""
+    if minimum is None or watch is None:
+        return True
+    heard = watch.positions_known()
+    return all(heard.get(p, -1) >= minimum for p in projections)
 
 
 async def _fresh(clock: PositionClock) -> Positions | None:
@@ -613,11 +637,15 @@ _UNAVAILABLE = "eventfold.unavailable"  # set when nothing could be read: the an
 _TOO_MANY_WAITING = "eventfold.too_many_waiting"  # the read-your-writes wait was refused: a 503 too
 _MEDIA = "eventfold.graphql_response"  # the client asked for application/graphql-response+json
 _REQUEST_ERROR = "eventfold.request_error"  # ... and its request was not executed: a 400
+_POSITION = "eventfold.position"  # the request's Eventfold-Position (None: none), checked by _Guard
 _OPERATION = "eventfold.operation"  # the operation name of a request answered from the cache
 _HEARING_SECONDS = 0.02  # how long a kept answer waits for the notifications of commits a fresh read saw
 _SHARING_SECONDS = 1.0  # how long a request waits for the same answer being computed, before computing its own
+_SHARING_ROUNDS = 3  # computations of the same answer a request waits for, each found stale, before computing
 _KEEP = "eventfold.keep"  # (cache key, plan): the answer may be kept
 _SEEN = "eventfold.seen"  # the positions read just before it was executed
+_NOW = "eventfold.now"  # positions read after it arrived, for the response cache: its execution reuses them
+_REMEMBERED_BODY = 4_096  # bodies up to this many bytes are parsed once for many requests
 _READS = "eventfold.reads"  # what its resolvers read (framework.graphql.responses.Reads)
 _SHARING = "eventfold.sharing"  # it waited for another request's computation of its answer
 _EPOCH = "eventfold.epoch"  # the response cache's listening session before those positions were read
@@ -675,6 +703,8 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
         self._plans: _Plans | None = None
         self._clock: PositionClock | None = None
         self._computing: dict[Hashable, asyncio.Future[None]] = {}  # answers being computed, by cache key
+        self._code_point_text: bool | None = None  # orders_text_by_code_point(views), asked once
+        self._bodies = functools.lru_cache(maxsize=256)(self._parse_body)  # small bodies, by their bytes
         self._responses = ResponseCache(options.response_cache_entries)
         if watch is not None and isinstance(views, ActiveVersionCache):
             watch.observers.append(_switches_noted(views))
@@ -734,32 +764,42 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
             response = _graphql_error(400, "the body must be a JSON object with a `query`", "BAD_REQUEST")
         await response(scope, receive, send)
 
-    async def _kept(self, request: Request) -> Response | None:
+    async def _kept(self, request: Request, now: Positions | None = None) -> Response | None:
         """The kept answer to this request, if its read models have not moved since (else None, and
-        the request is marked so that its answer is kept)."""
-        keep = await self._keepable(request)
+        the request is marked so that its answer is kept). ``now``: positions read after the request
+        arrived (while it waited for another's computation), else read here when there is a kept answer.
+        Positions read are noted in the request (``_NOW``): its execution, if it comes to that, reuses them."""
+        keep = request.scope.get(_KEEP) or await self._keepable(request)
         if keep is None:
             return None
-        request.scope[_KEEP] = keep
-        if self._watch is not None:
-            await self._watch.start()  # idempotent: the listener the cache hears commits from
-        request.scope[_EPOCH] = self._responses.epoch  # before the positions the answer will be computed at
+        if _KEEP not in request.scope:
+            request.scope[_KEEP] = keep
+            if self._watch is not None:
+                await self._watch.start()  # idempotent: the listener the cache hears commits from
+            request.scope[_EPOCH] = self._responses.epoch  # before the positions the answer will be computed at
+            if self._code_point_text is None:
+                await self._learn_text_order()
         key, plan = keep
         kept = self._responses.get(key)
         if kept is None:
+            if now is not None:
+                request.scope[_NOW] = now
             return None
         started = time.perf_counter()
         assert self._clock is not None  # set with the plans
         minimum = _min_position(request)
-        if minimum is not None and self._watch is not None:
-            heard = self._watch.positions_known()
-            if any(heard.get(p, 0) < minimum for p in plan.projections):
-                return None  # not there yet as far as the watch has heard: it waits, woken by the watch
-        now = await _fresh(self._clock)
-        if now is None or not (self._responses.valid(kept, now) or await self._heard_up_to(kept, now)):
+        if self._watch is not None and not self._claim_heard(minimum, plan):
+            return None  # not there yet as far as the watch has heard: it waits, woken by the watch
+        if now is None:
+            now = await _fresh(self._clock)
+        if now is None:
+            return None
+        request.scope[_NOW] = now
+        if not (self._responses.valid(kept, now) or await self._heard_up_to(kept, now)):
             return None
         if minimum is not None and any(now[p][1] < minimum for p in plan.projections):
             return None  # it waits, or answers reached: false
+        request.scope.pop(_NOW, None)
         if self._metrics is not None:
             self._metrics.graphql_request(request.scope.get(_OPERATION), "ok", time.perf_counter() - started)
             self._metrics.graphql_answer("shared" if request.scope.get(_SHARING) else "kept")
@@ -767,23 +807,55 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
             return Response(kept.body, media_type="application/json")
         positions = {p: now[p][1] for p in plan.projections}
         consistency = {"requested": minimum, "reached": True, "positions": positions}
-        return JSONResponse({"data": kept.data, "extensions": {"consistency": consistency}})
+        return Response(with_extensions(kept.body, {"consistency": consistency}), media_type="application/json")
+
+    def _claim_heard(self, minimum: int | None, plan: _Plan) -> bool:
+        """No position claimed, or the watch has heard every projection of ``plan`` at it (without a
+        watch: not known, and a claim does not share another's computation: it might have to wait)."""
+        if minimum is None:
+            return True
+        if self._watch is None:
+            return False
+        heard = self._watch.positions_known()
+        return all(heard.get(p, -1) >= minimum for p in plan.projections)
+
+    async def _learn_text_order(self) -> None:
+        """``orders_text_by_code_point`` of the views, once for the API (it may ask the database: off the
+        loop). A failure leaves it unknown: each request's ``RecordingViews`` asks then, as before."""
+        try:
+            self._code_point_text = await asyncio.to_thread(orders_text_by_code_point, self._views)
+        except Exception:
+            log.debug("the view store's text order could not be read", exc_info=True)
 
     async def _computed(self, request: Request) -> Response:
         """The request run; when the same keepable answer is being computed already, that one is awaited
-        first and then checked like any kept answer (fresh positions read after this request arrived,
-        the commits since heard): only when it does not hold for this request does it run on its own.
-        Under writes, the requests arriving after a commit dropped an answer share one computation."""
+        first and then checked like any kept answer (fresh positions, read after this request arrived and
+        while it waited, the commits since heard): only when it does not hold for this request does it run
+        on its own. Under writes, the requests arriving after a commit dropped an answer share one
+        computation, those claiming a position the watch has heard too. A sharer gets nothing from the
+        computation it waited for but the kept answer: the leader's failure, or its cancellation (a client
+        gone), leaves nothing kept, and the sharer computes its own."""
         keep = request.scope.get(_KEEP)
-        if keep is None or _min_position(request) is not None:
+        if keep is None or not self._claim_heard(_min_position(request), keep[1]):
             return await self.run(request)
         key = keep[0]
-        running = self._computing.get(key)
-        if running is not None:
+        waited: asyncio.Future[None] | None = None
+        for _ in range(_SHARING_ROUNDS):  # a commit during the computation: the next one, led by a sharer
+            running = self._computing.get(key)
+            if running is None or running is waited:  # (one still running after _SHARING_SECONDS: not again)
+                break
+            waited = running
             request.scope[_SHARING] = True
-            await self._share(running)
-            shared = await self._kept(request)
-            return shared if shared is not None else await self._run_counted(request)
+            assert self._clock is not None  # set with the plans
+            reading = asyncio.ensure_future(_fresh(self._clock))  # starts now: after this request arrived
+            try:
+                await self._share(running)
+                now = await reading
+            finally:
+                reading.cancel()
+            shared = await self._kept(request, now)
+            if shared is not None:
+                return shared
         done = self._computing[key] = asyncio.get_running_loop().create_future()
         try:
             return await self._run_counted(request)
@@ -825,7 +897,7 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
         if request.method != "POST" or not request.headers.get("content-type", "").startswith("application/json"):
             return None
         try:
-            data = parse_json(await request.body(), self._options.max_nesting)
+            data = self._body(await request.body())
         except BadJson:
             return None  # Strawberry answers it
         if not isinstance(data, dict) or data.get("extensions") is not None:
@@ -843,9 +915,26 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
     def decode_json(self, data: str | bytes) -> object:
         """Strawberry's hook for the body and JSON query parameters: UTF-8, bounded nesting, or a 400."""
         try:
-            return parse_json(data, self._options.max_nesting)
+            return self._body(data)
         except BadJson as error:
             raise HTTPException(400, str(error)) from None
+
+    def _body(self, data: str | bytes) -> object:
+        """``data`` parsed; a small body from the ones parsed lately (a client asks the same again and
+        again), as a copy of their top level (Strawberry takes its members out, nothing changes them)."""
+        if len(data) > _REMEMBERED_BODY or isinstance(data, str):
+            return parse_json(data, self._options.max_nesting)
+        found = self._bodies(data)
+        return dict(found) if isinstance(found, dict) else found
+
+    def _parse_body(self, data: bytes) -> object:
+        return parse_json(data, self._options.max_nesting)
+
+    def encode_json(self, data: object) -> str | bytes:
+        """An answer whose ``data`` was encoded for the response cache already is not encoded again."""
+        if isinstance(data, _Encoded):
+            return data.body
+        return super().encode_json(data)
 
     async def parse_http_body(self, request: Any) -> GraphQLRequestData | list[GraphQLRequestData]:
         data = await super().parse_http_body(request)
@@ -860,7 +949,8 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
                                 breaker=self._breaker, watch=self._watch)
         views = self._views
         if _KEEP in request.scope:  # its answer may be kept: note what it reads
-            views = cast(ViewStore, RecordingViews(views, request.scope.setdefault(_READS, Reads())))
+            views = cast(ViewStore, RecordingViews(views, request.scope.setdefault(_READS, Reads()),
+                                                   self._code_point_text))
         return QueryContext(request, views, self._store, self._options,
                             min_position=_min_position(request),
                             principal=admitted(request), breaker=self._breaker, watch=self._watch,
@@ -880,18 +970,33 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
         if request.scope.get(_MEDIA) and _not_executed(result):  # GraphQL over HTTP: a 400 without `data`
             request.scope[_REQUEST_ERROR] = True
             response.pop("data", None)
-        self._keep(request, result)
-        return response
+        body = self._keep(request, result)
+        if body is None:
+            return response
+        encoded = with_extensions(body, result.extensions) if result.extensions else body
+        return cast(GraphQLHTTPResponse, _Encoded(response, body=encoded))
 
-    def _keep(self, request: Any, result: ExecutionResult) -> None:
+    def _keep(self, request: Any, result: ExecutionResult) -> bytes | None:
+        """Keep the answer when it may be kept: its ``data`` encoded (``answer_body``), or None."""
         keep, seen = request.scope.get(_KEEP), request.scope.get(_SEEN)
         if keep is None or seen is None or result.errors or result.data is None:
-            return
+            return None
         key, plan = keep
-        if all(p in seen for p in plan.projections) and self._clock is not None and self._clock.settled(
-                plan.projections):
-            self._responses.put(key, seen, plan.projections, result.data, request.scope.get(_READS),
-                                request.scope.get(_EPOCH, 0))
+        if not (all(p in seen for p in plan.projections) and self._clock is not None and self._clock.settled(
+                plan.projections)):
+            return None
+        body = answer_body(result.data)
+        self._responses.put(key, seen, plan.projections, result.data, request.scope.get(_READS),
+                            request.scope.get(_EPOCH, 0), body=body)
+        return body
+
+
+class _Encoded(dict[str, Any]):
+    """An answer (``GraphQLHTTPResponse``) with its JSON encoding already made (``body``)."""
+
+    def __init__(self, response: Mapping[str, Any], *, body: bytes) -> None:
+        super().__init__(response)
+        self.body = body
 
 
 def _switches_noted(views: ActiveVersionCache) -> Callable[[PositionChange | None], None]:
@@ -930,12 +1035,38 @@ def _request_code(status: int) -> str:
 
 
 def _min_position(request: Request) -> int | None:
-    raw = request.headers.get(POSITION_HEADER)
-    if raw is None:
-        return None
-    if not raw.strip().isdigit():
-        raise _BadHeader(f"{POSITION_HEADER} must be a non-negative integer, not {raw[:40]!r}")
-    return int(raw)
+    """The request's ``Eventfold-Position`` (checked by ``_Guard``, which answers a bad one 400)."""
+    scope = request.scope
+    if _POSITION not in scope:
+        claimed = position_claimed(scope.get("headers", []))
+        if isinstance(claimed, str):
+            raise _BadHeader(claimed)
+        scope[_POSITION] = claimed
+    return cast(int | None, scope[_POSITION])
+
+
+MAX_POSITION = 2**63 - 1  # PostgreSQL's bigint: a position is compared with the store's in SQL
+
+
+def position_claimed(headers: Iterable[tuple[bytes, bytes]]) -> int | str | None:
+    """The position every ``Eventfold-Position`` header of ``headers`` names (None: no such header), or
+    why they are refused: each must be a non-negative integer (ASCII digits, leading zeros allowed) at most
+    ``MAX_POSITION``, and several must agree."""
+    found: set[int] = set()
+    name = POSITION_HEADER.encode()
+    for key, raw in headers:
+        if key.lower() != name:
+            continue
+        text = raw.strip(b" \t")
+        digits = text.lstrip(b"0") or b"0"
+        if not text.isdigit() or len(digits) > 19 or int(digits) > MAX_POSITION:
+            shown = raw[:40].decode("latin-1")
+            return (f"{POSITION_HEADER} must be a non-negative integer at most {MAX_POSITION}, not "
+                    f"{shown!r}{'...' if len(raw) > 40 else ''}")
+        found.add(int(digits))
+    if len(found) > 1:
+        return f"{POSITION_HEADER} is given more than once, with different values"
+    return next(iter(found), None)
 
 
 class _BadHeader(Exception):
@@ -964,15 +1095,31 @@ class _Guard:
         if declared.isdigit() and int(declared) > self._limit:
             await _too_large(self._limit)(scope, receive, send)
             return
-        raw = headers.get(POSITION_HEADER.encode())
-        if raw is not None and not raw.strip().isdigit():
-            await _graphql_error(400, f"{POSITION_HEADER} must be a non-negative integer", "BAD_REQUEST_HEADER")(
-                scope, receive, send)
+        claimed = position_claimed(scope.get("headers", []))
+        if isinstance(claimed, str):
+            await _graphql_error(400, claimed, "BAD_REQUEST_HEADER")(scope, receive, send)
+            return
+        scope[_POSITION] = claimed
+        refused = _unsupported_body(scope, headers.get(b"content-type"))
+        if refused is not None:
+            await _graphql_error(400, refused, "BAD_REQUEST")(scope, receive, send)
             return
         try:
             await self._app(scope, _limited(receive, self._limit), send)
         except _BodyTooLarge:  # Strawberry reads the whole body before it answers
             await _too_large(self._limit)(scope, receive, send)
+
+
+def _unsupported_body(scope: Scope, content_type: bytes | None) -> str | None:
+    """Why a POST's body is refused for its content type (None: it is ``application/json``, the one
+    GraphQL over HTTP asks servers to accept; Strawberry itself would take any type naming it)."""
+    if scope.get("method") != "POST":
+        return None
+    media = (content_type or b"").split(b";", 1)[0].strip().lower()
+    if media == b"application/json":
+        return None
+    shown = media[:60].decode("latin-1") if media else "none"
+    return f"the body of a POST must be application/json (a JSON object with a `query`), not {shown!r}"
 
 
 def _wants_graphql_response(accept: bytes | None) -> bool:

@@ -35,8 +35,9 @@ from framework.query import BY_KEY, Condition, Sort, check_conditions
 from framework.security import Principal
 from framework.views import ActivePositions, AsyncActivePositions, TextOrder
 
-__all__ = ["Cached", "PositionClock", "Positions", "Reads", "RecordingViews", "ResponseCache", "async_positions_reader",
-           "cache_key", "positions_reader"]
+__all__ = ["Cached", "PositionClock", "Positions", "Reads", "RecordingViews", "ResponseCache", "answer_body",
+           "async_positions_reader", "cache_key", "orders_text_by_code_point", "positions_reader",
+           "with_extensions"]
 
 Positions = Mapping[str, tuple[int, ...]]  # projection -> (active version, position[, change mark])
 
@@ -164,9 +165,11 @@ class RecordingViews:
     """The view store as a request's resolvers see it when its answer may be kept: ``get_many`` and
     ``query`` note what they read in ``reads``; any other use of the store makes the reads unknown."""
 
-    def __init__(self, views: Any, reads: Reads) -> None:
+    def __init__(self, views: Any, reads: Reads, code_point_text: bool | None = None) -> None:
+        """``code_point_text``: ``orders_text_by_code_point(views)`` when the caller knows it already
+        (the query API asks once, not per request); else asked on the first query."""
         self._views, self._reads = views, reads
-        self._code_point_text: bool | None = None
+        self._code_point_text = code_point_text
 
     def get_many(self, name: str, model: Any, keys: Sequence[tuple[Any, ...]]) -> Any:
         self._reads.rows(name, model.table, keys)
@@ -188,8 +191,7 @@ class RecordingViews:
 
     def _text_order(self) -> bool:
         if self._code_point_text is None:
-            views = self._views
-            self._code_point_text = isinstance(views, TextOrder) and views.orders_text_by_code_point()
+            self._code_point_text = orders_text_by_code_point(self._views)
         return self._code_point_text
 
     async def query_async(self, name: str, model: Any, where: Sequence[Condition] = (), sort: Sort = BY_KEY, *,
@@ -210,6 +212,12 @@ class RecordingViews:
     def __getattr__(self, attribute: str) -> Any:
         self._reads.unknown = True
         return getattr(self._views, attribute)
+
+
+def orders_text_by_code_point(views: Any) -> bool:
+    """Whether ``views`` orders text by code point (``TextOrder``; False without the port). It may ask
+    the database (blocking): the query API asks once."""
+    return isinstance(views, TextOrder) and views.orders_text_by_code_point()
 
 
 @dataclass(eq=False)
@@ -261,12 +269,14 @@ class ResponseCache:
         return found
 
     def put(self, key: Hashable, positions: Positions, projections: Sequence[str], data: Any,
-            reads: Reads | None = None, epoch: int = 0) -> None:
+            reads: Reads | None = None, epoch: int = 0, body: bytes | None = None) -> None:
         """Keep ``data``, computed after ``positions`` were read, in the listening session ``epoch``
-        (``self.epoch`` before those positions were read), from ``reads``."""
+        (``self.epoch`` before those positions were read), from ``reads``; ``body``: ``answer_body(data)``
+        when the caller encoded it already."""
         if reads is not None and not reads.projections() <= set(projections):
             return  # it read a projection it does not declare: no position can vouch for that part of it
-        body = json.dumps({"data": data}, separators=(",", ":")).encode()
+        if body is None:
+            body = answer_body(data)
         if len(body) > self._max_bytes or self._entries <= 0:
             return
         kept = tuple((name, tuple(positions[name])) for name in sorted(projections))
@@ -426,6 +436,18 @@ def _touches(name: str, touched: Touched | None, where: Iterable[Reading]) -> bo
         if len(reading) == 3 and reading[2] in touched.get(reading[1], ()):
             return True
     return False
+
+
+def answer_body(data: Any) -> bytes:
+    """``{"data": data}`` as JSON, encoded as Strawberry encodes an answer (ASCII only: every other
+    character, U+2028 too, as a ``\\u`` escape): a kept answer is the bytes a computed one would be."""
+    return json.dumps({"data": data}, separators=(",", ":")).encode()
+
+
+def with_extensions(body: bytes, extensions: Mapping[str, Any]) -> bytes:
+    """``answer_body(data)`` with ``extensions`` after ``data``: ``answer_body`` of the whole answer,
+    without encoding ``data`` again."""
+    return b"".join((body[:-1], b',"extensions":', json.dumps(extensions, separators=(",", ":")).encode(), b"}"))
 
 
 def cache_key(query: str, variables: Mapping[str, Any] | None, operation: str | None,

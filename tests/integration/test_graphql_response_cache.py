@@ -228,9 +228,9 @@ CARD = "query C($id: String!) { card(actionId: $id) { actionId status position }
 PAGE = "{ cards(first: 5, orderBy: ACTION_ID) { nodes { actionId status } } }"
 
 
-def _announce(action_id: str) -> AnnounceCorporateAction:
+def _announce(action_id: str, isin: str = APPLE) -> AnnounceCorporateAction:
     return AnnounceCorporateAction.model_validate({
-        "action_id": action_id, "isin": APPLE, "record_date": date(2030, 1, 15),
+        "action_id": action_id, "isin": isin, "record_date": date(2030, 1, 15),
         "terms": {"kind": "cash_dividend", "amount_per_unit": "0.25", "currency": "USD"}})
 
 
@@ -414,3 +414,138 @@ def test_a_row_by_key_is_read_on_the_event_loop(cached: Cached) -> None:
     cached.views.get_many_async = spy  # type: ignore[method-assign]
     assert cached.client.data(f'{{ security(isin: "{APPLE}") {{ name }} }}') == {"security": {"name": "Apple Inc."}}
     assert asked == [("cards", "securities")]
+
+
+# --- kept answers are the bytes a computed one would be; sharing a computation --------------------------
+
+ODD_NAME = "Soci\u00e9t\u00e9\u2028G\u00e9n\u00e9rale \u2713 \U0001f4c8 \"quoted\" \\ </script>"
+ODD_CARD = '{ card(actionId: "CA-ODD") { actionId securityName status } }'
+
+
+def test_a_kept_answer_is_byte_identical_to_a_computed_one(cached: Cached) -> None:
+    """Non-ASCII text, U+2028 included, is escaped as in a computed answer, with and without a claim
+    (a kept answer claiming positions was encoded again, unescaped)."""
+    head = cached.side.execute([RegisterSecurity(isin=SAP, name=ODD_NAME, currency="EUR"),
+                                _announce("CA-ODD", SAP)], key_prefix="rc-odd")
+    cached.side.settle()
+    fresh = create_query_app(build_graphql(), cached.views, options=QueryApiOptions(response_cache_entries=0))
+    with ServerThread(fresh) as server, GraphQLClient(server.base_url) as computing:
+        for claim in ({}, {"Eventfold-Position": str(head)}):
+            computed = computing.http.post(computing.url, json={"query": ODD_CARD}, headers=claim)
+            assert computed.status_code == 200 and computed.json()["data"]["card"]["securityName"] == ODD_NAME
+            assert b"\\u2028" in computed.content and computed.content.isascii()
+            answers = [cached.client.http.post(cached.client.url, json={"query": ODD_CARD}, headers=claim)
+                       for _ in range(3)]  # computed (and kept), then kept
+            for answer in answers:
+                assert answer.content == computed.content, (claim, answer.content, computed.content)
+                assert answer.headers["content-type"] == computed.headers["content-type"]
+    with cached.views.counting() as statements:
+        cached.client.http.post(cached.client.url, json={"query": ODD_CARD}, headers={"Eventfold-Position": "1"})
+    assert not read_model_statements(statements), "the claim was answered from the kept answer"
+
+
+@pytest.fixture
+def watched_app(pg_database: PgDatabase) -> Iterator[tuple[Any, CountingViewStore, int]]:
+    """A query API with a listening watch, to be driven in-process (httpx's ASGI transport): a request's
+    task can be cancelled as a server cancels the request of a client gone."""
+    with pg_database.fresh_schema("rcshare") as schema:
+        store = PostgresEventStore(pg_database.settings(schema, pool_size=2))
+        store.create_schema()
+        views = CountingViewStore(pg_database.settings(schema, pool_size=4))
+        views.create_schema()
+        side = ReadSide(store, views)
+        head = side.execute([RegisterSecurity(isin=APPLE, name="Apple Inc.", currency="USD"), _announce("CA-S")],
+                            key_prefix="rcs-seed")
+        side.settle()
+        watch = PositionWatch(PostgresPositionSignals(pg_database.settings(schema), check_seconds=0.2), views,
+                              store.head)
+        app = create_query_app(build_graphql(), views, store, watch=watch,
+                               options=QueryApiOptions(consistency_timeout=5))
+        try:
+            yield app, views, head
+        finally:
+            views.close()
+            store.close()
+
+
+SHARED_CARD = '{ card(actionId: "CA-S") { actionId status } }'
+
+
+@pytest.mark.parametrize("leader_ends", ["cancelled", "failed"])
+def test_sharers_compute_their_own_answer_when_the_leader_is_cancelled_or_fails(
+        watched_app: tuple[Any, CountingViewStore, int], leader_ends: str) -> None:
+    """Requests waiting for another's computation of their answer (claiming positions or not) get nothing
+    from it but a kept answer: a leader cancelled or failing leaves none, and they compute the answer again
+    at once (not after the sharing timeout), without the leader's error: one of them, the others sharing it."""
+    import httpx
+
+    app, views, head = watched_app
+    original = views.get_many_async
+    entered, release = asyncio.Event(), asyncio.Event()
+    calls = 0
+
+    async def gated(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # the leader's read: held until cancelled, or failing once the others wait
+            entered.set()
+            await release.wait()
+            raise StoreUnavailable("the read-model database is unavailable (test)")
+        return await original(*args, **kwargs)
+
+    async def run() -> tuple[list[httpx.Response], float]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
+            async def ask(claim: bool) -> httpx.Response:
+                headers = {"Eventfold-Position": str(head)} if claim else {}
+                return await client.post("/graphql", json={"query": SHARED_CARD}, headers=headers)
+
+            for _ in range(2):  # the listener starts and learns the positions (claims share once heard)
+                warm = await client.post("/graphql", json={"query": '{ card(actionId: "CA-none") { status } }'},
+                                         headers={"Eventfold-Position": str(head)})
+                assert warm.status_code == 200, warm.text
+            views.get_many_async = gated  # type: ignore[method-assign]
+            loop = asyncio.get_running_loop()
+            leader = asyncio.create_task(ask(False))
+            await asyncio.wait_for(entered.wait(), 10)
+            sharers = [asyncio.create_task(ask(claim)) for claim in (False, True, False, True)]
+            await asyncio.sleep(0.1)  # they wait for the leader's computation
+            assert not any(s.done() for s in sharers)
+            started = loop.time()
+            if leader_ends == "cancelled":
+                leader.cancel()
+            else:
+                release.set()
+            answers = await asyncio.wait_for(asyncio.gather(*sharers), 10)
+            elapsed = loop.time() - started
+            if leader_ends == "failed":
+                failed = await leader
+                assert failed.json()["errors"][0]["extensions"]["code"] == "SERVICE_UNAVAILABLE"
+            else:
+                with pytest.raises(asyncio.CancelledError):
+                    await leader
+            return answers, elapsed
+
+    answers, elapsed = asyncio.run(run())
+    for answer in answers:
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["data"] == {"card": {"actionId": "CA-S", "status": "announced"}} and "errors" not in body
+    assert elapsed < 0.9, f"the sharers computed at once, not after the sharing timeout ({elapsed:.2f} s)"
+    assert calls == 2, "one of the sharers computed the answer again, the others shared that computation"
+
+
+def test_the_view_stores_text_order_is_asked_once_per_api(cached: Cached) -> None:
+    """Whether the store orders text by code point decides how kept pages are followed; it was asked
+    (through a thread) by every request whose answer may be kept."""
+    asked = []
+    original = cached.views.orders_text_by_code_point
+
+    def counted() -> bool:
+        asked.append(1)
+        return original()
+
+    cached.views.orders_text_by_code_point = counted  # type: ignore[method-assign]
+    for first in range(1, 6):  # five documents: each computed, each keepable
+        assert "errors" not in cached.client.execute(f"{{ cards(first: {first}) {{ nodes {{ actionId }} }} }}")
+    assert len(asked) == 1, len(asked)
