@@ -706,7 +706,10 @@ class JetStreamConsumer:
         try:
             messages, answered = await self._pull.fetch(max(1, max_events), max(timeout, 0.01))
         except PullRefused as error:
-            self._bound = False  # e.g. the consumer was deleted: find (or make) it again next time
+            # e.g. the consumer was deleted: make it again now (its deliveries are forgotten, not
+            # acknowledged to the new one), else find (or make) it at the next fetch.
+            with contextlib.suppress(BusUnavailable):
+                await self._check_consumer()
             raise _unavailable("fetching", error) from error
         except _NATS_ERRORS as error:
             raise _unavailable("fetching", error) from error
