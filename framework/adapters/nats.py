@@ -821,10 +821,21 @@ def _stream_sequence(message: Msg) -> int:
 
 
 def _notifications(messages: Iterable[Msg], consumer: str) -> list[Notification]:
+    """The notifications of a fetch: ``notification_from`` inlined for the usual, untraced message (its
+    headers read once each, the notification built positionally: this runs once per event)."""
     notifications: list[Notification] = []
     append = notifications.append
     for message in messages:
-        notification = notification_from(message.headers or {}, message.data)
+        headers = message.headers
+        try:
+            if headers is None or headers.get(HEADER_TRACEPARENT):
+                notification = notification_from(headers or {}, message.data)
+            else:  # Notification's fields: originator_id, originator_version, topic, state, id
+                notification = Notification(_uuid(headers[HEADER_AGGREGATE_ID]),
+                                            int(headers[HEADER_AGGREGATE_VERSION]), headers[HEADER_EVENT],
+                                            message.data, int(headers[HEADER_POSITION]))
+        except (KeyError, ValueError):
+            notification = None
         if notification is None:
             log.warning("consumer %s: skipping %s, which lacks Eventfold headers", consumer, message.subject)
         else:
