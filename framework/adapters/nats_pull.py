@@ -128,7 +128,10 @@ class BatchPull:
         ends (408), or fills the batch; with messages queued already it does not wait at all (404).
 
         Raises ``PullRefused`` (the messages it got stay queued) and nats-py's errors of a publish.
+        One fetch at a time: the current request's answer is told apart from the earlier ones'.
         """
+        if self._waiter is not None:
+            raise RuntimeError("BatchPull: a fetch is already waiting; fetch one at a time")
         await self.start()
         taken = self._take(batch)
         if len(taken) >= batch:
