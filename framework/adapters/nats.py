@@ -557,6 +557,13 @@ class JetStreamConsumer:
     ``fetch_ahead`` is a fetch that leaves the deliveries still unacknowledged
     outstanding, for a caller that applies one delivery while it fetches the
     next (``framework.runner.run_projection``); it acknowledges them in order.
+
+    Fetches go through ``framework.adapters.nats_pull.BatchPull`` (one pull
+    request per fetch, answered into one subscription). A consumer that
+    disappears under a running worker (deleted, or lost by a server) is made
+    again at the next fetch, starting after the last stream sequence this one
+    acknowledged (by its deliver policy if the stream itself is new); what it
+    had delivered but not acknowledged is forgotten here and delivered again.
     """
 
     def __init__(
@@ -762,6 +769,7 @@ class JetStreamConsumer:
     async def delete(self) -> None:
         """Close, and delete the durable consumer on the server (a partition's, when its owner lets it go)."""
         await self.close()
+        self._floor = None  # deleted on purpose: bound again, it is made by its deliver policy
         with contextlib.suppress(*_NATS_ERRORS):
             await self._connection.js.delete_consumer(self._settings.stream, self.name)
 
