@@ -115,6 +115,28 @@ def test_messages_queued_when_the_timer_fires_are_delivered(
     asyncio.run(scenario())
 
 
+def test_the_end_of_an_earlier_request_does_not_end_the_next_fetch(
+    jetstream_settings: JetStreamSettings,  # noqa: F811
+) -> None:
+    async def scenario() -> None:
+        connection, publisher, consumer = await _opened(jetstream_settings, deliver_all=True)
+        pull = BatchPull(connection.client, jetstream_settings.stream, consumer.name)
+        try:
+            first = await pull.fetch(10, 0.1, expires=0.4)  # its 408 comes during the next fetch
+            assert first == Pulled([], False)
+            fetching = asyncio.ensure_future(pull.fetch(10, 3.0))
+            await asyncio.sleep(0.8)  # past the first request's end
+            assert not fetching.done()
+            await publisher.publish(notifications([1]))
+            assert _positions((await fetching).messages) == [1]
+        finally:
+            await pull.close()
+            await consumer.close()
+            await connection.close()
+
+    asyncio.run(scenario())
+
+
 def test_an_unanswered_fetch_keeps_its_subscription(jetstream_settings: JetStreamSettings) -> None:  # noqa: F811
     async def scenario() -> None:
         connection, publisher, consumer = await _opened(jetstream_settings, deliver_all=True, ack_wait=30.0)
