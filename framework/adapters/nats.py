@@ -1,4 +1,4 @@
-"""The bus port on NATS JetStream: the only module of Eventfold that imports ``nats``.
+"""The bus port on NATS JetStream: with ``nats_pull`` (its fetches), the only modules of Eventfold that import ``nats``.
 
 One stream (default ``eventfold``) captures ``{prefix}.>``; every stored event
 is published to ``{prefix}.{aggregate_type}.{aggregate_id}.{b0}.….{b7}`` (the
