@@ -72,8 +72,7 @@ class BatchPull:
         self._reply = ""  # the current request's reply subject: statuses of others are ignored
         self._wanted = 0  # how many queued messages end the current request's wait
         self._waiter: asyncio.Future[None] | None = None
-        self._over = False  # the current request ended with a status
-        self._answered = False  # ...got a status at all
+        self._answered = False  # the current request got a status (404/408: it is over; else refused)
         self._refused: PullRefused | None = None
 
     @property
@@ -104,9 +103,7 @@ class BatchPull:
         if status == _HEARTBEAT:
             return
         self._answered = True
-        if status in _OVER:
-            self._over = True
-        else:
+        if status not in _OVER:
             self._refused = PullRefused(status or "?", str(headers.get(_DESCRIPTION, "")))
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -146,7 +143,7 @@ class BatchPull:
     async def _request(self, wanted: int, deadline: float, *, expires: float | None = None) -> Pulled:
         self._requests += 1
         reply = self._reply = f"{self._status_prefix}{self._requests}"
-        self._wanted, self._over, self._answered, self._refused = wanted, False, False, None
+        self._wanted, self._answered, self._refused = wanted, False, None
         body: dict[str, object] = {"batch": wanted, "no_wait": True}
         if expires is not None:
             body["expires"] = int(expires * 1e9)
