@@ -1,0 +1,93 @@
+"""Adversarial review of framework.combining / LoopTurns: random cancellations at every await point, batches
+and lone holders of a turn mixed on a few aggregates. Whatever is cancelled when, a turn is held by one at
+a time (two batches never overlap on one aggregate), each item is decided at most once and every caller that
+was not cancelled gets its own answer, and no turn is left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from collections.abc import Sequence
+from uuid import UUID, uuid4
+
+import pytest
+
+from framework.combining import Queued, decided_in_batch
+from framework.contention import LoopTurns
+
+
+class Exclusive:
+    """Records who holds each aggregate; fails loudly if two overlap."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.inside: dict[UUID, int] = Counter()
+        self.decided: Counter[int] = Counter()
+        self.overlaps = 0
+        self.rng = rng
+
+    async def hold(self, aggregate: UUID) -> None:
+        self.inside[aggregate] += 1
+        if self.inside[aggregate] > 1:
+            self.overlaps += 1
+        try:
+            for _ in range(self.rng.randint(0, 3)):
+                await asyncio.sleep(0 if self.rng.random() < 0.5 else 0.0005)
+        finally:
+            self.inside[aggregate] -= 1
+
+    def runner(self, aggregate: UUID):  # type: ignore[no-untyped-def]
+        async def run(batch: Sequence[Queued[int]]) -> None:
+            for queued in batch:
+                self.decided[queued.item] += 1
+            await self.hold(aggregate)
+            for queued in batch:
+                queued.answer.set_result(queued.item)
+        return run
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_cancellations_never_overlap_a_turn_decide_twice_or_leave_a_turn_behind(seed: int) -> None:
+    rng = random.Random(seed)
+    turns = LoopTurns()
+    aggregates = [uuid4() for _ in range(3)]
+    seen = Exclusive(rng)
+
+    async def batched(n: int, aggregate: UUID) -> object:
+        return await decided_in_batch(turns, aggregate, n, seen.runner(aggregate))
+
+    async def alone(n: int, chosen: list[UUID]) -> object:
+        async with turns.turns(chosen):
+            seen.decided[n] += 1
+            for aggregate in chosen:
+                await seen.hold(aggregate)
+        return n
+
+    async def main() -> tuple[list[object], list[bool]]:
+        tasks: list[asyncio.Task[object]] = []
+        cancelled: list[bool] = []
+        for n in range(300):
+            if rng.random() < 0.7:
+                tasks.append(asyncio.ensure_future(batched(n, rng.choice(aggregates))))
+            else:
+                tasks.append(asyncio.ensure_future(alone(n, rng.sample(aggregates, rng.randint(1, 2)))))
+            cancelled.append(False)
+            if rng.random() < 0.5:
+                await asyncio.sleep(0 if rng.random() < 0.7 else 0.0003)
+            if rng.random() < 0.3:
+                victim = rng.randrange(len(tasks))
+                if not tasks[victim].done():
+                    tasks[victim].cancel()
+                    cancelled[victim] = True
+        answers = list(await asyncio.gather(*tasks, return_exceptions=True))
+        return answers, cancelled
+
+    answers, cancelled = asyncio.run(asyncio.wait_for(main(), 30))
+    assert seen.overlaps == 0
+    assert all(count == 1 for count in seen.decided.values()), seen.decided.most_common(3)
+    for n, (answer, was_cancelled) in enumerate(zip(answers, cancelled, strict=True)):
+        if isinstance(answer, asyncio.CancelledError):
+            assert was_cancelled
+        else:
+            assert answer == n and seen.decided[n] == 1
+    assert len(turns) == 0
