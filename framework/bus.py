@@ -283,9 +283,10 @@ class CommandBus:
         for queued, _, main, events in decided:
             queued.answer.set_result(_result(main, positions[start:start + len(events)]))
             start += len(events)
-        for _, unit, _, _ in decided:
+        for queued, unit, _, _ in decided:
             if any(snapshot_due(t.aggregate, t.loaded_version) for t in unit.touched):
-                await offload(self._snapshot, unit)
+                # In its command's context, as if it had run alone: a failure's warning names its request.
+                await asyncio.get_running_loop().create_task(offload(self._snapshot, unit), context=queued.context)
 
     def _loop_turns(self) -> LoopTurns:
         loop = asyncio.get_running_loop()

@@ -13,6 +13,7 @@ A queued command is answered exactly once, by the batch that took it: its caller
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
@@ -28,13 +29,15 @@ MAX_BATCH = 256  # commands in one batch: one transaction's worth of events stay
 
 
 class Queued(Generic[T]):
-    """A command waiting in an aggregate's queue, and its answer once a batch has settled it."""
+    """A command waiting in an aggregate's queue, and its answer once a batch has settled it. ``context``:
+    its caller's context variables (the request's correlation id), for what the batch does on its behalf."""
 
-    __slots__ = ("answer", "item")
+    __slots__ = ("answer", "context", "item")
 
     def __init__(self, item: T) -> None:
         self.item = item
         self.answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.context = contextvars.copy_context()
 
 
 Batch = Callable[[Sequence[Queued[T]]], Awaitable[None]]
@@ -60,7 +63,9 @@ async def decided_in_batch(turns: LoopTurns, aggregate_id: UUID, item: T, run: B
 
 def _start_batch(turns: LoopTurns, aggregate_id: UUID, turn: Turn, run: Batch[T]) -> asyncio.Future[None]:
     turns.join(aggregate_id)  # the batch keeps the turn, whoever stops waiting for it
-    return asyncio.ensure_future(_batch(turns, aggregate_id, turn, run))
+    # In a context of its own: it works for all its members, not for the request that happened to start it
+    # (whose correlation id every log line of the batch would otherwise carry).
+    return asyncio.get_running_loop().create_task(_batch(turns, aggregate_id, turn, run), context=contextvars.Context())
 
 
 async def _batch(turns: LoopTurns, aggregate_id: UUID, turn: Turn, run: Batch[T]) -> None:

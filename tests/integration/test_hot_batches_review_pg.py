@@ -3,15 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 from typing import Any
 
 import httpx
 import pytest
-from http_helpers import accepted, assert_no_traceback, holding_by_replay, new_code, new_isin, positioned, serve_write_api
+from http_helpers import (
+    accepted,
+    assert_no_traceback,
+    holding_by_replay,
+    new_code,
+    new_isin,
+    positioned,
+    serve_write_api,
+)
 from support.postgres import PgDatabase
+from support.writers import ISIN
+from test_hot_batches_pg import Offload, _hot_bus, _queued_behind_a_lock, _run, store
+
+from example_app.accounts import Account
+from example_app.commands import CreditHoldings
+from framework.adapters.pg_async import AsyncPostgresAppender
+from framework.adapters.postgres import PostgresEventStore
+from framework.bus import CommandContext, Executed
+from framework.errors import StoreUnavailable
+from framework.observe import correlation_id
 
 pytestmark = pytest.mark.postgres
+__all__ = ["store"]  # the fixture, shared with test_hot_batches_pg
 
 
 async def _two_servers_sending(urls: list[str], body: dict[str, Any], clients: int, each: int) -> Counter[int]:
@@ -58,3 +78,47 @@ def test_two_processes_on_one_hot_account(pg_database: PgDatabase, write_async: 
             b.stop()
             store.close()
             other.close()
+
+
+class _Warnings(logging.Handler):
+    """Each warning of framework.bus, with the correlation id its log line carries (framework.logs reads
+    the ``correlation_id`` context variable of the thread or task that logs)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen: list[tuple[str, str | None]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen.append((record.getMessage(), getattr(record, "correlation_id", None) or correlation_id.get()))
+
+
+def test_a_batch_member_s_snapshot_warning_carries_that_member_s_correlation_id(
+    store: PostgresEventStore, pg_database: PgDatabase, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Logged for a command, in a batch or not: its own request's correlation id, not the id of whichever
+    request happened to start the batch (the batch's task ran in that request's context)."""
+    bus, _ = _hot_bus(store, ["HOT-L"])
+    for _ in range(Account.snapshot_every - 5):  # the account at 46: a batch's later member crosses 50
+        bus.execute(CreditHoldings(account_number="HOT-L", isin=ISIN, quantity=1))
+
+    def refused(_: object) -> None:
+        raise StoreUnavailable("snapshots are refused")
+    monkeypatch.setattr(store, "save_snapshot", refused)
+    warnings = _Warnings()
+    logging.getLogger("framework.bus").addHandler(warnings)
+
+    async def main(appender: AsyncPostgresAppender) -> list[Any]:
+        async def credit(n: int) -> Executed:
+            correlation_id.set(f"req-{n}")  # as the write API does, in the request's own task
+            return await bus.execute_async(CreditHoldings(account_number="HOT-L", isin=ISIN, quantity=1),
+                                           CommandContext(correlation_id=f"req-{n}"), appender, Offload())
+        return await _queued_behind_a_lock(pg_database, pg_schema, appender, [credit(n) for n in range(8)])
+
+    try:
+        answers = _run(main, pg_database.settings(pg_schema, pool_size=4))
+    finally:
+        logging.getLogger("framework.bus").removeHandler(warnings)
+    assert all(isinstance(a, Executed) for a in answers), answers
+    crossing = [n for n, a in enumerate(answers) if a.result.version == Account.snapshot_every]
+    snapshot_warnings = [cid for message, cid in warnings.seen if message.startswith("snapshot of")]
+    assert snapshot_warnings == [f"req-{n}" for n in crossing], warnings.seen

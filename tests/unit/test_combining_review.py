@@ -6,6 +6,7 @@ was not cancelled gets its own answer, and no turn is left behind."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -91,3 +92,35 @@ def test_random_cancellations_never_overlap_a_turn_decide_twice_or_leave_a_turn_
         else:
             assert answer == n and seen.decided[n] == 1
     assert len(turns) == 0
+
+
+def test_a_batch_logs_in_a_context_of_its_own_not_in_its_first_caller_s() -> None:
+    """A batch works for all its members: its log lines do not carry the correlation id of the request that
+    happened to start it (framework.logs reads the context variable of the task that logs)."""
+    from framework.observe import correlation_id
+
+    seen: list[str | None] = []
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(correlation_id.get())
+
+    async def failing(batch: Sequence[Queued[int]]) -> None:
+        raise ValueError("a bug in the batch")
+
+    async def caller(n: int, turns: LoopTurns, aggregate: UUID) -> object:
+        correlation_id.set(f"req-{n}")
+        return await decided_in_batch(turns, aggregate, n, failing)
+
+    async def main() -> list[object]:
+        turns, aggregate = LoopTurns(), uuid4()
+        return list(await asyncio.gather(*(caller(n, turns, aggregate) for n in range(3)), return_exceptions=True))
+
+    handler = Seen(logging.ERROR)
+    logging.getLogger("framework.combining").addHandler(handler)
+    try:
+        answers = asyncio.run(asyncio.wait_for(main(), 10))
+    finally:
+        logging.getLogger("framework.combining").removeHandler(handler)
+    assert all(isinstance(a, RuntimeError) for a in answers)
+    assert seen == [None]
