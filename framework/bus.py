@@ -286,7 +286,7 @@ class CommandBus:
         for queued, unit, _, _ in decided:
             if any(snapshot_due(t.aggregate, t.loaded_version) for t in unit.touched):
                 # In its command's context, as if it had run alone: a failure's warning names its request.
-                await asyncio.get_running_loop().create_task(offload(self._snapshot, unit), context=queued.context)
+                await queued.context.run(asyncio.ensure_future, offload(self._snapshot, unit))
 
     def _loop_turns(self) -> LoopTurns:
         loop = asyncio.get_running_loop()
