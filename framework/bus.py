@@ -244,16 +244,17 @@ class CommandBus:
             unit = UnitOfWork(_CACHE_ONLY, staged, trust_cache=True, before_load=_not_hot(self._hot, state.holding))
             try:
                 primary = self.router.handler_for(command)(command, unit)
+                if not _changed(unit) <= state.holding:  # another aggregate's conflicts would fail the batch
+                    raise _NeedsStore("another aggregate")
+                # Its events stored here, not with the batch's: one that cannot be (an event that does not
+                # encode) fails alone, as it would have, not every member of the batch with it.
+                events = [to_stored(e) for e in unit.collect(_metadata(context))]
             except _HotOnLoop as hot:
                 queued.answer.set_result(replace(state, holding=state.holding | hot.aggregate_ids))
                 continue
             except (_NeedsStore, Exception):  # decided again alone: on the store's state, or on saved state
                 queued.answer.set_result(replace(state, alone=True))
                 continue
-            if not _changed(unit) <= state.holding:  # another aggregate's conflicts would fail the whole batch
-                queued.answer.set_result(replace(state, alone=True))
-                continue
-            events = [to_stored(e) for e in unit.collect(_metadata(context))]
             unit.remember()  # staged: what the next command decides on
             decided.append((queued, unit, primary or _first_changed(unit), events))
         if decided:

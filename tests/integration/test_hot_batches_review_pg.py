@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from typing import Any
+from typing import Any, ClassVar
+from uuid import UUID, uuid4
 
 import httpx
 import pytest
@@ -21,12 +22,16 @@ from http_helpers import (
 from support.postgres import PgDatabase
 from support.writers import ISIN
 from test_hot_batches_pg import Offload, _hot_bus, _queued_behind_a_lock, _run, store
+from unit.domain import Counter as CounterAggregate
+from unit.domain import IncrementCounter, StartCounter, counter_router
 
 from example_app.accounts import Account
 from example_app.commands import CreditHoldings
+from framework import Command, CommandRouter, Event, UnitOfWork, event
 from framework.adapters.pg_async import AsyncPostgresAppender
 from framework.adapters.postgres import PostgresEventStore
-from framework.bus import CommandContext, Executed
+from framework.bus import CommandBus, CommandContext, Executed
+from framework.contention import HotAggregates
 from framework.errors import StoreUnavailable
 from framework.observe import correlation_id
 
@@ -122,3 +127,64 @@ def test_a_batch_member_s_snapshot_warning_carries_that_member_s_correlation_id(
     crossing = [n for n, a in enumerate(answers) if a.result.version == Account.snapshot_every]
     snapshot_warnings = [cid for message, cid in warnings.seen if message.startswith("snapshot of")]
     assert snapshot_warnings == [f"req-{n}" for n in crossing], warnings.seen
+
+
+class _Noted(Event):
+    event_name: ClassVar[str] = "eventfold-review:CounterNoted"
+    blob: bytes  # stored as UTF-8 text: bytes that are not fail when the event is stored
+
+
+class _NotingCounter(CounterAggregate):
+    snapshot_every: ClassVar[int | None] = None
+
+    def note(self, blob: bytes) -> None:
+        self._noted(blob=blob)
+
+    @event(_Noted)
+    def _noted(self, blob: bytes) -> None:
+        pass
+
+
+class _Note(Command):
+    counter_id: UUID
+    blob: bytes
+
+
+def _noting_router() -> CommandRouter:
+    routes = counter_router(_NotingCounter)
+
+    def note(command: _Note, unit: UnitOfWork) -> _NotingCounter:
+        counter = unit.get(_NotingCounter, command.counter_id)
+        counter.note(command.blob)
+        return counter
+
+    routes.route(_Note, note)
+    return routes
+
+
+def test_a_member_whose_events_cannot_be_stored_fails_alone_not_its_whole_batch(
+    store: PostgresEventStore, pg_database: PgDatabase, pg_schema: str
+) -> None:
+    """Run alone, a command whose event cannot be encoded fails by itself (its error, 500); in a batch it
+    must not take the batch's other members down with it (they were answered 'a batch of commands
+    failed' and never executed)."""
+    hot = HotAggregates()
+    bus = CommandBus(_noting_router(), store, hot_aggregates=hot)
+    counter_id = uuid4()
+    bus.execute(StartCounter(counter_id=counter_id))
+    hot.heat([counter_id])
+
+    async def main(appender: AsyncPostgresAppender) -> list[Any]:
+        calls = [bus.execute_async(IncrementCounter(counter_id=counter_id), None, appender, Offload())
+                 for _ in range(3)]
+        calls.append(bus.execute_async(_Note(counter_id=counter_id, blob=b"\xff"), None, appender, Offload()))
+        calls += [bus.execute_async(IncrementCounter(counter_id=counter_id), None, appender, Offload())
+                  for _ in range(3)]
+        return await _queued_behind_a_lock(pg_database, pg_schema, appender, calls)
+
+    answers = _run(main, pg_database.settings(pg_schema, pool_size=4))
+    assert isinstance(answers[3], UnicodeDecodeError), answers[3]
+    others = answers[:3] + answers[4:]
+    assert all(isinstance(a, Executed) for a in others), others
+    assert sorted(a.result.version for a in others) == list(range(2, 8))
+    assert [e.originator_version for e in store.read_stream(counter_id, 0)] == list(range(1, 8))
