@@ -255,7 +255,9 @@ class CommandBus:
             except (_NeedsStore, Exception):  # decided again alone: on the store's state, or on saved state
                 queued.answer.set_result(replace(state, alone=True))
                 continue
-            unit.remember()  # staged: what the next command decides on
+            for touched in unit.touched:  # staged: what the next command decides on
+                if touched.aggregate.version != touched.loaded_version:  # what it only read is as saved
+                    staged.put(touched.aggregate)
             decided.append((queued, unit, primary or _first_changed(unit), events))
         if decided:
             await self._append_batch(appender, offload, staged, decided)

@@ -188,3 +188,41 @@ def test_a_member_whose_events_cannot_be_stored_fails_alone_not_its_whole_batch(
     assert all(isinstance(a, Executed) for a in others), others
     assert sorted(a.result.version for a in others) == list(range(2, 8))
     assert [e.originator_version for e in store.read_stream(counter_id, 0)] == list(range(1, 8))
+
+
+class _Scribble(Command):
+    counter_id: UUID
+
+
+def test_a_member_that_changes_an_aggregate_without_an_event_leaves_the_cache_as_saved(
+    store: PostgresEventStore, pg_database: PgDatabase, pg_schema: str
+) -> None:
+    """A handler that changes the state it loaded without recording an event (a careless one) changes
+    nothing saved: run alone, the cache keeps the saved state (same version, not put). In a batch its
+    change must not reach the next member's decision, nor the cache at the next member's version."""
+    hot = HotAggregates()
+    routes = _noting_router()
+
+    def scribble(command: _Scribble, unit: UnitOfWork) -> _NotingCounter:
+        counter = unit.get(_NotingCounter, command.counter_id)
+        counter.label = "scribbled"  # not an event: never stored
+        return counter
+
+    routes.route(_Scribble, scribble)
+    bus = CommandBus(routes, store, hot_aggregates=hot)
+    counter_id = uuid4()
+    bus.execute(StartCounter(counter_id=counter_id, label="saved"))
+    hot.heat([counter_id])
+
+    async def main(appender: AsyncPostgresAppender) -> list[Any]:
+        calls = [bus.execute_async(IncrementCounter(counter_id=counter_id), None, appender, Offload()),
+                 bus.execute_async(_Scribble(counter_id=counter_id), None, appender, Offload()),
+                 bus.execute_async(IncrementCounter(counter_id=counter_id), None, appender, Offload())]
+        return await _queued_behind_a_lock(pg_database, pg_schema, appender, calls)
+
+    answers = _run(main, pg_database.settings(pg_schema, pool_size=4))
+    assert all(isinstance(a, Executed) for a in answers), answers
+    replayed = UnitOfWork(store, None).get(_NotingCounter, counter_id)
+    assert replayed.label == "saved" and replayed.version == 3
+    cached = bus._cache.get(_NotingCounter, counter_id)
+    assert cached is not None and (cached.label, cached.version) == ("saved", 3)
