@@ -49,16 +49,25 @@ async def decided_in_batch(turns: LoopTurns, aggregate_id: UUID, item: T, run: B
     turn = turns.join(aggregate_id)
     queued = Queued(item)
     turn.queue.append(queued)
+    read = False
     try:
         while not queued.answer.done():
             if turn.combining is None:
                 turn.combining = _start_batch(turns, aggregate_id, turn, run)
             await asyncio.wait((queued.answer, turn.combining), return_when=asyncio.FIRST_COMPLETED)
+        read = True
         return queued.answer.result()
     finally:
         if queued in turn.queue:  # its caller stopped waiting before any batch took it: never decided
             turn.queue.remove(queued)
+        elif not read:  # its batch answers nobody: an error left unread would be logged as never retrieved
+            queued.answer.add_done_callback(_unread)
         turns.leave(aggregate_id, turn)
+
+
+def _unread(answer: asyncio.Future[Any]) -> None:
+    if not answer.cancelled():
+        answer.exception()
 
 
 def _start_batch(turns: LoopTurns, aggregate_id: UUID, turn: Turn, run: Batch[T]) -> asyncio.Future[None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Awaitable
 from typing import Any, ClassVar
 from uuid import UUID, uuid4
 
@@ -20,8 +21,8 @@ from http_helpers import (
     serve_write_api,
 )
 from support.postgres import PgDatabase
-from support.writers import ISIN
-from test_hot_batches_pg import Offload, _hot_bus, _queued_behind_a_lock, _run, store
+from support.writers import ISIN, replayed_holding
+from test_hot_batches_pg import Offload, _events_locked, _hot_bus, _queued_behind_a_lock, _run, store
 from unit.domain import Counter as CounterAggregate
 from unit.domain import IncrementCounter, StartCounter, counter_router
 
@@ -226,3 +227,45 @@ def test_a_member_that_changes_an_aggregate_without_an_event_leaves_the_cache_as
     assert replayed.label == "saved" and replayed.version == 3
     cached = bus._cache.get(_NotingCounter, counter_id)
     assert cached is not None and (cached.label, cached.version) == ("saved", 3)
+
+
+def test_every_task_cancelled_as_a_loop_shutting_down_leaves_the_store_whole_and_no_turn_behind(
+    store: PostgresEventStore, pg_database: PgDatabase, pg_schema: str
+) -> None:
+    """asyncio.run's end cancels every task at once: the callers, a batch whose append waits on a lock,
+    the next batch queued. Nothing hangs, nothing half-written, the turns are all given back, and the
+    same bus goes on on a new loop."""
+    bus, _ = _hot_bus(store, ["HOT-X"])
+
+    def credit(appender: AsyncPostgresAppender) -> Awaitable[Executed]:
+        return bus.execute_async(CreditHoldings(account_number="HOT-X", isin=ISIN, quantity=1), None,
+                                 appender, Offload())
+
+    async def main(appender: AsyncPostgresAppender) -> tuple[list[Any], int]:
+        before = asyncio.all_tasks()
+        with _events_locked(pg_database, pg_schema):
+            callers = [asyncio.ensure_future(credit(appender)) for _ in range(10)]
+            await asyncio.sleep(0.2)  # a batch's append waits on the lock
+            more = [asyncio.ensure_future(credit(appender)) for _ in range(5)]  # the next batch, queued
+            await asyncio.sleep(0)
+            batches = {t for t in asyncio.all_tasks() - before if t.get_coro().__qualname__ == "_batch"}
+            assert batches
+            everything = {*callers, *more, *batches}  # not the pool's own tasks: the appender is closed after
+            for task in everything:
+                task.cancel()
+            answers = await asyncio.gather(*callers, *more, return_exceptions=True)
+            await asyncio.gather(*everything, return_exceptions=True)
+        return answers, len(bus._loop_turns())
+
+    answers, turns_left = _run(main, pg_database.settings(pg_schema, pool_size=4))
+    assert all(isinstance(a, asyncio.CancelledError | RuntimeError) for a in answers), answers
+    assert turns_left == 0
+    stored = _versions_of(store, "HOT-X")
+    assert stored == list(range(1, len(stored) + 1))
+    assert replayed_holding(store, "HOT-X") == len(stored) - 1
+    after = _run(lambda appender: credit(appender), pg_database.settings(pg_schema, pool_size=4))
+    assert after.result.version == len(stored) + 1
+
+
+def _versions_of(store: PostgresEventStore, number: str) -> list[int]:
+    return [e.originator_version for e in store.read_stream(Account.id_for(number), 0)]

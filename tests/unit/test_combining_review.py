@@ -124,3 +124,29 @@ def test_a_batch_logs_in_a_context_of_its_own_not_in_its_first_caller_s() -> Non
         logging.getLogger("framework.combining").removeHandler(handler)
     assert all(isinstance(a, RuntimeError) for a in answers)
     assert seen == [None]
+
+
+def test_a_caller_that_stopped_waiting_leaves_no_unretrieved_error_behind(caplog: pytest.LogCaptureFixture) -> None:
+    """A caller cancelled (its client gone) while its batch runs, and the batch then fails: nobody reads the
+    answer's error, and asyncio logs 'Future exception was never retrieved' at ERROR for each such caller
+    (on a failing store, one error line per disconnected client). Its answer is consumed instead."""
+    import gc
+
+    async def failing(batch: Sequence[Queued[int]]) -> None:
+        await asyncio.sleep(0.01)
+        for queued in batch:
+            queued.answer.set_exception(OSError("the connection was lost"))
+
+    async def main() -> None:
+        turns, aggregate = LoopTurns(), uuid4()
+        callers = [asyncio.ensure_future(decided_in_batch(turns, aggregate, n, failing)) for n in range(3)]
+        await asyncio.sleep(0.001)  # the batch runs
+        for caller in callers[1:]:
+            caller.cancel()
+        await asyncio.gather(*callers, return_exceptions=True)
+        await asyncio.sleep(0.02)
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        asyncio.run(asyncio.wait_for(main(), 10))
+        gc.collect()
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()], caplog.text
