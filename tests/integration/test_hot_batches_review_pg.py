@@ -269,3 +269,33 @@ def test_every_task_cancelled_as_a_loop_shutting_down_leaves_the_store_whole_and
 
 def _versions_of(store: PostgresEventStore, number: str) -> list[int]:
     return [e.originator_version for e in store.read_stream(Account.id_for(number), 0)]
+
+
+@pytest.mark.parametrize("times", [[1, 0, 2, 0, 3], [0, 0, 0]], ids=["some-change-nothing", "none-change"])
+def test_members_that_change_nothing_answer_no_position_and_the_others_their_own(
+    store: PostgresEventStore, pg_database: PgDatabase, pg_schema: str, times: list[int]
+) -> None:
+    hot = HotAggregates()
+    bus = CommandBus(_noting_router(), store, hot_aggregates=hot)
+    counter_id = uuid4()
+    bus.execute(StartCounter(counter_id=counter_id))
+    hot.heat([counter_id])
+
+    async def main(appender: AsyncPostgresAppender) -> list[Any]:
+        calls = [bus.execute_async(IncrementCounter(counter_id=counter_id, times=n), None, appender, Offload())
+                 for n in [1, *times]]  # the first alone, its append waiting on the lock: the rest one batch
+        return await _queued_behind_a_lock(pg_database, pg_schema, appender, calls)
+
+    answers = _run(main, pg_database.settings(pg_schema, pool_size=4))
+    assert all(isinstance(a, Executed) for a in answers), answers
+    stored = {e.id: e for e in store.read_all(0, 10_000)}
+    version = 1
+    for n, answer in zip([1, *times], answers, strict=True):
+        version += n
+        assert answer.result.version == version
+        if n == 0:
+            assert answer.result.position is None
+        else:
+            event = stored[answer.result.position]
+            assert (event.originator_id, event.originator_version) == (counter_id, version)
+    assert [e.originator_version for e in store.read_stream(counter_id, 0)] == list(range(1, version + 1))
