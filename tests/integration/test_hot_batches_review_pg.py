@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections import Counter
 from collections.abc import Awaitable
 from typing import Any, ClassVar
@@ -22,18 +23,19 @@ from http_helpers import (
 )
 from support.postgres import PgDatabase
 from support.writers import ISIN, replayed_holding
-from test_hot_batches_pg import Offload, _events_locked, _hot_bus, _queued_behind_a_lock, _run, store
+from test_hot_batches_pg import CountingAppends, Offload, _events_locked, _hot_bus, _queued_behind_a_lock, _run, store
 from unit.domain import Counter as CounterAggregate
 from unit.domain import IncrementCounter, StartCounter, counter_router
 
 from example_app.accounts import Account
-from example_app.commands import CreditHoldings
+from example_app.commands import CreditHoldings, DebitHoldings, TransferHoldings
 from framework import Command, CommandRouter, Event, UnitOfWork, event
 from framework.adapters.pg_async import AsyncPostgresAppender
 from framework.adapters.postgres import PostgresEventStore
 from framework.bus import CommandBus, CommandContext, Executed
 from framework.contention import HotAggregates
-from framework.errors import StoreUnavailable
+from framework.errors import ConcurrencyConflict, RuleViolation, StoreUnavailable, VersionMismatch
+from framework.mapper import from_stored
 from framework.observe import correlation_id
 
 pytestmark = pytest.mark.postgres
@@ -299,3 +301,77 @@ def test_members_that_change_nothing_answer_no_position_and_the_others_their_own
             event = stored[answer.result.position]
             assert (event.originator_id, event.originator_version) == (counter_id, version)
     assert [e.originator_version for e in store.read_stream(counter_id, 0)] == list(range(1, version + 1))
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_random_mix_on_a_hot_account_with_cancellations_is_some_serial_order(
+    store: PostgresEventStore, pg_database: PgDatabase, pg_schema: str, seed: int
+) -> None:
+    """Credits, debits (some refused on a batch's state), keyed commands, expected versions and transfers
+    on one hot account, callers cancelled at random. Every command has its own correlation id, stored with
+    its events: none is stored twice; each answered command's events are stored and its answer is its own
+    last event; a refused one wrote nothing; versions are contiguous and the holding is the replay's."""
+    rng = random.Random(seed)
+    bus, hot = _hot_bus(store, ["HOT-R", "OTHER-R"])
+    bus.execute(CreditHoldings(account_number="HOT-R", isin=ISIN, quantity=50))
+    hot_id = Account.id_for("HOT-R")
+
+    def command(n: int) -> tuple[Command, CommandContext]:
+        kind = rng.choice(["credit", "credit", "debit", "debit", "keyed", "expecting", "transfer"])
+        cid = f"cmd-{n}"
+        if kind == "credit":
+            return CreditHoldings(account_number="HOT-R", isin=ISIN, quantity=rng.randint(1, 5)), \
+                CommandContext(correlation_id=cid)
+        if kind == "debit":
+            return DebitHoldings(account_number="HOT-R", isin=ISIN, quantity=rng.randint(1, 9)), \
+                CommandContext(correlation_id=cid)
+        if kind == "keyed":
+            return CreditHoldings(account_number="HOT-R", isin=ISIN, quantity=1), \
+                CommandContext(correlation_id=cid, idempotency_key=f"key-{seed}-{n}")
+        if kind == "expecting":
+            return CreditHoldings(account_number="HOT-R", isin=ISIN, quantity=1), \
+                CommandContext(correlation_id=cid, expected_version=rng.randint(2, 40))
+        return TransferHoldings(from_account="HOT-R", to_account="OTHER-R", isin=ISIN, quantity=1), \
+            CommandContext(correlation_id=cid)
+
+    async def main(appender: AsyncPostgresAppender) -> tuple[list[Any], CountingAppends]:
+        appends = CountingAppends(appender)
+        offload = Offload()
+        tasks = []
+        for n in range(160):
+            hot.heat([hot_id])
+            sent, context = command(n)
+            tasks.append(asyncio.ensure_future(bus.execute_async(sent, context, appender, offload)))
+            if rng.random() < 0.3:
+                await asyncio.sleep(rng.choice([0, 0, 0.001, 0.003]))
+            if rng.random() < 0.15:
+                rng.choice(tasks).cancel()
+        return list(await asyncio.gather(*tasks, return_exceptions=True)), appends
+
+    answers, appends = _run(main, pg_database.settings(pg_schema, pool_size=4))
+    assert max(appends.events) >= 4  # batches formed
+    stored = store.read_all(0, 100_000)
+    by_command: dict[str, list[Any]] = {}
+    for stored_event in stored:
+        envelope = from_stored(stored_event)
+        if envelope.metadata.correlation_id:
+            by_command.setdefault(envelope.metadata.correlation_id, []).append((stored_event, envelope))
+    for n, answer in enumerate(answers):
+        mine = by_command.get(f"cmd-{n}", [])
+        assert len({e.originator_id for e, _ in mine}) == len(mine), (n, mine)  # no aggregate written twice
+        if isinstance(answer, Executed):
+            assert mine, (n, answer)
+            last = max((e for e, _ in mine if e.originator_id == answer.result.aggregate_id), key=lambda e: e.id)
+            assert answer.result.version == last.originator_version  # its own event's version
+            assert answer.result.position == max(e.id for e, _ in mine)  # its last event's position
+        elif isinstance(answer, asyncio.CancelledError):
+            pass  # decided at most once (checked above), or not at all
+        else:
+            assert isinstance(answer, RuleViolation | VersionMismatch), (n, answer)
+            assert not mine, (n, answer, mine)
+    versions = _versions_of(store, "HOT-R")
+    assert versions == list(range(1, len(versions) + 1))
+    assert not any(isinstance(a, ConcurrencyConflict) for a in answers)
+    holding = replayed_holding(store, "HOT-R")
+    cached = bus._cache.get(Account, hot_id)
+    assert cached is not None and cached.version == versions[-1] and cached.holding(ISIN) == holding
