@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
@@ -74,24 +75,30 @@ def _start_batch(turns: LoopTurns, aggregate_id: UUID, turn: Turn, run: Batch[T]
     turns.join(aggregate_id)  # the batch keeps the turn, whoever stops waiting for it
     # In a context of its own: it works for all its members, not for the request that happened to start it
     # (whose correlation id every log line of the batch would otherwise carry).
-    return asyncio.get_running_loop().create_task(_batch(turns, aggregate_id, turn, run), context=contextvars.Context())
+    task = asyncio.get_running_loop().create_task(_batch(turn, run), context=contextvars.Context())
+    # Its end is seen to by a callback, not by a ``finally`` in it: a task cancelled before its first step
+    # (a loop's end cancels every task) never runs its body, and would keep the turn and stay the batch
+    # under way for ever, its waiters going round a done task. Registered first, it runs before they wake.
+    task.add_done_callback(functools.partial(_batch_ended, turns, aggregate_id, turn))
+    return task
 
 
-async def _batch(turns: LoopTurns, aggregate_id: UUID, turn: Turn, run: Batch[T]) -> None:
-    try:
-        async with turn.lock:  # commands holding the turn alone (keys, expected versions) go between batches
-            taken, turn.queue[:] = turn.queue[:MAX_BATCH], turn.queue[MAX_BATCH:]
-            try:
-                await run(taken)
-            except Exception as error:  # a bug: its members fail, none waits forever, the queue goes on
-                log.exception("a batch of %d commands failed", len(taken))
-                _fail_unanswered(taken, error)
-            except BaseException as error:  # the loop shutting down
-                _fail_unanswered(taken, error)
-                raise
-    finally:
-        turn.combining = None
-        turns.leave(aggregate_id, turn)
+def _batch_ended(turns: LoopTurns, aggregate_id: UUID, turn: Turn, _: asyncio.Future[None]) -> None:
+    turn.combining = None
+    turns.leave(aggregate_id, turn)
+
+
+async def _batch(turn: Turn, run: Batch[T]) -> None:
+    async with turn.lock:  # commands holding the turn alone (keys, expected versions) go between batches
+        taken, turn.queue[:] = turn.queue[:MAX_BATCH], turn.queue[MAX_BATCH:]
+        try:
+            await run(taken)
+        except Exception as error:  # a bug: its members fail, none waits forever, the queue goes on
+            log.exception("a batch of %d commands failed", len(taken))
+            _fail_unanswered(taken, error)
+        except BaseException as error:  # the loop shutting down
+            _fail_unanswered(taken, error)
+            raise
 
 
 def _fail_unanswered(taken: Sequence[Queued[T]], error: BaseException) -> None:

@@ -150,3 +150,31 @@ def test_a_caller_that_stopped_waiting_leaves_no_unretrieved_error_behind(caplog
         asyncio.run(asyncio.wait_for(main(), 10))
         gc.collect()
     assert not [r for r in caplog.records if "never retrieved" in r.getMessage()], caplog.text
+
+
+def test_a_batch_task_cancelled_before_it_ever_ran_neither_spins_its_waiters_nor_keeps_the_turn() -> None:
+    """A task cancelled before its first step never runs its body, so a ``finally`` there never runs: the
+    turn kept the dead batch as the one under way, and every waiter went round ``asyncio.wait`` on a done
+    task for ever (a busy loop), the turn never given back."""
+    turns, aggregate = LoopTurns(), uuid4()
+    rounds = 0
+
+    async def answering(batch: Sequence[Queued[int]]) -> None:
+        for queued in batch:
+            queued.answer.set_result(queued.item)
+
+    async def main() -> object:
+        nonlocal rounds
+        waiter = asyncio.ensure_future(decided_in_batch(turns, aggregate, 7, answering))
+        await asyncio.sleep(0)  # the waiter queued its command and made the batch's task, not run yet
+        (turn,) = turns._turns.values()
+        assert turn.combining is not None
+        turn.combining.cancel()  # as a loop's end cancels every task, before the batch's first step
+        while not waiter.done() and rounds < 1000:
+            rounds += 1
+            await asyncio.sleep(0)
+        return await asyncio.wait_for(waiter, 1)
+
+    assert asyncio.run(main()) == 7
+    assert rounds < 20
+    assert len(turns) == 0
