@@ -244,17 +244,20 @@ class CommandBus:
             unit = UnitOfWork(_CACHE_ONLY, staged, trust_cache=True, before_load=_not_hot(self._hot, state.holding))
             try:
                 primary = self.router.handler_for(command)(command, unit)
+                if not _changed(unit) <= state.holding:  # another aggregate's conflicts would fail the batch
+                    raise _NeedsStore("another aggregate")
+                # Its events stored here, not with the batch's: one that cannot be (an event that does not
+                # encode) fails alone, as it would have, not every member of the batch with it.
+                events = [to_stored(e) for e in unit.collect(_metadata(context))]
             except _HotOnLoop as hot:
                 queued.answer.set_result(replace(state, holding=state.holding | hot.aggregate_ids))
                 continue
             except (_NeedsStore, Exception):  # decided again alone: on the store's state, or on saved state
                 queued.answer.set_result(replace(state, alone=True))
                 continue
-            if not _changed(unit) <= state.holding:  # another aggregate's conflicts would fail the whole batch
-                queued.answer.set_result(replace(state, alone=True))
-                continue
-            events = [to_stored(e) for e in unit.collect(_metadata(context))]
-            unit.remember()  # staged: what the next command decides on
+            for touched in unit.touched:  # staged: what the next command decides on
+                if touched.aggregate.version != touched.loaded_version:  # what it only read is as saved
+                    staged.put(touched.aggregate)
             decided.append((queued, unit, primary or _first_changed(unit), events))
         if decided:
             await self._append_batch(appender, offload, staged, decided)
@@ -283,9 +286,10 @@ class CommandBus:
         for queued, _, main, events in decided:
             queued.answer.set_result(_result(main, positions[start:start + len(events)]))
             start += len(events)
-        for _, unit, _, _ in decided:
+        for queued, unit, _, _ in decided:
             if any(snapshot_due(t.aggregate, t.loaded_version) for t in unit.touched):
-                await offload(self._snapshot, unit)
+                # In its command's context, as if it had run alone: a failure's warning names its request.
+                await queued.context.run(asyncio.ensure_future, offload(self._snapshot, unit))
 
     def _loop_turns(self) -> LoopTurns:
         loop = asyncio.get_running_loop()
