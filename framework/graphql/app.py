@@ -644,6 +644,7 @@ _SHARING_SECONDS = 1.0  # how long a request waits for the same answer being com
 _SHARING_ROUNDS = 3  # computations of the same answer a request waits for, each found stale, before computing
 _KEEP = "eventfold.keep"  # (cache key, plan): the answer may be kept
 _SEEN = "eventfold.seen"  # the positions read just before it was executed
+_KEPT = "eventfold.kept"  # its answer was kept
 _NOW = "eventfold.now"  # positions read after it arrived, for the response cache: its execution reuses them
 _REMEMBERED_BODY = 4_096  # bodies up to this many bytes are parsed once for many requests
 _READS = "eventfold.reads"  # what its resolvers read (framework.graphql.responses.Reads)
@@ -702,7 +703,8 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
                           failures_per_minute=options.auth_failures_per_minute)
         self._plans: _Plans | None = None
         self._clock: PositionClock | None = None
-        self._computing: dict[Hashable, asyncio.Future[None]] = {}  # answers being computed, by cache key
+        # Answers being computed, by cache key; each ends with whether its sharers may share the next one.
+        self._computing: dict[Hashable, asyncio.Future[bool]] = {}
         self._code_point_text: bool | None = None  # orders_text_by_code_point(views), asked once
         self._bodies = functools.lru_cache(maxsize=256)(self._parse_body)  # small bodies, by their bytes
         self._responses = ResponseCache(options.response_cache_entries)
@@ -839,7 +841,7 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
         if keep is None or not self._claim_heard(_min_position(request), keep[1]):
             return await self.run(request)
         key = keep[0]
-        waited: asyncio.Future[None] | None = None
+        waited: asyncio.Future[bool] | None = None
         for _ in range(_SHARING_ROUNDS):  # a commit during the computation: the next one, led by a sharer
             running = self._computing.get(key)
             if running is None or running is waited:  # (one still running after _SHARING_SECONDS: not again)
@@ -856,15 +858,22 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
             shared = await self._kept(request, now)
             if shared is not None:
                 return shared
-        done = self._computing[key] = asyncio.get_running_loop().create_future()
+            if running.done() and not running.result():
+                break  # computed and not kept (errors, too large, just after a switch): the next one would not be
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._computing[key] = done
+        again = True  # failed or cancelled: its sharers share the next computation (it may succeed)
         try:
-            return await self._run_counted(request)
+            response = await self._run_counted(request)
+            scope = request.scope
+            again = bool(scope.get(_KEPT) or scope.get(_UNAVAILABLE) or scope.get(_TOO_MANY_WAITING))
+            return response
         finally:
             if self._computing.get(key) is done:
                 del self._computing[key]
-            done.set_result(None)
+            done.set_result(again)
 
-    async def _share(self, running: asyncio.Future[None]) -> None:
+    async def _share(self, running: asyncio.Future[bool]) -> None:
         """Wait (a moment at most) for another request's computation of the same answer."""
         if self._metrics is not None:
             self._metrics.graphql_sharing.inc()
@@ -986,8 +995,9 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
                 plan.projections)):
             return None
         body = answer_body(result.data)
-        self._responses.put(key, seen, plan.projections, result.data, request.scope.get(_READS),
-                            request.scope.get(_EPOCH, 0), body=body)
+        if self._responses.put(key, seen, plan.projections, result.data, request.scope.get(_READS),
+                               request.scope.get(_EPOCH, 0), body=body):
+            request.scope[_KEPT] = True
         return body
 
 

@@ -269,16 +269,16 @@ class ResponseCache:
         return found
 
     def put(self, key: Hashable, positions: Positions, projections: Sequence[str], data: Any,
-            reads: Reads | None = None, epoch: int = 0, body: bytes | None = None) -> None:
+            reads: Reads | None = None, epoch: int = 0, body: bytes | None = None) -> bool:
         """Keep ``data``, computed after ``positions`` were read, in the listening session ``epoch``
         (``self.epoch`` before those positions were read), from ``reads``; ``body``: ``answer_body(data)``
-        when the caller encoded it already."""
+        when the caller encoded it already. Whether it was kept."""
         if reads is not None and not reads.projections() <= set(projections):
-            return  # it read a projection it does not declare: no position can vouch for that part of it
+            return False  # it read a projection it does not declare: no position can vouch for that part of it
         if body is None:
             body = answer_body(data)
         if len(body) > self._max_bytes or self._entries <= 0:
-            return
+            return False
         kept = tuple((name, tuple(positions[name])) for name in sorted(projections))
         entry = Cached(kept, data, body, key)
         if reads is not None and self._followed(entry, reads, epoch):
@@ -291,6 +291,7 @@ class ResponseCache:
         self._kept[key] = entry
         while len(self._kept) > self._entries:
             self._forget(self._kept.popitem(last=False)[1])
+        return True
 
     def _followed(self, entry: Cached, reads: Reads, epoch: int) -> bool:
         """Whether commits can vouch for ``entry`` from now on: it read only rows and tables of its

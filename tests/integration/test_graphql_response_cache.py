@@ -549,3 +549,52 @@ def test_the_view_stores_text_order_is_asked_once_per_api(cached: Cached) -> Non
     for first in range(1, 6):  # five documents: each computed, each keepable
         assert "errors" not in cached.client.execute(f"{{ cards(first: {first}) {{ nodes {{ actionId }} }} }}")
     assert len(asked) == 1, len(asked)
+
+
+# --- review (gql-writes): sharing an answer that is never kept --------------------------------------------------
+
+def _query_api(app: Any) -> Any:
+    """The ``_QueryApi`` behind an app's ``/graphql`` route (behind its ``_Guard``)."""
+    route = next(r for r in app.routes if getattr(r, "path", None) == "/graphql")
+    return route.app._app
+
+
+def test_requests_sharing_an_answer_that_is_never_kept_do_not_wait_round_after_round(
+        watched_app: tuple[Any, CountingViewStore, int]) -> None:
+    """An answer computed without error but not kept (over the cache's size bound here; also an answer
+    computed within seconds of a version switch) leaves nothing a sharer could take: the requests that
+    waited for it compute their own at once. They waited, one round after another, for up to three such
+    computations, each led by one of them (4 reads' time instead of 2, with as many reads)."""
+    import httpx
+
+    app, views, _head = watched_app
+    _query_api(app)._responses._max_bytes = 10  # as an answer over 256 KB: computed, never kept
+    original = views.get_many_async
+    delay, calls = 0.5, 0
+
+    async def slow(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(delay)
+        return await original(*args, **kwargs)
+
+    async def run() -> tuple[list[httpx.Response], float]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
+            async def ask() -> httpx.Response:
+                return await client.post("/graphql", json={"query": SHARED_CARD})
+
+            assert (await ask()).status_code == 200  # the listener started, positions known
+            views.get_many_async = slow  # type: ignore[method-assign]
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            leader = asyncio.create_task(ask())
+            await asyncio.sleep(0.05)
+            answers = await asyncio.wait_for(asyncio.gather(leader, *(ask() for _ in range(6))), 30)
+            return answers, loop.time() - started
+
+    answers, elapsed = asyncio.run(run())
+    for answer in answers:
+        assert answer.status_code == 200 and answer.json() == {
+            "data": {"card": {"actionId": "CA-S", "status": "announced"}}}, answer.text
+    assert elapsed < 3 * delay, f"{elapsed:.2f} s for reads of {delay} s ({calls} reads)"
