@@ -598,3 +598,93 @@ def test_requests_sharing_an_answer_that_is_never_kept_do_not_wait_round_after_r
         assert answer.status_code == 200 and answer.json() == {
             "data": {"card": {"actionId": "CA-S", "status": "announced"}}}, answer.text
     assert elapsed < 3 * delay, f"{elapsed:.2f} s for reads of {delay} s ({calls} reads)"
+
+
+@pytest.fixture
+def shared_side(pg_database: PgDatabase) -> Iterator[tuple[Any, CountingViewStore, ReadSide, PositionWatch]]:
+    """``watched_app`` with the read side, to commit while a request is computed (driven in-process)."""
+    with pg_database.fresh_schema("rcrace") as schema:
+        store = PostgresEventStore(pg_database.settings(schema, pool_size=2))
+        store.create_schema()
+        views = CountingViewStore(pg_database.settings(schema, pool_size=4))
+        views.create_schema()
+        side = ReadSide(store, views)
+        side.execute([RegisterSecurity(isin=APPLE, name="Apple Inc.", currency="USD"), _announce("CA-S"),
+                      _announce("CA-T")], key_prefix="rcr-seed")
+        side.settle()
+        watch = PositionWatch(PostgresPositionSignals(pg_database.settings(schema), check_seconds=0.2), views,
+                              store.head)
+        app = create_query_app(build_graphql(), views, store, watch=watch,
+                               options=QueryApiOptions(consistency_timeout=5))
+        try:
+            yield app, views, side, watch
+        finally:
+            views.close()
+            store.close()
+
+
+@pytest.mark.parametrize("touches", [True, False])
+def test_a_computation_made_stale_by_a_commit_is_never_an_answer_for_that_commits_position(
+        shared_side: tuple[Any, CountingViewStore, ReadSide, PositionWatch], touches: bool) -> None:
+    """The leader reads its row, then a commit lands (touching that row or another one) and is heard;
+    requests arriving then, claiming its position or not, share the leader's computation while it runs.
+    Each gets the row as of that commit: the leader's answer only when the commit left its row alone
+    (claiming the commit's position), else an answer computed again."""
+    import httpx
+
+    app, views, side, watch = shared_side
+    original = views.get_many_async
+    held, release = asyncio.Event(), asyncio.Event()
+    calls = 0
+
+    async def gated(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        rows = await original(*args, **kwargs)
+        if calls == 1:  # the leader has read the row: it holds its answer until the commit is heard
+            held.set()
+            await release.wait()
+        return rows
+
+    def commit() -> int:
+        position = side.execute([ValidateCorporateAction(action_id="CA-S" if touches else "CA-T")],
+                                key_prefix=f"rcr-{touches}")
+        side.settle()
+        return position
+
+    async def run() -> tuple[httpx.Response, list[httpx.Response], int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
+            async def ask(position: int | None) -> httpx.Response:
+                headers = {} if position is None else {"Eventfold-Position": str(position)}
+                return await client.post("/graphql", json={"query": SHARED_CARD}, headers=headers)
+
+            for _ in range(2):  # the listener started, positions known (another card: nothing kept for CA-S)
+                warm = await client.post("/graphql", json={"query": '{ card(actionId: "CA-none") { status } }'},
+                                         headers={"Eventfold-Position": "0"})
+                assert warm.status_code == 200, warm.text
+            views.get_many_async = gated  # type: ignore[method-assign]
+            leader = asyncio.create_task(ask(None))
+            await asyncio.wait_for(held.wait(), 10)
+            position = await asyncio.to_thread(commit)
+            for _ in range(500):
+                if watch.positions_known().get("cards", -1) >= position:
+                    break
+                await asyncio.sleep(0.02)
+            assert watch.positions_known()["cards"] >= position, "the commit was heard"
+            others = [asyncio.create_task(ask(claim)) for claim in (position, None, position, None, position)]
+            await asyncio.sleep(0.2)  # they share the leader's computation
+            release.set()
+            answers = await asyncio.wait_for(asyncio.gather(*others), 20)
+            return await leader, answers, position
+
+    leader, answers, position = asyncio.run(run())
+    assert leader.json()["data"]["card"]["status"] == "announced", "read before the commit"
+    expected = "validated" if touches else "announced"
+    for answer, claim in zip(answers, (position, None, position, None, position), strict=True):
+        body = answer.json()
+        assert answer.status_code == 200 and body["data"] == {"card": {"actionId": "CA-S", "status": expected}}, body
+        if claim is not None:
+            consistency = body["extensions"]["consistency"]
+            assert consistency["reached"] is True and consistency["positions"]["cards"] >= position, consistency
+    assert calls == (2 if touches else 1), "the others shared the leader's computation, or the next one"
