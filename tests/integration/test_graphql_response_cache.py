@@ -688,3 +688,61 @@ def test_a_computation_made_stale_by_a_commit_is_never_an_answer_for_that_commit
             consistency = body["extensions"]["consistency"]
             assert consistency["reached"] is True and consistency["positions"]["cards"] >= position, consistency
     assert calls == (2 if touches else 1), "the others shared the leader's computation, or the next one"
+
+
+def test_claims_under_a_steady_stream_of_commits_to_the_row_they_read(
+        shared_side: tuple[Any, CountingViewStore, ReadSide, PositionWatch]) -> None:
+    """A writer credits one account again and again (each commit changes the row every reader reads);
+    readers over HTTP ask for it at once, most claiming the newest position the writer was given, so
+    their computations are shared, found stale and shared again. Each answer claiming position P shows
+    at least the quantity credited at P, claims positions at or past P, and no answer waits unbounded."""
+    import time as clock
+
+    app, _views, side, _watch = shared_side
+    side.execute([OpenAccount(account_number="RC-1", holder_name="Stream"),
+                  CreditHoldings(account_number="RC-1", isin=APPLE, quantity=1)], key_prefix="rcst-seed")
+    side.settle()
+    written: list[tuple[int, int]] = [(0, 0)]  # (position, quantity at it)
+    checked: list[tuple[int, int, int]] = []  # (claimed P, positions claimed, quantity shown)
+    slowest = [0.0]
+    lock, done = threading.Lock(), threading.Event()
+    with ServerThread(app) as server:
+        def reader(seed: int) -> None:
+            with GraphQLClient(server.base_url) as client:
+                asked = seed
+                while not done.is_set():
+                    asked += 1
+                    with lock:
+                        position, quantity = written[-1]
+                    claim = position if asked % 4 else None
+                    started = clock.monotonic()
+                    body = client.execute(HOLDINGS, position=claim)
+                    took = clock.monotonic() - started
+                    assert "errors" not in body, body
+                    shown = body["data"]["holdings"][0]["quantity"]
+                    with lock:
+                        slowest[0] = max(slowest[0], took)
+                        if claim is not None:
+                            consistency = body["extensions"]["consistency"]
+                            assert consistency["reached"] is True, consistency
+                            checked.append((claim, consistency["positions"]["holdings"], shown))
+                            assert shown >= quantity, (claim, shown, quantity)
+
+        with LiveProjections(side), concurrent.futures.ThreadPoolExecutor(8) as pool:
+            readers = [pool.submit(reader, seed) for seed in range(8)]
+            for index in range(60):
+                position = side.execute([CreditHoldings(account_number="RC-1", isin=APPLE, quantity=1)],
+                                        key_prefix=f"rcst-{index}")
+                with lock:
+                    written.append((position, 2 + index))
+                clock.sleep(0.03)
+            done.set()
+            for future in readers:
+                future.result()
+    quantity_at = dict(written)
+    for claim, positions, shown in checked:
+        assert positions >= claim, (claim, positions)
+        at_claimed = max(q for p, q in written if p <= positions)
+        assert shown >= at_claimed, ("older than the positions it claims", claim, positions, shown, at_claimed)
+    assert len(checked) > 50 and quantity_at, len(checked)
+    assert slowest[0] < 8, f"an answer took {slowest[0]:.1f} s"
