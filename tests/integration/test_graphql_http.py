@@ -621,7 +621,8 @@ def test_a_position_up_to_a_bigint_with_leading_zeros_is_read(api: Api, value: s
 def test_review_position_headers_of_other_digits_or_spellings_are_400(api: Api, value: str) -> None:
     """Unicode digits (sent as UTF-8), signs, separators, a comma-joined pair: 400, never a 500 or a position."""
     encoded = value.encode()
-    alone, second = [(b"Eventfold-Position", encoded)], [(b"Eventfold-Position", b"1"), (b"eventfold-position", encoded)]
+    alone = [(b"Eventfold-Position", encoded)]
+    second = [(b"Eventfold-Position", b"1"), (b"eventfold-position", encoded)]
     for headers in (alone, second):
         response = api.client.http.post(api.url, json={"query": "{ card(actionId: \"CA-APPLE-DIV\") { status } }"},
                                         headers=headers)
