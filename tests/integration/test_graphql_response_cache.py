@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from framework.adapters.postgres import PostgresEventStore
 from framework.errors import StoreUnavailable
 from framework.graphql import QueryApiOptions, create_query_app
 from framework.positions import PositionWatch
+from framework.security import Principal
 from projections.graphql import build_graphql
 from projections.holdings import Holding
 
@@ -746,3 +748,63 @@ def test_claims_under_a_steady_stream_of_commits_to_the_row_they_read(
         assert shown >= at_claimed, ("older than the positions it claims", claim, positions, shown, at_claimed)
     assert len(checked) > 50 and quantity_at, len(checked)
     assert slowest[0] < 8, f"an answer took {slowest[0]:.1f} s"
+
+
+class _RolesFromHeader:
+    """``Authorization: Bearer <subject>:<role,role>``: a caller per header (no signature: tests only)."""
+
+    blocking = False
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        subject, _, roles = (authorization or "Bearer anon:").removeprefix("Bearer ").partition(":")
+        return Principal(subject=subject, roles=frozenset(r for r in roles.split(",") if r))
+
+
+def test_a_computation_is_shared_and_kept_only_for_the_same_caller(
+        shared_side: tuple[Any, CountingViewStore, ReadSide, PositionWatch]) -> None:
+    """The same body bytes (parsed once), from callers of other roles or subjects, while one caller's answer
+    is being computed: only that caller's requests share it or get it kept; every other caller computes."""
+    import httpx
+
+    _app, views, side, _watch = shared_side
+    app = create_query_app(build_graphql(), views, side.store, authenticator=_RolesFromHeader(),
+                           options=QueryApiOptions(consistency_timeout=5))
+    original = views.get_many_async
+    held, release = asyncio.Event(), asyncio.Event()
+    callers: list[str] = []
+
+    async def gated(*args: Any, **kwargs: Any) -> Any:
+        callers.append("read")
+        rows = await original(*args, **kwargs)
+        if len(callers) == 1:
+            held.set()
+            await release.wait()
+        return rows
+
+    body = json.dumps({"query": SHARED_CARD}).encode()
+
+    async def run() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
+            async def ask(token: str) -> httpx.Response:
+                return await client.post("/graphql", content=body, headers={
+                    "content-type": "application/json", "authorization": f"Bearer {token}"})
+
+            views.get_many_async = gated  # type: ignore[method-assign]
+            leader = asyncio.create_task(ask("ann:ops"))
+            await asyncio.wait_for(held.wait(), 10)
+            others = [asyncio.create_task(ask(t)) for t in ("ann:ops", "bob:ops", "ann:", "ann:ops,x", "ann:ops")]
+            await asyncio.sleep(0.2)
+            assert len(callers) == 4, "other callers compute at once; ann:ops's two others wait for the leader"
+            release.set()
+            answers = [await leader, *await asyncio.wait_for(asyncio.gather(*others), 20)]
+            reads_after_sharing = len(callers)
+            answers += [await ask(t) for t in ("ann:ops", "bob:ops", "ann:", "ann:ops,x", "carl:ops")]
+            assert len(callers) == reads_after_sharing + 1, "each caller's kept answer, carl's computed"
+            return answers
+
+    answers = asyncio.run(run())
+    for answer in answers:
+        assert answer.status_code == 200 and answer.json() == {
+            "data": {"card": {"actionId": "CA-S", "status": "announced"}}}, answer.text
+    assert len(callers) == 1 + 3 + 1, "ann:ops shared; bob:ops, ann: and ann:ops,x computed; carl:ops computed"
