@@ -1110,7 +1110,7 @@ class _Guard:
             await _graphql_error(400, claimed, "BAD_REQUEST_HEADER")(scope, receive, send)
             return
         scope[_POSITION] = claimed
-        refused = _unsupported_body(scope, headers.get(b"content-type"))
+        refused = _unsupported_body(scope)
         if refused is not None:
             await _graphql_error(400, refused, "BAD_REQUEST")(scope, receive, send)
             return
@@ -1120,16 +1120,25 @@ class _Guard:
             await _too_large(self._limit)(scope, receive, send)
 
 
-def _unsupported_body(scope: Scope, content_type: bytes | None) -> str | None:
+def _unsupported_body(scope: Scope) -> str | None:
     """Why a POST's body is refused for its content type (None: it is ``application/json``, the one
-    GraphQL over HTTP asks servers to accept; Strawberry itself would take any type naming it)."""
+    GraphQL over HTTP asks servers to accept; Strawberry itself would take any type naming it). Media
+    types are case-insensitive, and every one of several ``Content-Type`` headers must say it; the one
+    accepted is left in ``scope`` alone, in lower case (Strawberry and the cache compare it as written,
+    and read the first of several)."""
     if scope.get("method") != "POST":
         return None
-    media = (content_type or b"").split(b";", 1)[0].strip().lower()
-    if media == b"application/json":
-        return None
-    shown = media[:60].decode("latin-1") if media else "none"
-    return f"the body of a POST must be application/json (a JSON object with a `query`), not {shown!r}"
+    headers = list(scope.get("headers", []))
+    given = [value for key, value in headers if key.lower() == b"content-type"]
+    for value in given or [b""]:
+        media = value.split(b";", 1)[0].strip().lower()
+        if media != b"application/json":
+            shown = media[:60].decode("latin-1") if media else "none"
+            return f"the body of a POST must be application/json (a JSON object with a `query`), not {shown!r}"
+    parameters = given[0].partition(b";")[2]
+    accepted = b"application/json" + (b";" + parameters if parameters else b"")
+    scope["headers"] = [(k, v) for k, v in headers if k.lower() != b"content-type"] + [(b"content-type", accepted)]
+    return None
 
 
 def _wants_graphql_response(accept: bytes | None) -> bool:

@@ -653,6 +653,29 @@ def test_review_position_headers_with_spaces_sent_raw(api: Api, value: str, stat
         assert answer["extensions"]["consistency"]["requested"] == int(value.strip())
 
 
+@pytest.mark.parametrize("content_type", ["Application/JSON", "APPLICATION/JSON; charset=UTF-8",
+                                          "application/JSON;charset=utf-8"])
+def test_review_a_json_post_is_read_whatever_the_case_of_its_media_type(api: Api, content_type: str) -> None:
+    """Media types are case-insensitive (RFC 9110): the front check let them through, Strawberry refused them
+    (400 "Unsupported content type")."""
+    body = json.dumps({"query": "{ card(actionId: \"CA-APPLE-DIV\") { status } }"}).encode()
+    for _ in range(2):  # computed, then kept
+        response = api.client.http.post(api.url, content=body, headers={"content-type": content_type})
+        assert response.status_code == 200, (content_type, response.text)
+        assert response.json() == {"data": {"card": {"status": "validated"}}}
+
+
+@pytest.mark.parametrize("content_types", [("application/json", "text/plain"), ("text/plain", "application/json"),
+                                           ("application/json", "application/graphql")])
+def test_review_several_content_types_that_disagree_are_400(api: Api, content_types: tuple[str, ...]) -> None:
+    """The front check read the last, Strawberry the first: refused, naming application/json, whichever is first."""
+    body = json.dumps({"query": "{ card(actionId: \"CA-APPLE-DIV\") { status } }"}).encode()
+    response = api.client.http.post(api.url, content=body, headers=[("content-type", t) for t in content_types])
+    assert response.status_code == 400, (content_types, response.text)
+    error = only_error(response.json(), "BAD_REQUEST")
+    assert "application/json" in error["message"], error
+
+
 @pytest.mark.parametrize("content_type", [None, "", "text/plain", "text/plain; charset=utf-8", "application/graphql",
                                           "application/x-www-form-urlencoded", "multipart/form-data",
                                           "application/jsonp", "text/application/json"])
