@@ -860,6 +860,8 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
                 return shared
             if running.done() and not running.result():
                 break  # computed and not kept (errors, too large, just after a switch): the next one would not be
+        if waited is not None:  # its positions, read as it began to wait, would be older than its rows by the
+            request.scope.pop(_NOW, None)  # commits of that wait: its answer stale for those who share it now
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._computing[key] = done
         again = True  # failed or cancelled: its sharers share the next computation (it may succeed)

@@ -808,3 +808,66 @@ def test_a_computation_is_shared_and_kept_only_for_the_same_caller(
         assert answer.status_code == 200 and answer.json() == {
             "data": {"card": {"actionId": "CA-S", "status": "announced"}}}, answer.text
     assert len(callers) == 1 + 3 + 1, "ann:ops shared; bob:ops, ann: and ann:ops,x computed; carl:ops computed"
+
+
+def test_a_sharer_leading_the_next_computation_reads_positions_as_it_begins(
+        shared_side: tuple[Any, CountingViewStore, ReadSide, PositionWatch]) -> None:
+    """A commit lands after the leader read its positions and before the others arrive (its answer is stale
+    for them), another while it computes. One of them computes again, the others share it: twice in all.
+    That one computed at the positions it had read when it began to wait, from before the second commit
+    (its rows were newer): its answer was stale for the others too, and a third computation followed."""
+    import httpx
+
+    app, views, side, watch = shared_side
+    side.execute([OpenAccount(account_number="RC-1", holder_name="Rounds"),
+                  CreditHoldings(account_number="RC-1", isin=APPLE, quantity=1)], key_prefix="rcro-seed")
+    side.settle()
+    original = views.query_async
+    entered, release = asyncio.Event(), asyncio.Event()
+    calls = 0
+
+    async def gated(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # the leader, its positions read, waits before reading its rows
+            entered.set()
+            await release.wait()
+        return await original(*args, **kwargs)
+
+    def credit(index: int) -> int:
+        position = side.execute([CreditHoldings(account_number="RC-1", isin=APPLE, quantity=1)],
+                                key_prefix=f"rcro-{index}")
+        side.settle()
+        return position
+
+    async def heard(position: int) -> None:
+        for _ in range(500):
+            if watch.positions_known().get("holdings", -1) >= position:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"position {position} not heard")
+
+    async def run() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
+            async def ask() -> httpx.Response:
+                return await client.post("/graphql", json={"query": HOLDINGS})
+
+            for _ in range(2):  # the listener started, positions known (another document: nothing kept)
+                warm = await client.post("/graphql", json={"query": '{ holdings(accountNumber: "RC-0") { isin } }'},
+                                         headers={"Eventfold-Position": "0"})
+                assert warm.status_code == 200, warm.text
+            views.query_async = gated  # type: ignore[method-assign]
+            leader = asyncio.create_task(ask())
+            await asyncio.wait_for(entered.wait(), 10)
+            await heard(await asyncio.to_thread(credit, 1))
+            others = [asyncio.create_task(ask()) for _ in range(4)]
+            await asyncio.sleep(0.2)  # they wait for the leader, their positions read
+            await heard(await asyncio.to_thread(credit, 2))
+            release.set()
+            return [await leader, *await asyncio.wait_for(asyncio.gather(*others), 20)]
+
+    answers = asyncio.run(run())
+    for answer in answers:
+        assert answer.json() == {"data": {"holdings": [{"isin": APPLE, "quantity": 3}]}}, answer.text
+    assert calls == 2, f"computed {calls} times"
