@@ -600,6 +600,7 @@ def test_requests_sharing_an_answer_that_is_never_kept_do_not_wait_round_after_r
         assert answer.status_code == 200 and answer.json() == {
             "data": {"card": {"actionId": "CA-S", "status": "announced"}}}, answer.text
     assert elapsed < 3 * delay, f"{elapsed:.2f} s for reads of {delay} s ({calls} reads)"
+    assert _query_api(app)._computing == {}, "no computation left behind"
 
 
 @pytest.fixture
@@ -871,3 +872,4 @@ def test_a_sharer_leading_the_next_computation_reads_positions_as_it_begins(
     for answer in answers:
         assert answer.json() == {"data": {"holdings": [{"isin": APPLE, "quantity": 3}]}}, answer.text
     assert calls == 2, f"computed {calls} times"
+    assert _query_api(app)._computing == {}, "no computation left behind"
