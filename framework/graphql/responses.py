@@ -222,14 +222,14 @@ def orders_text_by_code_point(views: Any) -> bool:
 
 @dataclass(eq=False)
 class Cached:
-    """A kept answer: its ``data``, as JSON too, and the positions it was computed at.
+    """A kept answer: its JSON (``{"data": ...}``; the objects are not kept, several times the bytes' memory),
+    and the positions it was computed at.
 
     ``epoch``: the listening session (``ResponseCache.epoch``) through which every commit after those
     positions was heard and found not to touch what the answer read (``where``); -1 when not known, and
     then only equal positions vouch for the answer."""
 
     positions: tuple[tuple[str, tuple[int, ...]], ...]  # each projection read, and what ``Positions`` said of it
-    data: Any
     body: bytes  # {"data": ...} as JSON
     key: Hashable = None
     epoch: int = -1
@@ -280,7 +280,7 @@ class ResponseCache:
         if len(body) > self._max_bytes or self._entries <= 0:
             return False
         kept = tuple((name, tuple(positions[name])) for name in sorted(projections))
-        entry = Cached(kept, data, body, key)
+        entry = Cached(kept, body, key)
         if reads is not None and self._followed(entry, reads, epoch):
             entry.epoch, entry.where, entry.queries = epoch, tuple(reads.where), tuple(reads.queries)
             for reading in entry.where:
