@@ -644,6 +644,7 @@ _SHARING_SECONDS = 1.0  # how long a request waits for the same answer being com
 _SHARING_ROUNDS = 3  # computations of the same answer a request waits for, each found stale, before computing
 _KEEP = "eventfold.keep"  # (cache key, plan): the answer may be kept
 _SEEN = "eventfold.seen"  # the positions read just before it was executed
+_KEPT = "eventfold.kept"  # its answer was kept
 _NOW = "eventfold.now"  # positions read after it arrived, for the response cache: its execution reuses them
 _REMEMBERED_BODY = 4_096  # bodies up to this many bytes are parsed once for many requests
 _READS = "eventfold.reads"  # what its resolvers read (framework.graphql.responses.Reads)
@@ -702,7 +703,8 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
                           failures_per_minute=options.auth_failures_per_minute)
         self._plans: _Plans | None = None
         self._clock: PositionClock | None = None
-        self._computing: dict[Hashable, asyncio.Future[None]] = {}  # answers being computed, by cache key
+        # Answers being computed, by cache key; each ends with whether its sharers may share the next one.
+        self._computing: dict[Hashable, asyncio.Future[bool]] = {}
         self._code_point_text: bool | None = None  # orders_text_by_code_point(views), asked once
         self._bodies = functools.lru_cache(maxsize=256)(self._parse_body)  # small bodies, by their bytes
         self._responses = ResponseCache(options.response_cache_entries)
@@ -839,7 +841,7 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
         if keep is None or not self._claim_heard(_min_position(request), keep[1]):
             return await self.run(request)
         key = keep[0]
-        waited: asyncio.Future[None] | None = None
+        waited: asyncio.Future[bool] | None = None
         for _ in range(_SHARING_ROUNDS):  # a commit during the computation: the next one, led by a sharer
             running = self._computing.get(key)
             if running is None or running is waited:  # (one still running after _SHARING_SECONDS: not again)
@@ -856,15 +858,24 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
             shared = await self._kept(request, now)
             if shared is not None:
                 return shared
-        done = self._computing[key] = asyncio.get_running_loop().create_future()
+            if running.done() and not running.result():
+                break  # computed and not kept (errors, too large, just after a switch): the next one would not be
+        if waited is not None:  # its positions, read as it began to wait, would be older than its rows by the
+            request.scope.pop(_NOW, None)  # commits of that wait: its answer stale for those who share it now
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._computing[key] = done
+        again = True  # failed or cancelled: its sharers share the next computation (it may succeed)
         try:
-            return await self._run_counted(request)
+            response = await self._run_counted(request)
+            scope = request.scope
+            again = bool(scope.get(_KEPT) or scope.get(_UNAVAILABLE) or scope.get(_TOO_MANY_WAITING))
+            return response
         finally:
             if self._computing.get(key) is done:
                 del self._computing[key]
-            done.set_result(None)
+            done.set_result(again)
 
-    async def _share(self, running: asyncio.Future[None]) -> None:
+    async def _share(self, running: asyncio.Future[bool]) -> None:
         """Wait (a moment at most) for another request's computation of the same answer."""
         if self._metrics is not None:
             self._metrics.graphql_sharing.inc()
@@ -986,8 +997,9 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
                 plan.projections)):
             return None
         body = answer_body(result.data)
-        self._responses.put(key, seen, plan.projections, result.data, request.scope.get(_READS),
-                            request.scope.get(_EPOCH, 0), body=body)
+        if self._responses.put(key, seen, plan.projections, result.data, request.scope.get(_READS),
+                               request.scope.get(_EPOCH, 0), body=body):
+            request.scope[_KEPT] = True
         return body
 
 
@@ -1100,7 +1112,7 @@ class _Guard:
             await _graphql_error(400, claimed, "BAD_REQUEST_HEADER")(scope, receive, send)
             return
         scope[_POSITION] = claimed
-        refused = _unsupported_body(scope, headers.get(b"content-type"))
+        refused = _unsupported_body(scope)
         if refused is not None:
             await _graphql_error(400, refused, "BAD_REQUEST")(scope, receive, send)
             return
@@ -1110,16 +1122,25 @@ class _Guard:
             await _too_large(self._limit)(scope, receive, send)
 
 
-def _unsupported_body(scope: Scope, content_type: bytes | None) -> str | None:
+def _unsupported_body(scope: Scope) -> str | None:
     """Why a POST's body is refused for its content type (None: it is ``application/json``, the one
-    GraphQL over HTTP asks servers to accept; Strawberry itself would take any type naming it)."""
+    GraphQL over HTTP asks servers to accept; Strawberry itself would take any type naming it). Media
+    types are case-insensitive, and every one of several ``Content-Type`` headers must say it; the one
+    accepted is left in ``scope`` alone, in lower case (Strawberry and the cache compare it as written,
+    and read the first of several)."""
     if scope.get("method") != "POST":
         return None
-    media = (content_type or b"").split(b";", 1)[0].strip().lower()
-    if media == b"application/json":
-        return None
-    shown = media[:60].decode("latin-1") if media else "none"
-    return f"the body of a POST must be application/json (a JSON object with a `query`), not {shown!r}"
+    headers = list(scope.get("headers", []))
+    given = [value for key, value in headers if key.lower() == b"content-type"]
+    for value in given or [b""]:
+        media = value.split(b";", 1)[0].strip().lower()
+        if media != b"application/json":
+            shown = media[:60].decode("latin-1") if media else "none"
+            return f"the body of a POST must be application/json (a JSON object with a `query`), not {shown!r}"
+    parameters = given[0].partition(b";")[2]
+    accepted = b"application/json" + (b";" + parameters if parameters else b"")
+    scope["headers"] = [(k, v) for k, v in headers if k.lower() != b"content-type"] + [(b"content-type", accepted)]
+    return None
 
 
 def _wants_graphql_response(accept: bytes | None) -> bool:

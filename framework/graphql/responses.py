@@ -222,14 +222,14 @@ def orders_text_by_code_point(views: Any) -> bool:
 
 @dataclass(eq=False)
 class Cached:
-    """A kept answer: its ``data``, as JSON too, and the positions it was computed at.
+    """A kept answer: its JSON (``{"data": ...}``; the objects are not kept, several times the bytes' memory),
+    and the positions it was computed at.
 
     ``epoch``: the listening session (``ResponseCache.epoch``) through which every commit after those
     positions was heard and found not to touch what the answer read (``where``); -1 when not known, and
     then only equal positions vouch for the answer."""
 
     positions: tuple[tuple[str, tuple[int, ...]], ...]  # each projection read, and what ``Positions`` said of it
-    data: Any
     body: bytes  # {"data": ...} as JSON
     key: Hashable = None
     epoch: int = -1
@@ -269,18 +269,18 @@ class ResponseCache:
         return found
 
     def put(self, key: Hashable, positions: Positions, projections: Sequence[str], data: Any,
-            reads: Reads | None = None, epoch: int = 0, body: bytes | None = None) -> None:
+            reads: Reads | None = None, epoch: int = 0, body: bytes | None = None) -> bool:
         """Keep ``data``, computed after ``positions`` were read, in the listening session ``epoch``
         (``self.epoch`` before those positions were read), from ``reads``; ``body``: ``answer_body(data)``
-        when the caller encoded it already."""
+        when the caller encoded it already. Whether it was kept."""
         if reads is not None and not reads.projections() <= set(projections):
-            return  # it read a projection it does not declare: no position can vouch for that part of it
+            return False  # it read a projection it does not declare: no position can vouch for that part of it
         if body is None:
             body = answer_body(data)
         if len(body) > self._max_bytes or self._entries <= 0:
-            return
+            return False
         kept = tuple((name, tuple(positions[name])) for name in sorted(projections))
-        entry = Cached(kept, data, body, key)
+        entry = Cached(kept, body, key)
         if reads is not None and self._followed(entry, reads, epoch):
             entry.epoch, entry.where, entry.queries = epoch, tuple(reads.where), tuple(reads.queries)
             for reading in entry.where:
@@ -291,6 +291,7 @@ class ResponseCache:
         self._kept[key] = entry
         while len(self._kept) > self._entries:
             self._forget(self._kept.popitem(last=False)[1])
+        return True
 
     def _followed(self, entry: Cached, reads: Reads, epoch: int) -> bool:
         """Whether commits can vouch for ``entry`` from now on: it read only rows and tables of its

@@ -616,6 +616,66 @@ def test_a_position_up_to_a_bigint_with_leading_zeros_is_read(api: Api, value: s
     assert again.status_code == 200 and again.json()["extensions"]["consistency"]["requested"] == int(value)
 
 
+@pytest.mark.parametrize("value", ["\u0661\u0662\u0663", "\uff11", "+1", "1_000", "1,1", "1, 1", "0x1",
+                                   "1e3", "\u00a01", "1\u00a0"])
+def test_review_position_headers_of_other_digits_or_spellings_are_400(api: Api, value: str) -> None:
+    """Unicode digits (sent as UTF-8), signs, separators, a comma-joined pair: 400, never a 500 or a position."""
+    encoded = value.encode()
+    alone = [(b"Eventfold-Position", encoded)]
+    second = [(b"Eventfold-Position", b"1"), (b"eventfold-position", encoded)]
+    for headers in (alone, second):
+        response = api.client.http.post(api.url, json={"query": "{ card(actionId: \"CA-APPLE-DIV\") { status } }"},
+                                        headers=headers)
+        assert response.status_code == 400, (value, response.text)
+        only_error(response.json(), "BAD_REQUEST_HEADER")
+
+
+@pytest.mark.parametrize(("value", "status"), [(" 5", 200), ("5 ", 200), ("\t5\t", 200), ("0", 200), ("000", 200),
+                                               (" ", 400), ("\t", 400), ("", 400), ("5 5", 400)])
+def test_review_position_headers_with_spaces_sent_raw(api: Api, value: str, status: int) -> None:
+    """Sent as bytes on a socket (httpx refuses such values): spaces around the digits are no part of the value."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(api.url)
+    body = json.dumps({"query": "{ card(actionId: \"CA-APPLE-DIV\") { status } }"}).encode()
+    request = (f"POST {url.path} HTTP/1.1\r\nHost: {url.hostname}\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\nConnection: close\r\nEventfold-Position:{value}\r\n\r\n").encode()
+    with socket.create_connection((url.hostname, url.port), timeout=10) as conn:
+        conn.sendall(request + body)
+        received = b""
+        while chunk := conn.recv(65536):
+            received += chunk
+    head, _, payload = received.partition(b"\r\n\r\n")
+    assert head.split(b" ", 2)[1] == str(status).encode(), received[:300]
+    if status == 200:
+        answer = json.loads(payload.split(b"\r\n", 1)[1] if b"transfer-encoding: chunked" in head.lower() else payload)
+        assert answer["extensions"]["consistency"]["requested"] == int(value.strip())
+
+
+@pytest.mark.parametrize("content_type", ["Application/JSON", "APPLICATION/JSON; charset=UTF-8",
+                                          "application/JSON;charset=utf-8"])
+def test_review_a_json_post_is_read_whatever_the_case_of_its_media_type(api: Api, content_type: str) -> None:
+    """Media types are case-insensitive (RFC 9110): the front check let them through, Strawberry refused them
+    (400 "Unsupported content type")."""
+    body = json.dumps({"query": "{ card(actionId: \"CA-APPLE-DIV\") { status } }"}).encode()
+    for _ in range(2):  # computed, then kept
+        response = api.client.http.post(api.url, content=body, headers={"content-type": content_type})
+        assert response.status_code == 200, (content_type, response.text)
+        assert response.json() == {"data": {"card": {"status": "validated"}}}
+
+
+@pytest.mark.parametrize("content_types", [("application/json", "text/plain"), ("text/plain", "application/json"),
+                                           ("application/json", "application/graphql")])
+def test_review_several_content_types_that_disagree_are_400(api: Api, content_types: tuple[str, ...]) -> None:
+    """The front check read the last, Strawberry the first: refused, naming application/json, whichever is first."""
+    body = json.dumps({"query": "{ card(actionId: \"CA-APPLE-DIV\") { status } }"}).encode()
+    response = api.client.http.post(api.url, content=body, headers=[("content-type", t) for t in content_types])
+    assert response.status_code == 400, (content_types, response.text)
+    error = only_error(response.json(), "BAD_REQUEST")
+    assert "application/json" in error["message"], error
+
+
 @pytest.mark.parametrize("content_type", [None, "", "text/plain", "text/plain; charset=utf-8", "application/graphql",
                                           "application/x-www-form-urlencoded", "multipart/form-data",
                                           "application/jsonp", "text/application/json"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from framework.adapters.postgres import PostgresEventStore
 from framework.errors import StoreUnavailable
 from framework.graphql import QueryApiOptions, create_query_app
 from framework.positions import PositionWatch
+from framework.security import Principal
 from projections.graphql import build_graphql
 from projections.holdings import Holding
 
@@ -549,3 +551,325 @@ def test_the_view_stores_text_order_is_asked_once_per_api(cached: Cached) -> Non
     for first in range(1, 6):  # five documents: each computed, each keepable
         assert "errors" not in cached.client.execute(f"{{ cards(first: {first}) {{ nodes {{ actionId }} }} }}")
     assert len(asked) == 1, len(asked)
+
+
+# --- review (gql-writes): sharing an answer that is never kept --------------------------------------------------
+
+def _query_api(app: Any) -> Any:
+    """The ``_QueryApi`` behind an app's ``/graphql`` route (behind its ``_Guard``)."""
+    route = next(r for r in app.routes if getattr(r, "path", None) == "/graphql")
+    return route.app._app
+
+
+def test_requests_sharing_an_answer_that_is_never_kept_do_not_wait_round_after_round(
+        watched_app: tuple[Any, CountingViewStore, int]) -> None:
+    """An answer computed without error but not kept (over the cache's size bound here; also an answer
+    computed within seconds of a version switch) leaves nothing a sharer could take: the requests that
+    waited for it compute their own at once. They waited, one round after another, for up to three such
+    computations, each led by one of them (4 reads' time instead of 2, with as many reads)."""
+    import httpx
+
+    app, views, _head = watched_app
+    _query_api(app)._responses._max_bytes = 10  # as an answer over 256 KB: computed, never kept
+    original = views.get_many_async
+    delay, calls = 0.5, 0
+
+    async def slow(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(delay)
+        return await original(*args, **kwargs)
+
+    async def run() -> tuple[list[httpx.Response], float]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
+            async def ask() -> httpx.Response:
+                return await client.post("/graphql", json={"query": SHARED_CARD})
+
+            assert (await ask()).status_code == 200  # the listener started, positions known
+            views.get_many_async = slow  # type: ignore[method-assign]
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            leader = asyncio.create_task(ask())
+            await asyncio.sleep(0.05)
+            answers = await asyncio.wait_for(asyncio.gather(leader, *(ask() for _ in range(6))), 30)
+            return answers, loop.time() - started
+
+    answers, elapsed = asyncio.run(run())
+    for answer in answers:
+        assert answer.status_code == 200 and answer.json() == {
+            "data": {"card": {"actionId": "CA-S", "status": "announced"}}}, answer.text
+    assert elapsed < 3 * delay, f"{elapsed:.2f} s for reads of {delay} s ({calls} reads)"
+    assert _query_api(app)._computing == {}, "no computation left behind"
+
+
+@pytest.fixture
+def shared_side(pg_database: PgDatabase) -> Iterator[tuple[Any, CountingViewStore, ReadSide, PositionWatch]]:
+    """``watched_app`` with the read side, to commit while a request is computed (driven in-process)."""
+    with pg_database.fresh_schema("rcrace") as schema:
+        store = PostgresEventStore(pg_database.settings(schema, pool_size=2))
+        store.create_schema()
+        views = CountingViewStore(pg_database.settings(schema, pool_size=4))
+        views.create_schema()
+        side = ReadSide(store, views)
+        side.execute([RegisterSecurity(isin=APPLE, name="Apple Inc.", currency="USD"), _announce("CA-S"),
+                      _announce("CA-T")], key_prefix="rcr-seed")
+        side.settle()
+        watch = PositionWatch(PostgresPositionSignals(pg_database.settings(schema), check_seconds=0.2), views,
+                              store.head)
+        app = create_query_app(build_graphql(), views, store, watch=watch,
+                               options=QueryApiOptions(consistency_timeout=5))
+        try:
+            yield app, views, side, watch
+        finally:
+            views.close()
+            store.close()
+
+
+@pytest.mark.parametrize("touches", [True, False])
+def test_a_computation_made_stale_by_a_commit_is_never_an_answer_for_that_commits_position(
+        shared_side: tuple[Any, CountingViewStore, ReadSide, PositionWatch], touches: bool) -> None:
+    """The leader reads its row, then a commit lands (touching that row or another one) and is heard;
+    requests arriving then, claiming its position or not, share the leader's computation while it runs.
+    Each gets the row as of that commit: the leader's answer only when the commit left its row alone
+    (claiming the commit's position), else an answer computed again."""
+    import httpx
+
+    app, views, side, watch = shared_side
+    original = views.get_many_async
+    held, release = asyncio.Event(), asyncio.Event()
+    calls = 0
+
+    async def gated(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        rows = await original(*args, **kwargs)
+        if calls == 1:  # the leader has read the row: it holds its answer until the commit is heard
+            held.set()
+            await release.wait()
+        return rows
+
+    def commit() -> int:
+        position = side.execute([ValidateCorporateAction(action_id="CA-S" if touches else "CA-T")],
+                                key_prefix=f"rcr-{touches}")
+        side.settle()
+        return position
+
+    async def run() -> tuple[httpx.Response, list[httpx.Response], int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
+            async def ask(position: int | None) -> httpx.Response:
+                headers = {} if position is None else {"Eventfold-Position": str(position)}
+                return await client.post("/graphql", json={"query": SHARED_CARD}, headers=headers)
+
+            for _ in range(2):  # the listener started, positions known (another card: nothing kept for CA-S)
+                warm = await client.post("/graphql", json={"query": '{ card(actionId: "CA-none") { status } }'},
+                                         headers={"Eventfold-Position": "0"})
+                assert warm.status_code == 200, warm.text
+            views.get_many_async = gated  # type: ignore[method-assign]
+            leader = asyncio.create_task(ask(None))
+            await asyncio.wait_for(held.wait(), 10)
+            position = await asyncio.to_thread(commit)
+            for _ in range(500):
+                if watch.positions_known().get("cards", -1) >= position:
+                    break
+                await asyncio.sleep(0.02)
+            assert watch.positions_known()["cards"] >= position, "the commit was heard"
+            others = [asyncio.create_task(ask(claim)) for claim in (position, None, position, None, position)]
+            await asyncio.sleep(0.2)  # they share the leader's computation
+            release.set()
+            answers = await asyncio.wait_for(asyncio.gather(*others), 20)
+            return await leader, answers, position
+
+    leader, answers, position = asyncio.run(run())
+    assert leader.json()["data"]["card"]["status"] == "announced", "read before the commit"
+    expected = "validated" if touches else "announced"
+    for answer, claim in zip(answers, (position, None, position, None, position), strict=True):
+        body = answer.json()
+        assert answer.status_code == 200 and body["data"] == {"card": {"actionId": "CA-S", "status": expected}}, body
+        if claim is not None:
+            consistency = body["extensions"]["consistency"]
+            assert consistency["reached"] is True and consistency["positions"]["cards"] >= position, consistency
+    assert calls == (2 if touches else 1), "the others shared the leader's computation, or the next one"
+
+
+def test_claims_under_a_steady_stream_of_commits_to_the_row_they_read(
+        shared_side: tuple[Any, CountingViewStore, ReadSide, PositionWatch]) -> None:
+    """A writer credits one account again and again (each commit changes the row every reader reads);
+    readers over HTTP ask for it at once, most claiming the newest position the writer was given, so
+    their computations are shared, found stale and shared again. Each answer claiming position P shows
+    at least the quantity credited at P, claims positions at or past P, and no answer waits unbounded."""
+    import time as clock
+
+    app, _views, side, _watch = shared_side
+    side.execute([OpenAccount(account_number="RC-1", holder_name="Stream"),
+                  CreditHoldings(account_number="RC-1", isin=APPLE, quantity=1)], key_prefix="rcst-seed")
+    side.settle()
+    written: list[tuple[int, int]] = [(0, 0)]  # (position, quantity at it)
+    checked: list[tuple[int, int, int]] = []  # (claimed P, positions claimed, quantity shown)
+    slowest = [0.0]
+    lock, done = threading.Lock(), threading.Event()
+    with ServerThread(app) as server:
+        def reader(seed: int) -> None:
+            with GraphQLClient(server.base_url) as client:
+                asked = seed
+                while not done.is_set():
+                    asked += 1
+                    with lock:
+                        position, quantity = written[-1]
+                    claim = position if asked % 4 else None
+                    started = clock.monotonic()
+                    body = client.execute(HOLDINGS, position=claim)
+                    took = clock.monotonic() - started
+                    assert "errors" not in body, body
+                    shown = body["data"]["holdings"][0]["quantity"]
+                    with lock:
+                        slowest[0] = max(slowest[0], took)
+                        if claim is not None:
+                            consistency = body["extensions"]["consistency"]
+                            assert consistency["reached"] is True, consistency
+                            checked.append((claim, consistency["positions"]["holdings"], shown))
+                            assert shown >= quantity, (claim, shown, quantity)
+
+        with LiveProjections(side), concurrent.futures.ThreadPoolExecutor(8) as pool:
+            readers = [pool.submit(reader, seed) for seed in range(8)]
+            for index in range(60):
+                position = side.execute([CreditHoldings(account_number="RC-1", isin=APPLE, quantity=1)],
+                                        key_prefix=f"rcst-{index}")
+                with lock:
+                    written.append((position, 2 + index))
+                clock.sleep(0.03)
+            done.set()
+            for future in readers:
+                future.result()
+    quantity_at = dict(written)
+    for claim, positions, shown in checked:
+        assert positions >= claim, (claim, positions)
+        at_claimed = max(q for p, q in written if p <= positions)
+        assert shown >= at_claimed, ("older than the positions it claims", claim, positions, shown, at_claimed)
+    assert len(checked) > 50 and quantity_at, len(checked)
+    assert slowest[0] < 8, f"an answer took {slowest[0]:.1f} s"
+
+
+class _RolesFromHeader:
+    """``Authorization: Bearer <subject>:<role,role>``: a caller per header (no signature: tests only)."""
+
+    blocking = False
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        subject, _, roles = (authorization or "Bearer anon:").removeprefix("Bearer ").partition(":")
+        return Principal(subject=subject, roles=frozenset(r for r in roles.split(",") if r))
+
+
+def test_a_computation_is_shared_and_kept_only_for_the_same_caller(
+        shared_side: tuple[Any, CountingViewStore, ReadSide, PositionWatch]) -> None:
+    """The same body bytes (parsed once), from callers of other roles or subjects, while one caller's answer
+    is being computed: only that caller's requests share it or get it kept; every other caller computes."""
+    import httpx
+
+    _app, views, side, _watch = shared_side
+    app = create_query_app(build_graphql(), views, side.store, authenticator=_RolesFromHeader(),
+                           options=QueryApiOptions(consistency_timeout=5))
+    original = views.get_many_async
+    held, release = asyncio.Event(), asyncio.Event()
+    callers: list[str] = []
+
+    async def gated(*args: Any, **kwargs: Any) -> Any:
+        callers.append("read")
+        rows = await original(*args, **kwargs)
+        if len(callers) == 1:
+            held.set()
+            await release.wait()
+        return rows
+
+    body = json.dumps({"query": SHARED_CARD}).encode()
+
+    async def run() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
+            async def ask(token: str) -> httpx.Response:
+                return await client.post("/graphql", content=body, headers={
+                    "content-type": "application/json", "authorization": f"Bearer {token}"})
+
+            views.get_many_async = gated  # type: ignore[method-assign]
+            leader = asyncio.create_task(ask("ann:ops"))
+            await asyncio.wait_for(held.wait(), 10)
+            others = [asyncio.create_task(ask(t)) for t in ("ann:ops", "bob:ops", "ann:", "ann:ops,x", "ann:ops")]
+            await asyncio.sleep(0.2)
+            assert len(callers) == 4, "other callers compute at once; ann:ops's two others wait for the leader"
+            release.set()
+            answers = [await leader, *await asyncio.wait_for(asyncio.gather(*others), 20)]
+            reads_after_sharing = len(callers)
+            answers += [await ask(t) for t in ("ann:ops", "bob:ops", "ann:", "ann:ops,x", "carl:ops")]
+            assert len(callers) == reads_after_sharing + 1, "each caller's kept answer, carl's computed"
+            return answers
+
+    answers = asyncio.run(run())
+    for answer in answers:
+        assert answer.status_code == 200 and answer.json() == {
+            "data": {"card": {"actionId": "CA-S", "status": "announced"}}}, answer.text
+    assert len(callers) == 1 + 3 + 1, "ann:ops shared; bob:ops, ann: and ann:ops,x computed; carl:ops computed"
+
+
+def test_a_sharer_leading_the_next_computation_reads_positions_as_it_begins(
+        shared_side: tuple[Any, CountingViewStore, ReadSide, PositionWatch]) -> None:
+    """A commit lands after the leader read its positions and before the others arrive (its answer is stale
+    for them), another while it computes. One of them computes again, the others share it: twice in all.
+    That one computed at the positions it had read when it began to wait, from before the second commit
+    (its rows were newer): its answer was stale for the others too, and a third computation followed."""
+    import httpx
+
+    app, views, side, watch = shared_side
+    side.execute([OpenAccount(account_number="RC-1", holder_name="Rounds"),
+                  CreditHoldings(account_number="RC-1", isin=APPLE, quantity=1)], key_prefix="rcro-seed")
+    side.settle()
+    original = views.query_async
+    entered, release = asyncio.Event(), asyncio.Event()
+    calls = 0
+
+    async def gated(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # the leader, its positions read, waits before reading its rows
+            entered.set()
+            await release.wait()
+        return await original(*args, **kwargs)
+
+    def credit(index: int) -> int:
+        position = side.execute([CreditHoldings(account_number="RC-1", isin=APPLE, quantity=1)],
+                                key_prefix=f"rcro-{index}")
+        side.settle()
+        return position
+
+    async def heard(position: int) -> None:
+        for _ in range(500):
+            if watch.positions_known().get("holdings", -1) >= position:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"position {position} not heard")
+
+    async def run() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
+            async def ask() -> httpx.Response:
+                return await client.post("/graphql", json={"query": HOLDINGS})
+
+            for _ in range(2):  # the listener started, positions known (another document: nothing kept)
+                warm = await client.post("/graphql", json={"query": '{ holdings(accountNumber: "RC-0") { isin } }'},
+                                         headers={"Eventfold-Position": "0"})
+                assert warm.status_code == 200, warm.text
+            views.query_async = gated  # type: ignore[method-assign]
+            leader = asyncio.create_task(ask())
+            await asyncio.wait_for(entered.wait(), 10)
+            await heard(await asyncio.to_thread(credit, 1))
+            others = [asyncio.create_task(ask()) for _ in range(4)]
+            await asyncio.sleep(0.2)  # they wait for the leader, their positions read
+            await heard(await asyncio.to_thread(credit, 2))
+            release.set()
+            return [await leader, *await asyncio.wait_for(asyncio.gather(*others), 20)]
+
+    answers = asyncio.run(run())
+    for answer in answers:
+        assert answer.json() == {"data": {"holdings": [{"isin": APPLE, "quantity": 3}]}}, answer.text
+    assert calls == 2, f"computed {calls} times"
+    assert _query_api(app)._computing == {}, "no computation left behind"

@@ -320,3 +320,27 @@ def test_a_page_read_on_the_loop_asks_the_stores_text_order_off_it() -> None:
 
     loop_thread = asyncio.run(read())
     assert asked_on and asked_on[0] is not loop_thread
+
+
+def test_a_kept_answer_holds_its_bytes_not_its_objects() -> None:
+    """Kept answers are served from their JSON bytes only (with a claim's extensions spliced in): the
+    answer's objects, kept beside them, held several times the bytes' memory for nothing (the size bound
+    is on the bytes)."""
+    import gc
+    import tracemalloc
+
+    cache = ResponseCache(entries=8)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        data = {"cards": {"nodes": [{"actionId": f"CA-{i}", "status": "announced", "n": i * 1_000_003}
+                                    for i in range(2_000)]}}
+        cache.put("a", {"cards": (1, 5)}, ["cards"], data)
+        del data
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    kept = cache.get("a")
+    assert kept is not None
+    assert held < 2 * len(kept.body), f"{held} bytes held for an answer of {len(kept.body)}"
