@@ -14,10 +14,10 @@ rebuilt from its events: the copy is made in the database, and no other handler 
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -144,7 +144,7 @@ def _catch_up_in_processes(workers: list[ProjectionWorker], store: EventLog,
         failed = context.Event()  # set when a share fails: the others stop at their next batch
         # Each share in a process of its own: a pool hands a queued share to whichever process is free, and a
         # process that finished a small share before the last one had started took another (seen under load).
-        started = context.Barrier(len(shares))
+        started = _Starts(context.Value("i", 0), context.Event(), len(shares))
         with ProcessPoolExecutor(len(shares), mp_context=context, initializer=_start_replay_process,
                                  initargs=(failed, started)) as pool:
             running = [pool.submit(_catch_up_share, opener, version, share, count, threads, options)
@@ -165,11 +165,20 @@ def _catch_up_in_processes(workers: list[ProjectionWorker], store: EventLog,
 
 
 _failed: Any = None  # in a replay process: the event set when another process's share failed
-_started: Any = None  # in a replay process: the barrier every process of the rebuild reaches with its share
+_started: _Starts | None = None  # in a replay process: how many of the rebuild's processes took a share
 _START_TIMEOUT = 120.0  # seconds a share waits for the other processes to start before going on alone
 
 
-def _start_replay_process(failed: Any, started: Any = None) -> None:
+@dataclass(frozen=True)
+class _Starts:
+    """The rebuild's processes that have taken a share (a shared count), and the event set once all have."""
+
+    count: Any  # multiprocessing.Value("i")
+    everyone: Any  # multiprocessing.Event
+    expected: int
+
+
+def _start_replay_process(failed: Any, started: _Starts | None = None) -> None:
     """In a replay process, first: stop when another share fails, and end with the command's process."""
     global _failed, _started
     _failed, _started = failed, started
@@ -178,12 +187,20 @@ def _start_replay_process(failed: Any, started: Any = None) -> None:
 
 def _wait_for_the_other_shares() -> None:
     """Hold this process's share until every process has taken one: a process that is busy takes no other.
-    A process that never starts breaks the pool (``BrokenProcessPool``); after ``_START_TIMEOUT`` the shares
-    go on anyway (a slower rebuild, never a stuck one)."""
+    It stops waiting as soon as another share failed: a process killed while the pool started its
+    processes breaks the pool, and one spawned meanwhile must not wait for it (``BrokenProcessPool`` is
+    raised in the command only once every process has ended). After ``_START_TIMEOUT`` the shares go on
+    anyway (a slower rebuild, never a stuck one)."""
     if _started is None:
         return
-    with contextlib.suppress(threading.BrokenBarrierError):
-        _started.wait(_START_TIMEOUT)
+    with _started.count.get_lock():
+        _started.count.value += 1
+        if _started.count.value >= _started.expected:
+            _started.everyone.set()
+    deadline = time.monotonic() + _START_TIMEOUT
+    while not _started.everyone.wait(0.2):
+        if _another_failed() or time.monotonic() >= deadline:
+            return
 
 
 def _another_failed() -> bool:
@@ -213,6 +230,8 @@ def _catch_up_share(opener: ReplayOpener, version: int, indexes: list[int], coun
                     options: WorkerOptions | None) -> None:
     """In a process of its own: catch partitions ``indexes`` (of ``count``) of ``version`` up."""
     _wait_for_the_other_shares()
+    if _another_failed():
+        return
     projector, views, store = opener()
     try:
         pages = SharedPages(store, readers=len(indexes))
