@@ -17,9 +17,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -142,13 +141,13 @@ def _catch_up_in_processes(workers: list[ProjectionWorker], store: EventLog,
     context = multiprocessing.get_context("spawn")  # never fork a process that holds connections and threads
     try:
         failed = context.Event()  # set when a share fails: the others stop at their next batch
-        # Each share in a process of its own: a pool hands a queued share to whichever process is free, and a
-        # process that finished a small share before the last one had started took another (seen under load).
-        started = _Starts(context.Value("i", 0), context.Event(), len(shares))
+        # Each share in a process of its own (one task per process): a pool hands a queued share to whichever
+        # process is free, and one that finished a small share before the last had started took another (seen
+        # under load). Not a start barrier: a process killed while the pool spawns the next one can go unseen
+        # by the pool until another ends, and the others would wait for it.
         with ProcessPoolExecutor(len(shares), mp_context=context, initializer=_start_replay_process,
-                                 initargs=(failed, started)) as pool:
-            running = [pool.submit(_catch_up_share, opener, version, share, count, threads, options)
-                       for share in shares]
+                                 initargs=(failed,), max_tasks_per_child=1) as pool:
+            running = _submitted(pool, [(opener, version, share, count, threads, options) for share in shares])
             while True:
                 done, pending = wait(running, timeout=1.0, return_when=FIRST_EXCEPTION)
                 if any(future.exception() is not None for future in done):
@@ -164,43 +163,24 @@ def _catch_up_in_processes(workers: list[ProjectionWorker], store: EventLog,
                                " was not switched in: run the replay again") from error
 
 
+def _submitted(pool: ProcessPoolExecutor, shares: list[tuple[Any, ...]]) -> list[Future[None]]:
+    """Each share submitted to ``pool``. A process killed while the pool spawns the next one breaks the
+    pool under the spawning (the pool closes its queue, and the spawn fails on it): that is the same
+    ``BrokenProcessPool`` as a process killed later, not an ``OSError`` of its own."""
+    try:
+        return [pool.submit(_catch_up_share, *share) for share in shares]
+    except OSError as error:
+        if not getattr(pool, "_broken", False):
+            raise
+        raise BrokenProcessPool(f"a replay process ended while the next one was started ({error})") from error
+
+
 _failed: Any = None  # in a replay process: the event set when another process's share failed
-_started: _Starts | None = None  # in a replay process: how many of the rebuild's processes took a share
-_START_TIMEOUT = 120.0  # seconds a share waits for the other processes to start before going on alone
-
-
-@dataclass(frozen=True)
-class _Starts:
-    """The rebuild's processes that have taken a share (a shared count), and the event set once all have."""
-
-    count: Any  # multiprocessing.Value("i")
-    everyone: Any  # multiprocessing.Event
-    expected: int
-
-
-def _start_replay_process(failed: Any, started: _Starts | None = None) -> None:
+def _start_replay_process(failed: Any) -> None:
     """In a replay process, first: stop when another share fails, and end with the command's process."""
-    global _failed, _started
-    _failed, _started = failed, started
+    global _failed
+    _failed = failed
     _end_with_parent()
-
-
-def _wait_for_the_other_shares() -> None:
-    """Hold this process's share until every process has taken one: a process that is busy takes no other.
-    It stops waiting as soon as another share failed: a process killed while the pool started its
-    processes breaks the pool, and one spawned meanwhile must not wait for it (``BrokenProcessPool`` is
-    raised in the command only once every process has ended). After ``_START_TIMEOUT`` the shares go on
-    anyway (a slower rebuild, never a stuck one)."""
-    if _started is None:
-        return
-    with _started.count.get_lock():
-        _started.count.value += 1
-        if _started.count.value >= _started.expected:
-            _started.everyone.set()
-    deadline = time.monotonic() + _START_TIMEOUT
-    while not _started.everyone.wait(0.2):
-        if _another_failed() or time.monotonic() >= deadline:
-            return
 
 
 def _another_failed() -> bool:
@@ -229,8 +209,7 @@ def _committed(worker: ProjectionWorker) -> int:
 def _catch_up_share(opener: ReplayOpener, version: int, indexes: list[int], count: int, threads: int,
                     options: WorkerOptions | None) -> None:
     """In a process of its own: catch partitions ``indexes`` (of ``count``) of ``version`` up."""
-    _wait_for_the_other_shares()
-    if _another_failed():
+    if _another_failed():  # before it began: nothing to do for a version nothing will switch in
         return
     projector, views, store = opener()
     try:

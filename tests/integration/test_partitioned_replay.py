@@ -318,7 +318,7 @@ def test_each_share_of_a_replay_runs_in_a_process_of_its_own_even_when_the_other
     settings = pg_database.settings(pg_schema)
     opener = functools.partial(open_for_replay, settings, "applied")
     rebuild(AppliedLog(), views, store, processes=3, opener=opener)
-    assert len(list((tmp_path / "counter").iterdir())) == 3  # three processes started
+    assert len(list((tmp_path / "counter").iterdir())) >= 3  # three processes started (and a spare, once one ended)
     per_pid = assert_applied_once(views, store)
     assert len(per_pid) == 3 and os.getpid() not in per_pid, per_pid  # one share each, all before the switch
 

@@ -5,10 +5,6 @@ table's rows (so "no such row" needs no query)."""
 from __future__ import annotations
 
 import json
-import multiprocessing
-import threading
-import time
-from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, ClassVar
@@ -18,7 +14,6 @@ import pytest
 from pydantic import PrivateAttr
 
 import framework.mapper as mapper
-import framework.replay as replay
 from example_app.accounts import AccountOpened, SecuritiesCredited
 from framework import Event, EventEnvelope, EventMetadata, EventSchemaError
 from framework.mapper import from_stored, to_stored
@@ -347,35 +342,3 @@ def test_the_fast_path_builds_each_envelope_field_from_its_own_source() -> None:
         assert (fast.aggregate_type, fast.aggregate_id, fast.version, fast.event, fast.metadata, fast.position) == (
             "Account", AGGREGATE_ID, 7, SecuritiesCredited(isin="XS1", quantity=2), metadata, 99)
         assert type(fast.aggregate_id) is UUID
-
-
-@pytest.fixture
-def replay_process_globals() -> Iterator[None]:
-    yield
-    replay._start_replay_process(None, None)
-
-
-def test_a_share_waiting_for_the_other_processes_stops_waiting_once_another_share_failed(
-        replay_process_globals: None) -> None:
-    """A process killed while the pool was still starting its processes: the one started after it must not
-    wait out the start timeout for it (the command waits for every process before it reports the failure)."""
-    context = multiprocessing.get_context("spawn")
-    failed = context.Event()
-    replay._start_replay_process(failed, replay._Starts(context.Value("i", 0), context.Event(), 2))
-    waiting = threading.Thread(target=replay._wait_for_the_other_shares, daemon=True)
-    waiting.start()
-    waiting.join(0.5)
-    assert waiting.is_alive()  # the other process has not taken its share
-    failed.set()
-    waiting.join(5)
-    assert not waiting.is_alive()
-    assert replay._another_failed()
-
-
-def test_a_share_goes_on_at_once_when_every_process_has_taken_one(replay_process_globals: None) -> None:
-    context = multiprocessing.get_context("spawn")
-    starts = replay._Starts(context.Value("i", 1), context.Event(), 2)  # the other process took its share
-    replay._start_replay_process(context.Event(), starts)
-    began = time.monotonic()
-    replay._wait_for_the_other_shares()
-    assert time.monotonic() - began < 1 and starts.everyone.is_set() and starts.count.value == 2
