@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import replace
 from uuid import UUID, uuid4
 
 import pytest
+from support.loop_writes import (
+    events_locked,
+    group_commit_store,
+)
 from support.postgres import PgDatabase
 from support.writers import open_accounts, replayed_holding
 
@@ -28,31 +30,18 @@ from framework.store import Claimed, IdempotencyCompletion, Notification, Stored
 
 pytestmark = pytest.mark.postgres
 
-ISIN = "US0378331005"
-
 
 @pytest.fixture
 def store(pg_database: PgDatabase, pg_schema: str) -> Iterator[PostgresEventStore]:
-    store = PostgresEventStore(replace(pg_database.settings(pg_schema, pool_size=8), group_commit=True))
-    store.create_schema()
-    try:
-        yield store
-    finally:
-        store.close()
+    yield from group_commit_store(pg_database, pg_schema)
+
+ISIN = "US0378331005"
 
 
 def _committer(store: PostgresEventStore) -> GroupCommit[object, list[int]]:
     committer = store.group_commit
     assert committer is not None
     return committer  # type: ignore[return-value]
-
-
-@contextmanager
-def _events_locked(pg_database: PgDatabase, schema: str) -> Iterator[None]:
-    """Hold the lock every append takes, so appends pile up until the block ends."""
-    with pg_database.connect() as conn, conn.transaction():
-        conn.execute(f'LOCK TABLE "{schema}".stored_events IN EXCLUSIVE MODE')
-        yield
 
 
 def _wait_until(condition: Callable[[], bool], what: str) -> None:
@@ -113,7 +102,7 @@ def test_in_one_group_a_conflict_or_a_lost_key_fails_alone_and_the_neighbours_co
     head = store.head()
     lead, fresh, with_key, without_key = uuid4(), uuid4(), uuid4(), uuid4()
     committer = _committer(store)
-    with _events_locked(pg_database, pg_schema):
+    with events_locked(pg_database, pg_schema):
         answers, threads = _in_threads({"lead": lambda: store.append([_event(lead, 1), _event(lead, 2)])})
         _wait_until(lambda: sum(committer.group_sizes.values()) == 2, "the leader is committing")
         more, followers = _in_threads({
@@ -149,7 +138,7 @@ def test_a_group_without_idempotency_keys_keeps_each_append_s_own_outcome(
     store.append([_event(taken, 1)])
     head = store.head()
     committer = _committer(store)
-    with _events_locked(pg_database, pg_schema):
+    with events_locked(pg_database, pg_schema):
         answers, threads = _in_threads({"lead": lambda: store.append([_event(first, 1)])})
         _wait_until(lambda: sum(committer.group_sizes.values()) == 2, "the leader is committing")
         more, followers = _in_threads({
@@ -197,7 +186,7 @@ def test_concurrent_commands_through_the_bus_each_get_the_answer_they_would_get_
     relay = threading.Thread(target=_follow_like_the_relay, args=(store, head, relay_seen, stop))
     relay.start()
     committer = _committer(store)
-    with _events_locked(pg_database, pg_schema):
+    with events_locked(pg_database, pg_schema):
         answers, threads = _in_threads(calls)
         # 8 hot + 4 distinct + the new key's one execution reach the store: one leads, 12 queue.
         _wait_until(lambda: committer.waiting() == 12, "the commands queue for one group")

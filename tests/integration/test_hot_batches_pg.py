@@ -10,12 +10,11 @@ Batches are made certain by holding the events table's lock while the commands q
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import replace
+from collections.abc import Awaitable, Iterator
 from typing import Any
 
 import pytest
+from support.loop_writes import Offload, events_locked, group_commit_store, run_with_appender
 from support.postgres import PgDatabase
 from support.writers import ISIN, open_accounts, replayed_holding
 
@@ -34,21 +33,7 @@ pytestmark = pytest.mark.postgres
 
 @pytest.fixture
 def store(pg_database: PgDatabase, pg_schema: str) -> Iterator[PostgresEventStore]:
-    store = PostgresEventStore(replace(pg_database.settings(pg_schema, pool_size=8), group_commit=True))
-    store.create_schema()
-    try:
-        yield store
-    finally:
-        store.close()
-
-
-class Offload:
-    def __init__(self) -> None:
-        self.calls = 0
-
-    async def __call__(self, function: Callable[..., Any], *args: object) -> Any:
-        self.calls += 1
-        return await asyncio.to_thread(function, *args)
+    yield from group_commit_store(pg_database, pg_schema)
 
 
 class CountingAppends:
@@ -72,23 +57,6 @@ class CountingAppends:
             raise
 
 
-@contextmanager
-def _events_locked(pg_database: PgDatabase, schema: str) -> Iterator[None]:
-    with pg_database.connect() as conn, conn.transaction():
-        conn.execute(f'LOCK TABLE "{schema}".stored_events IN EXCLUSIVE MODE')
-        yield
-
-
-def _run(main: Callable[[AsyncPostgresAppender], Awaitable[Any]], settings: Any) -> Any:
-    async def with_appender() -> Any:
-        appender = AsyncPostgresAppender(settings)
-        try:
-            return await main(appender)
-        finally:
-            await appender.close()
-    return asyncio.run(asyncio.wait_for(with_appender(), 120))
-
-
 async def _queued_behind_a_lock(pg_database: PgDatabase, schema: str, appender: AsyncPostgresAppender,
                                 calls: list[Awaitable[Any]]) -> list[Any]:
     """Start every call while the events table is locked (the first append waits, the rest queue),
@@ -99,7 +67,7 @@ async def _queued_behind_a_lock(pg_database: PgDatabase, schema: str, appender: 
         except Exception as error:
             return error
 
-    with _events_locked(pg_database, schema):
+    with events_locked(pg_database, schema):
         tasks = [asyncio.ensure_future(answer(call)) for call in calls]
         for _ in range(400):
             if sum(appender.group_commit.group_sizes.values()) >= 1:
@@ -147,7 +115,7 @@ def test_a_batch_answers_each_command_as_some_serial_order_would(
         ]
         return await _queued_behind_a_lock(pg_database, pg_schema, appender, calls), appends
 
-    answers, appends = _run(main, pg_database.settings(pg_schema, pool_size=4))
+    answers, appends = run_with_appender(main, pg_database.settings(pg_schema, pool_size=4))
     c1, d1, d2, c2, keyed, expecting, transfer, *ones = answers
     assert all(isinstance(a, Executed) for a in (c1, d1, c2, keyed, transfer, *ones)), answers
     assert isinstance(d2, Executed | RuleViolation)
@@ -180,7 +148,7 @@ def test_a_batch_decided_on_a_stale_cache_is_retried_whole_and_nothing_is_lost_o
                                    appender, offload) for _ in range(12)]
         return await _queued_behind_a_lock(pg_database, pg_schema, appender, calls), appends
 
-    answers, appends = _run(main, pg_database.settings(pg_schema, pool_size=4))
+    answers, appends = run_with_appender(main, pg_database.settings(pg_schema, pool_size=4))
     assert all(isinstance(a, Executed) for a in answers), answers
     assert appends.conflicts >= 1 and offload.calls >= 1  # the batch conflicted; its members read the store
     assert sorted(a.result.version for a in answers) == list(range(3, 15))
@@ -198,7 +166,6 @@ def test_a_failed_batch_append_fails_each_member_with_its_own_error_and_retries_
         first = asyncio.ensure_future(bus.execute_async(
             CreditHoldings(account_number="HOT-F", isin=ISIN, quantity=1), None, appender, Offload()))
         await asyncio.sleep(0)  # the first is decided alone and its append waits on the lock
-        appends.fail_next = False
         calls = [first] + [bus.execute_async(CreditHoldings(account_number="HOT-F", isin=ISIN, quantity=1), None,
                                              appender, Offload()) for _ in range(6)]
 
@@ -211,7 +178,7 @@ def test_a_failed_batch_append_fails_each_member_with_its_own_error_and_retries_
         await failing
         return answers, appends
 
-    answers, appends = _run(main, pg_database.settings(pg_schema, pool_size=4))
+    answers, appends = run_with_appender(main, pg_database.settings(pg_schema, pool_size=4))
     failed = [a for a in answers if isinstance(a, StoreUnavailable)]
     assert len(failed) >= 2 and all(isinstance(a, Executed) for a in answers if a not in failed), answers
     assert len({id(a) for a in failed}) == len(failed)  # each its own exception object
@@ -231,7 +198,7 @@ def test_a_caller_that_stops_waiting_leaves_its_batch_whole_and_is_decided_at_mo
             return bus.execute_async(CreditHoldings(account_number="HOT-C", isin=ISIN, quantity=1), None,
                                      appender, Offload())
 
-        with _events_locked(pg_database, pg_schema):
+        with events_locked(pg_database, pg_schema):
             tasks = [asyncio.ensure_future(credit()) for _ in range(10)]
             await asyncio.sleep(0.2)  # a batch is under way (its append waits on the lock), the rest queue
             for task in tasks[::3]:
@@ -239,7 +206,7 @@ def test_a_caller_that_stops_waiting_leaves_its_batch_whole_and_is_decided_at_mo
         answers = await asyncio.gather(*tasks, return_exceptions=True)
         return answers
 
-    answers = _run(main, pg_database.settings(pg_schema, pool_size=4))
+    answers = run_with_appender(main, pg_database.settings(pg_schema, pool_size=4))
     executed = [a for a in answers if isinstance(a, Executed)]
     cancelled = [a for a in answers if isinstance(a, asyncio.CancelledError)]
     assert len(executed) + len(cancelled) == 10 and len(cancelled) == 4

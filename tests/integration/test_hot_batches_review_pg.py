@@ -6,7 +6,7 @@ import asyncio
 import logging
 import random
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from typing import Any, ClassVar
 from uuid import UUID, uuid4
 
@@ -21,9 +21,15 @@ from http_helpers import (
     positioned,
     serve_write_api,
 )
+from support.loop_writes import (
+    Offload,
+    events_locked,
+    group_commit_store,
+    run_with_appender,
+)
 from support.postgres import PgDatabase
 from support.writers import ISIN, replayed_holding
-from test_hot_batches_pg import CountingAppends, Offload, _events_locked, _hot_bus, _queued_behind_a_lock, _run, store
+from test_hot_batches_pg import CountingAppends, _hot_bus, _queued_behind_a_lock
 from unit.domain import Counter as CounterAggregate
 from unit.domain import IncrementCounter, StartCounter, counter_router
 
@@ -39,7 +45,11 @@ from framework.mapper import from_stored
 from framework.observe import correlation_id
 
 pytestmark = pytest.mark.postgres
-__all__ = ["store"]  # the fixture, shared with test_hot_batches_pg
+
+
+@pytest.fixture
+def store(pg_database: PgDatabase, pg_schema: str) -> Iterator[PostgresEventStore]:
+    yield from group_commit_store(pg_database, pg_schema)
 
 
 async def _two_servers_sending(urls: list[str], body: dict[str, Any], clients: int, each: int) -> Counter[int]:
@@ -123,7 +133,7 @@ def test_a_batch_member_s_snapshot_warning_carries_that_member_s_correlation_id(
         return await _queued_behind_a_lock(pg_database, pg_schema, appender, [credit(n) for n in range(8)])
 
     try:
-        answers = _run(main, pg_database.settings(pg_schema, pool_size=4))
+        answers = run_with_appender(main, pg_database.settings(pg_schema, pool_size=4))
     finally:
         logging.getLogger("framework.bus").removeHandler(warnings)
     assert all(isinstance(a, Executed) for a in answers), answers
@@ -185,7 +195,7 @@ def test_a_member_whose_events_cannot_be_stored_fails_alone_not_its_whole_batch(
                   for _ in range(3)]
         return await _queued_behind_a_lock(pg_database, pg_schema, appender, calls)
 
-    answers = _run(main, pg_database.settings(pg_schema, pool_size=4))
+    answers = run_with_appender(main, pg_database.settings(pg_schema, pool_size=4))
     assert isinstance(answers[3], UnicodeDecodeError), answers[3]
     others = answers[:3] + answers[4:]
     assert all(isinstance(a, Executed) for a in others), others
@@ -223,7 +233,7 @@ def test_a_member_that_changes_an_aggregate_without_an_event_leaves_the_cache_as
                  bus.execute_async(IncrementCounter(counter_id=counter_id), None, appender, Offload())]
         return await _queued_behind_a_lock(pg_database, pg_schema, appender, calls)
 
-    answers = _run(main, pg_database.settings(pg_schema, pool_size=4))
+    answers = run_with_appender(main, pg_database.settings(pg_schema, pool_size=4))
     assert all(isinstance(a, Executed) for a in answers), answers
     replayed = UnitOfWork(store, None).get(_NotingCounter, counter_id)
     assert replayed.label == "saved" and replayed.version == 3
@@ -245,7 +255,7 @@ def test_every_task_cancelled_as_a_loop_shutting_down_leaves_the_store_whole_and
 
     async def main(appender: AsyncPostgresAppender) -> tuple[list[Any], int]:
         before = asyncio.all_tasks()
-        with _events_locked(pg_database, pg_schema):
+        with events_locked(pg_database, pg_schema):
             callers = [asyncio.ensure_future(credit(appender)) for _ in range(10)]
             await asyncio.sleep(0.2)  # a batch's append waits on the lock
             more = [asyncio.ensure_future(credit(appender)) for _ in range(5)]  # the next batch, queued
@@ -259,13 +269,13 @@ def test_every_task_cancelled_as_a_loop_shutting_down_leaves_the_store_whole_and
             await asyncio.gather(*everything, return_exceptions=True)
         return answers, len(bus._loop_turns())
 
-    answers, turns_left = _run(main, pg_database.settings(pg_schema, pool_size=4))
+    answers, turns_left = run_with_appender(main, pg_database.settings(pg_schema, pool_size=4))
     assert all(isinstance(a, asyncio.CancelledError | RuntimeError) for a in answers), answers
     assert turns_left == 0
     stored = _versions_of(store, "HOT-X")
     assert stored == list(range(1, len(stored) + 1))
     assert replayed_holding(store, "HOT-X") == len(stored) - 1
-    after = _run(lambda appender: credit(appender), pg_database.settings(pg_schema, pool_size=4))
+    after = run_with_appender(lambda appender: credit(appender), pg_database.settings(pg_schema, pool_size=4))
     assert after.result.version == len(stored) + 1
 
 
@@ -288,7 +298,7 @@ def test_members_that_change_nothing_answer_no_position_and_the_others_their_own
                  for n in [1, *times]]  # the first alone, its append waiting on the lock: the rest one batch
         return await _queued_behind_a_lock(pg_database, pg_schema, appender, calls)
 
-    answers = _run(main, pg_database.settings(pg_schema, pool_size=4))
+    answers = run_with_appender(main, pg_database.settings(pg_schema, pool_size=4))
     assert all(isinstance(a, Executed) for a in answers), answers
     stored = {e.id: e for e in store.read_all(0, 10_000)}
     version = 1
@@ -348,7 +358,7 @@ def test_a_random_mix_on_a_hot_account_with_cancellations_is_some_serial_order(
                 rng.choice(tasks).cancel()
         return list(await asyncio.gather(*tasks, return_exceptions=True)), appends
 
-    answers, appends = _run(main, pg_database.settings(pg_schema, pool_size=4))
+    answers, appends = run_with_appender(main, pg_database.settings(pg_schema, pool_size=4))
     assert max(appends.events) >= 4  # batches formed
     stored = store.read_all(0, 100_000)
     by_command: dict[str, list[Any]] = {}

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import uuid4
 
 import pytest
+from support.loop_writes import run_with_appender
 from support.postgres import PgDatabase
 
 from framework.adapters.pg_async import AsyncPostgresAppender
@@ -18,16 +18,6 @@ from framework.errors import StoreUnavailable
 from framework.store import Claimed, IdempotencyCompletion, StoredEvent
 
 pytestmark = pytest.mark.postgres
-
-
-def _run(main: Callable[[AsyncPostgresAppender], Awaitable[Any]], settings: Any) -> Any:
-    async def with_appender() -> Any:
-        appender = AsyncPostgresAppender(settings)
-        try:
-            return await main(appender)
-        finally:
-            await appender.close()
-    return asyncio.run(with_appender())
 
 
 def _event() -> StoredEvent:
@@ -61,7 +51,7 @@ def test_an_append_after_psycopg_deallocated_the_connection_s_statements_succeed
         assert len(await appender.append([_event()])) == 1
         assert len(await appender.append([_event()])) == 1
 
-    _run(main, settings)
+    run_with_appender(main, settings)
 
 
 def test_a_terminated_backend_s_append_fails_with_the_server_s_words_and_the_next_one_succeeds(
@@ -86,7 +76,7 @@ def test_a_terminated_backend_s_append_fails_with_the_server_s_words_and_the_nex
             "the PostgreSQL event store is unavailable (terminating connection due to administrator command)")
         assert len(await appender.append([_event()])) == 1
 
-    _run(main, settings)
+    run_with_appender(main, settings)
 
 
 def _cancel_waiting_backend(pg_database: PgDatabase, how: str = "pg_cancel_backend") -> None:
@@ -148,7 +138,7 @@ def test_a_schema_name_with_a_percent_sign_is_refused_as_on_the_threaded_path(
             await appender.append([_event()])
         assert str(on_loop.value) == str(on_threads.value)
 
-    _run(main, settings)
+    run_with_appender(main, settings)
 
 
 def test_a_cancelled_append_is_cancelled_on_the_server_and_never_commits_later(
@@ -176,7 +166,7 @@ def test_a_cancelled_append_is_cancelled_on_the_server_and_never_commits_later(
         assert len(await appender.append([_event()])) == 1
 
     try:
-        _run(main, settings)
+        run_with_appender(main, settings)
         assert store.read_stream(cancelled.originator_id) == []
     finally:
         store.close()

@@ -8,13 +8,13 @@ connection while the commands pile up.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 from uuid import uuid4
 
 import pytest
+from support.loop_writes import Offload, events_locked, group_commit_store, run_with_appender
 from support.postgres import PgDatabase, PostgresServer
 from support.writers import open_accounts, replayed_holding
 
@@ -42,35 +42,12 @@ from framework.unit_of_work import UnitOfWork
 
 pytestmark = pytest.mark.postgres
 
-ISIN = "US0378331005"
-
 
 @pytest.fixture
 def store(pg_database: PgDatabase, pg_schema: str) -> Iterator[PostgresEventStore]:
-    store = PostgresEventStore(replace(pg_database.settings(pg_schema, pool_size=8), group_commit=True))
-    store.create_schema()
-    try:
-        yield store
-    finally:
-        store.close()
+    yield from group_commit_store(pg_database, pg_schema)
 
-
-class Offload:
-    """``asyncio.to_thread``, counting what went to a thread."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    async def __call__(self, function: Callable[..., Any], *args: object) -> Any:
-        self.calls += 1
-        return await asyncio.to_thread(function, *args)
-
-
-@contextmanager
-def _events_locked(pg_database: PgDatabase, schema: str) -> Iterator[None]:
-    with pg_database.connect() as conn, conn.transaction():
-        conn.execute(f'LOCK TABLE "{schema}".stored_events IN EXCLUSIVE MODE')
-        yield
+ISIN = "US0378331005"
 
 
 async def _until(condition: Callable[[], bool], what: str) -> None:
@@ -79,16 +56,6 @@ async def _until(condition: Callable[[], bool], what: str) -> None:
             return
         await asyncio.sleep(0.005)
     raise AssertionError(f"timed out waiting until {what}")
-
-
-def _run(main: Callable[[AsyncPostgresAppender], Awaitable[Any]], settings: Any) -> Any:
-    async def with_appender() -> Any:
-        appender = AsyncPostgresAppender(settings)
-        try:
-            return await main(appender)
-        finally:
-            await appender.close()
-    return asyncio.run(with_appender())
 
 
 def test_concurrent_commands_on_the_loop_each_get_the_answer_they_would_get_alone(
@@ -119,13 +86,13 @@ def test_concurrent_commands_on_the_loop_each_get_the_answer_they_would_get_alon
                for n in range(2)},
             "too much": run(DebitHoldings(account_number="DIST-0", isin=ISIN, quantity=1_000)),
         }
-        with _events_locked(pg_database, pg_schema):
+        with events_locked(pg_database, pg_schema):
             tasks = {name: asyncio.ensure_future(call) for name, call in calls.items()}
             await _until(lambda: appender.group_commit.waiting() >= 1, "commands queue behind a commit")
         answers = {name: await task for name, task in tasks.items()}
         return answers, max(appender.group_commit.group_sizes)
 
-    answers, largest_group = _run(main, replace(pg_database.settings(pg_schema, pool_size=4)))
+    answers, largest_group = run_with_appender(main, replace(pg_database.settings(pg_schema, pool_size=4)))
     assert largest_group >= 2
 
     hot = [answers[f"hot {n}"] for n in range(8)]
@@ -169,7 +136,7 @@ def test_a_cached_command_stays_on_the_loop_and_a_cache_miss_goes_to_a_thread(
                                                None, appender, offload)
         return cached, on_loop, missed, offload.calls
 
-    cached, on_loop, missed, after_miss = _run(main, pg_database.settings(pg_schema, pool_size=2))
+    cached, on_loop, missed, after_miss = run_with_appender(main, pg_database.settings(pg_schema, pool_size=2))
     assert on_loop == 0 and cached.result.version == 2
     assert after_miss == 1 and missed.result.version == 3
     assert replayed_holding(store, "CACHED-1") == 5
@@ -209,7 +176,7 @@ def test_a_command_on_a_hot_aggregate_is_decided_once_on_the_loop_holding_its_tu
             answers.append((executed, counting.decided, offload.calls))
         return answers
 
-    (on_hot, hot_decided, hot_offloaded), (on_cool, cool_decided, cool_offloaded) = _run(
+    (on_hot, hot_decided, hot_offloaded), (on_cool, cool_decided, cool_offloaded) = run_with_appender(
         main, pg_database.settings(pg_schema, pool_size=2))
     assert (hot_decided, hot_offloaded) == (1, 0)  # its turn taken on the loop, decided once, in it
     assert (cool_decided, cool_offloaded) == (1, 0)
@@ -255,13 +222,13 @@ def test_commands_on_a_hot_aggregate_take_turns_on_the_loop_without_conflicts_or
 
         calls = [run("HOT-3", 1) for _ in range(20)] + [run("HOT-3", 5, "once"), run("HOT-3", 5, "once")]
         calls += [run(number, 2) for number in cool]
-        with _events_locked(pg_database, pg_schema):  # they all pile up behind the first group's commit
+        with events_locked(pg_database, pg_schema):  # they all pile up behind the first group's commit
             tasks = [asyncio.ensure_future(call) for call in calls]
             await _until(lambda: sum(appender.group_commit.group_sizes.values()) >= 1, "a group is sent")
             await asyncio.sleep(0.1)
         return [await task for task in tasks], counter.conflicts
 
-    answers, conflicts = _run(main, pg_database.settings(pg_schema, pool_size=4))
+    answers, conflicts = run_with_appender(main, pg_database.settings(pg_schema, pool_size=4))
     plain, keyed, others = answers[:20], answers[20:22], answers[22:]
     assert all(isinstance(a, Executed) and not a.replayed for a in plain + others), answers
     assert conflicts == 0 and offload.calls == 0  # one after the other on the loop: none decided on stale state
@@ -297,7 +264,8 @@ def test_expected_version_and_errors_on_the_loop_are_the_threaded_path_s(
             await run(credit, CommandContext(expected_version=7, idempotency_key="k")),  # replay answers first
         ]
 
-    matched, mismatched, missing, keyed, replayed = _run(main, pg_database.settings(pg_schema, pool_size=2))
+    matched, mismatched, missing, keyed, replayed = run_with_appender(
+        main, pg_database.settings(pg_schema, pool_size=2))
     assert isinstance(matched, Executed) and matched.result.version == 2
     assert isinstance(mismatched, VersionMismatch) and mismatched.current_version == 2
     assert isinstance(missing, AggregateNotFound)
@@ -334,7 +302,7 @@ def test_the_async_appender_fails_fast_while_postgresql_is_down_and_recovers_at_
         assert isinstance(await appender.claim_idempotency_key("k", "h", uuid4(), 60), Claimed)
         assert len(await appender.append([StoredEvent(uuid4(), 1, "tests.Happened", b"{}")])) == 1
 
-    _run(main, settings)
+    run_with_appender(main, settings)
 
 
 def test_a_cancelled_caller_does_not_stop_its_group_s_commit(
@@ -343,7 +311,7 @@ def test_a_cancelled_caller_does_not_stop_its_group_s_commit(
     aggregate = uuid4()
 
     async def main(appender: AsyncPostgresAppender) -> None:
-        with _events_locked(pg_database, pg_schema):
+        with events_locked(pg_database, pg_schema):
             task = asyncio.ensure_future(appender.append([StoredEvent(aggregate, 1, "tests.Happened", b"{}")]))
             await _until(lambda: bool(appender.group_commit.group_sizes), "the append is committing")
             task.cancel()
@@ -351,6 +319,6 @@ def test_a_cancelled_caller_does_not_stop_its_group_s_commit(
             await task
         await _until(lambda: bool(store.read_stream(aggregate)), "the cancelled caller's append committed")
 
-    _run(main, pg_database.settings(pg_schema, pool_size=2))
+    run_with_appender(main, pg_database.settings(pg_schema, pool_size=2))
     assert [e.originator_version for e in store.read_stream(aggregate)] == [1]
 
