@@ -814,12 +814,7 @@ class _QueryApi(LiveConnections, GraphQL[QueryContext, None]):
     def _claim_heard(self, minimum: int | None, plan: _Plan) -> bool:
         """No position claimed, or the watch has heard every projection of ``plan`` at it (without a
         watch: not known, and a claim does not share another's computation: it might have to wait)."""
-        if minimum is None:
-            return True
-        if self._watch is None:
-            return False
-        heard = self._watch.positions_known()
-        return all(heard.get(p, -1) >= minimum for p in plan.projections)
+        return minimum is None or (self._watch is not None and _heard_at(self._watch, plan.projections, minimum))
 
     async def _learn_text_order(self) -> None:
         """``orders_text_by_code_point`` of the views, once for the API (it may ask the database: off the
