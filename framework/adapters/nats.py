@@ -1,4 +1,4 @@
-"""The bus port on NATS JetStream: the only module of Eventfold that imports ``nats``.
+"""The bus port on NATS JetStream: with ``nats_pull`` (its fetches), the only modules of Eventfold that import ``nats``.
 
 One stream (default ``eventfold``) captures ``{prefix}.>``; every stored event
 is published to ``{prefix}.{aggregate_type}.{aggregate_id}.{b0}.….{b7}`` (the
@@ -43,6 +43,7 @@ from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
+    ConsumerInfo,
     DeliverPolicy,
     DiscardPolicy,
     Placement,
@@ -51,6 +52,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
+from framework.adapters.nats_pull import BatchPull, PullRefused
 from framework.errors import BusUnavailable, ConfigurationError
 from framework.mapper import stored_header
 from framework.partitions import Partition, bucket_tokens
@@ -555,6 +557,13 @@ class JetStreamConsumer:
     ``fetch_ahead`` is a fetch that leaves the deliveries still unacknowledged
     outstanding, for a caller that applies one delivery while it fetches the
     next (``framework.runner.run_projection``); it acknowledges them in order.
+
+    Fetches go through ``framework.adapters.nats_pull.BatchPull`` (one pull
+    request per fetch, answered into one subscription). A consumer that
+    disappears under a running worker (deleted, or lost by a server) is made
+    again at the next fetch, starting after the last stream sequence this one
+    acknowledged (by its deliver policy if the stream itself is new); what it
+    had delivered but not acknowledged is forgotten here and delivered again.
     """
 
     def __init__(
@@ -580,20 +589,31 @@ class JetStreamConsumer:
         self._max_ack_pending = max_ack_pending
         self._request_timeout = request_timeout
         self._owns_connection = owns_connection
-        self._subscription: JetStreamContext.PullSubscription | None = None
+        self._pull: BatchPull | None = None
+        self._bound = False  # the consumer was seen (or made) on the server since the last refusal
         self._reconnects = 0
         self._unacked: list[list[Msg]] = []  # the deliveries not acknowledged yet, in fetch order
+        # Where a consumer made again after it was deleted starts: after the last stream sequence this
+        # one acknowledged (None: never bound yet), in the stream created at ``_stream_created``.
+        self._floor: int | None = None
+        self._stream_created: object = None
 
     @classmethod
     async def open(cls, settings: JetStreamSettings, durable_name: str, **options: Any) -> JetStreamConsumer:
         """A consumer on its own connection."""
         return cls(await connect(settings), durable_name, owns_connection=True, **options)
 
-    def _config(self) -> ConsumerConfig:
+    def _config(self, start_after: int | None = None) -> ConsumerConfig:
+        """The consumer's configuration: deliver policy NEW (or ALL), or after stream sequence ``start_after``."""
+        if start_after is not None:
+            policy, start = DeliverPolicy.BY_START_SEQUENCE, start_after + 1
+        else:
+            policy, start = (DeliverPolicy.ALL if self._deliver_all else DeliverPolicy.NEW), None
         return ConsumerConfig(
             name=self.name,
             durable_name=self.name,
-            deliver_policy=DeliverPolicy.ALL if self._deliver_all else DeliverPolicy.NEW,
+            deliver_policy=policy,
+            opt_start_seq=start,
             ack_policy=AckPolicy.ALL,
             ack_wait=self._ack_wait,
             max_ack_pending=self._max_ack_pending,
@@ -604,15 +624,18 @@ class JetStreamConsumer:
 
     async def bind(self) -> None:
         """Create the durable consumer if it is missing (and the stream too), and subscribe to it."""
-        if self._subscription is not None:
+        if self._bound and self._pull is not None:
             return
         self._connection.check_connected()
         js, stream = self._connection.js, self._settings.stream
         try:
             await self._ensure_consumer(js, stream)
-            self._subscription = await js.pull_subscribe_bind(durable=self.name, stream=stream)
+            if self._pull is None:
+                self._pull = BatchPull(self._connection.client, stream, self.name)  # contexts without a domain
+            await self._pull.start()
         except _NATS_ERRORS as error:
             raise _unavailable(f"binding consumer {self.name!r}", error) from error
+        self._bound = True
         self._reconnects = self._connection.reconnects
 
     async def _recheck_after_reconnect(self) -> None:
@@ -626,13 +649,48 @@ class JetStreamConsumer:
         self._reconnects = self._connection.reconnects
 
     async def _ensure_consumer(self, js: JetStreamContext, stream: str) -> None:
+        """Find the consumer, else create it: the first time by its deliver policy; once this one ran,
+        after the last stream sequence it acknowledged (a consumer deleted under it, or lost by a
+        server: what was published meanwhile is delivered, not skipped), unless the stream is new."""
+        stream_lost = False
         try:
-            await js.consumer_info(stream, self.name)
-            return
+            info = await js.consumer_info(stream, self.name)
         except nats.js.errors.NotFoundError as error:
             if _api_code(error) == _STREAM_NOT_FOUND:
                 await self._connection.ensure_stream(update=False)
-        await js.add_consumer(stream, self._config())
+                stream_lost = True
+        else:
+            if self._floor is None:
+                await self._note_start(js, stream, info)
+            return
+        again = self._floor is not None
+        start_after = None if stream_lost else await self._resume_after(js, stream)
+        info = await js.add_consumer(stream, self._config(start_after))
+        if again:
+            self._forget_deliveries(start_after)
+        await self._note_start(js, stream, info)
+
+    async def _note_start(self, js: JetStreamContext, stream: str, info: ConsumerInfo) -> None:
+        self._floor = _floor_of(info)
+        self._stream_created = (await js.stream_info(stream)).created
+
+    async def _resume_after(self, js: JetStreamContext, stream: str) -> int | None:
+        """The stream sequence a consumer made again starts after (None: by its deliver policy)."""
+        if self._floor is None:
+            return None
+        state = await js.stream_info(stream)
+        if state.created != self._stream_created or state.state.last_seq < self._floor:
+            return None  # another stream of the same name: its sequences are not ours
+        return self._floor
+
+    def _forget_deliveries(self, start_after: int | None) -> None:
+        """The deleted consumer's deliveries can be neither acknowledged (an acknowledgement reaching
+        the new consumer would move its floor) nor handed back: the new one delivers them again."""
+        dropped = sum(len(d) for d in self._unacked) + (self._pull.discard() if self._pull is not None else 0)
+        self._unacked = []
+        where = f"after stream sequence {start_after}" if start_after is not None else "by its deliver policy"
+        log.warning("consumer %s: was missing; made again, starting %s (%d unacknowledged message(s) "
+                    "will be delivered again)", self.name, where, dropped)
 
     async def fetch(self, max_events: int, timeout: float) -> Delivery:
         await self._return_unacked()
@@ -651,26 +709,41 @@ class JetStreamConsumer:
         await self.bind()
         self._connection.check_connected()
         await self._recheck_after_reconnect()
-        assert self._subscription is not None
+        assert self._pull is not None
         try:
-            messages = await self._subscription.fetch(max(1, max_events), timeout=max(timeout, 0.01))
-        except TimeoutError as error:  # nats' TimeoutError, FetchTimeoutError: nothing to deliver
-            if not self._connection.is_connected:
-                raise _unavailable("fetching", error) from error
-            return Delivery((), _nothing)
+            messages, answered = await self._pull.fetch(max(1, max_events), max(timeout, 0.01))
+        except PullRefused as error:
+            # e.g. the consumer was deleted: make it again now (its deliveries are forgotten, not
+            # acknowledged to the new one), else find (or make) it at the next fetch.
+            with contextlib.suppress(BusUnavailable):
+                await self._check_consumer()
+            raise _unavailable("fetching", error) from error
         except _NATS_ERRORS as error:
-            await self._drop_subscription()  # e.g. the consumer was deleted: bind again next time
             raise _unavailable("fetching", error) from error
         if not messages:
+            if not self._connection.is_connected:
+                raise BusUnavailable("NATS JetStream unavailable (fetching): connection lost")
+            if not answered:  # no status either: was the consumer deleted? (the subscription is kept)
+                await self._check_consumer()
             return Delivery((), _nothing)
         self._unacked.append(messages)
         return Delivery(_notifications(messages, self.name), self._acknowledger(messages))
 
+    async def _check_consumer(self) -> None:
+        try:
+            await self._ensure_consumer(self._connection.js, self._settings.stream)
+        except _NATS_ERRORS as error:
+            self._bound = False
+            raise _unavailable(f"checking consumer {self.name!r}", error) from error
+
     def _acknowledger(self, messages: list[Msg]) -> Callable[[], Awaitable[None]]:
         async def ack() -> None:
             if not any(d is messages for d in self._unacked):
-                return  # already acknowledged, or handed back (NAK) by a later fetch
-            await self._reply(_last_in_stream(messages), b"+ACK", "acknowledging")
+                return  # already acknowledged, handed back (NAK) by a later fetch, or its consumer is gone
+            last, sequence = _last_in_stream(messages)
+            await self._reply(last, b"+ACK", "acknowledging")
+            if self._floor is not None and sequence > self._floor:
+                self._floor = sequence
             # Policy ALL: this and every delivery fetched before it are acknowledged now.
             for index, delivery in enumerate(self._unacked):
                 if delivery is messages:
@@ -696,13 +769,16 @@ class JetStreamConsumer:
     async def delete(self) -> None:
         """Close, and delete the durable consumer on the server (a partition's, when its owner lets it go)."""
         await self.close()
+        self._floor = None  # deleted on purpose: bound again, it is made by its deliver policy
         with contextlib.suppress(*_NATS_ERRORS):
             await self._connection.js.delete_consumer(self._settings.stream, self.name)
 
-    async def _return_unacked(self) -> None:
-        """NAK an unacknowledged delivery so it comes first in the next fetch (ack_wait covers failures)."""
+    async def _return_unacked(self, late: Sequence[Msg] = ()) -> None:
+        """NAK the unacknowledged deliveries and the messages queued for the next fetch, so that they
+        come first (in stream order) in the next fetch (ack_wait covers failures)."""
         deliveries, self._unacked = self._unacked, []
         messages = [message for delivery in deliveries for message in delivery]
+        messages += late if late else (self._pull.take_queued() if self._pull is not None else ())
         if not messages or not self._connection.is_connected:
             return
         results = await asyncio.gather(*(self._reply(m, b"-NAK", "returning") for m in messages),
@@ -712,15 +788,11 @@ class JetStreamConsumer:
             log.warning("consumer %s: %d NAK(s) failed (%s); redelivery waits for ack_wait",
                         self.name, len(failed), failed[0])
 
-    async def _drop_subscription(self) -> None:
-        subscription, self._subscription = self._subscription, None
-        if subscription is not None:
-            with contextlib.suppress(*_CLOSE_ERRORS):
-                await subscription.unsubscribe()
-
     async def close(self) -> None:
-        await self._return_unacked()
-        await self._drop_subscription()
+        pull, self._pull = self._pull, None
+        self._bound = False
+        late = await pull.close() if pull is not None else []
+        await self._return_unacked(late)
         if self._owns_connection:
             await self._connection.close()
 
@@ -729,14 +801,24 @@ async def _nothing() -> None:
     return None
 
 
-def _last_in_stream(messages: Sequence[Msg]) -> Msg:
-    """The message with the highest stream sequence (usually the last: redeliveries come first)."""
+def _last_in_stream(messages: Sequence[Msg]) -> tuple[Msg, int]:
+    """The message with the highest stream sequence (usually the last: redeliveries come first), and it."""
     last, highest = messages[-1], -1
     for message in messages:
         sequence = _stream_sequence(message)
         if sequence > highest:
             last, highest = message, sequence
-    return last
+    return last, highest
+
+
+def _floor_of(info: ConsumerInfo) -> int:
+    """The stream sequence a consumer has acknowledged everything up to (a new one: where it starts)."""
+    acked, delivered = info.ack_floor, info.delivered
+    if acked is not None and acked.consumer_seq:
+        return int(acked.stream_seq)
+    if delivered is not None and not delivered.consumer_seq:
+        return int(delivered.stream_seq)  # nothing delivered yet: it starts after this
+    return int(acked.stream_seq) if acked is not None else 0
 
 
 def _stream_sequence(message: Msg) -> int:
@@ -747,10 +829,21 @@ def _stream_sequence(message: Msg) -> int:
 
 
 def _notifications(messages: Iterable[Msg], consumer: str) -> list[Notification]:
+    """The notifications of a fetch: ``notification_from`` inlined for the usual, untraced message (its
+    headers read once each, the notification built positionally: this runs once per event)."""
     notifications: list[Notification] = []
     append = notifications.append
     for message in messages:
-        notification = notification_from(message.headers or {}, message.data)
+        headers = message.headers
+        try:
+            if headers is None or headers.get(HEADER_TRACEPARENT):
+                notification = notification_from(headers or {}, message.data)
+            else:  # Notification's fields: originator_id, originator_version, topic, state, id
+                notification = Notification(_uuid(headers[HEADER_AGGREGATE_ID]),
+                                            int(headers[HEADER_AGGREGATE_VERSION]), headers[HEADER_EVENT],
+                                            message.data, int(headers[HEADER_POSITION]))
+        except (KeyError, ValueError):
+            notification = None
         if notification is None:
             log.warning("consumer %s: skipping %s, which lacks Eventfold headers", consumer, message.subject)
         else:
