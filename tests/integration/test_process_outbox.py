@@ -153,13 +153,69 @@ def test_the_process_killed_at_a_dispatch_step_notifies_every_depositor_exactly_
     assert outbox_rows(deployment.pg_database, deployment.schema) == []
     assert views.dead_letters() == []
     assert_matches_replay(views, store)
-    status = json.loads(deployment.cli_ok("status", "--json").stdout)
-    (process,) = [row for row in status if row["name"] == PROCESS and row["active"]]
+    process = _status_when_leased(deployment)
     assert (process["outbox_pending"], process["deadlines_pending"], process["dead_letters"],
             process["lag_events"], process["state"]) == (0, 0, 0, 0, "running"), process
     assert restarted.alive
     deployment.assert_no_tracebacks()
     print(f"{point}: the restarted process postponed commands for {sorted(errors) or 'nothing'}")
+
+
+def test_the_process_killed_right_after_a_second_actions_entitlements_were_recorded_notifies_once(
+    deployment: Deployment,
+) -> None:
+    # The moment of a loss seen about once in ten runs of the test above: the first dividend settled
+    # (entitled, its 40 notices sent), the process killed just after the second dividend's
+    # RecordEntitlements left the outbox (its EntitlementsCalculated stored, perhaps not yet applied),
+    # then restarted: it must apply that event and notify the 40 again, once each.
+    deployment.init_db()
+    store, views = deployment.store(), deployment.views()
+    bus = deployment.bus(deployment.store())
+    isin, token = new_isin(), short_token()
+    first, second = f"R{token}-1", f"R{token}-2"
+    setup_security(bus, isin)
+    write_backlog(store, isin, accounts=40, credits_each=2, actions=[(first, "validate")], prefix=f"R{token}")
+    deployment.start("relay")
+    deployment.start("project", *OTHERS, name="others")
+    calm = deployment.start("project", PROCESS, name="process-calm", env=_process_env())
+    wait_entitled(store, first)
+    wait_until(lambda: len(envelopes(store, "DepositorNotified")) == 40, timeout=60,
+               message="the first dividend's 40 notices")
+    wait_until(lambda: not outbox_rows(deployment.pg_database, deployment.schema), timeout=30,
+               message="an empty outbox")
+    assert calm.stop() == 0, calm.tail()
+
+    killed = deployment.start("project", PROCESS, name="process-faulty",
+                              env=_process_env(EVENTFOLD_FAULTS="dispatch.forgotten@1"))
+    _cash_dividend(bus, second, isin)
+    wait_until(lambda: not killed.alive, timeout=60, message="the process to die at dispatch.forgotten@1")
+    assert killed.process is not None and killed.process.returncode == -signal.SIGKILL, killed.tail()
+    wait_entitled(store, second)
+
+    restarted = deployment.start("project", PROCESS, name="process", env=_process_env())
+    _wait_quiet(deployment, store, views, set())
+    outcome = assert_process_outcomes(store)
+    assert set(outcome.entitled) == {first, second}
+    assert sum(outcome.notified.values()) == 80
+    assert views.dead_letters() == []
+    assert_matches_replay(views, store)
+    assert restarted.alive
+    deployment.assert_no_tracebacks()
+
+
+def _status_when_leased(deployment: Deployment) -> dict[str, Any]:
+    """The process's row of ``eventfold status --json`` once its lease is live. The tests' lease lasts
+    a second: on a loaded machine a renewal can come late, and status then rightly says "stopped" (no
+    live worker holds it) until the next renewal."""
+    rows: list[dict[str, Any]] = []
+
+    def leased() -> bool:
+        status = json.loads(deployment.cli_ok("status", "--json").stdout)
+        rows[:] = [row for row in status if row["name"] == PROCESS and row["active"]]
+        return len(rows) == 1 and rows[0]["owner"] is not None
+
+    wait_until(leased, timeout=30, interval=0.2, message=lambda: f"a live lease on {PROCESS}: {rows}")
+    return rows[0]
 
 
 def _wait_quiet(deployment: Deployment, store: EventStore, views: ViewStore, errors: set[str]) -> None:
@@ -168,10 +224,13 @@ def _wait_quiet(deployment: Deployment, store: EventStore, views: ViewStore, err
     names = [*OTHERS, PROCESS]
 
     def quiet() -> bool:
+        # In this order (as ``wait_settled``): the head, then the positions, then the outbox. An outbox
+        # read first can be empty just before the process applies the last event and issues from it.
+        head = store.head()
+        at_head = all(views.active_position(n) == head for n in names)
         rows = outbox_rows(deployment.pg_database, deployment.schema)
         errors.update(r["last_error"].split(":")[0] for r in rows if r["last_error"])
-        head = store.head()
-        return not rows and all(views.active_position(n) == head for n in names) and store.head() == head
+        return at_head and not rows and store.head() == head
 
     wait_until(quiet, timeout=90, interval=0.2, message=lambda: (
         f"an empty outbox and every projection at the head {store.head()}: "
