@@ -193,6 +193,7 @@ class _Tables:
     def __init__(self, schema: str, name: str, version: int) -> None:
         self.schema, self.prefix = schema, f"rm_{name}_v{version}_"
         self._statements: dict[type[ReadModel], dict[str, Any]] = {}
+        self._where: dict[tuple[type[ReadModel], tuple[str, ...]], bytes] = {}
 
     def ident(self, model: type[ReadModel]) -> sql.Composed:
         return sql.SQL("{}.{}").format(
@@ -204,8 +205,19 @@ class _Tables:
             self._statements[model] = self._build(model)
         return self._statements[model]
 
+    def where(self, model: type[ReadModel], columns: tuple[str, ...]) -> bytes:
+        """The rows whose ``columns`` equal as many parameters, in key order; composed once per shape."""
+        found = self._where.get((model, columns))
+        if found is None:
+            match = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in columns)
+            found = self._where[(model, columns)] = sql.SQL("SELECT * FROM {}{}{} ORDER BY {}").format(
+                self.ident(model), sql.SQL(" WHERE " if columns else ""), match if columns else sql.SQL(""),
+                self.statements(model)["order"]).as_bytes(None)
+        return found
+
     def _build(self, model: type[ReadModel]) -> dict[str, Any]:
-        """Row statements; bulk ones take one array per column (``unnest``), one statement a batch."""
+        """Row statements, composed once (as bytes: composing costs more than a short statement); bulk ones
+        take one array per column (``unnest``), one statement a batch."""
         table = self.ident(model)
         definitions = column_definitions(model)
         columns = [name for name, _, _ in definitions]
@@ -231,13 +243,13 @@ class _Tables:
 
         jsonb = frozenset(n for n, kind in kinds.items() if kind == "jsonb")
         return {
-            "select": sql.SQL("SELECT * FROM {} WHERE {}").format(table, key_match),
-            "delete": delete(_arrays(model.key, kinds)),
-            "upsert": upsert(_arrays(columns, kinds)),
+            "select": sql.SQL("SELECT * FROM {} WHERE {}").format(table, key_match).as_bytes(None),
+            "delete": delete(_arrays(model.key, kinds)).as_bytes(None),
+            "upsert": upsert(_arrays(columns, kinds)).as_bytes(None),
             # The same with binary arrays (%b): less to format and parse; used when every column's
             # values are of one Python type (see _binary_ok), else the text form above.
-            "delete_binary": delete(_binary_arrays(model.key, kinds)),
-            "upsert_binary": upsert(_binary_arrays(columns, kinds)),
+            "delete_binary": delete(_binary_arrays(model.key, kinds)).as_bytes(None),
+            "upsert_binary": upsert(_binary_arrays(columns, kinds)).as_bytes(None),
             "jsonb": jsonb,
             "values": None if jsonb else _values_getter(columns),
             "order": sql.SQL(", ").join(map(sql.Identifier, model.key)),
@@ -293,13 +305,7 @@ class _PooledSource:
 
 
 def _load_where(conn: Conn, tables: _Tables, model: type[R], equal: dict[str, Any]) -> list[R]:
-    where = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in equal)
-    query = sql.SQL("SELECT * FROM {}{}{} ORDER BY {}").format(
-        tables.ident(model),
-        sql.SQL(" WHERE ") if equal else sql.SQL(""),
-        where if equal else sql.SQL(""),
-        tables.statements(model)["order"],
-    )
+    query = tables.where(model, tuple(equal))
     return [model.model_validate(r) for r in conn.execute(query, [_param(v) for v in equal.values()])]
 
 
@@ -359,6 +365,16 @@ class PostgresViewStore:
 
     def _table(self, name: str) -> sql.Composed:
         return sql.SQL("{}.{}").format(self._s, sql.Identifier(name))
+
+    @functools.lru_cache(maxsize=256)  # noqa: B019 - statements live as long as the store
+    def _sql(self, text: str, *tables: str) -> bytes:
+        """``text`` with its ``{}`` filled by this schema's ``tables``, composed once: a worker commits many
+        small batches, and composing a statement costs more than running a short one."""
+        return sql.SQL(text).format(*map(self._table, tables)).as_bytes(None)
+
+    @functools.lru_cache(maxsize=256)  # noqa: B019 - as long as the store: each version's statements built once
+    def _tables(self, name: str, version: int) -> _Tables:
+        return _Tables(self._schema, name, version)
 
     def create_schema(self) -> None:
         with self._connection() as conn:
@@ -524,13 +540,12 @@ class PostgresViewStore:
     ) -> Iterator[tuple[Conn, _PostgresBatch, int]]:
         cache = self._caches.setdefault((name, version), RowCache(self._cache_rows))
         with self._connection() as conn:
-            tables = _Tables(self._schema, name, version)
+            tables = self._tables(name, version)
             batch = _PostgresBatch(_Source(conn, tables), tables, cache)
             try:
                 with conn.transaction():
-                    row = conn.execute(
-                        sql.SQL("SELECT version FROM {} WHERE name = %s FOR " + lock).format(
-                            self._table("eventfold_projection_active")), (name,)).fetchone()
+                    row = conn.execute(self._sql("SELECT version FROM {} WHERE name = %s FOR " + lock,
+                                                 "eventfold_projection_active"), (name,)).fetchone()
                     yield conn, batch, int(row["version"]) if row else version
             except BaseException:
                 cache.clear()  # rows read in a rolled-back batch may include its own changes
@@ -539,14 +554,14 @@ class PostgresViewStore:
 
     def stage(self, name: str, version: int) -> Batch:
         cache = self._caches.setdefault((name, version), RowCache(self._cache_rows))
-        tables = _Tables(self._schema, name, version)
+        tables = self._tables(name, version)
         return _PostgresBatch(_PooledSource(self, tables), tables, cache)
 
     def commit_staged(self, name: str, version: int, batch: Batch, *, follow_active: bool = True) -> None:
         assert isinstance(batch, _PostgresBatch)
         with self._connection() as conn, conn.transaction():
-            row = conn.execute(sql.SQL("SELECT version FROM {} WHERE name = %s FOR SHARE").format(
-                self._table("eventfold_projection_active")), (name,)).fetchone()
+            row = conn.execute(self._sql("SELECT version FROM {} WHERE name = %s FOR SHARE",
+                                         "eventfold_projection_active"), (name,)).fetchone()
             if follow_active and row and row["version"] != version:
                 raise VersionSwitched(f"{name} now serves version {row['version']}")
             self._commit(conn, name, version, batch)
@@ -588,11 +603,10 @@ class PostgresViewStore:
         guard, expected = ("position = %s", batch.since) if batch.since is not None else ("position < %s",
                                                                                         batch.position)
         # One statement: the new position, and its NOTIFY (delivered to listeners when this commits).
-        advance = sql.SQL(
+        advance = self._sql(
             "WITH moved AS (UPDATE {} SET position = %s, last_event_at = coalesce(%s, last_event_at),"
             " updated_at = now() WHERE name = %s AND version = %s AND " + guard + " RETURNING 1)"
-            " SELECT pg_notify(%s, %s) FROM moved"
-        ).format(self._table("eventfold_projection_positions"))
+            " SELECT pg_notify(%s, %s) FROM moved", "eventfold_projection_positions")
         touched, rows = described(batch.changes())
         notice = position_notice(name, version, batch.position, touched=touched, rows=rows)
         moved = conn.execute(advance, (batch.position, batch.event_time, name, version, expected,
@@ -604,10 +618,9 @@ class PostgresViewStore:
         assert batch.position is not None
         guard, expected = ("position = %s", batch.since) if batch.since is not None else ("position < %s",
                                                                                         batch.position)
-        advance = sql.SQL(
+        advance = self._sql(
             "UPDATE {} SET position = %s, last_event_at = coalesce(%s, last_event_at), updated_at = now()"
-            " WHERE name = %s AND version = %s AND partition = %s AND " + guard
-        ).format(self._table("eventfold_partition_positions"))
+            " WHERE name = %s AND version = %s AND partition = %s AND " + guard, "eventfold_partition_positions")
         moved = conn.execute(advance, (batch.position, batch.event_time, name, version, index, expected)).rowcount
         if moved != 1:
             raise ConcurrencyConflict(f"{name} v{version} partition {index} was advanced by another worker")
@@ -638,7 +651,7 @@ class PostgresViewStore:
     def _write_process(self, conn: Conn, batch: _PostgresBatch) -> None:
         """Outbox entries and deadlines recorded in the batch, and the ones it settled."""
         if batch.outbox:
-            _insert_outbox(conn, self._table("eventfold_outbox"), batch.outbox)
+            _insert_outbox(conn, self._sql(_INSERT_OUTBOX, "eventfold_outbox"), batch.outbox)
         _delete_exactly(conn, self._table("eventfold_outbox"), batch.settled_outbox, "an outbox entry")
         _delete_exactly(conn, self._table("eventfold_deadlines"), batch.settled_deadlines, "a deadline")
         deadlines = self._table("eventfold_deadlines")
@@ -1316,15 +1329,17 @@ def _text(value: str) -> str:
     return value.replace("\x00", "\\x00")
 
 
-def _insert_outbox(conn: Conn, table: sql.Composed, entries: Sequence[OutboxEntry]) -> None:
+_INSERT_OUTBOX = (
+    "INSERT INTO {} (projection, key, command_name, payload, ordering_key, position, context)"
+    " SELECT p, k, c, j::jsonb, o, n, x::jsonb FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[],"
+    " %s::text[], %s::bigint[], %s::text[]) AS t(p, k, c, j, o, n, x) ON CONFLICT (key) DO NOTHING")
+
+
+def _insert_outbox(conn: Conn, statement: bytes, entries: Sequence[OutboxEntry]) -> None:
     """One statement for a batch's commands; an entry issued again (a redelivered event) is kept once."""
     columns = _columns([(e.projection, e.key, e.command_name, json.dumps(e.payload), e.ordering_key, e.position,
                          json.dumps(e.context)) for e in entries])
-    conn.execute(sql.SQL(
-        "INSERT INTO {} (projection, key, command_name, payload, ordering_key, position, context)"
-        " SELECT p, k, c, j::jsonb, o, n, x::jsonb FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[],"
-        " %s::text[], %s::bigint[], %s::text[]) AS t(p, k, c, j, o, n, x) ON CONFLICT (key) DO NOTHING"
-    ).format(table), columns)
+    conn.execute(statement, columns)
 
 
 def _delete_exactly(conn: Conn, table: sql.Composed, ids: Sequence[int], what: str) -> None:
