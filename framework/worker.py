@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from framework.bus import CommandBus
 from framework.errors import (
@@ -47,6 +47,7 @@ from framework.views import Batch, DeadLetter, Deadline, OutboxEntry, Partitione
 __all__ = ["HandlerFailed", "ProjectionHalted", "ProjectionWorker", "RetryLater", "WorkerOptions"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 _MINE_CACHE_SIZE = 65_536
@@ -108,6 +109,39 @@ class _Filling:
 
     def __post_init__(self) -> None:
         self.end = max(self.end, self.since)
+
+
+class _Helpers:
+    """A catch-up's two helper threads (the next page read, the last batch committed, while this one's
+    handlers run), started with the first call that overlaps: a catch-up of one page, a worker following
+    the store closely, has nothing to overlap, and starting threads would cost more than its commit."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __enter__(self) -> _Helpers:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    def submit(self, call: Callable[..., T], *args: Any) -> Future[T]:
+        """``call`` in a helper thread, overlapping the caller's work."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(2, thread_name_prefix=self._name)
+        return self._pool.submit(call, *args)
+
+    @staticmethod
+    def run(call: Callable[..., T], *args: Any) -> Future[T]:
+        """``call`` now, in the caller's thread (its result is waited for at once): its outcome as a future."""
+        done: Future[T] = Future()
+        try:
+            done.set_result(call(*args))
+        except Exception as error:  # surfaces where the future's result is asked, as from a helper thread
+            done.set_exception(error)
+        return done
 
 
 @dataclass(frozen=True)
@@ -239,8 +273,8 @@ class ProjectionWorker:
             return self.position
         size = self.options.catch_up_batch
         page = max(1, min(self.options.catch_up_page, size))
-        with ThreadPoolExecutor(2, thread_name_prefix=f"catch-up-{self.name}") as pool:
-            reading: Future[_Page] | None = pool.submit(self._read_page, self.position, page, target)
+        with _Helpers(f"catch-up-{self.name}") as pool:
+            reading: Future[_Page] | None = pool.run(self._read_page, self.position, page, target)
             committing: _Committing | None = None
             filling = _Filling(self.position)
             previous: Batch | None = None
@@ -269,7 +303,8 @@ class ProjectionWorker:
                         continue  # none of this partition's events: carried by the next batch, or the end
                     staged = self._seal(filling)
                     self._confirm(committing, progress)
-                    committing = _Committing(pool.submit(self._commit_staged, staged, filling), filling.since,
+                    commit = pool.submit if reading is not None else pool.run  # the last: confirmed at once
+                    committing = _Committing(commit(self._commit_staged, staged, filling), filling.since,
                                              filling.end)
                     previous, filling = staged, _Filling(filling.end)
                 self._confirm(committing, progress)

@@ -6,6 +6,7 @@ and a process manager whose commands are issued once, with stable idempotency ke
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -355,6 +356,43 @@ def test_a_catch_up_batch_is_read_in_pages_and_committed_once() -> None:
     assert {limit for _, limit in holed.reads} == {4}
     assert views.commits == [13, 25]  # 12 events (three pages, past the batch's 10), then the rest
     assert labels(views) == [f"t{i}" for i in range(25) if i != 6] and total(views) == 24
+
+
+class ThreadNoting(CountingCommits):
+    """Notes the thread each batch commits in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[str] = []
+
+    def commit_staged(self, name: str, version: int, batch: Batch, *, follow_active: bool = True) -> None:
+        self.threads.append(threading.current_thread().name)
+        super().commit_staged(name, version, batch, follow_active=follow_active)
+
+
+@pytest.mark.parametrize("events, threads", [(3, 0), (25, 2)])
+def test_a_catch_up_of_one_page_starts_no_helper_thread(events: int, threads: int) -> None:
+    """A worker following the store closely catches up one page at a time: nothing to overlap, so no
+    helper thread is started for it (it used to start two per catch-up); several pages still overlap."""
+    store = MemoryEventStore()
+    tick(store, *(f"t{i}" for i in range(events)))
+    views = ThreadNoting()
+    before = threading.enumerate()
+    started: list[threading.Thread] = []
+    real_start = threading.Thread.start
+
+    def noted(thread: threading.Thread) -> None:
+        started.append(thread)
+        real_start(thread)
+
+    worker = ProjectionWorker(Ticks(), views, store, options=WorkerOptions(catch_up_batch=10, catch_up_page=4))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(threading.Thread, "start", noted)
+        assert worker.catch_up() == events
+    assert len([t for t in started if t not in before and t.name.startswith("catch-up-ticks")]) == threads
+    assert labels(views) == [f"t{i}" for i in range(events)] and total(views) == events
+    if not threads:
+        assert views.threads == [threading.current_thread().name]
 
 
 def test_a_handler_failing_in_a_later_page_of_a_batch_parks_only_its_event() -> None:
