@@ -359,6 +359,24 @@ def test_a_bad_position_header_is_400(value: str) -> None:
         assert response.json()["errors"][0]["extensions"]["code"] == "BAD_REQUEST_HEADER"
 
 
+def test_an_error_escaping_the_graphql_app_is_answered_by_the_edge(monkeypatch: pytest.MonkeyPatch,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """``/graphql`` is handed to the GraphQL app ahead of Starlette's router and error middleware: a bug
+    that escapes it is logged once by the edge and answered with its 500 problem document."""
+    from starlette.testclient import TestClient
+
+    def broken(_: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("framework.graphql.app.position_claimed", broken)
+    app = create_query_app(SPEC, make_views())
+    with TestClient(app, raise_server_exceptions=False) as client, caplog.at_level(logging.ERROR):
+        response = client.post("/graphql", json={"query": "{ other }"}, headers={"X-Correlation-ID": "bug-1"})
+    assert response.status_code == 500 and response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "internal_error" and response.headers["x-correlation-id"] == "bug-1"
+    assert [r.getMessage() for r in caplog.records] == ["unhandled error on POST /graphql"]
+
+
 def test_healthz_and_get() -> None:
     with client_for() as client:
         assert client.get("/healthz").json() == {"status": "ok"}
