@@ -352,7 +352,6 @@ class PostgresViewStore:
         self._rows_async = _AsyncConnections(  # get_many_async's and query_async's
             self._connect_async, max(2, settings.pool_size), settings.connect_timeout)
         self._async_lock: asyncio.Lock | None = None
-        self._positions_sql: bytes | None = None
 
     @contextmanager
     def _connection(self) -> Iterator[Conn]:
@@ -913,7 +912,7 @@ class PostgresViewStore:
         """One statement: each projection's active version (1 when never switched), its position (a
         partitioned one's lowest partition's) and its change mark (the sum of its partitions')."""
         with self._connection() as conn:
-            rows = conn.execute(self._active_positions_statement(), (list(names),), prepare=True).fetchall()
+            rows = conn.execute(self._active_positions_statement(tuple(names)), prepare=True).fetchall()
         return self._noted({r["name"]: (int(r["version"]), int(r["position"]), int(r["mark"])) for r in rows})
 
     def _noted(self, positions: dict[str, tuple[int, int, int]]) -> dict[str, tuple[int, int, int]]:
@@ -933,7 +932,7 @@ class PostgresViewStore:
                 conn = self._async
                 if conn is None or conn.closed:
                     conn = self._async = await self._connect_async()
-                cursor = await conn.execute(self._active_positions_statement(), (list(names),), prepare=True)
+                cursor = await conn.execute(self._active_positions_statement(tuple(names)), prepare=True)
                 rows = await cursor.fetchall()
             except psycopg.Error as e:
                 if self._async is not None:
@@ -949,21 +948,22 @@ class PostgresViewStore:
             host=s.host, port=s.port, dbname=s.dbname, user=s.user, password=s.password, autocommit=True,
             connect_timeout=max(1, round(s.connect_timeout)), application_name="eventfold-views-async")
 
-    def _active_positions_statement(self) -> bytes:
-        """Composed once, as bytes: psycopg would compose a ``Composed`` again on every execution."""
-        if self._positions_sql is None:
-            self._positions_sql = self._compose_active_positions().as_bytes(None)
-        return self._positions_sql
+    @functools.lru_cache(maxsize=64)  # noqa: B019 - statements live as long as the store
+    def _active_positions_statement(self, names: tuple[str, ...]) -> bytes:
+        """Composed once per set of names, as bytes, the names written in it: no parameter to adapt (adapting
+        a list of names cost psycopg more than the rest of the query API's once-a-round statement)."""
+        return self._compose_active_positions(names).as_bytes(None)
 
-    def _compose_active_positions(self) -> sql.Composed:
+    def _compose_active_positions(self, names: tuple[str, ...]) -> sql.Composed:
         return sql.SQL(
             "SELECT n.name, coalesce(a.version, 1) AS version,"
             " coalesce(pp.low, p.position, 0) AS position, coalesce(pp.total, p.position, 0) AS mark"
-            " FROM unnest(%s::text[]) AS n(name) LEFT JOIN {a} a ON a.name = n.name"
+            " FROM unnest(ARRAY[{names}]::text[]) AS n(name) LEFT JOIN {a} a ON a.name = n.name"
             " LEFT JOIN {p} p ON p.name = n.name AND p.version = coalesce(a.version, 1)"
             " LEFT JOIN LATERAL (SELECT min(position) AS low, sum(position) AS total FROM {pp}"
             "  WHERE name = n.name AND version = coalesce(a.version, 1)) pp ON true").format(
-            a=self._table("eventfold_projection_active"), p=self._table("eventfold_projection_positions"),
+            names=sql.SQL(", ").join(map(sql.Literal, names)), a=self._table("eventfold_projection_active"),
+            p=self._table("eventfold_projection_positions"),
             pp=self._table("eventfold_partition_positions"))
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 - statements live as long as the store

@@ -377,6 +377,21 @@ def test_positions_read_on_the_event_loop_equal_the_blocking_read_and_survive_a_
     asyncio.run(main())
 
 
+def test_positions_of_names_written_into_the_statement_are_read_as_given(cached: Cached) -> None:
+    """The names are written into the positions statement (composed once per set of names): quoted as
+    literals, whatever they hold, each read as itself; none known reads version 1 at position 0."""
+    odd = ("it's", 'a "name"', "back\\slash", "co,ma}{", "x'); DROP TABLE y; --", "")
+    views = cached.views
+
+    async def main() -> None:
+        for names in (odd, ("cards", *odd), ()):
+            blocking = views.active_positions(names)
+            assert await views.active_positions_async(names) == blocking
+            assert set(blocking) == set(names) and all(blocking[n] == (1, 0, 0) for n in odd if n in names)
+
+    asyncio.run(main())
+
+
 def test_rows_by_key_read_on_the_event_loop_equal_the_blocking_read_and_survive_lost_connections(
         cached: Cached, pg_database: PgDatabase) -> None:
     """``get_many_async`` (the query API's rows by key, no thread hop): the blocking read's answer, in the
