@@ -100,6 +100,8 @@ class Metrics:
         self._operations: set[str] = set()
         self._lock = threading.Lock()
         self._per_outcome: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+        self._per_operation: dict[tuple[str, str], tuple[Counter, Histogram]] = {}  # GraphQL's, as _per_outcome
+        self._answers: dict[str, Counter] = {}
 
     # --- framework.observe.Observer --------------------------------------------------------------
 
@@ -125,12 +127,19 @@ class Metrics:
 
     def graphql_request(self, operation: str | None, outcome: str, seconds: float) -> None:
         name = self._operation_label(operation)
-        self.graphql_requests.labels(name, outcome).inc()
-        self.graphql_duration.labels(name).observe(seconds)
+        counted = self._per_operation.get((name, outcome))
+        if counted is None:  # as command_finished: the children once per (bounded) label and outcome
+            counted = (self.graphql_requests.labels(name, outcome), self.graphql_duration.labels(name))
+            self._per_operation[(name, outcome)] = counted
+        counted[0].inc()
+        counted[1].observe(seconds)
 
     def graphql_answer(self, outcome: str) -> None:
         """A keepable request answered: ``kept``, ``shared`` or ``computed``."""
-        self.graphql_answers.labels(outcome).inc()
+        counter = self._answers.get(outcome)
+        if counter is None:
+            counter = self._answers[outcome] = self.graphql_answers.labels(outcome)
+        counter.inc()
 
     def _operation_label(self, operation: str | None) -> str:
         """Operation names come from clients: bounded in length and in number."""
