@@ -1,4 +1,5 @@
-"""The bus port on NATS JetStream: with ``nats_pull`` (its fetches), the only modules of Eventfold that import ``nats``.
+"""The bus port on NATS JetStream: with ``nats_pull`` (its fetches) and ``nats_headers`` (its client), the only
+modules of Eventfold that import ``nats``.
 
 One stream (default ``eventfold``) captures ``{prefix}.>``; every stored event
 is published to ``{prefix}.{aggregate_type}.{aggregate_id}.{b0}.….{b7}`` (the
@@ -52,6 +53,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
+from framework.adapters.nats_headers import HeaderClient
 from framework.adapters.nats_pull import BatchPull, PullRefused
 from framework.errors import BusUnavailable, ConfigurationError
 from framework.mapper import stored_header
@@ -315,7 +317,7 @@ async def connect(
     with a short wait: while it is away, publishes and fetches raise
     ``BusUnavailable`` and the caller's loop retries.
     """
-    client = NATS()
+    client = HeaderClient()  # nats-py's client, parsing each message's headers sooner
     last_error: list[BaseException] = []
 
     async def on_error(error: Exception) -> None:
