@@ -60,6 +60,7 @@ from framework.mapper import stored_header
 from framework.partitions import Partition, bucket_tokens
 from framework.settings import DEFAULT_NATS_URL, Settings
 from framework.store import Notification
+from framework.store import notification as _notification
 from framework.streaming import Delivery
 from framework.tracing import TracedNotification, trace_context_of
 
@@ -841,9 +842,9 @@ def _notifications(messages: Iterable[Msg], consumer: str) -> list[Notification]
             if headers is None or headers.get(HEADER_TRACEPARENT):
                 notification = notification_from(headers or {}, message.data)
             else:  # Notification's fields: originator_id, originator_version, topic, state, id
-                notification = Notification(_uuid(headers[HEADER_AGGREGATE_ID]),
-                                            int(headers[HEADER_AGGREGATE_VERSION]), headers[HEADER_EVENT],
-                                            message.data, int(headers[HEADER_POSITION]))
+                notification = _notification(_uuid(headers[HEADER_AGGREGATE_ID]),
+                                             int(headers[HEADER_AGGREGATE_VERSION]), headers[HEADER_EVENT],
+                                             message.data, int(headers[HEADER_POSITION]))
         except (KeyError, ValueError):
             notification = None
         if notification is None:
