@@ -65,6 +65,7 @@ import asyncio
 import bisect
 import contextlib
 import functools
+import gc
 import io
 import json
 import os
@@ -614,6 +615,8 @@ def phase_project(args: argparse.Namespace, scratch: Scratch) -> Verdict:
 
     count = args.stream_events
     print(f"== 2. projection catch-up from JetStream into PostgreSQL ({count:,} events, HoldingsProjector)")
+    print("  collector: " + ("the interpreter's defaults (--project-defaultgc)" if args.project_defaultgc else
+                             "as `eventfold project` sets it at start (start-up frozen, youngest every 50,000)"))
     url, store = stream_source(scratch, count)
     settings = scratch.seeded.get("relay_stream")
     if settings is None:  # phase 1 did not run: fill a stream with the same events, untimed
@@ -634,13 +637,16 @@ def phase_project(args: argparse.Namespace, scratch: Scratch) -> Verdict:
         print_rows([scratch.seeded["seeding"]])
         asyncio.run(fill())
     last = store.head()
-    each_meter, each_received = asyncio.run(raw_consume(scratch.nats_url, settings, count, Meter(), ack_each=True))
-    all_meter, all_received = asyncio.run(raw_consume(scratch.nats_url, settings, count, Meter(), ack_each=False))
-    _, views = _stores(url, views_schema=f"efviews_{RUN_ID}")
-    views.create_schema()
-    with py_spy(args.py_spy):
-        meter, worker = asyncio.run(eventfold_project(store, views, settings, last, Meter(),
-                                                      prefetch=not args.no_prefetch))
+    with collector_as_project(default=args.project_defaultgc):  # the baselines too: the same process, alike
+        each_meter, each_received = asyncio.run(raw_consume(scratch.nats_url, settings, count, Meter(),
+                                                            ack_each=True))
+        all_meter, all_received = asyncio.run(raw_consume(scratch.nats_url, settings, count, Meter(),
+                                                          ack_each=False))
+        _, views = _stores(url, views_schema=f"efviews_{RUN_ID}")
+        views.create_schema()
+        with py_spy(args.py_spy):
+            meter, worker = asyncio.run(eventfold_project(store, views, settings, last, Meter(),
+                                                          prefetch=not args.no_prefetch))
     check = _holdings_check(url, f"efviews_{RUN_ID}", worker.version, count)
     views.close()
     rows = [
@@ -657,6 +663,25 @@ def phase_project(args: argparse.Namespace, scratch: Scratch) -> Verdict:
     print()
     return Verdict("project", f"{rows[2].rate:,.0f} ev/s = {ratio:.2f}x raw", f">= {PROJECT_TARGET:.2f}x raw",
                    passed, meter.other_pct())
+
+
+@contextlib.contextmanager
+def collector_as_project(*, default: bool = False) -> Iterator[None]:
+    """The cyclic collector as ``eventfold project`` sets it at start (framework.cli.startup), since this
+    phase runs the worker in this process rather than in ``eventfold project``; put back afterwards.
+    ``default``: the interpreter's settings, as before (``--project-defaultgc``)."""
+    if default:
+        yield
+        return
+    from framework.cli.startup import tune_collector_for_catch_up
+
+    thresholds = gc.get_threshold()
+    tune_collector_for_catch_up()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
 
 
 def _holdings_check(url: str, schema: str, version: int, events: int) -> str:
@@ -1683,6 +1708,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--nats-url", default=os.environ.get("EVENTFOLD_BENCH_NATS_URL", DEFAULT_NATS))
     parser.add_argument("--no-prefetch", action="store_true",
                         help="project with run_projection(prefetch=False): no fetch ahead (A/B)")
+    parser.add_argument("--project-defaultgc", action="store_true",
+                        help="phase 2 with the interpreter's collector settings, not those of `eventfold project`")
     parser.add_argument("--py-spy", metavar="PATH", help="sample the Eventfold side of each phase with py-spy")
     parser.add_argument("--replay-variants", type=lambda v: [x for x in v.split(",") if x], default=[],
                         help="after the replay, replay again with what-if changes applied in the child"

@@ -132,11 +132,20 @@ def _from_current(stored: StoredEvent) -> EventEnvelope | None:
     except ValidationError:
         return None
     originator = stored.originator_id
-    # Positional (aggregate_type, aggregate_id, version, event, metadata, position): every stored event a
-    # catch-up applies is built here, and a frozen dataclass's keyword call costs more than its positional one.
-    return EventEnvelope(document["agg"], originator if isinstance(originator, UUID) else UUID(originator),
-                         stored.originator_version, document["data"], document["meta"],
-                         stored.id if isinstance(stored, Notification) else None)
+    # Every stored event a worker applies is built here: the envelope's fields are written into its
+    # __dict__ at once, without the frozen dataclass's __init__ (an object.__setattr__ call per field).
+    envelope = _new(EventEnvelope)
+    fields = envelope.__dict__
+    fields["aggregate_type"] = document["agg"]
+    fields["aggregate_id"] = originator if isinstance(originator, UUID) else UUID(originator)
+    fields["version"] = stored.originator_version
+    fields["event"] = document["data"]
+    fields["metadata"] = document["meta"]
+    fields["position"] = stored.id if isinstance(stored, Notification) else None
+    return envelope
+
+
+_new = object.__new__
 
 
 def _document_validator(event_type: type[Event]) -> Any:

@@ -334,7 +334,8 @@ async def _run_active(worker: ProjectionWorker, consumer: EventConsumer, stop: a
 
     With ``prefetch`` and a consumer that can fetch ahead (``fetch_ahead``: a fetch
     that leaves the unacknowledged delivery outstanding, see ``JetStreamConsumer``),
-    the next delivery is fetched while this one is applied in the worker's thread:
+    the next delivery is fetched while this one is applied in the worker's thread
+    (from when its handlers ran, while its commit runs: ``_NextFetch``):
     one fetch outstanding at most, and a delivery is acknowledged only after its
     transaction committed, in fetch order. A prefetched delivery is never
     acknowledged unapplied: after an error it is handed back by the next plain
@@ -363,9 +364,14 @@ async def _run_active(worker: ProjectionWorker, consumer: EventConsumer, stop: a
                 if lost.is_set():
                     break  # what came after the lease was lost is the new owner's: handed back below
                 if delivery.notifications:
-                    if fetch_ahead is not None and not stop.is_set():
-                        ahead = asyncio.ensure_future(fetch_ahead(options.batch_size, options.fetch_seconds))
-                    await asyncio.to_thread(worker.apply, delivery.notifications)
+                    next_fetch = _NextFetch(fetch_ahead, options, stop)
+                    worker.on_handled = next_fetch.start_soon
+                    try:
+                        await asyncio.to_thread(worker.apply, delivery.notifications)
+                    finally:
+                        worker.on_handled = None
+                        ahead = next_fetch.task  # started by the worker: settled below if the apply failed
+                    ahead = next_fetch.start()
                 await delivery.ack()  # after the commit: a crash before it means a redelivery
                 if time.monotonic() >= next_letter_check:
                     await asyncio.to_thread(worker.retry_dead_letters)
@@ -402,6 +408,28 @@ async def _run_active(worker: ProjectionWorker, consumer: EventConsumer, stop: a
     if lost.is_set():
         await _handed_back(consumer, worker.name)
     return halted
+
+
+class _NextFetch:
+    """The fetch ahead of one delivery's application, started once: by the worker's thread when the
+    delivery's handlers ran (``on_handled``), else after it was applied. Started then, its messages are
+    parsed while the commit waits on the database, not beside the handlers (sharing the GIL with them,
+    and holding it when the worker comes back from each of its round trips to the database)."""
+
+    def __init__(self, fetch: FetchAhead | None, options: _ActiveOptions, stop: asyncio.Event) -> None:
+        self._fetch, self._options, self._stop = fetch, options, stop
+        self._loop = asyncio.get_running_loop()
+        self.task: asyncio.Task[Delivery] | None = None
+
+    def start_soon(self) -> None:
+        """From the worker's thread: runs before the loop hears that ``apply`` ended (both go through
+        ``call_soon_threadsafe``, in this order), so ``task`` is set by then."""
+        self._loop.call_soon_threadsafe(self.start)
+
+    def start(self) -> asyncio.Task[Delivery] | None:
+        if self.task is None and self._fetch is not None and not self._stop.is_set():
+            self.task = asyncio.ensure_future(self._fetch(self._options.batch_size, self._options.fetch_seconds))
+        return self.task
 
 
 async def _handed_back(consumer: EventConsumer, name: str) -> None:

@@ -35,7 +35,25 @@ __all__ = [
     "Replay",
     "SnapshotStore",
     "StoredEvent",
+    "notification",
 ]
+
+
+def notification(originator_id: UUID, originator_version: int, topic: str, state: bytes, position: int) -> Notification:
+    """``Notification(originator_id, originator_version, topic, state, position)``, the same object (equal,
+    hashed alike), built without the frozen dataclass's ``__init__`` (an ``object.__setattr__`` call per
+    field, ~1 us of the bus path's per-event cost): its fields are written into its ``__dict__`` at once."""
+    made = _new(Notification)
+    fields = made.__dict__
+    fields["originator_id"] = originator_id
+    fields["originator_version"] = originator_version
+    fields["topic"] = topic
+    fields["state"] = state
+    fields["id"] = position
+    return made
+
+
+_new = object.__new__
 
 
 @dataclass(frozen=True)

@@ -187,6 +187,9 @@ class ProjectionWorker:
         self.handled = 0  # events handled so far (a retried batch counts its events again)
         self.furthest = 0  # the furthest position handled: a heartbeat reports progress when it moves
         self.on_outbox: Callable[[], None] | None = None  # called after a commit that issued commands
+        # Called in the applying thread once a batch's handlers ran, before its commit (run_projection
+        # starts the next fetch then: its messages are parsed while the commit waits on the database).
+        self.on_handled: Callable[[], None] | None = None
         self._cache = views if isinstance(views, RowCaching) else None  # an optional, speed-only port
         if self.position == 0:  # from scratch: "no such row" needs no query while the cache knows them all
             self._cache_empty_tables()
@@ -491,6 +494,8 @@ class ProjectionWorker:
         started = time.perf_counter()
         with self._batch() as batch:
             self.apply_within(batch, notifications, since=self.position)
+            if self.on_handled is not None:
+                self.on_handled()
         self.position = notifications[-1].id
         self._batch_done(notifications, started, batch)
 

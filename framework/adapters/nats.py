@@ -1,4 +1,5 @@
-"""The bus port on NATS JetStream: with ``nats_pull`` (its fetches), the only modules of Eventfold that import ``nats``.
+"""The bus port on NATS JetStream: with ``nats_pull`` (its fetches) and ``nats_headers`` (its client), the only
+modules of Eventfold that import ``nats``.
 
 One stream (default ``eventfold``) captures ``{prefix}.>``; every stored event
 is published to ``{prefix}.{aggregate_type}.{aggregate_id}.{b0}.….{b7}`` (the
@@ -52,12 +53,14 @@ from nats.js.api import (
     StreamConfig,
 )
 
+from framework.adapters.nats_headers import HeaderClient
 from framework.adapters.nats_pull import BatchPull, PullRefused
 from framework.errors import BusUnavailable, ConfigurationError
 from framework.mapper import stored_header
 from framework.partitions import Partition, bucket_tokens
 from framework.settings import DEFAULT_NATS_URL, Settings
 from framework.store import Notification
+from framework.store import notification as _notification
 from framework.streaming import Delivery
 from framework.tracing import TracedNotification, trace_context_of
 
@@ -315,7 +318,7 @@ async def connect(
     with a short wait: while it is away, publishes and fetches raise
     ``BusUnavailable`` and the caller's loop retries.
     """
-    client = NATS()
+    client = HeaderClient()  # nats-py's client, parsing each message's headers sooner
     last_error: list[BaseException] = []
 
     async def on_error(error: Exception) -> None:
@@ -839,9 +842,9 @@ def _notifications(messages: Iterable[Msg], consumer: str) -> list[Notification]
             if headers is None or headers.get(HEADER_TRACEPARENT):
                 notification = notification_from(headers or {}, message.data)
             else:  # Notification's fields: originator_id, originator_version, topic, state, id
-                notification = Notification(_uuid(headers[HEADER_AGGREGATE_ID]),
-                                            int(headers[HEADER_AGGREGATE_VERSION]), headers[HEADER_EVENT],
-                                            message.data, int(headers[HEADER_POSITION]))
+                notification = _notification(_uuid(headers[HEADER_AGGREGATE_ID]),
+                                             int(headers[HEADER_AGGREGATE_VERSION]), headers[HEADER_EVENT],
+                                             message.data, int(headers[HEADER_POSITION]))
         except (KeyError, ValueError):
             notification = None
         if notification is None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -26,6 +26,7 @@ from framework.replay import rebuild
 from framework.runner import run_projection
 from framework.store import Notification
 from framework.streaming import Delivery
+from framework.views import Batch
 from framework.worker import ProjectionWorker
 
 from .test_worker import Tick, Ticks, Total, labels, tick, total
@@ -80,8 +81,9 @@ class AheadConsumer(MemoryConsumer):
 
 
 class FlakyWorker(ProjectionWorker):
-    """Fails its ``fail_at``-th ``apply`` (counting from 1) with ``StoreUnavailable``, before applying;
-    ``hold_first`` makes the first ``apply`` wait until the consumer fetched ahead."""
+    """Fails its ``fail_at``-th ``apply`` (counting from 1) with ``StoreUnavailable`` once its handlers ran,
+    before its commit (where ``run_projection`` starts the fetch ahead: a failure then finds it under way);
+    ``hold_first`` makes the first ``apply`` wait there until the consumer fetched ahead."""
 
     def __init__(self, *args: object, fail_at: int = 0, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
@@ -92,12 +94,21 @@ class FlakyWorker(ProjectionWorker):
 
     def apply(self, notifications: Sequence[Notification]) -> None:
         self.applies += 1
+        runners = self.on_handled
+        self.on_handled = lambda: self._handled(runners)
+        try:
+            super().apply(notifications)
+        finally:
+            self.on_handled = runners
+        self.applied.append([n.id for n in notifications])
+
+    def _handled(self, runners: Callable[[], None] | None) -> None:
+        if runners is not None:
+            runners()
         if self.applies == 1 and self.hold_first is not None:
             self.saw_fetch_ahead_while_applying = self.hold_first.wait(WAIT)
         if self.applies == self.fail_at:
             raise StoreUnavailable("the view store went away")
-        self.applied.append([n.id for n in notifications])
-        super().apply(notifications)
 
 
 def _assert_matches_replay(views: MemoryViewStore, store: MemoryEventStore, name: str = "ticks") -> None:
@@ -126,7 +137,9 @@ async def _run_until_settled(worker: ProjectionWorker, consumer: object, store: 
     task = asyncio.create_task(run_projection(worker, consumer, stop, batch_size=10,  # type: ignore[arg-type]
                                               fetch_seconds=0.05, **options))  # type: ignore[arg-type]
     deadline = time.monotonic() + WAIT
-    while worker.views.position(worker.name, worker.version) < store.head() and time.monotonic() < deadline:
+    # Read in a thread: a worker held inside its batch (hold_first) keeps the memory views locked.
+    while (await asyncio.to_thread(worker.views.position, worker.name, worker.version) < store.head()
+           and time.monotonic() < deadline):
         await asyncio.sleep(0.01)
     stop.set()
     await asyncio.wait_for(task, WAIT)
@@ -149,6 +162,39 @@ def test_the_next_delivery_is_fetched_while_this_one_is_applied() -> None:
 
     assert worker.saw_fetch_ahead_while_applying
     assert consumer.fetched_ahead and consumer.fetched_ahead[0] == list(range(11, 21))
+    _assert_matches_replay(views, store)
+
+
+def test_the_next_fetch_starts_once_the_handlers_ran_before_the_commit() -> None:
+    """Not beside the handlers: its messages are parsed while the commit waits on the database."""
+    store, bus = _filled(30)
+    views = MemoryViewStore()
+    fetching = threading.Event()
+    seen: list[tuple[int, int]] = []  # (events handled, position committed) when a fetch ahead starts
+
+    class Watching(AheadConsumer):
+        async def fetch_ahead(self, max_events: int, timeout: float) -> Delivery:
+            fetching.set()
+            seen.append((worker.handled, worker.position))  # (the views are locked while a batch is open)
+            return await super().fetch_ahead(max_events, timeout)
+
+    class Handling(FlakyWorker):
+        fetched_while_handling = False
+
+        def apply_within(self, batch: Batch, notifications: Sequence[Notification], *,
+                         since: int | None = None) -> None:
+            if self.applies == 1:  # a fetch ahead started with the apply would come now
+                self.fetched_while_handling = fetching.wait(0.5)
+            super().apply_within(batch, notifications, since=since)
+
+    worker = Handling(Ticks(), views, store)
+    _no_catch_up(worker)
+    consumer = Watching(bus, "ticks", worker)
+    worker.hold_first = consumer.fetched_ahead_event  # the first commit waits for the fetch ahead
+    asyncio.run(_run_until_settled(worker, consumer, store))
+
+    assert not worker.fetched_while_handling and worker.saw_fetch_ahead_while_applying
+    assert seen[0] == (10, 0)  # the first delivery's ten events handled, none committed
     _assert_matches_replay(views, store)
 
 
