@@ -21,7 +21,7 @@ from pydantic import TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
 from framework.errors import EventSchemaError
-from framework.events import Event, EventEnvelope, EventMetadata, event_type_named
+from framework.events import Event, EventEnvelope, EventMetadata, built_envelope, event_type_named
 
 __all__ = [
     "RawDocument",
@@ -132,11 +132,10 @@ def _from_current(stored: StoredEvent) -> EventEnvelope | None:
     except ValidationError:
         return None
     originator = stored.originator_id
-    # Positional (aggregate_type, aggregate_id, version, event, metadata, position): every stored event a
-    # catch-up applies is built here, and a frozen dataclass's keyword call costs more than its positional one.
-    return EventEnvelope(document["agg"], originator if isinstance(originator, UUID) else UUID(originator),
-                         stored.originator_version, document["data"], document["meta"],
-                         stored.id if isinstance(stored, Notification) else None)
+    # Every stored event a catch-up applies is built here: ``built_envelope`` is EventEnvelope(...) at less cost.
+    return built_envelope(document["agg"], originator if isinstance(originator, UUID) else UUID(originator),
+                          stored.originator_version, document["data"], document["meta"],
+                          stored.id if isinstance(stored, Notification) else None)
 
 
 def _document_validator(event_type: type[Event]) -> Any:

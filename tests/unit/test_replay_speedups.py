@@ -342,3 +342,21 @@ def test_the_fast_path_builds_each_envelope_field_from_its_own_source() -> None:
         assert (fast.aggregate_type, fast.aggregate_id, fast.version, fast.event, fast.metadata, fast.position) == (
             "Account", AGGREGATE_ID, 7, SecuritiesCredited(isin="XS1", quantity=2), metadata, 99)
         assert type(fast.aggregate_id) is UUID
+
+
+def test_a_built_envelope_is_the_envelope_its_constructor_makes() -> None:
+    """``built_envelope`` skips the frozen dataclass's ``__init__``: it must set every field, and only those
+    (a field added to ``EventEnvelope`` fails here until it is built there too)."""
+    from dataclasses import FrozenInstanceError, asdict, fields
+
+    from framework.events import built_envelope
+
+    event, metadata = SecuritiesCredited(isin="XS1", quantity=2), EventMetadata(actor="a")
+    for position in (9, None):
+        built = built_envelope("Account", AGGREGATE_ID, 7, event, metadata, position)
+        made = EventEnvelope("Account", AGGREGATE_ID, 7, event, metadata, position)
+        assert type(built) is EventEnvelope and built == made and hash(built) == hash(made)
+        assert vars(built) == vars(made) and list(vars(built)) == [f.name for f in fields(EventEnvelope)]
+        assert asdict(built) == asdict(made)
+        with pytest.raises(FrozenInstanceError):
+            built.version = 8  # type: ignore[misc]
