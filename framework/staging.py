@@ -133,10 +133,14 @@ class StagedViews:
         if self._cache is not None:
             self._cache.read.add(model)
         row = self._changes.get(row_key, _MISSING)
-        if row is _MISSING and self._underlay is not None:
-            row = self._underlay._changes.get(row_key, _MISSING)
         if row is _MISSING:
-            row = self._committed(model, row_key)
+            underlay = self._underlay
+            if underlay is not None:
+                row = underlay._changes.get(row_key, _MISSING)
+            if row is _MISSING:
+                row = self._committed(model, row_key)
+        if row is None or _COPY_KIND.get(model) is _SHARED:  # a frozen row: no copy, and no call to say so
+            return row  # type: ignore[no-any-return]
         return _copy(row)
 
     def _layers(self) -> list[StagedViews]:
