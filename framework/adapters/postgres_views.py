@@ -316,7 +316,7 @@ class _PostgresBatch(StagedBatch):
         self.tables = tables
         self.partition: int | None = None  # whose position ``advance`` moves (None: the version's own)
         # The version's models whose puts have met rows already stored (shared by its batches): upserted.
-        # The others' rows are inserted first, upserted only if one is there (see ``_insert_or_upsert``).
+        # The others' rows are inserted first, upserted only if one is there (see ``_inserted``).
         self.updating = updating if updating is not None else set()
 
     def flush(self, conn: Conn) -> None:
