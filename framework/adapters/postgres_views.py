@@ -258,8 +258,10 @@ class _Tables:
             for name, kind, nullable in column_definitions(model)
         )
         key = sql.SQL(", ").join(map(sql.Identifier, model.key))
-        create = sql.SQL("CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({}))")
-        statements = [create.format(table, columns, key)]
+        create = sql.SQL("CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({})){}")
+        storage = sql.SQL("") if model.fillfactor is None else sql.SQL(" WITH (fillfactor = {})").format(
+            sql.Literal(model.fillfactor))
+        statements = [create.format(table, columns, key, storage)]
         for index in model.indexes:
             index_name = f"{self.prefix}{model.table}_{'_'.join(index)}_idx"[:63]
             statements.append(
