@@ -418,6 +418,7 @@ class PostgresViewStore:
                 conn.execute(sql.SQL("DELETE FROM {} WHERE name = %s AND version = %s").format(
                     self._table(table)), (name, version))
         self._caches.pop((name, version), None)
+        self._updating.pop((name, version), None)
 
     def copy_version(self, name: str, source: int, target: int, models: Sequence[type[ReadModel]]) -> int:
         """In the database (no row passes through Python), in one REPEATABLE READ transaction: the rows
