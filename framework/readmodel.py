@@ -38,6 +38,9 @@ class ReadModel(BaseModel):
     table: ClassVar[str]
     key: ClassVar[tuple[str, ...]]
     indexes: ClassVar[tuple[tuple[str, ...], ...]] = ()
+    fillfactor: ClassVar[int | None] = None
+    """Per cent of each page a new table fills (10-100; None: the database's default): room left for
+    rows updated in place (PostgreSQL's HOT updates), for a model whose rows are updated often."""
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -47,6 +50,7 @@ class ReadModel(BaseModel):
         for column in (*cls.key, *(c for index in cls.indexes for c in index)):
             if column not in cls.model_fields:
                 raise ConfigurationError(f"{cls.__name__} has no field {column!r}")
+        _check_fillfactor(cls)
 
     def key_values(self) -> tuple[Any, ...]:
         return tuple(getattr(self, column) for column in self.key)
@@ -74,6 +78,12 @@ class ReadModel(BaseModel):
         may be lists or dicts, which a shallow copy or a frozen row would share)."""
         return cls.model_config.get("extra") != "allow" and all(
             _is_scalar(field.annotation) for field in cls.model_fields.values())
+
+
+def _check_fillfactor(cls: type[ReadModel]) -> None:
+    value = cls.fillfactor
+    if value is not None and (type(value) is not int or not 10 <= value <= 100):
+        raise ConfigurationError(f"{cls.__name__}.fillfactor must be an int from 10 to 100 or None, not {value!r}")
 
 
 _SCALARS = (str, int, float, bool, Decimal, date, UUID, Enum)

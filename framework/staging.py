@@ -118,6 +118,10 @@ class StagedViews:
         self._source = source
         self._cache = cache
         self._changes: dict[RowKey, ReadModel | None] = {}
+        # The models this batch changed: ``get`` looks in ``_changes`` only for those. Why: a key holding a
+        # UUID is hashed by Python code at every dict it is looked up in, and most gets are of rows the
+        # batch never wrote (a replay's accounts).
+        self._changed: set[type[ReadModel]] = set()
         self._underlay: StagedViews | None = None
 
     def layer_over(self, previous: object) -> None:
@@ -132,11 +136,15 @@ class StagedViews:
         row_key = (model, key)
         if self._cache is not None:
             self._cache.read.add(model)
-        row = self._changes.get(row_key, _MISSING)
-        if row is _MISSING and self._underlay is not None:
-            row = self._underlay._changes.get(row_key, _MISSING)
+        row = self._changes.get(row_key, _MISSING) if model in self._changed else _MISSING
         if row is _MISSING:
-            row = self._committed(model, row_key)
+            underlay = self._underlay
+            if underlay is not None and model in underlay._changed:
+                row = underlay._changes.get(row_key, _MISSING)
+            if row is _MISSING:
+                row = self._committed(model, row_key)
+        if row is None or _COPY_KIND.get(model) is _SHARED:  # a frozen row: no copy, and no call to say so
+            return row  # type: ignore[no-any-return]
         return _copy(row)
 
     def _layers(self) -> list[StagedViews]:
@@ -158,9 +166,11 @@ class StagedViews:
         model = type(row)
         key_of = _KEY_OF.get(model) or _key_getter(model)
         self._changes[(model, key_of(row))] = row
+        self._changed.add(model)
 
     def delete(self, model: type[ReadModel], *key: Any) -> None:
         self._changes[(model, canonical_key(model, key))] = None
+        self._changed.add(model)
 
     def select(self, model: type[R], **equal: Any) -> list[R]:
         rows: dict[tuple[Any, ...], ReadModel] = {

@@ -30,6 +30,7 @@ class Holding(ReadModel):
     table = "holdings"
     key = ("account_number", "isin")
     indexes = (("isin",),)
+    fillfactor = 50  # updated by every movement: room for PostgreSQL to update rows in place (HOT)
 
     account_number: str
     isin: str

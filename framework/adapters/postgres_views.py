@@ -236,6 +236,10 @@ class _Tables:
                 u=sql.SQL(", ").join(sql.SQL("{0} = excluded.{0}").format(sql.Identifier(c)) for c in updates),
             )
 
+        def insert(arrays: sql.Composed) -> sql.Composed:
+            return sql.SQL("INSERT INTO {t} ({c}) SELECT * FROM unnest({arrays})").format(
+                t=table, c=sql.SQL(", ").join(map(sql.Identifier, columns)), arrays=arrays)
+
         def delete(arrays: sql.Composed) -> sql.Composed:
             return sql.SQL("DELETE FROM {t} WHERE ({k}) IN (SELECT * FROM unnest({arrays}))").format(
                 t=table, k=sql.SQL(", ").join(map(sql.Identifier, model.key)), arrays=arrays
@@ -246,10 +250,12 @@ class _Tables:
             "select": sql.SQL("SELECT * FROM {} WHERE {}").format(table, key_match).as_bytes(None),
             "delete": delete(_arrays(model.key, kinds)).as_bytes(None),
             "upsert": upsert(_arrays(columns, kinds)).as_bytes(None),
+            "insert": insert(_arrays(columns, kinds)).as_bytes(None),
             # The same with binary arrays (%b): less to format and parse; used when every column's
             # values are of one Python type (see _binary_ok), else the text form above.
             "delete_binary": delete(_binary_arrays(model.key, kinds)).as_bytes(None),
             "upsert_binary": upsert(_binary_arrays(columns, kinds)).as_bytes(None),
+            "insert_binary": insert(_binary_arrays(columns, kinds)).as_bytes(None),
             "jsonb": jsonb,
             "values": None if jsonb else _values_getter(columns),
             "order": sql.SQL(", ").join(map(sql.Identifier, model.key)),
@@ -264,8 +270,10 @@ class _Tables:
             for name, kind, nullable in column_definitions(model)
         )
         key = sql.SQL(", ").join(map(sql.Identifier, model.key))
-        create = sql.SQL("CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({}))")
-        statements = [create.format(table, columns, key)]
+        create = sql.SQL("CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({})){}")
+        storage = sql.SQL("") if model.fillfactor is None else sql.SQL(" WITH (fillfactor = {})").format(
+            sql.Literal(model.fillfactor))
+        statements = [create.format(table, columns, key, storage)]
         for index in model.indexes:
             index_name = f"{self.prefix}{model.table}_{'_'.join(index)}_idx"[:63]
             statements.append(
@@ -310,10 +318,14 @@ def _load_where(conn: Conn, tables: _Tables, model: type[R], equal: dict[str, An
 
 
 class _PostgresBatch(StagedBatch):
-    def __init__(self, source: _Source | _PooledSource, tables: _Tables, cache: RowCache | None) -> None:
+    def __init__(self, source: _Source | _PooledSource, tables: _Tables, cache: RowCache | None,
+                 updating: set[type[ReadModel]] | None = None) -> None:
         super().__init__(source, cache)
         self.tables = tables
         self.partition: int | None = None  # whose position ``advance`` moves (None: the version's own)
+        # The version's models whose puts have met rows already stored (shared by its batches): upserted.
+        # The others' rows are inserted first, upserted only if one is there (see ``_inserted``).
+        self.updating = updating if updating is not None else set()
 
     def flush(self, conn: Conn) -> None:
         deletes, upserts = self.grouped_changes()
@@ -324,7 +336,26 @@ class _PostgresBatch(StagedBatch):
                 _execute_bulk(cursor, self.tables.statements(model), "delete", columns, pack)
             for model, rows in upserts.items():
                 statements = self.tables.statements(model)
-                _execute_bulk(cursor, statements, "upsert", _row_columns(rows, statements), pack)
+                columns = _row_columns(rows, statements)
+                if model in self.updating:
+                    _execute_bulk(cursor, statements, "upsert", columns, pack)
+                elif not _inserted(conn, cursor, statements, columns, pack):
+                    self.updating.add(model)
+                    _execute_bulk(cursor, statements, "upsert", columns, pack)
+
+
+def _inserted(conn: Conn, cursor: psycopg.Cursor[Any], statements: dict[str, Any], columns: list[list[Any]],
+              pack: Callable[[list[list[Any]]], list[Any]]) -> bool:
+    """Rows inserted as new, or False (nothing written) when a key is already stored. Why: a plain INSERT
+    costs PostgreSQL about a quarter less per row than ``ON CONFLICT DO UPDATE`` (no conflict probe, no
+    speculative insertion), and rows of a fresh version's tables (a replay) or of a history are all new.
+    A savepoint undoes the attempt alone; any other error is the row's, raised as the upsert raises it."""
+    try:
+        with conn.transaction():
+            _execute_bulk(cursor, statements, "insert", columns, pack)
+    except psycopg.errors.UniqueViolation:
+        return False
+    return True
 
 
 def _execute_bulk(cursor: psycopg.Cursor[Any], statements: dict[str, Any], kind: str, columns: list[list[Any]],
@@ -344,6 +375,7 @@ class PostgresViewStore:
         self._cache_rows = cache_rows
         self._code_point_order: bool | None = None
         self._caches: dict[tuple[str, int], RowCache] = {}
+        self._updating: dict[tuple[str, int], set[type[ReadModel]]] = {}  # see _PostgresBatch.updating
         self._active_cache: dict[str, tuple[int, float]] = {}
         self._s = sql.Identifier(self._schema)
         self.channel = position_channel(self._schema)
@@ -401,6 +433,7 @@ class PostgresViewStore:
                 conn.execute(sql.SQL("DELETE FROM {} WHERE name = %s AND version = %s").format(
                     self._table(table)), (name, version))
         self._caches.pop((name, version), None)
+        self._updating.pop((name, version), None)
 
     def copy_version(self, name: str, source: int, target: int, models: Sequence[type[ReadModel]]) -> int:
         """In the database (no row passes through Python), in one REPEATABLE READ transaction: the rows
@@ -540,7 +573,7 @@ class PostgresViewStore:
         cache = self._caches.setdefault((name, version), RowCache(self._cache_rows))
         with self._connection() as conn:
             tables = self._tables(name, version)
-            batch = _PostgresBatch(_Source(conn, tables), tables, cache)
+            batch = _PostgresBatch(_Source(conn, tables), tables, cache, self._updating_models(name, version))
             try:
                 with conn.transaction():
                     row = conn.execute(self._sql("SELECT version FROM {} WHERE name = %s FOR " + lock,
@@ -554,7 +587,10 @@ class PostgresViewStore:
     def stage(self, name: str, version: int) -> Batch:
         cache = self._caches.setdefault((name, version), RowCache(self._cache_rows))
         tables = self._tables(name, version)
-        return _PostgresBatch(_PooledSource(self, tables), tables, cache)
+        return _PostgresBatch(_PooledSource(self, tables), tables, cache, self._updating_models(name, version))
+
+    def _updating_models(self, name: str, version: int) -> set[type[ReadModel]]:
+        return self._updating.setdefault((name, version), set())
 
     def commit_staged(self, name: str, version: int, batch: Batch, *, follow_active: bool = True) -> None:
         assert isinstance(batch, _PostgresBatch)
