@@ -20,7 +20,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from partition_helpers import NAMES, PARTITION_APP, PARTITIONS, PartitionedHoldings, assert_applied_once
+from partition_helpers import (
+    NAMES,
+    PARTITION_APP,
+    PARTITIONS,
+    Applied,
+    PartitionedHoldings,
+    assert_applied_once,
+)
 from streaming_helpers import (
     CommandWriter,
     Deployment,
@@ -66,6 +73,11 @@ def held(views: ViewStore) -> dict[str, dict[int, int]]:
         for lease in views.live_leases(partition_lease(name)):  # type: ignore[attr-defined]
             found[name][int(lease.name.rsplit("/", 1)[1])] = pid_of(lease.owner)
     return found
+
+
+def applied_by(views: ViewStore) -> set[int]:
+    """The processes that last applied an event of the counting projection."""
+    return {row.pid for row in views.query("applied", Applied)}
 
 
 def shared_fairly(views: ViewStore, workers: list[Role]) -> bool:
@@ -159,6 +171,10 @@ def test_a_rebalance_under_load_loses_nothing_and_applies_nothing_twice(deployme
     wait_until(lambda: shared_fairly(views, workers), timeout=BOUND,
                message=lambda: f"three workers sharing the partitions: {held(views)}")
     wait_until(lambda: writer.sent >= 150, timeout=BOUND, message="some load")
+    # Each has applied some of its share before one stops: holding partitions is not yet applying
+    # (the backlog may all have gone to the first worker up, and a share may get no event for a moment).
+    wait_until(lambda: {w.pid for w in workers} <= applied_by(views), timeout=BOUND,
+               message=lambda: f"each worker applying events: pids {applied_by(views)}, leases {held(views)}")
 
     stopped, killed, last = workers
     started = time.monotonic()
