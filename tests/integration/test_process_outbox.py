@@ -22,6 +22,7 @@ import json
 import signal
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -43,6 +44,7 @@ from outbox_helpers import (
 )
 from streaming_helpers import (
     Deployment,
+    Role,
     assert_matches_replay,
     assert_process_outcomes,
     deployment_for,
@@ -113,12 +115,6 @@ def _cash_dividend(bus: CommandBus, action_id: str, isin: str) -> None:
 def test_the_process_killed_at_a_dispatch_step_notifies_every_depositor_exactly_once(
     deployment: Deployment, point: str,
 ) -> None:
-    deployment.init_db()
-    store, views = deployment.store(), deployment.views()
-    bus = deployment.bus(deployment.store())
-    isin, token = new_isin(), short_token()
-    first, second = f"K{token}-1", f"K{token}-2"
-    setup_security(bus, isin)
     # 40 depositors holding the security and a validated dividend, before the process starts. It
     # commits its catch-up (batch 1), records the entitlements (claim, append, dispatch round 1),
     # commits them (batch 2), notifies the 40 (claims 2..41, round 2), commits the notices (batch
@@ -126,17 +122,13 @@ def test_the_process_killed_at_a_dispatch_step_notifies_every_depositor_exactly_
     # the third hit of each point always comes: a claim or an append among the notices, a batch
     # while they are sent, or (dispatch.forgotten) right after the first notices or the second
     # dividend's entitlements were forgotten.
-    write_backlog(store, isin, accounts=40, credits_each=2, actions=[(first, "validate")], prefix=f"K{token}")
-    deployment.start("relay")
-    deployment.start("project", *OTHERS, name="others")
+    scene = _first_dividend_due(deployment, "K")
+    store, views, first, second = scene.store, scene.views, scene.first, scene.second
     killed = deployment.start("project", PROCESS, name="process-faulty",
                               env=_process_env(EVENTFOLD_FAULTS=f"{point}@3"))
     wait_entitled(store, first)
-    _cash_dividend(bus, second, isin)  # a second action while (or after) it dies
-
-    wait_until(lambda: not killed.alive, timeout=60, message=f"the process to die at {point}@3")
-    assert killed.process is not None and killed.process.returncode == -signal.SIGKILL, (
-        killed.process and killed.process.returncode, killed.tail())
+    _cash_dividend(scene.bus, second, scene.isin)  # a second action while (or after) it dies
+    _wait_killed(killed, f"{point}@3")
     left = outbox_rows(deployment.pg_database, deployment.schema)
     print(f"{point}: died with {len(left)} commands in the outbox, "
           f"{len(envelopes(store, 'DepositorNotified'))} depositors notified")
@@ -164,19 +156,12 @@ def test_the_process_killed_at_a_dispatch_step_notifies_every_depositor_exactly_
 def test_the_process_killed_right_after_a_second_actions_entitlements_were_recorded_notifies_once(
     deployment: Deployment,
 ) -> None:
-    # The moment of a loss seen about once in ten runs of the test above: the first dividend settled
-    # (entitled, its 40 notices sent), the process killed just after the second dividend's
-    # RecordEntitlements left the outbox (its EntitlementsCalculated stored, perhaps not yet applied),
-    # then restarted: it must apply that event and notify the 40 again, once each.
-    deployment.init_db()
-    store, views = deployment.store(), deployment.views()
-    bus = deployment.bus(deployment.store())
-    isin, token = new_isin(), short_token()
-    first, second = f"R{token}-1", f"R{token}-2"
-    setup_security(bus, isin)
-    write_backlog(store, isin, accounts=40, credits_each=2, actions=[(first, "validate")], prefix=f"R{token}")
-    deployment.start("relay")
-    deployment.start("project", *OTHERS, name="others")
+    # A moment the test above hits only in some runs, every time: the first dividend settled (entitled,
+    # its 40 notices sent), the process killed just after the second dividend's RecordEntitlements
+    # left the outbox (its EntitlementsCalculated stored, perhaps not yet applied), then restarted:
+    # it must apply that event and notify the 40, once each.
+    scene = _first_dividend_due(deployment, "R")
+    store, views, first, second = scene.store, scene.views, scene.first, scene.second
     calm = deployment.start("project", PROCESS, name="process-calm", env=_process_env())
     wait_entitled(store, first)
     wait_until(lambda: len(envelopes(store, "DepositorNotified")) == 40, timeout=60,
@@ -187,9 +172,8 @@ def test_the_process_killed_right_after_a_second_actions_entitlements_were_recor
 
     killed = deployment.start("project", PROCESS, name="process-faulty",
                               env=_process_env(EVENTFOLD_FAULTS="dispatch.forgotten@1"))
-    _cash_dividend(bus, second, isin)
-    wait_until(lambda: not killed.alive, timeout=60, message="the process to die at dispatch.forgotten@1")
-    assert killed.process is not None and killed.process.returncode == -signal.SIGKILL, killed.tail()
+    _cash_dividend(scene.bus, second, scene.isin)
+    _wait_killed(killed, "dispatch.forgotten@1")
     wait_entitled(store, second)
 
     restarted = deployment.start("project", PROCESS, name="process", env=_process_env())
@@ -201,6 +185,37 @@ def test_the_process_killed_right_after_a_second_actions_entitlements_were_recor
     assert_matches_replay(views, store)
     assert restarted.alive
     deployment.assert_no_tracebacks()
+
+
+@dataclass(frozen=True)
+class _Scene:
+    store: EventStore
+    views: ViewStore
+    bus: CommandBus
+    isin: str
+    first: str  # the validated dividend of the backlog
+    second: str  # the one each test validates later
+
+
+def _first_dividend_due(deployment: Deployment, prefix: str) -> _Scene:
+    """A fresh schema: 40 depositors holding a security and a validated dividend, stored before any
+    projection runs; the relay and every projection but the process started."""
+    deployment.init_db()
+    store, views = deployment.store(), deployment.views()
+    bus = deployment.bus(deployment.store())
+    isin, token = new_isin(), short_token()
+    setup_security(bus, isin)
+    first = f"{prefix}{token}-1"
+    write_backlog(store, isin, accounts=40, credits_each=2, actions=[(first, "validate")], prefix=f"{prefix}{token}")
+    deployment.start("relay")
+    deployment.start("project", *OTHERS, name="others")
+    return _Scene(store, views, bus, isin, first, f"{prefix}{token}-2")
+
+
+def _wait_killed(role: Role, fault: str) -> None:
+    wait_until(lambda: not role.alive, timeout=60, message=f"the process to die at {fault}")
+    assert role.process is not None and role.process.returncode == -signal.SIGKILL, (
+        role.process and role.process.returncode, role.tail())
 
 
 def _status_when_leased(deployment: Deployment) -> dict[str, Any]:
