@@ -181,11 +181,7 @@ def test_a_member_whose_events_cannot_be_stored_fails_alone_not_its_whole_batch(
     """Run alone, a command whose event cannot be encoded fails by itself (its error, 500); in a batch it
     must not take the batch's other members down with it (they were answered 'a batch of commands
     failed' and never executed)."""
-    hot = HotAggregates()
-    bus = CommandBus(_noting_router(), store, hot_aggregates=hot)
-    counter_id = uuid4()
-    bus.execute(StartCounter(counter_id=counter_id))
-    hot.heat([counter_id])
+    bus, counter_id = _hot_counter(store)
 
     async def main(appender: AsyncPostgresAppender) -> list[Any]:
         calls = [bus.execute_async(IncrementCounter(counter_id=counter_id), None, appender, Offload())
@@ -287,11 +283,7 @@ def _versions_of(store: PostgresEventStore, number: str) -> list[int]:
 def test_members_that_change_nothing_answer_no_position_and_the_others_their_own(
     store: PostgresEventStore, pg_database: PgDatabase, pg_schema: str, times: list[int]
 ) -> None:
-    hot = HotAggregates()
-    bus = CommandBus(_noting_router(), store, hot_aggregates=hot)
-    counter_id = uuid4()
-    bus.execute(StartCounter(counter_id=counter_id))
-    hot.heat([counter_id])
+    bus, counter_id = _hot_counter(store)
 
     async def main(appender: AsyncPostgresAppender) -> list[Any]:
         calls = [bus.execute_async(IncrementCounter(counter_id=counter_id, times=n), None, appender, Offload())
@@ -385,3 +377,13 @@ def test_a_random_mix_on_a_hot_account_with_cancellations_is_some_serial_order(
     holding = replayed_holding(store, "HOT-R")
     cached = bus._cache.get(Account, hot_id)
     assert cached is not None and cached.version == versions[-1] and cached.holding(ISIN) == holding
+
+
+def _hot_counter(store: PostgresEventStore) -> tuple[CommandBus, UUID]:
+    """A bus of the noting router and a counter it started, already hot: its commands go in batches."""
+    hot = HotAggregates()
+    bus = CommandBus(_noting_router(), store, hot_aggregates=hot)
+    counter_id = uuid4()
+    bus.execute(StartCounter(counter_id=counter_id))
+    hot.heat([counter_id])
+    return bus, counter_id
