@@ -526,7 +526,10 @@ def test_a_standby_that_takes_over_starts_from_the_committed_position(
         write_backlog(store, isin, accounts=10, credits_each=10)
 
         async def scenario() -> tuple[int, int]:
-            stop_a, stop_b = asyncio.Event(), asyncio.Event()
+            stop_a, stop_b, stop_relay = asyncio.Event(), asyncio.Event(), asyncio.Event()
+            # The events written after the handover reach B through the bus, as in production: without a
+            # relay they would reach it only if its catch-up at takeover began after they were written.
+            relay = asyncio.create_task(run_relay(store, MemoryPublisher(bus), stop_relay, poll_seconds=0.05))
             task_a = asyncio.create_task(run_projection(a, MemoryConsumer(bus, "holdings", deliver_all=True), stop_a,
                                                         fetch_seconds=0.05, lease=lease, owner="runner-a"))
             await apoll(lambda: views_a.position("holdings", 1) == store.head(), "A to catch up")
@@ -543,7 +546,8 @@ def test_a_standby_that_takes_over_starts_from_the_committed_position(
             finally:
                 stop_a.set()
                 stop_b.set()
-                await asyncio.wait_for(asyncio.gather(task_a, task_b), 30)
+                stop_relay.set()
+                await asyncio.wait_for(asyncio.gather(task_a, task_b, relay), 30)
 
         handed_over_at, head = asyncio.run(scenario())
         conflicts = [r.getMessage() for r in caplog.records if CONFLICT in r.getMessage()]
