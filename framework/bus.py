@@ -228,8 +228,10 @@ class CommandBus:
                 return replace(state, holding=state.holding | hot.aggregate_ids)
             except (StaleCache, RuleViolation, _TakeTurns, _Conflicted) as error:
                 return self._after(command, state, error)
-        result: CommandResult = await offload(self._run, command, context, claim, state)
-        return result
+        # One attempt: a retry it asks for comes back here, to wait for the loop's turns (a thread's own
+        # turns do not keep out the commands the loop decides from its cache, which would win every race).
+        outcome: CommandResult | _Try = await offload(self._try, command, context, claim, state)
+        return outcome
 
     async def _decide_batch(self, appender: AsyncAppender, offload: Offload, batch: Sequence[Queued[_Batched]]) -> None:
         """Decide the queued commands of a hot aggregate in order, each on the state the one before it left,
@@ -375,22 +377,29 @@ class CommandBus:
         except EventfoldError:
             log.warning("could not release idempotency key %r; its lease will expire", claim.key)
 
-    def _run(self, command: Command, context: CommandContext, claim: _Claim | None,
-             tried: _Try | None = None) -> CommandResult:
-        """Attempts until one answers; ``tried``: where an attempt made elsewhere (the loop) left off."""
-        state = tried or self._first_try()
+    def _run(self, command: Command, context: CommandContext, claim: _Claim | None) -> CommandResult:
+        """Attempts on this thread until one answers."""
+        state = self._first_try()
         while True:
-            try:
-                if not state.holding:  # the common case: no turns to wait for
-                    return self._attempt(command, context, claim, trust_cache=state.trust_cache,
-                                         holding=state.holding)
-                with self._hot.turns(state.holding):
-                    return self._attempt(command, context, claim, trust_cache=state.trust_cache,
-                                         holding=state.holding)
-            except (StaleCache, RuleViolation, _TakeTurns, _Conflicted) as error:
-                state = self._after(command, state, error)
-                if state.attempt > 2 and isinstance(error, _Conflicted):  # another process keeps winning
-                    time.sleep(random.uniform(0, 0.002 * state.attempt))
+            outcome = self._try(command, context, claim, state)
+            if not isinstance(outcome, _Try):
+                return outcome
+            state = outcome
+
+    def _try(self, command: Command, context: CommandContext, claim: _Claim | None,
+             state: _Try) -> CommandResult | _Try:
+        """One attempt on this thread: the command's result, or where its attempts go on. The loop sends
+        its commands' attempts here one at a time, so that a retry holding turns holds the loop's too."""
+        try:
+            if not state.holding:  # the common case: no turns to wait for
+                return self._attempt(command, context, claim, trust_cache=state.trust_cache, holding=state.holding)
+            with self._hot.turns(state.holding):
+                return self._attempt(command, context, claim, trust_cache=state.trust_cache, holding=state.holding)
+        except (StaleCache, RuleViolation, _TakeTurns, _Conflicted) as error:
+            after = self._after(command, state, error)
+            if after.attempt > 2 and isinstance(error, _Conflicted):  # another process keeps winning
+                time.sleep(random.uniform(0, 0.002 * after.attempt))
+            return after
 
     def _first_try(self) -> _Try:
         # Only a first attempt trusts the cache: a conflict means another process wrote.

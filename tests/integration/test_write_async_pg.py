@@ -8,6 +8,7 @@ connection while the commands pile up.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -322,3 +323,45 @@ def test_a_cancelled_caller_does_not_stop_its_group_s_commit(
     run_with_appender(main, pg_database.settings(pg_schema, pool_size=2))
     assert [e.originator_version for e in store.read_stream(aggregate)] == [1]
 
+
+class _SlowThreads(Offload):
+    """``Offload`` on a loaded machine: what goes to a thread starts late, while the loop goes on deciding."""
+
+    async def __call__(self, function: Callable[..., Any], *args: object) -> Any:
+        self.calls += 1
+
+        def late() -> Any:
+            time.sleep(0.01)
+            return function(*args)
+        return await asyncio.to_thread(late)
+
+
+def test_keyed_commands_on_one_aggregate_from_a_cold_cache_take_turns_instead_of_running_out_of_attempts(
+    store: PostgresEventStore, pg_database: PgDatabase, pg_schema: str
+) -> None:
+    """A restarted write API: its cache is empty, so the first attempts load on threads and conflict with each
+    other; the retries then take the aggregate's turn. A retry on a thread takes the loop's turn too, or the
+    commands the loop decides from its warm cache keep appending between its read and its append (a CI run
+    saw a retry conflict five times and answer 409)."""
+    open_accounts(CommandBus(router, store), ["COLD-1"], "Async")
+    # A cold cache, as after a restart. Two attempts: once a retry holds its turn, only a first attempt already
+    # under way when the aggregate got hot can still beat it. Before the fix every run had commands out of attempts.
+    bus = CommandBus(router, store, max_attempts=2)
+    offload = _SlowThreads()
+
+    async def main(appender: AsyncPostgresAppender) -> list[object]:
+        sending = asyncio.Semaphore(8)
+
+        async def run(quantity: int) -> object:
+            async with sending:
+                command = CreditHoldings(account_number="COLD-1", isin=ISIN, quantity=quantity)
+                try:
+                    return await bus.execute_async(command, CommandContext(idempotency_key=f"cold-{quantity}"),
+                                                   appender, offload)
+                except Exception as error:
+                    return error
+        return list(await asyncio.gather(*(run(n) for n in range(1, 121))))
+
+    answers = run_with_appender(main, pg_database.settings(pg_schema, pool_size=4))
+    assert [a for a in answers if not isinstance(a, Executed)] == []
+    assert replayed_holding(store, "COLD-1") == sum(range(1, 121))
