@@ -93,9 +93,12 @@ def test_relay_and_project_serve_metrics_health_and_readiness(deployment: Deploy
     published = relay.scrape_until(lambda s: value(s, "eventfold_relay_position", relay="relay") == head,
                                    f"the relay to publish up to {head}")
     assert value(published, "eventfold_relay_lag_events", relay="relay") == 0
+    # A batch is reported once committed: a scrape between its commit and its report sees the position
+    # and not the batch yet. So wait for both; a doubled event would still show as a sum above ``stored``.
     applied = project.scrape_until(
-        lambda s: all(value(s, "eventfold_projection_position", projection=n) == head for n in names),
-        f"every projection to apply up to {head}")
+        lambda s: all(value(s, "eventfold_projection_position", projection=n) == head
+                      and value(s, "eventfold_projection_batch_size_sum", projection=n) >= stored for n in names),
+        f"every projection to apply up to {head} and report it")
     for name in names:
         assert value(applied, "eventfold_projection_lag_events", projection=name) == 0
         assert value(applied, "eventfold_projection_lag_seconds", projection=name) == 0
