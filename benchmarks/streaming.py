@@ -40,7 +40,9 @@ Phases, one after the other so they never compete for the machine's cores:
                model). Reported: events/s from the processes' start until every partition is at the
                head (their start-up included), and the ratio to one process. Targets (issue 13):
                >= 1.7x with 2, >= 3x with 4. One process applies all its partitions concurrently (a
-               thread each), so its waits already overlap: the ratios measure CPU, which 2 cores cap.
+               thread each), so its waits already overlap: the ratios measure CPU, which 2 cores cap,
+               and the waits set a floor no number of processes goes below (events / 100 x io_ms /
+               partitions: 5 s for 200,000 events), printed with the ceiling it puts on the ratios.
                Then rebalance, default settings: while one process catches ``scale_rb`` up, a second
                is started (seconds to its first applied batch, from its log), then killed with
                SIGKILL (seconds until the first holds every partition lease). Target: <= 5 s each.
@@ -1546,6 +1548,7 @@ def phase_scaleout(args: argparse.Namespace, scratch: Scratch) -> Verdict:
                            run.head, meter, note=f"{rates[workers] / rates[1]:.2f}x one worker"))
     print_rows(rows)
     scaled = [ratio_line(f"{w} workers / 1 worker", rates[w] / rates[1], t) for w, t in SCALE_TARGETS.items()]
+    _print_io_floor(args, run.head, rates[1])
     joined, taken = rebalance(run, scratch, eventfold)
     rebalance_ok = joined <= REBALANCE_TARGET_SECONDS and taken <= REBALANCE_TARGET_SECONDS
     print(f"  rebalance (default settings): new worker start -> its first applied batch {joined:.1f} s;"
@@ -1554,6 +1557,18 @@ def phase_scaleout(args: argparse.Namespace, scratch: Scratch) -> Verdict:
     print()
     figure = f"2: {rates[2] / rates[1]:.2f}x, 4: {rates[4] / rates[1]:.2f}x; {joined:.1f}/{taken:.1f} s"
     return Verdict("scaleout", figure, ">= 1.7x, >= 3x; <= 5 s", all(scaled) and rebalance_ok, rows[0].other_pct or 0.0)
+
+
+def _print_io_floor(args: argparse.Namespace, events: int, one_worker_rate: float) -> None:
+    """The ceiling the handler's waits set: one process already applies its partitions side by side (a thread
+    each), so the waits overlap ``--partitions`` ways with one process as with four, and no number of
+    processes finishes before the waits of the busiest partition are done."""
+    floor = events / 100 * args.io_ms / 1000 / args.partitions
+    if floor <= 0:
+        return
+    print(f"  the handler's waits alone take {floor:.1f} s with any number of processes ({events:,} events / 100"
+          f" x {args.io_ms:g} ms, {args.partitions} partitions side by side); so at most"
+          f" {events / one_worker_rate / floor:.2f}x one worker, before start-up and uneven partitions")
 
 
 def rebalance(run: ScaleRun, scratch: Scratch, eventfold: list[str]) -> tuple[float, float]:
