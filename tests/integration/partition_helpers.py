@@ -4,11 +4,16 @@
 (``times``) and naming the process that did (``pid``): an event applied twice shows ``times == 2``,
 whatever the rows of an idempotent read model would hide. ``holdings`` is the example's projector
 split into the same number of partitions.
+
+``EFTEST_SLOW_FROM_POSITION`` (a test's own knob, read when a process imports this module): ``applied``
+handles each event after that position 50 ms slowly, so that a test can act while a run is surely under
+way, after the batches before that position were committed.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from typing import ClassVar
 
 from example_app.accounts import AccountOpened, SecuritiesCredited, SecuritiesDebited
@@ -25,6 +30,7 @@ from projections.holdings import HoldingsProjector
 
 PARTITIONS = 8
 PARTITION_APP = "partition_helpers:partition_app"
+SLOW_FROM_POSITION = int(os.environ.get("EFTEST_SLOW_FROM_POSITION") or 0)
 
 
 class Applied(ReadModel):
@@ -45,6 +51,8 @@ class AppliedLog(Projector):
     def _count(self, context: HandlerContext) -> None:
         position = context.envelope.position
         assert position is not None
+        if SLOW_FROM_POSITION and position > SLOW_FROM_POSITION:
+            time.sleep(0.05)
         seen = context.views.get(Applied, position)
         context.views.put(Applied(position=position, aggregate_id=str(context.envelope.aggregate_id),
                                   times=(seen.times if seen else 0) + 1, pid=os.getpid()))

@@ -181,10 +181,13 @@ def test_eventfold_replay_interrupted_with_ctrl_c_ends_with_its_processes(
         deployment.init_db()
         store, views = deployment.store(), deployment.views()
         write_backlog(store, new_isin(), accounts=400, credits_each=25)
+        # The first batches (10,000 events each) commit at full speed; the last 300 events are handled slowly,
+        # so the interrupt surely lands mid-way (a fast machine once finished the whole replay first).
+        slow = {"EFTEST_SLOW_FROM_POSITION": str(store.head() - 300)}
         log = tmp_path / "replay-interrupted.log"
         with log.open("wb") as out:
             replay = subprocess.Popen([eventfold_executable(), "replay", "applied", "--processes", "2"],
-                                      env=deployment.env(), stdout=out, stderr=subprocess.STDOUT,
+                                      env={**deployment.env(), **slow}, stdout=out, stderr=subprocess.STDOUT,
                                       stdin=subprocess.DEVNULL, start_new_session=True)
         try:
             children = _wait_for_children(replay.pid, 2)
