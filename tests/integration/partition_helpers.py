@@ -5,9 +5,10 @@
 whatever the rows of an idempotent read model would hide. ``holdings`` is the example's projector
 split into the same number of partitions.
 
-``EFTEST_SLOW_FROM_POSITION`` (a test's own knob, read when a process imports this module): ``applied``
-handles each event after that position 50 ms slowly, so that a test can act while a run is surely under
-way, after the batches before that position were committed.
+``EFTEST_HOLD_FROM_POSITION`` and ``EFTEST_HOLD_UNTIL`` (a test's own knobs, read when a process imports
+this module): ``applied`` holds each event after that position until the file ``EFTEST_HOLD_UNTIL`` names
+exists, so that a test can act while a run is surely under way, after the batches before that position
+were committed.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from projections.holdings import HoldingsProjector
 
 PARTITIONS = 8
 PARTITION_APP = "partition_helpers:partition_app"
-SLOW_FROM_POSITION = int(os.environ.get("EFTEST_SLOW_FROM_POSITION") or 0)
+HOLD_FROM_POSITION = int(os.environ.get("EFTEST_HOLD_FROM_POSITION") or 0)
+HOLD_UNTIL = os.environ.get("EFTEST_HOLD_UNTIL", "")
 
 
 class Applied(ReadModel):
@@ -51,8 +53,9 @@ class AppliedLog(Projector):
     def _count(self, context: HandlerContext) -> None:
         position = context.envelope.position
         assert position is not None
-        if SLOW_FROM_POSITION and position > SLOW_FROM_POSITION:
-            time.sleep(0.05)
+        if HOLD_FROM_POSITION and position > HOLD_FROM_POSITION:
+            while not os.path.exists(HOLD_UNTIL):
+                time.sleep(0.01)
         seen = context.views.get(Applied, position)
         context.views.put(Applied(position=position, aggregate_id=str(context.envelope.aggregate_id),
                                   times=(seen.times if seen else 0) + 1, pid=os.getpid()))

@@ -16,6 +16,7 @@ import functools
 import os
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -173,6 +174,14 @@ def test_eventfold_replay_whose_process_is_killed_fails_in_one_line_and_a_rerun_
         assert_matches_replay(views, store, [PartitionedHoldings()])
 
 
+def _with_ctrl_c(argv: list[str]) -> list[str]:
+    """``argv`` started as a terminal's shell starts a foreground job, with SIGINT at its default: a test run
+    started in the background by a shell without job control inherits SIGINT ignored, and a command rightly
+    keeps ignoring it then (``nohup``). The exec keeps the pid: the command is still ``Popen.pid``."""
+    reset = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+    return [sys.executable, "-c", reset, *argv]
+
+
 def test_eventfold_replay_interrupted_with_ctrl_c_ends_with_its_processes(
         pg_database: PgDatabase, pg_schema: str, tmp_path: Path) -> None:
     """Ctrl-C (SIGINT to the terminal's process group, the replay's processes included) mid-way: the command
@@ -181,19 +190,21 @@ def test_eventfold_replay_interrupted_with_ctrl_c_ends_with_its_processes(
         deployment.init_db()
         store, views = deployment.store(), deployment.views()
         write_backlog(store, new_isin(), accounts=400, credits_each=25)
-        # The first batches (10,000 events each) commit at full speed; the last 300 events are handled slowly,
-        # so the interrupt surely lands mid-way (a fast machine once finished the whole replay first).
-        slow = {"EFTEST_SLOW_FROM_POSITION": str(store.head() - 300)}
+        # The first batches (10,000 events each) commit; the last 300 events wait until the interrupt was sent,
+        # so it surely lands mid-way (suite runs saw the whole replay finish before the SIGINT, exit 0).
+        released = tmp_path / "released"
+        hold = {"EFTEST_HOLD_FROM_POSITION": str(store.head() - 300), "EFTEST_HOLD_UNTIL": str(released)}
         log = tmp_path / "replay-interrupted.log"
         with log.open("wb") as out:
-            replay = subprocess.Popen([eventfold_executable(), "replay", "applied", "--processes", "2"],
-                                      env={**deployment.env(), **slow}, stdout=out, stderr=subprocess.STDOUT,
+            replay = subprocess.Popen(_with_ctrl_c([eventfold_executable(), "replay", "applied", "--processes", "2"]),
+                                      env={**deployment.env(), **hold}, stdout=out, stderr=subprocess.STDOUT,
                                       stdin=subprocess.DEVNULL, start_new_session=True)
         try:
             children = _wait_for_children(replay.pid, 2)
             wait_until(lambda: any(p.name == "applied" and p.version == 2 and p.position > 0
                                    for p in views.partition_states()), timeout=60, message="the processes to apply")
             os.killpg(replay.pid, signal.SIGINT)  # its own session: this group is the command's alone
+            released.touch()  # the held handlers go on: what they were applying ends, and nothing more
             status = replay.wait(60)
         finally:
             if replay.poll() is None:
