@@ -204,7 +204,7 @@ def test_eventfold_replay_interrupted_with_ctrl_c_ends_with_its_processes(
             wait_until(lambda: any(p.name == "applied" and p.version == 2 and p.position > 0
                                    for p in views.partition_states()), timeout=60, message="the processes to apply")
             os.killpg(replay.pid, signal.SIGINT)  # its own session: this group is the command's alone
-            released.touch()  # the held handlers go on: what they were applying ends, and nothing more
+            released.touch()  # the held handlers go on; the command ends once its processes have
             status = replay.wait(60)
         finally:
             if replay.poll() is None:
