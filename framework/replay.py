@@ -148,16 +148,20 @@ def _catch_up_in_processes(workers: list[ProjectionWorker], store: EventLog,
         with ProcessPoolExecutor(len(shares), mp_context=context, initializer=_start_replay_process,
                                  initargs=(failed,), max_tasks_per_child=1) as pool:
             running = _submitted(pool, [(opener, version, share, count, threads, options) for share in shares])
-            while True:
-                done, pending = wait(running, timeout=1.0, return_when=FIRST_EXCEPTION)
-                if any(future.exception() is not None for future in done):
-                    failed.set()
-                for future in done:
-                    future.result()  # a failed share: raised here, once the others have stopped
-                if progress:
-                    progress(min(_committed(w) for w in workers), store.head())
-                if not pending:
-                    return
+            try:
+                while True:
+                    done, pending = wait(running, timeout=1.0, return_when=FIRST_EXCEPTION)
+                    if any(future.exception() is not None for future in done):
+                        failed.set()
+                    for future in done:
+                        future.result()  # a failed share: raised here, once the others have stopped
+                    if progress:
+                        progress(min(_committed(w) for w in workers), store.head())
+                    if not pending:
+                        return
+            except BaseException:  # a failed share, or Ctrl-C here: the pool is waited for once they have stopped
+                failed.set()
+                raise
     except BrokenProcessPool as error:  # killed (kill -9, out of memory): no error of its own to show
         raise ProjectionHalted(f"{workers[0].name}: a replay process ended abruptly ({error}); version {version}"
                                " was not switched in: run the replay again") from error
@@ -241,12 +245,23 @@ def _catch_up_partitions(workers: list[ProjectionWorker], store: EventLog,
         if progress:
             progress(min(w.position for w in workers), store.head())
 
+    stopping = threading.Event()
+
+    def stop_asked() -> bool:
+        return stopping.is_set() or (interrupted is not None and interrupted())
+
     name = workers[0].name
     with ThreadPoolExecutor(min(parallel, len(workers)), thread_name_prefix=f"replay-{name}") as pool:
-        for _ in range(2):
-            target = store.head()
-            for done in [pool.submit(w.catch_up, target, report, interrupted=interrupted) for w in workers]:
-                done.result()
+        try:
+            for _ in range(2):
+                target = store.head()
+                for done in [pool.submit(w.catch_up, target, report, interrupted=stop_asked) for w in workers]:
+                    done.result()
+        except BaseException:
+            # A partition failed, or Ctrl-C: the others stop at their next batch before the pool is waited for,
+            # rather than catch up to the end first.
+            stopping.set()
+            raise
 
 
 @dataclass(frozen=True)

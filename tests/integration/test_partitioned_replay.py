@@ -185,15 +185,16 @@ def _with_ctrl_c(argv: list[str]) -> list[str]:
 def test_eventfold_replay_interrupted_with_ctrl_c_ends_with_its_processes(
         pg_database: PgDatabase, pg_schema: str, tmp_path: Path) -> None:
     """Ctrl-C (SIGINT to the terminal's process group, the replay's processes included) mid-way: the command
-    exits 130 without a traceback, no process of it is left, nothing is switched in; a rerun converges."""
+    exits 130 without a traceback, its processes stop at their next batch (none catches up to the end first)
+    and none is left, nothing is switched in; a rerun converges."""
     with deployment_for(pg_database, pg_schema, JetStreamSettings(), tmp_path, app=PARTITION_APP) as deployment:
         deployment.init_db()
         store, views = deployment.store(), deployment.views()
-        write_backlog(store, new_isin(), accounts=400, credits_each=25)
-        # The first batches (10,000 events each) commit; the last 300 events wait until the interrupt was sent,
-        # so it surely lands mid-way (suite runs saw the whole replay finish before the SIGINT, exit 0).
-        released = tmp_path / "released"
-        hold = {"EFTEST_HOLD_FROM_POSITION": str(store.head() - 300), "EFTEST_HOLD_UNTIL": str(released)}
+        write_backlog(store, new_isin(), accounts=400, credits_each=60)  # 24,400 events: batches of 10,000
+        # The first batches commit; the events after them wait until the interrupt was sent, so it surely lands
+        # mid-way (suite runs saw the whole replay finish before the SIGINT, exit 0).
+        released, head = tmp_path / "released", store.head()
+        hold = {"EFTEST_HOLD_FROM_POSITION": str(10_000), "EFTEST_HOLD_UNTIL": str(released)}
         log = tmp_path / "replay-interrupted.log"
         with log.open("wb") as out:
             replay = subprocess.Popen(_with_ctrl_c([eventfold_executable(), "replay", "applied", "--processes", "2"]),
@@ -214,6 +215,8 @@ def test_eventfold_replay_interrupted_with_ctrl_c_ends_with_its_processes(
         wait_until(lambda: not any(Path(f"/proc/{child}").exists() for child in children), timeout=60,
                    message="the interrupted replay's processes to end")
         assert views.active_version("applied") == 1
+        reached = [p.position for p in views.partition_states() if p.name == "applied" and p.version == 2]
+        assert reached and max(reached) < head, reached  # stopped after the batch in hand, not at the end
         deployment.cli_ok("replay", "applied")
         assert_applied_once(views, store)
 
