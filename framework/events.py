@@ -17,6 +17,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field
 
 from framework.errors import ConfigurationError, EventSchemaError
+from framework.frozen import built
 from framework.ids import random_uuid
 
 __all__ = [
@@ -126,18 +127,8 @@ class EventEnvelope:
 
 def built_envelope(aggregate_type: str, aggregate_id: UUID, version: int, event: Event, metadata: EventMetadata,
                    position: int | None) -> EventEnvelope:
-    """``EventEnvelope(...)``, the same object, without the frozen dataclass's ``__init__``: its six
-    ``object.__setattr__`` calls cost about twice these dict stores, and a catch-up builds an envelope per
-    stored event (``framework.mapper``). A test holds the fields here to ``EventEnvelope``'s."""
-    envelope = _new_object(EventEnvelope)
-    fields = envelope.__dict__
-    fields["aggregate_type"] = aggregate_type
-    fields["aggregate_id"] = aggregate_id
-    fields["version"] = version
-    fields["event"] = event
-    fields["metadata"] = metadata
-    fields["position"] = position
-    return envelope
-
-
-_new_object = object.__new__
+    """``EventEnvelope(...)`` without the frozen dataclass's ``__init__`` (``framework.frozen.built``): a
+    catch-up builds an envelope per stored event (``framework.mapper``). A test holds the fields here to
+    ``EventEnvelope``'s."""
+    return built(EventEnvelope, {"aggregate_type": aggregate_type, "aggregate_id": aggregate_id, "version": version,
+                                 "event": event, "metadata": metadata, "position": position})
