@@ -121,6 +121,8 @@ def _rebuild_partitions(projector: Projector, views: ViewStore, store: EventLog,
         _catch_up_in_processes(workers, store, progress, parallel, processes.count, processes.opener, options)
         for worker in workers:
             worker.reload()  # from where the processes left each partition
+    else:
+        workers[0].cache_fresh_partitions(workers)
     # Threads: the whole rebuild. After processes: what was stored while they ran (as their second
     # pass took what was stored during their first), so that little is left to the live workers.
     _catch_up_partitions(workers, store, progress, parallel=parallel)
@@ -220,6 +222,7 @@ def _catch_up_share(opener: ReplayOpener, version: int, indexes: list[int], coun
         pages = SharedPages(store, readers=len(indexes))
         workers = [ProjectionWorker(projector, views, pages, None, options, version=version, follow_active=False,
                                     partition=Partition(index, count)) for index in indexes]
+        workers[0].cache_fresh_partitions(workers)
         _catch_up_partitions(workers, store, None, parallel=threads, interrupted=_another_failed)
     finally:
         for closing in (views, store):

@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 
 from framework.store import EventLog, Notification
+
+Split = Callable[[list[Notification]], dict[int, list[Notification]]]
+"""A page's events by partition (the partitions' own events, of the kinds they handle)."""
 
 __all__ = ["SharedPages"]
 
@@ -45,6 +48,16 @@ class SharedPages:
                     self._pages.clear()
 
     def read_all(self, after_position: int, limit: int) -> list[Notification]:
+        return self._read(after_position, limit).take()
+
+    def read_split(self, after_position: int, limit: int, key: Hashable, split: Split,
+                   ) -> tuple[list[Notification], dict[int, list[Notification]]]:
+        """The page, and its events by partition: ``split`` runs once per page for the partitions that
+        give the same ``key`` (one projection, one partition count), not once per partition."""
+        page = self._read(after_position, limit)
+        return page.take(), page.split(key, split)
+
+    def _read(self, after_position: int, limit: int) -> _Page:
         key = (after_position, limit)
         with self._lock:
             page = self._pages.get(key)
@@ -69,7 +82,7 @@ class SharedPages:
             readers = self._readers if self._readers is not None else self._catching_up
             if (page.readers >= readers or len(rows) < limit) and self._pages.get(key) is page:
                 del self._pages[key]
-        return rows
+        return page
 
     def head(self) -> int:
         return self._store.head()
@@ -83,6 +96,8 @@ class _Page:
         self._done = threading.Event()
         self._rows: list[Notification] = []
         self._error: BaseException | None = None
+        self._splits: dict[Hashable, dict[int, list[Notification]]] = {}
+        self._splitting = threading.Lock()
 
     def fill(self, read: Callable[[int, int], list[Notification]], after: int, limit: int) -> None:
         try:
@@ -98,3 +113,10 @@ class _Page:
         if self._error is not None:
             raise self._error
         return self._rows
+
+    def split(self, key: Hashable, split: Split) -> dict[int, list[Notification]]:
+        with self._splitting:  # the first partition to ask splits it; the others wait for that
+            parts = self._splits.get(key)
+            if parts is None:
+                parts = self._splits[key] = split(self._rows)
+            return parts

@@ -326,9 +326,12 @@ class RowCaching(Protocol):
     def forget_cached(self, name: str, version: int) -> None:
         """Drop rows cached between batches (after a staged commit failed)."""
 
-    def cache_empty_tables(self, name: str, version: int, models: Sequence[type[ReadModel]]) -> None:
+    def cache_empty_tables(self, name: str, version: int, models: Sequence[type[ReadModel]], *,
+                           fresh_keys: bool = False) -> None:
         """Start the version's row cache knowing which tables are empty (a projection starting from
-        scratch), so that a key it does not hold needs no query."""
+        scratch), so that a key it does not hold needs no query. ``fresh_keys``: the caller knows that no
+        row its workers will read exists yet, whatever the tables hold (partitions rebuilt from scratch,
+        whose handlers read only their own keys' rows, while other processes fill the other partitions')."""
 
 
 @runtime_checkable

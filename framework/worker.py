@@ -38,8 +38,9 @@ from framework.events import EventEnvelope
 from framework.faults import fault_point
 from framework.mapper import from_stored
 from framework.observe import NULL_OBSERVER, Observer, correlation_id
-from framework.partitions import Partition
+from framework.partitions import Partition, partition_of
 from framework.projector import HandlerContext, ProcessManager, Projector, Refusal
+from framework.shared_pages import SharedPages
 from framework.store import EventLog, Notification
 from framework.tracing import NULL_TRACER, Span, TraceContext, Tracer, trace_context_of, traced
 from framework.views import Batch, DeadLetter, Deadline, OutboxEntry, PartitionedViews, RowCaching, ViewStore
@@ -181,7 +182,7 @@ class ProjectionWorker:
         self.version = version or views.active_version(projector.name)
         views.ensure_tables(projector.name, self.version, projector.read_models)
         self._partitioned = _partitioned_views(views, projector, partition)
-        self._aggregates_mine: dict[Any, bool] = {}  # aggregate id -> in this partition (a hash each time else)
+        self._aggregate_partitions: dict[Any, int] = {}  # aggregate id -> its partition (a hash each time else)
         self._check_partitioning()
         self.position = self._stored_position()
         self.handled = 0  # events handled so far (a retried batch counts its events again)
@@ -229,17 +230,33 @@ class ProjectionWorker:
 
     def _mine(self, notification: Notification) -> bool:
         """Whether the notification's event is this worker's to apply (always, unless partitioned)."""
-        if self.partition is None:
-            return True
+        return self.partition is None or self._partition_index(notification) == self.partition.index
+
+    def _partition_index(self, notification: Notification) -> int:
+        assert self.partition is not None
         if self.projector.keys_by_aggregate():
             aggregate = notification.originator_id
-            mine = self._aggregates_mine.get(aggregate)
-            if mine is None:
-                if len(self._aggregates_mine) >= _MINE_CACHE_SIZE:
-                    self._aggregates_mine.clear()
-                mine = self._aggregates_mine[aggregate] = self.partition.holds(str(aggregate))
-            return mine
-        return self.partition.holds(self._key_of(notification))
+            index = self._aggregate_partitions.get(aggregate)
+            if index is None:
+                if len(self._aggregate_partitions) >= _MINE_CACHE_SIZE:
+                    self._aggregate_partitions.clear()
+                index = self._aggregate_partitions[aggregate] = partition_of(str(aggregate), self.partition.count)
+            return index
+        return partition_of(self._key_of(notification), self.partition.count)
+
+    def _split(self, notifications: list[Notification]) -> dict[int, list[Notification]]:
+        """A page's events of the kinds this projection handles, by partition (``SharedPages.read_split``)."""
+        parts: dict[int, list[Notification]] = {}
+        names, index_of = self._names, self._partition_index
+        for notification in notifications:
+            if notification.topic in names:
+                index = index_of(notification)
+                part = parts.get(index)
+                if part is None:
+                    parts[index] = [notification]
+                else:
+                    part.append(notification)
+        return parts
 
     def _key_of(self, notification: Notification) -> str:
         """The event's partition key (``partition_key``). An event that does not decode, or whose key the
@@ -324,12 +341,19 @@ class ProjectionWorker:
         """The page after ``after`` (up to ``target``): the events this worker applies (a partition keeps
         its own events of the kinds it handles), how many were read, where the page ends, and whether
         more may follow. Read in the background while the previous page's handlers run."""
-        got = self.store.read_all(after, limit)
+        parts: dict[int, list[Notification]] | None = None
+        if self.partition is not None and isinstance(self.store, SharedPages):
+            got, parts = self.store.read_split(after, limit, (self.name, self.partition.count), self._split)
+        else:
+            got = self.store.read_all(after, limit)
         more = len(got) == limit
         if got and got[-1].id >= target:
-            got, more = [n for n in got if n.id <= target], False
-        return _Page(got if self.partition is None else self._own(got), len(got), got[-1].id if got else after,
-                     more)
+            got, more, parts = [n for n in got if n.id <= target], False, None
+        if self.partition is None:
+            own = got
+        else:
+            own = self._own(got) if parts is None else parts.get(self.partition.index, [])
+        return _Page(own, len(got), got[-1].id if got else after, more)
 
     def _own(self, notifications: list[Notification]) -> list[Notification]:
         names, mine = self._names, self._mine
@@ -347,9 +371,9 @@ class ProjectionWorker:
         if staged is None:
             staged = filling.staged = self.views.stage(self.name, self.version)
             staged.layer_over(over)
-        event_time, handle = filling.event_time, self._handle
-        for notification in rows:
-            event_time = handle(staged, notification) or event_time
+        event_time, handle, own = filling.event_time, self._handle, self.partition is not None
+        for notification in rows:  # a partition's pages hold only its own events (``_read_page``)
+            event_time = handle(staged, notification, own=own) or event_time
         filling.event_time = event_time
         filling.applied += len(rows)
 
@@ -460,6 +484,14 @@ class ProjectionWorker:
         if self._cache is not None and self.partition is None:
             self._cache.cache_empty_tables(self.name, self.version, self.projector.read_models)
 
+    def cache_fresh_partitions(self, workers: Sequence[ProjectionWorker]) -> None:
+        """Partitions of this worker's version, sharing its row cache, that start from scratch: none of the
+        rows they read exists yet (a handler reads only rows of the key it handles, docs/projections.md),
+        so the cache answers "no such row" without a query, as it does for an unpartitioned rebuild. Only
+        for partitions of a version nothing else applies in this process (a rebuild's)."""
+        if self._cache is not None and all(w.position == 0 and w.version == self.version for w in workers):
+            self._cache.cache_empty_tables(self.name, self.version, self.projector.read_models, fresh_keys=True)
+
     def skip_to(self, position: int) -> None:
         """Record that nothing before ``position`` is to be applied (a rebuild from a later position)."""
         if position > self.position:
@@ -506,8 +538,12 @@ class ProjectionWorker:
             event_time = self._handle(batch, notification) or event_time
         batch.advance(notifications[-1].id, event_time, since=since)
 
-    def _handle(self, batch: Batch, notification: Notification) -> datetime | None:
-        recorded_at = self._handled_at(batch, notification)
+    def _handle(self, batch: Batch, notification: Notification, *, own: bool = False) -> datetime | None:
+        """Handle one event (``own``: known to be one this worker applies, of a kind it handles)."""
+        if own or (notification.topic in self._names and (self.partition is None or self._mine(notification))):
+            recorded_at = self._handled_at(batch, notification)
+        else:  # not ours (another kind, another partition): only the position moves past it
+            recorded_at = None
         # Progress even inside a long batch (busy is not stalled); trying the same event again is not.
         self.handled += 1
         if notification.id > self.furthest:
@@ -515,8 +551,6 @@ class ProjectionWorker:
         return recorded_at
 
     def _handled_at(self, batch: Batch, notification: Notification) -> datetime | None:
-        if notification.topic not in self._names or (self.partition is not None and not self._mine(notification)):
-            return None  # not ours: only the position moves past it
         try:
             envelope = from_stored(notification)
             if self.partition is not None and not self.projector.keys_by_aggregate():

@@ -604,9 +604,14 @@ class PostgresViewStore:
     def forget_cached(self, name: str, version: int) -> None:
         self._caches.pop((name, version), None)
 
-    def cache_empty_tables(self, name: str, version: int, models: Sequence[type[ReadModel]]) -> None:
+    def cache_empty_tables(self, name: str, version: int, models: Sequence[type[ReadModel]], *,
+                           fresh_keys: bool = False) -> None:
         """Start the version's row cache knowing which of its tables are empty (a rebuild's fresh
-        tables): until the cache loses track of a model's rows, "no such row" needs no query."""
+        tables; every table with ``fresh_keys``, see ``RowCaching``): until the cache loses track of a
+        model's rows, "no such row" needs no query."""
+        if fresh_keys:
+            self._caches[(name, version)] = RowCache(self._cache_rows, complete=models)
+            return
         tables = _Tables(self._schema, name, version)
         with self._connection() as conn:
             empty = [model for model in models if conn.execute(

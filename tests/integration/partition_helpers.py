@@ -77,6 +77,36 @@ class PartitionedHoldings(HoldingsProjector):
     partitions = PARTITIONS
 
 
+class Tally(ReadModel):
+    table = "tallies"
+    key = ("aggregate_id",)
+
+    aggregate_id: str
+    events: int
+
+
+class AccountTally(Projector):
+    """Events per account: a handler that takes a missing row for a new account, without a word (the
+    example's holdings fail on a credit to an account they do not know)."""
+
+    name: ClassVar[str] = "tally"
+    read_models = (Tally,)
+    partitions = PARTITIONS
+
+    def _count(self, context: HandlerContext) -> None:
+        key = str(context.envelope.aggregate_id)
+        seen = context.views.get(Tally, key)
+        context.views.put(Tally(aggregate_id=key, events=(seen.events if seen else 0) + 1))
+
+    @on(AccountOpened)
+    def opened(self, event: Event, context: HandlerContext) -> None:
+        self._count(context)
+
+    @on(SecuritiesCredited)
+    def credited(self, event: Event, context: HandlerContext) -> None:
+        self._count(context)
+
+
 def build_partition_projectors() -> list[Projector]:
     return [PartitionedHoldings(), AppliedLog()]
 
@@ -114,7 +144,8 @@ def open_for_replay(settings: PostgresSettings, name: str) -> tuple[Projector, V
     return REPLAYABLE[name](), PostgresViewStore(settings), PostgresEventStore(settings)
 
 
-REPLAYABLE: dict[str, type[Projector]] = {"holdings": PartitionedHoldings, "applied": AppliedLog}
+REPLAYABLE: dict[str, type[Projector]] = {"holdings": PartitionedHoldings, "applied": AppliedLog,
+                                          "tally": AccountTally}
 
 
 def open_then_die(settings: PostgresSettings, name: str) -> tuple[Projector, ViewStore, EventStore]:
@@ -147,3 +178,25 @@ def open_one_then_fail(settings: PostgresSettings, name: str, marker: str,
     finally:
         views.close()
     raise ConfigurationError("this replay process fails mid-way")
+
+
+def open_counting_loads(settings: PostgresSettings, name: str, log: str) -> tuple[Projector, ViewStore, EventStore]:
+    """A replay process (as ``open_for_replay``) that appends a line to the file ``log`` for each row its
+    batches ask the read-model database for (``_PooledSource.load``)."""
+    import framework.adapters.postgres_views as postgres_views
+
+    count_loads(postgres_views, log)
+    return open_for_replay(settings, name)
+
+
+def count_loads(postgres_views: object, log: str) -> None:
+    """Each row a batch asks the read-model database for, in this process, appends a line to ``log``."""
+    source = postgres_views._PooledSource  # type: ignore[attr-defined]
+    load = source.load
+
+    def counted(self: object, model: type[ReadModel], key: tuple[object, ...]) -> object:
+        with open(log, "a") as out:
+            out.write(f"{model.__name__} {key}\n")
+        return load(self, model, key)
+
+    source.load = counted

@@ -389,3 +389,25 @@ def test_a_batch_layered_over_another_reads_its_own_changes_then_the_others_then
     assert third.get(Nested, "k", 1) == Nested(a="k", b=1, items=["t"])
     assert third.get(Flat, "a") is None and third.get(Flat, "b") == Flat(name="b", count=3)
     assert third.get(Flat, "c") == Flat(name="c", count=1)
+
+
+def test_a_shared_page_is_split_once_for_the_partitions_that_share_it() -> None:
+    """The partitions of one projection reading a page: the first splits it by partition, the others take
+    their part of that split (each partition used to filter every event of every page itself)."""
+    from framework.shared_pages import SharedPages
+
+    log = _CountingLog(10)
+    pages = SharedPages(log, readers=3)
+    splits: list[int] = []
+
+    def split(rows: list[Notification]) -> dict[int, list[Notification]]:
+        splits.append(len(rows))
+        return {0: [n for n in rows if n.id % 2 == 0], 1: [n for n in rows if n.id % 2 == 1]}
+
+    for _ in range(3):
+        rows, parts = pages.read_split(0, 4, ("p", 2), split)
+        assert [n.id for n in rows] == [1, 2, 3, 4]
+        assert [n.id for n in parts[0]] == [2, 4] and [n.id for n in parts[1]] == [1, 3]
+    assert splits == [4] and log.reads == [(0, 4)]
+    _, other = pages.read_split(4, 4, ("another projection", 2), split)  # another key: its own split
+    assert splits == [4, 4] and [n.id for n in other[0]] == [6, 8]
