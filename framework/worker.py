@@ -52,6 +52,7 @@ T = TypeVar("T")
 
 
 _MINE_CACHE_SIZE = 65_536
+_PARTITION_SPAN = 4  # a partition's catch-up batch reads at most this many batches' worth of the log
 
 
 @dataclass(frozen=True)
@@ -293,6 +294,9 @@ class ProjectionWorker:
             return self.position
         size = self.options.catch_up_batch
         page = max(1, min(self.options.catch_up_page, size))
+        # A partition's batch: up to ``size`` of its own events, over at most a few batches' worth of the log
+        # (its share of ``size`` events would mean as many more commits, each upserting its rows again).
+        span = size if self.partition is None else size * min(self.partition.count, _PARTITION_SPAN)
         with _Helpers(f"catch-up-{self.name}") as pool:
             reading: Future[_Page] | None = pool.run(self._read_page, self.position, page, target)
             committing: _Committing | None = None
@@ -317,7 +321,7 @@ class ProjectionWorker:
                             self._settle(self._stored_between(filling.since, filling.end))
                             filling = _Filling(self.position, end=filling.end)  # a partition's others: carried
                             continue
-                    if filling.read < size and reading is not None:
+                    if filling.applied < size and filling.read < span and reading is not None:
                         continue  # the next page goes into this batch too
                     if filling.staged is None:
                         continue  # none of this partition's events: carried by the next batch, or the end
