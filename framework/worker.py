@@ -52,7 +52,7 @@ T = TypeVar("T")
 
 
 _MINE_CACHE_SIZE = 65_536
-_PARTITION_SPAN = 4  # a partition's catch-up batch reads at most this many batches' worth of the log
+_PARTITION_SPAN = 2  # a partition's catch-up batch reads at most this many batches' worth of the log (memory)
 
 
 @dataclass(frozen=True)

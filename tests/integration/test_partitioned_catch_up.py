@@ -170,8 +170,8 @@ class _Batches(NullObserver):
 def test_a_partition_s_batch_holds_a_batch_of_its_own_events_not_its_share_of_one(
         store: PostgresEventStore, views: PostgresViewStore) -> None:
     """8 partitions, batches of 40 events: a partition commits up to 40 of its own events at a time, read
-    from at most 4 x 40 events of the log. Before, a partition's catch-up committed after every 40 events
-    read, about 5 of its own: 20 commits per partition here instead of 5, each upserting its rows again."""
+    from at most 2 x 40 events of the log. Before, a partition's catch-up committed after every 40 events
+    read, about 5 of its own: 20 commits per partition here instead of 10, each upserting its rows again."""
     write_backlog(store, new_isin(), accounts=100, credits_each=7)  # 800 events, about 100 per partition
     options = WorkerOptions(catch_up_batch=40, catch_up_page=10)
     batches, applied = _Batches(), 0
@@ -181,7 +181,7 @@ def test_a_partition_s_batch_holds_a_batch_of_its_own_events_not_its_share_of_on
         before = len(batches.sizes)
         worker.catch_up()
         sizes = batches.sizes[before:]
-        assert sizes and max(sizes) <= 40 and len(sizes) <= 800 // 160 + 1, sizes
+        assert sizes and max(sizes) <= 40 and len(sizes) <= 800 // 80 + 1, sizes
         applied += sum(sizes)
     assert applied == store.head() == 800  # every event once
     assert_matches_replay(views, store, [AccountTally()])

@@ -190,13 +190,13 @@ def test_eventfold_replay_interrupted_with_ctrl_c_ends_with_its_processes(
     with deployment_for(pg_database, pg_schema, JetStreamSettings(), tmp_path, app=PARTITION_APP) as deployment:
         deployment.init_db()
         store, views = deployment.store(), deployment.views()
-        # 90,000 events. A partition's batch ends at 10,000 of its own events or 40,000 read (8 partitions: the
+        # 48,800 events. A partition's batch ends at 10,000 of its own events or 20,000 read (8 partitions: the
         # latter). The first batches commit; the events after them wait until the interrupt was sent, so it
         # surely lands mid-way (suite runs saw the whole replay finish before the SIGINT, exit 0), and the
         # batch in hand ends before the head.
-        write_backlog(store, new_isin(), accounts=400, credits_each=224)
+        write_backlog(store, new_isin(), accounts=400, credits_each=121)
         released, head = tmp_path / "released", store.head()
-        hold = {"EFTEST_HOLD_FROM_POSITION": str(40_000), "EFTEST_HOLD_UNTIL": str(released)}
+        hold = {"EFTEST_HOLD_FROM_POSITION": str(20_000), "EFTEST_HOLD_UNTIL": str(released)}
         log = tmp_path / "replay-interrupted.log"
         with log.open("wb") as out:
             replay = subprocess.Popen(_with_ctrl_c([eventfold_executable(), "replay", "applied", "--processes", "2"]),
