@@ -42,14 +42,24 @@ class RowCache:
     fresh tables): while every row written to them since is in the cache, a key the cache does
     not hold is a row that does not exist, answered without a query. A model stops being
     complete when one of its rows is evicted or written without being cached, or on ``clear``.
+
+    Rows of a complete model nobody has looked up yet are kept too, ``held`` rows at most in all
+    (a quarter of the cache by default): a log that opens every account before it moves one writes
+    the accounts' rows before any is read, and would otherwise ask the database for each of them
+    later. When more are written, the model holding the most (a history only ever written) is let go:
+    its rows leave the cache, and it stops being complete.
     """
 
-    def __init__(self, maxsize: int = 100_000, complete: Iterable[type[ReadModel]] = ()) -> None:
+    def __init__(self, maxsize: int = 100_000, complete: Iterable[type[ReadModel]] = (), *,
+                 held: int | None = None) -> None:
         self._rows: OrderedDict[RowKey, ReadModel | None] = OrderedDict()
         self._maxsize = maxsize
         self._half = maxsize // 2
         self._complete: set[type[ReadModel]] = set(complete)
         self.read: set[type[ReadModel]] = set()  # models looked up by key: their writes are cached
+        self._held_limit = maxsize // 4 if held is None else held
+        self._held: dict[type[ReadModel], set[RowKey]] = {}  # complete models' rows kept before any read
+        self._held_count = 0
         # The partitions of a partitioned projection applied in one process share the cache (their
         # rows are disjoint), from several threads: each operation holds the lock, but a lookup that
         # finds its row while the cache is at most half full (see ``lookup``).
@@ -86,6 +96,7 @@ class RowCache:
         while len(self._rows) > self._maxsize:
             (model, _), _ = self._rows.popitem(last=False)
             self._complete.discard(model)
+            self._held_count -= len(self._held.pop(model, ()))
 
     def refresh(self, key: RowKey, row: ReadModel | None) -> None:
         """Update a row that is cached; leave the cache alone otherwise."""
@@ -98,8 +109,9 @@ class RowCache:
         cached; rows only written (a movement history) just update what the cache holds."""
         read = self.read
         with self._lock:
+            self._release_read()
             for key, row in changes.items():
-                if key[0] in read:
+                if key[0] in read or (key[0] in self._complete and self._hold(key)):
                     self._store(key, row)
                 elif key in self._rows:
                     self._rows[key] = row
@@ -107,10 +119,34 @@ class RowCache:
                 else:
                     self._complete.discard(key[0])
 
+    def _release_read(self) -> None:
+        """Models looked up since their rows were held: those rows are cached as any other now."""
+        for model in [m for m in self._held if m in self.read]:
+            self._held_count -= len(self._held.pop(model))
+
+    def _hold(self, key: RowKey) -> bool:
+        """Keep a row of a complete model not looked up yet, within the limit; False: its model was let go."""
+        held = self._held.setdefault(key[0], set())
+        if key not in held:
+            held.add(key)
+            self._held_count += 1
+        while self._held_count > self._held_limit:
+            self._let_go(max(self._held, key=lambda model: len(self._held[model])))
+        return key[0] in self._held
+
+    def _let_go(self, model: type[ReadModel]) -> None:
+        keys = self._held.pop(model)
+        self._held_count -= len(keys)
+        for key in keys:
+            self._rows.pop(key, None)
+        self._complete.discard(model)
+
     def clear(self) -> None:
         with self._lock:
             self._rows.clear()
             self._complete.clear()
+            self._held.clear()
+            self._held_count = 0
 
 
 class StagedViews:

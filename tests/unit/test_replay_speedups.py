@@ -197,14 +197,54 @@ def test_a_complete_model_answers_no_such_row_without_a_query() -> None:
     assert StagedViews(source, cache).get(Flat, "x") is None and source.loads == 1
 
 
-def test_a_model_written_but_never_read_is_not_cached_and_loses_completeness() -> None:
+def test_rows_written_before_their_model_is_read_are_kept_and_it_stays_complete() -> None:
+    """A log that opens every account before it moves one: the accounts' rows are written before any is
+    looked up. They are kept, so the later lookups need no query, found or not."""
     source = _Source({})
-    cache = RowCache(complete=[Flat, Nested])
+    cache = RowCache(complete=[Flat])
+    for name in "ab":
+        views = StagedViews(source, cache)
+        views.put(Flat(name=name, count=1))
+        views.publish()
+    later = StagedViews(source, cache)
+    assert later.get(Flat, "a") == Flat(name="a", count=1) and later.get(Flat, "z") is None
+    assert source.loads == 0
+
+
+def test_a_model_only_ever_written_is_let_go_beyond_the_held_rows_and_loses_completeness() -> None:
+    source = _Source({})
+    cache = RowCache(complete=[Flat, Nested], held=3)
     views = StagedViews(source, cache)
-    views.put(Nested(a="k", b=1, items=[]))  # never looked up by key: not cached
-    views.publish()
+    views.put(Flat(name="x", count=1))  # read later
+    for b in range(3):
+        views.put(Nested(a="k", b=b, items=[]))  # a history: never looked up by key
+    views.publish()  # 4 rows held, 3 allowed: the model holding the most is let go
     assert cache.lookup((Nested, ("k", 1))) == (False, None)
+    for b in range(3, 10):  # let go for good: not held again
+        more = StagedViews(source, cache)
+        more.put(Nested(a="k", b=b, items=[]))
+        more.publish()
+    assert cache.lookup((Nested, ("k", 9))) == (False, None)
     assert StagedViews(source, cache).get(Nested, "k", 1) is None and source.loads == 1  # asked the source
+    assert StagedViews(source, cache).get(Flat, "x") == Flat(name="x", count=1) and source.loads == 1
+    assert cache.lookup((Flat, ("y",))) == (True, None)  # the other model is still known whole
+
+
+def test_rows_of_a_model_once_read_no_longer_count_as_held() -> None:
+    source = _Source({})
+    cache = RowCache(complete=[Flat, Nested], held=2)
+    first = StagedViews(source, cache)
+    first.put(Flat(name="a", count=1))
+    first.put(Flat(name="b", count=1))
+    first.publish()
+    second = StagedViews(source, cache)
+    assert second.get(Flat, "a") is not None  # read now: its rows are the cache's as any other's
+    second.put(Nested(a="k", b=1, items=[]))
+    second.put(Nested(a="k", b=2, items=[]))
+    second.publish()  # 2 held (the Nested rows), within the limit: nothing let go
+    assert cache.lookup((Flat, ("b",))) == (True, Flat(name="b", count=1))
+    assert cache.lookup((Nested, ("k", 2))) == (True, Nested(a="k", b=2, items=[]))
+    assert source.loads == 0
 
 
 def test_eviction_and_clear_end_completeness() -> None:
