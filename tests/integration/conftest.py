@@ -1,4 +1,5 @@
-"""Fixtures of the integration tests: the example app's write API over real HTTP on real PostgreSQL."""
+"""Fixtures of the integration tests: the example app's write API over real HTTP on real PostgreSQL, and an
+event store and a view store in a schema of the test's own (a module may define its own instead)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from http_helpers import WriteApi, assert_no_traceback, serve_write_api
 from support.postgres import PgDatabase
 
 from framework.adapters.postgres import PostgresEventStore
+from framework.adapters.postgres_views import PostgresViewStore
 
 
 @pytest.fixture(scope="module")
@@ -48,3 +50,19 @@ def client(write_api: WriteApi) -> Iterator[httpx.Client]:
 
     with httpx.Client(base_url=write_api.base_url, timeout=60, event_hooks={"response": [check]}) as c:
         yield c
+
+
+@pytest.fixture
+def store(pg_database: PgDatabase, pg_schema: str) -> Iterator[PostgresEventStore]:
+    store = PostgresEventStore(pg_database.settings(pg_schema))
+    store.create_schema()
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def views(pg_database: PgDatabase, pg_schema: str) -> Iterator[PostgresViewStore]:
+    views = PostgresViewStore(pg_database.settings(pg_schema, pool_size=8))
+    views.create_schema()
+    yield views
+    views.close()

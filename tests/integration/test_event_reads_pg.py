@@ -4,7 +4,6 @@ binary format, built positionally: they must be exactly what a plain text-format
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 from uuid import uuid4
 
@@ -26,14 +25,6 @@ STATES = [
     b"\\x00 \\\\ backslashes \x00 and a NUL",
     b"x" * 100_000,  # larger than a page
 ]
-
-
-@pytest.fixture
-def store(pg_database: PgDatabase, pg_schema: str) -> Iterator[PostgresEventStore]:
-    store = PostgresEventStore(pg_database.settings(pg_schema))
-    store.create_schema()
-    yield store
-    store.close()
 
 
 def _text_read(pg_database: PgDatabase, schema: str, where: str, params: tuple[Any, ...]) -> list[Notification]:

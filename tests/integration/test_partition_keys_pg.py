@@ -6,13 +6,11 @@ applied exactly once (counted), the rows equal to a replay's.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import ClassVar
 
 import pytest
 from partition_helpers import HANDLED, PARTITIONS, Applied, AppliedLog
 from streaming_helpers import Backlog, new_isin, write_backlog
-from support.postgres import PgDatabase
 
 from example_app.accounts import Account, AccountOpened, SecuritiesCredited, SecuritiesDebited
 from framework.adapters.postgres import PostgresEventStore
@@ -40,22 +38,6 @@ class KeyedLog(AppliedLog):
                 raise ValueError("this credit has no key")
             return str(envelope.aggregate_id)
         raise TypeError(f"{type(event).__name__} is not this projection's")
-
-
-@pytest.fixture
-def store(pg_database: PgDatabase, pg_schema: str) -> Iterator[PostgresEventStore]:
-    store = PostgresEventStore(pg_database.settings(pg_schema))
-    store.create_schema()
-    yield store
-    store.close()
-
-
-@pytest.fixture
-def views(pg_database: PgDatabase, pg_schema: str) -> Iterator[PostgresViewStore]:
-    views = PostgresViewStore(pg_database.settings(pg_schema, pool_size=8))
-    views.create_schema()
-    yield views
-    views.close()
 
 
 def test_a_key_of_its_own_that_fails_on_one_event_parks_it_once_and_applies_the_rest_once(

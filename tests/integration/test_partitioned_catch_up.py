@@ -13,7 +13,6 @@ one (not its share of them). Rows are compared with a replay of the store each t
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,22 +37,6 @@ pytestmark = [pytest.mark.postgres]
 # Several batches, each layered over the last. The first holds credits as well as the accounts' openings:
 # a model whose rows are written before any is looked up is not cached, and stops being known whole.
 SMALL_BATCHES = WorkerOptions(catch_up_batch=100, catch_up_page=20)
-
-
-@pytest.fixture
-def store(pg_database: PgDatabase, pg_schema: str) -> Iterator[PostgresEventStore]:
-    store = PostgresEventStore(pg_database.settings(pg_schema))
-    store.create_schema()
-    yield store
-    store.close()
-
-
-@pytest.fixture
-def views(pg_database: PgDatabase, pg_schema: str) -> Iterator[PostgresViewStore]:
-    views = PostgresViewStore(pg_database.settings(pg_schema, pool_size=8))
-    views.create_schema()
-    yield views
-    views.close()
 
 
 def _loads(log: Path) -> list[str]:

@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -58,22 +57,6 @@ from framework.worker import ProjectionWorker, WorkerOptions
 from projections.holdings import AccountRow, Holding
 
 pytestmark = [pytest.mark.postgres]
-
-
-@pytest.fixture
-def store(pg_database: PgDatabase, pg_schema: str) -> Iterator[PostgresEventStore]:
-    store = PostgresEventStore(pg_database.settings(pg_schema))
-    store.create_schema()
-    yield store
-    store.close()
-
-
-@pytest.fixture
-def views(pg_database: PgDatabase, pg_schema: str) -> Iterator[PostgresViewStore]:
-    views = PostgresViewStore(pg_database.settings(pg_schema, pool_size=8))
-    views.create_schema()
-    yield views
-    views.close()
 
 
 def test_a_partitioned_projection_is_rebuilt_in_parallel_and_switched_in(

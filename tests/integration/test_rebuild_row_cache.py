@@ -6,13 +6,11 @@ Rows are compared with a replay of the store."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from partition_helpers import PartitionedHoldings, count_loads
 from streaming_helpers import assert_matches_replay, new_isin, write_backlog
-from support.postgres import PgDatabase
 
 import framework.adapters.postgres_views as postgres_views
 from framework.adapters.postgres import PostgresEventStore
@@ -25,22 +23,6 @@ from projections.holdings import HoldingsProjector
 pytestmark = [pytest.mark.postgres]
 
 OPENINGS_FIRST = WorkerOptions(catch_up_batch=40, catch_up_page=20)  # 120 openings: three batches of them
-
-
-@pytest.fixture
-def store(pg_database: PgDatabase, pg_schema: str) -> Iterator[PostgresEventStore]:
-    store = PostgresEventStore(pg_database.settings(pg_schema))
-    store.create_schema()
-    yield store
-    store.close()
-
-
-@pytest.fixture
-def views(pg_database: PgDatabase, pg_schema: str) -> Iterator[PostgresViewStore]:
-    views = PostgresViewStore(pg_database.settings(pg_schema, pool_size=8))
-    views.create_schema()
-    yield views
-    views.close()
 
 
 @pytest.mark.parametrize("projector", [HoldingsProjector(), PartitionedHoldings()], ids=["one", "partitioned"])
