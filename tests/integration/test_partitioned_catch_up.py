@@ -34,9 +34,7 @@ from framework.worker import ProjectionWorker, WorkerOptions
 
 pytestmark = [pytest.mark.postgres]
 
-# Several batches, each layered over the last. The first holds credits as well as the accounts' openings:
-# a model whose rows are written before any is looked up is not cached, and stops being known whole.
-SMALL_BATCHES = WorkerOptions(catch_up_batch=100, catch_up_page=20)
+SMALL_BATCHES = WorkerOptions(catch_up_batch=100, catch_up_page=20)  # several batches, each layered over the last
 
 
 def _loads(log: Path) -> list[str]:
