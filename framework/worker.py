@@ -356,17 +356,13 @@ class ProjectionWorker:
         if self.partition is None:
             own = got
         else:
-            own = self._own(got) if parts is None else parts.get(self.partition.index, [])
+            own = (self._split(got) if parts is None else parts).get(self.partition.index, [])
         return _Page(own, len(got), got[-1].id if got else after, more)
-
-    def _own(self, notifications: list[Notification]) -> list[Notification]:
-        names, mine = self._names, self._mine
-        return [n for n in notifications if n.topic in names and mine(n)]
 
     def _stored_between(self, after: int, until: int) -> list[Notification]:
         """What this worker applies after ``after`` up to ``until``, read again from the store."""
         stored = [n for n in self.store.read_all(after, max(1, until - after)) if n.id <= until]
-        return stored if self.partition is None else self._own(stored)
+        return stored if self.partition is None else self._split(stored).get(self.partition.index, [])
 
     def _fill(self, filling: _Filling, rows: Sequence[Notification], *, over: Batch | None) -> None:
         """Run the handlers of a page into the batch being filled (staged over ``over``, which may still

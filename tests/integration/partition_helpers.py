@@ -22,6 +22,7 @@ from example_app.app import build_router
 from framework.app import App
 from framework.errors import ConfigurationError
 from framework.events import Event
+from framework.observe import NullObserver
 from framework.projector import HandlerContext, Projector, on
 from framework.readmodel import ReadModel
 from framework.settings import PostgresSettings
@@ -71,6 +72,16 @@ class AppliedLog(Projector):
     @on(SecuritiesDebited)
     def debited(self, event: Event, context: HandlerContext) -> None:
         self._count(context)
+
+
+class BatchSizes(NullObserver):
+    """The size of each batch a worker committed, in order."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def batch_applied(self, projection: str, size: int, seconds: float) -> None:
+        self.sizes.append(size)
 
 
 class PartitionedHoldings(HoldingsProjector):

@@ -16,7 +16,16 @@ import functools
 from pathlib import Path
 
 import pytest
-from partition_helpers import PARTITIONS, AccountTally, PartitionedHoldings, count_loads, open_counting_loads
+from partition_helpers import (
+    PARTITIONS,
+    AccountTally,
+    AppliedLog,
+    BatchSizes,
+    PartitionedHoldings,
+    assert_applied_once,
+    count_loads,
+    open_counting_loads,
+)
 from streaming_helpers import assert_matches_replay, new_isin, setup_security, write_backlog
 from support.postgres import PgDatabase
 
@@ -27,7 +36,6 @@ from example_app.commands import CreditHoldings
 from framework.adapters.postgres import PostgresEventStore
 from framework.adapters.postgres_views import PostgresViewStore
 from framework.bus import CommandBus
-from framework.observe import NullObserver
 from framework.partitions import Partition
 from framework.replay import rebuild
 from framework.worker import ProjectionWorker, WorkerOptions
@@ -129,8 +137,6 @@ def test_each_partition_applies_its_own_events_of_a_shared_page_and_only_them(
         store: PostgresEventStore, views: PostgresViewStore) -> None:
     """Partitions catching up side by side take their events from one split of each page: every event of
     the kinds the projection handles is applied by its partition exactly once (counted), none by another."""
-    from partition_helpers import AppliedLog, assert_applied_once
-
     write_backlog(store, new_isin(), accounts=50, credits_each=4)
     assert rebuild(AppliedLog(), views, store, parallel=PARTITIONS, options=SMALL_BATCHES) == 2
     assert_applied_once(views, store)
@@ -140,14 +146,6 @@ def test_each_partition_applies_its_own_events_of_a_shared_page_and_only_them(
             assert state.position == store.head(), state
 
 
-class _Batches(NullObserver):
-    def __init__(self) -> None:
-        self.sizes: list[int] = []
-
-    def batch_applied(self, projection: str, size: int, seconds: float) -> None:
-        self.sizes.append(size)
-
-
 def test_a_partition_s_batch_holds_a_batch_of_its_own_events_not_its_share_of_one(
         store: PostgresEventStore, views: PostgresViewStore) -> None:
     """8 partitions, batches of 40 events: a partition commits up to 40 of its own events at a time, read
@@ -155,7 +153,7 @@ def test_a_partition_s_batch_holds_a_batch_of_its_own_events_not_its_share_of_on
     read, about 5 of its own: 20 commits per partition here instead of 10, each upserting its rows again."""
     write_backlog(store, new_isin(), accounts=100, credits_each=7)  # 800 events, about 100 per partition
     options = WorkerOptions(catch_up_batch=40, catch_up_page=10)
-    batches, applied = _Batches(), 0
+    batches, applied = BatchSizes(), 0
     for index in range(PARTITIONS):
         worker = ProjectionWorker(AccountTally(), views, store, options=options, observer=batches,
                                   partition=Partition(index, PARTITIONS))

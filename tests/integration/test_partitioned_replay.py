@@ -26,6 +26,7 @@ from partition_helpers import (
     PARTITIONS,
     Applied,
     AppliedLog,
+    BatchSizes,
     PartitionedHoldings,
     assert_applied_once,
     open_for_replay,
@@ -48,7 +49,6 @@ from framework.adapters.pg_positions import PostgresPositionSignals
 from framework.adapters.postgres import PostgresEventStore
 from framework.adapters.postgres_views import PostgresViewStore
 from framework.errors import ConcurrencyConflict, ConfigurationError, EventfoldError
-from framework.observe import NullObserver
 from framework.partitions import Partition
 from framework.projector import with_partitions
 from framework.replay import rebuild, rebuild_aggregate
@@ -453,14 +453,6 @@ def test_a_partitions_commit_announces_the_projections_lowest_position(
     assert changes(heard, "applied")[0].touched == {"applied": frozenset({("10",)})}
 
 
-class _Batches(NullObserver):
-    def __init__(self) -> None:
-        self.sizes: list[int] = []
-
-    def batch_applied(self, projection: str, size: int, seconds: float) -> None:
-        self.sizes.append(size)
-
-
 def test_a_partition_commits_no_batch_that_holds_none_of_its_events(
         store: PostgresEventStore, views: PostgresViewStore) -> None:
     """Small batches over 8 partitions: most hold none of one partition's events. Those have no transaction
@@ -468,7 +460,7 @@ def test_a_partition_commits_no_batch_that_holds_none_of_its_events(
     applied something, and the partitions still end at the head with every event applied once."""
     write_backlog(store, new_isin(), accounts=40, credits_each=2)
     options = WorkerOptions(catch_up_batch=3, catch_up_page=3)
-    observers = [_Batches() for _ in range(PARTITIONS)]
+    observers = [BatchSizes() for _ in range(PARTITIONS)]
     for index, observer in enumerate(observers):
         worker = ProjectionWorker(AppliedLog(), views, store, options=options, observer=observer,
                                   partition=Partition(index, PARTITIONS))
